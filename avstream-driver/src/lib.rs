@@ -1,0 +1,8 @@
+//! `capdma_avstream.sys`: the AVStream capture minidriver of a capdma channel.
+//!
+//! The portable core (everything but `ks/`) works through the port traits
+//! of [`ports`] and reaches the bus only through the query-interface table of
+//! `capdma-interface`. It does not allocate (no `alloc`).
+#![cfg_attr(not(test), no_std)]
+
+pub mod ports;

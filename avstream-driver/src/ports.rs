@@ -1,0 +1,91 @@
+//! The kernel-streaming port the AVStream core is written against.
+//!
+//! One [`KsPinPort`] is one capture pin (`PKSPIN`). The Windows glue
+//! implements it with the `Ks*` stream-pointer DDIs; `capdma-sim` implements
+//! it with its model of the KS queue. Method names follow the DDIs they
+//! stand for.
+use capdma_interface::status::NtStatus;
+use capdma_interface::table::SgElement;
+
+/// An IRQL value (`KIRQL`).
+pub type Irql = u8;
+
+/// Where a stream pointer's `OffsetOut` stands (`KSSTREAM_POINTER_OFFSET`).
+#[derive(Clone, Copy, Debug)]
+pub struct StreamOffset {
+    /// Byte mode (common-buffer pins): `OffsetOut.Data`, the system virtual
+    /// address of the next unwritten byte of the frame; null in mapping mode.
+    pub data: *mut u8,
+    /// Mapping mode (`KSPIN_FLAG_GENERATE_MAPPINGS`): `OffsetOut.Mappings`,
+    /// the next unused mapping; null in byte mode.
+    pub mappings: *const SgElement,
+    /// `OffsetOut.Count`: bytes (byte mode) or mappings (mapping mode) in the frame.
+    pub count: u32,
+    /// `OffsetOut.Remaining`: bytes or mappings not yet advanced over.
+    pub remaining: u32,
+}
+
+/// What to write into a completed frame's `KSSTREAM_HEADER` (and its
+/// `KS_FRAME_INFO` extension) before it leaves the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameCompletion {
+    /// `DataUsed`, bytes.
+    pub data_used: u32,
+    /// `PresentationTime.Time`, 100-ns units.
+    pub presentation_time: i64,
+    /// `Duration`, 100-ns units.
+    pub duration: i64,
+    /// `KS_FRAME_INFO.PictureNumber`.
+    pub picture_number: i64,
+    /// `KS_FRAME_INFO.DropCount`.
+    pub drop_count: i64,
+    /// Set `KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY` (frames were lost before this one).
+    pub discontinuity: bool,
+}
+
+/// A capture pin's queue, seen through its stream pointers.
+///
+/// All methods are callable at `<= DISPATCH_LEVEL` unless noted; KS
+/// serializes `Process` calls of one pin.
+pub trait KsPinPort {
+    /// A `PKSSTREAM_POINTER` (a clone or the leading edge).
+    type StreamPointer: Copy + PartialEq;
+
+    /// `KsPinGetLeadingEdgeStreamPointer(Pin, KSSTREAM_POINTER_STATE_LOCKED)`:
+    /// the locked leading edge, or `None` when no frame is available.
+    fn leading_edge(&self) -> Option<Self::StreamPointer>;
+    /// `KsStreamPointerClone(Pointer, NULL, 0, &Clone)`. The clone keeps its
+    /// frame in the queue until deleted.
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` when the clone cannot be made.
+    fn clone_pointer(&self, pointer: Self::StreamPointer) -> Result<Self::StreamPointer, NtStatus>;
+    /// `pointer->OffsetOut`.
+    fn offset_out(&self, pointer: Self::StreamPointer) -> StreamOffset;
+    /// `pointer->StreamHeader->FrameExtent`, bytes.
+    fn frame_extent(&self, pointer: Self::StreamPointer) -> u32;
+    /// `KsStreamPointerAdvanceOffsets(Pointer, 0, OutUsed, Eject)`: moves the
+    /// pointer `out_used` bytes or mappings on; past the end of the frame (or
+    /// with `eject`) it moves to the next frame.
+    ///
+    /// # Errors
+    /// `STATUS_DEVICE_NOT_READY` when the pointer moved past the last
+    /// available frame (it is then unlocked and must not be used).
+    fn advance_offsets(&self, pointer: Self::StreamPointer, out_used: u32, eject: bool) -> Result<(), NtStatus>;
+    /// `KsStreamPointerAdvanceOffsetsAndUnlock(Pointer, 0, OutUsed, Eject)`.
+    fn advance_offsets_and_unlock(&self, pointer: Self::StreamPointer, out_used: u32, eject: bool);
+    /// `KsStreamPointerUnlock(Pointer, Eject)`.
+    fn unlock(&self, pointer: Self::StreamPointer, eject: bool);
+    /// Writes `DataUsed`, the times and the frame info of the pointer's frame.
+    fn complete_frame(&self, pointer: Self::StreamPointer, completion: &FrameCompletion);
+    /// `KsStreamPointerDelete(Pointer)`: releases a clone (or the leading
+    /// edge's lock); when no pointer references a frame any more, the frame
+    /// goes back to the application.
+    fn delete(&self, pointer: Self::StreamPointer);
+    /// `KsPinAttemptProcessing(Pin, Asynchronous)`.
+    fn attempt_processing(&self, asynchronous: bool);
+    /// `KeRaiseIrql(DISPATCH_LEVEL, &Old)`: the old IRQL.
+    fn raise_to_dispatch(&self) -> Irql;
+    /// `KeLowerIrql(old)`.
+    fn lower_irql(&self, old: Irql);
+}

@@ -1,0 +1,86 @@
+//! The ports the bus core is written against.
+//!
+//! The Windows glue implements them with wdk-sys; `capdma-sim` implements
+//! them with the simulated machine, which checks the IRQL and DMA rules.
+use core::ffi::c_void;
+
+/// An IRQL value (`KIRQL`): 0 `PASSIVE_LEVEL`, 2 `DISPATCH_LEVEL`, higher is device IRQL.
+pub type Irql = u8;
+/// `PASSIVE_LEVEL`.
+pub const PASSIVE_LEVEL: Irql = 0;
+/// `DISPATCH_LEVEL`.
+pub const DISPATCH_LEVEL: Irql = 2;
+
+/// BAR0 register access: `READ_REGISTER_ULONG` / `WRITE_REGISTER_ULONG` on
+/// the `MmMapIoSpaceEx` mapping of BAR0. Callable at any IRQL.
+pub trait RegisterPort {
+    /// Reads the 32-bit register at byte `offset` of BAR0. A vanished board reads all ones.
+    fn read32(&self, offset: u32) -> u32;
+    /// Writes the 32-bit register at byte `offset` of BAR0.
+    fn write32(&self, offset: u32, value: u32);
+}
+
+/// A physically contiguous common buffer (`AllocateCommonBuffer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommonBuffer {
+    /// Kernel virtual address (page-aligned).
+    pub va: *mut u8,
+    /// Logical (bus) address the board uses (page-aligned).
+    pub logical: u64,
+    /// Bytes allocated.
+    pub bytes: usize,
+}
+
+/// The fields of a version-2 `DEVICE_DESCRIPTION` the core decides; the glue
+/// fills the rest (`Master = TRUE`, `InterfaceType = PCIBus`, `Version = 2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceDescription {
+    /// `ScatterGather`.
+    pub scatter_gather: bool,
+    /// `Dma64BitAddresses` (else `Dma32BitAddresses`).
+    pub dma64: bool,
+    /// `MaximumLength`: bytes of the largest single transfer (one frame).
+    pub maximum_length: u32,
+}
+
+/// A DMA adapter (`DMA_ADAPTER` with its `DMA_OPERATIONS`) from `IoGetDmaAdapter`.
+pub trait DmaAdapterPort {
+    /// `AllocateCommonBuffer(Adapter, bytes, &LogicalAddress, CacheEnabled = FALSE)`.
+    /// `PASSIVE_LEVEL`. The buffer is page-aligned, zeroed and reachable by
+    /// the board. `None` when contiguous memory is not available.
+    fn allocate_common_buffer(&self, bytes: usize) -> Option<CommonBuffer>;
+    /// `FreeCommonBuffer`. `PASSIVE_LEVEL`. `buffer` exactly as allocated.
+    fn free_common_buffer(&self, buffer: CommonBuffer);
+    /// The `PDMA_ADAPTER` to hand to the child (for `KsDeviceRegisterAdapterObject`).
+    fn raw(&self) -> *mut c_void;
+    /// `NumberOfMapRegisters` that `IoGetDmaAdapter` granted.
+    fn map_registers(&self) -> u32;
+}
+
+/// The machine around the board: adapter creation, IRQL control, memory facts.
+pub trait BusPlatform {
+    /// BAR0 access.
+    type Registers: RegisterPort;
+    /// The DMA adapter type.
+    type Adapter: DmaAdapterPort;
+
+    /// The mapped BAR0.
+    fn registers(&self) -> &Self::Registers;
+    /// `IoGetDmaAdapter(PciPdo, &description, &NumberOfMapRegisters)`.
+    /// `PASSIVE_LEVEL`. `None` when the system refuses.
+    fn get_dma_adapter(&self, description: &DeviceDescription) -> Option<Self::Adapter>;
+    /// `DmaOperations->PutDmaAdapter(Adapter)`. `PASSIVE_LEVEL`. Called only
+    /// after every common buffer of the adapter is freed.
+    fn put_dma_adapter(&self, adapter: Self::Adapter);
+    /// Highest physical address of RAM in bytes (from
+    /// `MmGetPhysicalMemoryRanges`), to know whether a 32-bit board can reach
+    /// all memory.
+    fn highest_physical_address(&self) -> u64;
+    /// `KeRaiseIrql(DISPATCH_LEVEL, &Old)`: returns the old IRQL. Spin locks
+    /// of the core are only held at `DISPATCH_LEVEL`.
+    fn raise_to_dispatch(&self) -> Irql;
+    /// `KeLowerIrql(old)`.
+    fn lower_irql(&self, old: Irql);
+    /// `KeGetCurrentIrql()`.
+    fn current_irql(&self) -> Irql;
+}

@@ -1,0 +1,253 @@
+//! The query-interface table and the structures its functions exchange.
+//!
+//! A child fills `Size`, `Version` and `InterfaceType =
+//! GUID_CAPDMA_BUS_INTERFACE` in `IRP_MN_QUERY_INTERFACE`; the bus answers by
+//! filling a [`CapdmaBusInterface`] and taking one reference
+//! (`InterfaceReference`) on behalf of the caller, who calls
+//! `InterfaceDereference` when done. The bus refuses removal while any
+//! reference is held.
+//!
+//! Every function takes `Context` (the header's) first and a zero-based
+//! channel index. Rules common to all of them:
+//!
+//! * `STATUS_INVALID_PARAMETER`: a null out-pointer, or `channel` not below
+//!   the board's channel count.
+//! * `STATUS_DEVICE_REMOVED`: the board is gone (surprise removal).
+//! * IRQL: `PASSIVE_LEVEL` unless a function says `<= DISPATCH_LEVEL`.
+use crate::status::NtStatus;
+use core::ffi::c_void;
+use core::mem::{offset_of, size_of};
+
+/// The WDM `INTERFACE` header (wdm.h), 32 bytes on x64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InterfaceHeader {
+    /// `Size`: bytes of the whole interface structure.
+    pub size: u16,
+    /// `Version`: the interface version served.
+    pub version: u16,
+    /// `Context`: passed to every function.
+    pub context: *mut c_void,
+    /// `InterfaceReference`.
+    pub interface_reference: Option<PfnInterfaceReference>,
+    /// `InterfaceDereference`.
+    pub interface_dereference: Option<PfnInterfaceReference>,
+}
+
+/// `PINTERFACE_REFERENCE` / `PINTERFACE_DEREFERENCE`.
+pub type PfnInterfaceReference = unsafe extern "system" fn(context: *mut c_void);
+
+/// Reads the channel's DMA configuration into `config`. `<= DISPATCH_LEVEL`.
+pub type PfnGetDmaConfig =
+    unsafe extern "system" fn(context: *mut c_void, channel: u32, config: *mut DmaConfig) -> NtStatus;
+
+/// S/G mode: the bus's DMA adapter (`PDMA_ADAPTER`, valid while the
+/// interface reference is held), the `MaxMappingByteCount` (bytes) to pass to
+/// `KsDeviceRegisterAdapterObject`, and the number of map registers the
+/// adapter was granted. `STATUS_INVALID_DEVICE_REQUEST` in common-buffer mode.
+pub type PfnGetDmaAdapter = unsafe extern "system" fn(
+    context: *mut c_void,
+    channel: u32,
+    adapter: *mut *mut c_void,
+    max_mapping_byte_count: *mut u32,
+    map_registers: *mut u32,
+) -> NtStatus;
+
+/// S/G mode: posts one frame: `element_count` elements (laid out as
+/// `KSMAPPING`s, so a clone's `OffsetOut.Mappings` can be passed as is) to the
+/// channel's descriptor ring under `tag`, which the completion echoes.
+/// `<= DISPATCH_LEVEL`. Errors: `STATUS_DEVICE_BUSY` when the ring lacks room
+/// (retry after a completion); `STATUS_INVALID_PARAMETER` for zero elements,
+/// an element of zero bytes, more than `max_transfer` bytes, or an address
+/// the board cannot reach; `STATUS_DEVICE_NOT_READY` when the channel is not
+/// running; `STATUS_INVALID_DEVICE_REQUEST` in common-buffer mode.
+pub type PfnProgramFrame = unsafe extern "system" fn(
+    context: *mut c_void,
+    channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    element_count: u32,
+) -> NtStatus;
+
+/// Common-buffer mode: the slot ring (valid until the channel is stopped;
+/// `line_pitch` valid once started). `<= DISPATCH_LEVEL`.
+/// `STATUS_INVALID_DEVICE_REQUEST` in S/G mode.
+pub type PfnGetSlotRing =
+    unsafe extern "system" fn(context: *mut c_void, channel: u32, ring: *mut SlotRing) -> NtStatus;
+
+/// Common-buffer mode: hands a slot the child has finished with back to the
+/// board. `<= DISPATCH_LEVEL`. `STATUS_INVALID_PARAMETER` for a slot the
+/// child does not own (out of range, or not completed to it).
+pub type PfnReturnSlot = unsafe extern "system" fn(context: *mut c_void, channel: u32, slot: u32) -> NtStatus;
+
+/// Programs the format and starts the channel's engine (KSSTATE_RUN).
+/// Errors: `STATUS_INVALID_PARAMETER` for a format the board cannot produce
+/// or a frame larger than a slot; `STATUS_DEVICE_BUSY` if already running.
+pub type PfnStartChannel =
+    unsafe extern "system" fn(context: *mut c_void, channel: u32, format: *const ChannelFormat) -> NtStatus;
+
+/// Stops the channel's engine; every frame still posted is completed with
+/// `STATUS_CANCELLED` (through the callback) before this returns. Idempotent.
+pub type PfnStopChannel = unsafe extern "system" fn(context: *mut c_void, channel: u32) -> NtStatus;
+
+/// Registers (or, with `None`, unregisters) the completion callback of a
+/// channel. Fails with `STATUS_DEVICE_BUSY` while the channel runs.
+pub type PfnRegisterCompletion = unsafe extern "system" fn(
+    context: *mut c_void,
+    channel: u32,
+    callback: Option<PfnCompletion>,
+    callback_context: *mut c_void,
+) -> NtStatus;
+
+/// The child's completion callback, called at `DISPATCH_LEVEL` from the bus's
+/// DPC, once per completed (or cancelled) frame or filled slot. `completion`
+/// is valid only during the call. It may call `ProgramFrame` and `ReturnSlot`.
+pub type PfnCompletion = unsafe extern "system" fn(callback_context: *mut c_void, completion: *const Completion);
+
+/// The interface table answered for [`crate::GUID_CAPDMA_BUS_INTERFACE`],
+/// version [`CAPDMA_BUS_INTERFACE_VERSION`]. Later versions only append.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CapdmaBusInterface {
+    /// The WDM `INTERFACE` header.
+    pub header: InterfaceHeader,
+    /// [`PfnGetDmaConfig`].
+    pub get_dma_config: Option<PfnGetDmaConfig>,
+    /// [`PfnGetDmaAdapter`].
+    pub get_dma_adapter: Option<PfnGetDmaAdapter>,
+    /// [`PfnProgramFrame`].
+    pub program_frame: Option<PfnProgramFrame>,
+    /// [`PfnGetSlotRing`].
+    pub get_slot_ring: Option<PfnGetSlotRing>,
+    /// [`PfnReturnSlot`].
+    pub return_slot: Option<PfnReturnSlot>,
+    /// [`PfnStartChannel`].
+    pub start_channel: Option<PfnStartChannel>,
+    /// [`PfnStopChannel`].
+    pub stop_channel: Option<PfnStopChannel>,
+    /// [`PfnRegisterCompletion`].
+    pub register_completion: Option<PfnRegisterCompletion>,
+}
+
+/// The interface version this crate defines.
+pub const CAPDMA_BUS_INTERFACE_VERSION: u16 = 1;
+/// `sizeof(CAPDMA_BUS_INTERFACE)` of version 1, in bytes.
+pub const CAPDMA_BUS_INTERFACE_SIZE_V1: u16 = size_of::<CapdmaBusInterface>() as u16;
+
+/// A channel's DMA configuration (filled by `GetDmaConfig`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaConfig {
+    /// [`crate::DmaMode`] as `u32`.
+    pub mode: u32,
+    /// [`crate::ModeReason`] as `u32`.
+    pub reason: u32,
+    /// Buffer alignment the board needs, bytes (a power of two); use it for
+    /// the allocator framing's `FileAlignment`.
+    pub alignment: u32,
+    /// Largest bytes per S/G element (`MAX_TRANSFER`); also the
+    /// `MaxMappingByteCount` cap.
+    pub max_transfer: u32,
+    /// Address bits the board drives: 32 or 64.
+    pub address_bits: u32,
+    /// Common-buffer mode: slots in the ring; S/G mode: 0.
+    pub slot_count: u32,
+    /// Common-buffer mode: bytes per slot (the largest frame); S/G mode: 0.
+    pub slot_bytes: u32,
+    /// S/G mode: descriptors in the ring; common-buffer mode: 0.
+    pub descriptor_count: u32,
+    /// Channels on the board.
+    pub channel_count: u32,
+    /// Largest frame the board produces, bytes.
+    pub max_frame_bytes: u32,
+}
+
+/// One S/G element, layout-identical to `KSMAPPING` (ks.h, 16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SgElement {
+    /// `PhysicalAddress`: the logical (bus) address.
+    pub logical_address: u64,
+    /// `ByteCount`.
+    pub byte_count: u32,
+    /// `Alignment`.
+    pub alignment: u32,
+}
+
+/// The common-buffer slot ring of a channel (filled by `GetSlotRing`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SlotRing {
+    /// Kernel virtual address of slot 0; slot `i` is at `base + i * slot_stride`.
+    pub base: *mut u8,
+    /// Logical address of slot 0.
+    pub base_logical: u64,
+    /// Slots in the ring.
+    pub slot_count: u32,
+    /// Bytes from one slot to the next (>= `slot_bytes`, aligned).
+    pub slot_stride: u32,
+    /// Usable bytes per slot.
+    pub slot_bytes: u32,
+    /// Bytes from one line to the next inside a slot, for the running format
+    /// (0 while stopped). May exceed the line's bytes: the board aligns lines.
+    pub line_pitch: u32,
+}
+
+/// The format a channel is started with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelFormat {
+    /// FOURCC ([`crate::format`]).
+    pub fourcc: u32,
+    /// Width in pixels (even, 2..=4096).
+    pub width: u32,
+    /// Height in pixel rows (even, 2..=2160).
+    pub height: u32,
+    /// S/G mode: the frame buffer's stride in bytes (the board writes lines
+    /// at this pitch). Ignored in common-buffer mode, where the bus picks the
+    /// slot line pitch.
+    pub stride: u32,
+    /// Frame interval in 100-ns units (`AvgTimePerFrame`).
+    pub frame_interval: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// What a completion reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionKind {
+    /// S/G mode: the frame posted with `tag` is done.
+    Frame = 1,
+    /// Common-buffer mode: slot `tag` is filled and now owned by the child.
+    Slot = 2,
+}
+
+/// One completion, passed to [`PfnCompletion`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The channel.
+    pub channel: u32,
+    /// [`CompletionKind`] as `u32`.
+    pub kind: u32,
+    /// S/G: the frame's tag; common-buffer: the slot index.
+    pub tag: u32,
+    /// Bytes written (checked by the bus against the buffer).
+    pub bytes_written: u32,
+    /// `STATUS_SUCCESS`; `STATUS_IO_DEVICE_ERROR` for a damaged frame;
+    /// `STATUS_CANCELLED` when stopped before completion. A slot completed
+    /// with an error status is still owned by the child and must be returned.
+    pub status: NtStatus,
+    /// The board's frame counter.
+    pub frame_number: u32,
+    /// Capture time in 100-ns units.
+    pub timestamp: i64,
+}
+
+const _: () = assert!(size_of::<InterfaceHeader>() == 4 * size_of::<usize>());
+const _: () = assert!(offset_of!(CapdmaBusInterface, get_dma_config) == size_of::<InterfaceHeader>());
+const _: () = assert!(size_of::<SgElement>() == 16);
+const _: () = assert!(size_of::<Completion>() == 32);
+const _: () = assert!(size_of::<DmaConfig>() == 40);
+const _: () = assert!(size_of::<ChannelFormat>() == 24);

@@ -1,0 +1,1 @@
+//! capdma simulated machine.

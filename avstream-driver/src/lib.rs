@@ -5,4 +5,5 @@
 //! `capdma-interface`. It does not allocate (no `alloc`).
 #![cfg_attr(not(test), no_std)]
 
+pub mod copy;
 pub mod ports;

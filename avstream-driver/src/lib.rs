@@ -6,4 +6,6 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod copy;
+pub mod format;
+pub mod ks_format;
 pub mod ports;

@@ -3,7 +3,55 @@
 //! The portable core (everything but `wdm/`) never calls the OS: it works
 //! through the port traits of [`ports`], implemented by the WDM glue on
 //! Windows and by `capdma-sim` on the host. The core does not allocate at
-//! all (no `alloc`), so nothing on its ISR or DPC paths can.
+//! all (no `alloc`), so nothing on its ISR or DPC paths can: every table is
+//! a fixed-size array ([`MAX_CHANNELS`] channels, [`MAX_INFLIGHT_FRAMES`]
+//! frames in flight and [`MAX_SLOTS`] slots per channel).
+//!
+//! | concern | module |
+//! |---|---|
+//! | registry parameters | [`config`] |
+//! | DMA mode selection | [`mode`] |
+//! | Plug and Play start/stop/removal, adapter and common buffers | [`device`] |
+//! | per-channel engines (S/G ring, slot ring, completion queue, formats) | `channel` |
+//! | ISR | `isr` ([`BusDevice::isr`]) |
+//! | DPC and delivery to children | `dpc` ([`BusDevice::dpc`]) |
+//! | engine watchdog | [`watchdog`] |
+//! | the query interface and its `extern "system"` thunks | `interface_impl` ([`BusDevice::query_interface`]) |
+//!
+//! Entry points by IRQL:
+//!
+//! * `PASSIVE_LEVEL`: [`BusDevice::start`], [`BusDevice::stop_engines`],
+//!   [`BusDevice::stop`], [`BusDevice::surprise_remove`],
+//!   [`BusDevice::query_interface`], `StartChannel`, `StopChannel`;
+//! * `DISPATCH_LEVEL`: [`BusDevice::dpc`], [`BusDevice::watchdog`], the
+//!   other interface functions (also callable at `PASSIVE_LEVEL`);
+//! * device IRQL: [`BusDevice::isr`] only.
+//!
+//! The core's spin locks (one per channel, plus two short leaf locks) are
+//! only ever held at `DISPATCH_LEVEL`, raised through
+//! [`ports::BusPlatform::raise_to_dispatch`] when entered below it, and are
+//! never held while a child is called back.
 #![cfg_attr(not(test), no_std)]
 
+mod channel;
+pub mod config;
+pub mod device;
+mod dma_buffer;
+mod dpc;
+mod hw;
+mod interface_impl;
+mod isr;
+pub mod mode;
 pub mod ports;
+pub mod watchdog;
+
+#[cfg(test)]
+mod tests;
+
+pub use channel::format::{slot_line_pitch, validate_channel_format, ChannelGeometry, SLOT_LINE_ALIGNMENT};
+pub use channel::sg::MAX_INFLIGHT_FRAMES;
+pub use channel::slots::MAX_SLOTS;
+pub use channel::{ChannelStats, RecordFault};
+pub use config::{ConfigError, DmaModeOverride, RegistryValues, StartConfig};
+pub use device::{BusDevice, DeviceState, MAX_CHANNELS};
+pub use mode::ModeDecision;

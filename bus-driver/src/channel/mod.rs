@@ -1,0 +1,275 @@
+//! One capture channel's engine: its common buffers, the S/G or slot ring
+//! bookkeeping, the running format, the child's callback and statistics,
+//! all behind one spin lock ([`Channel::state`]) that is only ever taken at
+//! `DISPATCH_LEVEL` (see `BusDevice::at_dispatch`).
+//!
+//! * [`sg`]: descriptor ring counters and the in-flight frame table.
+//! * [`slots`]: common-buffer slot ownership (FIFO returns, resets).
+//! * [`completion`]: the completion-queue consumer, record validation and
+//!   the reset path.
+//! * [`format`]: format validation and board geometry.
+pub mod completion;
+pub mod format;
+pub mod sg;
+pub mod slots;
+
+use crate::dma_buffer::DmaBuffer;
+use crate::hw::{program_and_run, ChannelRegs};
+use crate::ports::RegisterPort;
+use capdma_interface::regs::{channel, CTRL_RESET};
+use capdma_interface::status::NtStatus;
+use capdma_interface::table::{Completion, PfnCompletion};
+use capdma_interface::DmaMode;
+use core::ffi::c_void;
+pub(crate) use format::RunState;
+use sg::SgEngine;
+use slots::SlotEngine;
+
+/// Why a completion record (or the queue's producer) was refused. Every
+/// refusal resets the channel; nothing refused is delivered as good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordFault {
+    /// `CQ_PRODUCER` advanced by more than the queue's entries.
+    CqOverrun,
+    /// `index` not below the ring's entries (descriptors or slots).
+    IndexOutOfRange,
+    /// `index` is not where the next frame (S/G) or slot (CB) was expected,
+    /// or nothing was outstanding.
+    Unexpected,
+    /// S/G: the record's tag differs from the frame's.
+    TagMismatch,
+    /// `byte_count` exceeds the frame's bytes (S/G) or the slot's (CB).
+    ByteCountTooLarge,
+    /// `status` is neither `CQ_STATUS_OK` nor `CQ_STATUS_ERROR`.
+    BadStatus,
+}
+
+/// Counters of one channel since device start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Frames (S/G) or slots (CB) completed with `CQ_STATUS_OK` and passed
+    /// every check.
+    pub frames_completed: u64,
+    /// Records with `CQ_STATUS_ERROR` (delivered with `STATUS_IO_DEVICE_ERROR`).
+    pub frames_damaged: u64,
+    /// S/G frames completed without a record: cancelled by `StopChannel`
+    /// or device stop, failed by a reset, or removed.
+    pub frames_aborted: u64,
+    /// Records (or `CQ_PRODUCER` values) refused by the range checks.
+    pub bad_records: u64,
+    /// Error interrupts (`STATUS_HALTED`) handled.
+    pub board_errors: u64,
+    /// Channel resets for any reason (bad record, board error, watchdog).
+    pub resets: u64,
+    /// Resets by the watchdog (also counted in `resets`).
+    pub watchdog_resets: u64,
+    /// Frames the board dropped for want of a buffer (`DROPPED_FRAMES`,
+    /// accumulated across resets).
+    pub dropped_by_board: u64,
+    /// Completions dropped because no callback was registered.
+    pub undelivered: u64,
+    /// The last refused record's fault.
+    pub last_fault: Option<RecordFault>,
+}
+
+/// The buffers of a channel, allocated at device start.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelResources {
+    /// The device's DMA mode.
+    pub mode: DmaMode,
+    /// Completion queue.
+    pub cq: DmaBuffer,
+    /// Entries in the completion queue (a power of two).
+    pub cq_entries: u32,
+    /// S/G: the descriptor ring; CB: the slot ring.
+    pub ring: DmaBuffer,
+    /// S/G: descriptors (a power of two); CB: slots.
+    pub ring_entries: u32,
+    /// CB: usable bytes per slot; S/G: 0.
+    pub slot_bytes: u32,
+    /// CB: bytes from slot to slot; S/G: 0.
+    pub slot_stride: u32,
+    /// The board's `MAX_TRANSFER`, bytes per S/G element.
+    pub max_transfer: u32,
+    /// The board drives 64-bit addresses.
+    pub address_64: bool,
+}
+
+/// The child's completion callback and its context.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Callback {
+    pub func: PfnCompletion,
+    pub context: *mut c_void,
+}
+
+// SAFETY: the context is an opaque value owned by the child, never
+// dereferenced by the bus, only passed back to the child's callback; the
+// RegisterCompletion contract lets the callback run on any processor.
+unsafe impl Send for Callback {}
+
+/// One completion to hand to the child, taken out of the state under the
+/// lock and delivered after the lock is released.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Delivery {
+    pub completion: Completion,
+    pub callback: Callback,
+}
+
+/// Per-DPC-pass state of the completion-queue consumer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pass {
+    /// `CQ_PRODUCER` as read once this pass.
+    pub cq_limit: Option<u32>,
+    /// No more records this pass (queue drained, or the channel was reset).
+    pub over: bool,
+    /// `CQ_CONSUMER` must be written at the end of the pass.
+    pub consumer_dirty: bool,
+}
+
+/// Everything the channel lock protects.
+#[derive(Debug)]
+pub(crate) struct ChannelState {
+    /// Buffers; `None` while the device is stopped.
+    pub buffers: Option<ChannelResources>,
+    /// The running format; `None` while the child has the channel stopped.
+    pub run: Option<RunState>,
+    /// The child's callback.
+    pub callback: Option<Callback>,
+    /// A context is between taking a completion out and finishing its
+    /// callback; others leave their work in the state for it.
+    pub delivering: bool,
+    /// An error interrupt is waiting to be handled by the consumer.
+    pub error_pending: bool,
+    /// The consumer's pass state.
+    pub pass: Pass,
+    /// Completion records consumed (free-running).
+    pub cq_consumer: u32,
+    /// S/G bookkeeping.
+    pub sg: SgEngine,
+    /// CB bookkeeping.
+    pub slots: SlotEngine,
+    /// Counters.
+    pub stats: ChannelStats,
+    /// Time (100-ns units) of the last completion or idle watchdog look.
+    pub last_progress: Option<i64>,
+    /// `DROPPED_FRAMES` when last accounted.
+    pub dropped_baseline: u32,
+    /// The consumer read the board as gone (ID all ones) during a reset.
+    pub board_gone_seen: bool,
+}
+
+impl ChannelState {
+    /// An idle channel without buffers.
+    pub const fn new() -> Self {
+        Self {
+            buffers: None,
+            run: None,
+            callback: None,
+            delivering: false,
+            error_pending: false,
+            pass: Pass { cq_limit: None, over: false, consumer_dirty: false },
+            cq_consumer: 0,
+            sg: SgEngine::new(),
+            slots: SlotEngine::new(),
+            stats: ChannelStats {
+                frames_completed: 0,
+                frames_damaged: 0,
+                frames_aborted: 0,
+                bad_records: 0,
+                board_errors: 0,
+                resets: 0,
+                watchdog_resets: 0,
+                dropped_by_board: 0,
+                undelivered: 0,
+                last_fault: None,
+            },
+            last_progress: None,
+            dropped_baseline: 0,
+            board_gone_seen: false,
+        }
+    }
+
+    /// Device start: takes the channel's buffers; everything else fresh.
+    pub fn install(&mut self, buffers: ChannelResources) {
+        *self = Self::new();
+        if buffers.mode == DmaMode::CommonBuffer {
+            self.slots.configure(buffers.ring_entries);
+        }
+        self.buffers = Some(buffers);
+    }
+
+    /// Whether the child has the channel running.
+    pub const fn running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Whether the engine has work the board owes a completion for:
+    /// posted S/G frames, or slots the board holds.
+    pub fn board_has_work(&self) -> bool {
+        match self.buffers.map(|r| r.mode) {
+            Some(DmaMode::ScatterGather) => self.sg.posted() > 0,
+            Some(DmaMode::CommonBuffer) => self.slots.board_owned() > 0,
+            None => false,
+        }
+    }
+
+    /// Adds `DROPPED_FRAMES` since the last look to the statistics.
+    pub fn account_dropped<R: RegisterPort>(&mut self, cr: &ChannelRegs<'_, R>) {
+        if self.run.is_none() {
+            return;
+        }
+        let now = cr.read(channel::DROPPED_FRAMES);
+        self.stats.dropped_by_board =
+            self.stats.dropped_by_board.saturating_add(u64::from(now.wrapping_sub(self.dropped_baseline)));
+        self.dropped_baseline = now;
+    }
+
+    /// `StartChannel` after validation: resets the bookkeeping, programs the
+    /// board and runs it (the caller has enabled the channel's interrupts).
+    pub fn start_run<R: RegisterPort>(&mut self, regs: &R, ch: u32, run: RunState) {
+        let Some(buffers) = self.buffers else {
+            return;
+        };
+        self.sg.clear();
+        if buffers.mode == DmaMode::CommonBuffer {
+            self.slots.start();
+        }
+        self.cq_consumer = 0;
+        self.error_pending = false;
+        self.pass = Pass::default();
+        self.last_progress = None;
+        self.run = Some(run);
+        let cr = ChannelRegs::new(regs, ch);
+        program_and_run(&cr, &buffers, &run, self.slots.producer());
+        self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
+    }
+
+    /// Stops the engine: `CTRL_RESET` when `regs` is given (the board is
+    /// present), every posted S/G frame terminated with `status`, the
+    /// board's slots reclaimed. Returns the frames terminated.
+    pub fn stop_run<R: RegisterPort>(&mut self, regs: Option<&R>, ch: u32, status: NtStatus) -> usize {
+        if let Some(regs) = regs {
+            let cr = ChannelRegs::new(regs, ch);
+            self.account_dropped(&cr);
+            cr.write(channel::CTRL, CTRL_RESET);
+        }
+        self.run = None;
+        self.error_pending = false;
+        self.pass = Pass { over: true, ..Pass::default() };
+        self.slots.stop();
+        self.sg.abort_all(status)
+    }
+}
+
+/// A channel: its state behind a spin lock held only at `DISPATCH_LEVEL`.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    pub state: spin::Mutex<ChannelState>,
+}
+
+impl Channel {
+    /// An idle channel.
+    pub const fn new() -> Self {
+        Self { state: spin::Mutex::new(ChannelState::new()) }
+    }
+}

@@ -1,0 +1,583 @@
+//! [`BusDevice`]: the FDO's state — Plug and Play start/stop/removal, the DMA adapter
+//! and every common buffer, the channels.
+//!
+//! Plug and Play entry points run at `PASSIVE_LEVEL` and are serialized by the Plug and Play
+//! manager (the glue calls them from `IRP_MN_*` handlers). The ISR
+//! ([`BusDevice::isr`]), the DPC ([`BusDevice::dpc`]), the watchdog and the
+//! interface functions may run concurrently with each other; all shared
+//! state is atomics or per-channel spin locks taken at `DISPATCH_LEVEL`.
+//!
+//! Teardown order (Driver Verifier 0xE6/0x07): [`BusDevice::stop_engines`],
+//! then the glue disconnects the interrupt (`IoDisconnectInterruptEx`) and
+//! flushes DPCs, then [`BusDevice::stop`] frees every common buffer and puts
+//! the DMA adapter last.
+use crate::channel::slots::MAX_SLOTS;
+use crate::channel::{Channel, ChannelResources, ChannelStats};
+use crate::config::StartConfig;
+use crate::dma_buffer::{round_up, DmaBuffer, ENTRY_BYTES, PAGE_SIZE};
+use crate::hw::ChannelRegs;
+use crate::mode::{decide_after_adapter, decide_mode, device_description, ModeDecision, FOUR_GIB};
+use crate::ports::{BusPlatform, DmaAdapterPort, RegisterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
+use capdma_interface::regs::{self, channel, global, int_done, int_error, Caps, BOARD_ID, CTRL_RESET};
+use capdma_interface::status::{
+    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_REMOVED, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS,
+};
+use capdma_interface::DmaMode;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+/// Most channels a board may have (`regs::MAX_CHANNELS`).
+pub const MAX_CHANNELS: usize = regs::MAX_CHANNELS;
+
+/// The device's Plug and Play state.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Not started (initial, after `stop`, after a failed start).
+    Stopped = 0,
+    /// `start` in progress.
+    Starting = 1,
+    /// Started: resources allocated, interface served.
+    Started = 2,
+    /// `stop` in progress.
+    Stopping = 3,
+}
+
+impl DeviceState {
+    const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Starting,
+            2 => Self::Started,
+            3 => Self::Stopping,
+            _ => Self::Stopped,
+        }
+    }
+}
+
+/// What the start read from the board and decided; fixed until stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeviceInfo {
+    pub decision: ModeDecision,
+    pub caps: Caps,
+    /// `MAX_TRANSFER`, bytes.
+    pub max_transfer: u32,
+    /// `MAX_FRAME_BYTES`, bytes.
+    pub max_frame_bytes: u32,
+    /// `MaxMappingByteCount` handed to the child, bytes.
+    pub max_mapping_byte_count: u32,
+    /// `NumberOfMapRegisters` of the adapter kept.
+    pub map_registers: u32,
+    /// Channels on the board.
+    pub channel_count: u32,
+}
+
+/// The adapter and the start facts, behind one spin lock (held briefly, at DISPATCH).
+pub(crate) struct Shared<A> {
+    pub adapter: Option<A>,
+    pub info: Option<DeviceInfo>,
+}
+
+/// The bus driver's device: one per board (the FDO's device extension on
+/// Windows, a pinned box in the simulation).
+///
+/// The interface table handed to children carries this object's address as
+/// `Context`: **a `BusDevice` must not move or be dropped while any interface
+/// reference is held** ([`BusDevice::reference_count`] > 0) or while its
+/// interrupt is connected.
+pub struct BusDevice<P: BusPlatform> {
+    pub(crate) platform: P,
+    state: AtomicU8,
+    /// `surprise_remove` was called.
+    pub(crate) removed: AtomicBool,
+    /// The ISR or a reset read the board as gone (all ones).
+    pub(crate) board_gone: AtomicBool,
+    pub(crate) references: AtomicU32,
+    /// `INT_STATUS` bits acknowledged by the ISR, not yet seen by the DPC.
+    pub(crate) pending: AtomicU32,
+    pub(crate) channel_count: AtomicU32,
+    pub(crate) shared: spin::Mutex<Shared<P::Adapter>>,
+    /// Shadow of `INT_ENABLE` (a leaf lock: may be taken under a channel lock).
+    pub(crate) int_enable: spin::Mutex<u32>,
+    pub(crate) channels: [Channel; MAX_CHANNELS],
+}
+
+/// Board facts read at start.
+#[derive(Clone, Copy, Debug)]
+struct BoardFacts {
+    caps: Caps,
+    max_transfer: u32,
+    max_frame_bytes: u32,
+}
+
+impl<P: BusPlatform> BusDevice<P> {
+    /// A stopped device over `platform` (`AddDevice`). Allocates nothing.
+    pub const fn new(platform: P) -> Self {
+        Self {
+            platform,
+            state: AtomicU8::new(DeviceState::Stopped as u8),
+            removed: AtomicBool::new(false),
+            board_gone: AtomicBool::new(false),
+            references: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            channel_count: AtomicU32::new(0),
+            shared: spin::Mutex::new(Shared { adapter: None, info: None }),
+            int_enable: spin::Mutex::new(0),
+            channels: [const { Channel::new() }; MAX_CHANNELS],
+        }
+    }
+
+    /// The platform the device was created over.
+    pub const fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The Plug and Play state.
+    pub fn state(&self) -> DeviceState {
+        DeviceState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Whether `surprise_remove` was called or the board read as gone.
+    pub fn is_removed(&self) -> bool {
+        !self.hardware_present()
+    }
+
+    /// Whether registers may be touched: not surprise-removed and not read as gone.
+    pub(crate) fn hardware_present(&self) -> bool {
+        !self.removed.load(Ordering::Acquire) && !self.board_gone.load(Ordering::Acquire)
+    }
+
+    /// Channels on the board while started, else 0.
+    pub fn channel_count(&self) -> u32 {
+        self.channel_count.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` at `DISPATCH_LEVEL`: raises (`KeRaiseIrql`) first when
+    /// called below it, lowers afterwards. Spin locks are only taken inside.
+    pub(crate) fn at_dispatch<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.platform.current_irql() < DISPATCH_LEVEL {
+            let old = self.platform.raise_to_dispatch();
+            let result = f();
+            self.platform.lower_irql(old);
+            result
+        } else {
+            f()
+        }
+    }
+
+    pub(crate) fn info(&self) -> Option<DeviceInfo> {
+        self.at_dispatch(|| self.shared.lock().info)
+    }
+
+    /// The mode chosen at start; `None` while stopped.
+    pub fn decision(&self) -> Option<ModeDecision> {
+        self.info().map(|i| i.decision)
+    }
+
+    /// Interface references held by children (taken by `query_interface`
+    /// and `InterfaceReference`, dropped by `InterfaceDereference`).
+    pub fn reference_count(&self) -> u32 {
+        self.references.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn reference(&self) {
+        self.references.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn dereference(&self) {
+        // Saturating: an unbalanced dereference must not wrap to "busy forever".
+        let _ = self
+            .references
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// `IRP_MN_QUERY_REMOVE_DEVICE`: `STATUS_DEVICE_BUSY` while any child
+    /// holds an interface reference, else `STATUS_SUCCESS`.
+    pub fn query_remove(&self) -> NtStatus {
+        if self.reference_count() > 0 {
+            STATUS_DEVICE_BUSY
+        } else {
+            STATUS_SUCCESS
+        }
+    }
+
+    /// `IRP_MN_QUERY_STOP_DEVICE` (resource rebalance): as [`Self::query_remove`].
+    pub fn query_stop(&self) -> NtStatus {
+        self.query_remove()
+    }
+
+    /// Counters of `channel` (accumulated since the last start; reads
+    /// `DROPPED_FRAMES` while the channel runs). `None` for a channel index
+    /// at or above [`MAX_CHANNELS`]. `<= DISPATCH_LEVEL`.
+    pub fn channel_stats(&self, channel: u32) -> Option<ChannelStats> {
+        let chan = self.channels.get(usize::try_from(channel).ok()?)?;
+        let hw = self.hardware_present();
+        let regs = self.platform.registers();
+        Some(self.at_dispatch(|| {
+            let mut st = chan.state.lock();
+            if hw {
+                st.account_dropped(&ChannelRegs::new(regs, channel));
+            }
+            st.stats
+        }))
+    }
+
+    /// Common-buffer mode: the slots `channel` got at start (the start may
+    /// have settled for fewer than configured). `None` in S/G mode, while
+    /// stopped, or for a channel the board does not have.
+    pub fn slot_count(&self, channel: u32) -> Option<u32> {
+        let chan = self.channels.get(usize::try_from(channel).ok()?)?;
+        let buffers = self.at_dispatch(|| chan.state.lock().buffers)?;
+        (buffers.mode == DmaMode::CommonBuffer).then_some(buffers.ring_entries)
+    }
+
+    /// `IRP_MN_START_DEVICE` (`PASSIVE_LEVEL`, after BAR0 is mapped; the glue
+    /// connects the interrupt after this returns).
+    ///
+    /// Reads `ID`, `CAPS`, `MAX_TRANSFER`, `MAX_FRAME_BYTES`; decides the
+    /// mode ([`crate::mode`]); gets the DMA adapter (`MaximumLength` = the
+    /// largest frame), re-getting it with a common-buffer description when
+    /// the grant of map registers turns the decision; allocates per channel
+    /// a completion queue and either a descriptor ring (S/G) or one
+    /// contiguous slot ring (CB), all aligned to `Caps.alignment`. A slot
+    /// ring that cannot be had is retried with fewer slots, down to 2
+    /// ([`Self::slot_count`] reports what each channel got). Leaves every
+    /// channel reset and all interrupts disabled.
+    ///
+    /// # Errors
+    /// * `STATUS_INVALID_DEVICE_REQUEST`: not `PASSIVE_LEVEL`, or not stopped.
+    /// * `STATUS_DEVICE_REMOVED`: surprise-removed.
+    /// * `STATUS_INVALID_PARAMETER`: `config` out of range.
+    /// * `STATUS_IO_DEVICE_ERROR`: `ID` is not `BOARD_ID` (all ones: gone),
+    ///   `CAPS` reports 0 or more than [`MAX_CHANNELS`] channels,
+    ///   `MAX_FRAME_BYTES` is 0 or its slot size overflows, or an S/G board
+    ///   reports `MAX_TRANSFER` 0.
+    /// * `STATUS_INSUFFICIENT_RESOURCES`: no DMA adapter, or a common buffer
+    ///   could not be had (even with 2 slots). Everything allocated is freed
+    ///   and the adapter put before returning.
+    pub fn start(&self, config: &StartConfig) -> Result<ModeDecision, NtStatus> {
+        if self.platform.current_irql() != PASSIVE_LEVEL {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
+        }
+        if self.removed.load(Ordering::Acquire) {
+            return Err(STATUS_DEVICE_REMOVED);
+        }
+        config.validate().map_err(crate::config::ConfigError::status)?;
+        if self
+            .state
+            .compare_exchange(
+                DeviceState::Stopped as u8,
+                DeviceState::Starting as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
+        }
+        self.board_gone.store(false, Ordering::Release);
+        let result = self.start_inner(config);
+        let next = if result.is_ok() { DeviceState::Started } else { DeviceState::Stopped };
+        self.state.store(next as u8, Ordering::Release);
+        result
+    }
+
+    fn read_board(&self) -> Result<BoardFacts, NtStatus> {
+        let regs = self.platform.registers();
+        if regs.read32(global::ID) != BOARD_ID {
+            return Err(STATUS_IO_DEVICE_ERROR);
+        }
+        let caps = Caps::decode(regs.read32(global::CAPS));
+        let channels = usize::try_from(caps.channels).unwrap_or(usize::MAX);
+        if channels == 0 || channels > MAX_CHANNELS {
+            return Err(STATUS_IO_DEVICE_ERROR);
+        }
+        let max_transfer = regs.read32(global::MAX_TRANSFER);
+        let max_frame_bytes = regs.read32(global::MAX_FRAME_BYTES);
+        if max_frame_bytes == 0 || (caps.scatter_gather && max_transfer == 0) {
+            return Err(STATUS_IO_DEVICE_ERROR);
+        }
+        Ok(BoardFacts { caps, max_transfer, max_frame_bytes })
+    }
+
+    fn start_inner(&self, config: &StartConfig) -> Result<ModeDecision, NtStatus> {
+        let board = self.read_board()?;
+        let caps = board.caps;
+        // CB slot size: the largest frame rounded up to the alignment and a page.
+        let slot_align = u64::from(caps.alignment.max(PAGE_SIZE));
+        let slot_bytes = round_up(u64::from(board.max_frame_bytes), slot_align)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or(STATUS_IO_DEVICE_ERROR)?;
+        let highest = self.platform.highest_physical_address();
+        let mut decision = decide_mode(caps, config.dma_mode, highest);
+        let description = device_description(decision.mode, caps, board.max_frame_bytes);
+        let mut adapter = self.platform.get_dma_adapter(&description).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
+        if decision.mode == DmaMode::ScatterGather {
+            let after = decide_after_adapter(decision, caps, highest, adapter.map_registers());
+            if after.mode != decision.mode {
+                self.platform.put_dma_adapter(adapter);
+                let description = device_description(after.mode, caps, board.max_frame_bytes);
+                adapter = self.platform.get_dma_adapter(&description).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
+            }
+            decision = after;
+        }
+
+        let channel_count = caps.channels;
+        let count = usize::try_from(channel_count).unwrap_or(0).min(MAX_CHANNELS);
+        let mut allocated: [Option<ChannelResources>; MAX_CHANNELS] = [None; MAX_CHANNELS];
+        for index in 0..count {
+            match allocate_channel(&adapter, decision.mode, config, &board, slot_bytes) {
+                Ok(buffers) => {
+                    if let Some(entry) = allocated.get_mut(index) {
+                        *entry = Some(buffers);
+                    }
+                }
+                Err(status) => {
+                    for buffers in allocated.iter().flatten() {
+                        buffers.ring.free(&adapter);
+                        buffers.cq.free(&adapter);
+                    }
+                    self.platform.put_dma_adapter(adapter);
+                    return Err(status);
+                }
+            }
+        }
+
+        // The board to a known state: engines reset, interrupts off and acknowledged.
+        let regs = self.platform.registers();
+        regs.write32(global::INT_ENABLE, 0);
+        for ch in 0..channel_count {
+            ChannelRegs::new(regs, ch).write(channel::CTRL, CTRL_RESET);
+        }
+        regs.write32(global::INT_STATUS, u32::MAX);
+        self.pending.store(0, Ordering::Release);
+
+        let info = DeviceInfo {
+            decision,
+            caps,
+            max_transfer: board.max_transfer,
+            max_frame_bytes: board.max_frame_bytes,
+            max_mapping_byte_count: config.effective_max_mapping_byte_count(board.max_transfer),
+            map_registers: adapter.map_registers(),
+            channel_count,
+        };
+        self.at_dispatch(|| {
+            *self.int_enable.lock() = 0;
+            for (chan, buffers) in self.channels.iter().zip(allocated.iter()) {
+                let mut st = chan.state.lock();
+                match buffers {
+                    Some(buffers) => st.install(*buffers),
+                    None => *st = crate::channel::ChannelState::new(),
+                }
+            }
+            let mut shared = self.shared.lock();
+            shared.info = Some(info);
+            shared.adapter = Some(adapter);
+        });
+        self.channel_count.store(channel_count, Ordering::Release);
+        Ok(decision)
+    }
+
+    /// Stops every channel's engine (`CTRL_RESET`, unless the board is
+    /// gone), completes every posted S/G frame with `STATUS_CANCELLED`
+    /// through the child's callback (at `DISPATCH_LEVEL`), reclaims the
+    /// board's slots and disables the board's interrupts. `PASSIVE_LEVEL`;
+    /// idempotent; part of [`Self::stop`], exposed so the glue can
+    /// disconnect the interrupt between the two.
+    pub fn stop_engines(&self) {
+        if self.state() != DeviceState::Started && self.state() != DeviceState::Stopping {
+            return;
+        }
+        let hw = self.hardware_present();
+        let regs = self.platform.registers();
+        for (index, chan) in self.channels.iter().enumerate() {
+            let Ok(ch) = u32::try_from(index) else {
+                break;
+            };
+            self.at_dispatch(|| {
+                let mut st = chan.state.lock();
+                if st.running() {
+                    st.stop_run(hw.then_some(regs), ch, STATUS_CANCELLED);
+                }
+            });
+            self.deliver_and_wait(index);
+        }
+        self.at_dispatch(|| {
+            let mut shadow = self.int_enable.lock();
+            *shadow = 0;
+            if hw {
+                regs.write32(global::INT_ENABLE, 0);
+            }
+        });
+    }
+
+    /// `IRP_MN_STOP_DEVICE` / `IRP_MN_REMOVE_DEVICE` (`PASSIVE_LEVEL`):
+    /// [`Self::stop_engines`], then every common buffer is freed, then the
+    /// DMA adapter is put — last. Idempotent; a no-op unless started. The
+    /// glue disconnects the interrupt before calling this; children must
+    /// have dropped their interface references (Plug and Play removes them first).
+    pub fn stop(&self) {
+        if self.platform.current_irql() != PASSIVE_LEVEL {
+            return;
+        }
+        if self
+            .state
+            .compare_exchange(
+                DeviceState::Started as u8,
+                DeviceState::Stopping as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        self.stop_engines();
+        self.channel_count.store(0, Ordering::Release);
+        let mut taken: [Option<ChannelResources>; MAX_CHANNELS] = [None; MAX_CHANNELS];
+        let adapter = self.at_dispatch(|| {
+            for (chan, slot) in self.channels.iter().zip(taken.iter_mut()) {
+                let mut st = chan.state.lock();
+                *slot = st.buffers.take();
+                st.callback = None;
+                st.slots.configure(0);
+            }
+            let mut shared = self.shared.lock();
+            shared.info = None;
+            shared.adapter.take()
+        });
+        if let Some(adapter) = adapter {
+            for buffers in taken.iter().flatten() {
+                buffers.ring.free(&adapter);
+                buffers.cq.free(&adapter);
+            }
+            self.platform.put_dma_adapter(adapter);
+        }
+        self.state.store(DeviceState::Stopped as u8, Ordering::Release);
+    }
+
+    /// `IRP_MN_SURPRISE_REMOVAL`: the board is gone. Touches no register:
+    /// every channel stops, every posted S/G frame is completed with
+    /// `STATUS_DEVICE_REMOVED` through the callback, and from now on the
+    /// interface functions return `STATUS_DEVICE_REMOVED` (except
+    /// `StopChannel` and `RegisterCompletion(None)`, which succeed). The
+    /// buffers and the adapter are released by the later [`Self::stop`].
+    /// `PASSIVE_LEVEL` (or `DISPATCH_LEVEL`).
+    pub fn surprise_remove(&self) {
+        self.removed.store(true, Ordering::Release);
+        for (index, chan) in self.channels.iter().enumerate() {
+            let Ok(ch) = u32::try_from(index) else {
+                break;
+            };
+            self.at_dispatch(|| {
+                let mut st = chan.state.lock();
+                if st.buffers.is_some() {
+                    st.stop_run::<P::Registers>(None, ch, STATUS_DEVICE_REMOVED);
+                }
+            });
+            self.deliver_and_wait(index);
+        }
+        self.at_dispatch(|| *self.int_enable.lock() = 0);
+    }
+
+    /// Delivers what channel `index` has to deliver, then waits until no
+    /// context is delivering for it and no terminated frame is left
+    /// (another processor's DPC may be mid-callback). Below `DISPATCH_LEVEL`
+    /// only, where waiting for a DPC cannot deadlock; at `DISPATCH_LEVEL`
+    /// it delivers and returns.
+    pub(crate) fn deliver_and_wait(&self, index: usize) {
+        let Some(chan) = self.channels.get(index) else {
+            return;
+        };
+        loop {
+            self.deliver(index, None);
+            if self.platform.current_irql() >= DISPATCH_LEVEL {
+                return;
+            }
+            let drained = self.at_dispatch(|| {
+                let st = chan.state.lock();
+                !st.delivering && st.sg.len() == st.sg.posted()
+            });
+            if drained {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Enables or disables channel `ch`'s completion and error interrupts
+    /// (`INT_ENABLE`, through its shadow). `DISPATCH_LEVEL`.
+    pub(crate) fn set_channel_interrupts(&self, ch: u32, enable: bool) {
+        let bits = int_done(ch) | int_error(ch);
+        let mut shadow = self.int_enable.lock();
+        if enable {
+            *shadow |= bits;
+        } else {
+            *shadow &= !bits;
+        }
+        if self.hardware_present() {
+            self.platform.registers().write32(global::INT_ENABLE, *shadow);
+        }
+    }
+}
+
+/// Allocates channel's completion queue and ring (see [`BusDevice::start`]).
+fn allocate_channel<A: DmaAdapterPort>(
+    adapter: &A,
+    mode: DmaMode,
+    config: &StartConfig,
+    board: &BoardFacts,
+    slot_bytes: u32,
+) -> Result<ChannelResources, NtStatus> {
+    let caps = board.caps;
+    let entries_bytes = |n: u32| usize::try_from(n).ok()?.checked_mul(ENTRY_BYTES as usize);
+    let cq_bytes = entries_bytes(config.cq_entries).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
+    let cq = allocate_reachable(adapter, cq_bytes, caps).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
+    let ring = match mode {
+        DmaMode::ScatterGather => entries_bytes(config.descriptor_ring_entries)
+            .and_then(|bytes| allocate_reachable(adapter, bytes, caps))
+            .map(|ring| (ring, config.descriptor_ring_entries, 0)),
+        DmaMode::CommonBuffer => {
+            let mut slots = config.slot_count.min(u32::try_from(MAX_SLOTS).unwrap_or(u32::MAX));
+            loop {
+                let bytes = usize::try_from(slot_bytes)
+                    .ok()
+                    .and_then(|b| b.checked_mul(usize::try_from(slots).ok()?));
+                if let Some(ring) = bytes.and_then(|bytes| allocate_reachable(adapter, bytes, caps)) {
+                    break Some((ring, slots, slot_bytes));
+                }
+                if slots <= crate::config::MIN_SLOT_COUNT {
+                    break None;
+                }
+                slots -= 1;
+            }
+        }
+    };
+    let Some((ring, ring_entries, slot_bytes)) = ring else {
+        cq.free(adapter);
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
+    };
+    Ok(ChannelResources {
+        mode,
+        cq,
+        cq_entries: config.cq_entries,
+        ring,
+        ring_entries,
+        slot_bytes,
+        slot_stride: slot_bytes,
+        max_transfer: board.max_transfer,
+        address_64: caps.address_64,
+    })
+}
+
+/// A common buffer aligned to `caps.alignment` that the board can reach
+/// (below 4 GiB for a 32-bit board; the adapter guarantees it, this checks).
+fn allocate_reachable<A: DmaAdapterPort>(adapter: &A, bytes: usize, caps: Caps) -> Option<DmaBuffer> {
+    let buffer = DmaBuffer::allocate(adapter, bytes, caps.alignment)?;
+    let end = u64::try_from(buffer.bytes).ok().and_then(|b| buffer.logical.checked_add(b));
+    if caps.address_64 || end.is_some_and(|end| end <= FOUR_GIB) {
+        Some(buffer)
+    } else {
+        buffer.free(adapter);
+        None
+    }
+}

@@ -1,0 +1,74 @@
+//! Register-level helpers: one channel's register block, and the channel
+//! programming sequence of `docs/architecture.md` §1 ("Start of a channel").
+use crate::channel::{ChannelResources, RunState};
+use crate::ports::RegisterPort;
+use capdma_interface::regs::{channel, channel_base, CTRL_RESET, CTRL_RUN, CTRL_SG_MODE};
+use capdma_interface::DmaMode;
+use core::sync::atomic::{fence, Ordering};
+
+/// Register access to channel `ch`'s block (`0x100 + 0x80 * ch`).
+pub(crate) struct ChannelRegs<'a, R: RegisterPort> {
+    regs: &'a R,
+    base: u32,
+}
+
+impl<'a, R: RegisterPort> ChannelRegs<'a, R> {
+    /// The block of channel `ch` (`ch < MAX_CHANNELS`, checked by the callers).
+    pub fn new(regs: &'a R, ch: u32) -> Self {
+        Self { regs, base: channel_base(ch) }
+    }
+
+    /// `READ_REGISTER_ULONG(base + offset)`.
+    pub fn read(&self, offset: u32) -> u32 {
+        self.regs.read32(self.base.wrapping_add(offset))
+    }
+
+    /// `WRITE_REGISTER_ULONG(base + offset, value)`.
+    pub fn write(&self, offset: u32, value: u32) {
+        self.regs.write32(self.base.wrapping_add(offset), value);
+    }
+}
+
+/// Low and high 32 bits of a logical address.
+#[allow(clippy::cast_possible_truncation, reason = "the halves are taken deliberately")]
+pub(crate) const fn split_u64(value: u64) -> (u32, u32) {
+    (value as u32, (value >> 32) as u32)
+}
+
+/// Steps 1–4 and the final `CTRL` write of step 5 (the caller has set the
+/// channel's `INT_ENABLE` bits): reset, program the format, the ring and
+/// the completion queue, hand the board `slot_producer` slots (CB mode),
+/// run. Also used to restart a channel after a reset.
+pub(crate) fn program_and_run<R: RegisterPort>(
+    cr: &ChannelRegs<'_, R>,
+    buffers: &ChannelResources,
+    run: &RunState,
+    slot_producer: u32,
+) {
+    cr.write(channel::CTRL, CTRL_RESET);
+    cr.write(channel::FOURCC, run.format.fourcc);
+    cr.write(channel::WIDTH, run.format.width);
+    cr.write(channel::HEIGHT, run.format.height);
+    cr.write(channel::LINE_PITCH, run.geometry.line_pitch);
+    cr.write(channel::FRAME_INTERVAL, run.format.frame_interval);
+    let (ring_lo, ring_hi) = split_u64(buffers.ring.logical);
+    cr.write(channel::RING_BASE_LO, ring_lo);
+    cr.write(channel::RING_BASE_HI, ring_hi);
+    cr.write(channel::RING_ENTRIES, buffers.ring_entries);
+    cr.write(channel::SLOT_STRIDE, buffers.slot_stride);
+    let (cq_lo, cq_hi) = split_u64(buffers.cq.logical);
+    cr.write(channel::CQ_BASE_LO, cq_lo);
+    cr.write(channel::CQ_BASE_HI, cq_hi);
+    cr.write(channel::CQ_ENTRIES, buffers.cq_entries);
+    cr.write(channel::CQ_CONSUMER, 0);
+    let ctrl = match buffers.mode {
+        DmaMode::CommonBuffer => {
+            cr.write(channel::RING_PRODUCER, slot_producer);
+            CTRL_RUN
+        }
+        DmaMode::ScatterGather => CTRL_RUN | CTRL_SG_MODE,
+    };
+    // Everything above is visible to the board before it runs.
+    fence(Ordering::Release);
+    cr.write(channel::CTRL, ctrl);
+}

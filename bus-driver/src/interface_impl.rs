@@ -1,0 +1,616 @@
+//! `GUID_CAPDMA_BUS_INTERFACE`: answering `IRP_MN_QUERY_INTERFACE` with a
+//! [`CapdmaBusInterface`] whose function pointers are `extern "system"`
+//! thunks generic over the platform, and the safe methods behind them.
+//!
+//! `Context` is the [`BusDevice`]'s address: the device must not move or be
+//! dropped while a reference is held. Every thunk checks `Context` and its
+//! pointers (null, alignment) before use and returns the NTSTATUS documented
+//! in `capdma_interface::table`:
+//!
+//! * `STATUS_INVALID_PARAMETER`: null context or out-pointer, channel not
+//!   below the board's channel count, bad arguments;
+//! * `STATUS_DEVICE_REMOVED`: surprise-removed or the board read as gone;
+//! * `STATUS_DEVICE_NOT_READY`: the device is not started (or, per
+//!   function, the channel is not running);
+//! * `STATUS_INVALID_DEVICE_REQUEST`: wrong DMA mode for the function, or
+//!   called above its IRQL (`StartChannel`/`StopChannel` need
+//!   `PASSIVE_LEVEL`, the others `<= DISPATCH_LEVEL`).
+use crate::channel::format::{validate_channel_format, RunState};
+use crate::channel::Callback;
+use crate::config::MAX_DESCRIPTOR_ENTRIES;
+use crate::device::{BusDevice, DeviceState};
+use crate::hw::ChannelRegs;
+use crate::mode::FOUR_GIB;
+use crate::ports::{BusPlatform, DmaAdapterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
+use capdma_interface::descriptor::{SgDescriptor, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
+use capdma_interface::negotiate::{negotiate_current, Negotiated};
+use capdma_interface::regs::channel;
+use capdma_interface::status::{
+    NtStatus, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+};
+use capdma_interface::table::{
+    CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
+};
+use capdma_interface::DmaMode;
+use core::ffi::c_void;
+use core::sync::atomic::{fence, Ordering};
+
+/// What `GetDmaAdapter` returns: the `PDMA_ADAPTER`, `MaxMappingByteCount`
+/// (bytes) and the map registers granted.
+type AdapterAnswer = (*mut c_void, u32, u32);
+
+impl<P: BusPlatform> BusDevice<P> {
+    /// `IRP_MN_QUERY_INTERFACE` for `GUID_CAPDMA_BUS_INTERFACE`: negotiates
+    /// `size`/`version` (`Parameters.QueryInterface.Size`/`.Version`,
+    /// `capdma_interface::negotiate`), fills `out` (the IRP's `Interface`
+    /// buffer, at least `size` bytes) with the served version's table and
+    /// takes one interface reference for the caller. `PASSIVE_LEVEL`.
+    ///
+    /// # Returns
+    /// `STATUS_SUCCESS`; `STATUS_INVALID_PARAMETER` for a null `out`;
+    /// `STATUS_DEVICE_REMOVED` after surprise removal; `STATUS_DEVICE_NOT_READY`
+    /// unless started; `STATUS_REVISION_MISMATCH` / `STATUS_BUFFER_TOO_SMALL`
+    /// from the negotiation. Nothing is written and no reference taken on failure.
+    pub fn query_interface(&self, size: u16, version: u16, out: *mut CapdmaBusInterface) -> NtStatus {
+        if out.is_null() {
+            return STATUS_INVALID_PARAMETER;
+        }
+        if !self.hardware_present() {
+            return STATUS_DEVICE_REMOVED;
+        }
+        if self.state() != DeviceState::Started {
+            return STATUS_DEVICE_NOT_READY;
+        }
+        let negotiated = match negotiate_current(size, version) {
+            Ok(n) => n,
+            Err(status) => return status,
+        };
+        let table = self.interface_table(negotiated);
+        let bytes = usize::from(negotiated.size).min(size_of::<CapdmaBusInterface>());
+        // SAFETY: `out` is non-null and, per the IRP_MN_QUERY_INTERFACE
+        // contract, points to `size` writable bytes; the negotiation checked
+        // `size >= negotiated.size >= bytes`. The table is a local value, so
+        // the ranges cannot overlap; a byte copy needs no alignment.
+        unsafe { core::ptr::copy_nonoverlapping((&raw const table).cast::<u8>(), out.cast::<u8>(), bytes) };
+        self.reference();
+        STATUS_SUCCESS
+    }
+
+    /// The table for `negotiated`, its `Context` this device's address.
+    fn interface_table(&self, negotiated: Negotiated) -> CapdmaBusInterface {
+        CapdmaBusInterface {
+            header: InterfaceHeader {
+                size: negotiated.size,
+                version: negotiated.version,
+                context: core::ptr::from_ref(self).cast_mut().cast::<c_void>(),
+                interface_reference: Some(thunk_reference::<P>),
+                interface_dereference: Some(thunk_dereference::<P>),
+            },
+            get_dma_config: Some(thunk_get_dma_config::<P>),
+            get_dma_adapter: Some(thunk_get_dma_adapter::<P>),
+            program_frame: Some(thunk_program_frame::<P>),
+            get_slot_ring: Some(thunk_get_slot_ring::<P>),
+            return_slot: Some(thunk_return_slot::<P>),
+            start_channel: Some(thunk_start_channel::<P>),
+            stop_channel: Some(thunk_stop_channel::<P>),
+            register_completion: Some(thunk_register_completion::<P>),
+        }
+    }
+
+    /// Common checks: present, started, `channel` below the channel count.
+    fn check_channel(&self, channel: u32) -> Result<usize, NtStatus> {
+        if !self.hardware_present() {
+            return Err(STATUS_DEVICE_REMOVED);
+        }
+        if self.state() != DeviceState::Started {
+            return Err(STATUS_DEVICE_NOT_READY);
+        }
+        if channel >= self.channel_count() {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        usize::try_from(channel).map_err(|_| STATUS_INVALID_PARAMETER)
+    }
+
+    fn check_irql(&self, max: u8) -> Result<(), NtStatus> {
+        if self.platform.current_irql() > max {
+            Err(STATUS_INVALID_DEVICE_REQUEST)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `GetDmaConfig` (`<= DISPATCH_LEVEL`): channel `channel`'s DMA
+    /// configuration.
+    ///
+    /// # Errors
+    /// The common ones (see the module documentation).
+    pub fn dma_config(&self, channel: u32) -> Result<DmaConfig, NtStatus> {
+        self.check_irql(DISPATCH_LEVEL)?;
+        let index = self.check_channel(channel)?;
+        let chan = self.channels.get(index).ok_or(STATUS_INVALID_PARAMETER)?;
+        let (info, buffers) = self.at_dispatch(|| (self.shared.lock().info, chan.state.lock().buffers));
+        let (Some(info), Some(buffers)) = (info, buffers) else {
+            return Err(STATUS_DEVICE_NOT_READY);
+        };
+        let cb = buffers.mode == DmaMode::CommonBuffer;
+        Ok(DmaConfig {
+            mode: info.decision.mode as u32,
+            reason: info.decision.reason as u32,
+            alignment: info.caps.alignment,
+            max_transfer: info.max_transfer,
+            address_bits: if info.caps.address_64 { 64 } else { 32 },
+            slot_count: if cb { buffers.ring_entries } else { 0 },
+            slot_bytes: if cb { buffers.slot_bytes } else { 0 },
+            descriptor_count: if cb { 0 } else { buffers.ring_entries },
+            channel_count: info.channel_count,
+            max_frame_bytes: info.max_frame_bytes,
+        })
+    }
+
+    /// `GetDmaAdapter` (`<= DISPATCH_LEVEL`).
+    fn dma_adapter(&self, channel: u32) -> Result<AdapterAnswer, NtStatus> {
+        self.check_irql(DISPATCH_LEVEL)?;
+        self.check_channel(channel)?;
+        let answer = self.at_dispatch(|| {
+            let shared = self.shared.lock();
+            match (&shared.adapter, shared.info) {
+                (Some(adapter), Some(info)) => Some((adapter.raw(), info)),
+                _ => None,
+            }
+        });
+        let (raw, info) = answer.ok_or(STATUS_DEVICE_NOT_READY)?;
+        if info.decision.mode != DmaMode::ScatterGather {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
+        }
+        Ok((raw, info.max_mapping_byte_count, info.map_registers))
+    }
+
+    /// `ProgramFrame` (`<= DISPATCH_LEVEL`): writes one descriptor per
+    /// element (start-of-frame on the first, end-of-frame on the last, `tag`
+    /// on all), records the frame in flight, then a release fence and
+    /// `RING_PRODUCER += count`.
+    fn program_frame(&self, channel: u32, tag: u32, elements: &[SgElement]) -> NtStatus {
+        if let Err(status) = self.check_irql(DISPATCH_LEVEL) {
+            return status;
+        }
+        let index = match self.check_channel(channel) {
+            Ok(i) => i,
+            Err(status) => return status,
+        };
+        let Some(chan) = self.channels.get(index) else {
+            return STATUS_INVALID_PARAMETER;
+        };
+        let regs = self.platform.registers();
+        self.at_dispatch(|| {
+            let mut st = chan.state.lock();
+            let Some(buffers) = st.buffers else {
+                return STATUS_DEVICE_NOT_READY;
+            };
+            if buffers.mode != DmaMode::ScatterGather {
+                return STATUS_INVALID_DEVICE_REQUEST;
+            }
+            let Some(run) = st.run else {
+                return STATUS_DEVICE_NOT_READY;
+            };
+            let Some(total) = element_bytes(elements, buffers.max_transfer, buffers.address_64) else {
+                return STATUS_INVALID_PARAMETER;
+            };
+            if total < run.geometry.frame_bytes || st.sg.has_tag(tag) {
+                return STATUS_INVALID_PARAMETER;
+            }
+            let Ok(count) = u32::try_from(elements.len()) else {
+                return STATUS_INVALID_PARAMETER;
+            };
+            let first = match st.sg.push(count, total, tag, buffers.ring_entries) {
+                Ok(first) => first,
+                Err(status) => return status,
+            };
+            let last = elements.len().saturating_sub(1);
+            for (i, (element, offset)) in elements.iter().zip(0u32..).enumerate() {
+                let mut flags = 0;
+                if i == 0 {
+                    flags |= DESC_START_OF_FRAME;
+                }
+                if i == last {
+                    flags |= DESC_END_OF_FRAME;
+                }
+                let descriptor = SgDescriptor {
+                    address: element.logical_address,
+                    byte_count: element.byte_count,
+                    flags,
+                    tag,
+                    ..SgDescriptor::default()
+                };
+                // The index is below `ring_entries` and the ring holds
+                // `ring_entries` descriptors: the write cannot miss.
+                let _ = buffers.ring.write_descriptor(first.wrapping_add(offset) % buffers.ring_entries, &descriptor);
+            }
+            // The descriptors are visible to the board before it may read them.
+            fence(Ordering::Release);
+            if self.hardware_present() {
+                ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, st.sg.producer());
+            }
+            STATUS_SUCCESS
+        })
+    }
+
+    /// `GetSlotRing` (`<= DISPATCH_LEVEL`).
+    fn slot_ring(&self, channel: u32) -> Result<SlotRing, NtStatus> {
+        self.check_irql(DISPATCH_LEVEL)?;
+        let index = self.check_channel(channel)?;
+        let chan = self.channels.get(index).ok_or(STATUS_INVALID_PARAMETER)?;
+        let (buffers, run) = self.at_dispatch(|| {
+            let st = chan.state.lock();
+            (st.buffers, st.run)
+        });
+        let buffers = buffers.ok_or(STATUS_DEVICE_NOT_READY)?;
+        if buffers.mode != DmaMode::CommonBuffer {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
+        }
+        Ok(SlotRing {
+            base: buffers.ring.va,
+            base_logical: buffers.ring.logical,
+            slot_count: buffers.ring_entries,
+            slot_stride: buffers.slot_stride,
+            slot_bytes: buffers.slot_bytes,
+            line_pitch: run.map_or(0, |r| r.geometry.line_pitch),
+        })
+    }
+
+    /// `ReturnSlot` (`<= DISPATCH_LEVEL`).
+    fn return_slot(&self, channel: u32, slot: u32) -> NtStatus {
+        if let Err(status) = self.check_irql(DISPATCH_LEVEL) {
+            return status;
+        }
+        let index = match self.check_channel(channel) {
+            Ok(i) => i,
+            Err(status) => return status,
+        };
+        let Some(chan) = self.channels.get(index) else {
+            return STATUS_INVALID_PARAMETER;
+        };
+        let regs = self.platform.registers();
+        self.at_dispatch(|| {
+            let mut st = chan.state.lock();
+            let Some(buffers) = st.buffers else {
+                return STATUS_DEVICE_NOT_READY;
+            };
+            if buffers.mode != DmaMode::CommonBuffer {
+                return STATUS_INVALID_DEVICE_REQUEST;
+            }
+            match st.slots.return_slot(slot) {
+                Ok(moved) => {
+                    if moved && st.running() && self.hardware_present() {
+                        ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, st.slots.producer());
+                    }
+                    STATUS_SUCCESS
+                }
+                Err(status) => status,
+            }
+        })
+    }
+
+    /// `StartChannel` (`PASSIVE_LEVEL`): validates `format`, enables the
+    /// channel's interrupts and programs and runs the engine.
+    fn start_channel(&self, channel: u32, format: &ChannelFormat) -> NtStatus {
+        if let Err(status) = self.check_irql(PASSIVE_LEVEL) {
+            return status;
+        }
+        let index = match self.check_channel(channel) {
+            Ok(i) => i,
+            Err(status) => return status,
+        };
+        let Some(chan) = self.channels.get(index) else {
+            return STATUS_INVALID_PARAMETER;
+        };
+        let regs = self.platform.registers();
+        self.at_dispatch(|| {
+            let mut st = chan.state.lock();
+            let Some(buffers) = st.buffers else {
+                return STATUS_DEVICE_NOT_READY;
+            };
+            if st.running() || st.delivering || st.sg.len() > 0 {
+                return STATUS_DEVICE_BUSY;
+            }
+            let geometry = match validate_channel_format(format, buffers.mode, buffers.slot_bytes) {
+                Ok(g) => g,
+                Err(status) => return status,
+            };
+            self.set_channel_interrupts(channel, true);
+            st.start_run(regs, channel, RunState { format: *format, geometry });
+            STATUS_SUCCESS
+        })
+    }
+
+    /// `StopChannel` (`PASSIVE_LEVEL`): stops the engine, completes every
+    /// posted S/G frame with `STATUS_CANCELLED` through the callback and
+    /// waits for any delivery in progress, reclaims the board's slots.
+    /// Idempotent; succeeds after surprise removal.
+    fn stop_channel(&self, channel: u32) -> NtStatus {
+        if let Err(status) = self.check_irql(PASSIVE_LEVEL) {
+            return status;
+        }
+        let index = match self.check_channel(channel) {
+            Ok(i) => i,
+            Err(STATUS_DEVICE_REMOVED) => return STATUS_SUCCESS,
+            Err(status) => return status,
+        };
+        let Some(chan) = self.channels.get(index) else {
+            return STATUS_INVALID_PARAMETER;
+        };
+        let hw = self.hardware_present();
+        let regs = self.platform.registers();
+        self.at_dispatch(|| {
+            let mut st = chan.state.lock();
+            if st.running() {
+                self.set_channel_interrupts(channel, false);
+                st.stop_run(hw.then_some(regs), channel, capdma_interface::status::STATUS_CANCELLED);
+            }
+        });
+        self.deliver_and_wait(index);
+        STATUS_SUCCESS
+    }
+
+    /// `RegisterCompletion` (`<= DISPATCH_LEVEL`).
+    fn register_completion(&self, channel: u32, callback: Option<PfnCompletion>, context: *mut c_void) -> NtStatus {
+        if let Err(status) = self.check_irql(DISPATCH_LEVEL) {
+            return status;
+        }
+        let index = match self.check_channel(channel) {
+            Ok(i) => i,
+            // Unregistering is part of teardown: let it succeed after removal.
+            Err(STATUS_DEVICE_REMOVED) if callback.is_none() && channel < self.channel_count() => {
+                usize::try_from(channel).unwrap_or(usize::MAX)
+            }
+            Err(status) => return status,
+        };
+        let Some(chan) = self.channels.get(index) else {
+            return STATUS_INVALID_PARAMETER;
+        };
+        self.at_dispatch(|| {
+            let mut st = chan.state.lock();
+            if st.running() || st.delivering {
+                return STATUS_DEVICE_BUSY;
+            }
+            st.callback = callback.map(|func| Callback { func, context });
+            STATUS_SUCCESS
+        })
+    }
+}
+
+/// Total bytes of a frame's elements, or `None` when any element is empty,
+/// longer than `max_transfer`, wraps the address space, or (32-bit board)
+/// ends above 4 GiB, or when the total overflows `u32`.
+fn element_bytes(elements: &[SgElement], max_transfer: u32, address_64: bool) -> Option<u32> {
+    if elements.is_empty() {
+        return None;
+    }
+    let mut total: u32 = 0;
+    for e in elements {
+        if e.byte_count == 0 || e.byte_count > max_transfer {
+            return None;
+        }
+        let end = e.logical_address.checked_add(u64::from(e.byte_count))?;
+        if !address_64 && end > FOUR_GIB {
+            return None;
+        }
+        total = total.checked_add(e.byte_count)?;
+    }
+    Some(total)
+}
+
+/// The device behind a `Context`, if the pointer is non-null and aligned.
+///
+/// # Safety
+/// A non-null `context` must be the `Context` of a table this crate filled
+/// for a `BusDevice<P>` that is still alive and has not moved (the
+/// interface-reference contract).
+unsafe fn device<'a, P: BusPlatform>(context: *mut c_void) -> Option<&'a BusDevice<P>> {
+    let ptr = context.cast_const().cast::<BusDevice<P>>();
+    if ptr.is_null() || !ptr.is_aligned() {
+        return None;
+    }
+    // SAFETY: non-null and aligned; by this function's contract it points to
+    // a live `BusDevice<P>`, which is only ever accessed through `&`.
+    Some(unsafe { &*ptr })
+}
+
+/// `InterfaceReference`.
+///
+/// # Safety
+/// `context` as for [`device`].
+unsafe extern "system" fn thunk_reference<P: BusPlatform>(context: *mut c_void) {
+    // SAFETY: forwarded contract of this thunk.
+    if let Some(dev) = unsafe { device::<P>(context) } {
+        dev.reference();
+    }
+}
+
+/// `InterfaceDereference`.
+///
+/// # Safety
+/// `context` as for [`device`].
+unsafe extern "system" fn thunk_dereference<P: BusPlatform>(context: *mut c_void) {
+    // SAFETY: forwarded contract of this thunk.
+    if let Some(dev) = unsafe { device::<P>(context) } {
+        dev.dereference();
+    }
+}
+
+/// `GetDmaConfig`.
+///
+/// # Safety
+/// `context` as for [`device`]; a non-null `config` points to a writable `DmaConfig`.
+unsafe extern "system" fn thunk_get_dma_config<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    config: *mut DmaConfig,
+) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    let Some(dev) = (unsafe { device::<P>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if config.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    match dev.dma_config(channel) {
+        Ok(value) => {
+            // SAFETY: non-null, writable per the caller's contract; unaligned-safe.
+            unsafe { config.write_unaligned(value) };
+            STATUS_SUCCESS
+        }
+        Err(status) => status,
+    }
+}
+
+/// `GetDmaAdapter`.
+///
+/// # Safety
+/// `context` as for [`device`]; non-null out-pointers point to writable values.
+unsafe extern "system" fn thunk_get_dma_adapter<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    adapter: *mut *mut c_void,
+    max_mapping_byte_count: *mut u32,
+    map_registers: *mut u32,
+) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    let Some(dev) = (unsafe { device::<P>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if adapter.is_null() || max_mapping_byte_count.is_null() || map_registers.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    match dev.dma_adapter(channel) {
+        Ok((raw, max_mapping, registers)) => {
+            // SAFETY: non-null, writable per the caller's contract.
+            unsafe { adapter.write_unaligned(raw) };
+            // SAFETY: as above.
+            unsafe { max_mapping_byte_count.write_unaligned(max_mapping) };
+            // SAFETY: as above.
+            unsafe { map_registers.write_unaligned(registers) };
+            STATUS_SUCCESS
+        }
+        Err(status) => status,
+    }
+}
+
+/// `ProgramFrame`.
+///
+/// # Safety
+/// `context` as for [`device`]; a non-null `elements` points to
+/// `element_count` readable `SgElement`s (`KSMAPPING`s).
+unsafe extern "system" fn thunk_program_frame<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    element_count: u32,
+) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    let Some(dev) = (unsafe { device::<P>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if elements.is_null() || !elements.is_aligned() || element_count == 0 || element_count > MAX_DESCRIPTOR_ENTRIES {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Ok(len) = usize::try_from(element_count) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: non-null and aligned; the caller guarantees `element_count`
+    // readable elements that stay unchanged during the call; `len` is at
+    // most 65536 elements (1 MiB), so the slice size fits `isize`.
+    let elements = unsafe { core::slice::from_raw_parts(elements, len) };
+    dev.program_frame(channel, tag, elements)
+}
+
+/// `GetSlotRing`.
+///
+/// # Safety
+/// `context` as for [`device`]; a non-null `ring` points to a writable `SlotRing`.
+unsafe extern "system" fn thunk_get_slot_ring<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    ring: *mut SlotRing,
+) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    let Some(dev) = (unsafe { device::<P>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if ring.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    match dev.slot_ring(channel) {
+        Ok(value) => {
+            // SAFETY: non-null, writable per the caller's contract; unaligned-safe.
+            unsafe { ring.write_unaligned(value) };
+            STATUS_SUCCESS
+        }
+        Err(status) => status,
+    }
+}
+
+/// `ReturnSlot`.
+///
+/// # Safety
+/// `context` as for [`device`].
+unsafe extern "system" fn thunk_return_slot<P: BusPlatform>(context: *mut c_void, channel: u32, slot: u32) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    match unsafe { device::<P>(context) } {
+        Some(dev) => dev.return_slot(channel, slot),
+        None => STATUS_INVALID_PARAMETER,
+    }
+}
+
+/// `StartChannel`.
+///
+/// # Safety
+/// `context` as for [`device`]; a non-null `format` points to a readable `ChannelFormat`.
+unsafe extern "system" fn thunk_start_channel<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    format: *const ChannelFormat,
+) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    let Some(dev) = (unsafe { device::<P>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if format.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: non-null and readable per the caller's contract; a plain-integer
+    // struct, read unaligned-safe into a local copy.
+    let format = unsafe { format.read_unaligned() };
+    dev.start_channel(channel, &format)
+}
+
+/// `StopChannel`.
+///
+/// # Safety
+/// `context` as for [`device`].
+unsafe extern "system" fn thunk_stop_channel<P: BusPlatform>(context: *mut c_void, channel: u32) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    match unsafe { device::<P>(context) } {
+        Some(dev) => dev.stop_channel(channel),
+        None => STATUS_INVALID_PARAMETER,
+    }
+}
+
+/// `RegisterCompletion`.
+///
+/// # Safety
+/// `context` as for [`device`]; `callback` must be callable with
+/// `callback_context` at `DISPATCH_LEVEL` until unregistered.
+unsafe extern "system" fn thunk_register_completion<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    callback: Option<PfnCompletion>,
+    callback_context: *mut c_void,
+) -> NtStatus {
+    // SAFETY: forwarded contract of this thunk.
+    match unsafe { device::<P>(context) } {
+        Some(dev) => dev.register_completion(channel, callback, callback_context),
+        None => STATUS_INVALID_PARAMETER,
+    }
+}

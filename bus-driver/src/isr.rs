@@ -1,0 +1,34 @@
+//! The interrupt service routine (device IRQL).
+use crate::device::BusDevice;
+use crate::ports::{BusPlatform, RegisterPort};
+use capdma_interface::regs::global;
+use core::sync::atomic::Ordering;
+
+impl<P: BusPlatform> BusDevice<P> {
+    /// `KSERVICE_ROUTINE` body, at device IRQL: reads `INT_STATUS`.
+    ///
+    /// * `0`: not this board's interrupt (the line is shared): returns `false`.
+    /// * `0xFFFF_FFFF`: the board is gone; masks its interrupts
+    ///   (`INT_ENABLE = 0`), marks it gone (the DPC, the watchdog and the
+    ///   interface stop touching registers) and returns `true`.
+    /// * otherwise: writes the value back (write-1-to-clear), ORs it into
+    ///   the pending bits for the DPC and returns `true`.
+    ///
+    /// Takes no lock and touches nothing else. When it returns `true` the
+    /// glue queues the DPC (`IoRequestDpc` / `KeInsertQueueDpc`).
+    pub fn isr(&self) -> bool {
+        let regs = self.platform.registers();
+        let status = regs.read32(global::INT_STATUS);
+        if status == 0 {
+            return false;
+        }
+        if status == u32::MAX {
+            regs.write32(global::INT_ENABLE, 0);
+            self.board_gone.store(true, Ordering::Release);
+            return true;
+        }
+        regs.write32(global::INT_STATUS, status);
+        self.pending.fetch_or(status, Ordering::AcqRel);
+        true
+    }
+}

@@ -1,0 +1,180 @@
+//! DMA mode selection: pure functions of the board's capabilities, the
+//! registry override, the machine's memory and the adapter's grant.
+//!
+//! The decision is made in two steps at start (`PASSIVE_LEVEL`):
+//!
+//! 1. [`decide_mode`] from the decoded `CAPS`, the `DmaMode` override and
+//!    the highest physical address of RAM, before `IoGetDmaAdapter`;
+//! 2. [`decide_after_adapter`] with the map registers the adapter granted.
+//!    When it turns a scatter-gather decision into common-buffer, the start
+//!    puts the adapter and gets a new one with the common-buffer
+//!    [`device_description`].
+//!
+//! | board | override | memory | map registers | mode | reason |
+//! |---|---|---|---|---|---|
+//! | no S/G | S/G | any | – | CB | `OverrideIgnoredNoScatterGather` |
+//! | no S/G | auto, CB | any | – | CB | `BoardLacksScatterGather` |
+//! | S/G | CB | any | – | CB | `OverrideCommonBuffer` |
+//! | S/G 64-bit | auto | any | any | S/G | `BoardScatterGather` |
+//! | S/G 64-bit | S/G | any | any | S/G | `OverrideScatterGather` |
+//! | S/G 32-bit | auto | below 4 GiB | any | S/G | `BoardScatterGather` |
+//! | S/G 32-bit | S/G | below 4 GiB | any | S/G | `OverrideScatterGather` |
+//! | S/G 32-bit | auto | above 4 GiB | – | CB | `AddressLimitPreferCommonBuffer` |
+//! | S/G 32-bit | S/G | above 4 GiB | > 0 | S/G (bouncing) | `OverrideScatterGather` |
+//! | S/G 32-bit | S/G | above 4 GiB | 0 | CB | `AddressLimitNoMapRegisters` |
+use crate::config::DmaModeOverride;
+use crate::ports::DeviceDescription;
+use capdma_interface::regs::Caps;
+use capdma_interface::{DmaMode, ModeReason};
+
+/// The DMA mode chosen at start and why; reported by `GetDmaConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ModeDecision {
+    /// The mode.
+    pub mode: DmaMode,
+    /// Why.
+    pub reason: ModeReason,
+}
+
+impl ModeDecision {
+    const fn new(mode: DmaMode, reason: ModeReason) -> Self {
+        Self { mode, reason }
+    }
+}
+
+/// First physical address a 32-bit board cannot reach (4 GiB).
+pub const FOUR_GIB: u64 = 1 << 32;
+
+/// Whether RAM reaches above what a 32-bit board can address.
+/// `highest_physical_address` is the highest byte address of RAM (inclusive,
+/// as `BusPlatform::highest_physical_address` reports it); an exclusive end
+/// of exactly 4 GiB also counts as above, which errs towards the safe mode.
+#[must_use]
+pub const fn memory_above_4gib(highest_physical_address: u64) -> bool {
+    highest_physical_address >= FOUR_GIB
+}
+
+/// Step 1: the mode before `IoGetDmaAdapter` (see the module table).
+#[must_use]
+pub const fn decide_mode(caps: Caps, dma_override: DmaModeOverride, highest_physical_address: u64) -> ModeDecision {
+    let forced_sg = matches!(dma_override, DmaModeOverride::ScatterGather);
+    if !caps.scatter_gather {
+        let reason = if forced_sg {
+            ModeReason::OverrideIgnoredNoScatterGather
+        } else {
+            ModeReason::BoardLacksScatterGather
+        };
+        return ModeDecision::new(DmaMode::CommonBuffer, reason);
+    }
+    if matches!(dma_override, DmaModeOverride::CommonBuffer) {
+        return ModeDecision::new(DmaMode::CommonBuffer, ModeReason::OverrideCommonBuffer);
+    }
+    if !caps.address_64 && memory_above_4gib(highest_physical_address) && !forced_sg {
+        return ModeDecision::new(DmaMode::CommonBuffer, ModeReason::AddressLimitPreferCommonBuffer);
+    }
+    let reason = if forced_sg { ModeReason::OverrideScatterGather } else { ModeReason::BoardScatterGather };
+    ModeDecision::new(DmaMode::ScatterGather, reason)
+}
+
+/// Step 2, after `IoGetDmaAdapter` granted `map_registers`
+/// (`NumberOfMapRegisters`): a scatter-gather decision for a 32-bit board on
+/// a machine with memory above 4 GiB needs map registers to bounce through;
+/// with none it becomes common-buffer (`AddressLimitNoMapRegisters`). Every
+/// other decision is returned unchanged.
+#[must_use]
+pub const fn decide_after_adapter(
+    decision: ModeDecision,
+    caps: Caps,
+    highest_physical_address: u64,
+    map_registers: u32,
+) -> ModeDecision {
+    if matches!(decision.mode, DmaMode::ScatterGather)
+        && !caps.address_64
+        && memory_above_4gib(highest_physical_address)
+        && map_registers == 0
+    {
+        return ModeDecision::new(DmaMode::CommonBuffer, ModeReason::AddressLimitNoMapRegisters);
+    }
+    decision
+}
+
+/// The `DEVICE_DESCRIPTION` fields for `IoGetDmaAdapter` in `mode`:
+/// `ScatterGather` only in S/G mode, `Dma64BitAddresses` when the board
+/// drives 64-bit addresses (else `Dma32BitAddresses`, which also keeps the
+/// common buffers below 4 GiB), `MaximumLength` = the largest frame, bytes.
+#[must_use]
+pub const fn device_description(mode: DmaMode, caps: Caps, max_frame_bytes: u32) -> DeviceDescription {
+    DeviceDescription {
+        scatter_gather: matches!(mode, DmaMode::ScatterGather),
+        dma64: caps.address_64,
+        maximum_length: max_frame_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DmaMode::{CommonBuffer as Cb, ScatterGather as Sg};
+    use DmaModeOverride as O;
+
+    const LOW: u64 = 0x7FFF_FFFF; // 2 GiB machine
+    const HIGH: u64 = 0x4_0000_0000 - 1; // 16 GiB machine
+
+    fn caps(sg: bool, a64: bool) -> Caps {
+        Caps { scatter_gather: sg, address_64: a64, channels: 2, alignment: 4096 }
+    }
+
+    #[test]
+    fn mode_table() {
+        use ModeReason as R;
+        #[rustfmt::skip]
+        let table = [
+            // sg,    a64,   override,          memory, map regs, mode, reason
+            (false, false, O::Auto,          LOW,  8, Cb, R::BoardLacksScatterGather),
+            (false, true,  O::Auto,          HIGH, 8, Cb, R::BoardLacksScatterGather),
+            (false, true,  O::CommonBuffer,  HIGH, 8, Cb, R::BoardLacksScatterGather),
+            (false, false, O::ScatterGather, LOW,  8, Cb, R::OverrideIgnoredNoScatterGather),
+            (false, true,  O::ScatterGather, HIGH, 8, Cb, R::OverrideIgnoredNoScatterGather),
+            (true,  true,  O::CommonBuffer,  LOW,  8, Cb, R::OverrideCommonBuffer),
+            (true,  false, O::CommonBuffer,  HIGH, 8, Cb, R::OverrideCommonBuffer),
+            (true,  true,  O::Auto,          HIGH, 0, Sg, R::BoardScatterGather),
+            (true,  true,  O::Auto,          LOW,  8, Sg, R::BoardScatterGather),
+            (true,  true,  O::ScatterGather, HIGH, 0, Sg, R::OverrideScatterGather),
+            (true,  false, O::Auto,          LOW,  0, Sg, R::BoardScatterGather),
+            (true,  false, O::ScatterGather, LOW,  0, Sg, R::OverrideScatterGather),
+            (true,  false, O::Auto,          HIGH, 8, Cb, R::AddressLimitPreferCommonBuffer),
+            (true,  false, O::ScatterGather, HIGH, 8, Sg, R::OverrideScatterGather),
+            (true,  false, O::ScatterGather, HIGH, 0, Cb, R::AddressLimitNoMapRegisters),
+        ];
+        for (i, &(sg, a64, ov, mem, regs, mode, reason)) in table.iter().enumerate() {
+            let c = caps(sg, a64);
+            let first = decide_mode(c, ov, mem);
+            let got = decide_after_adapter(first, c, mem, regs);
+            assert_eq!(got, ModeDecision { mode, reason }, "row {i}");
+        }
+    }
+
+    #[test]
+    fn four_gib_boundary() {
+        assert!(!memory_above_4gib(0xFFFF_FFFF));
+        assert!(memory_above_4gib(0x1_0000_0000));
+        let c = caps(true, false);
+        assert_eq!(decide_mode(c, O::Auto, 0xFFFF_FFFF).mode, Sg);
+        assert_eq!(decide_mode(c, O::Auto, 0x1_0000_0000).mode, Cb);
+    }
+
+    #[test]
+    fn adapter_step_never_changes_common_buffer() {
+        let c = caps(false, false);
+        let d = decide_mode(c, O::Auto, HIGH);
+        assert_eq!(decide_after_adapter(d, c, HIGH, 0), d);
+    }
+
+    #[test]
+    fn description_follows_mode_and_address_width() {
+        let d = device_description(Sg, caps(true, true), 1 << 22);
+        assert_eq!(d, DeviceDescription { scatter_gather: true, dma64: true, maximum_length: 1 << 22 });
+        let d = device_description(Cb, caps(true, false), 1000);
+        assert_eq!(d, DeviceDescription { scatter_gather: false, dma64: false, maximum_length: 1000 });
+    }
+}

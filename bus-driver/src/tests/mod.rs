@@ -193,3 +193,57 @@ fn elements(base: u64, bytes: u32) -> Vec<SgElement> {
     }
     v
 }
+
+/// `BusDevice<P>` is `Sync` (shareable between the ISR, DPCs and callers on
+/// several processors) whenever the platform is `Sync` and its adapter `Send`.
+#[test]
+fn bus_device_is_sync_for_a_sync_platform() {
+    use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
+    struct Regs;
+    impl RegisterPort for Regs {
+        fn read32(&self, _: u32) -> u32 {
+            0
+        }
+        fn write32(&self, _: u32, _: u32) {}
+    }
+    struct Adapter;
+    impl DmaAdapterPort for Adapter {
+        fn allocate_common_buffer(&self, _: usize) -> Option<CommonBuffer> {
+            None
+        }
+        fn free_common_buffer(&self, _: CommonBuffer) {}
+        fn raw(&self) -> *mut c_void {
+            std::ptr::null_mut()
+        }
+        fn map_registers(&self) -> u32 {
+            0
+        }
+    }
+    struct Platform(Regs);
+    impl BusPlatform for Platform {
+        type Registers = Regs;
+        type Adapter = Adapter;
+        fn registers(&self) -> &Regs {
+            &self.0
+        }
+        fn get_dma_adapter(&self, _: &DeviceDescription) -> Option<Adapter> {
+            None
+        }
+        fn put_dma_adapter(&self, _: Adapter) {}
+        fn highest_physical_address(&self) -> u64 {
+            0
+        }
+        fn raise_to_dispatch(&self) -> Irql {
+            0
+        }
+        fn lower_irql(&self, _: Irql) {}
+        fn current_irql(&self) -> Irql {
+            0
+        }
+    }
+    fn assert_sync<T: Sync>(_: &T) {}
+    let dev = BusDevice::new(Platform(Regs));
+    assert_sync(&dev);
+    // No board: start fails cleanly.
+    assert_eq!(dev.start(&StartConfig::DEFAULT), Err(capdma_interface::status::STATUS_IO_DEVICE_ERROR));
+}

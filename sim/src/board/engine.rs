@@ -1,0 +1,901 @@
+//! The per-channel DMA engine: start-time checks, frame capture in both
+//! modes, completion records, drops, halts, and fault application.
+use super::faults::{BoardFault, Corruption, OVERSIZED_BYTE_COUNT};
+use super::registers::ChannelRegs;
+use super::source::FrameSource;
+use super::{Board, BoardConfig, BoardKind, BoardState, ChannelStats};
+use crate::memory::{PhysicalMemory, FOUR_GIB};
+use crate::pattern::{Pattern, PAD_BYTE};
+use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, CQ_STATUS_OK, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
+use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
+use capdma_interface::regs::{
+    int_done, int_error, CTRL_SG_MODE, ERROR_BAD_DESCRIPTOR, ERROR_DMA_FAULT, ERROR_OVERRUN, STATUS_ERROR_SHIFT,
+    STATUS_HALTED, STATUS_RUNNING,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Bytes of one descriptor / completion record.
+const ENTRY_BYTES: u64 = 32;
+/// Line alignment of the slot line pitch in common-buffer mode, bytes.
+pub const SLOT_LINE_ALIGN: u32 = 256;
+
+/// Why a due frame was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// No descriptor posted (S/G) / no slot owned (common buffer).
+    NoBuffer,
+    /// The completion queue is full (`CQ_PRODUCER − CQ_CONSUMER == CQ_ENTRIES`).
+    CompletionQueueFull,
+}
+
+/// What one [`Board::capture_frame`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureOutcome {
+    /// The board has no such channel.
+    NoSuchChannel,
+    /// The channel is not running (stopped or halted).
+    NotRunning,
+    /// The board is gone.
+    Removed,
+    /// The channel hangs (fault injection): nothing happened.
+    Hung,
+    /// The frame was dropped (`DROPPED_FRAMES` incremented).
+    Dropped(DropReason),
+    /// The frame was written and its completion record posted.
+    Completed {
+        /// The record's `index` (as written, corruptions included).
+        index: u32,
+        /// The record's `byte_count` (as written).
+        bytes: u32,
+        /// The frame's number.
+        frame_number: u32,
+        /// The record's `tag`.
+        tag: u32,
+    },
+    /// The engine halted with error `code` (`ERROR_*`).
+    Halted {
+        /// `ERROR_DMA_FAULT`, `ERROR_BAD_DESCRIPTOR` or `ERROR_OVERRUN`.
+        code: u32,
+    },
+}
+
+/// What the engine latched at `CTRL_RUN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RunConfig {
+    pub(crate) sg: bool,
+    pub(crate) format: PixelFormat,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) line_pitch: u32,
+    pub(crate) line_bytes: u32,
+    pub(crate) lines: u32,
+    pub(crate) frame_bytes: u32,
+    pub(crate) ring_base: u64,
+    pub(crate) ring_entries: u32,
+    pub(crate) slot_stride: u32,
+    pub(crate) cq_base: u64,
+    pub(crate) cq_entries: u32,
+    pub(crate) frame_interval: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Channel {
+    pub(crate) regs: ChannelRegs,
+    pub(crate) run: Option<RunConfig>,
+    pub(crate) frame_number: u32,
+    pub(crate) hung: bool,
+    pub(crate) corrupt: Vec<Corruption>,
+    pub(crate) source: FrameSource,
+    pub(crate) stats: ChannelStats,
+    line_buf: Vec<u8>,
+}
+
+impl Channel {
+    pub(crate) fn new() -> Self {
+        Self {
+            regs: ChannelRegs::default(),
+            run: None,
+            frame_number: 0,
+            hung: false,
+            corrupt: Vec::new(),
+            source: FrameSource::Pattern,
+            stats: ChannelStats::default(),
+            line_buf: Vec::new(),
+        }
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.regs.status & STATUS_RUNNING != 0
+    }
+
+    /// `CTRL_RESET`: stop, zero the ring counters and `DROPPED_FRAMES`, clear
+    /// errors and a hang. The format and ring registers keep their values;
+    /// the frame counter keeps running (it counts the video input's frames).
+    /// Injected completion corruptions stay armed.
+    pub(crate) fn reset(&mut self) {
+        let r = &mut self.regs;
+        r.ctrl = 0;
+        r.status = 0;
+        r.ring_producer = 0;
+        r.ring_consumer = 0;
+        r.cq_producer = 0;
+        r.cq_consumer = 0;
+        r.dropped_frames = 0;
+        self.run = None;
+        self.hung = false;
+        self.stats.resets += 1;
+    }
+
+    fn halt(&mut self, code: u32) {
+        self.regs.status = STATUS_HALTED | code << STATUS_ERROR_SHIFT;
+        self.stats.halts += 1;
+    }
+
+    /// `CTRL_RUN` 0 → 1: checks and latches the programmed configuration.
+    /// Returns `true` when the engine halted instead of starting.
+    pub(crate) fn start(&mut self, config: &BoardConfig, index: usize, problems: &mut Vec<String>) -> bool {
+        match validate(&self.regs, config) {
+            Ok(run) => {
+                self.run = Some(run);
+                self.regs.status = STATUS_RUNNING;
+                false
+            }
+            Err((code, message)) => {
+                problems.push(format!("channel {index}: start refused by the board: {message}"));
+                self.halt(code);
+                true
+            }
+        }
+    }
+}
+
+/// The start-time checks of a channel's programming.
+fn validate(r: &ChannelRegs, config: &BoardConfig) -> Result<RunConfig, (u32, String)> {
+    let bad = |m: String| Err((ERROR_BAD_DESCRIPTOR, m));
+    let sg = r.ctrl & CTRL_SG_MODE != 0;
+    if sg && config.kind == BoardKind::Legacy {
+        return bad("CTRL_SG_MODE set on a board without scatter/gather".into());
+    }
+    let Some(format) = PixelFormat::from_fourcc(r.fourcc) else {
+        return bad(format!("unsupported FOURCC {:#010x}", r.fourcc));
+    };
+    let (width, height) = (r.width, r.height);
+    let odd = width % 2 != 0 || (format == PixelFormat::Nv12 && height % 2 != 0);
+    if width == 0 || height == 0 || width > MAX_WIDTH || height > MAX_HEIGHT || odd {
+        return bad(format!("unsupported size {width}x{height} for {}", format.name()));
+    }
+    let (Some(line_bytes), Some(lines)) = (format.line_bytes(width), format.lines(height)) else {
+        return bad("size overflows".into());
+    };
+    if r.line_pitch < line_bytes {
+        return bad(format!("LINE_PITCH {} below the line's {line_bytes} bytes", r.line_pitch));
+    }
+    if !sg && r.line_pitch % SLOT_LINE_ALIGN != 0 {
+        return bad(format!("slot LINE_PITCH {} is not a multiple of {SLOT_LINE_ALIGN}", r.line_pitch));
+    }
+    let Some(frame_bytes) = format.frame_bytes(height, r.line_pitch) else {
+        return bad(format!("frame of {lines} lines at pitch {} overflows 32 bits", r.line_pitch));
+    };
+    if r.frame_interval == 0 {
+        return bad("FRAME_INTERVAL is 0".into());
+    }
+    if r.ring_entries == 0 || r.cq_entries == 0 {
+        return bad(format!("RING_ENTRIES {} / CQ_ENTRIES {} must not be 0", r.ring_entries, r.cq_entries));
+    }
+    let (ring_base, cq_base) = (r.ring_base(), r.cq_base());
+    let ring_end = if sg {
+        ring_base.checked_add(u64::from(r.ring_entries) * ENTRY_BYTES)
+    } else {
+        ring_base.checked_add(u64::from(r.ring_entries - 1) * u64::from(r.slot_stride) + u64::from(frame_bytes))
+    };
+    let cq_end = cq_base.checked_add(u64::from(r.cq_entries) * ENTRY_BYTES);
+    let fault = |m: String| Err((ERROR_DMA_FAULT, m));
+    let (Some(ring_end), Some(cq_end)) = (ring_end, cq_end) else {
+        return fault("ring or completion queue wraps the address space".into());
+    };
+    if !config.address_64 && (ring_end > FOUR_GIB || cq_end > FOUR_GIB) {
+        return fault(format!(
+            "32-bit board given a ring [{ring_base:#x}, {ring_end:#x}) / completion queue [{cq_base:#x}, {cq_end:#x}) reaching above 4 GiB"
+        ));
+    }
+    if cq_base % ENTRY_BYTES != 0 {
+        return fault(format!("completion queue base {cq_base:#x} not aligned to {ENTRY_BYTES} bytes"));
+    }
+    if sg {
+        if ring_base % ENTRY_BYTES != 0 {
+            return fault(format!("descriptor ring base {ring_base:#x} not aligned to {ENTRY_BYTES} bytes"));
+        }
+    } else {
+        let align = u64::from(config.alignment);
+        if ring_base % align != 0 || u64::from(r.slot_stride) % align != 0 {
+            return fault(format!(
+                "slot ring base {ring_base:#x} / SLOT_STRIDE {} not aligned to the board's {align} bytes",
+                r.slot_stride
+            ));
+        }
+        if r.slot_stride < frame_bytes {
+            return Err((
+                ERROR_OVERRUN,
+                format!("SLOT_STRIDE {} smaller than the {frame_bytes}-byte frame", r.slot_stride),
+            ));
+        }
+    }
+    Ok(RunConfig {
+        sg,
+        format,
+        width,
+        height,
+        line_pitch: r.line_pitch,
+        line_bytes,
+        lines,
+        frame_bytes,
+        ring_base,
+        ring_entries: r.ring_entries,
+        slot_stride: r.slot_stride,
+        cq_base,
+        cq_entries: r.cq_entries,
+        frame_interval: r.frame_interval,
+    })
+}
+
+/// A halt decided during a capture: error code and, for driver bugs, a violation.
+type Halt = (u32, Option<String>);
+
+impl BoardState {
+    /// Applies one fault now. Returns the channel it halted, if any.
+    pub(crate) fn apply_fault(&mut self, fault: BoardFault) -> Option<u32> {
+        self.stats.faults_applied += 1;
+        let channel = fault.channel();
+        let c = channel.and_then(|ch| self.channels.get_mut(ch as usize));
+        match (fault, c) {
+            (BoardFault::DmaError { channel }, Some(c)) if c.running() => {
+                c.halt(ERROR_DMA_FAULT);
+                self.int_status |= int_error(channel);
+                return Some(channel);
+            }
+            (BoardFault::Hang { .. }, Some(c)) => c.hung = true,
+            (BoardFault::BadSlotIndex { .. }, Some(c)) => c.corrupt.push(Corruption::OutOfRangeIndex),
+            (BoardFault::BadDescriptorIndex { .. }, Some(c)) => c.corrupt.push(Corruption::WrongIndex),
+            (BoardFault::OversizedLength { .. }, Some(c)) => c.corrupt.push(Corruption::OversizedLength),
+            (BoardFault::SpuriousInterrupt, _) => {
+                self.spurious += 1;
+                self.stats.spurious_interrupts += 1;
+            }
+            (BoardFault::InterruptStorm { count }, _) => {
+                self.spurious = self.spurious.saturating_add(count);
+                self.stats.spurious_interrupts += u64::from(count);
+            }
+            (BoardFault::SurpriseRemoval, _) => {
+                self.removed = true;
+                self.spurious += 1;
+            }
+            // A channel fault for a channel that does not exist or is not running.
+            _ => {}
+        }
+        None
+    }
+
+    fn capture(&mut self, memory: &PhysicalMemory, ch: u32, now_100ns: u64) -> (CaptureOutcome, Option<String>) {
+        let (apply, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|f| f.channel().is_none_or(|c| c == ch));
+        self.pending = keep;
+        let mut halted_now = None;
+        for f in apply {
+            if self.apply_fault(f) == Some(ch) {
+                halted_now = Some(ERROR_DMA_FAULT);
+            }
+        }
+        if self.removed {
+            return (CaptureOutcome::Removed, None);
+        }
+        if let Some(code) = halted_now {
+            return (CaptureOutcome::Halted { code }, None);
+        }
+        let seed = self.config.seed;
+        let (max_transfer, alignment, address_64) = (self.config.max_transfer, self.config.alignment, self.config.address_64);
+        let Some(c) = self.channels.get_mut(ch as usize) else {
+            return (CaptureOutcome::NoSuchChannel, None);
+        };
+        let Some(run) = c.run.filter(|_| c.running()) else {
+            return (CaptureOutcome::NotRunning, None);
+        };
+        if c.hung {
+            return (CaptureOutcome::Hung, None);
+        }
+        let r = &c.regs;
+        if r.cq_producer.wrapping_sub(r.cq_consumer) >= run.cq_entries {
+            return (drop_frame(c, DropReason::CompletionQueueFull), None);
+        }
+        let available = r.ring_producer.wrapping_sub(r.ring_consumer);
+        if available > run.ring_entries {
+            let m = format!(
+                "channel {ch}: RING_PRODUCER {} is {available} ahead of RING_CONSUMER {}, more than the {} entries",
+                r.ring_producer, r.ring_consumer, run.ring_entries
+            );
+            return self.halt(ch, (ERROR_BAD_DESCRIPTOR, Some(m)));
+        }
+        if available == 0 {
+            return (drop_frame(c, DropReason::NoBuffer), None);
+        }
+        let pattern = Pattern { format: run.format, width: run.width, height: run.height, channel: ch, seed };
+        let frame_number = c.frame_number;
+        let mut line_buf = std::mem::take(&mut c.line_buf);
+        line_buf.resize(run.line_pitch as usize, PAD_BYTE);
+        let mut fill = |line: u32, buf: &mut Vec<u8>| {
+            let (bytes, pad) = buf.split_at_mut(run.line_bytes as usize);
+            c.source.fill_line(&pattern, frame_number, line, bytes);
+            pad.fill(PAD_BYTE);
+        };
+        let first_index = c.regs.ring_consumer % run.ring_entries;
+        let result = if run.sg {
+            let limits = SgLimits { max_transfer, alignment, address_64 };
+            capture_sg(memory, ch, &c.regs, &run, &limits, &mut line_buf, &mut fill)
+        } else {
+            capture_cb(memory, &c.regs, &run, &mut line_buf, &mut fill)
+        };
+        c.line_buf = line_buf;
+        let (consumed, tag) = match result {
+            Ok(done) => done,
+            Err(halt) => return self.halt(ch, halt),
+        };
+        let mut record = CompletionRecord {
+            index: first_index,
+            byte_count: run.frame_bytes,
+            status: CQ_STATUS_OK,
+            frame_number,
+            timestamp: now_100ns,
+            tag,
+            reserved: 0,
+        };
+        if !c.corrupt.is_empty() {
+            match c.corrupt.remove(0) {
+                Corruption::OutOfRangeIndex => record.index = run.ring_entries.saturating_add(3),
+                Corruption::WrongIndex => {
+                    record.index = if run.ring_entries > 1 { (first_index + 1) % run.ring_entries } else { run.ring_entries };
+                }
+                Corruption::OversizedLength => record.byte_count = OVERSIZED_BYTE_COUNT,
+            }
+        }
+        let at = run.cq_base + u64::from(c.regs.cq_producer % run.cq_entries) * ENTRY_BYTES;
+        if memory.dma_write(at, record.as_bytes()).is_err() {
+            return self.halt(ch, (ERROR_DMA_FAULT, None));
+        }
+        let c = &mut self.channels[ch as usize];
+        c.regs.ring_consumer = c.regs.ring_consumer.wrapping_add(consumed);
+        c.regs.cq_producer = c.regs.cq_producer.wrapping_add(1);
+        c.frame_number = c.frame_number.wrapping_add(1);
+        c.stats.frames_produced += 1;
+        c.stats.bytes_written += u64::from(run.frame_bytes);
+        c.stats.descriptors_consumed += u64::from(consumed);
+        c.stats.completions_written += 1;
+        self.int_status |= int_done(ch);
+        (
+            CaptureOutcome::Completed { index: record.index, bytes: record.byte_count, frame_number, tag: record.tag },
+            None,
+        )
+    }
+
+    fn halt(&mut self, ch: u32, (code, problem): Halt) -> (CaptureOutcome, Option<String>) {
+        if let Some(c) = self.channels.get_mut(ch as usize) {
+            c.halt(code);
+        }
+        self.int_status |= int_error(ch);
+        (CaptureOutcome::Halted { code }, problem)
+    }
+}
+
+fn drop_frame(c: &mut Channel, reason: DropReason) -> CaptureOutcome {
+    c.regs.dropped_frames = c.regs.dropped_frames.wrapping_add(1);
+    c.frame_number = c.frame_number.wrapping_add(1);
+    c.stats.frames_dropped += 1;
+    CaptureOutcome::Dropped(reason)
+}
+
+struct SgLimits {
+    max_transfer: u32,
+    alignment: u32,
+    address_64: bool,
+}
+
+/// S/G mode: fetches the frame's descriptors from `RING_CONSUMER` on and
+/// writes the frame through them. Returns (descriptors consumed, tag).
+fn capture_sg(
+    memory: &PhysicalMemory,
+    ch: u32,
+    r: &ChannelRegs,
+    run: &RunConfig,
+    limits: &SgLimits,
+    line_buf: &mut Vec<u8>,
+    fill: &mut impl FnMut(u32, &mut Vec<u8>),
+) -> Result<(u32, u32), Halt> {
+    let available = r.ring_producer.wrapping_sub(r.ring_consumer);
+    let bad = |m: String| (ERROR_BAD_DESCRIPTOR, Some(format!("channel {ch}: {m}")));
+    let mut descs: Vec<SgDescriptor> = Vec::new();
+    let mut complete = false;
+    for i in 0..available {
+        let index = r.ring_consumer.wrapping_add(i) % run.ring_entries;
+        let mut raw = [0u8; ENTRY_BYTES as usize];
+        if memory.dma_read(run.ring_base + u64::from(index) * ENTRY_BYTES, &mut raw).is_err() {
+            return Err((ERROR_DMA_FAULT, None));
+        }
+        let Ok(d) = SgDescriptor::read_from_bytes(&raw[..]) else {
+            return Err(bad(format!("descriptor {index} unreadable")));
+        };
+        let sof = d.flags & DESC_START_OF_FRAME != 0;
+        if i == 0 && !sof {
+            return Err(bad(format!("descriptor {index} starts a frame without DESC_START_OF_FRAME")));
+        }
+        if i > 0 && sof {
+            return Err(bad(format!("descriptor {index}: DESC_START_OF_FRAME inside a frame")));
+        }
+        if d.byte_count == 0 || d.byte_count > limits.max_transfer {
+            return Err(bad(format!(
+                "descriptor {index}: byte count {} outside 1..={}",
+                d.byte_count, limits.max_transfer
+            )));
+        }
+        if let Some(first) = descs.first() {
+            if d.tag != first.tag {
+                return Err(bad(format!("descriptor {index}: tag {} differs from the frame's tag {}", d.tag, first.tag)));
+            }
+        } else if d.address % u64::from(limits.alignment) != 0 {
+            return Err(bad(format!(
+                "descriptor {index}: frame start {:#x} not aligned to the board's {} bytes",
+                d.address, limits.alignment
+            )));
+        }
+        let end = d.address.checked_add(u64::from(d.byte_count));
+        if end.is_none() || (!limits.address_64 && end > Some(FOUR_GIB)) {
+            return Err((
+                ERROR_DMA_FAULT,
+                Some(format!(
+                    "channel {ch}: descriptor {index}: address {:#x} (+{}) beyond what the board can drive",
+                    d.address, d.byte_count
+                )),
+            ));
+        }
+        descs.push(d);
+        if d.flags & DESC_END_OF_FRAME != 0 {
+            complete = true;
+            break;
+        }
+    }
+    if !complete {
+        return Err(bad(format!("frame not fully posted: no DESC_END_OF_FRAME in the {available} posted descriptor(s)")));
+    }
+    // Write the frame line by line across the descriptors.
+    let pitch = run.line_pitch as usize;
+    let (mut di, mut off) = (0usize, 0usize);
+    for line in 0..run.lines {
+        fill(line, line_buf);
+        let mut pos = 0usize;
+        while pos < pitch {
+            let Some(d) = descs.get(di) else {
+                let capacity: u64 = descs.iter().map(|d| u64::from(d.byte_count)).sum();
+                return Err((
+                    ERROR_OVERRUN,
+                    Some(format!(
+                        "channel {ch}: frame of {} bytes posted with only {capacity} bytes of descriptors",
+                        run.frame_bytes
+                    )),
+                ));
+            };
+            let n = (pitch - pos).min(d.byte_count as usize - off);
+            if memory.dma_write(d.address + off as u64, &line_buf[pos..pos + n]).is_err() {
+                return Err((ERROR_DMA_FAULT, None));
+            }
+            pos += n;
+            off += n;
+            if off == d.byte_count as usize {
+                di += 1;
+                off = 0;
+            }
+        }
+    }
+    Ok((descs.len() as u32, descs[0].tag))
+}
+
+/// Common-buffer mode: writes the frame into slot `RING_CONSUMER % entries`.
+fn capture_cb(
+    memory: &PhysicalMemory,
+    r: &ChannelRegs,
+    run: &RunConfig,
+    line_buf: &mut Vec<u8>,
+    fill: &mut impl FnMut(u32, &mut Vec<u8>),
+) -> Result<(u32, u32), Halt> {
+    let slot = r.ring_consumer % run.ring_entries;
+    let base = run.ring_base + u64::from(slot) * u64::from(run.slot_stride);
+    for line in 0..run.lines {
+        fill(line, line_buf);
+        if memory.dma_write(base + u64::from(line) * u64::from(run.line_pitch), line_buf).is_err() {
+            return Err((ERROR_DMA_FAULT, None));
+        }
+    }
+    Ok((1, 0))
+}
+
+impl Board {
+    /// One frame time of channel `channel` at board time `now_100ns`
+    /// (100-ns units): applies due faults, then, if the channel runs, writes
+    /// the frame into the next posted buffer (descriptors from
+    /// `RING_CONSUMER` in S/G mode, slot `RING_CONSUMER % entries` in
+    /// common-buffer mode) line by line at `LINE_PITCH` (padding written
+    /// with [`PAD_BYTE`]), posts a [`CompletionRecord`] at `CQ_PRODUCER`,
+    /// advances the counters and raises `int_done`; with no buffer (or a
+    /// full completion queue) it drops the frame and counts it in
+    /// `DROPPED_FRAMES`. A DMA the IOMMU checker refuses, a malformed
+    /// descriptor or a too-small buffer halts the channel and raises
+    /// `int_error`.
+    #[allow(clippy::must_use_candidate, reason = "capturing is the effect; the outcome is informational")]
+    pub fn capture_frame(&self, channel: u32, now_100ns: u64) -> CaptureOutcome {
+        let (outcome, problem) = self.state.borrow_mut().capture(&self.memory, channel, now_100ns);
+        if let Some(p) = problem {
+            self.violation(p);
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::many_single_char_names, reason = "short names for the rig's parts keep the register sequences readable")]
+mod tests {
+    use super::*;
+    use crate::board::{BoardConfig, BoardFault};
+    use crate::dma::{AdapterConfig, SimDmaAdapter};
+    use crate::irql::IrqlTracker;
+    use crate::memory::{MemoryConfig, PAGE_SIZE};
+    use crate::pattern::read_header;
+    use crate::violations::{ViolationKind, Violations};
+    use capdma_bus::ports::{CommonBuffer, DeviceDescription, DmaAdapterPort, RegisterPort};
+    use capdma_interface::format::FOURCC_YUY2;
+    use capdma_interface::regs::{
+        channel, channel_base, global, Caps, BOARD_ID, CTRL_RESET, CTRL_RUN, GLOBAL_CTRL_RESET, STATUS_RUNNING,
+    };
+
+    struct Rig {
+        memory: PhysicalMemory,
+        violations: Violations,
+        adapter: SimDmaAdapter,
+        board: Board,
+    }
+
+    fn rig(config: BoardConfig) -> Rig {
+        let violations = Violations::new();
+        let memory = PhysicalMemory::new(MemoryConfig::default(), violations.clone());
+        let irql = IrqlTracker::new(violations.clone());
+        let adapter = SimDmaAdapter::new(
+            DeviceDescription { scatter_gather: config.kind == BoardKind::ScatterGather, dma64: config.address_64, maximum_length: 1 << 22 },
+            AdapterConfig::default(),
+            &memory,
+            &irql,
+        );
+        let board = Board::new(config, &memory).unwrap();
+        Rig { memory, violations, adapter, board }
+    }
+
+    fn ch(reg: u32) -> u32 {
+        channel_base(0) + reg
+    }
+
+    /// What the test programs into channel 0.
+    #[derive(Clone, Copy)]
+    struct Program {
+        sg: bool,
+        width: u32,
+        height: u32,
+        pitch: u32,
+        entries: u32,
+        stride: u32,
+    }
+
+    /// The documented start sequence (steps 1–5) for channel 0.
+    fn start(b: &Board, prog: &Program, ring: &CommonBuffer, cq: &CommonBuffer) {
+        let Program { sg, width, height, pitch, entries, stride } = *prog;
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        b.write32(ch(channel::FOURCC), FOURCC_YUY2);
+        b.write32(ch(channel::WIDTH), width);
+        b.write32(ch(channel::HEIGHT), height);
+        b.write32(ch(channel::LINE_PITCH), pitch);
+        b.write32(ch(channel::FRAME_INTERVAL), 333_333);
+        b.write32(ch(channel::RING_BASE_LO), ring.logical as u32);
+        b.write32(ch(channel::RING_BASE_HI), (ring.logical >> 32) as u32);
+        b.write32(ch(channel::RING_ENTRIES), entries);
+        b.write32(ch(channel::SLOT_STRIDE), stride);
+        b.write32(ch(channel::CQ_BASE_LO), cq.logical as u32);
+        b.write32(ch(channel::CQ_BASE_HI), (cq.logical >> 32) as u32);
+        b.write32(ch(channel::CQ_ENTRIES), 8);
+        b.write32(ch(channel::CQ_CONSUMER), 0);
+        if !sg {
+            b.write32(ch(channel::RING_PRODUCER), entries);
+        }
+        b.write32(global::INT_ENABLE, int_done(0) | int_error(0));
+        b.write32(ch(channel::CTRL), CTRL_RUN | if sg { CTRL_SG_MODE } else { 0 });
+    }
+
+    fn record(m: &PhysicalMemory, cq: &CommonBuffer, i: u32) -> CompletionRecord {
+        let mut raw = [0u8; 32];
+        m.read_physical(cq.logical + u64::from(i) * 32, &mut raw).unwrap();
+        CompletionRecord::read_from_bytes(&raw[..]).unwrap()
+    }
+
+    #[test]
+    fn global_registers_and_w1c() {
+        let r = rig(BoardConfig::scatter_gather());
+        let b = &r.board;
+        assert_eq!(b.read32(global::ID), BOARD_ID);
+        let caps = Caps::decode(b.read32(global::CAPS));
+        assert_eq!(caps, BoardConfig::scatter_gather().caps());
+        assert!(caps.scatter_gather && caps.address_64);
+        assert_eq!(b.read32(global::MAX_TRANSFER), 64 * 1024);
+        b.state.borrow_mut().int_status = int_done(0) | int_done(1) | int_error(1);
+        assert!(!b.interrupt_pending(), "nothing enabled");
+        b.write32(global::INT_ENABLE, int_done(1));
+        assert!(b.interrupt_pending());
+        b.write32(global::INT_STATUS, int_done(1));
+        assert_eq!(b.read32(global::INT_STATUS), int_done(0) | int_error(1));
+        assert!(!b.interrupt_pending());
+        b.write32(global::INT_STATUS, 0);
+        assert_eq!(b.read32(global::INT_STATUS), int_done(0) | int_error(1));
+        b.write32(global::INT_STATUS, u32::MAX);
+        assert_eq!(b.read32(global::INT_STATUS), 0);
+        // Read-only and out-of-range accesses are driver bugs.
+        b.write32(global::ID, 1);
+        b.write32(ch(channel::CQ_PRODUCER), 1);
+        let _ = b.read32(0x1002);
+        b.write32(channel_base(5) + channel::CTRL, CTRL_RUN);
+        assert_eq!(b.read32(global::ID), BOARD_ID);
+        assert_eq!(r.violations.count(ViolationKind::Board), 4, "{:?}", r.violations.list());
+        b.write32(global::GLOBAL_CTRL, GLOBAL_CTRL_RESET);
+        assert_eq!(b.read32(global::INT_ENABLE), 0);
+        assert_eq!(b.read32(global::GLOBAL_CTRL), 0);
+    }
+
+    #[test]
+    fn sg_board_hand_driven_frame_drop_and_record() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (w, h) = (64u32, 48u32);
+        let pitch = 192u32; // stride larger than the 128-byte line
+        start(b, &Program { sg: true, width: w, height: h, pitch, entries: 16, stride: 0 }, &ring, &cq);
+        assert_eq!(b.read32(ch(channel::STATUS)), STATUS_RUNNING);
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+
+        // Nothing posted: dropped.
+        assert_eq!(b.capture_frame(0, 100), CaptureOutcome::Dropped(DropReason::NoBuffer));
+        assert_eq!(b.read32(ch(channel::DROPPED_FRAMES)), 1);
+        assert!(!b.interrupt_pending());
+
+        // Post one frame: a scattered buffer split at 1000 bytes.
+        let frame_bytes = (pitch * h) as usize;
+        let buf = m.allocate_scattered(frame_bytes, "frame").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, frame_bytes).unwrap();
+        let maps = list.mappings(1000);
+        for (i, e) in maps.iter().enumerate() {
+            let mut flags = 0;
+            if i == 0 {
+                flags |= DESC_START_OF_FRAME;
+            }
+            if i + 1 == maps.len() {
+                flags |= DESC_END_OF_FRAME;
+            }
+            let d = SgDescriptor { address: e.logical_address, byte_count: e.byte_count, flags, tag: 77, ..Default::default() };
+            m.write_physical(ring.logical + i as u64 * 32, d.as_bytes()).unwrap();
+        }
+        b.write32(ch(channel::RING_PRODUCER), maps.len() as u32);
+        let out = b.capture_frame(0, 5000);
+        assert_eq!(out, CaptureOutcome::Completed { index: 0, bytes: frame_bytes as u32, frame_number: 1, tag: 77 });
+        assert!(b.interrupt_pending());
+        assert_eq!(b.read32(global::INT_STATUS), int_done(0));
+        b.write32(global::INT_STATUS, int_done(0));
+        assert!(!b.interrupt_pending());
+        assert_eq!(b.read32(ch(channel::RING_CONSUMER)), maps.len() as u32);
+        assert_eq!(b.read32(ch(channel::CQ_PRODUCER)), 1);
+        let rec = record(m, &cq, 0);
+        assert_eq!((rec.index, rec.byte_count, rec.frame_number, rec.timestamp, rec.tag), (0, frame_bytes as u32, 1, 5000, 77));
+        a.put_scatter_gather_list(&list);
+        // The frame landed, byte for byte, padding included.
+        let mut bytes = vec![0u8; frame_bytes];
+        m.read_virtual(buf.va, &mut bytes).unwrap();
+        let p = b.pattern(0).unwrap();
+        p.verify_frame(1, &bytes, pitch as usize).unwrap();
+        assert_eq!(read_header(&bytes), Some((0, 1)));
+        assert!(bytes[128..192].iter().all(|&x| x == PAD_BYTE));
+        let s = b.channel_stats(0).unwrap();
+        assert_eq!((s.frames_produced, s.frames_dropped, s.descriptors_consumed), (1, 1, maps.len() as u64));
+
+        // The list is put: a stale repost is an IOMMU fault and halts the channel.
+        b.write32(ch(channel::CQ_CONSUMER), 1);
+        let n = maps.len() as u32;
+        for i in 0..n {
+            let mut d = [0u8; 32];
+            m.read_physical(ring.logical + u64::from(i) * 32, &mut d).unwrap();
+            m.write_physical(ring.logical + u64::from((n + i) % 16) * 32, &d).unwrap();
+        }
+        b.write32(ch(channel::RING_PRODUCER), 2 * n);
+        assert_eq!(b.capture_frame(0, 9000), CaptureOutcome::Halted { code: ERROR_DMA_FAULT });
+        assert_eq!(b.read32(ch(channel::STATUS)), STATUS_HALTED | ERROR_DMA_FAULT << STATUS_ERROR_SHIFT);
+        assert_eq!(b.read32(global::INT_STATUS) & int_error(0), int_error(0));
+        assert_eq!(r.violations.count(ViolationKind::Dma), 1, "{:?}", r.violations.list());
+        assert_eq!(b.capture_frame(0, 10_000), CaptureOutcome::NotRunning);
+
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        assert_eq!(b.read32(ch(channel::STATUS)), 0);
+        assert_eq!(b.read32(ch(channel::RING_PRODUCER)), 0);
+        assert!(m.free(buf.id));
+        a.free_common_buffer(ring);
+        a.free_common_buffer(cq);
+        a.put();
+        assert!(m.leaks().is_empty(), "{:?}", m.leaks());
+    }
+
+    #[test]
+    fn legacy_board_slots_drop_and_completion() {
+        let r = rig(BoardConfig::legacy());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        assert!(!Caps::decode(b.read32(global::CAPS)).scatter_gather);
+        let (w, h) = (40u32, 10u32);
+        let pitch = 256u32; // 80-byte lines rounded up to 256
+        let stride = (pitch * h).next_multiple_of(4096);
+        let slots = 3u32;
+        let ring = a.allocate_common_buffer((stride * slots) as usize).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        assert!(ring.logical < FOUR_GIB);
+        start(b, &Program { sg: false, width: w, height: h, pitch, entries: slots, stride }, &ring, &cq);
+        assert!(b.is_running(0), "{:?}", r.violations.list());
+        assert_eq!(b.frame_interval(0), Some(333_333));
+        for f in 0..3u32 {
+            let out = b.capture_frame(0, u64::from(f) * 333_333);
+            assert_eq!(out, CaptureOutcome::Completed { index: f, bytes: pitch * h, frame_number: f, tag: 0 });
+        }
+        // All slots filled and none returned: drop.
+        assert_eq!(b.capture_frame(0, 1), CaptureOutcome::Dropped(DropReason::NoBuffer));
+        assert_eq!(b.read32(ch(channel::DROPPED_FRAMES)), 1);
+        assert_eq!(b.read32(ch(channel::RING_CONSUMER)), 3);
+        assert_eq!(b.read32(ch(channel::CQ_PRODUCER)), 3);
+        for f in 0..3u32 {
+            let rec = record(m, &cq, f);
+            assert_eq!((rec.index, rec.frame_number, rec.byte_count), (f, f, pitch * h));
+            let mut slot = vec![0u8; (pitch * h) as usize];
+            m.read_physical(ring.logical + u64::from(f * stride), &mut slot).unwrap();
+            b.pattern(0).unwrap().verify_frame(f, &slot, pitch as usize).unwrap();
+        }
+        // Return slot 0 and consume the records: the next frame (number 4) goes to slot 0.
+        b.write32(ch(channel::CQ_CONSUMER), 3);
+        b.write32(ch(channel::RING_PRODUCER), slots + 1);
+        let out = b.capture_frame(0, 2);
+        assert_eq!(out, CaptureOutcome::Completed { index: 0, bytes: pitch * h, frame_number: 4, tag: 0 });
+        // Keep returning slots but never consume records: the 8-entry CQ fills, then drops.
+        let mut producer = slots + 1;
+        let outcome = loop {
+            producer += 1;
+            b.write32(ch(channel::RING_PRODUCER), producer);
+            match b.capture_frame(0, 3) {
+                CaptureOutcome::Completed { .. } => {}
+                other => break other,
+            }
+        };
+        assert_eq!(outcome, CaptureOutcome::Dropped(DropReason::CompletionQueueFull));
+        assert_eq!(b.read32(ch(channel::CQ_PRODUCER)) - 3, 8);
+        assert_eq!(b.read32(ch(channel::DROPPED_FRAMES)), 2);
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        a.free_common_buffer(ring);
+        a.free_common_buffer(cq);
+        a.put();
+    }
+
+    #[test]
+    fn thirty_two_bit_board_faults_on_high_ring_and_misaligned_slots() {
+        let r = rig(BoardConfig::legacy());
+        let (b, m) = (&r.board, &r.memory);
+        let high = m.allocate_contiguous(2 * PAGE_SIZE, PAGE_SIZE, u64::MAX, "high").unwrap();
+        assert!(high.page_addresses[0] >= FOUR_GIB);
+        let hb = CommonBuffer { va: high.va, logical: high.page_addresses[0], bytes: 2 * PAGE_SIZE };
+        let cq = r.adapter.allocate_common_buffer(PAGE_SIZE).unwrap();
+        start(b, &Program { sg: false, width: 16, height: 2, pitch: 256, entries: 1, stride: 4096 }, &hb, &cq);
+        assert_eq!(b.read32(ch(channel::STATUS)), STATUS_HALTED | ERROR_DMA_FAULT << STATUS_ERROR_SHIFT);
+        assert!(b.interrupt_pending(), "int_error raised");
+        assert_eq!(r.violations.count(ViolationKind::Board), 1, "{:?}", r.violations.list());
+        // Misaligned slot base (64 KiB board).
+        let mut cfg = BoardConfig::legacy();
+        cfg.alignment = 64 * 1024;
+        let r2 = rig(cfg);
+        let ring = r2.adapter.allocate_common_buffer(64 * 1024 + 4096).unwrap();
+        let cq2 = r2.adapter.allocate_common_buffer(PAGE_SIZE).unwrap();
+        let mis = CommonBuffer { logical: (ring.logical | 0xFFFF) + 1 + 4096, ..ring };
+        start(&r2.board, &Program { sg: false, width: 16, height: 2, pitch: 256, entries: 1, stride: 64 * 1024 }, &mis, &cq2);
+        assert_eq!(r2.board.read32(ch(channel::STATUS)) >> STATUS_ERROR_SHIFT, ERROR_DMA_FAULT);
+        // S/G mode on the legacy board.
+        start(&r2.board, &Program { sg: true, width: 16, height: 2, pitch: 256, entries: 1, stride: 0 }, &ring, &cq2);
+        assert_eq!(r2.board.read32(ch(channel::STATUS)) >> STATUS_ERROR_SHIFT, ERROR_BAD_DESCRIPTOR);
+        assert_eq!(r2.violations.count(ViolationKind::Board), 2, "{:?}", r2.violations.list());
+        m.free(high.id);
+    }
+
+    #[test]
+    fn bad_descriptors_halt_and_are_reported() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(4 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let buf = m.allocate_scattered(PAGE_SIZE, "f").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, PAGE_SIZE).unwrap();
+        let e = list.elements[0];
+        let post = |d: SgDescriptor| {
+            m.write_physical(ring.logical, d.as_bytes()).unwrap();
+            b.write32(ch(channel::RING_PRODUCER), 1);
+        };
+        let cases = [
+            (SgDescriptor { address: e.logical_address, byte_count: 4096, flags: DESC_END_OF_FRAME, ..Default::default() }, ERROR_BAD_DESCRIPTOR),
+            (SgDescriptor { address: e.logical_address, byte_count: 1 << 20, flags: 3, ..Default::default() }, ERROR_BAD_DESCRIPTOR),
+            (SgDescriptor { address: e.logical_address, byte_count: 4096, flags: DESC_START_OF_FRAME, ..Default::default() }, ERROR_BAD_DESCRIPTOR),
+            (SgDescriptor { address: e.logical_address, byte_count: 100, flags: 3, ..Default::default() }, ERROR_OVERRUN),
+        ];
+        for (d, code) in cases {
+            start(b, &Program { sg: true, width: 32, height: 4, pitch: 64, entries: 4, stride: 0 }, &ring, &cq);
+            post(d);
+            assert_eq!(b.capture_frame(0, 0), CaptureOutcome::Halted { code });
+        }
+        assert_eq!(r.violations.count(ViolationKind::Board), 4, "{:?}", r.violations.list());
+        a.put_scatter_gather_list(&list);
+        m.free(buf.id);
+    }
+
+    #[test]
+    fn faults_apply_at_next_capture() {
+        let r = rig(BoardConfig::legacy());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(4 * 4096).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &Program { sg: false, width: 16, height: 4, pitch: 256, entries: 4, stride: 4096 }, &ring, &cq);
+        b.inject(BoardFault::BadSlotIndex { channel: 0 });
+        b.inject(BoardFault::DmaError { channel: 1 });
+        assert_eq!(b.pending_faults().len(), 2);
+        let CaptureOutcome::Completed { index, .. } = b.capture_frame(0, 0) else { panic!("completed") };
+        assert_eq!(index, 7);
+        assert_eq!(b.pending_faults(), vec![BoardFault::DmaError { channel: 1 }]);
+        b.inject(BoardFault::BadDescriptorIndex { channel: 0 });
+        let CaptureOutcome::Completed { index, .. } = b.capture_frame(0, 0) else { panic!("completed") };
+        assert_eq!(index, 2, "in range but not slot 1");
+        b.inject(BoardFault::OversizedLength { channel: 0 });
+        let CaptureOutcome::Completed { bytes, .. } = b.capture_frame(0, 0) else { panic!("completed") };
+        assert_eq!(bytes, OVERSIZED_BYTE_COUNT);
+        assert_eq!(record(m, &cq, 2).byte_count, OVERSIZED_BYTE_COUNT);
+        // Spurious interrupt: line up, INT_STATUS 0 after the W1C, deasserted by the read.
+        b.write32(global::INT_STATUS, u32::MAX);
+        b.inject(BoardFault::InterruptStorm { count: 2 });
+        b.write32(ch(channel::RING_PRODUCER), 4 + 3);
+        b.write32(ch(channel::CQ_CONSUMER), 3);
+        assert!(matches!(b.capture_frame(0, 0), CaptureOutcome::Completed { .. }));
+        b.write32(global::INT_STATUS, u32::MAX);
+        assert!(b.interrupt_pending());
+        assert_eq!(b.read32(global::INT_STATUS), 0);
+        assert!(b.interrupt_pending());
+        assert_eq!(b.read32(global::INT_STATUS), 0);
+        assert!(!b.interrupt_pending());
+        // Hang: nothing happens until reset.
+        b.inject(BoardFault::Hang { channel: 0 });
+        assert_eq!(b.capture_frame(0, 0), CaptureOutcome::Hung);
+        assert_eq!(b.capture_frame(0, 0), CaptureOutcome::Hung);
+        assert!(b.is_running(0));
+        // DMA error on the next capture.
+        start(b, &Program { sg: false, width: 16, height: 4, pitch: 256, entries: 4, stride: 4096 }, &ring, &cq);
+        b.inject(BoardFault::DmaError { channel: 0 });
+        assert_eq!(b.capture_frame(0, 0), CaptureOutcome::Halted { code: ERROR_DMA_FAULT });
+        assert!(b.read32(global::INT_STATUS) & int_error(0) != 0);
+        // Surprise removal: all ones, one last assertion, nothing captured.
+        b.inject(BoardFault::SurpriseRemoval);
+        assert_eq!(b.capture_frame(0, 0), CaptureOutcome::Removed);
+        assert!(b.interrupt_pending());
+        assert_eq!(b.read32(global::INT_STATUS), u32::MAX);
+        assert_eq!(b.read32(global::ID), u32::MAX);
+        assert_eq!(b.read32(ch(channel::STATUS)), u32::MAX);
+        assert!(!b.interrupt_pending());
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        assert!(!b.is_running(0));
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        a.free_common_buffer(ring);
+        a.free_common_buffer(cq);
+    }
+}

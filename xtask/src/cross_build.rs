@@ -1,0 +1,322 @@
+//! `cargo xtask windows`: cross-build the driver packages on Linux into
+//! `.sys` images for `x86_64-pc-windows-msvc`.
+//!
+//! Layout under `target/` (all generated, never committed):
+//!
+//! ```text
+//! target/wdk-root/              synthesised WDKContentRoot (wdk_root.rs)
+//! target/wdk-build-patched/     edited copy of wdk-build (wdk_build_patch.rs)
+//! target/windows/bin/           clang-cl and llvm-lib symlinks for `cc`
+//! target/windows/cargo/         CARGO_TARGET_DIR of the cross build
+//! target/windows/<profile>/     <lib>.sys, <lib>.pdb, <lib>.map
+//! ```
+//!
+//! The driver packages are libraries (`rlib`, so host tests never link a
+//! driver); each is built with `cargo rustc --crate-type cdylib`, which
+//! links the DLL that becomes the `.sys`. The cross build gets its own
+//! target directory inside the workspace: `wdk-build` finds the workspace
+//! by looking for `Cargo.lock` above `OUT_DIR`, and host builds are never
+//! invalidated by the cross build's environment.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::lockfile;
+use crate::prereqs::{Toolchain, WINDOWS_TARGET};
+use crate::wdk_build_patch;
+use crate::wdk_root;
+use crate::workspace;
+
+/// The driver packages, built in this order.
+pub const DRIVER_PACKAGES: &[&str] = &["capdma-bus", "capdma-avstream"];
+
+/// Options of `cargo xtask windows`.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Build with the release profile (default) rather than dev.
+    pub release: bool,
+}
+
+/// Where everything goes.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Workspace root.
+    pub root: PathBuf,
+    /// `target/wdk-root`.
+    pub wdk_root: PathBuf,
+    /// `target/wdk-build-patched`.
+    pub wdk_build: PathBuf,
+    /// `target/windows/bin`.
+    pub tools: PathBuf,
+    /// `target/windows/cargo`.
+    pub cargo_target: PathBuf,
+    /// `target/windows/<profile>`.
+    pub out: PathBuf,
+}
+
+impl Layout {
+    /// The layout for workspace `root`.
+    pub fn new(root: &Path, options: Options) -> Self {
+        let target = root.join("target");
+        let windows = target.join("windows");
+        Self {
+            root: root.to_path_buf(),
+            wdk_root: target.join("wdk-root"),
+            wdk_build: target.join("wdk-build-patched"),
+            tools: windows.join("bin"),
+            cargo_target: windows.join("cargo"),
+            out: windows.join(profile_dir(options)),
+        }
+    }
+}
+
+fn profile_dir(options: Options) -> &'static str {
+    if options.release {
+        "release"
+    } else {
+        "debug"
+    }
+}
+
+/// `BINDGEN_EXTRA_CLANG_ARGS` for the mingw headers on the msvc target:
+/// mingw's headers want a GNU-compatible compiler (`-fgnuc-version`), are
+/// kernel headers (`-ffreestanding`), use an undefined `CDECL` in places,
+/// and need clang's own `stddef.h`/`stdarg.h` (bindgen runs with
+/// `detect_include_paths(false)`).
+pub fn bindgen_args(tc: &Toolchain) -> String {
+    format!(
+        "-fgnuc-version=4.2.1 -ffreestanding -DCDECL= -isystem {}",
+        tc.clang_builtin_include.display()
+    )
+}
+
+fn replace_symlink(original: &Path, link: &Path) -> Result<()> {
+    if fs::read_link(link).is_ok_and(|current| current == original) {
+        return Ok(());
+    }
+    if fs::symlink_metadata(link).is_ok() {
+        fs::remove_file(link).with_context(|| format!("cannot replace {}", link.display()))?;
+    }
+    symlink(original, link).with_context(|| format!("cannot link {}", link.display()))
+}
+
+fn tool_links(tc: &Toolchain, layout: &Layout) -> Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(&layout.tools)
+        .with_context(|| format!("cannot create {}", layout.tools.display()))?;
+    // clang picks its driver mode from its name: as `clang-cl` it takes MSVC
+    // options, which is what `cc` passes for an msvc target.
+    let clang_cl = layout.tools.join("clang-cl");
+    let llvm_lib = layout.tools.join("llvm-lib");
+    replace_symlink(&tc.clang, &clang_cl)?;
+    replace_symlink(&tc.llvm_lib, &llvm_lib)?;
+    Ok((clang_cl, llvm_lib))
+}
+
+/// The cargo command that builds `package` into a DLL.
+fn cargo_command(
+    tc: &Toolchain,
+    layout: &Layout,
+    package: &str,
+    options: Options,
+) -> Result<Command> {
+    let (clang_cl, llvm_lib) = tool_links(tc, layout)?;
+    let wdk_build = layout
+        .wdk_build
+        .to_str()
+        .context("the workspace path is not UTF-8")?;
+    let mut command = Command::new(&tc.cargo);
+    command
+        .current_dir(&layout.root)
+        .args([
+            "rustc",
+            "-p",
+            package,
+            "--lib",
+            "--crate-type",
+            "cdylib",
+            "--target",
+            WINDOWS_TARGET,
+        ])
+        .args(options.release.then_some("--release"))
+        .arg("--config")
+        .arg(format!("patch.crates-io.wdk-build.path={wdk_build:?}"))
+        // A panic in a driver is a bugcheck: never unwind.
+        .args(["--config", "profile.dev.panic=\"abort\""])
+        .args(["--config", "profile.release.panic=\"abort\""])
+        .env("CARGO_TARGET_DIR", &layout.cargo_target)
+        .env("WDKContentRoot", &layout.wdk_root)
+        .env("LIBCLANG_PATH", &tc.libclang_dir)
+        .env(
+            "BINDGEN_EXTRA_CLANG_ARGS_x86_64_pc_windows_msvc",
+            bindgen_args(tc),
+        )
+        .env("CC_x86_64_pc_windows_msvc", clang_cl)
+        .env("AR_x86_64_pc_windows_msvc", llvm_lib)
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_MSVC_LINKER", "rust-lld");
+    Ok(command)
+}
+
+fn copy_outputs(layout: &Layout, lib_name: &str, options: Options) -> Result<PathBuf> {
+    let built = layout
+        .cargo_target
+        .join(WINDOWS_TARGET)
+        .join(profile_dir(options));
+    let dll = built.join(format!("{lib_name}.dll"));
+    if !dll.is_file() {
+        bail!("cargo succeeded but {} is missing", dll.display());
+    }
+    fs::create_dir_all(&layout.out)
+        .with_context(|| format!("cannot create {}", layout.out.display()))?;
+    let image = layout.out.join(format!("{lib_name}.sys"));
+    fs::copy(&dll, &image).with_context(|| format!("cannot copy {}", dll.display()))?;
+    for (from, to) in [
+        (
+            built.join(format!("{lib_name}.pdb")),
+            layout.out.join(format!("{lib_name}.pdb")),
+        ),
+        (
+            built.join("deps").join(format!("{lib_name}.map")),
+            layout.out.join(format!("{lib_name}.map")),
+        ),
+    ] {
+        if from.is_file() {
+            fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        } else if to.exists() {
+            fs::remove_file(&to)
+                .with_context(|| format!("cannot remove stale {}", to.display()))?;
+        }
+    }
+    Ok(image)
+}
+
+const LINK_HINT: &str = "\
+hints:
+  - `#[panic_handler] function required` or `undefined symbol: DriverEntry`: the package has
+    no Windows glue yet. It needs a module compiled only for Windows
+    (`#[cfg(target_os = \"windows\")] mod wdm;`) with `use wdk_panic as _;` and
+    `#[unsafe(export_name = \"DriverEntry\")] pub unsafe extern \"system\" fn ...`.
+  - `undefined symbol: <Ddi>`: the DDI is missing from mingw-w64's import libraries; add it to
+    xtask/src/wdk_shim.rs (declaration and export), or declare it with
+    #[link(name = \"ntoskrnl.exe\", kind = \"raw-dylib\", modifiers = \"+verbatim\")].
+  - see docs/windows-build.md, \"For the driver glue\".";
+
+/// Build every driver package; returns the `.sys` paths.
+///
+/// # Errors
+/// When a step fails; `Cargo.lock` is restored in every case.
+pub fn run(tc: &Toolchain, options: Options) -> Result<Vec<PathBuf>> {
+    let root = workspace::root();
+    let layout = Layout::new(&root, options);
+
+    let rebuilt = wdk_root::prepare(tc, &layout.wdk_root)?;
+    println!(
+        "[windows] WDK root      {} ({})",
+        layout.wdk_root.display(),
+        if rebuilt { "synthesised" } else { "up to date" }
+    );
+
+    let lock = lockfile::Guard::snapshot(&root.join("Cargo.lock"))?;
+    let built = build_all(tc, &layout, options);
+    match lock.settle(|| reresolve_lock(tc, &root))? {
+        lockfile::Outcome::Unchanged => {}
+        lockfile::Outcome::Restored | lockfile::Outcome::SnapshotWritten => {
+            println!("[windows] Cargo.lock     restored (the [patch] had rewritten it)");
+        }
+        lockfile::Outcome::ReResolvedWithOtherChanges => println!(
+            "[windows] Cargo.lock     re-resolved without the patch; it also has changes made \
+             by others during the build"
+        ),
+    }
+    let built = built?;
+
+    let mut images = Vec::new();
+    for lib_name in built {
+        images.push(copy_outputs(&layout, &lib_name, options)?);
+    }
+    for image in &images {
+        println!("[windows] image          {}", image.display());
+    }
+    Ok(images)
+}
+
+/// Let cargo re-resolve `Cargo.lock` without the `[patch]`.
+fn reresolve_lock(tc: &Toolchain, root: &Path) -> Result<()> {
+    let output = Command::new(&tc.cargo)
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn build_all(tc: &Toolchain, layout: &Layout, options: Options) -> Result<Vec<String>> {
+    let facts = workspace::facts(tc, &layout.root, DRIVER_PACKAGES)?;
+    let (version, source) = &facts.wdk_build;
+    let rebuilt = wdk_build_patch::prepare(source, version, &layout.wdk_build)?;
+    println!(
+        "[windows] wdk-build      {version} patched at {} ({})",
+        layout.wdk_build.display(),
+        if rebuilt { "edited" } else { "up to date" }
+    );
+    let mut built = Vec::new();
+    for driver in &facts.drivers {
+        println!(
+            "[windows] building       {} -> {}.sys ({})",
+            driver.package,
+            driver.lib_name,
+            profile_dir(options)
+        );
+        let mut command = cargo_command(tc, layout, &driver.package, options)?;
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run {command:?}"))?;
+        if !status.success() {
+            bail!(
+                "cross build of `{}` failed ({status})\n{LINK_HINT}",
+                driver.package
+            );
+        }
+        built.push(driver.lib_name.clone());
+    }
+    Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_under_target() {
+        let layout = Layout::new(Path::new("/w"), Options { release: true });
+        assert_eq!(layout.out, PathBuf::from("/w/target/windows/release"));
+        assert_eq!(
+            layout.cargo_target,
+            PathBuf::from("/w/target/windows/cargo")
+        );
+        assert_eq!(layout.wdk_root, PathBuf::from("/w/target/wdk-root"));
+        let debug = Layout::new(Path::new("/w"), Options { release: false });
+        assert_eq!(debug.out, PathBuf::from("/w/target/windows/debug"));
+    }
+
+    #[test]
+    fn symlinks_are_replaced_only_when_different() {
+        let dir = std::env::temp_dir().join(format!("xtask-links-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("tool");
+        replace_symlink(Path::new("/bin/a"), &link).unwrap();
+        replace_symlink(Path::new("/bin/a"), &link).unwrap();
+        replace_symlink(Path::new("/bin/b"), &link).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("/bin/b"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

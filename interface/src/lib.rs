@@ -20,6 +20,7 @@
 pub mod descriptor;
 pub mod format;
 pub mod guid;
+pub mod identity;
 pub mod mode;
 pub mod negotiate;
 pub mod regs;

@@ -29,7 +29,7 @@ pub const HEADER_BYTES: usize = 16;
 pub const PAD_BYTE: u8 = 0x5A;
 
 /// Colour bars (white, yellow, cyan, green, magenta, red, blue, black),
-/// BT.601 limited range: (Y, U, V).
+/// BT.601 limited range: (Y, U, V). No value exceeds 240 (see the noise).
 const BARS: [(u8, u8, u8); 8] = [
     (235, 128, 128),
     (210, 16, 146),
@@ -40,6 +40,16 @@ const BARS: [(u8, u8, u8); 8] = [
     (41, 240, 110),
     (16, 128, 128),
 ];
+
+// The noise is added without carries (see `FrameLines::fill_line`): no base
+// value may exceed 240.
+const _: () = {
+    let mut i = 0;
+    while i < BARS.len() {
+        assert!(BARS[i].0 <= 240 && BARS[i].1 <= 240 && BARS[i].2 <= 240);
+        i += 1;
+    }
+};
 
 /// The `splitmix64` finaliser: a cheap, well-mixed 64-bit hash step.
 const fn mix64(mut z: u64) -> u64 {
@@ -127,47 +137,60 @@ impl Pattern {
         mix64(self.seed ^ mix64(u64::from(self.channel) << 32 | u64::from(frame_number)))
     }
 
-    /// Fills `out` with line `line` of frame `frame_number`: the first
-    /// `min(out.len(), line_bytes)` bytes; anything beyond is left alone.
-    /// Lines past the end of the frame are filled with noise only.
-    pub fn fill_line(&self, frame_number: u32, line: u32, out: &mut [u8]) {
-        let n = out.len().min(self.line_bytes());
-        let out = &mut out[..n];
+    /// The base picture's line of one kind (luma/YUY2 or NV12 chroma) for a frame.
+    fn base_line(&self, frame_number: u32, chroma: bool) -> Vec<u8> {
+        let len = self.line_bytes();
         let width = self.width.max(1) as usize;
-        let shift = (frame_number as usize * 4 + self.channel as usize * width / 8) % width;
-        let bar = |x: usize| BARS[((x + shift) % width) * 8 / width];
-        let line_key = mix64(self.frame_key(frame_number) ^ u64::from(line).wrapping_mul(0xA24B_AED4_963E_E407));
-        let chroma_line = self.format == PixelFormat::Nv12 && line >= self.height;
-        for (block, chunk) in out.chunks_mut(8).enumerate() {
-            let noise = mix64(line_key.wrapping_add(block as u64)).to_le_bytes();
-            for (i, b) in chunk.iter_mut().enumerate() {
-                let offset = block * 8 + i;
-                let base = match (self.format, chroma_line) {
-                    // Y0 U Y1 V: pixel pair offset / 4.
-                    (PixelFormat::Yuy2, _) => {
-                        let (y, u, v) = bar(offset / 2);
-                        [y, u, y, v][offset % 4]
-                    }
-                    (PixelFormat::Nv12, false) => bar(offset).0,
-                    (PixelFormat::Nv12, true) => {
-                        let (_, u, v) = bar(offset & !1);
-                        if offset % 2 == 0 {
-                            u
-                        } else {
-                            v
-                        }
-                    }
-                };
-                // 4 bits of noise: visible as fine grain, decisive for verification.
-                *b = base.wrapping_add(noise[i] & 0x0F).wrapping_sub(8);
+        // Bars move 4 pixels a frame; channels start an eighth apart.
+        let mut pos = (frame_number as usize * 4 + self.channel as usize * width / 8) % width;
+        let mut next = |by: usize| {
+            let bar = BARS[pos * 8 / width];
+            pos = (pos + by) % width;
+            bar
+        };
+        let mut out = Vec::with_capacity(len + 4);
+        match (self.format, chroma) {
+            (PixelFormat::Yuy2, _) => {
+                while out.len() < len {
+                    let (y0, u, v) = next(1);
+                    let (y1, _, _) = next(1);
+                    out.extend_from_slice(&[y0, u, y1, v]);
+                }
+            }
+            (PixelFormat::Nv12, false) => {
+                while out.len() < len {
+                    out.push(next(1).0);
+                }
+            }
+            (PixelFormat::Nv12, true) => {
+                while out.len() < len {
+                    let (_, u, v) = next(2);
+                    out.extend_from_slice(&[u, v]);
+                }
             }
         }
-        if line == 0 && n >= HEADER_BYTES {
-            out[..4].copy_from_slice(&HEADER_MAGIC);
-            out[4..8].copy_from_slice(&self.channel.to_le_bytes());
-            out[8..12].copy_from_slice(&frame_number.to_le_bytes());
-            out[12..16].copy_from_slice(&check_word(self.channel, frame_number).to_le_bytes());
+        out.truncate(len);
+        out
+    }
+
+    /// The generator of frame `frame_number`'s lines (computes the parts
+    /// shared by all lines once; use it to produce a whole frame).
+    #[must_use]
+    pub fn frame(&self, frame_number: u32) -> FrameLines {
+        FrameLines {
+            pattern: *self,
+            frame_number,
+            key: self.frame_key(frame_number),
+            luma: self.base_line(frame_number, false),
+            chroma: if self.format == PixelFormat::Nv12 { self.base_line(frame_number, true) } else { Vec::new() },
         }
+    }
+
+    /// Fills `out` with line `line` of frame `frame_number`: the first
+    /// `min(out.len(), line_bytes)` bytes; anything beyond is left alone.
+    /// (For a whole frame, [`Pattern::frame`] is faster.)
+    pub fn fill_line(&self, frame_number: u32, line: u32, out: &mut [u8]) {
+        self.frame(frame_number).fill_line(line, out);
     }
 
     /// Line `line` of frame `frame_number`, `line_bytes` long.
@@ -183,20 +206,9 @@ impl Pattern {
     /// # Errors
     /// The first differing byte (a short `actual` differs at its end).
     pub fn verify_line(&self, frame_number: u32, line: u32, actual: &[u8]) -> Result<(), PatternMismatch> {
-        let expected = self.expected_line(frame_number, line);
-        for (offset, &e) in expected.iter().enumerate() {
-            let a = actual.get(offset).copied();
-            if a != Some(e) {
-                return Err(PatternMismatch {
-                    line,
-                    offset,
-                    expected: e,
-                    actual: a.unwrap_or(0),
-                    header: read_header(actual).filter(|_| line == 0),
-                });
-            }
-        }
-        Ok(())
+        let mut expected = vec![0; self.line_bytes()];
+        self.frame(frame_number).fill_line(line, &mut expected);
+        compare_line(line, &expected, actual)
     }
 
     /// Verifies a whole frame laid out at `stride` bytes per line (the line
@@ -206,16 +218,85 @@ impl Pattern {
     /// The first differing byte, with the header the frame carries.
     pub fn verify_frame(&self, frame_number: u32, frame: &[u8], stride: usize) -> Result<(), PatternMismatch> {
         let header = read_header(frame);
+        let lines = self.frame(frame_number);
+        let mut expected = vec![0; self.line_bytes()];
         for line in 0..self.lines() {
             let start = line as usize * stride;
             let actual = frame.get(start..).unwrap_or(&[]);
-            let actual = &actual[..actual.len().min(self.line_bytes())];
-            self.verify_line(frame_number, line, actual).map_err(|mut m| {
+            let actual = &actual[..actual.len().min(expected.len())];
+            lines.fill_line(line, &mut expected);
+            compare_line(line, &expected, actual).map_err(|mut m| {
                 m.header = header;
                 m
             })?;
         }
         Ok(())
+    }
+}
+
+/// Compares `actual` with `expected` (a short `actual` differs at its end).
+fn compare_line(line: u32, expected: &[u8], actual: &[u8]) -> Result<(), PatternMismatch> {
+    if actual.len() >= expected.len() && actual[..expected.len()] == *expected {
+        return Ok(());
+    }
+    let offset = expected.iter().zip(actual).position(|(e, a)| e != a).unwrap_or(actual.len().min(expected.len()));
+    Err(PatternMismatch {
+        line,
+        offset,
+        expected: expected.get(offset).copied().unwrap_or(0),
+        actual: actual.get(offset).copied().unwrap_or(0),
+        header: read_header(actual).filter(|_| line == 0),
+    })
+}
+
+/// The lines of one frame of a [`Pattern`] (from [`Pattern::frame`]).
+#[derive(Clone, Debug)]
+pub struct FrameLines {
+    pattern: Pattern,
+    frame_number: u32,
+    key: u64,
+    luma: Vec<u8>,
+    chroma: Vec<u8>,
+}
+
+impl FrameLines {
+    /// Fills `out` with line `line`: the first `min(out.len(), line_bytes)`
+    /// bytes; anything beyond is left alone. Lines past the end of the frame
+    /// repeat the last kind of line with their own noise.
+    pub fn fill_line(&self, line: u32, out: &mut [u8]) {
+        let p = &self.pattern;
+        let chroma = p.format == PixelFormat::Nv12 && line >= p.height;
+        let base = if chroma { &self.chroma } else { &self.luma };
+        let n = out.len().min(base.len());
+        let out = &mut out[..n];
+        out.copy_from_slice(&base[..n]);
+        // 4 bits of noise per byte (fine grain on screen, decisive for
+        // verification) from a xorshift64 stream seeded per line. Every base
+        // byte is at most 240, so adding a nibble never carries into the next
+        // byte and eight bytes can be done as one u64 addition.
+        let mut state = mix64(self.key ^ u64::from(line).wrapping_mul(0xA24B_AED4_963E_E407)) | 1;
+        let mut words = out.chunks_exact_mut(8);
+        for word in &mut words {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            let noisy = u64::from_le_bytes(bytes) + (state & 0x0F0F_0F0F_0F0F_0F0F);
+            word.copy_from_slice(&noisy.to_le_bytes());
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        for (b, noise) in words.into_remainder().iter_mut().zip(state.to_le_bytes()) {
+            *b += noise & 0x0F;
+        }
+        if line == 0 && n >= HEADER_BYTES {
+            out[..4].copy_from_slice(&HEADER_MAGIC);
+            out[4..8].copy_from_slice(&p.channel.to_le_bytes());
+            out[8..12].copy_from_slice(&self.frame_number.to_le_bytes());
+            out[12..16].copy_from_slice(&check_word(p.channel, self.frame_number).to_le_bytes());
+        }
     }
 }
 

@@ -321,9 +321,13 @@ impl BoardState {
         let frame_number = c.frame_number;
         let mut line_buf = std::mem::take(&mut c.line_buf);
         line_buf.resize(run.line_pitch as usize, PAD_BYTE);
+        let frame_lines = matches!(c.source, FrameSource::Pattern).then(|| pattern.frame(frame_number));
         let mut fill = |line: u32, buf: &mut Vec<u8>| {
             let (bytes, pad) = buf.split_at_mut(run.line_bytes as usize);
-            c.source.fill_line(&pattern, frame_number, line, bytes);
+            match &frame_lines {
+                Some(lines) => lines.fill_line(line, bytes),
+                None => c.source.fill_line(&pattern, frame_number, line, bytes),
+            }
             pad.fill(PAD_BYTE);
         };
         let first_index = c.regs.ring_consumer % run.ring_entries;
@@ -348,13 +352,7 @@ impl BoardState {
             reserved: 0,
         };
         if !c.corrupt.is_empty() {
-            match c.corrupt.remove(0) {
-                Corruption::OutOfRangeIndex => record.index = run.ring_entries.saturating_add(3),
-                Corruption::WrongIndex => {
-                    record.index = if run.ring_entries > 1 { (first_index + 1) % run.ring_entries } else { run.ring_entries };
-                }
-                Corruption::OversizedLength => record.byte_count = OVERSIZED_BYTE_COUNT,
-            }
+            corrupt(&mut record, c.corrupt.remove(0), run.ring_entries);
         }
         let at = run.cq_base + u64::from(c.regs.cq_producer % run.cq_entries) * ENTRY_BYTES;
         if memory.dma_write(at, record.as_bytes()).is_err() {
@@ -381,6 +379,17 @@ impl BoardState {
         }
         self.int_status |= int_error(ch);
         (CaptureOutcome::Halted { code }, problem)
+    }
+}
+
+/// Damages a completion record as an injected fault says.
+fn corrupt(record: &mut CompletionRecord, how: Corruption, entries: u32) {
+    match how {
+        Corruption::OutOfRangeIndex => record.index = entries.saturating_add(3),
+        Corruption::WrongIndex => {
+            record.index = if entries > 1 { (record.index + 1) % entries } else { entries };
+        }
+        Corruption::OversizedLength => record.byte_count = OVERSIZED_BYTE_COUNT,
     }
 }
 

@@ -45,13 +45,17 @@ struct Src<'a> {
 }
 
 impl Src<'_> {
+    fn byte(&self, at: usize, default: u8) -> u8 {
+        self.frame.get(at).copied().unwrap_or(default)
+    }
+
     fn luma(&self, x: usize, y: usize) -> u8 {
         if x >= self.width || y >= self.height {
             return BLACK_Y;
         }
         match self.format {
-            PixelFormat::Yuy2 => self.frame[y * self.width * 2 + x * 2],
-            PixelFormat::Nv12 => self.frame[y * self.width + x],
+            PixelFormat::Yuy2 => self.byte(y * self.width * 2 + x * 2, BLACK_Y),
+            PixelFormat::Nv12 => self.byte(y * self.width + x, BLACK_Y),
         }
     }
 
@@ -60,16 +64,12 @@ impl Src<'_> {
         if pair * 2 >= self.width || y >= self.height {
             return (BLACK_C, BLACK_C);
         }
-        match self.format {
-            PixelFormat::Yuy2 => {
-                let at = y * self.width * 2 + pair * 4;
-                (self.frame[at + 1], self.frame[at + 3])
-            }
-            PixelFormat::Nv12 => {
-                let at = (self.height + y / 2) * self.width + pair * 2;
-                (self.frame[at], self.frame[at + 1])
-            }
-        }
+        let at = match self.format {
+            PixelFormat::Yuy2 => y * self.width * 2 + pair * 4 + 1,
+            PixelFormat::Nv12 => (self.height + y / 2) * self.width + pair * 2,
+        };
+        let step = if self.format == PixelFormat::Yuy2 { 2 } else { 1 };
+        (self.byte(at, BLACK_C), self.byte(at + step, BLACK_C))
     }
 }
 

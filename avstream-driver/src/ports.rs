@@ -88,4 +88,13 @@ pub trait KsPinPort {
     fn raise_to_dispatch(&self) -> Irql;
     /// `KeLowerIrql(old)`.
     fn lower_irql(&self, old: Irql);
+    /// `KsPinAcquireProcessingMutex(Pin)` (PASSIVE): the pin holds it while it
+    /// stops the channel, so Process does not run meanwhile (AVStream calls
+    /// `SetDeviceState` with the control mutex held, not the processing
+    /// mutex; the mutex is not recursive, so the pin never takes it from
+    /// Process). The default does nothing, for ports whose Process never runs
+    /// concurrently with a state change.
+    fn acquire_processing_mutex(&self) {}
+    /// `KsPinReleaseProcessingMutex(Pin)`.
+    fn release_processing_mutex(&self) {}
 }

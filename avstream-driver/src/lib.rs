@@ -5,7 +5,11 @@
 //! `capdma-interface`. It does not allocate (no `alloc`).
 #![cfg_attr(not(test), no_std)]
 
+pub mod clones;
 pub mod copy;
+pub mod fifo;
 pub mod format;
 pub mod ks_format;
 pub mod ports;
+pub mod state;
+pub mod stats;

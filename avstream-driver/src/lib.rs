@@ -5,11 +5,16 @@
 //! `capdma-interface`. It does not allocate (no `alloc`).
 #![cfg_attr(not(test), no_std)]
 
+pub mod bus_client;
 pub mod clones;
 pub mod copy;
+pub mod device;
 pub mod fifo;
 pub mod format;
 pub mod ks_format;
 pub mod ports;
 pub mod state;
 pub mod stats;
+
+#[cfg(test)]
+mod test_support;

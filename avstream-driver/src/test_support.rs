@@ -1,0 +1,590 @@
+//! Test doubles: a fake bus behind a real `CapdmaBusInterface` table of
+//! `extern "system"` functions, and a fake KS queue implementing `KsPinPort`.
+//!
+//! Single-threaded (`Cell`/`RefCell`); the fake bus calls the registered
+//! completion callback synchronously from `deliver`, as the bus DPC would.
+#![allow(clippy::missing_panics_doc, clippy::cast_possible_truncation, clippy::missing_errors_doc)]
+
+use crate::ports::{FrameCompletion, Irql, KsPinPort, StreamOffset};
+use capdma_interface::format::{PixelFormat, FOURCC_NV12};
+use capdma_interface::status::{
+    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+};
+use capdma_interface::table::{
+    CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, DmaConfig, InterfaceHeader, PfnCompletion,
+    SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1,
+};
+use core::cell::{Cell, RefCell};
+use core::ffi::c_void;
+use std::collections::VecDeque;
+
+/// One frame posted to the fake bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posted {
+    pub tag: u32,
+    pub elements: Vec<SgElement>,
+}
+
+/// The fake bus of one channel (channel 0).
+#[derive(Debug)]
+pub struct FakeBus {
+    pub config: Cell<DmaConfig>,
+    pub adapter_answer: Cell<(*mut c_void, u32)>,
+    pub derefs: Cell<u32>,
+    /// Frames `ProgramFrame` accepts before `STATUS_DEVICE_BUSY`.
+    pub ring_capacity: Cell<usize>,
+    pub posted: RefCell<VecDeque<Posted>>,
+    pub program_error: Cell<Option<NtStatus>>,
+    pub running: Cell<bool>,
+    pub started: RefCell<Vec<ChannelFormat>>,
+    pub start_status: Cell<NtStatus>,
+    pub stops: Cell<u32>,
+    pub callback: Cell<Option<(PfnCompletion, *mut c_void)>>,
+    pub register_calls: RefCell<Vec<bool>>,
+    pub returned: RefCell<Vec<u32>>,
+    pub slot_memory: RefCell<Vec<u8>>,
+    pub ring: Cell<SlotRing>,
+    adapter_object: u64,
+}
+
+fn bus<'a>(context: *mut c_void) -> &'a FakeBus {
+    // SAFETY: every table handed out by `FakeBus::table` has the address of
+    // a `FakeBus` the test keeps alive (and in place) while it is used.
+    unsafe { &*context.cast_const().cast::<FakeBus>() }
+}
+
+fn is_cb(b: &FakeBus) -> bool {
+    b.config.get().mode == 2
+}
+
+unsafe extern "system" fn fake_reference(_context: *mut c_void) {}
+
+unsafe extern "system" fn fake_dereference(context: *mut c_void) {
+    let b = bus(context);
+    b.derefs.set(b.derefs.get() + 1);
+}
+
+unsafe extern "system" fn fake_get_dma_config(context: *mut c_void, channel: u32, config: *mut DmaConfig) -> NtStatus {
+    if channel != 0 || config.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the caller passes a valid out-pointer.
+    unsafe { config.write(bus(context).config.get()) };
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_get_dma_adapter(
+    context: *mut c_void,
+    _channel: u32,
+    adapter: *mut *mut c_void,
+    max_mapping_byte_count: *mut u32,
+    map_registers: *mut u32,
+) -> NtStatus {
+    let b = bus(context);
+    if is_cb(b) {
+        return STATUS_INVALID_DEVICE_REQUEST;
+    }
+    let (a, max) = b.adapter_answer.get();
+    // SAFETY: the caller passes valid out-pointers (here and below).
+    unsafe { adapter.write(a) };
+    // SAFETY: as above.
+    unsafe { max_mapping_byte_count.write(max) };
+    // SAFETY: as above.
+    unsafe { map_registers.write(16) };
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_program_frame(
+    context: *mut c_void,
+    _channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    count: u32,
+) -> NtStatus {
+    let b = bus(context);
+    if is_cb(b) {
+        return STATUS_INVALID_DEVICE_REQUEST;
+    }
+    if !b.running.get() {
+        return STATUS_DEVICE_NOT_READY;
+    }
+    if count == 0 || elements.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if let Some(e) = b.program_error.get() {
+        return e;
+    }
+    if b.posted.borrow().len() >= b.ring_capacity.get() {
+        return STATUS_DEVICE_BUSY;
+    }
+    // SAFETY: the contract: `count` valid elements.
+    let elements = unsafe { core::slice::from_raw_parts(elements, count as usize) }.to_vec();
+    b.posted.borrow_mut().push_back(Posted { tag, elements });
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_get_slot_ring(context: *mut c_void, _channel: u32, ring: *mut SlotRing) -> NtStatus {
+    let b = bus(context);
+    if !is_cb(b) {
+        return STATUS_INVALID_DEVICE_REQUEST;
+    }
+    // SAFETY: the caller passes a valid out-pointer.
+    unsafe { ring.write(b.ring.get()) };
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_return_slot(context: *mut c_void, _channel: u32, slot: u32) -> NtStatus {
+    let b = bus(context);
+    if slot >= b.config.get().slot_count {
+        return STATUS_INVALID_PARAMETER;
+    }
+    b.returned.borrow_mut().push(slot);
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_start_channel(
+    context: *mut c_void,
+    _channel: u32,
+    format: *const ChannelFormat,
+) -> NtStatus {
+    let b = bus(context);
+    if b.start_status.get() != STATUS_SUCCESS {
+        return b.start_status.get();
+    }
+    if b.running.get() {
+        return STATUS_DEVICE_BUSY;
+    }
+    // SAFETY: the caller passes a valid format.
+    let format = unsafe { *format };
+    b.running.set(true);
+    b.started.borrow_mut().push(format);
+    let line = if format.fourcc == FOURCC_NV12 { format.width } else { format.width * 2 };
+    let mut ring = b.ring.get();
+    ring.line_pitch = line.next_multiple_of(256);
+    b.ring.set(ring);
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_stop_channel(context: *mut c_void, _channel: u32) -> NtStatus {
+    let b = bus(context);
+    b.running.set(false);
+    b.stops.set(b.stops.get() + 1);
+    loop {
+        let next = b.posted.borrow_mut().pop_front();
+        let Some(p) = next else { break };
+        b.deliver(Completion {
+            channel: 0,
+            kind: CompletionKind::Frame as u32,
+            tag: p.tag,
+            bytes_written: 0,
+            status: STATUS_CANCELLED,
+            frame_number: 0,
+            timestamp: 0,
+        });
+    }
+    let mut ring = b.ring.get();
+    ring.line_pitch = 0;
+    b.ring.set(ring);
+    STATUS_SUCCESS
+}
+
+unsafe extern "system" fn fake_register_completion(
+    context: *mut c_void,
+    _channel: u32,
+    callback: Option<PfnCompletion>,
+    callback_context: *mut c_void,
+) -> NtStatus {
+    let b = bus(context);
+    if b.running.get() {
+        return STATUS_DEVICE_BUSY;
+    }
+    b.register_calls.borrow_mut().push(callback.is_some());
+    b.callback.set(callback.map(|f| (f, callback_context)));
+    STATUS_SUCCESS
+}
+
+impl FakeBus {
+    fn new(config: DmaConfig) -> Self {
+        let slot_memory = vec![0u8; (config.slot_count * config.slot_bytes) as usize];
+        let mut b = Self {
+            config: Cell::new(config),
+            adapter_answer: Cell::new((core::ptr::null_mut(), 1 << 20)),
+            derefs: Cell::new(0),
+            ring_capacity: Cell::new(32),
+            posted: RefCell::new(VecDeque::new()),
+            program_error: Cell::new(None),
+            running: Cell::new(false),
+            started: RefCell::new(Vec::new()),
+            start_status: Cell::new(STATUS_SUCCESS),
+            stops: Cell::new(0),
+            callback: Cell::new(None),
+            register_calls: RefCell::new(Vec::new()),
+            returned: RefCell::new(Vec::new()),
+            slot_memory: RefCell::new(slot_memory),
+            ring: Cell::new(SlotRing {
+                base: core::ptr::null_mut(),
+                base_logical: 0x8000_0000,
+                slot_count: config.slot_count,
+                slot_stride: config.slot_bytes,
+                slot_bytes: config.slot_bytes,
+                line_pitch: 0,
+            }),
+            adapter_object: 0xADA0,
+        };
+        let base = b.slot_memory.get_mut().as_mut_ptr();
+        let mut ring = b.ring.get();
+        ring.base = base;
+        b.ring.set(ring);
+        b
+    }
+
+    /// An S/G channel: 64 KiB `max_transfer`, 256 descriptors, 64-byte alignment.
+    pub fn scatter_gather() -> Self {
+        let b = Self::new(DmaConfig {
+            mode: 1,
+            reason: 1,
+            alignment: 64,
+            max_transfer: 64 * 1024,
+            address_bits: 64,
+            slot_count: 0,
+            slot_bytes: 0,
+            descriptor_count: 256,
+            channel_count: 1,
+            max_frame_bytes: 4096 * 2 * 2160,
+        });
+        let adapter = core::ptr::from_ref(&b.adapter_object).cast_mut().cast::<c_void>();
+        b.adapter_answer.set((adapter, 1 << 20));
+        b
+    }
+
+    /// A common-buffer channel of `slots` slots of `slot_bytes`.
+    pub fn common_buffer(slots: u32, slot_bytes: u32) -> Self {
+        Self::new(DmaConfig {
+            mode: 2,
+            reason: 2,
+            alignment: 4096,
+            max_transfer: 0,
+            address_bits: 32,
+            slot_count: slots,
+            slot_bytes,
+            descriptor_count: 0,
+            channel_count: 1,
+            max_frame_bytes: slot_bytes,
+        })
+    }
+
+    /// The table the bus answers a query with (context = `self`).
+    pub fn table(&self) -> CapdmaBusInterface {
+        CapdmaBusInterface {
+            header: InterfaceHeader {
+                size: CAPDMA_BUS_INTERFACE_SIZE_V1,
+                version: 1,
+                context: core::ptr::from_ref(self).cast_mut().cast::<c_void>(),
+                interface_reference: Some(fake_reference),
+                interface_dereference: Some(fake_dereference),
+            },
+            get_dma_config: Some(fake_get_dma_config),
+            get_dma_adapter: Some(fake_get_dma_adapter),
+            program_frame: Some(fake_program_frame),
+            get_slot_ring: Some(fake_get_slot_ring),
+            return_slot: Some(fake_return_slot),
+            start_channel: Some(fake_start_channel),
+            stop_channel: Some(fake_stop_channel),
+            register_completion: Some(fake_register_completion),
+        }
+    }
+
+    /// Calls the registered callback with `completion` (as the bus DPC does).
+    pub fn deliver(&self, completion: Completion) {
+        if let Some((callback, context)) = self.callback.get() {
+            // SAFETY: the pin registered this callback and context and keeps
+            // them valid while registered.
+            unsafe { callback(context, &raw const completion) };
+        }
+    }
+
+    /// Completes the oldest posted frame; returns its tag.
+    pub fn complete_oldest(&self, bytes: u32, status: NtStatus, frame_number: u32) -> Option<u32> {
+        let posted = self.posted.borrow_mut().pop_front()?;
+        self.deliver(Completion {
+            channel: 0,
+            kind: CompletionKind::Frame as u32,
+            tag: posted.tag,
+            bytes_written: bytes,
+            status,
+            frame_number,
+            timestamp: i64::from(frame_number) * 1000,
+        });
+        Some(posted.tag)
+    }
+
+    /// Writes a frame into `slot` (line `l`, byte `i` = `seed + l * 7 + i`,
+    /// at the running line pitch, padding 0x55) and completes it.
+    pub fn fill_slot(&self, slot: u32, lines: u32, line_bytes: u32, seed: u8, status: NtStatus, frame_number: u32) {
+        let ring = self.ring.get();
+        {
+            let mut mem = self.slot_memory.borrow_mut();
+            let base = (slot * ring.slot_stride) as usize;
+            let pitch = ring.line_pitch as usize;
+            for l in 0..lines as usize {
+                for i in 0..pitch {
+                    mem[base + l * pitch + i] =
+                        if i < line_bytes as usize { slot_byte(seed, l, i) } else { 0x55 };
+                }
+            }
+        }
+        self.deliver(Completion {
+            channel: 0,
+            kind: CompletionKind::Slot as u32,
+            tag: slot,
+            bytes_written: lines * ring.line_pitch,
+            status,
+            frame_number,
+            timestamp: i64::from(frame_number) * 1000,
+        });
+    }
+}
+
+/// The byte `fill_slot` writes at line `l`, column `i`.
+pub fn slot_byte(seed: u8, l: usize, i: usize) -> u8 {
+    seed.wrapping_add((l * 7 + i) as u8)
+}
+
+/// One frame of the fake KS queue.
+#[derive(Debug)]
+pub struct FakeFrame {
+    pub data: Vec<u8>,
+    pub mappings: Vec<SgElement>,
+    pub extent: u32,
+    pub completion: Option<FrameCompletion>,
+    pub released: bool,
+    clones: u32,
+    passed: bool,
+}
+
+/// A stream pointer of the fake queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ptr {
+    Leading,
+    Clone(usize),
+}
+
+/// The fake KS queue of one pin.
+#[derive(Debug, Default)]
+pub struct FakePort {
+    pub frames: RefCell<Vec<FakeFrame>>,
+    leading: Cell<usize>,
+    leading_offset: Cell<u32>,
+    pub locked: Cell<bool>,
+    clones: RefCell<Vec<Option<usize>>>,
+    pub deleted: Cell<u32>,
+    pub attempts: Cell<u32>,
+    pub irql: Cell<Irql>,
+    pub fail_clone: Cell<bool>,
+    pub mutex_held: Cell<bool>,
+    pub mutex_acquired: Cell<u32>,
+    /// Byte mode (`OffsetOut.Data`, common-buffer pins) instead of mappings.
+    pub byte_mode: Cell<bool>,
+}
+
+impl FakePort {
+    /// Appends a frame of `bytes` bytes (filled 0xEE) whose mappings are
+    /// `page`-byte pieces at made-up addresses.
+    pub fn push_frame(&self, bytes: u32, page: u32) {
+        let index = self.frames.borrow().len() as u64;
+        let mut mappings = Vec::new();
+        let mut done = 0;
+        while done < bytes {
+            let n = page.min(bytes - done);
+            mappings.push(SgElement {
+                logical_address: 0x1_0000_0000 + index * 0x100_0000 + u64::from(done),
+                byte_count: n,
+                alignment: 0,
+            });
+            done += n;
+        }
+        self.frames.borrow_mut().push(FakeFrame {
+            data: vec![0xEE; bytes as usize],
+            mappings,
+            extent: bytes,
+            completion: None,
+            released: false,
+            clones: 0,
+            passed: false,
+        });
+    }
+
+    /// Index of the frame at the leading edge.
+    pub fn leading_index(&self) -> usize {
+        self.leading.get()
+    }
+
+    /// Clones alive.
+    pub fn live_clones(&self) -> usize {
+        self.clones.borrow().iter().flatten().count()
+    }
+
+    fn frame_of(&self, p: Ptr) -> Option<usize> {
+        match p {
+            Ptr::Leading => Some(self.leading.get()),
+            Ptr::Clone(id) => self.clones.borrow().get(id).copied().flatten(),
+        }
+    }
+
+    fn offset_of(&self, p: Ptr) -> u32 {
+        match p {
+            Ptr::Leading => self.leading_offset.get(),
+            Ptr::Clone(_) => 0,
+        }
+    }
+
+    fn maybe_release(&self, frame: usize) {
+        if let Some(f) = self.frames.borrow_mut().get_mut(frame) {
+            if f.passed && f.clones == 0 {
+                f.released = true;
+            }
+        }
+    }
+
+    fn pass_leading(&self) -> Result<(), NtStatus> {
+        let i = self.leading.get();
+        if let Some(f) = self.frames.borrow_mut().get_mut(i) {
+            f.passed = true;
+        }
+        self.maybe_release(i);
+        self.leading.set(i + 1);
+        self.leading_offset.set(0);
+        if i + 1 >= self.frames.borrow().len() {
+            self.locked.set(false);
+            return Err(STATUS_DEVICE_NOT_READY);
+        }
+        Ok(())
+    }
+}
+
+impl KsPinPort for &FakePort {
+    type StreamPointer = Ptr;
+
+    fn leading_edge(&self) -> Option<Ptr> {
+        if self.leading.get() < self.frames.borrow().len() {
+            self.locked.set(true);
+            Some(Ptr::Leading)
+        } else {
+            None
+        }
+    }
+
+    fn clone_pointer(&self, pointer: Ptr) -> Result<Ptr, NtStatus> {
+        if self.fail_clone.get() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        let frame = self.frame_of(pointer).ok_or(STATUS_INVALID_PARAMETER)?;
+        self.frames.borrow_mut()[frame].clones += 1;
+        let mut clones = self.clones.borrow_mut();
+        clones.push(Some(frame));
+        Ok(Ptr::Clone(clones.len() - 1))
+    }
+
+    fn offset_out(&self, pointer: Ptr) -> StreamOffset {
+        let empty = StreamOffset { data: core::ptr::null_mut(), mappings: core::ptr::null(), count: 0, remaining: 0 };
+        let Some(frame) = self.frame_of(pointer) else { return empty };
+        let offset = self.offset_of(pointer);
+        let mut frames = self.frames.borrow_mut();
+        let Some(f) = frames.get_mut(frame) else { return empty };
+        if self.byte_mode.get() {
+            return StreamOffset {
+                data: f.data.as_mut_ptr().wrapping_add(offset as usize),
+                mappings: core::ptr::null(),
+                count: f.extent,
+                remaining: f.extent.saturating_sub(offset),
+            };
+        }
+        if f.mappings.is_empty() {
+            return empty;
+        }
+        StreamOffset {
+            data: core::ptr::null_mut(),
+            mappings: f.mappings.as_ptr().wrapping_add(offset as usize),
+            count: f.mappings.len() as u32,
+            remaining: f.mappings.len() as u32 - offset,
+        }
+    }
+
+    fn frame_extent(&self, pointer: Ptr) -> u32 {
+        self.frame_of(pointer).and_then(|i| self.frames.borrow().get(i).map(|f| f.extent)).unwrap_or(0)
+    }
+
+    fn advance_offsets(&self, pointer: Ptr, out_used: u32, eject: bool) -> Result<(), NtStatus> {
+        assert_eq!(pointer, Ptr::Leading, "the pin advances only the leading edge");
+        assert!(self.locked.get(), "advance of an unlocked leading edge");
+        let count = self.offset_out(pointer).count;
+        let offset = self.leading_offset.get() + out_used;
+        self.leading_offset.set(offset);
+        if eject || offset >= count {
+            return self.pass_leading();
+        }
+        Ok(())
+    }
+
+    fn advance_offsets_and_unlock(&self, pointer: Ptr, out_used: u32, eject: bool) {
+        let _ = self.advance_offsets(pointer, out_used, eject);
+        self.locked.set(false);
+    }
+
+    fn unlock(&self, pointer: Ptr, eject: bool) {
+        assert_eq!(pointer, Ptr::Leading);
+        if eject {
+            let _ = self.pass_leading();
+        }
+        self.locked.set(false);
+    }
+
+    fn complete_frame(&self, pointer: Ptr, completion: &FrameCompletion) {
+        let frame = self.frame_of(pointer).expect("complete_frame of a dead pointer");
+        self.frames.borrow_mut()[frame].completion = Some(*completion);
+    }
+
+    fn delete(&self, pointer: Ptr) {
+        match pointer {
+            Ptr::Leading => self.locked.set(false),
+            Ptr::Clone(id) => {
+                let frame = self.clones.borrow_mut()[id].take().expect("clone deleted twice");
+                self.frames.borrow_mut()[frame].clones -= 1;
+                self.deleted.set(self.deleted.get() + 1);
+                self.maybe_release(frame);
+            }
+        }
+    }
+
+    fn attempt_processing(&self, _asynchronous: bool) {
+        self.attempts.set(self.attempts.get() + 1);
+    }
+
+    fn raise_to_dispatch(&self) -> Irql {
+        let old = self.irql.get();
+        assert!(old <= 2, "raise from above DISPATCH_LEVEL");
+        self.irql.set(2);
+        old
+    }
+
+    fn lower_irql(&self, old: Irql) {
+        self.irql.set(old);
+    }
+
+    fn acquire_processing_mutex(&self) {
+        assert!(!self.mutex_held.get(), "processing mutex is not recursive");
+        self.mutex_held.set(true);
+        self.mutex_acquired.set(self.mutex_acquired.get() + 1);
+    }
+
+    fn release_processing_mutex(&self) {
+        assert!(self.mutex_held.get());
+        self.mutex_held.set(false);
+    }
+}
+
+/// A YUY2 format helper.
+pub fn yuy2(width: u32, height: u32) -> crate::format::VideoFormat {
+    crate::format::VideoFormat::new(PixelFormat::Yuy2, width, height, 333_333).expect("valid test format")
+}

@@ -3,6 +3,17 @@
 //! The portable core (everything but `ks/`) works through the port traits
 //! of [`ports`] and reaches the bus only through the query-interface table of
 //! `capdma-interface`. It does not allocate (no `alloc`).
+//!
+//! * [`ks_format`]: KS format structures (zerocopy, asserted layouts), GUIDs, flags.
+//! * [`format`]: data-format validation, data ranges, intersection.
+//! * [`bus_client`]: the checked bus interface table and safe calls through it.
+//! * [`device`]: device start (mode, adapter registration, pin flags, framing).
+//! * [`state`]: `KSSTATE` and one-step transitions.
+//! * [`pin`]: the capture pin (format, states, Process, completion).
+//! * [`process_sg`], [`process_cb`]: Process and completion per DMA mode.
+//! * [`clones`], [`fifo`]: the fixed-size frame/slot bookkeeping.
+//! * [`stats`]: frame counters and `KSPROPERTY_DROPPEDFRAMES_CURRENT`.
+//! * [`copy`]: the slot -> frame copy.
 #![cfg_attr(not(test), no_std)]
 
 pub mod bus_client;
@@ -12,9 +23,20 @@ pub mod device;
 pub mod fifo;
 pub mod format;
 pub mod ks_format;
+pub mod pin;
 pub mod ports;
+pub mod process_cb;
+pub mod process_sg;
 pub mod state;
 pub mod stats;
 
 #[cfg(test)]
+mod pin_tests;
+#[cfg(test)]
 mod test_support;
+
+pub use bus_client::{BusChannel, BusClient};
+pub use device::{device_start, DeviceSetup};
+pub use format::{build_data_format, validate_data_format, VideoFormat};
+pub use pin::CapturePin;
+pub use state::KsState;

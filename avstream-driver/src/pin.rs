@@ -441,6 +441,9 @@ impl<K: KsPinPort> CapturePin<K> {
             return STATUS_INVALID_DEVICE_REQUEST;
         };
         self.stats.reset_frame_numbers();
+        // Slots completed after the last stop (a bus that delivered late) are
+        // from the previous run: give them back before the ring restarts.
+        self.drain_slots();
         if let Err(status) = self.bus.start_channel(&format.channel_format()) {
             return status;
         }

@@ -19,11 +19,14 @@
 //!   moves (`ptr::copy_nonoverlapping`, i.e. `memcpy`), line by line.
 //! * Larger frames (x86-64 only) use non-temporal stores: each destination
 //!   line is split into an ordinary-store head up to its first 64-byte
-//!   boundary, a body of whole cache lines written with `MOVNTDQ` (SSE2),
-//!   `VMOVNTDQ` (AVX2) or `MOVNTI` ([`VectorUnit::Scalar`]: general-purpose
-//!   registers only), and an ordinary-store tail; one `SFENCE` ends the
-//!   frame, so the frame is globally visible, ordered before the stores
-//!   that complete it, when the routine returns.
+//!   boundary, a body of whole cache lines written with 16-byte `MOVNTDQ`
+//!   ([`VectorUnit::Sse2`], and [`VectorUnit::Avx2`] by default, see below),
+//!   32-byte `VMOVNTDQ` ([`VectorUnit::Avx2`] with
+//!   [`CopyTuning::avx2_wide_stores`]) or 8-byte `MOVNTI`
+//!   ([`VectorUnit::Scalar`]: general-purpose registers only), and an
+//!   ordinary-store tail; one `SFENCE` ends the frame, so the frame is
+//!   globally visible, ordered before the stores that complete it, when the
+//!   routine returns.
 //! * Other architectures take the ordinary path whatever the unit.
 //!
 //! # The threshold
@@ -45,6 +48,21 @@
 //! when the consumer reads it on the same core, and streaming it would throw
 //! that away. Tests and benchmarks pass their own threshold to
 //! [`copy_frame_tuned`].
+//!
+//! # Store width
+//!
+//! A streamed copy of cold data is bound by memory, not by the width of the
+//! registers: every variant reads and writes the same cache lines. On the
+//! development machine (Zen 4 under KVM) 32-byte `VMOVNTDQ` stores stream
+//! about 10-15 % *slower* than 16-byte `MOVNTDQ` (or 8-byte `MOVNTI`)
+//! stores, measured interleaved on the same cold rings; on Intel cores the
+//! width makes no measurable difference for a memory-bound copy. So
+//! [`VectorUnit::Avx2`] streams with 16-byte stores unless
+//! [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept for
+//! machines where they win, and so the benchmark can show the difference).
+//! A consequence for the driver: for frames at or above the threshold,
+//! `Sse2` is as fast as `Avx2`, and `Sse2` needs no
+//! `KeSaveExtendedProcessorState`.
 //!
 //! # AVX2 detection without `std`
 //!
@@ -126,17 +144,21 @@ fn extent(lines: u32, line_bytes: u32, pitch: u32) -> Result<usize, NtStatus> {
 /// Why 256 KiB: see the module documentation.
 pub const NON_TEMPORAL_THRESHOLD: usize = 256 * 1024;
 
-/// Knobs of [`copy_frame_tuned`].
+/// Knobs of [`copy_frame_tuned`]. None changes the bytes written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyTuning {
     /// Frames of at least this many bytes (`lines * line_bytes`) use
     /// non-temporal stores; `0` streams every frame, `usize::MAX` none.
     pub non_temporal_threshold: usize,
+    /// With [`VectorUnit::Avx2`] (on a CPU with AVX2), stream with 32-byte
+    /// `VMOVNTDQ` instead of 16-byte `MOVNTDQ`. Off by default: see the
+    /// module documentation (Store width).
+    pub avx2_wide_stores: bool,
 }
 
 impl CopyTuning {
     /// The tuning [`copy_frame`] uses.
-    pub const DEFAULT: Self = Self { non_temporal_threshold: NON_TEMPORAL_THRESHOLD };
+    pub const DEFAULT: Self = Self { non_temporal_threshold: NON_TEMPORAL_THRESHOLD, avx2_wide_stores: false };
 }
 
 impl Default for CopyTuning {
@@ -214,7 +236,7 @@ pub fn copy_frame_tuned(
     // line `i < lines` spans `i * pitch .. i * pitch + line_bytes`, inside
     // the extent, which the checks above proved both slices hold. `dst` is
     // a unique borrow, so the buffers do not overlap.
-    unsafe { copy_planned(dst.as_mut_ptr(), src.as_ptr(), &plan, effective_unit(unit), streamed) };
+    unsafe { copy_planned(dst.as_mut_ptr(), src.as_ptr(), &plan, effective_unit(unit), streamed, tuning.avx2_wide_stores) };
     Ok(bytes)
 }
 
@@ -244,28 +266,29 @@ impl Plan {
     }
 }
 
-/// Runs `plan` with `unit` (already resolved by [`effective_unit`]).
+/// Runs `plan` with `unit` (already resolved by [`effective_unit`]);
+/// `wide`: 32-byte stores for `Avx2`.
 ///
 /// # Safety
 /// Line `i < plan.lines` spans `src + i * src_pitch .. + line` (readable)
 /// and `dst + i * dst_pitch .. + line` (writable); the buffers do not
 /// overlap; `unit` is `Avx2` only when the CPU has AVX2.
-unsafe fn copy_planned(dst: *mut u8, src: *const u8, plan: &Plan, unit: VectorUnit, streamed: bool) {
+unsafe fn copy_planned(dst: *mut u8, src: *const u8, plan: &Plan, unit: VectorUnit, streamed: bool, wide: bool) {
     #[cfg(target_arch = "x86_64")]
     if streamed {
         match unit {
             // SAFETY: forwarded from the caller; `effective_unit` chose
             // `Avx2` only when `avx2_usable()`, and the caller of
             // `copy_frame` saved the YMM state (the `VectorUnit` contract).
-            VectorUnit::Avx2 => unsafe { x86::frame_nt_avx2(dst, src, plan) },
+            VectorUnit::Avx2 if wide => unsafe { x86::frame_nt_avx2(dst, src, plan) },
             // SAFETY: forwarded from the caller; SSE2 is x86-64 baseline.
-            VectorUnit::Sse2 => unsafe { x86::frame_nt_sse2(dst, src, plan) },
+            VectorUnit::Avx2 | VectorUnit::Sse2 => unsafe { x86::frame_nt_sse2(dst, src, plan) },
             // SAFETY: forwarded from the caller; MOVNTI is x86-64 baseline.
             VectorUnit::Scalar => unsafe { x86::frame_nt_gpr(dst, src, plan) },
         }
         return;
     }
-    let _ = (unit, streamed);
+    let _ = (unit, streamed, wide);
     for i in 0..plan.lines {
         // SAFETY: line `i` is inside both buffers (caller); `i * pitch` is
         // below the extent, so neither product overflows.
@@ -321,7 +344,7 @@ mod tests {
         let mut dst = [7u8; 8];
         for g in [geometry(0, 10, 10, 10), geometry(4, 0, 0, 2)] {
             for unit in [VectorUnit::Scalar, VectorUnit::Sse2, VectorUnit::Avx2] {
-                let t = CopyTuning { non_temporal_threshold: 0 };
+                let t = CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true };
                 assert_eq!(copy_frame_tuned(&mut dst, &[], &g, unit, &t), Ok(0));
             }
         }
@@ -354,8 +377,14 @@ mod proptests {
     use proptest::prelude::*;
 
     const UNITS: [VectorUnit; 3] = [VectorUnit::Scalar, VectorUnit::Sse2, VectorUnit::Avx2];
-    /// Always stream, the default, never stream.
-    const THRESHOLDS: [usize; 3] = [0, NON_TEMPORAL_THRESHOLD, usize::MAX];
+    /// Always stream (both store widths), the default (`None`: through
+    /// `copy_frame`), never stream.
+    const TUNINGS: [Option<CopyTuning>; 4] = [
+        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: false }),
+        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true }),
+        None,
+        Some(CopyTuning { non_temporal_threshold: usize::MAX, avx2_wide_stores: false }),
+    ];
 
     /// The obvious byte loop.
     fn reference(dst: &mut [u8], src: &[u8], g: &CopyGeometry) {
@@ -407,17 +436,16 @@ mod proptests {
         let want = g.lines as usize * g.line_bytes as usize;
 
         for unit in UNITS {
-            for threshold in THRESHOLDS {
+            for tuning in TUNINGS {
                 work.copy_from_slice(&initial);
                 let dst = &mut work[d0..d0 + dst_need + dst_slack];
-                let got = if threshold == NON_TEMPORAL_THRESHOLD {
-                    copy_frame(dst, src, &g, unit)
-                } else {
-                    copy_frame_tuned(dst, src, &g, unit, &CopyTuning { non_temporal_threshold: threshold })
+                let got = match &tuning {
+                    None => copy_frame(dst, src, &g, unit),
+                    Some(t) => copy_frame_tuned(dst, src, &g, unit, t),
                 };
                 prop_assert_eq!(got, Ok(want));
                 let diff = first_difference(&work, &expected);
-                prop_assert!(diff.is_none(), "{:?} threshold {}: first wrong byte at {:?} (dst starts at {})", unit, threshold, diff, d0);
+                prop_assert!(diff.is_none(), "{:?} {:?}: first wrong byte at {:?} (dst starts at {})", unit, tuning, diff, d0);
             }
         }
         Ok(())
@@ -483,7 +511,7 @@ mod proptests {
             let dst_len = if which == 0 { dst_need } else { dst_need.saturating_sub(dst_short + 1) };
             let src = vec![0x5Au8; src_len];
             let mut dst = vec![0xC3u8; dst_len];
-            let t = CopyTuning { non_temporal_threshold: 0 };
+            let t = CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true };
             prop_assert_eq!(copy_frame_tuned(&mut dst, &src, &g, UNITS[unit], &t), Err(STATUS_BUFFER_TOO_SMALL));
             prop_assert!(dst.iter().all(|&b| b == 0xC3));
         }

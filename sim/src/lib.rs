@@ -6,6 +6,7 @@
     reason = "the simulator runs on 64-bit hosts (asserted in memory.rs); u64/usize casts are lossless and narrower casts are of values already range-checked"
 )]
 
+pub mod bench;
 pub mod board;
 pub mod dma;
 pub mod irql;

@@ -1,0 +1,761 @@
+//! `capdma-sim bench`: how fast the common-buffer copy is on this machine,
+//! against what the machine allows, and what S/G programming costs.
+//!
+//! [`run`] measures, in one process:
+//!
+//! * **copy methods**, for 1080p YUY2, 1080p NV12 and 2160p YUY2 frames
+//!   (slot line pitch = line bytes rounded up to 256, frame stride = line
+//!   bytes, as in common-buffer mode):
+//!   * `limit`: the reference limit, a non-temporal AVX2 copy (32-byte
+//!     stores; SSE2 without AVX2) of the frame's bytes between contiguous
+//!     buffers; `limit_sse2`: the same with 16-byte stores;
+//!   * `copy_from_slice`: the naive stride-aware copy, line by line;
+//!   * `driver`: the driver's path, `copy_frame` with the best
+//!     [`VectorUnit`] (AVX2 when present), into a frame buffer of scattered
+//!     4 KiB pages (see [`region`] for how that is modelled and why);
+//!   * `driver_contiguous`, `driver_wide`, `driver_scalar`,
+//!     `driver_temporal`: the same routine into a contiguous buffer (the
+//!     limit's destination), with 32-byte AVX2 stores, with general-purpose
+//!     registers only, and with non-temporal stores disabled — to show where
+//!     the time goes;
+//! * **cold data**: slots and frames rotate through rings of at least
+//!   [`BenchOptions::ring_factor`] × the last-level cache (read from sysfs),
+//!   so every copy reads and writes memory that is not in any cache;
+//! * **fairness**: the methods run round-robin, one copy each per round, in
+//!   an order shuffled every round (seeded). A mere rotation would keep each
+//!   method behind the same predecessor every round, and a method behind
+//!   one that used ordinary stores pays for writing back the megabytes of
+//!   dirty lines that one left in the cache (measured: 10-15 %). Each
+//!   method first gets an untimed warm-up burst;
+//! * **correctness**: every method's output is byte-checked (the warm-up's
+//!   last frame, every eighth round and the last), padding and the guard
+//!   after the frame included;
+//! * the **share of one core** that 1080p60, 2160p60 and 4 × 1080p60 cost on
+//!   the driver's path;
+//! * the **S/G programming cost** (see [`sg`]).
+//!
+//! The whole-stack throughput in virtual time needs the simulated machine:
+//! [`BenchReport::stack`] is left `None` for the caller to fill.
+#![allow(clippy::cast_precision_loss, reason = "benchmark figures: counts far below 2^53 converted to f64")]
+
+mod kernels;
+mod machine;
+mod placement;
+mod region;
+mod sg;
+mod stats;
+mod table;
+
+pub use machine::MachineInfo;
+pub use sg::{SgCost, SgFrameCost};
+pub use stats::Summary;
+pub use table::render_table;
+
+use capdma_avstream::copy::{copy_frame_tuned, effective_unit, CopyGeometry, CopyTuning, VectorUnit, NON_TEMPORAL_THRESHOLD};
+
+use capdma_interface::format::PixelFormat;
+use placement::PAGE;
+use region::Region;
+use serde::Serialize;
+use std::time::Instant;
+
+/// `copy_frame`'s own tuning.
+const DEFAULT_TUNING: CopyTuning = CopyTuning::DEFAULT;
+/// Byte the destination rings are filled with: anything a copy did not
+/// write must still read as this.
+const POISON: u8 = 0xA5;
+/// A timed round whose index is a multiple of this is byte-checked.
+const CHECK_EVERY: usize = 8;
+/// Slot line alignment of the board in common-buffer mode.
+const SLOT_LINE_ALIGN: u32 = 256;
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchOptions {
+    /// A tiny configuration (small frames, 4 MiB rings, a few samples) for
+    /// tests and smoke runs: its numbers mean nothing.
+    pub quick: bool,
+    /// Timed rounds per frame size (each round times every method once);
+    /// `None`: 600 (quick: 5).
+    pub samples: Option<usize>,
+    /// Untimed copies per method before the rounds; `None`: 8 (quick: 2).
+    pub warmup: Option<usize>,
+    /// Rings hold at least this many times the last-level cache (default 8).
+    pub ring_factor: usize,
+    /// Seed of the page placement and the data patterns.
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self { quick: false, samples: None, warmup: None, ring_factor: 8, seed: 0xCAFD_BE4C }
+    }
+}
+
+impl BenchOptions {
+    /// The quick configuration.
+    #[must_use]
+    pub fn quick() -> Self {
+        Self { quick: true, ..Self::default() }
+    }
+}
+
+/// Everything one run measured. `serde` gives the `--json` form.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// The host.
+    pub machine: MachineInfo,
+    /// How the run was set up.
+    pub settings: Settings,
+    /// One entry per frame size.
+    pub cases: Vec<CopyCase>,
+    /// Share of one core the driver's copy costs for common workloads.
+    pub core_share: Vec<CoreShare>,
+    /// S/G programming cost and element counts.
+    pub sg: SgCost,
+    /// Whole-stack throughput in virtual time, per DMA mode: filled by the
+    /// CLI from the simulated machine; `run` leaves it `None`.
+    pub stack: Option<StackThroughput>,
+    /// `true` when every byte check of every method passed.
+    pub checks_passed: bool,
+    /// Wall-clock seconds of the run.
+    pub elapsed_seconds: f64,
+}
+
+/// How the run was set up.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    /// The quick configuration was used (numbers not meaningful).
+    pub quick: bool,
+    /// Timed rounds per frame size.
+    pub samples: usize,
+    /// Untimed warm-up copies per method and frame size.
+    pub warmup: usize,
+    /// Bytes of each ring (source slots; each destination ring).
+    pub ring_bytes: usize,
+    /// `ring_bytes / llc_bytes`.
+    pub ring_over_llc: f64,
+    /// `copy_frame`'s non-temporal threshold, bytes.
+    pub non_temporal_threshold: usize,
+    /// The unit `driver` ran with (`effective_unit(Avx2)`).
+    pub driver_unit: String,
+    /// The instruction set of `limit`.
+    pub limit_unit: String,
+    /// Backing of the source ring (the common buffer's slots).
+    pub source_memory: String,
+    /// Backing of the contiguous destination ring.
+    pub contiguous_memory: String,
+    /// Backing of the scattered destination ring (the frame buffers).
+    pub scattered_memory: String,
+    /// Why the scattered ring could not be built (the driver's destination
+    /// was then a contiguous ring too); `None` when it was.
+    pub scattered_fallback: Option<String>,
+    /// Fraction of virtually consecutive page pairs that are physically
+    /// adjacent, per ring (`None` when `/proc/self/pagemap` hides frames).
+    pub physical_adjacency: PhysicalAdjacency,
+    /// `/proc/loadavg` when the run started and when it ended (other work on
+    /// the machine makes the numbers noisy).
+    pub load_average: (String, String),
+}
+
+/// Physical adjacency of consecutive pages in each ring.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhysicalAdjacency {
+    /// Source ring.
+    pub source: Option<f64>,
+    /// Contiguous destination ring.
+    pub contiguous: Option<f64>,
+    /// Scattered destination ring.
+    pub scattered: Option<f64>,
+}
+
+/// The copy figures of one frame size.
+#[derive(Clone, Debug, Serialize)]
+pub struct CopyCase {
+    /// `"1080p YUY2"`.
+    pub name: String,
+    /// `"yuy2"` or `"nv12"`.
+    pub format: String,
+    /// Pixels per line.
+    pub width: u32,
+    /// Pixel rows.
+    pub height: u32,
+    /// Lines copied (NV12: luma + chroma lines).
+    pub lines: u32,
+    /// Bytes per line.
+    pub line_bytes: u32,
+    /// Slot line pitch (line bytes rounded up to 256).
+    pub src_pitch: u32,
+    /// Frame stride (= line bytes).
+    pub dst_stride: u32,
+    /// Bytes delivered per frame (`lines × line_bytes`): the GB/s basis.
+    pub frame_bytes: usize,
+    /// `copy_frame` streams this frame (at or above the threshold).
+    pub streamed: bool,
+    /// Per method.
+    pub methods: Vec<MethodResult>,
+    /// Median GB/s of `driver` over median GB/s of `limit`.
+    pub driver_vs_limit: f64,
+    /// Median GB/s of `driver` over the better median of `limit` and
+    /// `limit_sse2` (the fastest contiguous copy measured).
+    pub driver_vs_best_limit: f64,
+    /// The same ratio taken round by round (both measured in the same round).
+    pub driver_vs_limit_by_round: Summary,
+}
+
+/// One copy method's figures for one frame size.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodResult {
+    /// Identifier: `limit`, `copy_from_slice`, `driver`, ...
+    pub method: String,
+    /// What it does.
+    pub description: String,
+    /// `"contiguous"` or `"scattered pages"`.
+    pub destination: String,
+    /// GB/s (10^9 bytes per second) over the timed samples.
+    pub gbps: Summary,
+    /// Nanoseconds per frame over the timed samples.
+    pub ns_per_frame: Summary,
+    /// Byte checks run.
+    pub checks: usize,
+    /// Byte checks that failed.
+    pub check_failures: usize,
+}
+
+/// The share of one core a workload's copies take on the driver's path.
+#[derive(Clone, Debug, Serialize)]
+pub struct CoreShare {
+    /// `"1080p YUY2 @ 60 fps"`, `"4 x 1080p YUY2 @ 60 fps"`.
+    pub workload: String,
+    /// The case whose `driver` figures are used.
+    pub case: String,
+    /// Streams.
+    pub streams: u32,
+    /// Frames per second per stream.
+    pub fps: u32,
+    /// Bytes copied per second.
+    pub bytes_per_second: f64,
+    /// Fraction of one core at the median speed.
+    pub share_median: f64,
+    /// Fraction of one core at the slow tail: the 5th percentile of GB/s
+    /// (the minimum is left out: on a shared machine it is the sample
+    /// during which the process was descheduled).
+    pub share_p95: f64,
+}
+
+/// Hook for the whole-stack figures the CLI measures on the simulated
+/// machine (frames per second in virtual time, per DMA mode).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StackThroughput {
+    /// What was run (machine, board, duration).
+    pub description: String,
+    /// One entry per mode and format.
+    pub modes: Vec<ModeThroughput>,
+}
+
+/// Whole-stack throughput of one DMA mode and format.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModeThroughput {
+    /// `"ScatterGather"` or `"CommonBuffer"`.
+    pub mode: String,
+    /// `"1080p YUY2"`.
+    pub format: String,
+    /// Frames delivered.
+    pub frames: u64,
+    /// Frames dropped.
+    pub dropped: u64,
+    /// Virtual seconds simulated.
+    pub virtual_seconds: f64,
+    /// `frames / virtual_seconds`.
+    pub frames_per_second: f64,
+}
+
+/// `a / b` as a float (0 for `b == 0`).
+pub(crate) fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// A frame size to measure.
+struct CaseSpec {
+    name: String,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+}
+
+impl CaseSpec {
+    fn new(name: &str, format: PixelFormat, width: u32, height: u32) -> Self {
+        Self { name: name.to_owned(), format, width, height }
+    }
+
+    fn geometry(&self) -> Result<CopyGeometry, String> {
+        let line_bytes = self.format.line_bytes(self.width).ok_or("line bytes overflow")?;
+        let lines = self.format.lines(self.height).ok_or("lines overflow")?;
+        let src_pitch = line_bytes.checked_next_multiple_of(SLOT_LINE_ALIGN).ok_or("pitch overflow")?;
+        Ok(CopyGeometry { lines, line_bytes, src_pitch, dst_pitch: line_bytes })
+    }
+}
+
+fn cases(quick: bool) -> Vec<CaseSpec> {
+    if quick {
+        vec![
+            CaseSpec::new("96x16 YUY2", PixelFormat::Yuy2, 96, 16),
+            CaseSpec::new("130x24 NV12", PixelFormat::Nv12, 130, 24),
+            CaseSpec::new("640x240 YUY2", PixelFormat::Yuy2, 640, 240),
+        ]
+    } else {
+        vec![
+            CaseSpec::new("1080p YUY2", PixelFormat::Yuy2, 1920, 1080),
+            CaseSpec::new("1080p NV12", PixelFormat::Nv12, 1920, 1080),
+            CaseSpec::new("2160p YUY2", PixelFormat::Yuy2, 3840, 2160),
+        ]
+    }
+}
+
+/// How a method copies.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// [`kernels::limit_copy`], wide stores or not.
+    Limit(bool),
+    SliceCopy,
+    Driver(VectorUnit, CopyTuning),
+}
+
+/// Where a method writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dst {
+    /// The contiguous ring.
+    Contiguous,
+    /// Page runs of a pool, shuffled: the driver's frame buffers.
+    Scattered,
+}
+
+struct Method {
+    id: &'static str,
+    description: String,
+    op: Op,
+    dst: Dst,
+}
+
+fn methods(best: VectorUnit) -> Vec<Method> {
+    let m = |id, description: String, op, dst| Method { id, description, op, dst };
+    let wide = CopyTuning { avx2_wide_stores: true, ..DEFAULT_TUNING };
+    let temporal = CopyTuning { non_temporal_threshold: usize::MAX, ..DEFAULT_TUNING };
+    vec![
+        m("limit", format!("reference limit: one contiguous non-temporal {} copy", kernels::limit_unit(true)), Op::Limit(true), Dst::Contiguous),
+        m("limit_sse2", format!("the same with {} stores", kernels::limit_unit(false)), Op::Limit(false), Dst::Contiguous),
+        m("copy_from_slice", "copy_from_slice line by line".into(), Op::SliceCopy, Dst::Contiguous),
+        m("driver", format!("copy_frame({best:?}), default tuning"), Op::Driver(best, DEFAULT_TUNING), Dst::Scattered),
+        m("driver_contiguous", format!("copy_frame({best:?}) into a contiguous buffer"), Op::Driver(best, DEFAULT_TUNING), Dst::Contiguous),
+        m("driver_wide", format!("copy_frame({best:?}), 32-byte stores"), Op::Driver(best, wide), Dst::Scattered),
+        m("driver_scalar", "copy_frame(Scalar): MOVNTI".into(), Op::Driver(VectorUnit::Scalar, DEFAULT_TUNING), Dst::Scattered),
+        m("driver_temporal", format!("copy_frame({best:?}), ordinary stores only"), Op::Driver(best, temporal), Dst::Scattered),
+    ]
+}
+
+/// The rings.
+struct Rings {
+    src: Region,
+    contiguous: Region,
+    scattered: Region,
+}
+
+impl Rings {
+    fn destination(&self, dst: Dst) -> &Region {
+        match dst {
+            Dst::Contiguous => &self.contiguous,
+            Dst::Scattered => &self.scattered,
+        }
+    }
+}
+
+/// Frame placement in the rings for one case.
+struct Layout {
+    /// Bytes from one source slot to the next.
+    slot: usize,
+    /// Bytes from one destination frame to the next (frame + guard).
+    span: usize,
+    src_slots: usize,
+    contiguous_frames: usize,
+    scattered_frames: usize,
+}
+
+impl Layout {
+    fn new(g: &CopyGeometry, rings: &Rings) -> Result<Self, String> {
+        let src_extent = g.src_extent().map_err(|s| format!("bad geometry {s:#x}"))?;
+        let dst_extent = g.dst_extent().map_err(|s| format!("bad geometry {s:#x}"))?;
+        let slot = src_extent.div_ceil(PAGE) * PAGE;
+        let span = (dst_extent + 1).div_ceil(PAGE) * PAGE;
+        let src_slots = rings.src.len() / slot;
+        // Frame counts differ from the slot count, so a frame is not paired
+        // with the same slot again soon (a method that wrote nothing would
+        // leave another slot's bytes, and fail its check).
+        let frames = |region: &Region| {
+            let mut n = region.len() / span;
+            if n == src_slots {
+                n -= 1;
+            }
+            n
+        };
+        let (contiguous_frames, scattered_frames) = (frames(&rings.contiguous), frames(&rings.scattered));
+        if src_slots < 2 || contiguous_frames < 2 || scattered_frames < 2 {
+            return Err(format!("rings too small for a {dst_extent}-byte frame"));
+        }
+        Ok(Self { slot, span, src_slots, contiguous_frames, scattered_frames })
+    }
+
+    fn frames(&self, dst: Dst) -> usize {
+        match dst {
+            Dst::Contiguous => self.contiguous_frames,
+            Dst::Scattered => self.scattered_frames,
+        }
+    }
+}
+
+/// Rotating positions in the rings (source; one per destination kind).
+#[derive(Default)]
+struct Cursor {
+    src: usize,
+    dst: [usize; 2],
+}
+
+/// Where one copy went: source slot and destination frame.
+#[derive(Clone, Copy)]
+struct Placement {
+    slot: usize,
+    frame: usize,
+    dst: Dst,
+}
+
+/// Runs one copy of `method` at the next ring positions; returns the
+/// nanoseconds it took and where it went.
+fn copy_once(method: &Method, g: &CopyGeometry, rings: &mut Rings, layout: &Layout, cursor: &mut Cursor) -> Result<(f64, Placement), String> {
+    let slot = cursor.src % layout.src_slots;
+    cursor.src += 1;
+    let counter = &mut cursor.dst[method.dst as usize];
+    let frame = *counter % layout.frames(method.dst);
+    *counter += 1;
+    let region = match method.dst {
+        Dst::Contiguous => &mut rings.contiguous,
+        Dst::Scattered => &mut rings.scattered,
+    };
+    let src_extent = g.src_extent().map_err(|s| format!("{s:#x}"))?;
+    let frame_bytes = g.lines as usize * g.line_bytes as usize;
+    let src = &rings.src.bytes()[slot * layout.slot..slot * layout.slot + src_extent];
+    let dst = &mut region.bytes_mut()[frame * layout.span..(frame + 1) * layout.span];
+    let t = Instant::now();
+    match method.op {
+        Op::Limit(wide) => kernels::limit_copy(&mut dst[..frame_bytes], &src[..frame_bytes], wide),
+        Op::SliceCopy => kernels::slice_copy(dst, src, g),
+        Op::Driver(unit, tuning) => {
+            copy_frame_tuned(dst, src, g, unit, &tuning).map_err(|s| format!("copy_frame failed: {s:#x}"))?;
+        }
+    }
+    let ns = t.elapsed().as_secs_f64() * 1e9;
+    Ok((ns, Placement { slot, frame, dst: method.dst }))
+}
+
+/// Byte-checks the output of one copy.
+fn check_once(method: &Method, g: &CopyGeometry, rings: &Rings, layout: &Layout, at: Placement) -> Result<bool, String> {
+    let src_extent = g.src_extent().map_err(|s| format!("{s:#x}"))?;
+    let src = &rings.src.bytes()[at.slot * layout.slot..at.slot * layout.slot + src_extent];
+    let dst = &rings.destination(at.dst).bytes()[at.frame * layout.span..(at.frame + 1) * layout.span];
+    Ok(match method.op {
+        Op::Limit(_) => kernels::check_run(dst, &src[..g.lines as usize * g.line_bytes as usize], POISON),
+        Op::SliceCopy | Op::Driver(..) => kernels::check_lines(dst, src, g, POISON),
+    })
+}
+
+/// Fills `bytes` with a pattern that depends on the position (so every
+/// slot's content differs).
+fn fill_pattern(bytes: &mut [u8], seed: u64) {
+    for (i, chunk) in (0u64..).zip(bytes.chunks_mut(8)) {
+        let word = placement::mix(seed ^ i).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+fn adjacency(region: &Region) -> Option<f64> {
+    let frames = machine::physical_frames(region.bytes().as_ptr(), region.len())?;
+    let pairs = frames.len().saturating_sub(1) as u64;
+    let adjacent = frames.windows(2).filter(|w| w[1] == w[0].wrapping_add(1)).count() as u64;
+    Some(ratio(adjacent, pairs))
+}
+
+fn gbps_of(bytes: usize, ns: &[f64]) -> Vec<f64> {
+    ns.iter().map(|&t| bytes as f64 / t.max(1e-3)).collect()
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// Memory could not be mapped, or a copy returned an error (a bug). A
+/// failed byte check is not an error: it shows in the report
+/// ([`BenchReport::checks_passed`], per method `check_failures`).
+pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
+    let started = Instant::now();
+    let load_before = load_average();
+    let machine = machine::machine_info();
+    let specs = cases(options.quick);
+    let samples = options.samples.unwrap_or(if options.quick { 5 } else { 600 }).max(1);
+    let warmup = options.warmup.unwrap_or(if options.quick { 2 } else { 8 }).max(1);
+
+    let geometries = specs.iter().map(CaseSpec::geometry).collect::<Result<Vec<_>, _>>()?;
+    let largest = geometries.iter().map(|g| g.src_extent().unwrap_or(0).max(g.dst_extent().unwrap_or(0))).max().unwrap_or(0);
+    let ring_bytes = if options.quick {
+        (4 << 20).max(4 * largest)
+    } else {
+        machine.llc_bytes.saturating_mul(options.ring_factor.max(1)).max(8 * largest)
+    };
+
+    let src = Region::contiguous(ring_bytes);
+    let contiguous = Region::contiguous(ring_bytes);
+    let (scattered, scattered_fallback) = match Region::scattered(ring_bytes, options.seed) {
+        Ok(r) => (r, None),
+        Err(why) => (Region::contiguous(ring_bytes), Some(why)),
+    };
+    let mut rings = Rings { src, contiguous, scattered };
+    fill_pattern(rings.src.bytes_mut(), options.seed);
+
+    let best = effective_unit(VectorUnit::Avx2);
+    let methods = methods(best);
+    let mut cases_out = Vec::new();
+    let mut all_passed = true;
+    for (spec, g) in specs.iter().zip(&geometries) {
+        let case = run_case(spec, g, &methods, &mut rings, Schedule { samples, warmup, seed: options.seed })?;
+        all_passed &= case.methods.iter().all(|m| m.check_failures == 0);
+        cases_out.push(case);
+    }
+
+    let core_share = core_share(&cases_out);
+    let sg_sizes: Vec<(String, usize)> = specs
+        .iter()
+        .zip(&geometries)
+        .take(2)
+        .map(|(s, g)| (s.name.clone(), g.lines as usize * g.line_bytes as usize))
+        .collect();
+    // An ordinary anonymous buffer of the frame's size, as this host's
+    // kernel placed it: what an application's frame buffer looks like.
+    let host_runs = |bytes: usize| {
+        let buffer = Region::anonymous(bytes);
+        let frames = machine::physical_frames(buffer.bytes().as_ptr(), bytes)?;
+        Some(machine::physical_runs(&frames))
+    };
+    let (sg_frames, sg_samples) = if options.quick { (4, 3) } else { (64, 40) };
+    let sg = sg::measure(&sg_sizes, sg_frames, sg_samples, options.seed, &host_runs)?;
+
+    let settings = Settings {
+        quick: options.quick,
+        samples,
+        warmup,
+        ring_bytes,
+        ring_over_llc: ratio(ring_bytes as u64, machine.llc_bytes as u64),
+        non_temporal_threshold: NON_TEMPORAL_THRESHOLD,
+        driver_unit: format!("{best:?}"),
+        limit_unit: kernels::limit_unit(true).to_owned(),
+        source_memory: rings.src.model().to_owned(),
+        contiguous_memory: rings.contiguous.model().to_owned(),
+        scattered_memory: rings.scattered.model().to_owned(),
+        scattered_fallback,
+        physical_adjacency: PhysicalAdjacency {
+            source: adjacency(&rings.src),
+            contiguous: adjacency(&rings.contiguous),
+            scattered: adjacency(&rings.scattered),
+        },
+        load_average: (load_before, load_average()),
+    };
+    Ok(BenchReport {
+        machine,
+        settings,
+        cases: cases_out,
+        core_share,
+        sg,
+        stack: None,
+        checks_passed: all_passed,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// How many copies of each method, and the seed of the round order.
+#[derive(Clone, Copy)]
+struct Schedule {
+    samples: usize,
+    warmup: usize,
+    seed: u64,
+}
+
+fn run_case(spec: &CaseSpec, g: &CopyGeometry, methods: &[Method], rings: &mut Rings, schedule: Schedule) -> Result<CopyCase, String> {
+    let Schedule { samples, warmup, seed } = schedule;
+    let layout = Layout::new(g, rings)?;
+    rings.contiguous.bytes_mut().fill(POISON);
+    rings.scattered.bytes_mut().fill(POISON);
+    let frame_bytes = g.lines as usize * g.line_bytes as usize;
+    let mut cursor = Cursor::default();
+    let mut checks = vec![(0usize, 0usize); methods.len()];
+    let mut record = |i: usize, ok: bool| {
+        checks[i].0 += 1;
+        checks[i].1 += usize::from(!ok);
+    };
+
+    for (i, m) in methods.iter().enumerate() {
+        let mut last = None;
+        for _ in 0..warmup {
+            last = Some(copy_once(m, g, rings, &layout, &mut cursor)?.1);
+        }
+        if let Some(at) = last {
+            record(i, check_once(m, g, rings, &layout, at)?);
+        }
+    }
+
+    let mut ns = vec![Vec::with_capacity(samples); methods.len()];
+    let mut order: Vec<usize> = (0..methods.len()).collect();
+    let mut order_rng = placement::Rng::new(seed ^ 0x0DE2_0F2E_77E5);
+    for round in 0..samples {
+        placement::shuffle(&mut order, &mut order_rng);
+        for &i in &order {
+            let (t, at) = copy_once(&methods[i], g, rings, &layout, &mut cursor)?;
+            ns[i].push(t);
+            if round % CHECK_EVERY == 0 || round + 1 == samples {
+                record(i, check_once(&methods[i], g, rings, &layout, at)?);
+            }
+        }
+    }
+
+    let results: Vec<MethodResult> = methods
+        .iter()
+        .zip(&ns)
+        .zip(&checks)
+        .map(|((m, t), &(checks, check_failures))| MethodResult {
+            method: m.id.to_owned(),
+            description: m.description.clone(),
+            destination: match m.dst {
+                Dst::Contiguous => "contiguous".into(),
+                Dst::Scattered => "scattered pages".into(),
+            },
+            gbps: stats::summarize(&gbps_of(frame_bytes, t)),
+            ns_per_frame: stats::summarize(t),
+            checks,
+            check_failures,
+        })
+        .collect();
+    let index = |id: &str| methods.iter().position(|m| m.id == id).unwrap_or(0);
+    let (limit, limit_sse2, driver) = (index("limit"), index("limit_sse2"), index("driver"));
+    let by_round: Vec<f64> = ns[limit].iter().zip(&ns[driver]).map(|(l, d)| l / d.max(1e-3)).collect();
+    let driver_vs_limit = results[driver].gbps.median / results[limit].gbps.median.max(1e-12);
+    let best_limit = results[limit].gbps.median.max(results[limit_sse2].gbps.median);
+    let driver_vs_best_limit = results[driver].gbps.median / best_limit.max(1e-12);
+    Ok(CopyCase {
+        name: spec.name.clone(),
+        format: spec.format.name().to_owned(),
+        width: spec.width,
+        height: spec.height,
+        lines: g.lines,
+        line_bytes: g.line_bytes,
+        src_pitch: g.src_pitch,
+        dst_stride: g.dst_pitch,
+        frame_bytes,
+        streamed: frame_bytes >= NON_TEMPORAL_THRESHOLD,
+        methods: results,
+        driver_vs_limit,
+        driver_vs_best_limit,
+        driver_vs_limit_by_round: stats::summarize(&by_round),
+    })
+}
+
+/// Share of one core on the driver's path: 1080p60 (each format),
+/// 2160p60, and four 1080p60 YUY2 streams, from the first three cases.
+fn core_share(cases: &[CopyCase]) -> Vec<CoreShare> {
+    let mut out = Vec::new();
+    let plan: [(usize, u32); 4] = [(0, 1), (1, 1), (2, 1), (0, 4)];
+    for (index, streams) in plan {
+        let Some(case) = cases.get(index) else { continue };
+        let Some(driver) = case.methods.iter().find(|m| m.method == "driver") else { continue };
+        let fps = 60;
+        let bytes_per_second = f64::from(streams * fps) * case.frame_bytes as f64;
+        let share = |gbps: f64| bytes_per_second / (gbps.max(1e-9) * 1e9);
+        let workload = if streams == 1 { format!("{} @ {fps} fps", case.name) } else { format!("{streams} x {} @ {fps} fps", case.name) };
+        out.push(CoreShare {
+            workload,
+            case: case.name.clone(),
+            streams,
+            fps,
+            bytes_per_second,
+            share_median: share(driver.gbps.median),
+            share_p95: share(driver.gbps.p05),
+        });
+    }
+    out
+}
+
+/// The report as pretty-printed JSON (the `--json` output).
+///
+/// # Errors
+/// Serialisation failed (does not happen for this type).
+pub fn render_json(report: &BenchReport) -> Result<String, String> {
+    serde_json::to_string_pretty(report).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_run_checks_bytes_and_reports_consistently() {
+        let report = run(&BenchOptions::quick()).expect("quick bench runs");
+        assert!(report.checks_passed, "byte checks failed: {report:#?}");
+        assert_eq!(report.cases.len(), 3);
+        assert!(report.stack.is_none(), "the stack figures are the caller's");
+        let ids = ["limit", "limit_sse2", "copy_from_slice", "driver", "driver_contiguous", "driver_wide", "driver_scalar", "driver_temporal"];
+        for case in &report.cases {
+            assert_eq!(case.frame_bytes, case.lines as usize * case.line_bytes as usize);
+            assert_eq!(case.src_pitch % SLOT_LINE_ALIGN, 0);
+            assert!(case.src_pitch >= case.line_bytes && case.dst_stride == case.line_bytes);
+            assert_eq!(case.methods.iter().map(|m| m.method.as_str()).collect::<Vec<_>>(), ids);
+            for m in &case.methods {
+                // Warm-up check, rounds 0 and 8k, the last round.
+                let expected = 1 + (0..report.settings.samples).filter(|r| r % CHECK_EVERY == 0 || r + 1 == report.settings.samples).count();
+                assert_eq!((m.checks, m.check_failures), (expected, 0), "{} {}", case.name, m.method);
+                assert_eq!(m.gbps.count, report.settings.samples);
+                assert!(m.gbps.min > 0.0 && m.gbps.min <= m.gbps.median && m.gbps.median <= m.gbps.max);
+                // GB/s and ns per frame describe the same samples.
+                let from_ns = case.frame_bytes as f64 / m.ns_per_frame.median;
+                assert!((from_ns - m.gbps.median).abs() <= 1e-9 * from_ns, "odd sample count: same median sample");
+            }
+            let limit = &case.methods[0];
+            let driver = &case.methods[3];
+            assert!((case.driver_vs_limit - driver.gbps.median / limit.gbps.median).abs() < 1e-12);
+            let best = limit.gbps.median.max(case.methods[1].gbps.median);
+            assert!((case.driver_vs_best_limit - driver.gbps.median / best).abs() < 1e-12);
+            assert!(case.driver_vs_best_limit <= case.driver_vs_limit);
+            assert_eq!(case.driver_vs_limit_by_round.count, report.settings.samples);
+            assert_eq!(case.streamed, case.frame_bytes >= NON_TEMPORAL_THRESHOLD);
+        }
+        assert!(report.cases.iter().any(|c| c.streamed), "the quick run exercises the streamed path");
+        assert_eq!(report.core_share.len(), 4);
+        let one = &report.core_share[0];
+        let four = &report.core_share[3];
+        assert_eq!((one.streams, four.streams), (1, 4));
+        assert!((four.share_median - 4.0 * one.share_median).abs() < 1e-9 * four.share_median.max(1.0));
+        assert!(one.share_p95 >= one.share_median);
+        let c0 = &report.cases[0];
+        let expect = 60.0 * c0.frame_bytes as f64 / (c0.methods[3].gbps.median * 1e9);
+        assert!((one.share_median - expect).abs() < 1e-12);
+        for f in &report.sg.frames {
+            assert!(f.elements_merged.max <= f.elements_unmerged.min);
+            assert!((f.elements_unmerged.min - f.frame_bytes.div_ceil(PAGE) as f64).abs() < 0.5);
+            assert!(f.ns_per_element.median > 0.0);
+        }
+        let json = render_json(&report).unwrap();
+        assert!(json.contains("\"driver_vs_limit\"") && json.contains("\"stack\": null"));
+        let table = render_table(&report);
+        assert!(table.contains("driver") && table.contains("96x16 YUY2"));
+    }
+}

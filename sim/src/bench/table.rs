@@ -1,0 +1,171 @@
+//! The human-readable form of a [`BenchReport`].
+use super::BenchReport;
+use std::fmt::Write;
+
+fn mib(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn percent(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_owned(), |v| format!("{:.1} %", v * 100.0))
+}
+
+/// Renders `report` as plain-text tables.
+#[must_use]
+pub fn render_table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, report);
+    out
+}
+
+fn write_report(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    write_setup(out, report)?;
+    write_cases(out, report)?;
+    write_core_share(out, report)?;
+    write_sg(out, report)?;
+    write_stack(out, report)
+}
+
+fn write_setup(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    let m = &report.machine;
+    let s = &report.settings;
+    writeln!(out, "capdma copy benchmark{}", if s.quick { " (quick configuration: numbers not meaningful)" } else { "" })?;
+    let family = m.cpu_family_model.map(|(f, md)| format!(" (family {f}, model {md})")).unwrap_or_default();
+    writeln!(out, "CPU: {}{family}, {} logical CPUs, AVX2: {}", m.cpu_model, m.logical_cpus, if m.avx2 { "yes" } else { "no" })?;
+    writeln!(
+        out,
+        "LLC: {} (L{}, {}); rings {} each ({:.1} x LLC); {} rounds, warm-up {}; non-temporal threshold {}",
+        mib(m.llc_bytes),
+        m.llc_level,
+        m.llc_source,
+        mib(s.ring_bytes),
+        s.ring_over_llc,
+        s.samples,
+        s.warmup,
+        mib(s.non_temporal_threshold)
+    )?;
+    writeln!(out, "load average: start {}, end {}; THP: {}", s.load_average.0, s.load_average.1, m.transparent_hugepages.as_deref().unwrap_or("n/a"))?;
+    writeln!(out, "slots and contiguous destinations: {}", s.source_memory)?;
+    writeln!(out, "frame buffers (driver): {}", s.scattered_memory)?;
+    if let Some(why) = &s.scattered_fallback {
+        writeln!(out, "  (scattered mapping unavailable: {why})")?;
+    }
+    let a = &s.physical_adjacency;
+    writeln!(
+        out,
+        "physically adjacent consecutive pages: slots {}, contiguous {}, frame buffers {}",
+        percent(a.source),
+        percent(a.contiguous),
+        percent(a.scattered)
+    )
+}
+
+fn write_cases(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    for c in &report.cases {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} ({} B x {} lines, slot pitch {}, stride {}, {:.2} MB per frame, {})",
+            c.name,
+            c.line_bytes,
+            c.lines,
+            c.src_pitch,
+            c.dst_stride,
+            c.frame_bytes as f64 / 1e6,
+            if c.streamed { "streamed" } else { "ordinary stores" }
+        )?;
+        writeln!(out, "  {:<16} {:<16} {:>8} {:>8} {:>8} {:>9} {:>8}  {:>7}", "method", "destination", "GB/s med", "min", "max", "us/frame", "x limit", "checks")?;
+        let limit = c.methods.first().map_or(1.0, |l| l.gbps.median.max(1e-12));
+        for mr in &c.methods {
+            writeln!(
+                out,
+                "  {:<16} {:<16} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.3}  {:>7}",
+                mr.method,
+                mr.destination,
+                mr.gbps.median,
+                mr.gbps.min,
+                mr.gbps.max,
+                mr.ns_per_frame.median / 1e3,
+                mr.gbps.median / limit,
+                format!("{}/{}", mr.checks - mr.check_failures, mr.checks)
+            )?;
+        }
+        let b = &c.driver_vs_limit_by_round;
+        writeln!(
+            out,
+            "  driver / limit: {:.3} (round by round: median {:.3}, p05-p95 {:.3}-{:.3}); driver / best limit: {:.3}",
+            c.driver_vs_limit, b.median, b.p05, b.p95, c.driver_vs_best_limit
+        )?;
+    }
+    Ok(())
+}
+
+fn write_core_share(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    writeln!(out)?;
+    writeln!(out, "share of one core, driver path")?;
+    writeln!(out, "  {:<32} {:>10} {:>10} {:>10}", "workload", "MB/s", "median", "p95")?;
+    for cs in &report.core_share {
+        writeln!(
+            out,
+            "  {:<32} {:>10.0} {:>9.2}% {:>9.2}%",
+            cs.workload,
+            cs.bytes_per_second / 1e6,
+            cs.share_median * 100.0,
+            cs.share_p95 * 100.0
+        )?;
+    }
+    Ok(())
+}
+
+fn write_sg(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    writeln!(out)?;
+    writeln!(out, "S/G programming: {}", report.sg.routine)?;
+    writeln!(out, "  placement: {}", report.sg.placement)?;
+    writeln!(
+        out,
+        "  {:<12} {:>9} {:>10} {:>17} {:>14} {:>12} {:>14} {:>12}",
+        "frame", "bytes", "elements", "merged (model)", "merged (host)", "ns/element", "us/frame", "merged"
+    )?;
+    for f in &report.sg.frames {
+        writeln!(
+            out,
+            "  {:<12} {:>9} {:>10.0} {:>8.1} [{:.0}-{:.0}] {:>14} {:>12.2} {:>14.2} {:>12.2}",
+            f.frame,
+            f.frame_bytes,
+            f.elements_unmerged.mean,
+            f.elements_merged.mean,
+            f.elements_merged.min,
+            f.elements_merged.max,
+            f.elements_merged_host.map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
+            f.ns_per_element.median,
+            f.ns_per_frame_unmerged / 1e3,
+            f.ns_per_frame_merged / 1e3
+        )?;
+    }
+    Ok(())
+}
+
+fn write_stack(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    writeln!(out)?;
+    match &report.stack {
+        None => writeln!(out, "whole stack (virtual time): not measured here")?,
+        Some(st) => {
+            writeln!(out, "whole stack (virtual time): {}", st.description)?;
+            for mt in &st.modes {
+                writeln!(
+                    out,
+                    "  {:<14} {:<12} {:>8} frames {:>6} dropped {:>9.3} s {:>10.1} fps",
+                    mt.mode, mt.format, mt.frames, mt.dropped, mt.virtual_seconds, mt.frames_per_second
+                )?;
+            }
+        }
+    }
+    writeln!(out, "byte checks: {}; {:.1} s", if report.checks_passed { "all passed" } else { "FAILED" }, report.elapsed_seconds)
+}

@@ -17,6 +17,7 @@
 //! | DPC and delivery to children | `dpc` ([`BusDevice::dpc`]) |
 //! | engine watchdog | [`watchdog`] |
 //! | the query interface and its `extern "system"` thunks | `interface_impl` ([`BusDevice::query_interface`]) |
+//! | Plug and Play decisions of the glue (child IDs, interface routing, resources, Plug and Play states) | [`pnp`] |
 //!
 //! Entry points by IRQL:
 //!
@@ -42,6 +43,7 @@ mod hw;
 mod interface_impl;
 mod isr;
 pub mod mode;
+pub mod pnp;
 pub mod ports;
 pub mod watchdog;
 

@@ -34,6 +34,29 @@ use crate::workspace;
 /// The driver packages, built in this order.
 pub const DRIVER_PACKAGES: &[&str] = &["capdma-bus", "capdma-avstream"];
 
+/// The driver packages to build: `selected` (each one of
+/// [`DRIVER_PACKAGES`]) in the order of [`DRIVER_PACKAGES`], or all of them
+/// when `selected` is empty.
+///
+/// # Errors
+/// When a selected name is not a driver package.
+pub fn select_packages(selected: &[String]) -> Result<Vec<&'static str>> {
+    if let Some(unknown) = selected
+        .iter()
+        .find(|name| !DRIVER_PACKAGES.contains(&name.as_str()))
+    {
+        bail!(
+            "`{unknown}` is not a driver package (driver packages: {})",
+            DRIVER_PACKAGES.join(", ")
+        );
+    }
+    Ok(DRIVER_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| selected.is_empty() || selected.iter().any(|s| s == package))
+        .collect())
+}
+
 /// Options of `cargo xtask windows`.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -208,7 +231,7 @@ hints:
 ///
 /// # Errors
 /// When a step fails; `Cargo.lock` is restored in every case.
-pub fn run(tc: &Toolchain, options: Options) -> Result<Vec<PathBuf>> {
+pub fn run(tc: &Toolchain, options: Options, packages: &[&str]) -> Result<Vec<PathBuf>> {
     let root = workspace::root();
     let layout = Layout::new(&root, options);
 
@@ -220,7 +243,7 @@ pub fn run(tc: &Toolchain, options: Options) -> Result<Vec<PathBuf>> {
     );
 
     let lock = lockfile::Guard::snapshot(&root.join("Cargo.lock"))?;
-    let built = build_all(tc, &layout, options);
+    let built = build_all(tc, &layout, options, packages);
     match lock.settle(|| reresolve_lock(tc, &root))? {
         lockfile::Outcome::Unchanged => {}
         lockfile::Outcome::Restored | lockfile::Outcome::SnapshotWritten => {
@@ -259,8 +282,13 @@ fn reresolve_lock(tc: &Toolchain, root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_all(tc: &Toolchain, layout: &Layout, options: Options) -> Result<Vec<String>> {
-    let facts = workspace::facts(tc, &layout.root, DRIVER_PACKAGES)?;
+fn build_all(
+    tc: &Toolchain,
+    layout: &Layout,
+    options: Options,
+    packages: &[&str],
+) -> Result<Vec<String>> {
+    let facts = workspace::facts(tc, &layout.root, packages)?;
     let (version, source) = &facts.wdk_build;
     let rebuilt = wdk_build_patch::prepare(source, version, &layout.wdk_build)?;
     println!(
@@ -306,6 +334,20 @@ mod tests {
         assert_eq!(layout.wdk_root, PathBuf::from("/w/target/wdk-root"));
         let debug = Layout::new(Path::new("/w"), Options { release: false });
         assert_eq!(debug.out, PathBuf::from("/w/target/windows/debug"));
+    }
+
+    #[test]
+    fn package_selection_keeps_the_build_order() {
+        assert_eq!(select_packages(&[]).unwrap(), DRIVER_PACKAGES);
+        assert_eq!(
+            select_packages(&["capdma-avstream".into(), "capdma-bus".into()]).unwrap(),
+            ["capdma-bus", "capdma-avstream"]
+        );
+        assert_eq!(
+            select_packages(&["capdma-bus".into(), "capdma-bus".into()]).unwrap(),
+            ["capdma-bus"]
+        );
+        assert!(select_packages(&["capdma-sim".into()]).is_err());
     }
 
     #[test]

@@ -38,9 +38,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  windows [--debug] [--skip-required-imports] [--no-pe-check]
+  windows [--debug] [--skip-required-imports] [--no-pe-check] [-p|--package <package>]...
       cross-build capdma_bus.sys and capdma_avstream.sys for x86_64-pc-windows-msvc
-      (release profile unless --debug) into target/windows/<profile>/, then PE-check them
+      (release profile unless --debug) into target/windows/<profile>/, then PE-check them;
+      with -p/--package (capdma-bus, capdma-avstream; repeatable) only the packages named
   pe-check [--skip-required-imports] FILE.sys...
       check PE images: AMD64, NATIVE subsystem, DriverEntry entry point, imports only
       from ntoskrnl.exe/hal.dll/ks.sys, required imports (xtask/src/import_policy.rs)
@@ -56,6 +57,8 @@ enum Task {
         release: bool,
         skip_required: bool,
         pe_check: bool,
+        /// Driver packages to build; empty: all.
+        packages: Vec<String>,
     },
     PeCheck {
         skip_required: bool,
@@ -65,27 +68,39 @@ enum Task {
     Help,
 }
 
+/// Splits `rest` into the `allowed` flags seen and the other (file) arguments.
+fn split_flags(
+    command: &str,
+    rest: &[String],
+    allowed: &[&'static str],
+) -> Result<(Vec<&'static str>, Vec<PathBuf>)> {
+    let mut seen = Vec::new();
+    let mut files = Vec::new();
+    for arg in rest {
+        if let Some(flag) = allowed.iter().find(|f| **f == arg.as_str()) {
+            seen.push(*flag);
+        } else if arg.starts_with('-') {
+            bail!("`{command}` does not take `{arg}`\n\n{USAGE}");
+        } else {
+            files.push(PathBuf::from(arg));
+        }
+    }
+    Ok((seen, files))
+}
+
 fn parse(args: &[String]) -> Result<Task> {
     let Some((command, rest)) = args.split_first() else {
         return Ok(Task::Help);
     };
-    let flags = |allowed: &[&'static str]| -> Result<(Vec<&'static str>, Vec<PathBuf>)> {
-        let mut seen = Vec::new();
-        let mut files = Vec::new();
-        for arg in rest {
-            if let Some(flag) = allowed.iter().find(|f| **f == arg.as_str()) {
-                seen.push(*flag);
-            } else if arg.starts_with('-') {
-                bail!("`{command}` does not take `{arg}`\n\n{USAGE}");
-            } else {
-                files.push(PathBuf::from(arg));
-            }
-        }
-        Ok((seen, files))
-    };
+    let flags = |allowed: &[&'static str]| split_flags(command, rest, allowed);
     match command.as_str() {
         "windows" => {
-            let (seen, files) = flags(&["--debug", "--skip-required-imports", "--no-pe-check"])?;
+            let (rest, packages) = take_packages(rest)?;
+            let (seen, files) = split_flags(
+                command,
+                &rest,
+                &["--debug", "--skip-required-imports", "--no-pe-check"],
+            )?;
             if let Some(file) = files.first() {
                 bail!(
                     "`windows` takes no file arguments (got `{}`)\n\n{USAGE}",
@@ -96,6 +111,7 @@ fn parse(args: &[String]) -> Result<Task> {
                 release: !seen.contains(&"--debug"),
                 skip_required: seen.contains(&"--skip-required-imports"),
                 pe_check: !seen.contains(&"--no-pe-check"),
+                packages,
             })
         }
         "pe-check" => {
@@ -109,6 +125,28 @@ fn parse(args: &[String]) -> Result<Task> {
         "help" | "--help" | "-h" => Ok(Task::Help),
         other => bail!("unknown command or arguments: `{other}`\n\n{USAGE}"),
     }
+}
+
+/// Splits `-p <package>`, `--package <package>` and `--package=<package>`
+/// out of `args`: returns the other arguments and the package names.
+fn take_packages(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    let mut rest = Vec::new();
+    let mut packages = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "-p" || arg == "--package" {
+            match iter.next() {
+                Some(name) if !name.starts_with('-') => packages.push(name.clone()),
+                _ => bail!("`{arg}` needs a package name\n\n{USAGE}"),
+            }
+        } else if let Some(name) = arg.strip_prefix("--package=") {
+            packages.push(name.to_owned());
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    cross_build::select_packages(&packages)?;
+    Ok((rest, packages))
 }
 
 fn run(task: Task) -> Result<()> {
@@ -133,10 +171,12 @@ fn run(task: Task) -> Result<()> {
             release,
             skip_required,
             pe_check,
+            packages,
         } => {
             let tc = prereqs::check()?;
             println!("[windows] prerequisites  present");
-            let images = cross_build::run(&tc, cross_build::Options { release })?;
+            let packages = cross_build::select_packages(&packages)?;
+            let images = cross_build::run(&tc, cross_build::Options { release }, &packages)?;
             if pe_check {
                 pe_check::run(
                     &images,
@@ -179,7 +219,8 @@ mod tests {
             Task::Windows {
                 release: true,
                 skip_required: false,
-                pe_check: true
+                pe_check: true,
+                packages: Vec::new(),
             }
         );
         assert_eq!(
@@ -187,7 +228,24 @@ mod tests {
             Task::Windows {
                 release: false,
                 skip_required: true,
-                pe_check: true
+                pe_check: true,
+                packages: Vec::new(),
+            }
+        );
+        assert_eq!(
+            parse(&args(&[
+                "windows",
+                "-p",
+                "capdma-bus",
+                "--no-pe-check",
+                "--package=capdma-avstream"
+            ]))
+            .unwrap(),
+            Task::Windows {
+                release: true,
+                skip_required: false,
+                pe_check: false,
+                packages: vec!["capdma-bus".into(), "capdma-avstream".into()],
             }
         );
         assert_eq!(
@@ -213,5 +271,9 @@ mod tests {
         assert!(parse(&args(&["windows", "x.sys"])).is_err());
         assert!(parse(&args(&["prereqs", "x"])).is_err());
         assert!(parse(&args(&["pe-check", "--debug"])).is_err());
+        assert!(parse(&args(&["windows", "-p"])).is_err());
+        assert!(parse(&args(&["windows", "-p", "--debug"])).is_err());
+        assert!(parse(&args(&["windows", "--package", "capdma-sim"])).is_err());
+        assert!(parse(&args(&["pe-check", "-p", "capdma-bus", "x.sys"])).is_err());
     }
 }

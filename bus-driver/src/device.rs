@@ -312,7 +312,7 @@ impl<P: BusPlatform> BusDevice<P> {
         let description = device_description(decision.mode, caps, board.max_frame_bytes);
         let mut adapter = self.platform.get_dma_adapter(&description).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
         if decision.mode == DmaMode::ScatterGather {
-            let after = decide_after_adapter(decision, caps, highest, adapter.map_registers());
+            let after = decide_after_adapter(decision, caps, highest, adapter.map_registers(), board.max_frame_bytes);
             if after.mode != decision.mode {
                 self.platform.put_dma_adapter(adapter);
                 let description = device_description(after.mode, caps, board.max_frame_bytes);

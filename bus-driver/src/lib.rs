@@ -18,6 +18,7 @@
 //! | engine watchdog | [`watchdog`] |
 //! | the query interface and its `extern "system"` thunks | `interface_impl` ([`BusDevice::query_interface`]) |
 //! | Plug and Play decisions of the glue (child IDs, interface routing, resources, Plug and Play states) | [`pnp`] |
+//! | the WDM glue (`capdma_bus.sys`, Windows targets only) | `wdm` |
 //!
 //! Entry points by IRQL:
 //!
@@ -46,6 +47,8 @@ pub mod mode;
 pub mod pnp;
 pub mod ports;
 pub mod watchdog;
+#[cfg(target_os = "windows")]
+mod wdm;
 
 #[cfg(test)]
 mod tests;

@@ -76,22 +76,32 @@ pub const fn decide_mode(caps: Caps, dma_override: DmaModeOverride, highest_phys
     ModeDecision::new(DmaMode::ScatterGather, reason)
 }
 
+/// Map registers (4 KiB pages) one frame of `frame_bytes` bytes can span:
+/// `ceil(frame_bytes / 4096) + 1` (a frame need not start on a page).
+#[must_use]
+pub const fn map_registers_per_frame(frame_bytes: u32) -> u32 {
+    frame_bytes.div_ceil(4096).saturating_add(1)
+}
+
 /// Step 2, after `IoGetDmaAdapter` granted `map_registers`
 /// (`NumberOfMapRegisters`): a scatter-gather decision for a 32-bit board on
-/// a machine with memory above 4 GiB needs map registers to bounce through;
-/// with none it becomes common-buffer (`AddressLimitNoMapRegisters`). Every
-/// other decision is returned unchanged.
+/// a machine with memory above 4 GiB bounces every page above 4 GiB through
+/// a map register, so one frame of `max_frame_bytes` may need
+/// [`map_registers_per_frame`] of them at once. With fewer, no frame could
+/// ever be mapped: the decision becomes common-buffer
+/// (`AddressLimitNoMapRegisters`). Every other decision is returned unchanged.
 #[must_use]
 pub const fn decide_after_adapter(
     decision: ModeDecision,
     caps: Caps,
     highest_physical_address: u64,
     map_registers: u32,
+    max_frame_bytes: u32,
 ) -> ModeDecision {
     if matches!(decision.mode, DmaMode::ScatterGather)
         && !caps.address_64
         && memory_above_4gib(highest_physical_address)
-        && map_registers == 0
+        && map_registers < map_registers_per_frame(max_frame_bytes)
     {
         return ModeDecision::new(DmaMode::CommonBuffer, ModeReason::AddressLimitNoMapRegisters);
     }
@@ -113,6 +123,8 @@ pub const fn device_description(mode: DmaMode, caps: Caps, max_frame_bytes: u32)
 
 #[cfg(test)]
 mod tests {
+    /// A 16 KiB frame: 5 map registers at most.
+    const FRAME: u32 = 16 * 1024;
     use super::*;
     use DmaMode::{CommonBuffer as Cb, ScatterGather as Sg};
     use DmaModeOverride as O;
@@ -145,13 +157,22 @@ mod tests {
             (true,  false, O::Auto,          HIGH, 8, Cb, R::AddressLimitPreferCommonBuffer),
             (true,  false, O::ScatterGather, HIGH, 8, Sg, R::OverrideScatterGather),
             (true,  false, O::ScatterGather, HIGH, 0, Cb, R::AddressLimitNoMapRegisters),
+            (true,  false, O::ScatterGather, HIGH, 4, Cb, R::AddressLimitNoMapRegisters),
+            (true,  false, O::ScatterGather, HIGH, 5, Sg, R::OverrideScatterGather),
         ];
         for (i, &(sg, a64, ov, mem, regs, mode, reason)) in table.iter().enumerate() {
             let c = caps(sg, a64);
             let first = decide_mode(c, ov, mem);
-            let got = decide_after_adapter(first, c, mem, regs);
+            let got = decide_after_adapter(first, c, mem, regs, FRAME);
             assert_eq!(got, ModeDecision { mode, reason }, "row {i}");
         }
+    }
+
+    #[test]
+    fn map_registers_cover_a_misaligned_frame() {
+        assert_eq!(map_registers_per_frame(4096), 2);
+        assert_eq!(map_registers_per_frame(4097), 3);
+        assert_eq!(map_registers_per_frame(1920 * 1080 * 2), 1014);
     }
 
     #[test]
@@ -167,7 +188,7 @@ mod tests {
     fn adapter_step_never_changes_common_buffer() {
         let c = caps(false, false);
         let d = decide_mode(c, O::Auto, HIGH);
-        assert_eq!(decide_after_adapter(d, c, HIGH, 0), d);
+        assert_eq!(decide_after_adapter(d, c, HIGH, 0, FRAME), d);
     }
 
     #[test]

@@ -48,8 +48,9 @@ pub enum ModeReason {
     OverrideScatterGather = 4,
     /// The registry forced S/G but the board cannot do it: common buffer instead.
     OverrideIgnoredNoScatterGather = 5,
-    /// A 32-bit board on a machine with memory above 4 GiB and no map
-    /// registers to bounce through: S/G is unusable, common buffer instead.
+    /// A 32-bit board on a machine with memory above 4 GiB and too few map
+    /// registers to bounce one whole frame through: S/G could never map a
+    /// frame, common buffer instead.
     AddressLimitNoMapRegisters = 6,
     /// A 32-bit board on a machine with memory above 4 GiB: S/G would bounce
     /// every page through map registers (a hidden copy per frame and a scarce
@@ -86,7 +87,7 @@ impl ModeReason {
                 "DmaMode override asked for scatter-gather but the board cannot do it"
             }
             Self::AddressLimitNoMapRegisters => {
-                "32-bit board, memory above 4 GiB and no map registers to bounce through"
+                "32-bit board, memory above 4 GiB and too few map registers to bounce one frame"
             }
             Self::AddressLimitPreferCommonBuffer => {
                 "32-bit board and memory above 4 GiB: one copy from a common buffer beats map-register bouncing"

@@ -169,6 +169,8 @@ fn thirty_two_bit_board_forced_to_sg_without_map_registers_regets_a_cb_adapter()
 fn thirty_two_bit_board_with_map_registers_keeps_forced_sg_and_auto_prefers_cb() {
     let h = Harness::new(caps(true, false, 1), MAX_FRAME);
     h.m.highest_physical.set(0x3_FFFF_FFFF);
+    // Enough map registers to bounce one whole frame.
+    h.m.map_registers.set(crate::mode::map_registers_per_frame(MAX_FRAME));
     let forced = StartConfig { dma_mode: DmaModeOverride::ScatterGather, ..StartConfig::DEFAULT };
     let d = h.dev.start(&forced).unwrap();
     assert_eq!((d.mode, d.reason), (DmaMode::ScatterGather, ModeReason::OverrideScatterGather));
@@ -214,4 +216,14 @@ fn refused_adapter_fails_start() {
     h.m.refuse_adapter.set(true);
     assert_eq!(h.dev.start(&StartConfig::DEFAULT), Err(STATUS_INSUFFICIENT_RESOURCES));
     assert_eq!(h.dev.state(), DeviceState::Stopped);
+}
+
+#[test]
+fn thirty_two_bit_board_with_too_few_map_registers_for_a_frame_falls_back_to_cb() {
+    let h = Harness::new(caps(true, false, 1), MAX_FRAME);
+    h.m.highest_physical.set(0x3_FFFF_FFFF);
+    h.m.map_registers.set(crate::mode::map_registers_per_frame(MAX_FRAME) - 1);
+    let forced = StartConfig { dma_mode: DmaModeOverride::ScatterGather, ..StartConfig::DEFAULT };
+    let d = h.dev.start(&forced).unwrap();
+    assert_eq!((d.mode, d.reason), (DmaMode::CommonBuffer, ModeReason::AddressLimitNoMapRegisters));
 }

@@ -1,0 +1,3 @@
+//! The subcommands of `capdma-sim`.
+pub mod bench;
+pub mod stream;

@@ -1,0 +1,33 @@
+//! The kernel-streaming side of the simulated machine: a model of one
+//! AVStream capture pin's queue (`KSPIN` with its stream pointers), as the
+//! AVStream core sees it through [`capdma_avstream::ports::KsPinPort`].
+//!
+//! What it models (ks.h semantics, as documented for AVStream minidrivers):
+//!
+//! * Frames enter the queue when the application submits a buffer (a read
+//!   IRP in KS terms) and leave it **in order** once no stream pointer
+//!   references them and the leading edge has moved past them.
+//! * The **leading edge** (`KsPinGetLeadingEdgeStreamPointer`) stands on the
+//!   first frame not yet advanced over; locking it returns `None` when no
+//!   frame is there.
+//! * **Clones** (`KsStreamPointerClone`) hold a reference on their frame
+//!   until `KsStreamPointerDelete`.
+//! * **Mapping mode** (`KSPIN_FLAG_GENERATE_MAPPINGS`, after
+//!   `KsDeviceRegisterAdapterObject`): when a frame reaches the leading edge,
+//!   KS builds its scatter/gather list through the registered adapter and
+//!   splits it into `KSMAPPING`s of at most `MaxMappingByteCount` bytes. All
+//!   of a frame's mappings are generated at once; when the adapter lacks map
+//!   registers the frame is not yet available at the leading edge. The list is
+//!   put (`PutScatterGatherList`, which copies bounce buffers back) before the
+//!   frame is completed to the application.
+//! * **Byte mode**: `OffsetOut.Data` is the frame's system virtual address.
+//! * `KsPinAttemptProcessing` asks for a `Process` call; the machine makes
+//!   it at `PASSIVE_LEVEL`. The model also asks for one when a frame arrives,
+//!   unless the pin was created with `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`.
+//!
+//! Misuse (a deleted pointer used again, a clone never deleted, a DDI at the
+//! wrong IRQL, advancing past a frame's end) is recorded as a violation.
+mod pin;
+mod queue;
+
+pub use pin::{CompletedFrame, PinFlags, SimKsPin, SimMapping, StreamPointerHandle};

@@ -1,0 +1,153 @@
+//! What a run of the simulated machine is made of.
+use std::fmt;
+use std::rc::Rc;
+
+use capdma_bus::config::DmaModeOverride;
+use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
+
+use crate::board::BoardKind;
+use crate::y4m::Y4mVideo;
+
+/// A run's configuration. [`MachineConfig::default`] is the main job's:
+/// legacy board, 1920x1080 YUY2 at 60 fps, 300 frames, one channel.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// The board model.
+    pub board: BoardKind,
+    /// The `DmaMode` registry override the bus starts with.
+    pub mode: DmaModeOverride,
+    /// Capture channels (1..=8); one child PDO and pin each.
+    pub channels: u32,
+    /// Pixel format of every channel.
+    pub format: PixelFormat,
+    /// Width in pixels (even, 2..=4096).
+    pub width: u32,
+    /// Height in pixel rows (even, 2..=2160).
+    pub height: u32,
+    /// The application's frame stride in bytes (`biWidth`-derived); `None`: the line's bytes.
+    pub stride: Option<u32>,
+    /// Frames per second the board captures.
+    pub fps: u32,
+    /// Frames the board captures per channel.
+    pub frames: u32,
+    /// Frame buffers the application keeps queued per channel.
+    pub app_buffers: u32,
+    /// Time the application holds each delivered frame before requeueing
+    /// it, in 100-ns units (0: it hands it straight back).
+    pub app_hold_100ns: u64,
+    /// The `MaxMappingByteCount` registry override (bytes).
+    pub max_mapping_bytes: Option<u32>,
+    /// The board drives only 32-bit addresses.
+    pub dma32: bool,
+    /// RAM extends above 4 GiB and application buffers are placed there.
+    pub high_memory: bool,
+    /// Buffer alignment the board needs (bytes, power of two); `None`: the board model's default.
+    pub alignment: Option<u32>,
+    /// Map registers `IoGetDmaAdapter` grants.
+    pub map_registers: u32,
+    /// Slots of the common-buffer ring (the `SlotCount` registry value).
+    pub slot_count: u32,
+    /// Seed of the page placement and the test pattern.
+    pub seed: u64,
+    /// A clip to capture instead of the test pattern.
+    pub source: Option<Rc<Y4mVideo>>,
+    /// Keep channel 0's delivered frames for `--output` / `--snapshot`.
+    pub keep_frames: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            board: BoardKind::Legacy,
+            mode: DmaModeOverride::Auto,
+            channels: 1,
+            format: PixelFormat::Yuy2,
+            width: 1920,
+            height: 1080,
+            stride: None,
+            fps: 60,
+            frames: 300,
+            app_buffers: 4,
+            app_hold_100ns: 0,
+            max_mapping_bytes: None,
+            dma32: false,
+            high_memory: false,
+            alignment: None,
+            map_registers: 64,
+            slot_count: 4,
+            seed: 1,
+            source: None,
+            keep_frames: false,
+        }
+    }
+}
+
+/// A configuration the machine cannot run, with the reason in one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl MachineConfig {
+    /// Bytes of one line of pixels.
+    #[must_use]
+    pub fn line_bytes(&self) -> u32 {
+        self.format.line_bytes(self.width).unwrap_or(u32::MAX)
+    }
+
+    /// The application's stride in bytes.
+    #[must_use]
+    pub fn stride_bytes(&self) -> u32 {
+        self.stride.unwrap_or_else(|| self.line_bytes())
+    }
+
+    /// The frame interval in 100-ns units.
+    #[must_use]
+    pub fn frame_interval_100ns(&self) -> u64 {
+        10_000_000 / u64::from(self.fps.max(1))
+    }
+
+    /// Checks what the simulated machine itself needs. (Formats the
+    /// *driver* must reject are not refused here: they reach the driver.)
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if !(1..=8).contains(&self.channels) {
+            return err(format!("--channels must be 1..=8, got {}", self.channels));
+        }
+        if self.width == 0 || self.height == 0 || self.width > MAX_WIDTH || self.height > MAX_HEIGHT {
+            return err(format!("--size must be within 2x2..={MAX_WIDTH}x{MAX_HEIGHT}, got {}x{}", self.width, self.height));
+        }
+        if !(1..=1000).contains(&self.fps) {
+            return err(format!("--fps must be 1..=1000, got {}", self.fps));
+        }
+        if self.frames == 0 || self.frames > 1_000_000 {
+            return err(format!("--frames must be 1..=1000000, got {}", self.frames));
+        }
+        if !(1..=64).contains(&self.app_buffers) {
+            return err(format!("--app-buffers must be 1..=64, got {}", self.app_buffers));
+        }
+        if let Some(a) = self.alignment {
+            if !a.is_power_of_two() || a > 1 << 20 {
+                return err(format!("--alignment must be a power of two up to 1 MiB, got {a}"));
+            }
+        }
+        if self.max_mapping_bytes == Some(0) {
+            return err("--max-mapping-bytes must be at least 1".into());
+        }
+        if let Some(stride) = self.stride {
+            if stride < self.line_bytes() {
+                return err(format!("--stride {stride} is smaller than a line ({} bytes)", self.line_bytes()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! The simulated machine put together: a capdma card in a PC running the
+//! bus driver and one AVStream child per channel, with an application
+//! capturing from each, in virtual time.
+pub mod config;
+pub mod events;
+pub mod platform;
+pub mod report;
+pub mod run;
+
+pub use config::{ConfigError, MachineConfig};
+pub use report::{ChannelReport, RunReport};
+pub use run::{run, Machine, RunError, RunHooks};

@@ -1,0 +1,129 @@
+//! What a run of the simulated machine reports.
+use serde::Serialize;
+
+/// One channel's account of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelReport {
+    /// The channel index.
+    pub channel: u32,
+    /// `scatter-gather` or `common-buffer`.
+    pub mode: String,
+    /// Why the bus chose the mode.
+    pub mode_reason: String,
+    /// Frames the board captured.
+    pub frames_captured: u64,
+    /// Frames delivered to the application as good (`DataUsed` > 0, success).
+    pub frames_delivered: u64,
+    /// Delivered frames whose every byte matched the source.
+    pub frames_verified: u64,
+    /// Frames lost: dropped by the board (no buffer posted) or by the
+    /// driver (no application buffer, damaged frame), or cancelled at stop.
+    pub frames_dropped: u64,
+    /// Delivered frames with a wrong byte (must be 0).
+    pub frames_corrupt: u64,
+    /// Bytes the CPU copied from common buffer to frames.
+    pub bytes_copied: u64,
+    /// S/G elements (KS mappings) programmed into the board.
+    pub sg_elements: u64,
+    /// The board's own count of frames it had no buffer for.
+    pub board_dropped: u64,
+    /// Frames the AVStream core dropped (no frame buffer, damaged). Empty
+    /// buffers handed back at stop are not frames and not counted.
+    pub driver_dropped: u64,
+    /// Channel resets (bad values from the board, errors, watchdog).
+    pub channel_resets: u64,
+}
+
+/// The account of a whole run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunReport {
+    /// Per channel, in channel order.
+    pub channels: Vec<ChannelReport>,
+    /// Every rule broken during the run (IRQL, DMA, teardown, KS misuse), and leaks.
+    pub violations: Vec<String>,
+    /// Virtual time the run covered, seconds.
+    pub sim_time_s: f64,
+    /// Wall-clock time the run took, seconds.
+    pub wall_s: f64,
+}
+
+impl RunReport {
+    /// The run passed: no violation, every channel delivered frames, every
+    /// delivered frame verified, nothing corrupt.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+            && !self.channels.is_empty()
+            && self.channels.iter().all(|c| {
+                c.frames_delivered > 0 && c.frames_corrupt == 0 && c.frames_verified == c.frames_delivered
+            })
+    }
+
+    /// A short human summary.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for c in &self.channels {
+            let _ = writeln!(out, "channel {}: mode {} ({})", c.channel, c.mode, c.mode_reason);
+            let _ = writeln!(
+                out,
+                "  frames: {} captured, {} delivered, {} verified, {} dropped ({} by board, {} by driver), {} corrupt",
+                c.frames_captured, c.frames_delivered, c.frames_verified, c.frames_dropped, c.board_dropped, c.driver_dropped, c.frames_corrupt
+            );
+            let _ = writeln!(
+                out,
+                "  bytes copied: {}, S/G elements: {}, channel resets: {}",
+                c.bytes_copied, c.sg_elements, c.channel_resets
+            );
+        }
+        if self.violations.is_empty() {
+            let _ = writeln!(out, "violations: none");
+        } else {
+            let _ = writeln!(out, "violations: {}", self.violations.len());
+            for v in &self.violations {
+                let _ = writeln!(out, "  - {v}");
+            }
+        }
+        let _ = writeln!(out, "time: {:.3} s simulated in {:.3} s wall", self.sim_time_s, self.wall_s);
+        let _ = write!(out, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_frame_fails_the_run() {
+        let mut report = RunReport {
+            channels: vec![ChannelReport { frames_delivered: 3, frames_verified: 3, ..Default::default() }],
+            ..Default::default()
+        };
+        assert!(report.passed());
+        report.channels[0].frames_corrupt = 1;
+        report.channels[0].frames_verified = 2;
+        assert!(!report.passed());
+    }
+
+    #[test]
+    fn a_channel_that_delivered_nothing_fails_the_run() {
+        let report = RunReport {
+            channels: vec![ChannelReport { frames_captured: 10, frames_dropped: 10, ..Default::default() }],
+            ..Default::default()
+        };
+        assert!(!report.passed());
+    }
+
+    #[test]
+    fn a_violation_fails_the_run() {
+        let report = RunReport {
+            channels: vec![ChannelReport { frames_delivered: 3, frames_verified: 3, ..Default::default() }],
+            violations: vec!["dma: write to unmapped page".into()],
+            ..Default::default()
+        };
+        assert!(!report.passed());
+        assert!(report.summary().contains("FAIL"));
+    }
+}

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.kind().as_str().map_or_else(|| e.to_string(), |k| format!("{k}: {e}"));
+            let text = e.to_string();
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
             let first = first.trim_start_matches("error: ");
             eprintln!("capdma-sim: {first} (see --help)");

@@ -143,11 +143,6 @@ impl MachineConfig {
         if self.max_mapping_bytes == Some(0) {
             return err("--max-mapping-bytes must be at least 1".into());
         }
-        if let Some(stride) = self.stride {
-            if stride < self.line_bytes() {
-                return err(format!("--stride {stride} is smaller than a line ({} bytes)", self.line_bytes()));
-            }
-        }
         Ok(())
     }
 }

@@ -277,16 +277,9 @@ impl Machine {
                 ..ChannelReport::default()
             },
         };
-        let interval = u32::try_from(self.config.frame_interval_100ns()).unwrap_or(u32::MAX);
-        let format = VideoFormat::with_stride(self.config.format, self.config.width, self.config.height, self.config.stride_bytes(), interval)
-            .map_err(|s| self.driver_error(format!("channel {ch}: building the data format"), s));
-        let format = match format {
-            Ok(f) => f,
-            Err(e) => {
-                self.abandon_child(&mut run, Some(pin));
-                return Err(e);
-            }
-        };
+        // The application states what it wants; the driver's SetDataFormat
+        // judges it (odd sizes, bad strides and overflows are refused there).
+        let format = self.requested_format();
         let bytes = build_data_format(&format);
         if let Err(s) = pin.set_data_format(bytes.as_bytes()) {
             self.abandon_child(&mut run, Some(pin));
@@ -313,6 +306,23 @@ impl Machine {
         run.ks.set_running(true);
         run.pin = Some(pin);
         Ok(run)
+    }
+
+    /// The format the application asks for, unchecked: the stride from
+    /// `--stride` (or the line), the image at that stride (saturating, so
+    /// an overflow reaches the driver as a size it must refuse).
+    fn requested_format(&self) -> VideoFormat {
+        let c = &self.config;
+        let stride = c.stride_bytes();
+        let lines = c.format.lines(c.height).unwrap_or(u32::MAX);
+        VideoFormat {
+            pixel: c.format,
+            width: c.width,
+            height: c.height,
+            stride,
+            image_bytes: stride.saturating_mul(lines),
+            frame_interval: u32::try_from(c.frame_interval_100ns()).unwrap_or(u32::MAX),
+        }
     }
 
     /// Undoes a half-started child: pin to STOP and dropped, buffers freed,

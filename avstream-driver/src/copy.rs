@@ -53,12 +53,14 @@
 //!
 //! A streamed copy of cold data is bound by memory, not by the width of the
 //! registers: every variant reads and writes the same cache lines. On the
-//! development machine (Zen 4 under KVM) 32-byte `VMOVNTDQ` stores stream
-//! about 10-15 % *slower* than 16-byte `MOVNTDQ` (or 8-byte `MOVNTI`)
-//! stores, measured interleaved on the same cold rings; on Intel cores the
-//! width makes no measurable difference for a memory-bound copy. So
-//! [`VectorUnit::Avx2`] streams with 16-byte stores unless
-//! [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept for
+//! development machine (Zen 4 under KVM) 16-byte `MOVNTDQ` streams were
+//! never slower than 32-byte `VMOVNTDQ` ones: alone, in a paired A/B, the
+//! two tie within noise; in the benchmark's mix of methods (where copies
+//! with ordinary stores leave dirty lines behind, as other code does on a
+//! real system) the 32-byte streams ran up to about 10 % slower in most
+//! runs (`docs/benchmark.md`). For a memory-bound copy Intel cores show no
+//! width effect either. So [`VectorUnit::Avx2`] streams with 16-byte stores
+//! unless [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept for
 //! machines where they win, and so the benchmark can show the difference).
 //! A consequence for the driver: for frames at or above the threshold,
 //! `Sse2` is as fast as `Avx2`, and `Sse2` needs no

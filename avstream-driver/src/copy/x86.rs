@@ -124,19 +124,30 @@ macro_rules! nt_kernels {
                 unsafe { copy_plain(dst, src, n) };
                 return;
             }
-            // SAFETY: `head < n`: inside both ranges.
-            unsafe { copy_plain(dst, src, head) };
+            if head > 0 {
+                // SAFETY: `head < n`: inside both ranges.
+                unsafe { copy_plain(dst, src, head) };
+            }
             let end = head + ((n - head) & !(CACHE_LINE - 1));
             let mut off = head;
-            while off < end {
-                // SAFETY: `off + 64 <= end <= n`, so both 64-byte ranges are
-                // inside the caller's; `dst + off` is 64-byte aligned (`head`
-                // aligned it and `off - head` is a multiple of 64).
+            // Two cache lines per iteration (measured ~1 % faster than one).
+            while off + 2 * CACHE_LINE <= end {
+                // SAFETY: `off + 128 <= end <= n`, so both 128-byte ranges
+                // are inside the caller's; `dst + off` is 64-byte aligned
+                // (`head` aligned it and `off - head` is a multiple of 64).
                 unsafe { $chunk(dst.wrapping_add(off), src.wrapping_add(off)) };
-                off += CACHE_LINE;
+                // SAFETY: as above, for the second cache line.
+                unsafe { $chunk(dst.wrapping_add(off + CACHE_LINE), src.wrapping_add(off + CACHE_LINE)) };
+                off += 2 * CACHE_LINE;
             }
-            // SAFETY: `end <= n`: the remaining `n - end` bytes are inside both ranges.
-            unsafe { copy_plain(dst.wrapping_add(end), src.wrapping_add(end), n - end) };
+            if off < end {
+                // SAFETY: `off + 64 == end <= n`; aligned as above.
+                unsafe { $chunk(dst.wrapping_add(off), src.wrapping_add(off)) };
+            }
+            if end < n {
+                // SAFETY: `end < n`: the remaining `n - end` bytes are inside both ranges.
+                unsafe { copy_plain(dst.wrapping_add(end), src.wrapping_add(end), n - end) };
+            }
         }
 
         /// Copies every line of `plan` with the line kernel above, then `SFENCE`.

@@ -13,11 +13,11 @@
 //!   * `driver`: the driver's path, `copy_frame` with the best
 //!     [`VectorUnit`] (AVX2 when present), into a frame buffer of scattered
 //!     4 KiB pages (see [`region`] for how that is modelled and why);
-//!   * `driver_contiguous`, `driver_sse2`, `driver_scalar`,
+//!   * `driver_contiguous`, `driver_wide`, `driver_scalar`,
 //!     `driver_temporal`: the same routine into a contiguous buffer (the
-//!     limit's destination), restricted to SSE2, to general-purpose
-//!     registers, and with non-temporal stores disabled — to show where the
-//!     time goes;
+//!     limit's destination), with 32-byte AVX2 stores, with general-purpose
+//!     registers only, and with non-temporal stores disabled — to show where
+//!     the time goes;
 //! * **cold data**: slots and frames rotate through rings of at least
 //!   [`BenchOptions::ring_factor`] × the last-level cache (read from sysfs),
 //!   so every copy reads and writes memory that is not in any cache;
@@ -343,14 +343,15 @@ struct Method {
 
 fn methods(best: VectorUnit) -> Vec<Method> {
     let m = |id, description: String, op, dst| Method { id, description, op, dst };
-    let temporal = CopyTuning { non_temporal_threshold: usize::MAX };
+    let wide = CopyTuning { avx2_wide_stores: true, ..DEFAULT_TUNING };
+    let temporal = CopyTuning { non_temporal_threshold: usize::MAX, ..DEFAULT_TUNING };
     vec![
         m("limit", format!("reference limit: one contiguous non-temporal {} copy", kernels::limit_unit(true)), Op::Limit(true), Dst::Contiguous),
         m("limit_sse2", format!("the same with {} stores", kernels::limit_unit(false)), Op::Limit(false), Dst::Contiguous),
         m("copy_from_slice", "copy_from_slice line by line".into(), Op::SliceCopy, Dst::Contiguous),
         m("driver", format!("copy_frame({best:?}), default tuning"), Op::Driver(best, DEFAULT_TUNING), Dst::Scattered),
         m("driver_contiguous", format!("copy_frame({best:?}) into a contiguous buffer"), Op::Driver(best, DEFAULT_TUNING), Dst::Contiguous),
-        m("driver_sse2", "copy_frame(Sse2)".into(), Op::Driver(VectorUnit::Sse2, DEFAULT_TUNING), Dst::Scattered),
+        m("driver_wide", format!("copy_frame({best:?}), 32-byte stores"), Op::Driver(best, wide), Dst::Scattered),
         m("driver_scalar", "copy_frame(Scalar): MOVNTI".into(), Op::Driver(VectorUnit::Scalar, DEFAULT_TUNING), Dst::Scattered),
         m("driver_temporal", format!("copy_frame({best:?}), ordinary stores only"), Op::Driver(best, temporal), Dst::Scattered),
     ]
@@ -712,7 +713,7 @@ mod tests {
         assert!(report.checks_passed, "byte checks failed: {report:#?}");
         assert_eq!(report.cases.len(), 3);
         assert!(report.stack.is_none(), "the stack figures are the caller's");
-        let ids = ["limit", "limit_sse2", "copy_from_slice", "driver", "driver_contiguous", "driver_sse2", "driver_scalar", "driver_temporal"];
+        let ids = ["limit", "limit_sse2", "copy_from_slice", "driver", "driver_contiguous", "driver_wide", "driver_scalar", "driver_temporal"];
         for case in &report.cases {
             assert_eq!(case.frame_bytes, case.lines as usize * case.line_bytes as usize);
             assert_eq!(case.src_pitch % SLOT_LINE_ALIGN, 0);

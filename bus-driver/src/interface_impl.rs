@@ -326,13 +326,21 @@ impl<P: BusPlatform> BusDevice<P> {
     /// `StopChannel` (`PASSIVE_LEVEL`): stops the engine, completes every
     /// posted S/G frame with `STATUS_CANCELLED` through the callback and
     /// waits for any delivery in progress, reclaims the board's slots.
-    /// Idempotent; succeeds after surprise removal.
+    /// Idempotent; succeeds after surprise removal. When the board is gone
+    /// but `IRP_MN_SURPRISE_REMOVAL` has not come yet (the ISR read all
+    /// ones), the channel is stopped without touching a register and its
+    /// posted frames are completed with `STATUS_DEVICE_REMOVED`, so the
+    /// child can unregister its callback.
     fn stop_channel(&self, channel: u32) -> NtStatus {
         if let Err(status) = self.check_irql(PASSIVE_LEVEL) {
             return status;
         }
         let index = match self.check_channel(channel) {
             Ok(i) => i,
+            Err(STATUS_DEVICE_REMOVED) if channel < self.channel_count() => match usize::try_from(channel) {
+                Ok(i) => i,
+                Err(_) => return STATUS_SUCCESS,
+            },
             Err(STATUS_DEVICE_REMOVED) => return STATUS_SUCCESS,
             Err(status) => return status,
         };
@@ -340,12 +348,13 @@ impl<P: BusPlatform> BusDevice<P> {
             return STATUS_INVALID_PARAMETER;
         };
         let hw = self.hardware_present();
+        let fate = if hw { capdma_interface::status::STATUS_CANCELLED } else { STATUS_DEVICE_REMOVED };
         let regs = self.platform.registers();
         self.at_dispatch(|| {
             let mut st = chan.state.lock();
             if st.running() {
                 self.set_channel_interrupts(channel, false);
-                st.stop_run(hw.then_some(regs), channel, capdma_interface::status::STATUS_CANCELLED);
+                st.stop_run(hw.then_some(regs), channel, fate);
             }
         });
         self.deliver_and_wait(index);

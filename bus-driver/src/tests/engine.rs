@@ -459,3 +459,28 @@ fn cb_stop_reclaims_board_slots() {
     assert_eq!(iface.start(0, &yuy2(100, 10, 0)), STATUS_SUCCESS);
     assert_eq!(h.m.ch_reg(0, channel::RING_PRODUCER), 4);
 }
+
+/// The board vanishes and the ISR reads all ones, and the child stops its
+/// pin before Plug and Play's `IRP_MN_SURPRISE_REMOVAL` reaches the bus (a
+/// race the application wins whenever it notices first): `StopChannel`
+/// must still stop the channel and complete its posted frames, so that
+/// `RegisterCompletion(NULL)` succeeds and the child can unload.
+#[test]
+fn stop_channel_after_the_isr_saw_the_board_gone_completes_posted_frames() {
+    let (h, iface, rec) = running_sg();
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(iface.program(0, 2, &frame(2)), STATUS_SUCCESS);
+    h.m.gone.set(true);
+    assert!(h.dev.isr());
+    h.m.accesses.set(0);
+    assert_eq!(iface.stop(0), STATUS_SUCCESS);
+    assert_eq!(statuses(&rec.take()), vec![(1, STATUS_DEVICE_REMOVED), (2, STATUS_DEVICE_REMOVED)]);
+    assert_eq!(iface.register(0, None), STATUS_SUCCESS, "the child can unregister");
+    assert_eq!(iface.stop(0), STATUS_SUCCESS, "idempotent");
+    assert_eq!(h.m.accesses.get(), 0, "no register access once the board read as gone");
+    h.dev.surprise_remove();
+    assert!(rec.take().is_empty(), "nothing completed twice");
+    iface.dereference();
+    h.dev.stop();
+    assert_eq!(h.m.live_allocations(), 0);
+}

@@ -40,9 +40,10 @@
 //! often on another core. With a cold destination an ordinary store costs a
 //! read-for-ownership of every destination line, a third memory stream that
 //! non-temporal stores avoid; on the development machine (AMD EPYC, Zen 4,
-//! 32 MiB L3) a cold 4 MiB copy runs at about 19 GB/s with non-temporal
-//! stores against 12 GB/s with ordinary ones, and from 64 KiB upwards the
-//! streamed copy is ahead (see `docs/benchmark.md`). So the threshold is low:
+//! 32 MiB L3) a cold 1080p YUY2 frame is copied about 1.6 times as fast with
+//! non-temporal stores as with ordinary ones (`docs/benchmark.md`), and in
+//! a cold-ring experiment the streamed copy was ahead from 64 KiB upwards.
+//! So the threshold is low:
 //! 256 KiB, about the smallest private L2 of current x86 cores. A frame below
 //! it (160×120 to about 360×360 YUY2) may still be in the copying core's L2
 //! when the consumer reads it on the same core, and streaming it would throw
@@ -57,8 +58,7 @@
 //! never slower than 32-byte `VMOVNTDQ` ones: alone, in a paired A/B, the
 //! two tie within noise; in the benchmark's mix of methods (where copies
 //! with ordinary stores leave dirty lines behind, as other code does on a
-//! real system) the 32-byte streams ran up to about 10 % slower in most
-//! runs (`docs/benchmark.md`). For a memory-bound copy Intel cores show no
+//! real system) the 32-byte streams ran 0-21 % slower (`docs/benchmark.md`). For a memory-bound copy Intel cores show no
 //! width effect either. So [`VectorUnit::Avx2`] streams with 16-byte stores
 //! unless [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept for
 //! machines where they win, and so the benchmark can show the difference).

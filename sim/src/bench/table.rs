@@ -81,12 +81,12 @@ fn write_cases(out: &mut String, report: &BenchReport) -> std::fmt::Result {
             c.frame_bytes as f64 / 1e6,
             if c.streamed { "streamed" } else { "ordinary stores" }
         )?;
-        writeln!(out, "  {:<16} {:<16} {:>8} {:>8} {:>8} {:>9} {:>8}  {:>7}", "method", "destination", "GB/s med", "min", "max", "us/frame", "x limit", "checks")?;
+        writeln!(out, "  {:<18} {:<16} {:>8} {:>8} {:>8} {:>9} {:>8}  {:>7}", "method", "destination", "GB/s med", "min", "max", "us/frame", "x limit", "checks")?;
         let limit = c.methods.first().map_or(1.0, |l| l.gbps.median.max(1e-12));
         for mr in &c.methods {
             writeln!(
                 out,
-                "  {:<16} {:<16} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.3}  {:>7}",
+                "  {:<18} {:<16} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.3}  {:>7}",
                 mr.method,
                 mr.destination,
                 mr.gbps.median,
@@ -130,19 +130,17 @@ fn write_sg(out: &mut String, report: &BenchReport) -> std::fmt::Result {
     writeln!(out, "  placement: {}", report.sg.placement)?;
     writeln!(
         out,
-        "  {:<12} {:>9} {:>10} {:>17} {:>14} {:>12} {:>14} {:>12}",
-        "frame", "bytes", "elements", "merged (model)", "merged (host)", "ns/element", "us/frame", "merged"
+        "  {:<12} {:>9} {:>9} {:>20} {:>14} {:>11} {:>16} {:>17}",
+        "frame", "bytes", "elements", "merged (model)", "merged (host)", "ns/element", "us/frame (all)", "us/frame (merged)"
     )?;
     for f in &report.sg.frames {
         writeln!(
             out,
-            "  {:<12} {:>9} {:>10.0} {:>8.1} [{:.0}-{:.0}] {:>14} {:>12.2} {:>14.2} {:>12.2}",
+            "  {:<12} {:>9} {:>9.0} {:>20} {:>14} {:>11.2} {:>16.2} {:>17.2}",
             f.frame,
             f.frame_bytes,
             f.elements_unmerged.mean,
-            f.elements_merged.mean,
-            f.elements_merged.min,
-            f.elements_merged.max,
+            format!("{:.1} [{:.0}-{:.0}]", f.elements_merged.mean, f.elements_merged.min, f.elements_merged.max),
             f.elements_merged_host.map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
             f.ns_per_element.median,
             f.ns_per_frame_unmerged / 1e3,

@@ -31,3 +31,6 @@ mod pin;
 mod queue;
 
 pub use pin::{CompletedFrame, PinFlags, SimKsPin, SimMapping, StreamPointerHandle};
+
+#[cfg(test)]
+mod tests;

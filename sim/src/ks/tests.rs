@@ -1,0 +1,153 @@
+//! The KS queue model against the AVStream rules it stands for.
+use capdma_avstream::ports::{FrameCompletion, KsPinPort};
+use capdma_bus::ports::DeviceDescription;
+
+use super::{PinFlags, SimKsPin, SimMapping};
+use crate::dma::adapter::{AdapterConfig, SimDmaAdapter};
+use crate::irql::IrqlTracker;
+use crate::memory::{Allocation, MemoryConfig, PhysicalMemory};
+use crate::violations::Violations;
+
+struct World {
+    violations: Violations,
+    irql: IrqlTracker,
+    memory: PhysicalMemory,
+}
+
+fn world() -> World {
+    let violations = Violations::new();
+    let irql = IrqlTracker::new(violations.clone());
+    let memory = PhysicalMemory::new(MemoryConfig { high_memory: false, ..MemoryConfig::default() }, violations.clone());
+    World { violations, irql, memory }
+}
+
+fn byte_pin(w: &World) -> SimKsPin {
+    let pin = SimKsPin::new(PinFlags::default(), None, w.irql.clone(), w.violations.clone());
+    pin.set_running(true);
+    pin
+}
+
+fn buffer(w: &World, bytes: usize) -> Allocation {
+    w.memory.allocate_scattered(bytes, "test frame").unwrap()
+}
+
+fn done(data_used: u32) -> FrameCompletion {
+    FrameCompletion { data_used, ..FrameCompletion::default() }
+}
+
+#[test]
+fn no_frame_means_no_leading_edge() {
+    let w = world();
+    let pin = byte_pin(&w);
+    assert!(pin.leading_edge().is_none());
+    assert!(w.violations.is_empty());
+}
+
+#[test]
+fn byte_mode_offset_is_the_frame_and_eject_completes_it() {
+    let w = world();
+    let pin = byte_pin(&w);
+    let b = buffer(&w, 8192);
+    pin.submit(7, b.va, 8192);
+    let le = pin.leading_edge().unwrap();
+    let off = pin.offset_out(le);
+    assert_eq!((off.data, off.count, off.remaining), (b.va, 8192, 8192));
+    assert_eq!(pin.frame_extent(le), 8192);
+    pin.complete_frame(le, &done(100));
+    pin.advance_offsets_and_unlock(le, 100, true);
+    let out = pin.take_completed().unwrap();
+    assert_eq!(out.buffer_id, 7);
+    assert_eq!(out.completion.unwrap().data_used, 100);
+    assert!(!out.cancelled);
+    assert!(w.violations.is_empty(), "{:?}", w.violations.list());
+}
+
+#[test]
+fn a_clone_holds_its_frame_and_frames_complete_in_order() {
+    let w = world();
+    let pin = byte_pin(&w);
+    let (a, b) = (buffer(&w, 4096), buffer(&w, 4096));
+    pin.submit(1, a.va, 4096);
+    pin.submit(2, b.va, 4096);
+    let le = pin.leading_edge().unwrap();
+    let first = pin.clone_pointer(le).unwrap();
+    pin.advance_offsets(le, 4096, false).unwrap(); // onto frame 2
+    let second = pin.clone_pointer(le).unwrap();
+    assert_eq!(pin.advance_offsets(le, 4096, false), Err(capdma_interface::status::STATUS_DEVICE_NOT_READY));
+    // Frame 2 finishes first, but KS hands frames back in queue order.
+    pin.delete(second);
+    assert!(pin.take_completed().is_none(), "frame 2 must wait for frame 1");
+    pin.delete(first);
+    assert_eq!(pin.take_completed().map(|f| f.buffer_id), Some(1));
+    assert_eq!(pin.take_completed().map(|f| f.buffer_id), Some(2));
+    assert_eq!(pin.live_clones(), 0);
+    assert!(w.violations.is_empty(), "{:?}", w.violations.list());
+}
+
+#[test]
+fn mapping_mode_generates_mappings_no_larger_than_max_mapping_byte_count() {
+    let w = world();
+    let description = DeviceDescription { scatter_gather: true, dma64: true, maximum_length: 1 << 20 };
+    let adapter = SimDmaAdapter::new(description, AdapterConfig::default(), &w.memory, &w.irql);
+    let mapping = SimMapping { adapter: adapter.clone(), max_mapping_byte_count: 1000 };
+    let flags = PinFlags { generate_mappings: true, do_not_initiate_processing: false };
+    let pin = SimKsPin::new(flags, Some(mapping), w.irql.clone(), w.violations.clone());
+    pin.set_running(true);
+    let b = buffer(&w, 3 * 4096);
+    pin.submit(1, b.va, 3 * 4096);
+    let le = pin.leading_edge().unwrap();
+    let off = pin.offset_out(le);
+    assert!(off.data.is_null());
+    // SAFETY: the model keeps the mappings alive while the frame is queued.
+    let maps = unsafe { std::slice::from_raw_parts(off.mappings, off.count as usize) };
+    assert_eq!(maps.iter().map(|m| u64::from(m.byte_count)).sum::<u64>(), 3 * 4096);
+    assert!(maps.iter().all(|m| m.byte_count <= 1000));
+    assert_eq!(adapter.live_lists(), 1, "the frame's S/G list is held while it is queued");
+    let clone = pin.clone_pointer(le).unwrap();
+    pin.advance_offsets_and_unlock(le, off.count, false);
+    pin.complete_frame(clone, &done(3 * 4096));
+    pin.delete(clone);
+    assert!(pin.take_completed().is_some());
+    assert_eq!(adapter.live_lists(), 0, "the list is put before the frame goes back");
+    assert!(w.violations.is_empty(), "{:?}", w.violations.list());
+    adapter.put();
+}
+
+#[test]
+fn misuse_is_recorded_not_ignored() {
+    let w = world();
+    let pin = byte_pin(&w);
+    let b = buffer(&w, 4096);
+    pin.submit(1, b.va, 4096);
+    let le = pin.leading_edge().unwrap();
+    let clone = pin.clone_pointer(le).unwrap();
+    pin.delete(clone);
+    pin.delete(clone); // a deleted pointer used again
+    pin.complete_frame(le, &done(5000)); // DataUsed beyond FrameExtent
+    let kept = pin.clone_pointer(le).unwrap();
+    pin.flush_on_stop(); // a clone alive at KSSTATE_STOP
+    let _ = kept;
+    let list = w.violations.list();
+    assert!(list.iter().any(|v| v.contains("not live")), "{list:?}");
+    assert!(list.iter().any(|v| v.contains("exceeds FrameExtent")), "{list:?}");
+    assert!(list.iter().any(|v| v.contains("alive at KSSTATE_STOP")), "{list:?}");
+}
+
+#[test]
+fn attempt_processing_requests_a_process_call_only_while_running() {
+    let w = world();
+    let pin = SimKsPin::new(
+        PinFlags { generate_mappings: false, do_not_initiate_processing: true },
+        None,
+        w.irql.clone(),
+        w.violations.clone(),
+    );
+    pin.attempt_processing(true);
+    assert!(!pin.take_process_request(), "not running: no Process");
+    pin.set_running(true);
+    let b = buffer(&w, 4096);
+    pin.submit(1, b.va, 4096);
+    assert!(!pin.take_process_request(), "DO_NOT_INITIATE_PROCESSING: a new frame starts nothing");
+    pin.attempt_processing(true);
+    assert!(pin.take_process_request());
+}

@@ -361,6 +361,7 @@ mod tests {
         assert_eq!((p.lines, p.line, p.src_pitch, p.dst_pitch), (4, 100, 128, 100));
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn effective_unit_follows_the_cpu() {
         assert_eq!(effective_unit(VectorUnit::Scalar), VectorUnit::Scalar);

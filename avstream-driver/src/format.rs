@@ -127,7 +127,7 @@ impl VideoFormat {
         check_dimensions(width, height)?;
         check_interval(frame_interval)?;
         let luma = luma_bytes_per_pixel(pixel);
-        if stride % luma != 0 {
+        if !stride.is_multiple_of(luma) {
             return Err(STATUS_INVALID_PARAMETER);
         }
         let buffer_width = stride / luma;
@@ -199,8 +199,8 @@ const fn luma_bytes_per_pixel(pixel: PixelFormat) -> u32 {
 }
 
 fn check_dimensions(width: u32, height: u32) -> Result<(), NtStatus> {
-    let ok_w = (MIN_DIMENSION..=MAX_WIDTH).contains(&width) && width % 2 == 0;
-    let ok_h = (MIN_DIMENSION..=MAX_HEIGHT).contains(&height) && height % 2 == 0;
+    let ok_w = (MIN_DIMENSION..=MAX_WIDTH).contains(&width) && width.is_multiple_of(2);
+    let ok_h = (MIN_DIMENSION..=MAX_HEIGHT).contains(&height) && height.is_multiple_of(2);
     if ok_w && ok_h {
         Ok(())
     } else {
@@ -219,7 +219,7 @@ fn check_interval(interval: u32) -> Result<(), NtStatus> {
 /// `(stride, image_bytes)` of a buffer `buffer_width` pixels wide holding
 /// `height` rows. Checks the buffer width is even and the stride bounded.
 fn buffer_geometry(pixel: PixelFormat, buffer_width: u32, height: u32) -> Result<(u32, u32), NtStatus> {
-    if buffer_width % 2 != 0 {
+    if !buffer_width.is_multiple_of(2) {
         return Err(STATUS_INVALID_PARAMETER);
     }
     let stride = pixel.line_bytes(buffer_width).ok_or(STATUS_INTEGER_OVERFLOW)?;

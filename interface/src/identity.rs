@@ -37,6 +37,6 @@ pub const KSCATEGORY_VIDEO_CAMERA: &str = "E5323777-F976-4F5B-9B55-B94699C46E44"
 /// The three categories the capture filter registers under, in order.
 pub const FILTER_CATEGORIES: [&str; 3] = [KSCATEGORY_CAPTURE, KSCATEGORY_VIDEO, KSCATEGORY_VIDEO_CAMERA];
 
-/// The registry value (REG_DWORD, under the device's `Device Parameters`
+/// The registry value (`REG_DWORD`, under the device's `Device Parameters`
 /// key) that overrides the DMA mode: 0 auto, 1 scatter-gather, 2 common-buffer.
 pub const REG_DMA_MODE: &str = "DmaMode";

@@ -19,6 +19,7 @@ pub const BOARD_ID: u32 = 0xCA9D_0001;
 /// Most channels a board can have (`CAPS.CHANNELS` is 4 bits, capped here).
 pub const MAX_CHANNELS: usize = 8;
 /// Bytes of BAR0 the driver maps.
+#[allow(clippy::cast_possible_truncation, reason = "MAX_CHANNELS is 8")]
 pub const BAR0_BYTES: u32 = 0x100 + 0x80 * MAX_CHANNELS as u32;
 
 /// The global register block at BAR0 offset 0.
@@ -98,6 +99,7 @@ const _: () = assert!(size_of::<GlobalRegisters>() == 0x100);
 const _: () = assert!(size_of::<ChannelRegisters>() == 0x80);
 
 /// Offsets of the global registers.
+#[allow(clippy::cast_possible_truncation, reason = "offsets inside a 0x100-byte block (asserted)")]
 pub mod global {
     use super::{offset_of, GlobalRegisters};
     /// `ID`.
@@ -117,6 +119,7 @@ pub mod global {
 }
 
 /// Offsets inside a channel block (add [`channel_base`]).
+#[allow(clippy::cast_possible_truncation, reason = "offsets inside a 0x80-byte block (asserted)")]
 pub mod channel {
     use super::{offset_of, ChannelRegisters};
     /// `CTRL`.

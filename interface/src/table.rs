@@ -80,7 +80,7 @@ pub type PfnGetSlotRing =
 /// child does not own (out of range, or not completed to it).
 pub type PfnReturnSlot = unsafe extern "system" fn(context: *mut c_void, channel: u32, slot: u32) -> NtStatus;
 
-/// Programs the format and starts the channel's engine (KSSTATE_RUN).
+/// Programs the format and starts the channel's engine (`KSSTATE_RUN`).
 /// Errors: `STATUS_INVALID_PARAMETER` for a format the board cannot produce
 /// or a frame larger than a slot; `STATUS_DEVICE_BUSY` if already running.
 pub type PfnStartChannel =
@@ -132,6 +132,7 @@ pub struct CapdmaBusInterface {
 /// The interface version this crate defines.
 pub const CAPDMA_BUS_INTERFACE_VERSION: u16 = 1;
 /// `sizeof(CAPDMA_BUS_INTERFACE)` of version 1, in bytes.
+#[allow(clippy::cast_possible_truncation, reason = "96 bytes, asserted below")]
 pub const CAPDMA_BUS_INTERFACE_SIZE_V1: u16 = size_of::<CapdmaBusInterface>() as u16;
 
 /// A channel's DMA configuration (filled by `GetDmaConfig`).

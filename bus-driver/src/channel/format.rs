@@ -51,7 +51,7 @@ pub fn validate_channel_format(
     slot_bytes: u32,
 ) -> Result<ChannelGeometry, NtStatus> {
     let pixel = PixelFormat::from_fourcc(format.fourcc).ok_or(STATUS_INVALID_PARAMETER)?;
-    let dimension_ok = |v: u32, max: u32| v != 0 && v % 2 == 0 && v <= max;
+    let dimension_ok = |v: u32, max: u32| v != 0 && v.is_multiple_of(2) && v <= max;
     if !dimension_ok(format.width, MAX_WIDTH) || !dimension_ok(format.height, MAX_HEIGHT) {
         return Err(STATUS_INVALID_PARAMETER);
     }

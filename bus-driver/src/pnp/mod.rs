@@ -12,9 +12,11 @@
 //! | FDO and PDO Plug and Play state machines | [`state`] | every state-changing `IRP_MN_*` |
 //! | the child set, `DEVICE_RELATIONS` sizing, which child PDO to delete when | [`children`] | `IRP_MN_QUERY_DEVICE_RELATIONS`, `IRP_MN_REMOVE_DEVICE` |
 //! | a child's `DEVICE_CAPABILITIES` and bus information | [`capabilities`] | `IRP_MN_QUERY_CAPABILITIES`, `IRP_MN_QUERY_BUS_INFORMATION` |
+//! | the start parameters' registry names and their decoding | [`registry`] | `IRP_MN_START_DEVICE` |
 pub mod capabilities;
 pub mod children;
 pub mod ids;
+pub mod registry;
 pub mod resources;
 pub mod route;
 pub mod state;

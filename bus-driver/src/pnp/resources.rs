@@ -161,9 +161,7 @@ impl RawPartialDescriptor {
     pub const fn decode(&self) -> ResourceDescriptor {
         let [w0, w1, w2, w3] = self.words;
         match self.kind {
-            CM_RESOURCE_TYPE_MEMORY => {
-                ResourceDescriptor::Memory { start: Self::join(w0, w1), length: w2 as u64 }
-            }
+            CM_RESOURCE_TYPE_MEMORY => ResourceDescriptor::Memory { start: Self::join(w0, w1), length: w2 as u64 },
             CM_RESOURCE_TYPE_MEMORY_LARGE => {
                 let raw = w2 as u64;
                 let length = if self.flags & CM_RESOURCE_MEMORY_LARGE_64 != 0 {
@@ -350,7 +348,9 @@ const HIGH_LEVEL: u32 = 15;
 /// `STATUS_DEVICE_CONFIGURATION_ERROR` when there is no memory window or no
 /// usable interrupt; `STATUS_INSUFFICIENT_RESOURCES` when BAR0 is shorter
 /// than the register file or starts at address 0.
-pub fn select_resources(descriptors: impl IntoIterator<Item = ResourceDescriptor>) -> Result<SelectedResources, NtStatus> {
+pub fn select_resources(
+    descriptors: impl IntoIterator<Item = ResourceDescriptor>,
+) -> Result<SelectedResources, NtStatus> {
     let mut bar0 = None;
     let mut line = None;
     let mut messages: u32 = 0;
@@ -463,7 +463,13 @@ mod tests {
             items,
             vec![
                 ResourceDescriptor::Memory { start: 0xF7E0_0000, length: 0x1000 },
-                ResourceDescriptor::LineInterrupt { level: 9, vector: 0x81, affinity: 0xF, shared: true, latched: false },
+                ResourceDescriptor::LineInterrupt {
+                    level: 9,
+                    vector: 0x81,
+                    affinity: 0xF,
+                    shared: true,
+                    latched: false
+                },
             ]
         );
         let chosen = select_resources(items).unwrap();
@@ -517,7 +523,8 @@ mod tests {
 
     #[test]
     fn device_specific_data_is_skipped() {
-        let specific = RawPartialDescriptor { kind: CM_RESOURCE_TYPE_DEVICE_SPECIFIC, words: [6, 0, 0, 0], ..Default::default() };
+        let specific =
+            RawPartialDescriptor { kind: CM_RESOURCE_TYPE_DEVICE_SPECIFIC, words: [6, 0, 0, 0], ..Default::default() };
         // Device-specific data ends its own list; a second full descriptor follows.
         let bytes = list(&[&[(specific, &[0xEE; 6])], &[(memory(0xC000_0000, 0x2000), &[]), (message(0x60), &[])]]);
         let (items, failed) = walk(&bytes);
@@ -529,7 +536,8 @@ mod tests {
 
     #[test]
     fn missing_bar0_is_a_configuration_error() {
-        let items = [ResourceDescriptor::LineInterrupt { level: 5, vector: 1, affinity: 1, shared: false, latched: false }];
+        let items =
+            [ResourceDescriptor::LineInterrupt { level: 5, vector: 1, affinity: 1, shared: false, latched: false }];
         assert_eq!(select_resources(items), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
         assert_eq!(select_resources([]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
     }
@@ -549,7 +557,8 @@ mod tests {
     fn missing_or_impossible_interrupt_is_a_configuration_error() {
         let bar = ResourceDescriptor::Memory { start: 0xA000_0000, length: 0x1000 };
         assert_eq!(select_resources([bar]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
-        let bad = ResourceDescriptor::LineInterrupt { level: 16, vector: 1, affinity: 1, shared: false, latched: false };
+        let bad =
+            ResourceDescriptor::LineInterrupt { level: 16, vector: 1, affinity: 1, shared: false, latched: false };
         assert_eq!(select_resources([bar, bad]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
     }
 
@@ -567,8 +576,11 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert!(failed);
         // A device-specific size that overflows the offset.
-        let specific =
-            RawPartialDescriptor { kind: CM_RESOURCE_TYPE_DEVICE_SPECIFIC, words: [u32::MAX, 0, 0, 0], ..Default::default() };
+        let specific = RawPartialDescriptor {
+            kind: CM_RESOURCE_TYPE_DEVICE_SPECIFIC,
+            words: [u32::MAX, 0, 0, 0],
+            ..Default::default()
+        };
         let (items, failed) = walk(&list(&[&[(specific, &[]), (memory(0xA000_0000, 0x1000), &[])]]));
         assert_eq!(items.len(), 1);
         assert!(failed);

@@ -205,6 +205,17 @@ impl PnpStateCell {
         PnpMachine::unpack(self.0.load(Ordering::Acquire)).state()
     }
 
+    /// What [`Self::apply`] would do now, without doing it (to refuse an
+    /// IRP before any work).
+    ///
+    /// # Errors
+    /// As [`PnpMachine::next`].
+    pub fn check(&self, event: PnpEvent) -> Result<Transition, NtStatus> {
+        let machine = PnpMachine::unpack(self.0.load(Ordering::Acquire));
+        let next = machine.next(event)?;
+        Ok(Transition { from: machine.state(), to: next.state() })
+    }
+
     /// Applies `event` atomically.
     ///
     /// # Errors
@@ -324,6 +335,8 @@ mod tests {
         cell.apply(E::Start).unwrap();
         assert_eq!(cell.apply(E::Start), Err(STATUS_INVALID_DEVICE_REQUEST));
         assert_eq!(cell.state(), S::Started);
+        assert_eq!(cell.check(E::QueryStop), Ok(Transition { from: S::Started, to: S::StopPending }));
+        assert_eq!(cell.state(), S::Started, "check changes nothing");
         assert_eq!(cell.apply(E::QueryStop), Ok(Transition { from: S::Started, to: S::StopPending }));
     }
 

@@ -1,0 +1,274 @@
+//! The DDIs that wdm.h defines as macros or `FORCEINLINE` functions (so
+//! bindgen produces nothing for them), written in Rust with the semantics
+//! of the x64 definitions, plus the NTSTATUS values the glue needs that
+//! `capdma_interface::status` does not define.
+//!
+//! | DDI | here |
+//! |---|---|
+//! | `IoGetCurrentIrpStackLocation` | [`current_stack`] |
+//! | `IoGetNextIrpStackLocation` | [`next_stack`] |
+//! | `IoSkipCurrentIrpStackLocation` | [`skip_current_stack`] |
+//! | `IoCopyCurrentIrpStackLocationToNext` | [`copy_current_stack_to_next`] |
+//! | `IoSetCompletionRoutine` | [`set_completion_routine`] |
+//! | `IoMarkIrpPending` | not needed: every IRP this driver forwards asynchronously is passed with `IoSkipCurrentIrpStackLocation` |
+//! | `IoCallDriver` / `IoCompleteRequest` | [`call_driver`] (`IofCallDriver`) / [`complete_request`] (`IofCompleteRequest`) |
+//! | `ObReferenceObject` / `ObDereferenceObject` | [`reference_object`] (`ObfReferenceObject`) / [`dereference_object`] (`ObfDereferenceObject`) |
+//! | `KeGetCurrentIrql` | [`current_irql`]: `__readcr8()` (wdm.h, AMD64) |
+//! | `KeRaiseIrql` / `KfRaiseIrql` | [`raise_irql`]: read CR8, write the new level (wdm.h, AMD64) |
+//! | `KeLowerIrql` | [`lower_irql`]: `__writecr8(NewIrql)` (wdm.h, AMD64) |
+//! | `KeQueryInterruptTime` | [`interrupt_time`]: the volatile 64-bit read of `KUSER_SHARED_DATA.InterruptTime` at `0xFFFFF78000000008` (wdm.h, AMD64 `SharedInterruptTime`) |
+use core::arch::asm;
+use core::ffi::c_void;
+use core::mem::offset_of;
+use wdk_sys::ntddk::{IofCallDriver, IofCompleteRequest, ObfDereferenceObject, ObfReferenceObject};
+use wdk_sys::{
+    BOOLEAN, CCHAR, IO_NO_INCREMENT, IO_STACK_LOCATION, KIRQL, NTSTATUS, PDEVICE_OBJECT, PIO_COMPLETION_ROUTINE,
+    PIO_STACK_LOCATION, PIRP, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, UCHAR,
+};
+
+/// An NTSTATUS from the bit pattern ntstatus.h gives.
+const fn nt(value: u32) -> NTSTATUS {
+    NTSTATUS::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// `STATUS_MORE_PROCESSING_REQUIRED`: a completion routine keeps the IRP.
+pub const STATUS_MORE_PROCESSING_REQUIRED: NTSTATUS = nt(0xC000_0016);
+
+/// `FALSE` as a `BOOLEAN`.
+pub const BOOLEAN_FALSE: BOOLEAN = 0;
+/// `TRUE` as a `BOOLEAN`.
+pub const BOOLEAN_TRUE: BOOLEAN = 1;
+
+/// `POOL_FLAG_PAGED` (wdm.h): paged pool for `ExAllocatePool2`. Defined
+/// here because the synthesised headers' shim and wdk-sys's own constants
+/// make the binding ambiguous.
+pub const POOL_FLAG_PAGED: u64 = 0x0000_0000_0000_0100;
+
+/// `DISPATCH_LEVEL`.
+pub const DISPATCH_LEVEL: KIRQL = 2;
+
+/// `KUSER_SHARED_DATA` + `0x8`: `InterruptTime` (wdm.h `SharedInterruptTime`, AMD64).
+const SHARED_INTERRUPT_TIME: usize = 0xFFFF_F780_0000_0008;
+
+/// `IoGetCurrentIrpStackLocation(Irp)`: `Irp->Tail.Overlay.CurrentStackLocation`.
+///
+/// # Safety
+/// `irp` is a valid IRP owned by the caller's dispatch or completion routine.
+pub unsafe fn current_stack(irp: PIRP) -> PIO_STACK_LOCATION {
+    // SAFETY: the caller guarantees `irp` is valid (only its address is taken here).
+    let field = unsafe { &raw const (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+    // SAFETY: a valid, aligned field; the union member is the one the I/O
+    // manager maintains for an IRP being processed by a driver.
+    unsafe { field.read() }
+}
+
+/// `IoGetNextIrpStackLocation(Irp)`: the stack location below the current one.
+///
+/// # Safety
+/// As [`current_stack`]; the IRP has a next stack location (the caller's
+/// device is not the bottom of the stack, or the IRP was built with one).
+pub unsafe fn next_stack(irp: PIRP) -> PIO_STACK_LOCATION {
+    // SAFETY: the caller guarantees `irp` is valid.
+    let current = unsafe { current_stack(irp) };
+    // The stack locations are an array; the next one is the previous element.
+    current.wrapping_sub(1)
+}
+
+/// `IoSkipCurrentIrpStackLocation(Irp)`: the next driver gets this
+/// driver's stack location.
+///
+/// # Safety
+/// As [`current_stack`]; the IRP is passed to the next lower driver right after.
+pub unsafe fn skip_current_stack(irp: PIRP) {
+    // SAFETY: the caller guarantees `irp` is valid and owned (only the
+    // field's address is taken here).
+    let field = unsafe { &raw mut (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+    // SAFETY: a valid, aligned field of an IRP we own; the active union member.
+    let current = unsafe { field.read() };
+    // SAFETY: as above.
+    unsafe { field.write(current.wrapping_add(1)) };
+    // SAFETY: the caller guarantees `irp` is valid and owned.
+    let location = unsafe { &mut (*irp).CurrentLocation };
+    *location = location.wrapping_add(1);
+}
+
+/// `IoCopyCurrentIrpStackLocationToNext(Irp)`: copies the current stack
+/// location up to (not including) `CompletionRoutine` into the next one
+/// and clears the next one's `Control`.
+///
+/// # Safety
+/// As [`next_stack`].
+pub unsafe fn copy_current_stack_to_next(irp: PIRP) {
+    // SAFETY: the caller guarantees `irp` is valid.
+    let current = unsafe { current_stack(irp) };
+    // SAFETY: as above; the next location exists.
+    let next = unsafe { next_stack(irp) };
+    let bytes = offset_of!(IO_STACK_LOCATION, CompletionRoutine);
+    // SAFETY: both locations are distinct elements of the IRP's stack
+    // location array, each at least `bytes` long.
+    unsafe { core::ptr::copy_nonoverlapping(current.cast::<u8>(), next.cast::<u8>(), bytes) };
+    // SAFETY: `next` is a valid stack location of the IRP.
+    unsafe { (*next).Control = 0 };
+}
+
+/// `IoSetCompletionRoutine(Irp, Routine, Context, Success, Error, Cancel)`
+/// on the next stack location.
+///
+/// # Safety
+/// As [`next_stack`]; `context` stays valid until the routine has run.
+pub unsafe fn set_completion_routine(
+    irp: PIRP,
+    routine: PIO_COMPLETION_ROUTINE,
+    context: *mut c_void,
+    on_success: bool,
+    on_error: bool,
+    on_cancel: bool,
+) {
+    // SAFETY: the caller guarantees `irp` is valid with a next location.
+    let next = unsafe { next_stack(irp) };
+    // SAFETY: the next location is a valid stack location of an IRP we own.
+    let next = unsafe { &mut *next };
+    next.CompletionRoutine = routine;
+    next.Context = context;
+    let mut control: u32 = 0;
+    if on_success {
+        control |= SL_INVOKE_ON_SUCCESS;
+    }
+    if on_error {
+        control |= SL_INVOKE_ON_ERROR;
+    }
+    if on_cancel {
+        control |= SL_INVOKE_ON_CANCEL;
+    }
+    next.Control = UCHAR::try_from(control).unwrap_or(UCHAR::MAX);
+}
+
+/// `IoCallDriver(DeviceObject, Irp)` (`IofCallDriver`).
+///
+/// # Safety
+/// `device` is a valid device object and `irp` an IRP whose next stack
+/// location is set up for it; the IRP is not touched afterwards.
+pub unsafe fn call_driver(device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the caller's guarantees are IofCallDriver's.
+    unsafe { IofCallDriver(device, irp) }
+}
+
+/// Sets `IoStatus` and completes `irp` (`IoCompleteRequest(Irp,
+/// IO_NO_INCREMENT)`, i.e. `IofCompleteRequest`); returns `status`.
+///
+/// # Safety
+/// `irp` is a valid IRP this driver owns; it is not touched afterwards.
+pub unsafe fn complete_request(irp: PIRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+    // SAFETY: the caller owns the valid IRP.
+    let io_status = unsafe { &mut (*irp).IoStatus };
+    io_status.__bindgen_anon_1.Status = status;
+    io_status.Information = information as u64;
+    // SAFETY: the caller owns the IRP and gives it up here.
+    unsafe { IofCompleteRequest(irp, CCHAR::try_from(IO_NO_INCREMENT).unwrap_or(0)) };
+    status
+}
+
+/// Completes `irp` with the status and information it already carries
+/// (a bus driver's answer to a request it does not handle).
+///
+/// # Safety
+/// As [`complete_request`].
+pub unsafe fn complete_untouched(irp: PIRP) -> NTSTATUS {
+    // SAFETY: the caller owns the valid IRP.
+    let status = unsafe { irp_status(irp) };
+    // SAFETY: as above.
+    unsafe { IofCompleteRequest(irp, CCHAR::try_from(IO_NO_INCREMENT).unwrap_or(0)) };
+    status
+}
+
+/// `Irp->IoStatus.Status`.
+///
+/// # Safety
+/// `irp` is a valid IRP.
+pub unsafe fn irp_status(irp: PIRP) -> NTSTATUS {
+    // SAFETY: the caller guarantees the IRP is valid (only the field's address is taken).
+    let field = unsafe { &raw const (*irp).IoStatus.__bindgen_anon_1.Status };
+    // SAFETY: a valid, aligned field; `Status` is the member drivers use.
+    unsafe { field.read() }
+}
+
+/// Sets `Irp->IoStatus.Status` (and `Information` when given) without
+/// completing the IRP (before passing it down).
+///
+/// # Safety
+/// `irp` is a valid IRP this driver is processing.
+pub unsafe fn set_irp_status(irp: PIRP, status: NTSTATUS, information: Option<usize>) {
+    // SAFETY: the caller guarantees the IRP is valid and owned now.
+    let io_status = unsafe { &mut (*irp).IoStatus };
+    io_status.__bindgen_anon_1.Status = status;
+    if let Some(information) = information {
+        io_status.Information = information as u64;
+    }
+}
+
+/// `ObReferenceObject(Object)` (`ObfReferenceObject`).
+///
+/// # Safety
+/// `object` is a valid object (here: a device object).
+pub unsafe fn reference_object(object: PDEVICE_OBJECT) {
+    // SAFETY: the caller guarantees a valid object.
+    unsafe { ObfReferenceObject(object.cast()) };
+}
+
+/// `ObDereferenceObject(Object)` (`ObfDereferenceObject`).
+///
+/// # Safety
+/// `object` is a valid object the caller holds a reference on.
+pub unsafe fn dereference_object(object: PDEVICE_OBJECT) {
+    // SAFETY: the caller holds a reference it gives up here.
+    unsafe { ObfDereferenceObject(object.cast()) };
+}
+
+/// `KeGetCurrentIrql()`: on AMD64 the IRQL is CR8 (wdm.h `__readcr8()`).
+pub fn current_irql() -> KIRQL {
+    let cr8: u64;
+    // SAFETY: reading CR8 has no side effect; a kernel-mode driver runs at
+    // CPL 0, where the instruction is allowed.
+    unsafe { asm!("mov {}, cr8", out(reg) cr8, options(nomem, nostack, preserves_flags)) };
+    KIRQL::try_from(cr8 & 0xF).unwrap_or(KIRQL::MAX)
+}
+
+/// `KfRaiseIrql(NewIrql)` / `KeRaiseIrql`: on AMD64 reads CR8 and writes
+/// `new` (wdm.h). Returns the old IRQL. `new` must not be below it.
+pub fn raise_irql(new: KIRQL) -> KIRQL {
+    let old = current_irql();
+    if new > old {
+        write_cr8(new);
+    }
+    old
+}
+
+/// `KeLowerIrql(NewIrql)`: on AMD64 `__writecr8(NewIrql)` (wdm.h). Only
+/// lowers: a value above the current IRQL is ignored.
+pub fn lower_irql(old: KIRQL) {
+    if old < current_irql() {
+        write_cr8(old);
+    }
+}
+
+fn write_cr8(irql: KIRQL) {
+    // SAFETY: CPL 0; writing the task-priority register is how the AMD64
+    // kernel and every WDK-built driver change the IRQL (wdm.h
+    // KfRaiseIrql/KeLowerIrql). The callers raise and lower in pairs.
+    // Not `nomem`: the IRQL orders memory accesses around it (a spin lock
+    // taken at DISPATCH_LEVEL must not be hoisted above the raise).
+    unsafe { asm!("mov cr8, {}", in(reg) u64::from(irql), options(nostack, preserves_flags)) };
+}
+
+/// `KeQueryInterruptTime()`: the time since boot in 100-ns units, read from
+/// `KUSER_SHARED_DATA` as wdm.h does on AMD64 (a single volatile 64-bit load).
+pub fn interrupt_time() -> u64 {
+    // SAFETY: KUSER_SHARED_DATA is mapped read-only at this fixed address
+    // in every kernel address space; the 8-byte field is naturally aligned.
+    unsafe { core::ptr::read_volatile(SHARED_INTERRUPT_TIME as *const u64) }
+}
+
+/// [`interrupt_time`] as the `i64` the bus core's DPC and watchdog take.
+pub fn now_100ns() -> i64 {
+    i64::try_from(interrupt_time()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,306 @@
+//! The bus core's ports over wdk-sys: [`WdmPlatform`] (`BusPlatform`),
+//! [`Bar0`] (`RegisterPort`) and [`WdmAdapter`] (`DmaAdapterPort`).
+use super::ddi::{current_irql, lower_irql, raise_irql, BOOLEAN_FALSE, BOOLEAN_TRUE, DISPATCH_LEVEL};
+use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use wdk_sys::ntddk::{ExFreePool, IoGetDmaAdapter, MmGetPhysicalMemoryRanges, MmMapIoSpaceEx, MmUnmapIoSpace};
+use wdk_sys::{
+    _DMA_WIDTH, _INTERFACE_TYPE, DEVICE_DESCRIPTION, DEVICE_DESCRIPTION_VERSION2, DEVICE_OBJECT, DMA_ADAPTER,
+    DMA_OPERATIONS, PAGE_NOCACHE, PAGE_READWRITE, PHYSICAL_ADDRESS, ULONG,
+};
+
+/// Bytes of a page.
+const PAGE_SIZE: u64 = 4096;
+
+/// BAR0 mapped with `MmMapIoSpaceEx`; register access is
+/// `READ_REGISTER_ULONG` / `WRITE_REGISTER_ULONG`: one volatile 32-bit
+/// access on the uncached mapping.
+///
+/// The mapping can be withdrawn while other processors may be inside an
+/// access (surprise removal, stop): [`Bar0::unmap`] first hides the base
+/// address, then waits until no access is in flight, and only then may the
+/// caller `MmUnmapIoSpace`. An access holds the processor at
+/// `DISPATCH_LEVEL` or above for its duration, so the wait is bounded by
+/// one register access. While unmapped, reads return all ones (what a
+/// vanished PCI device reads) and writes are dropped.
+pub struct Bar0 {
+    base: AtomicPtr<u8>,
+    bytes: AtomicUsize,
+    in_flight: AtomicU32,
+}
+
+impl Bar0 {
+    /// Not mapped.
+    pub const fn new() -> Self {
+        Self { base: AtomicPtr::new(core::ptr::null_mut()), bytes: AtomicUsize::new(0), in_flight: AtomicU32::new(0) }
+    }
+
+    /// `MmMapIoSpaceEx(start, bytes, PAGE_READWRITE | PAGE_NOCACHE)`.
+    /// `<= DISPATCH_LEVEL`.
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` when the mapping fails, or when a
+    /// mapping already exists (the start sequence maps once).
+    pub fn map(&self, start: u64, bytes: usize) -> Result<(), wdk_sys::NTSTATUS> {
+        use capdma_interface::status::STATUS_INSUFFICIENT_RESOURCES;
+        if !self.base.load(Ordering::Acquire).is_null() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        let physical = PHYSICAL_ADDRESS { QuadPart: i64::from_ne_bytes(start.to_ne_bytes()) };
+        // SAFETY: `start`/`bytes` are the translated BAR0 of this device
+        // (from IRP_MN_START_DEVICE's resources), so mapping them uncached
+        // is what the HAL assigned them for.
+        let va = unsafe { MmMapIoSpaceEx(physical, bytes as u64, PAGE_READWRITE | PAGE_NOCACHE) };
+        if va.is_null() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        self.bytes.store(bytes, Ordering::SeqCst);
+        self.base.store(va.cast(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Withdraws the mapping (see the type's documentation) and
+    /// `MmUnmapIoSpace`s it. Idempotent. `<= DISPATCH_LEVEL`, never from
+    /// inside a register access.
+    pub fn unmap(&self) {
+        let base = self.base.swap(core::ptr::null_mut(), Ordering::SeqCst);
+        if base.is_null() {
+            return;
+        }
+        while self.in_flight.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
+        let bytes = self.bytes.swap(0, Ordering::SeqCst);
+        // SAFETY: `base`/`bytes` are the mapping `map` made; no access can
+        // use it any more (the base is hidden and no access is in flight).
+        unsafe { MmUnmapIoSpace(base.cast(), bytes as u64) };
+    }
+
+    /// Runs `access` on the register at `offset` if mapped and in range.
+    fn with_register<R>(&self, offset: u32, access: impl FnOnce(*mut u32) -> R) -> Option<R> {
+        let old = raise_irql(DISPATCH_LEVEL);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let base = self.base.load(Ordering::SeqCst);
+        let bytes = self.bytes.load(Ordering::SeqCst);
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let result = if !base.is_null() && offset % 4 == 0 && offset.checked_add(4).is_some_and(|end| end <= bytes) {
+            Some(access(base.wrapping_add(offset).cast()))
+        } else {
+            None
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        lower_irql(old);
+        result
+    }
+}
+
+impl RegisterPort for Bar0 {
+    /// `READ_REGISTER_ULONG(base + offset)`; all ones when unmapped or out of range.
+    fn read32(&self, offset: u32) -> u32 {
+        self.with_register(offset, |register| {
+            // SAFETY: `register` is 4-byte aligned inside the live uncached
+            // BAR0 mapping (checked by `with_register`, which keeps the
+            // mapping alive for the duration).
+            unsafe { core::ptr::read_volatile(register) }
+        })
+        .unwrap_or(u32::MAX)
+    }
+
+    /// `WRITE_REGISTER_ULONG(base + offset, value)`; dropped when unmapped or out of range.
+    fn write32(&self, offset: u32, value: u32) {
+        self.with_register(offset, |register| {
+            // SAFETY: as in `read32`.
+            unsafe { core::ptr::write_volatile(register, value) };
+        });
+    }
+}
+
+/// A DMA adapter from `IoGetDmaAdapter`, used through its `DMA_OPERATIONS`.
+pub struct WdmAdapter {
+    adapter: *mut DMA_ADAPTER,
+    map_registers: u32,
+}
+
+// SAFETY: a DMA_ADAPTER is a system object usable from any thread at the
+// IRQLs its operations document; the bus core serializes its use.
+unsafe impl Send for WdmAdapter {}
+
+impl WdmAdapter {
+    /// The adapter's `DMA_OPERATIONS` table.
+    fn operations(&self) -> Option<&DMA_OPERATIONS> {
+        // SAFETY: `adapter` came non-null from IoGetDmaAdapter and is not
+        // put while this value exists (`put_dma_adapter` consumes it).
+        let operations = unsafe { (*self.adapter).DmaOperations };
+        // SAFETY: the system's operations table lives as long as the adapter.
+        unsafe { operations.as_ref() }
+    }
+}
+
+impl DmaAdapterPort for WdmAdapter {
+    /// `DmaOperations->AllocateCommonBuffer(Adapter, bytes, &Logical,
+    /// CacheEnabled = FALSE)`, then zeroed. `None` when the system has no
+    /// such buffer, or gives one that is not page-aligned (the core relies on it).
+    fn allocate_common_buffer(&self, bytes: usize) -> Option<CommonBuffer> {
+        let length = ULONG::try_from(bytes).ok()?;
+        let allocate = self.operations()?.AllocateCommonBuffer?;
+        let mut logical = PHYSICAL_ADDRESS { QuadPart: 0 };
+        // SAFETY: a live adapter and its own operation; PASSIVE_LEVEL (the
+        // core calls this only at start); `logical` is a valid out-pointer.
+        let va = unsafe { allocate(self.adapter, length, &raw mut logical, BOOLEAN_FALSE) };
+        if va.is_null() {
+            return None;
+        }
+        // SAFETY: QuadPart is the whole union.
+        let logical = u64::from_ne_bytes(unsafe { logical.QuadPart }.to_ne_bytes());
+        let buffer = CommonBuffer { va: va.cast(), logical, bytes };
+        if !(va as u64).is_multiple_of(PAGE_SIZE) || !logical.is_multiple_of(PAGE_SIZE) {
+            self.free_common_buffer(buffer);
+            return None;
+        }
+        // SAFETY: the buffer is `bytes` long, writable, and ours alone.
+        unsafe { core::ptr::write_bytes(buffer.va, 0, bytes) };
+        Some(buffer)
+    }
+
+    /// `DmaOperations->FreeCommonBuffer(Adapter, Length, Logical, Va, FALSE)`.
+    fn free_common_buffer(&self, buffer: CommonBuffer) {
+        let (Some(free), Ok(length)) =
+            (self.operations().and_then(|o| o.FreeCommonBuffer), ULONG::try_from(buffer.bytes))
+        else {
+            return;
+        };
+        let logical = PHYSICAL_ADDRESS { QuadPart: i64::from_ne_bytes(buffer.logical.to_ne_bytes()) };
+        // SAFETY: exactly the buffer AllocateCommonBuffer returned on this
+        // adapter, with the same cache setting; PASSIVE_LEVEL.
+        unsafe { free(self.adapter, length, logical, buffer.va.cast(), BOOLEAN_FALSE) };
+    }
+
+    fn raw(&self) -> *mut c_void {
+        self.adapter.cast()
+    }
+
+    fn map_registers(&self) -> u32 {
+        self.map_registers
+    }
+}
+
+/// The machine around the board: BAR0 and the PCI PDO the DMA adapter is
+/// requested on.
+pub struct WdmPlatform {
+    bar0: Bar0,
+    /// The PDO the PCI bus driver created (from `AddDevice`). Not the next
+    /// lower device: a filter may sit between, and `IoGetDmaAdapter` needs the PDO.
+    pci_pdo: AtomicPtr<DEVICE_OBJECT>,
+}
+
+impl WdmPlatform {
+    /// BAR0 unmapped, no PDO yet.
+    pub const fn new() -> Self {
+        Self { bar0: Bar0::new(), pci_pdo: AtomicPtr::new(core::ptr::null_mut()) }
+    }
+
+    /// Records the PCI PDO (`AddDevice`).
+    pub fn set_pci_pdo(&self, pdo: *mut DEVICE_OBJECT) {
+        self.pci_pdo.store(pdo, Ordering::Release);
+    }
+
+    /// BAR0.
+    pub const fn bar0(&self) -> &Bar0 {
+        &self.bar0
+    }
+}
+
+impl BusPlatform for WdmPlatform {
+    type Registers = Bar0;
+    type Adapter = WdmAdapter;
+
+    fn registers(&self) -> &Bar0 {
+        &self.bar0
+    }
+
+    /// `IoGetDmaAdapter(PciPdo, &Description, &NumberOfMapRegisters)` with
+    /// a version-2 `DEVICE_DESCRIPTION`: `Master`, `InterfaceType = PCIBus`,
+    /// `DmaWidth = Width32Bits`, and the core's `ScatterGather`,
+    /// `Dma64BitAddresses` (else `Dma32BitAddresses`) and `MaximumLength`.
+    fn get_dma_adapter(&self, description: &DeviceDescription) -> Option<WdmAdapter> {
+        let pdo = self.pci_pdo.load(Ordering::Acquire);
+        if pdo.is_null() {
+            return None;
+        }
+        let flag = |on: bool| if on { BOOLEAN_TRUE } else { BOOLEAN_FALSE };
+        let mut dd = DEVICE_DESCRIPTION {
+            Version: DEVICE_DESCRIPTION_VERSION2,
+            Master: BOOLEAN_TRUE,
+            ScatterGather: flag(description.scatter_gather),
+            Dma32BitAddresses: flag(!description.dma64),
+            Dma64BitAddresses: flag(description.dma64),
+            InterfaceType: _INTERFACE_TYPE::PCIBus,
+            DmaWidth: _DMA_WIDTH::Width32Bits,
+            MaximumLength: description.maximum_length,
+            ..DEVICE_DESCRIPTION::default()
+        };
+        let mut map_registers: ULONG = 0;
+        // SAFETY: `pdo` is the PCI PDO of this stack (referenced by the
+        // stack while the FDO exists); `dd` and `map_registers` are valid.
+        let adapter = unsafe { IoGetDmaAdapter(pdo, &raw mut dd, &raw mut map_registers) };
+        (!adapter.is_null()).then_some(WdmAdapter { adapter, map_registers })
+    }
+
+    /// `DmaOperations->PutDmaAdapter(Adapter)`.
+    fn put_dma_adapter(&self, adapter: WdmAdapter) {
+        if let Some(put) = adapter.operations().and_then(|o| o.PutDmaAdapter) {
+            // SAFETY: the adapter is live; the core frees every common
+            // buffer before putting it; it is consumed here.
+            unsafe { put(adapter.adapter) };
+        }
+    }
+
+    /// The highest byte address of RAM from `MmGetPhysicalMemoryRanges`
+    /// (the array ends with an all-zero entry and is freed with
+    /// `ExFreePool`). `u64::MAX` when the system does not answer, which
+    /// makes a 32-bit board choose the safe common-buffer mode.
+    fn highest_physical_address(&self) -> u64 {
+        // SAFETY: PASSIVE_LEVEL (called from the start); no arguments.
+        let ranges = unsafe { MmGetPhysicalMemoryRanges() };
+        if ranges.is_null() {
+            return u64::MAX;
+        }
+        let mut highest = 0u64;
+        let mut index = 0usize;
+        loop {
+            // SAFETY: the array is terminated by an all-zero entry; every
+            // entry up to it is readable.
+            let range = unsafe { &*ranges.wrapping_add(index) };
+            // SAFETY: QuadPart is the whole union.
+            let base = unsafe { range.BaseAddress.QuadPart };
+            // SAFETY: as above.
+            let length = unsafe { range.NumberOfBytes.QuadPart };
+            if base == 0 && length == 0 {
+                break;
+            }
+            let base = u64::from_ne_bytes(base.to_ne_bytes());
+            let length = u64::from_ne_bytes(length.to_ne_bytes());
+            if length > 0 {
+                highest = highest.max(base.saturating_add(length - 1));
+            }
+            index += 1;
+        }
+        // SAFETY: the array came from MmGetPhysicalMemoryRanges, which
+        // documents ExFreePool as its release.
+        unsafe { ExFreePool(ranges.cast()) };
+        highest
+    }
+
+    fn raise_to_dispatch(&self) -> Irql {
+        raise_irql(DISPATCH_LEVEL)
+    }
+
+    fn lower_irql(&self, old: Irql) {
+        lower_irql(old);
+    }
+
+    fn current_irql(&self) -> Irql {
+        current_irql()
+    }
+}

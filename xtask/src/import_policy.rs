@@ -23,22 +23,52 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
     (
         "capdma_bus",
         &[
-            // Device objects and the PnP stack.
+            // Device objects and the PnP stack (AddDevice, removal).
             ("ntoskrnl.exe", "IoCreateDevice"),
             ("ntoskrnl.exe", "IoAttachDeviceToDeviceStack"),
+            ("ntoskrnl.exe", "IoDetachDevice"),
+            ("ntoskrnl.exe", "IoDeleteDevice"),
             ("ntoskrnl.exe", "IofCallDriver"),
             ("ntoskrnl.exe", "IofCompleteRequest"),
-            // Child PDO enumeration.
+            ("ntoskrnl.exe", "PoCallDriver"),
+            // Remove lock: no IRP inside the driver when the FDO is deleted.
+            ("ntoskrnl.exe", "IoInitializeRemoveLockEx"),
+            ("ntoskrnl.exe", "IoAcquireRemoveLockEx"),
+            ("ntoskrnl.exe", "IoReleaseRemoveLockEx"),
+            ("ntoskrnl.exe", "IoReleaseRemoveLockAndWaitEx"),
+            // START_DEVICE forwarded down and waited for.
+            ("ntoskrnl.exe", "KeInitializeEvent"),
+            ("ntoskrnl.exe", "KeSetEvent"),
+            ("ntoskrnl.exe", "KeWaitForSingleObject"),
+            // Child PDO enumeration and their answers.
             ("ntoskrnl.exe", "IoInvalidateDeviceRelations"),
+            ("ntoskrnl.exe", "ExAllocatePool2"),
+            ("ntoskrnl.exe", "ObfReferenceObject"),
+            ("ntoskrnl.exe", "ObfDereferenceObject"),
+            // BUS_INTERFACE_STANDARD forwarded from a child to the parent stack.
+            ("ntoskrnl.exe", "IoGetAttachedDeviceReference"),
+            ("ntoskrnl.exe", "IoBuildSynchronousFsdRequest"),
             // BAR0 mapping.
             ("ntoskrnl.exe", "MmMapIoSpaceEx"),
             ("ntoskrnl.exe", "MmUnmapIoSpace"),
-            // Interrupt.
+            // Interrupt, its DPC, and the watchdog timer.
             ("ntoskrnl.exe", "IoConnectInterruptEx"),
             ("ntoskrnl.exe", "IoDisconnectInterruptEx"),
+            ("ntoskrnl.exe", "KeInitializeDpc"),
+            ("ntoskrnl.exe", "KeInsertQueueDpc"),
+            ("ntoskrnl.exe", "KeFlushQueuedDpcs"),
+            ("ntoskrnl.exe", "KeInitializeTimerEx"),
+            ("ntoskrnl.exe", "KeSetTimerEx"),
+            ("ntoskrnl.exe", "KeCancelTimer"),
             // The DMA adapter (its operations are called through
-            // DMA_OPERATIONS, not imported).
+            // DMA_OPERATIONS, not imported) and the memory facts for the mode.
             ("ntoskrnl.exe", "IoGetDmaAdapter"),
+            ("ntoskrnl.exe", "MmGetPhysicalMemoryRanges"),
+            ("ntoskrnl.exe", "ExFreePool"),
+            // Start parameters (DmaMode, ...) from the Device Parameters key.
+            ("ntoskrnl.exe", "IoOpenDeviceRegistryKey"),
+            ("ntoskrnl.exe", "ZwQueryValueKey"),
+            ("ntoskrnl.exe", "ZwClose"),
         ],
     ),
     (

@@ -14,5 +14,6 @@ pub mod ks;
 pub mod machine;
 pub mod memory;
 pub mod pattern;
+pub mod pnp;
 pub mod violations;
 pub mod y4m;

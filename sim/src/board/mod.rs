@@ -244,6 +244,17 @@ impl Board {
         self.state.borrow_mut().apply_fault(fault);
     }
 
+    /// Sets `INT_STATUS` bits as the board's interrupt logic would, with
+    /// nothing behind them: no record, no halt (fault injection: an
+    /// interrupt storm of the board's own bits). Nothing on a removed board.
+    pub fn raise_status(&self, bits: u32) {
+        let mut s = self.state.borrow_mut();
+        if !s.removed {
+            s.int_status |= bits;
+            s.stats.faults_applied += 1;
+        }
+    }
+
     /// Faults queued and not yet applied.
     #[must_use]
     pub fn pending_faults(&self) -> Vec<BoardFault> {

@@ -6,6 +6,8 @@ use capdma_bus::config::DmaModeOverride;
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 
 use crate::board::BoardKind;
+use crate::memory::ContiguousFailure;
+use crate::pnp::StackLayout;
 use crate::y4m::Y4mVideo;
 
 /// A run's configuration. [`MachineConfig::default`] is the main job's:
@@ -53,6 +55,18 @@ pub struct MachineConfig {
     pub source: Option<Rc<Y4mVideo>>,
     /// Keep channel 0's delivered frames for `--output` / `--snapshot`.
     pub keep_frames: bool,
+    /// Capture cards in the machine (1..=4), each with `channels` channels,
+    /// its own bus driver and child stacks; their interrupts share one line.
+    pub cards: u32,
+    /// Filter drivers in every card's bus and child stacks (default: none).
+    pub stack: StackLayout,
+    /// Fault injection for contiguous (common-buffer) allocations: applies
+    /// from machine creation on.
+    pub contiguous_failure: Option<ContiguousFailure>,
+    /// The `DescriptorRingEntries` registry value; `None`: the driver's default.
+    pub descriptor_ring_entries: Option<u32>,
+    /// The `CompletionQueueEntries` registry value; `None`: the driver's default.
+    pub cq_entries: Option<u32>,
 }
 
 impl Default for MachineConfig {
@@ -78,6 +92,11 @@ impl Default for MachineConfig {
             seed: 1,
             source: None,
             keep_frames: false,
+            cards: 1,
+            stack: StackLayout::default(),
+            contiguous_failure: None,
+            descriptor_ring_entries: None,
+            cq_entries: None,
         }
     }
 }
@@ -120,6 +139,9 @@ impl MachineConfig {
     /// A [`ConfigError`] naming the bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
+        if !(1..=4).contains(&self.cards) {
+            return err(format!("--cards must be 1..=4, got {}", self.cards));
+        }
         if !(1..=8).contains(&self.channels) {
             return err(format!("--channels must be 1..=8, got {}", self.channels));
         }

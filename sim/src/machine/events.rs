@@ -5,23 +5,35 @@ use std::collections::BinaryHeap;
 /// Something that happens at a point of virtual time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Event {
-    /// The board's frame time on a channel: it captures a frame.
+    /// A board's frame time on a channel: it captures a frame.
     Capture {
+        /// The card.
+        card: u32,
         /// The channel.
         channel: u32,
     },
-    /// The board's interrupt line is sampled: deliver the ISR if asserted.
+    /// The (shared) interrupt line is sampled: the ISRs run if asserted.
     Interrupt,
-    /// The bus's DPC runs.
-    Dpc,
-    /// The bus's watchdog timer DPC runs.
+    /// A card's bus DPC runs.
+    Dpc {
+        /// The card.
+        card: u32,
+    },
+    /// The bus watchdog timer DPCs run.
     Watchdog,
     /// The application is done with a delivered buffer and queues it again.
     AppRequeue {
+        /// The card.
+        card: u32,
         /// The channel.
         channel: u32,
         /// Index of the buffer in the channel's buffers.
         buffer: u32,
+    },
+    /// A scheduled [`crate::machine::Action`] (its index in the machine's list).
+    Action {
+        /// Index of the action.
+        index: u32,
     },
 }
 
@@ -47,10 +59,15 @@ impl Timeline {
     }
 
     /// The next event, advancing the clock to it.
-    pub fn next(&mut self) -> Option<Event> {
+    pub fn pop_next(&mut self) -> Option<Event> {
         let Reverse((at, _, event)) = self.heap.pop()?;
         self.now = at;
         Some(event)
+    }
+
+    /// Drops everything scheduled (the clock stays).
+    pub fn clear(&mut self) {
+        self.heap.clear();
     }
 
     /// Whether anything is still scheduled.
@@ -67,14 +84,14 @@ mod tests {
     #[test]
     fn events_come_in_time_then_schedule_order() {
         let mut t = Timeline::default();
-        t.schedule(20, Event::Dpc);
+        t.schedule(20, Event::Dpc { card: 0 });
         t.schedule(10, Event::Interrupt);
         t.schedule(10, Event::Watchdog);
-        assert_eq!(t.next(), Some(Event::Interrupt));
+        assert_eq!(t.pop_next(), Some(Event::Interrupt));
         assert_eq!(t.now(), 10);
-        assert_eq!(t.next(), Some(Event::Watchdog));
-        assert_eq!(t.next(), Some(Event::Dpc));
+        assert_eq!(t.pop_next(), Some(Event::Watchdog));
+        assert_eq!(t.pop_next(), Some(Event::Dpc { card: 0 }));
         assert_eq!(t.now(), 20);
-        assert_eq!(t.next(), None);
+        assert_eq!(t.pop_next(), None);
     }
 }

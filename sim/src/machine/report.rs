@@ -4,7 +4,9 @@ use serde::Serialize;
 /// One channel's account of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ChannelReport {
-    /// The channel index.
+    /// The card (0 unless the machine has several).
+    pub card: u32,
+    /// The channel index on its card.
     pub channel: u32,
     /// `scatter-gather` or `common-buffer`.
     pub mode: String,
@@ -45,6 +47,11 @@ pub struct RunReport {
     pub sim_time_s: f64,
     /// Wall-clock time the run took, seconds.
     pub wall_s: f64,
+    /// Interrupts a capdma ISR claimed.
+    pub interrupts_claimed: u64,
+    /// Interrupts of the (shared) line no capdma ISR claimed (another
+    /// device's, or spurious): each ISR returned `FALSE`.
+    pub interrupts_unclaimed: u64,
 }
 
 impl RunReport {
@@ -65,7 +72,11 @@ impl RunReport {
         use std::fmt::Write as _;
         let mut out = String::new();
         for c in &self.channels {
-            let _ = writeln!(out, "channel {}: mode {} ({})", c.channel, c.mode, c.mode_reason);
+            if c.card == 0 {
+                let _ = writeln!(out, "channel {}: mode {} ({})", c.channel, c.mode, c.mode_reason);
+            } else {
+                let _ = writeln!(out, "card {} channel {}: mode {} ({})", c.card, c.channel, c.mode, c.mode_reason);
+            }
             let _ = writeln!(
                 out,
                 "  frames: {} captured, {} delivered, {} verified, {} dropped ({} by board, {} by driver), {} corrupt",

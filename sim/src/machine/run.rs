@@ -1,5 +1,6 @@
-//! The end-to-end run: board → bus core → query interface → AVStream core
-//! → KS queue → application, in virtual time, every frame verified.
+//! The end-to-end run: board → bus core → query interface (through the
+//! Plug and Play stacks) → AVStream core → KS queue → application, in
+//! virtual time, every frame verified.
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,22 +12,26 @@ use capdma_avstream::format::{build_data_format, VideoFormat};
 use capdma_avstream::ks_format::{KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, KSPIN_FLAG_GENERATE_MAPPINGS};
 use capdma_avstream::pin::CapturePin;
 use capdma_avstream::state::KsState;
+use capdma_avstream::stats::StatsSnapshot;
 use capdma_bus::config::StartConfig;
 use capdma_bus::device::BusDevice;
 use capdma_bus::mode::ModeDecision;
-use capdma_interface::status::{nt_success, status_name, NtStatus, STATUS_SUCCESS};
+use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
+use capdma_interface::status::{nt_success, status_name, NtStatus, STATUS_DEVICE_NOT_READY, STATUS_SUCCESS};
 use zerocopy::IntoBytes;
 
+use super::actions::{Action, StatusRecord};
 use super::config::{ConfigError, MachineConfig};
 use super::events::{Event, Timeline};
 use super::platform::SimBusPlatform;
 use super::report::{ChannelReport, RunReport};
-use crate::board::{Board, BoardConfig, BoardKind, FrameSource};
+use crate::board::{Board, BoardConfig, BoardFault, BoardKind, CaptureOutcome, FrameSource};
 use crate::dma::adapter::{AdapterConfig, SimDmaAdapter};
 use crate::irql::{IrqlTracker, DEVICE};
 use crate::ks::{CompletedFrame, PinFlags, SimKsPin, SimMapping};
 use crate::memory::{Allocation, MemoryConfig, PhysicalMemory};
 use crate::pattern::Pattern;
+use crate::pnp::{DeviceId, DeviceKind, DeviceTree, FilterKind, PciFunction};
 use crate::violations::{ViolationKind, Violations};
 
 /// Latency from the board asserting its line to the ISR, 100-ns units (1 µs).
@@ -42,9 +47,12 @@ const WATCHDOG_PERIOD: u64 = 100_000;
 const DRAIN_INTERVALS: u64 = 2;
 /// `Process` calls one request may chain before the machine calls it a livelock.
 const PROCESS_LOOP_LIMIT: u32 = 10_000;
-/// Interrupts one DPC may follow without the line going quiet before the
-/// machine calls it a storm the driver does not quench.
+/// Interrupts in a row (the line re-asserting right after the ISRs ran)
+/// that no ISR claims before the machine calls the line stuck.
 const INTERRUPT_STORM_LIMIT: u32 = 100_000;
+/// Interrupts in a row that an ISR claims while the line never goes quiet
+/// (a driver that does not acknowledge) before the machine calls it a storm.
+const CLAIMED_STORM_LIMIT: u32 = 1_000_000;
 
 /// Why a run could not take place (as opposed to a run that failed its checks).
 #[derive(Debug)]
@@ -81,18 +89,45 @@ impl From<ConfigError> for RunError {
     }
 }
 
+/// A progress callback: (frames captured so far, frames in the run).
+pub type ProgressHook<'a> = &'a mut dyn FnMut(u64, u64);
+/// A frame callback: (the frame bytes, its stride in bytes).
+pub type FrameSink<'a> = &'a mut dyn FnMut(&[u8], usize);
+
 /// Callbacks a front end (the CLI) can hang on a run.
 #[derive(Default)]
 pub struct RunHooks<'a> {
     /// Called as frames are captured: (frames captured so far, frames in the run).
-    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
-    /// Called with every frame delivered good on channel 0, in order:
-    /// (the frame bytes, its stride in bytes).
-    pub frame_sink: Option<&'a mut dyn FnMut(&[u8], usize)>,
+    pub progress: Option<ProgressHook<'a>>,
+    /// Called with every frame delivered good on channel 0 of card 0, in
+    /// order: (the frame bytes, its stride in bytes).
+    pub frame_sink: Option<FrameSink<'a>>,
+}
+
+/// What the machine recorded about one channel (for the fault matrix).
+#[derive(Clone, Debug, Default)]
+pub struct ChannelLog {
+    /// Every frame delivered good: (virtual time, the board's frame number).
+    pub delivered: Vec<(u64, u32)>,
+    /// Every capture of the board: (virtual time, what it did).
+    pub captures: Vec<(u64, CaptureOutcome)>,
+    /// The pin's counters (now, or when it was dropped).
+    pub pin_stats: Option<StatsSnapshot>,
+    /// Frames the application submitted to the KS queue.
+    pub ks_submitted: u64,
+    /// Frames the KS queue completed back to the application (filled or not).
+    pub ks_completed: u64,
+    /// Times KS could not map a frame for want of map registers.
+    pub ks_map_waits: u64,
+    /// Frames still in the KS queue.
+    pub ks_queued: usize,
+    /// Stream pointer clones alive.
+    pub ks_live_clones: usize,
 }
 
 /// One channel of the run: its child device, pin and application.
 struct ChannelRun {
+    card: u32,
     index: u32,
     ks: SimKsPin,
     pin: Option<Pin<Box<CapturePin<SimKsPin>>>>,
@@ -100,29 +135,70 @@ struct ChannelRun {
     format: VideoFormat,
     pattern: Pattern,
     buffers: Vec<Allocation>,
+    /// The application holds buffer `i` (completed and not queued again).
+    with_app: Vec<bool>,
+    /// A requeue of buffer `i` is scheduled.
+    requeue_scheduled: Vec<bool>,
+    /// The application stopped queueing buffers ([`Action::AppHold`]).
+    app_hold: bool,
     app_busy_until: u64,
     captures: u32,
     report: ChannelReport,
+    log: ChannelLog,
 }
 
-/// The simulated machine with a capdma card in it.
+/// The two device objects of one child stack.
+#[derive(Clone, Copy, Debug)]
+struct ChildStack {
+    pdo: DeviceId,
+    fdo: DeviceId,
+}
+
+/// One capture card: its board, bus driver and Plug and Play stacks.
+struct Card {
+    index: u32,
+    board: Board,
+    bus: Rc<BusDevice<SimBusPlatform>>,
+    pci: PciFunction,
+    decision: Option<ModeDecision>,
+    interrupt_connected: bool,
+    dpc_queued: bool,
+    pci_pdo: DeviceId,
+    bus_fdo: DeviceId,
+    children: Vec<ChildStack>,
+    /// Plug and Play removed the card (surprise removal handled).
+    removed: bool,
+    isr_claimed: u64,
+    isr_unclaimed: u64,
+}
+
+/// The simulated machine with capdma cards in it.
 pub struct Machine {
     config: MachineConfig,
     violations: Violations,
     irql: IrqlTracker,
     memory: PhysicalMemory,
-    board: Board,
-    bus: Pin<Box<BusDevice<SimBusPlatform>>>,
-    decision: Option<ModeDecision>,
+    tree: DeviceTree,
+    software_pdo: DeviceId,
+    cards: Vec<Card>,
     channels: Vec<ChannelRun>,
     timeline: Timeline,
-    interrupt_connected: bool,
-    dpc_queued: bool,
-    interrupts_in_a_row: u32,
+    actions: Vec<Action>,
+    statuses: Vec<StatusRecord>,
+    run_start: u64,
+    unclaimed_in_a_row: u32,
+    claimed_in_a_row: u32,
+    interrupts_unclaimed: u64,
     started: Instant,
 }
 
-fn board_config(config: &MachineConfig) -> BoardConfig {
+/// The seed of card `card`'s board (card 0: the configured seed), so the
+/// cards' patterns differ and a frame of one card cannot verify as another's.
+fn card_seed(seed: u64, card: u32) -> u64 {
+    seed.wrapping_add(u64::from(card).wrapping_mul(0x9E37_79B9))
+}
+
+fn board_config(config: &MachineConfig, card: u32) -> BoardConfig {
     let base = match config.board {
         BoardKind::ScatterGather => BoardConfig::scatter_gather(),
         BoardKind::Legacy => BoardConfig::legacy(),
@@ -135,14 +211,15 @@ fn board_config(config: &MachineConfig) -> BoardConfig {
         address_64: !config.dma32,
         alignment: config.alignment.unwrap_or(base.alignment),
         max_frame_bytes: pitch.saturating_mul(lines).max(4096),
-        seed: config.seed,
+        seed: card_seed(config.seed, card),
         ..base
     }
 }
 
 impl Machine {
-    /// Builds the machine (memory, board, PCI function with the bus
-    /// driver's `BusDevice`) without starting anything.
+    /// Builds the machine (memory, boards, the PCI functions with the bus
+    /// driver's `BusDevice` each, and their Plug and Play bus stacks with
+    /// the configured filters) without starting anything.
     ///
     /// # Errors
     /// [`RunError::Config`] for a configuration the machine cannot build.
@@ -151,44 +228,90 @@ impl Machine {
         let violations = Violations::new();
         let irql = IrqlTracker::new(violations.clone());
         let memory = PhysicalMemory::new(
-            MemoryConfig { seed: config.seed, high_memory: config.high_memory, ..MemoryConfig::default() },
+            MemoryConfig {
+                seed: config.seed,
+                high_memory: config.high_memory,
+                contiguous_failure: config.contiguous_failure,
+                ..MemoryConfig::default()
+            },
             violations.clone(),
         );
-        let board = Board::new(board_config(&config), &memory).map_err(|e| ConfigError(e.0))?;
-        if let Some(video) = &config.source {
-            for ch in 0..config.channels {
-                board.set_source(ch, FrameSource::Video(Rc::clone(video)));
+        let tree = DeviceTree::new(&irql, &violations);
+        let software_pdo = tree.create_pdo("ROOT\\SYSTEM\\0000 (software PDO)", DeviceKind::SoftwarePdo);
+        let mut cards = Vec::new();
+        for card in 0..config.cards {
+            let board = Board::new(board_config(&config, card), &memory).map_err(|e| ConfigError(e.0))?;
+            if let Some(video) = &config.source {
+                for ch in 0..config.channels {
+                    board.set_source(ch, FrameSource::Video(Rc::clone(video)));
+                }
             }
+            let adapter_config = AdapterConfig { map_registers: config.map_registers, merge_adjacent: true };
+            let pci = PciFunction::new(format!("card {card} PCI function"), &memory, &irql, adapter_config);
+            let platform = SimBusPlatform::with_pci(board.clone(), memory.clone(), irql.clone(), pci.clone());
+            let bus = Rc::new(BusDevice::new(platform));
+            let pci_pdo = tree.create_pdo(format!("card {card} PCI PDO"), DeviceKind::PciPdo(pci.clone()));
+            attach_filters(&tree, &config.stack.below_bus, pci_pdo, &format!("card {card} bus lower filter"));
+            let bus_fdo = tree.attach(format!("card {card} bus FDO"), DeviceKind::BusFdo(Rc::clone(&bus)), pci_pdo);
+            attach_filters(&tree, &config.stack.above_bus, pci_pdo, &format!("card {card} bus upper filter"));
+            cards.push(Card {
+                index: card,
+                board,
+                bus,
+                pci,
+                decision: None,
+                interrupt_connected: false,
+                dpc_queued: false,
+                pci_pdo,
+                bus_fdo,
+                children: Vec::new(),
+                removed: false,
+                isr_claimed: 0,
+                isr_unclaimed: 0,
+            });
         }
-        let adapter_config = AdapterConfig { map_registers: config.map_registers, merge_adjacent: true };
-        let platform = SimBusPlatform::new(board.clone(), memory.clone(), irql.clone(), adapter_config);
         Ok(Self {
             config,
             violations,
             irql,
             memory,
-            board,
-            bus: Box::pin(BusDevice::new(platform)),
-            decision: None,
+            tree,
+            software_pdo,
+            cards,
             channels: Vec::new(),
             timeline: Timeline::default(),
-            interrupt_connected: false,
-            dpc_queued: false,
-            interrupts_in_a_row: 0,
+            actions: Vec::new(),
+            statuses: Vec::new(),
+            run_start: 0,
+            unclaimed_in_a_row: 0,
+            claimed_in_a_row: 0,
+            interrupts_unclaimed: 0,
             started: Instant::now(),
         })
     }
 
-    /// The board, for fault injection.
+    /// Card 0's board, for fault injection.
     #[must_use]
     pub fn board(&self) -> &Board {
-        &self.board
+        &self.cards[0].board
     }
 
-    /// The bus driver's device.
+    /// Card `card`'s board.
+    #[must_use]
+    pub fn board_of(&self, card: u32) -> Option<&Board> {
+        self.cards.get(card as usize).map(|c| &c.board)
+    }
+
+    /// Card 0's bus driver device.
     #[must_use]
     pub fn bus(&self) -> &BusDevice<SimBusPlatform> {
-        &self.bus
+        &self.cards[0].bus
+    }
+
+    /// Card `card`'s bus driver device.
+    #[must_use]
+    pub fn bus_of(&self, card: u32) -> Option<&BusDevice<SimBusPlatform>> {
+        self.cards.get(card as usize).map(|c| &*c.bus)
     }
 
     /// The rules broken so far.
@@ -197,56 +320,220 @@ impl Machine {
         &self.violations
     }
 
+    /// The machine's memory.
+    #[must_use]
+    pub fn memory(&self) -> &PhysicalMemory {
+        &self.memory
+    }
+
+    /// The IRQL tracker (tests call DDIs at `PASSIVE_LEVEL` through it).
+    #[must_use]
+    pub fn irql(&self) -> &IrqlTracker {
+        &self.irql
+    }
+
+    /// The Plug and Play device tree.
+    #[must_use]
+    pub fn tree(&self) -> &DeviceTree {
+        &self.tree
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// Card `card`'s PCI PDO.
+    #[must_use]
+    pub fn pci_pdo(&self, card: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize).map(|c| c.pci_pdo)
+    }
+
+    /// Card `card`'s bus FDO.
+    #[must_use]
+    pub fn bus_fdo(&self, card: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize).map(|c| c.bus_fdo)
+    }
+
+    /// Card `card`'s PCI function (its adapters, its interface references).
+    #[must_use]
+    pub fn pci(&self, card: u32) -> Option<&PciFunction> {
+        self.cards.get(card as usize).map(|c| &c.pci)
+    }
+
+    /// The child PDO the bus enumerated for `channel` of `card` (after `start`).
+    #[must_use]
+    pub fn child_pdo(&self, card: u32, channel: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize)?.children.get(channel as usize).map(|c| c.pdo)
+    }
+
+    /// The AVStream FDO over that child PDO (after `start`).
+    #[must_use]
+    pub fn avstream_fdo(&self, card: u32, channel: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize)?.children.get(channel as usize).map(|c| c.fdo)
+    }
+
+    /// A root-enumerated software PDO whose bus forwards nothing.
+    #[must_use]
+    pub fn software_pdo(&self) -> DeviceId {
+        self.software_pdo
+    }
+
+    /// The statuses actions and the teardown saw, in order.
+    #[must_use]
+    pub fn statuses(&self) -> &[StatusRecord] {
+        &self.statuses
+    }
+
+    /// What the machine recorded about `channel` of `card`.
+    #[must_use]
+    pub fn channel_log(&self, card: u32, channel: u32) -> Option<ChannelLog> {
+        let run = self.channels.iter().find(|r| r.card == card && r.index == channel)?;
+        let mut log = run.log.clone();
+        let ks = run.ks.stats();
+        log.ks_submitted = ks.submitted;
+        log.ks_completed = ks.completed;
+        log.ks_map_waits = ks.map_waits;
+        log.ks_queued = run.ks.queued_frames();
+        log.ks_live_clones = run.ks.live_clones();
+        if let Some(pin) = run.pin.as_ref() {
+            log.pin_stats = Some(pin.stats());
+        }
+        Some(log)
+    }
+
+    /// The current virtual time, 100-ns units.
+    #[must_use]
+    pub fn now(&self) -> u64 {
+        self.timeline.now()
+    }
+
+    /// The time of the `k`-th capture (1-based) of the current run, 100-ns
+    /// units: schedule an action at `frame_time(k) - 1` to have it happen
+    /// just before that capture.
+    #[must_use]
+    pub fn frame_time(&self, k: u32) -> u64 {
+        self.run_start + self.config.frame_interval_100ns() * u64::from(k)
+    }
+
+    /// Schedules `action` at virtual time `at_100ns` (not before now).
+    pub fn schedule(&mut self, at_100ns: u64, action: Action) {
+        let index = u32::try_from(self.actions.len()).unwrap_or(u32::MAX);
+        self.actions.push(action);
+        self.timeline.schedule(at_100ns, Event::Action { index });
+    }
+
+    fn record_status(&mut self, what: impl Into<String>, status: NtStatus) {
+        self.statuses.push(StatusRecord { at_100ns: self.timeline.now(), what: what.into(), status });
+    }
+
     fn driver_error(&self, step: impl Into<String>, status: NtStatus) -> RunError {
         RunError::Driver { step: step.into(), status, report: Box::new(self.report()) }
     }
 
-    /// `IRP_MN_START_DEVICE` of the bus FDO, then one child per channel:
-    /// its AVStream device start (query interface, DMA config, adapter
-    /// registration), a capture pin with the configured format, the
-    /// application's buffers queued, and the pin walked to `KSSTATE_RUN`.
+    fn channel_position(&self, card: u32, channel: u32) -> Option<usize> {
+        self.channels.iter().position(|r| r.card == card && r.index == channel)
+    }
+
+    /// `IRP_MN_START_DEVICE` of every card's bus FDO (the interrupt is
+    /// connected after it), the bus enumerates one child PDO per channel
+    /// (with the configured filters over it), then per child its AVStream
+    /// device start (`IRP_MN_QUERY_INTERFACE` sent down the child's stack,
+    /// DMA config, adapter registration), a capture pin with the configured
+    /// format, the application's buffers queued, and the pin walked to
+    /// `KSSTATE_RUN`. May be called again after [`Machine::teardown`] (a new
+    /// start/stop cycle).
     ///
     /// # Errors
     /// [`RunError::Driver`] naming the step a driver refused.
     pub fn start(&mut self) -> Result<(), RunError> {
+        self.timeline.clear();
+        self.channels.clear();
+        self.run_start = self.timeline.now();
         let start = StartConfig {
             dma_mode: self.config.mode,
             slot_count: self.config.slot_count,
             max_mapping_byte_count: self.config.max_mapping_bytes,
-            ..StartConfig::DEFAULT
+            descriptor_ring_entries: self.config.descriptor_ring_entries.unwrap_or(StartConfig::DEFAULT.descriptor_ring_entries),
+            cq_entries: self.config.cq_entries.unwrap_or(StartConfig::DEFAULT.cq_entries),
         };
-        let decision = self.bus.start(&start).map_err(|s| self.driver_error("bus IRP_MN_START_DEVICE", s))?;
-        self.decision = Some(decision);
-        self.interrupt_connected = true;
-        for ch in 0..self.config.channels {
-            let run = self.start_child(ch)?;
-            self.channels.push(run);
+        for card in 0..self.cards.len() {
+            let result = self.cards[card].bus.start(&start);
+            let decision = result.map_err(|s| self.driver_error(format!("card {card}: bus IRP_MN_START_DEVICE"), s))?;
+            let c = &mut self.cards[card];
+            c.decision = Some(decision);
+            c.interrupt_connected = true;
+            c.removed = false;
+            self.enumerate_children(card);
         }
-        for ch in 0..self.config.channels {
-            self.timeline.schedule(self.config.frame_interval_100ns(), Event::Capture { channel: ch });
+        for card in 0..self.config.cards {
+            for ch in 0..self.config.channels {
+                let run = self.start_child(card, ch)?;
+                self.channels.push(run);
+            }
         }
-        self.timeline.schedule(WATCHDOG_PERIOD, Event::Watchdog);
+        for run in &self.channels {
+            self.timeline.schedule(self.run_start + self.config.frame_interval_100ns(), Event::Capture { card: run.card, channel: run.index });
+        }
+        self.timeline.schedule(self.run_start + WATCHDOG_PERIOD, Event::Watchdog);
         Ok(())
     }
 
-    /// The AVStream side of one child PDO.
-    fn start_child(&mut self, ch: u32) -> Result<ChannelRun, RunError> {
-        // IRP_MN_QUERY_INTERFACE for GUID_CAPDMA_BUS_INTERFACE, answered by the bus's child PDO.
-        let mut answer = BusClient::query_buffer();
-        let status = self.bus.query_interface(answer.header.size, answer.header.version, &raw mut answer);
-        if !nt_success(status) {
-            return Err(self.driver_error(format!("channel {ch}: IRP_MN_QUERY_INTERFACE"), status));
+    /// `IRP_MN_QUERY_DEVICE_RELATIONS` (`BusRelations`) of a card: one child
+    /// PDO per channel and the AVStream stack over it (once: the children
+    /// stay present across start/stop cycles).
+    fn enumerate_children(&mut self, card: usize) {
+        let c = &self.cards[card];
+        if !c.children.is_empty() {
+            return;
         }
-        // SAFETY: the bus filled `answer` for this query and took one reference for us;
-        // the BusDevice is pinned in a Box that outlives every child.
-        let client = unsafe { BusClient::from_query(&answer, ch) }
-            .map_err(|s| self.driver_error(format!("channel {ch}: interface check"), s))?;
+        let mut children = Vec::new();
+        for ch in 0..self.config.channels {
+            let pdo = self.tree.create_pdo(
+                format!("card {card} child PDO CAPDMA\\Channel {ch}"),
+                DeviceKind::ChildPdo { bus: Rc::clone(&c.bus), channel: ch, parent_fdo: c.bus_fdo },
+            );
+            attach_filters(&self.tree, &self.config.stack.below_avstream, pdo, &format!("card {card} channel {ch} lower filter"));
+            let fdo = self.tree.attach(format!("card {card} channel {ch} AVStream FDO"), DeviceKind::AvStreamFdo, pdo);
+            attach_filters(&self.tree, &self.config.stack.above_avstream, pdo, &format!("card {card} channel {ch} upper filter"));
+            children.push(ChildStack { pdo, fdo });
+        }
+        self.cards[card].children = children;
+    }
+
+    /// The AVStream side of one child PDO.
+    fn start_child(&mut self, card: u32, ch: u32) -> Result<ChannelRun, RunError> {
+        let what = |step: &str| format!("card {card} channel {ch}: {step}");
+        let Some(stack) = self.cards.get(card as usize).and_then(|c| c.children.get(ch as usize).copied()) else {
+            return Err(self.driver_error(what("child enumeration"), STATUS_DEVICE_NOT_READY));
+        };
+        // IRP_MN_QUERY_INTERFACE for GUID_CAPDMA_BUS_INTERFACE, sent to the top
+        // of the AVStream device's own stack; it travels down to the child PDO.
+        let mut answer = BusClient::query_buffer();
+        // SAFETY: `answer` is a live local of `Size` bytes.
+        let irp = unsafe {
+            self.tree.query_interface(
+                stack.fdo,
+                Some(GUID_CAPDMA_BUS_INTERFACE),
+                answer.header.size,
+                answer.header.version,
+                (&raw mut answer).cast(),
+            )
+        };
+        if !nt_success(irp.status) {
+            let path = self.tree.describe_path(&irp.path);
+            return Err(self.driver_error(format!("{} (path {path})", what("IRP_MN_QUERY_INTERFACE")), irp.status));
+        }
+        // SAFETY: the bus filled `answer` for this query and took one reference
+        // for us; the BusDevice lives in an Rc the machine keeps until it is dropped.
+        let client = unsafe { BusClient::from_query(&answer, ch) }.map_err(|s| self.driver_error(what("interface check"), s))?;
         let setup = match device_start(&client) {
             Ok(setup) => setup,
             Err(s) => {
                 // SAFETY: the reference from the query is dropped once, here.
                 unsafe { client.release() };
-                return Err(self.driver_error(format!("channel {ch}: AVStream device start"), s));
+                return Err(self.driver_error(what("AVStream device start"), s));
             }
         };
         // KsDeviceRegisterAdapterObject: KS finds the adapter from the raw PDMA_ADAPTER.
@@ -260,22 +547,29 @@ impl Machine {
         };
         let ks = SimKsPin::new(flags, mapping, self.irql.clone(), self.violations.clone());
         let pin = Box::pin(CapturePin::new(ks.clone(), client.channel(), &setup, VectorUnit::Avx2));
+        let c = &self.config;
         let mut run = ChannelRun {
+            card,
             index: ch,
             ks,
             pin: None,
             client: Some(client),
-            format: VideoFormat::default_for(self.config.format),
-            pattern: Pattern { format: self.config.format, width: self.config.width, height: self.config.height, channel: ch, seed: self.config.seed },
+            format: VideoFormat::default_for(c.format),
+            pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: ch, seed: card_seed(c.seed, card) },
             buffers: Vec::new(),
+            with_app: Vec::new(),
+            requeue_scheduled: Vec::new(),
+            app_hold: false,
             app_busy_until: 0,
             captures: 0,
             report: ChannelReport {
+                card,
                 channel: ch,
                 mode: setup.mode.name().to_string(),
                 mode_reason: setup.reason.map_or("unknown", |r| r.describe()).to_string(),
                 ..ChannelReport::default()
             },
+            log: ChannelLog::default(),
         };
         // The application states what it wants; the driver's SetDataFormat
         // judges it (odd sizes, bad strides and overflows are refused there).
@@ -283,14 +577,17 @@ impl Machine {
         let bytes = build_data_format(&format);
         if let Err(s) = pin.set_data_format(bytes.as_bytes()) {
             self.abandon_child(&mut run, Some(pin));
-            return Err(self.driver_error(format!("channel {ch}: SetDataFormat"), s));
+            return Err(self.driver_error(what("SetDataFormat"), s));
         }
         run.format = format;
         for i in 0..self.config.app_buffers {
-            match self.memory.allocate_scattered(format.image_bytes as usize, &format!("application buffer {i} of channel {ch}")) {
+            let owner = format!("application buffer {i} of card {card} channel {ch}");
+            match self.memory.allocate_scattered(format.image_bytes as usize, &owner) {
                 Ok(alloc) => {
                     run.ks.submit(u64::from(i), alloc.va, format.image_bytes);
                     run.buffers.push(alloc);
+                    run.with_app.push(false);
+                    run.requeue_scheduled.push(false);
                 }
                 Err(e) => {
                     self.abandon_child(&mut run, Some(pin));
@@ -301,7 +598,7 @@ impl Machine {
         let status = pin.as_ref().set_state(KsState::Run);
         if status != STATUS_SUCCESS {
             self.abandon_child(&mut run, Some(pin));
-            return Err(self.driver_error(format!("channel {ch}: KSSTATE_RUN"), status));
+            return Err(self.driver_error(what("KSSTATE_RUN"), status));
         }
         run.ks.set_running(true);
         run.pin = Some(pin);
@@ -346,14 +643,14 @@ impl Machine {
     /// Runs until every channel captured its frames and the pipeline drained.
     pub fn run(&mut self, hooks: &mut RunHooks<'_>) {
         let interval = self.config.frame_interval_100ns();
-        let total = u64::from(self.config.frames) * u64::from(self.config.channels);
-        let end = interval * (u64::from(self.config.frames) + DRAIN_INTERVALS);
+        let total = u64::from(self.config.frames) * self.channels.len() as u64;
+        let end = self.run_start + interval * (u64::from(self.config.frames) + DRAIN_INTERVALS);
         let mut captured = 0u64;
-        while let Some(event) = self.timeline.next() {
+        while let Some(event) = self.timeline.pop_next() {
             let now = self.timeline.now();
             match event {
-                Event::Capture { channel } => {
-                    if self.capture(channel, now) {
+                Event::Capture { card, channel } => {
+                    if self.capture(card, channel, now) {
                         captured += 1;
                         if let Some(progress) = hooks.progress.as_mut() {
                             progress(captured, total);
@@ -361,17 +658,22 @@ impl Machine {
                     }
                 }
                 Event::Interrupt => self.interrupt(now),
-                Event::Dpc => self.dpc(now),
+                Event::Dpc { card } => self.dpc(card, now),
                 Event::Watchdog => {
-                    let old = self.irql.enter_dpc();
-                    self.bus.watchdog(i64::try_from(now).unwrap_or(i64::MAX));
-                    self.irql.leave_dpc(old);
+                    for card in 0..self.cards.len() {
+                        if self.cards[card].interrupt_connected {
+                            let old = self.irql.enter_dpc();
+                            self.cards[card].bus.watchdog(i64::try_from(now).unwrap_or(i64::MAX));
+                            self.irql.leave_dpc(old);
+                        }
+                    }
                     self.after_device_activity(now);
                     if now < end {
                         self.timeline.schedule(now + WATCHDOG_PERIOD, Event::Watchdog);
                     }
                 }
-                Event::AppRequeue { channel, buffer } => self.requeue(channel, buffer),
+                Event::AppRequeue { card, channel, buffer } => self.requeue(card, channel, buffer),
+                Event::Action { index } => self.act(index, now, hooks),
             }
             self.passive_work(now, hooks);
             if now >= end && self.timeline.is_empty() {
@@ -380,60 +682,100 @@ impl Machine {
         }
     }
 
-    /// The board's frame time on `channel`. Returns whether a frame time was spent.
-    fn capture(&mut self, channel: u32, now: u64) -> bool {
-        let Some(run) = self.channels.get_mut(channel as usize) else { return false };
-        if run.captures >= self.config.frames {
+    /// A board's frame time on `channel`. Returns whether a frame time was spent.
+    fn capture(&mut self, card: u32, channel: u32, now: u64) -> bool {
+        let frames = self.config.frames;
+        let interval = self.config.frame_interval_100ns();
+        let Some(i) = self.channel_position(card, channel) else { return false };
+        let Some(c) = self.cards.get(card as usize) else { return false };
+        if c.board.is_removed() {
+            return false;
+        }
+        let run = &mut self.channels[i];
+        if run.captures >= frames {
             return false;
         }
         run.captures += 1;
         run.report.frames_captured += 1;
-        let _ = self.board.capture_frame(channel, now);
-        if run.captures < self.config.frames {
-            self.timeline.schedule(now + self.config.frame_interval_100ns(), Event::Capture { channel });
+        let outcome = c.board.capture_frame(channel, now);
+        run.log.captures.push((now, outcome));
+        if run.captures < frames {
+            self.timeline.schedule(now + interval, Event::Capture { card, channel });
         }
         self.after_device_activity(now);
         true
     }
 
-    /// Schedules the ISR if the board's line is asserted and connected.
+    /// Whether the shared interrupt line is asserted by a connected card.
+    fn line_asserted(&self) -> bool {
+        self.cards.iter().any(|c| c.interrupt_connected && c.board.interrupt_pending())
+    }
+
+    /// Schedules the ISRs if the line is asserted.
     fn after_device_activity(&mut self, now: u64) {
-        if self.interrupt_connected && self.board.interrupt_pending() {
+        if self.line_asserted() {
             self.timeline.schedule(now + INTERRUPT_LATENCY, Event::Interrupt);
         }
     }
 
+    /// The shared line's interrupt: the connected cards' ISRs in chain order
+    /// until one claims it (level-triggered: while the line stays asserted
+    /// the interrupt comes again).
     fn interrupt(&mut self, now: u64) {
-        if !self.interrupt_connected || !self.board.interrupt_pending() {
+        if !self.line_asserted() {
             return;
         }
-        let old = self.irql.enter_isr(DEVICE);
-        let claimed = self.bus.isr();
-        self.irql.leave_isr(old);
-        if claimed {
-            self.interrupts_in_a_row = 0;
-            if !self.dpc_queued {
-                self.dpc_queued = true;
-                self.timeline.schedule(now + DPC_LATENCY, Event::Dpc);
+        let mut claimed = false;
+        for card in 0..self.cards.len() {
+            if !self.cards[card].interrupt_connected {
+                continue;
             }
-        } else {
-            // Not ours: on a shared line another device's ISR would run. A
-            // line the board keeps asserted and the driver never claims is a storm.
-            self.interrupts_in_a_row += 1;
-            if self.interrupts_in_a_row >= INTERRUPT_STORM_LIMIT {
-                self.violations.push(ViolationKind::Interrupt, "interrupt line stuck asserted: the ISR never claims it");
-                self.interrupt_connected = false;
+            let old = self.irql.enter_isr(DEVICE);
+            let mine = self.cards[card].bus.isr();
+            self.irql.leave_isr(old);
+            let c = &mut self.cards[card];
+            if mine {
+                c.isr_claimed += 1;
+                if !c.dpc_queued {
+                    c.dpc_queued = true;
+                    self.timeline.schedule(now + DPC_LATENCY, Event::Dpc { card: c.index });
+                }
+                claimed = true;
+                break;
             }
+            c.isr_unclaimed += 1;
         }
-        if self.board.interrupt_pending() && claimed {
+        if claimed {
+            self.unclaimed_in_a_row = 0;
+            self.claimed_in_a_row += 1;
+        } else {
+            // Not ours: another device on the shared line. A line the
+            // boards keep asserted and no ISR ever claims is a storm.
+            self.interrupts_unclaimed += 1;
+            self.unclaimed_in_a_row += 1;
+            self.claimed_in_a_row = 0;
+        }
+        if self.unclaimed_in_a_row >= INTERRUPT_STORM_LIMIT || self.claimed_in_a_row >= CLAIMED_STORM_LIMIT {
+            self.violations.push(ViolationKind::Interrupt, "interrupt line stuck asserted: the ISRs never quiet it");
+            for c in &mut self.cards {
+                c.interrupt_connected = false;
+            }
+            return;
+        }
+        if self.line_asserted() {
             self.timeline.schedule(now + INTERRUPT_LATENCY, Event::Interrupt);
+        } else {
+            self.claimed_in_a_row = 0;
+            self.unclaimed_in_a_row = 0;
         }
     }
 
-    fn dpc(&mut self, now: u64) {
-        self.dpc_queued = false;
+    fn dpc(&mut self, card: u32, now: u64) {
+        let Some(c) = self.cards.get_mut(card as usize) else { return };
+        c.dpc_queued = false;
+        let bus = Rc::clone(&c.bus);
         let old = self.irql.enter_dpc();
-        self.bus.dpc(i64::try_from(now).unwrap_or(i64::MAX));
+        bus.dpc(i64::try_from(now).unwrap_or(i64::MAX));
         self.irql.leave_dpc(old);
         self.after_device_activity(now);
     }
@@ -457,10 +799,14 @@ impl Machine {
                     break;
                 }
             }
-            while let Some(done) = self.channels[i].ks.take_completed() {
-                self.deliver(i, done, now, hooks);
-            }
+            self.take_completed(i, now, hooks);
             self.after_device_activity(now);
+        }
+    }
+
+    fn take_completed(&mut self, i: usize, now: u64, hooks: &mut RunHooks<'_>) {
+        while let Some(done) = self.channels[i].ks.take_completed() {
+            self.deliver(i, done, now, hooks);
         }
     }
 
@@ -470,10 +816,15 @@ impl Machine {
         let source = self.config.source.clone();
         let hold = self.config.app_hold_100ns;
         let run = &mut self.channels[i];
-        let Some(buffer) = usize::try_from(done.buffer_id).ok().and_then(|b| run.buffers.get(b)) else {
+        let Some(b) = usize::try_from(done.buffer_id).ok().filter(|&b| b < run.buffers.len()) else {
             self.violations.push(ViolationKind::Ks, format!("channel {i}: completed an unknown buffer {}", done.buffer_id));
             return;
         };
+        if run.with_app[b] {
+            self.violations.push(ViolationKind::Ks, format!("channel {i}: buffer {b} completed twice"));
+        }
+        run.with_app[b] = true;
+        let buffer = &run.buffers[b];
         let good = !done.cancelled && done.completion.is_some_and(|c| c.data_used > 0);
         if good {
             let completion = done.completion.unwrap_or_default();
@@ -482,11 +833,12 @@ impl Machine {
             // writes it while the application holds it (the frame left the queue).
             let bytes = unsafe { std::slice::from_raw_parts(buffer.va, buffer.bytes) };
             let frame_number = u32::try_from(completion.picture_number).unwrap_or(u32::MAX);
+            run.log.delivered.push((now, frame_number));
             let ok = completion.data_used == run.format.image_bytes
                 && verify_frame(&run.pattern, source.as_ref(), &run.format, frame_number, bytes);
             if ok {
                 run.report.frames_verified += 1;
-                if run.index == 0 {
+                if run.card == 0 && run.index == 0 {
                     if let Some(sink) = hooks.frame_sink.as_mut() {
                         sink(&bytes[..run.format.image_bytes as usize], run.format.stride as usize);
                     }
@@ -495,91 +847,305 @@ impl Machine {
                 run.report.frames_corrupt += 1;
             }
         }
-        if done.cancelled || run.pin.is_none() {
+        if done.cancelled || run.pin.is_none() || run.app_hold {
             return;
         }
         let at = now.max(run.app_busy_until) + hold;
         run.app_busy_until = at;
-        let buffer = u32::try_from(done.buffer_id).unwrap_or(u32::MAX);
-        self.timeline.schedule(at, Event::AppRequeue { channel: run.index, buffer });
+        run.requeue_scheduled[b] = true;
+        self.timeline.schedule(at, Event::AppRequeue { card: run.card, channel: run.index, buffer: b as u32 });
     }
 
-    fn requeue(&mut self, channel: u32, buffer: u32) {
-        let Some(run) = self.channels.get(channel as usize) else { return };
-        if run.pin.is_none() {
+    fn requeue(&mut self, card: u32, channel: u32, buffer: u32) {
+        let Some(i) = self.channel_position(card, channel) else { return };
+        let run = &mut self.channels[i];
+        let b = buffer as usize;
+        if b >= run.buffers.len() {
             return;
         }
-        if let Some(alloc) = run.buffers.get(buffer as usize) {
-            run.ks.submit(u64::from(buffer), alloc.va, run.format.image_bytes);
+        run.requeue_scheduled[b] = false;
+        let stopped = run.pin.as_ref().is_none_or(|p| p.state() == KsState::Stop);
+        if !run.with_app[b] || run.app_hold || stopped {
+            return;
+        }
+        run.with_app[b] = false;
+        run.ks.submit(u64::from(buffer), run.buffers[b].va, run.format.image_bytes);
+    }
+
+    /// Schedules a requeue (now) of every buffer the application holds.
+    fn requeue_all_held(&mut self, i: usize, now: u64) {
+        let run = &mut self.channels[i];
+        for b in 0..run.buffers.len() {
+            if run.with_app[b] && !run.requeue_scheduled[b] {
+                run.requeue_scheduled[b] = true;
+                self.timeline.schedule(now, Event::AppRequeue { card: run.card, channel: run.index, buffer: b as u32 });
+            }
+        }
+    }
+
+    /// Runs scheduled action `index`.
+    fn act(&mut self, index: u32, now: u64, hooks: &mut RunHooks<'_>) {
+        let Some(action) = self.actions.get(index as usize).cloned() else { return };
+        match action {
+            Action::InjectFault { card, fault } => {
+                if let Some(c) = self.cards.get(card as usize) {
+                    c.board.inject(fault);
+                }
+            }
+            Action::InjectFaultNow { card, fault } => {
+                if let Some(c) = self.cards.get(card as usize) {
+                    c.board.inject_now(fault);
+                }
+                self.after_device_activity(now);
+            }
+            Action::StatusStorm { card, bits, count, period_100ns } => {
+                if count == 0 {
+                    return;
+                }
+                if let Some(c) = self.cards.get(card as usize) {
+                    c.board.raise_status(bits);
+                }
+                self.after_device_activity(now);
+                if count > 1 {
+                    let next = Action::StatusStorm { card, bits, count: count - 1, period_100ns };
+                    self.schedule(now + period_100ns.max(1), next);
+                }
+            }
+            Action::PinState { card, channel, to } => {
+                self.pin_op(card, channel, now, hooks, &format!("KS state to {to:?}"), |pin| pin.set_state(to));
+            }
+            Action::PinTransition { card, channel, to } => {
+                self.pin_op(card, channel, now, hooks, &format!("one KS step to {to:?}"), |pin| pin.transition(to));
+            }
+            Action::PinDeviceState { card, channel, to, from } => {
+                let what = format!("SetDeviceState({to:?}, from {from:?})");
+                self.pin_op(card, channel, now, hooks, &what, |pin| pin.set_device_state(to, from));
+            }
+            Action::PinSetFormat { card, channel } => {
+                let Some(i) = self.channel_position(card, channel) else { return };
+                let run = &self.channels[i];
+                let bytes = build_data_format(&run.format);
+                let status = match run.pin.as_ref() {
+                    Some(pin) => pin.set_data_format(bytes.as_bytes()).err().unwrap_or(STATUS_SUCCESS),
+                    None => STATUS_DEVICE_NOT_READY,
+                };
+                let state = run.pin.as_ref().map(|p| p.state());
+                self.record_status(format!("card {card} channel {channel}: SetDataFormat in {state:?}"), status);
+            }
+            Action::AppHold { card, channel, hold } => {
+                let Some(i) = self.channel_position(card, channel) else { return };
+                self.channels[i].app_hold = hold;
+                if !hold {
+                    self.requeue_all_held(i, now);
+                }
+            }
+            Action::QueryRemove { card } => {
+                let Some(fdo) = self.bus_fdo(card) else { return };
+                let irp = self.tree.query_remove(fdo);
+                self.record_status(format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE"), irp.status);
+            }
+            Action::SurpriseRemoval { card } => self.surprise_removal(card, now, hooks),
+        }
+    }
+
+    /// Runs `op` on a pin and keeps the KS model and the application in
+    /// step with the state the pin ends in; records the status.
+    fn pin_op(
+        &mut self,
+        card: u32,
+        channel: u32,
+        now: u64,
+        hooks: &mut RunHooks<'_>,
+        what: &str,
+        op: impl FnOnce(Pin<&CapturePin<SimKsPin>>) -> NtStatus,
+    ) {
+        let Some(i) = self.channel_position(card, channel) else { return };
+        let Some(pin) = self.channels[i].pin.as_ref() else {
+            self.record_status(format!("card {card} channel {channel}: {what} (pin closed)"), STATUS_DEVICE_NOT_READY);
+            return;
+        };
+        let before = pin.state();
+        let status = op(pin.as_ref());
+        let after = pin.state();
+        self.record_status(format!("card {card} channel {channel}: {what} in {before:?}"), status);
+        self.settle_pin(i, before, after, now, hooks);
+    }
+
+    /// After a pin went from `before` to `after`: KS stops or starts
+    /// processing, a stopped pin's queue is flushed back to the application,
+    /// a restarted one gets the application's buffers again.
+    fn settle_pin(&mut self, i: usize, before: KsState, after: KsState, now: u64, hooks: &mut RunHooks<'_>) {
+        let run = &self.channels[i];
+        if after != KsState::Run {
+            run.ks.set_running(false);
+        }
+        if after == KsState::Stop && before != KsState::Stop {
+            run.ks.flush_on_stop();
+            self.take_completed(i, now, hooks);
+        }
+        if after == KsState::Run && before != KsState::Run {
+            self.channels[i].ks.set_running(true);
+            self.requeue_all_held(i, now);
+        }
+        if let Some(pin) = self.channels[i].pin.as_ref() {
+            self.channels[i].log.pin_stats = Some(pin.stats());
+        }
+    }
+
+    /// Plug and Play's surprise removal of `card` (see [`Action::SurpriseRemoval`]).
+    fn surprise_removal(&mut self, card: u32, now: u64, hooks: &mut RunHooks<'_>) {
+        let Some(c) = self.cards.get(card as usize) else { return };
+        if c.removed {
+            return;
+        }
+        // IRP_MN_SURPRISE_REMOVAL: the children first (the AVStream core has
+        // nothing to do: KS fails new requests), then the bus FDO, whose
+        // glue disconnects the interrupt (a DPC already queued still runs).
+        let bus = Rc::clone(&c.bus);
+        bus.surprise_remove();
+        let c = &mut self.cards[card as usize];
+        c.interrupt_connected = false;
+        if c.dpc_queued {
+            self.dpc(card, now);
+        }
+        // The application sees its reads fail and closes the pins; then
+        // IRP_MN_REMOVE_DEVICE reaches each child stack: the AVStream device
+        // drops its interface reference.
+        for i in 0..self.channels.len() {
+            if self.channels[i].card == card {
+                self.close_channel(i, now, hooks);
+            }
+        }
+        // A child asking for the interface now gets the removal status.
+        if let Some(stack) = self.cards[card as usize].children.first().copied() {
+            let mut answer = BusClient::query_buffer();
+            // SAFETY: `answer` is a live local of `Size` bytes.
+            let irp = unsafe {
+                self.tree.query_interface(stack.fdo, Some(GUID_CAPDMA_BUS_INTERFACE), answer.header.size, answer.header.version, (&raw mut answer).cast())
+            };
+            if nt_success(irp.status) {
+                self.violations.push(ViolationKind::Pnp, format!("card {card}: the capdma interface was served after surprise removal"));
+                if let Some(deref) = answer.header.interface_dereference {
+                    // SAFETY: drops the reference the unexpected answer took.
+                    unsafe { deref(answer.header.context) };
+                }
+            }
+            self.record_status(format!("card {card}: IRP_MN_QUERY_INTERFACE after surprise removal"), irp.status);
+        }
+        // IRP_MN_REMOVE_DEVICE of the bus: engines, buffers, adapter.
+        self.remove_card(card as usize, now);
+        self.cards[card as usize].removed = true;
+    }
+
+    /// The application closes the pin of channel `i` (to `KSSTATE_STOP`,
+    /// the queue flushed back to it), the pin goes, and the AVStream device
+    /// releases its interface reference (`IRP_MN_REMOVE_DEVICE` of the
+    /// child); the application frees its buffers. Idempotent.
+    fn close_channel(&mut self, i: usize, now: u64, hooks: &mut RunHooks<'_>) {
+        let pin = self.channels[i].pin.take();
+        let (card, ch) = (self.channels[i].card, self.channels[i].index);
+        if let Some(pin) = pin.as_ref() {
+            let status = pin.as_ref().set_state(KsState::Stop);
+            if status != STATUS_SUCCESS {
+                self.violations.push(ViolationKind::Ks, format!("card {card} channel {ch}: KSSTATE_STOP failed: {}", status_name(status)));
+            }
+            self.record_status(format!("card {card} channel {ch}: pin closed (KSSTATE_STOP)"), status);
+        }
+        self.channels[i].ks.set_running(false);
+        self.channels[i].ks.flush_on_stop();
+        self.take_completed(i, now, hooks);
+        if let Some(pin) = pin.as_ref() {
+            let stats = pin.stats();
+            let run = &mut self.channels[i];
+            run.log.pin_stats = Some(stats);
+            run.report.bytes_copied = stats.bytes_copied;
+            run.report.sg_elements = stats.sg_elements_programmed;
+            run.report.driver_dropped = stats.frames_dropped;
+        }
+        drop(pin);
+        let run = &mut self.channels[i];
+        if run.ks.live_clones() != 0 {
+            self.violations.push(
+                ViolationKind::Leak,
+                format!("card {card} channel {ch}: {} stream pointer clones never deleted", run.ks.live_clones()),
+            );
+        }
+        let ks = run.ks.stats();
+        if ks.submitted != ks.completed {
+            self.violations.push(
+                ViolationKind::Leak,
+                format!("card {card} channel {ch}: {} application buffer(s) never completed", ks.submitted - ks.completed),
+            );
+        }
+        if let Some(client) = run.client.take() {
+            // SAFETY: the pin is gone; the query's reference is dropped once, here.
+            unsafe { client.release() };
+        }
+        for buffer in run.buffers.drain(..) {
+            self.memory.free(buffer.id);
+        }
+        run.with_app.clear();
+        run.requeue_scheduled.clear();
+    }
+
+    /// `IRP_MN_REMOVE_DEVICE` of a card's bus (its children are gone):
+    /// engines stopped, interrupt disconnected, DPCs flushed, common buffers
+    /// freed, adapter put; the channels' bus counters into the report.
+    fn remove_card(&mut self, card: usize, now: u64) {
+        let bus = Rc::clone(&self.cards[card].bus);
+        bus.stop_engines();
+        self.cards[card].interrupt_connected = false;
+        if self.cards[card].dpc_queued {
+            // KeFlushQueuedDpcs: a DPC already queued still runs.
+            self.dpc(self.cards[card].index, now);
+        }
+        bus.stop();
+        for run in self.channels.iter_mut().filter(|r| r.card as usize == card) {
+            if let Some(stats) = bus.channel_stats(run.index) {
+                run.report.channel_resets = stats.resets;
+                run.report.board_dropped = stats.dropped_by_board;
+            }
         }
     }
 
     /// Stops everything in the order Windows would and checks for leaks:
-    /// pins to `KSSTATE_STOP`, interface references released, buffers
-    /// freed, the bus's removal (refused while referenced), engines
-    /// stopped, interrupt disconnected, DPCs flushed, common buffers freed,
-    /// adapter put.
+    /// pins to `KSSTATE_STOP` (every queued buffer back to the
+    /// application), interface references released, buffers freed, each
+    /// bus's removal (`IRP_MN_QUERY_REMOVE_DEVICE` down its stack, refused
+    /// while referenced), engines stopped, interrupt disconnected, DPCs
+    /// flushed, common buffers freed, adapter put.
     pub fn teardown(&mut self) {
         let now = self.timeline.now();
         let mut hooks = RunHooks::default();
         for i in 0..self.channels.len() {
-            let pin = self.channels[i].pin.take();
-            if let Some(pin) = pin.as_ref() {
-                let status = pin.as_ref().set_state(KsState::Stop);
-                if status != STATUS_SUCCESS {
-                    self.violations.push(ViolationKind::Ks, format!("channel {i}: KSSTATE_STOP failed: {}", status_name(status)));
-                }
-            }
-            self.channels[i].ks.flush_on_stop();
-            while let Some(done) = self.channels[i].ks.take_completed() {
-                self.deliver(i, done, now, &mut hooks);
-            }
-            if let Some(pin) = pin.as_ref() {
-                let stats = pin.stats();
-                let run = &mut self.channels[i];
-                run.report.bytes_copied = stats.bytes_copied;
-                run.report.sg_elements = stats.sg_elements_programmed;
-                run.report.driver_dropped = stats.frames_dropped;
-            }
-            drop(pin);
-            let run = &mut self.channels[i];
-            if run.ks.live_clones() != 0 {
-                self.violations.push(ViolationKind::Leak, format!("channel {i}: {} stream pointer clones never deleted", run.ks.live_clones()));
-            }
-            if let Some(client) = run.client.take() {
-                // SAFETY: the pin is gone; the query's reference is dropped once, here.
-                unsafe { client.release() };
-            }
-            for buffer in run.buffers.drain(..) {
-                self.memory.free(buffer.id);
-            }
+            self.close_channel(i, now, &mut hooks);
         }
-        let status = self.bus.query_remove();
-        if status != STATUS_SUCCESS {
-            self.violations.push(ViolationKind::Pnp, format!("IRP_MN_QUERY_REMOVE_DEVICE refused: {}", status_name(status)));
-        }
-        self.bus.stop_engines();
-        self.interrupt_connected = false;
-        if self.dpc_queued {
-            // KeFlushQueuedDpcs: a DPC already queued still runs.
-            self.dpc(now);
-        }
-        self.bus.stop();
-        for ch in 0..self.channels.len() {
-            if let Some(stats) = self.bus.channel_stats(u32::try_from(ch).unwrap_or(u32::MAX)) {
-                self.channels[ch].report.channel_resets = stats.resets;
-                self.channels[ch].report.board_dropped = stats.dropped_by_board;
+        for card in 0..self.cards.len() {
+            if self.cards[card].removed {
+                continue;
             }
+            let fdo = self.cards[card].bus_fdo;
+            let irp = self.tree.query_remove(fdo);
+            self.record_status(format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE at teardown"), irp.status);
+            if irp.status != STATUS_SUCCESS {
+                self.violations.push(ViolationKind::Pnp, format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE refused: {}", status_name(irp.status)));
+            }
+            self.remove_card(card, now);
         }
+        self.timeline.clear();
         for leak in self.memory.leaks() {
             self.violations.push(ViolationKind::Leak, leak);
         }
-        for adapter in self.bus.platform().adapters() {
-            for leak in adapter.leaks() {
+        for card in &self.cards {
+            for leak in card.pci.leaks() {
                 self.violations.push(ViolationKind::Leak, leak);
             }
-            if !adapter.is_put() {
-                self.violations.push(ViolationKind::Leak, "a DMA adapter was never put (PutDmaAdapter)");
+            card.pci.forget_put_adapters();
+            if card.bus.reference_count() != 0 {
+                self.violations.push(
+                    ViolationKind::Leak,
+                    format!("card {}: {} capdma interface reference(s) never dropped", card.index, card.bus.reference_count()),
+                );
             }
         }
     }
@@ -599,9 +1165,20 @@ impl Machine {
         RunReport {
             channels,
             violations: self.violations.list(),
+            #[allow(clippy::cast_precision_loss, reason = "virtual time stays far below 2^52 × 100 ns")]
             sim_time_s: self.timeline.now() as f64 / 1e7,
             wall_s: self.started.elapsed().as_secs_f64(),
+            interrupts_claimed: self.cards.iter().map(|c| c.isr_claimed).sum(),
+            interrupts_unclaimed: self.interrupts_unclaimed,
         }
+    }
+}
+
+/// Attaches one filter device object per entry of `filters` to the top of
+/// `target`'s stack, bottom-up.
+fn attach_filters(tree: &DeviceTree, filters: &[FilterKind], target: DeviceId, name: &str) {
+    for (n, kind) in filters.iter().enumerate() {
+        tree.attach(format!("{name} {n} ({})", kind.name()), DeviceKind::Filter(*kind), target);
     }
 }
 
@@ -633,10 +1210,21 @@ pub fn run(config: MachineConfig, hooks: &mut RunHooks<'_>) -> Result<RunReport,
         machine.teardown();
         return Err(match e {
             RunError::Driver { step, status, .. } => RunError::Driver { step, status, report: Box::new(machine.report()) },
-            other => other,
+            RunError::Config(e) => RunError::Config(e),
         });
     }
     machine.run(hooks);
     machine.teardown();
     Ok(machine.report())
+}
+
+/// Faults that end a card's life ([`BoardFault::SurpriseRemoval`]) need the
+/// Plug and Play side too: the surprise-removal sequence `delay_100ns` after
+/// the board vanishes.
+#[must_use]
+pub fn surprise_removal_actions(card: u32, delay_100ns: u64) -> [(u64, Action); 2] {
+    [
+        (0, Action::InjectFaultNow { card, fault: BoardFault::SurpriseRemoval }),
+        (delay_100ns, Action::SurpriseRemoval { card }),
+    ]
 }

@@ -13,6 +13,7 @@
 //! | the child set, `DEVICE_RELATIONS` sizing, which child PDO to delete when | [`children`] | `IRP_MN_QUERY_DEVICE_RELATIONS`, `IRP_MN_REMOVE_DEVICE` |
 //! | a child's `DEVICE_CAPABILITIES` and bus information | [`capabilities`] | `IRP_MN_QUERY_CAPABILITIES`, `IRP_MN_QUERY_BUS_INFORMATION` |
 //! | the start parameters' registry names and their decoding | [`registry`] | `IRP_MN_START_DEVICE` |
+//! | publishing and withdrawing the BAR0 mapping under concurrent register access | [`window`] | start, stop, surprise removal, removal |
 pub mod capabilities;
 pub mod children;
 pub mod ids;
@@ -20,6 +21,7 @@ pub mod registry;
 pub mod resources;
 pub mod route;
 pub mod state;
+pub mod window;
 
 use capdma_interface::status::NtStatus;
 use capdma_interface::Guid;

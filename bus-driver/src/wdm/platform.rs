@@ -1,9 +1,10 @@
 //! The bus core's ports over wdk-sys: [`WdmPlatform`] (`BusPlatform`),
 //! [`Bar0`] (`RegisterPort`) and [`WdmAdapter`] (`DmaAdapterPort`).
 use super::ddi::{current_irql, lower_irql, raise_irql, BOOLEAN_FALSE, BOOLEAN_TRUE, DISPATCH_LEVEL};
+use crate::pnp::window::RegisterWindow;
 use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 use wdk_sys::ntddk::{ExFreePool, IoGetDmaAdapter, MmGetPhysicalMemoryRanges, MmMapIoSpaceEx, MmUnmapIoSpace};
 use wdk_sys::{
     _DMA_WIDTH, _INTERFACE_TYPE, DEVICE_DESCRIPTION, DEVICE_DESCRIPTION_VERSION2, DEVICE_OBJECT, DMA_ADAPTER,
@@ -17,23 +18,20 @@ const PAGE_SIZE: u64 = 4096;
 /// `READ_REGISTER_ULONG` / `WRITE_REGISTER_ULONG`: one volatile 32-bit
 /// access on the uncached mapping.
 ///
-/// The mapping can be withdrawn while other processors may be inside an
-/// access (surprise removal, stop): [`Bar0::unmap`] first hides the base
-/// address, then waits until no access is in flight, and only then may the
-/// caller `MmUnmapIoSpace`. An access holds the processor at
-/// `DISPATCH_LEVEL` or above for its duration, so the wait is bounded by
-/// one register access. While unmapped, reads return all ones (what a
-/// vanished PCI device reads) and writes are dropped.
+/// The mapping is published and withdrawn through the core's
+/// [`RegisterWindow`] (`pnp::window`), so it can be unmapped while other
+/// processors may be inside an access. Every access runs at
+/// `DISPATCH_LEVEL` or above (raised here when called below), which bounds
+/// the withdrawal's wait by one register access. While unmapped, reads
+/// return all ones (what a vanished PCI device reads) and writes are dropped.
 pub struct Bar0 {
-    base: AtomicPtr<u8>,
-    bytes: AtomicUsize,
-    in_flight: AtomicU32,
+    window: RegisterWindow,
 }
 
 impl Bar0 {
     /// Not mapped.
     pub const fn new() -> Self {
-        Self { base: AtomicPtr::new(core::ptr::null_mut()), bytes: AtomicUsize::new(0), in_flight: AtomicU32::new(0) }
+        Self { window: RegisterWindow::new() }
     }
 
     /// `MmMapIoSpaceEx(start, bytes, PAGE_READWRITE | PAGE_NOCACHE)`.
@@ -44,7 +42,7 @@ impl Bar0 {
     /// mapping already exists (the start sequence maps once).
     pub fn map(&self, start: u64, bytes: usize) -> Result<(), wdk_sys::NTSTATUS> {
         use capdma_interface::status::STATUS_INSUFFICIENT_RESOURCES;
-        if !self.base.load(Ordering::Acquire).is_null() {
+        if self.window.is_published() {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
         let physical = PHYSICAL_ADDRESS { QuadPart: i64::from_ne_bytes(start.to_ne_bytes()) };
@@ -55,41 +53,30 @@ impl Bar0 {
         if va.is_null() {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
-        self.bytes.store(bytes, Ordering::SeqCst);
-        self.base.store(va.cast(), Ordering::SeqCst);
+        if self.window.publish(va.expose_provenance(), bytes).is_err() {
+            // SAFETY: the mapping just made, used by nobody.
+            unsafe { MmUnmapIoSpace(va, bytes as u64) };
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
         Ok(())
     }
 
-    /// Withdraws the mapping (see the type's documentation) and
-    /// `MmUnmapIoSpace`s it. Idempotent. `<= DISPATCH_LEVEL`, never from
-    /// inside a register access.
+    /// Withdraws the mapping (`RegisterWindow::withdraw`: no access in
+    /// flight any more) and `MmUnmapIoSpace`s it. Idempotent.
+    /// `<= DISPATCH_LEVEL`, never from inside a register access.
     pub fn unmap(&self) {
-        let base = self.base.swap(core::ptr::null_mut(), Ordering::SeqCst);
-        if base.is_null() {
-            return;
+        if let Some((base, bytes)) = self.window.withdraw() {
+            // SAFETY: the mapping `map` made and published; it is withdrawn
+            // and no access uses it any more.
+            unsafe { MmUnmapIoSpace(core::ptr::with_exposed_provenance_mut(base), bytes as u64) };
         }
-        while self.in_flight.load(Ordering::SeqCst) != 0 {
-            core::hint::spin_loop();
-        }
-        let bytes = self.bytes.swap(0, Ordering::SeqCst);
-        // SAFETY: `base`/`bytes` are the mapping `map` made; no access can
-        // use it any more (the base is hidden and no access is in flight).
-        unsafe { MmUnmapIoSpace(base.cast(), bytes as u64) };
     }
 
-    /// Runs `access` on the register at `offset` if mapped and in range.
+    /// Runs `access` on the register at `offset` at `DISPATCH_LEVEL` or
+    /// above, if mapped and in range.
     fn with_register<R>(&self, offset: u32, access: impl FnOnce(*mut u32) -> R) -> Option<R> {
         let old = raise_irql(DISPATCH_LEVEL);
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let base = self.base.load(Ordering::SeqCst);
-        let bytes = self.bytes.load(Ordering::SeqCst);
-        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
-        let result = if !base.is_null() && offset % 4 == 0 && offset.checked_add(4).is_some_and(|end| end <= bytes) {
-            Some(access(base.wrapping_add(offset).cast()))
-        } else {
-            None
-        };
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let result = self.window.access(offset, |address| access(core::ptr::with_exposed_provenance_mut(address)));
         lower_irql(old);
         result
     }
@@ -99,9 +86,8 @@ impl RegisterPort for Bar0 {
     /// `READ_REGISTER_ULONG(base + offset)`; all ones when unmapped or out of range.
     fn read32(&self, offset: u32) -> u32 {
         self.with_register(offset, |register| {
-            // SAFETY: `register` is 4-byte aligned inside the live uncached
-            // BAR0 mapping (checked by `with_register`, which keeps the
-            // mapping alive for the duration).
+            // SAFETY: `register` is 4-byte aligned inside the published
+            // uncached BAR0 mapping, which cannot be withdrawn during the access.
             unsafe { core::ptr::read_volatile(register) }
         })
         .unwrap_or(u32::MAX)

@@ -384,6 +384,21 @@ pub fn select_resources(
     Ok(SelectedResources { bar0, map_bytes, interrupt })
 }
 
+/// The highest byte address of RAM from `MmGetPhysicalMemoryRanges`'s
+/// `(BaseAddress, NumberOfBytes)` entries (the terminating all-zero entry
+/// excluded by the caller): the largest `base + length - 1`, saturating;
+/// empty ranges are skipped. `u64::MAX` when no range is known, which makes
+/// a 32-bit board choose the safe common-buffer mode.
+#[must_use]
+pub fn highest_ram_address(ranges: impl IntoIterator<Item = (u64, u64)>) -> u64 {
+    ranges
+        .into_iter()
+        .filter(|&(_, length)| length > 0)
+        .map(|(base, length)| base.saturating_add(length - 1))
+        .max()
+        .unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +461,17 @@ mod tests {
         });
         let items: Vec<_> = reader.by_ref().collect();
         (items, reader.failed())
+    }
+
+    #[test]
+    fn highest_ram_address_of_the_physical_ranges() {
+        // 3 GiB below the hole, 13 GiB above it.
+        let ranges = [(0x1000, 0x9_F000), (0x10_0000, 0xBFF0_0000), (0x1_0000_0000, 0x3_4000_0000)];
+        assert_eq!(highest_ram_address(ranges), 0x4_3FFF_FFFF);
+        assert_eq!(highest_ram_address([(0x1000, 0x7FFF_F000)]), 0x7FFF_FFFF, "a 2 GiB machine");
+        assert_eq!(highest_ram_address([(0x1000, 0), (0x2000, 0x1000)]), 0x2FFF, "empty ranges skipped");
+        assert_eq!(highest_ram_address([(u64::MAX - 10, 100)]), u64::MAX, "saturates");
+        assert_eq!(highest_ram_address([]), u64::MAX, "unknown: assume memory above 4 GiB");
     }
 
     #[test]

@@ -94,6 +94,36 @@ pub enum PnpEvent {
     RemoveKeep,
 }
 
+/// What the FDO releases for a state-changing IRP.
+///
+/// | IRP | release | why |
+/// |---|---|---|
+/// | `IRP_MN_STOP_DEVICE` | [`Release::Everything`] | the resources are being rebalanced; no child holds the interface (the query-stop refused otherwise) |
+/// | `IRP_MN_SURPRISE_REMOVAL` | [`Release::Hardware`]: interrupt, watchdog, DPCs, BAR0 | the hardware resources must be given up now, but a child may still hold the interface and read slot memory until its own removal: common buffers and the adapter wait for `IRP_MN_REMOVE_DEVICE` |
+/// | `IRP_MN_REMOVE_DEVICE` | [`Release::Everything`] | last chance; the children are gone |
+/// | anything else | [`Release::Nothing`] | — |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Keep everything.
+    Nothing,
+    /// `BusDevice::stop_engines`, disconnect the interrupt, cancel the
+    /// watchdog, flush DPCs, unmap BAR0.
+    Hardware,
+    /// [`Release::Hardware`] plus `BusDevice::stop` (common buffers freed,
+    /// the DMA adapter put last) before BAR0 is unmapped.
+    Everything,
+}
+
+/// The FDO's [`Release`] for `event`.
+#[must_use]
+pub const fn fdo_release(event: PnpEvent) -> Release {
+    match event {
+        PnpEvent::Stop | PnpEvent::Remove | PnpEvent::RemoveKeep => Release::Everything,
+        PnpEvent::SurpriseRemoval => Release::Hardware,
+        _ => Release::Nothing,
+    }
+}
+
 /// A state change: the state before and after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -338,6 +368,16 @@ mod tests {
         assert_eq!(cell.check(E::QueryStop), Ok(Transition { from: S::Started, to: S::StopPending }));
         assert_eq!(cell.state(), S::Started, "check changes nothing");
         assert_eq!(cell.apply(E::QueryStop), Ok(Transition { from: S::Started, to: S::StopPending }));
+    }
+
+    #[test]
+    fn surprise_removal_keeps_the_dma_resources_until_the_removal() {
+        assert_eq!(fdo_release(E::SurpriseRemoval), Release::Hardware);
+        assert_eq!(fdo_release(E::Remove), Release::Everything);
+        assert_eq!(fdo_release(E::Stop), Release::Everything);
+        for e in [E::Start, E::QueryStop, E::CancelStop, E::QueryRemove, E::CancelRemove] {
+            assert_eq!(fdo_release(e), Release::Nothing, "{e:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::registry::read_start_values;
 use crate::config::StartConfig;
 use crate::pnp::children::{self, device_relations_bytes, merged_relations_count, on_parent_removal, ParentRemoval};
 use crate::pnp::resources::{select_resources, CmResourceListReader, SelectedResources};
-use crate::pnp::state::PnpEvent;
+use crate::pnp::state::{fdo_release, PnpEvent, Release};
 use crate::pnp::STATUS_DEVICE_CONFIGURATION_ERROR;
 use capdma_interface::status::{nt_success, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS};
 use core::sync::atomic::Ordering;
@@ -176,11 +176,11 @@ unsafe fn start_hardware(ext: &FdoExtension, translated: PCM_RESOURCE_LIST) -> R
         }
     };
     if let Err(status) = isr_dpc::connect(ext, selected.interrupt) {
-        release_hardware(ext, true);
+        release_hardware(ext, Release::Everything);
         return Err(status);
     }
     if let Err(status) = ext.pnp.apply(PnpEvent::Start) {
-        release_hardware(ext, true);
+        release_hardware(ext, Release::Everything);
         return Err(status);
     }
     isr_dpc::start_watchdog(ext);
@@ -262,16 +262,19 @@ unsafe fn child<'a>(pdo: PDEVICE_OBJECT) -> &'a PdoExtension {
     unsafe { &*ext }
 }
 
-/// Releases the hardware in the design's order (see the module
-/// documentation). `full`: also `BusDevice::stop` (common buffers and
-/// the adapter), which a surprise removal defers to the removal.
-/// Idempotent. `PASSIVE_LEVEL`.
-pub fn release_hardware(ext: &FdoExtension, full: bool) {
+/// Releases what `release` says (`pnp::state::fdo_release`) in the
+/// design's order (see the module documentation): `Release::Everything`
+/// includes `BusDevice::stop` (common buffers and the adapter), which a
+/// surprise removal defers to the removal. Idempotent. `PASSIVE_LEVEL`.
+pub fn release_hardware(ext: &FdoExtension, release: Release) {
+    if release == Release::Nothing {
+        return;
+    }
     ext.bus.stop_engines();
     isr_dpc::disconnect(ext);
     isr_dpc::stop_watchdog(ext);
     isr_dpc::flush_dpcs();
-    if full {
+    if release == Release::Everything {
         ext.bus.stop();
     }
     ext.bus.platform().bar0().unmap();
@@ -314,7 +317,7 @@ unsafe fn cancel(ext: &FdoExtension, irp: PIRP, event: PnpEvent) -> NTSTATUS {
 /// As [`dispatch`].
 unsafe fn stop(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let _ = ext.pnp.apply(PnpEvent::Stop);
-    release_hardware(ext, true);
+    release_hardware(ext, fdo_release(PnpEvent::Stop));
     // SAFETY: we own the IRP.
     unsafe { set_irp_status(irp, STATUS_SUCCESS, None) };
     // SAFETY: as above.
@@ -328,7 +331,7 @@ unsafe fn stop(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 unsafe fn surprise_removal(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let _ = ext.pnp.apply(PnpEvent::SurpriseRemoval);
     ext.bus.surprise_remove();
-    release_hardware(ext, false);
+    release_hardware(ext, fdo_release(PnpEvent::SurpriseRemoval));
     // SAFETY: we own the IRP.
     unsafe { set_irp_status(irp, STATUS_SUCCESS, None) };
     // SAFETY: as above.
@@ -345,7 +348,7 @@ unsafe fn remove(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let _ = ext.pnp.apply(PnpEvent::Remove);
     // SAFETY: acquired by `dispatch` with this tag.
     unsafe { release_remove_lock_and_wait(ext.remove_lock(), irp) };
-    release_hardware(ext, true);
+    release_hardware(ext, fdo_release(PnpEvent::Remove));
     if ext.bus.reference_count() > 0 {
         wdk::println!("capdma_bus: removed with {} interface reference(s) held", ext.bus.reference_count());
     }

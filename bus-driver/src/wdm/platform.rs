@@ -1,6 +1,7 @@
 //! The bus core's ports over wdk-sys: [`WdmPlatform`] (`BusPlatform`),
 //! [`Bar0`] (`RegisterPort`) and [`WdmAdapter`] (`DmaAdapterPort`).
 use super::ddi::{current_irql, lower_irql, raise_irql, BOOLEAN_FALSE, BOOLEAN_TRUE, DISPATCH_LEVEL};
+use crate::pnp::resources::highest_ram_address;
 use crate::pnp::window::RegisterWindow;
 use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
 use core::ffi::c_void;
@@ -244,34 +245,28 @@ impl BusPlatform for WdmPlatform {
 
     /// The highest byte address of RAM from `MmGetPhysicalMemoryRanges`
     /// (the array ends with an all-zero entry and is freed with
-    /// `ExFreePool`). `u64::MAX` when the system does not answer, which
-    /// makes a 32-bit board choose the safe common-buffer mode.
+    /// `ExFreePool`), computed by `pnp::resources::highest_ram_address`.
+    /// `u64::MAX` when the system does not answer, which makes a 32-bit
+    /// board choose the safe common-buffer mode.
     fn highest_physical_address(&self) -> u64 {
         // SAFETY: PASSIVE_LEVEL (called from the start); no arguments.
         let ranges = unsafe { MmGetPhysicalMemoryRanges() };
         if ranges.is_null() {
             return u64::MAX;
         }
-        let mut highest = 0u64;
-        let mut index = 0usize;
-        loop {
-            // SAFETY: the array is terminated by an all-zero entry; every
-            // entry up to it is readable.
-            let range = unsafe { &*ranges.wrapping_add(index) };
-            // SAFETY: QuadPart is the whole union.
-            let base = unsafe { range.BaseAddress.QuadPart };
-            // SAFETY: as above.
-            let length = unsafe { range.NumberOfBytes.QuadPart };
-            if base == 0 && length == 0 {
-                break;
-            }
-            let base = u64::from_ne_bytes(base.to_ne_bytes());
-            let length = u64::from_ne_bytes(length.to_ne_bytes());
-            if length > 0 {
-                highest = highest.max(base.saturating_add(length - 1));
-            }
-            index += 1;
-        }
+        let entries = (0usize..)
+            .map(|index| {
+                // SAFETY: the array is terminated by an all-zero entry and
+                // the walk stops there: every entry read is inside it.
+                let range = unsafe { &*ranges.wrapping_add(index) };
+                // SAFETY: QuadPart is the whole union.
+                let base = unsafe { range.BaseAddress.QuadPart };
+                // SAFETY: as above.
+                let length = unsafe { range.NumberOfBytes.QuadPart };
+                (u64::from_ne_bytes(base.to_ne_bytes()), u64::from_ne_bytes(length.to_ne_bytes()))
+            })
+            .take_while(|&(base, length)| base != 0 || length != 0);
+        let highest = highest_ram_address(entries);
         // SAFETY: the array came from MmGetPhysicalMemoryRanges, which
         // documents ExFreePool as its release.
         unsafe { ExFreePool(ranges.cast()) };

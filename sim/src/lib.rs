@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod board;
 pub mod dma;
+pub mod faults;
 pub mod irql;
 pub mod ks;
 pub mod machine;

@@ -24,6 +24,8 @@ enum Command {
     Stream(cli::stream::StreamArgs),
     /// Measure the common-buffer copy against the machine's memory limit.
     Bench(cli::bench::BenchArgs),
+    /// Run the fault matrix: every fault injected, each row judged.
+    Faults(cli::faults::FaultsArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +47,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Stream(args) => cli::stream::run(&args),
         Command::Bench(args) => cli::bench::run(&args),
+        Command::Faults(args) => cli::faults::run(&args),
     }
 }

@@ -473,6 +473,8 @@ impl Machine {
                 self.channels.push(run);
             }
         }
+        // KS calls Process as the pins reach KSSTATE_RUN, before any frame is due.
+        self.passive_work(self.run_start, &mut RunHooks::default());
         for run in &self.channels {
             self.timeline.schedule(self.run_start + self.config.frame_interval_100ns(), Event::Capture { card: run.card, channel: run.index });
         }

@@ -1,0 +1,704 @@
+//! The rows of the fault matrix and what each expects.
+use std::collections::HashSet;
+use std::time::Instant;
+
+use capdma_avstream::state::KsState;
+use capdma_bus::config::DmaModeOverride;
+use capdma_bus::watchdog::WATCHDOG_FRAME_INTERVALS;
+use capdma_bus::{ChannelStats, RecordFault};
+use capdma_interface::mode::{DmaMode, ModeReason};
+use capdma_interface::regs::int_done;
+use capdma_interface::status::{
+    status_name, NtStatus, STATUS_DEVICE_BUSY, STATUS_DEVICE_REMOVED, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS,
+};
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Check, FaultRow, RowSpec};
+use crate::board::{BoardFault, BoardKind, CaptureOutcome};
+use crate::machine::{Action, ChannelLog, Machine, MachineConfig, RunError, RunHooks};
+use crate::memory::ContiguousFailure;
+use crate::violations::ViolationKind;
+
+const SG: BoardKind = BoardKind::ScatterGather;
+const CB: BoardKind = BoardKind::Legacy;
+
+/// Every row, in the order the table prints them.
+pub static ROWS: &[RowSpec] = &[
+    RowSpec { name: "dma-error/sg", board: SG, expectation: "DMA error bit at frame k: channel reset and restarted, frame k lost, stream resumes", run: dma_error },
+    RowSpec { name: "dma-error/cb", board: CB, expectation: "DMA error bit at frame k: channel reset and restarted, frame k lost, stream resumes", run: dma_error },
+    RowSpec { name: "hang/sg", board: SG, expectation: "engine stops completing at frame k: the watchdog resets the channel after 4 silent intervals, stream resumes", run: hang },
+    RowSpec { name: "hang/cb", board: CB, expectation: "engine stops completing at frame k: the watchdog resets the channel after 4 silent intervals, stream resumes", run: hang },
+    RowSpec { name: "spurious-interrupt/shared-line", board: CB, expectation: "2 cards on one line, 30-50 spurious assertions: every one unclaimed (ISRs return FALSE), no frame lost", run: spurious },
+    RowSpec { name: "interrupt-storm/sg", board: SG, expectation: "10000 spurious assertions in a burst and 2000 completion bits with no record: all quenched, no reset, no frame lost", run: storm },
+    RowSpec { name: "bad-slot-index/sg", board: SG, expectation: "completion index out of range at frame k: refused (IndexOutOfRange), channel reset, frame k not delivered, stream resumes", run: bad_slot_index },
+    RowSpec { name: "bad-slot-index/cb", board: CB, expectation: "completion index out of range at frame k: refused (IndexOutOfRange), channel reset, frame k not delivered, stream resumes", run: bad_slot_index },
+    RowSpec { name: "bad-descriptor-index/sg", board: SG, expectation: "completion names the wrong descriptor at frame k: refused (Unexpected), channel reset, frame k not delivered", run: bad_descriptor_index },
+    RowSpec { name: "bad-descriptor-index/cb", board: CB, expectation: "completion names the wrong slot at frame k: refused (Unexpected), channel reset, frame k not delivered", run: bad_descriptor_index },
+    RowSpec { name: "oversized-length/sg", board: SG, expectation: "completion claims 0xFFFF0000 bytes at frame k: refused (ByteCountTooLarge), channel reset, frame k not delivered", run: oversized_length },
+    RowSpec { name: "oversized-length/cb", board: CB, expectation: "completion claims 0xFFFF0000 bytes at frame k: refused (ByteCountTooLarge), channel reset, frame k not delivered", run: oversized_length },
+    RowSpec { name: "surprise-removal/sg", board: SG, expectation: "card 0 of 2 vanishes mid-stream, the app stops a pin first: every frame completed or cancelled, interface refused (STATUS_DEVICE_REMOVED), card 1 streams on", run: surprise_removal },
+    RowSpec { name: "surprise-removal/cb", board: CB, expectation: "card 0 of 2 vanishes mid-stream, the app stops a pin first: every frame completed or cancelled, interface refused (STATUS_DEVICE_REMOVED), card 1 streams on", run: surprise_removal },
+    RowSpec { name: "stop-start/sg", board: SG, expectation: "RUN->PAUSE->RUN->STOP->RUN while streaming: all succeed, nothing delivered while stopped, frame numbers only increase", run: stop_start },
+    RowSpec { name: "stop-start/cb", board: CB, expectation: "RUN->PAUSE->RUN->STOP->RUN while streaming: all succeed, nothing delivered while stopped, frame numbers only increase", run: stop_start },
+    RowSpec { name: "pin-out-of-order/sg", board: SG, expectation: "state changes out of order (wrong FromState, jumps, SetDataFormat in RUN): refused with STATUS_INVALID_DEVICE_REQUEST, stream goes on", run: out_of_order },
+    RowSpec { name: "pin-out-of-order/cb", board: CB, expectation: "state changes out of order (wrong FromState, jumps, SetDataFormat in RUN): refused with STATUS_INVALID_DEVICE_REQUEST, stream goes on", run: out_of_order },
+    RowSpec { name: "alloc-smaller-ring/cb", board: CB, expectation: "the 8-slot ring cannot be allocated at start: the bus settles for 7 slots (stated) and streams", run: alloc_smaller_ring },
+    RowSpec { name: "alloc-fails/sg", board: SG, expectation: "no common buffer at start: the start fails with STATUS_INSUFFICIENT_RESOURCES, nothing leaked; the next start streams", run: alloc_fails },
+    RowSpec { name: "alloc-fails/cb", board: CB, expectation: "no common buffer at start: the start fails with STATUS_INSUFFICIENT_RESOURCES, nothing leaked; the next start streams", run: alloc_fails },
+    RowSpec { name: "app-starved/sg", board: SG, expectation: "the application holds every buffer for 20 frame intervals: frames dropped and counted, no reset, stream resumes", run: app_starved },
+    RowSpec { name: "app-starved/cb", board: CB, expectation: "the application holds every buffer for 20 frame intervals: frames dropped and counted, no reset, stream resumes", run: app_starved },
+    RowSpec { name: "map-registers/scarce", board: SG, expectation: "32-bit S/G board, buffers above 4 GiB, map registers for one frame: KS waits for map registers, S/G streams on", run: map_registers_scarce },
+    RowSpec { name: "map-registers/too-few", board: SG, expectation: "map registers cannot cover one frame: common-buffer fallback (reason stated), streams", run: map_registers_too_few },
+    RowSpec { name: "remove-while-referenced", board: CB, expectation: "IRP_MN_QUERY_REMOVE_DEVICE while a child holds the interface: STATUS_DEVICE_BUSY; after release: STATUS_SUCCESS", run: remove_while_referenced },
+    RowSpec { name: "start-stop-10000", board: SG, expectation: "10000 device start/stream/stop cycles (half S/G, half common-buffer), tiny frames: zero leaks, every frame verified", run: start_stop_cycles },
+];
+
+/// A row being built.
+struct Ctx {
+    name: &'static str,
+    expectation: &'static str,
+    board: BoardKind,
+    seed: u64,
+    rng: ChaCha8Rng,
+    checks: Vec<Check>,
+    recovered: Option<bool>,
+    statuses: Vec<String>,
+    started: Instant,
+    /// Totals from machines already torn down (cycles).
+    extra: Totals,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    captured: u64,
+    delivered: u64,
+    verified: u64,
+    corrupt: u64,
+}
+
+impl Ctx {
+    fn new(spec: &RowSpec, seed: u64) -> Self {
+        // Rows differ by name too, so one seed varies every row differently.
+        let salt = spec.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        Self {
+            name: spec.name,
+            expectation: spec.expectation,
+            board: spec.board,
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ salt),
+            checks: Vec::new(),
+            recovered: None,
+            statuses: Vec::new(),
+            started: Instant::now(),
+            extra: Totals::default(),
+        }
+    }
+
+    /// A number in `lo..hi`.
+    fn pick(&mut self, lo: u32, hi: u32) -> u32 {
+        lo + self.rng.next_u32() % (hi - lo).max(1)
+    }
+
+    fn check(&mut self, what: impl Into<String>, ok: bool) {
+        self.checks.push(Check { what: what.into(), ok });
+    }
+
+    fn recovered(&mut self, what: impl Into<String>, ok: bool) {
+        self.recovered = Some(ok);
+        self.check(format!("recovered: {}", what.into()), ok);
+    }
+
+    /// A failed row that could not even run.
+    fn broken(mut self, why: String) -> FaultRow {
+        self.check(why, false);
+        self.finish(None)
+    }
+
+    /// The row: the machine's account (after its teardown) plus the
+    /// standard checks every row makes.
+    fn finish(mut self, machine: Option<&Machine>) -> FaultRow {
+        let mut t = self.extra;
+        let mut violations = Vec::new();
+        let mut leaks = Vec::new();
+        if let Some(m) = machine {
+            let report = m.report();
+            for c in &report.channels {
+                t.captured += c.frames_captured;
+                t.delivered += c.frames_delivered;
+                t.verified += c.frames_verified;
+                t.corrupt += c.frames_corrupt;
+            }
+            for v in m.violations().entries() {
+                if v.kind == ViolationKind::Leak {
+                    leaks.push(v.message);
+                } else {
+                    violations.push(v.to_string());
+                }
+            }
+            for s in m.statuses() {
+                self.statuses.push(s.to_string());
+            }
+        }
+        self.check(format!("no corrupt frame delivered as good ({} corrupt)", t.corrupt), t.corrupt == 0);
+        self.check(format!("every delivered frame verified ({} of {})", t.verified, t.delivered), t.verified == t.delivered);
+        self.check(format!("no violation ({})", violations.len()), violations.is_empty());
+        self.check(format!("no leak ({})", leaks.len()), leaks.is_empty());
+        if self.recovered.is_none() {
+            self.check("the row states a recovery criterion", false);
+        }
+        let holds = self.checks.iter().all(|c| c.ok);
+        FaultRow {
+            name: self.name.to_string(),
+            seed: self.seed,
+            expectation: self.expectation.to_string(),
+            frames_captured: t.captured,
+            frames_delivered: t.delivered,
+            frames_verified: t.verified,
+            frames_corrupt: t.corrupt,
+            recovered: self.recovered.unwrap_or(false),
+            violations,
+            leaks,
+            statuses: self.statuses,
+            checks: self.checks,
+            holds,
+            wall_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The stream every row starts from: 160x120 YUY2 at 60 fps, 60 frames,
+/// four application buffers.
+fn base(board: BoardKind, seed: u64) -> MachineConfig {
+    MachineConfig { board, width: 160, height: 120, fps: 60, frames: 60, app_buffers: 4, seed, ..MachineConfig::default() }
+}
+
+fn interval(m: &Machine) -> u64 {
+    m.config().frame_interval_100ns()
+}
+
+/// Builds and starts a machine.
+fn started(config: MachineConfig) -> Result<Machine, String> {
+    let mut m = Machine::new(config).map_err(|e| format!("machine: {e}"))?;
+    match m.start() {
+        Ok(()) => Ok(m),
+        Err(e) => {
+            m.teardown();
+            Err(format!("start: {e}"))
+        }
+    }
+}
+
+fn log(m: &Machine, card: u32, channel: u32) -> ChannelLog {
+    m.channel_log(card, channel).unwrap_or_default()
+}
+
+fn bus_stats(m: &Machine, card: u32, channel: u32) -> ChannelStats {
+    m.bus_of(card).and_then(|b| b.channel_stats(channel)).unwrap_or_default()
+}
+
+fn delivered_after(log: &ChannelLog, t: u64) -> usize {
+    log.delivered.iter().filter(|(at, _)| *at > t).count()
+}
+
+/// The outcome of the `k`-th capture (1-based).
+fn capture(log: &ChannelLog, k: u32) -> Option<CaptureOutcome> {
+    log.captures.get(k as usize - 1).map(|(_, o)| *o)
+}
+
+fn status_of(m: &Machine, needle: &str) -> Vec<NtStatus> {
+    m.statuses().iter().filter(|s| s.what.contains(needle)).map(|s| s.status).collect()
+}
+
+fn names(statuses: &[NtStatus]) -> String {
+    statuses.iter().map(|s| status_name(*s)).collect::<Vec<_>>().join(", ")
+}
+
+fn dma_error(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(10, 30);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    m.schedule(m.frame_time(k) - 1, Action::InjectFault { card: 0, fault: BoardFault::DmaError { channel: 0 } });
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let stats = bus_stats(&m, 0, 0);
+    let outcome = capture(&trace, k);
+    ctx.check(format!("capture {k} halted the engine ({outcome:?})"), matches!(outcome, Some(CaptureOutcome::Halted { .. })));
+    ctx.check(
+        format!("the bus handled the error interrupt (board errors {}, resets {})", stats.board_errors, stats.resets),
+        stats.board_errors >= 1 && stats.resets >= 1,
+    );
+    let after = delivered_after(&trace, m.frame_time(k));
+    ctx.recovered(format!("{after} frames delivered after the fault"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn hang(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(5, 25);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    m.schedule(m.frame_time(k) - 1, Action::InjectFault { card: 0, fault: BoardFault::Hang { channel: 0 } });
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let stats = bus_stats(&m, 0, 0);
+    let hung: Vec<u64> = trace.captures.iter().filter(|(_, o)| *o == CaptureOutcome::Hung).map(|(t, _)| *t).collect();
+    let limit = usize::try_from(WATCHDOG_FRAME_INTERVALS).unwrap_or(4);
+    ctx.check(
+        format!("the engine stayed silent {} frame intervals before the watchdog ({limit}..={})", hung.len(), limit + 2),
+        (limit..=limit + 2).contains(&hung.len()),
+    );
+    ctx.check(format!("the watchdog reset the channel ({} watchdog resets)", stats.watchdog_resets), stats.watchdog_resets >= 1);
+    let last_hung = hung.last().copied().unwrap_or(u64::MAX);
+    let after = delivered_after(&trace, last_hung);
+    ctx.recovered(format!("{after} frames delivered after the hang"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn spurious(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let n = ctx.pick(30, 51);
+    let config = MachineConfig { cards: 2, ..base(ctx.board, seed) };
+    let mut m = match started(config) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let half = interval(&m) / 2;
+    for j in 0..n {
+        let card = ctx.pick(0, 2);
+        m.schedule(m.frame_time(5 + j) + half, Action::InjectFaultNow { card, fault: BoardFault::SpuriousInterrupt });
+    }
+    m.run(&mut RunHooks::default());
+    m.teardown();
+    let report = m.report();
+    ctx.check(
+        format!("every spurious assertion went unclaimed ({} of {n})", report.interrupts_unclaimed),
+        report.interrupts_unclaimed == u64::from(n),
+    );
+    let resets: u64 = report.channels.iter().map(|c| c.channel_resets).sum();
+    ctx.check(format!("no channel reset ({resets})"), resets == 0);
+    let lost: u64 = report.channels.iter().map(|c| c.frames_captured - c.frames_delivered).sum();
+    ctx.recovered(format!("both cards delivered every frame ({lost} lost)"), lost == 0 && report.channels.len() == 2);
+    ctx.finish(Some(&m))
+}
+
+fn storm(spec: &RowSpec, seed: u64) -> FaultRow {
+    const SPURIOUS: u32 = 10_000;
+    const BITS: u32 = 2_000;
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(5, 20);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    // 100 µs after a capture: the 10 ms burst ends before the next frame.
+    m.schedule(m.frame_time(k) + 1_000, Action::InjectFaultNow { card: 0, fault: BoardFault::InterruptStorm { count: SPURIOUS } });
+    let storm_at = m.frame_time(k + 2) + 500;
+    m.schedule(storm_at, Action::StatusStorm { card: 0, bits: int_done(0), count: BITS, period_100ns: 500 });
+    m.run(&mut RunHooks::default());
+    m.teardown();
+    let report = m.report();
+    ctx.check(
+        format!("every spurious assertion unclaimed ({} of {SPURIOUS})", report.interrupts_unclaimed),
+        report.interrupts_unclaimed == u64::from(SPURIOUS),
+    );
+    ctx.check(
+        format!("every completion bit claimed ({} claimed, at least {BITS} expected)", report.interrupts_claimed),
+        report.interrupts_claimed >= u64::from(BITS),
+    );
+    let stats = bus_stats(&m, 0, 0);
+    ctx.check(format!("no channel reset ({})", stats.resets), stats.resets == 0);
+    let c = report.channels.first().cloned().unwrap_or_default();
+    ctx.recovered(
+        format!("every frame delivered through the storm ({} of {})", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured,
+    );
+    ctx.finish(Some(&m))
+}
+
+/// A damaged completion record at frame k: refused with `expected`, the
+/// channel reset, frame k never delivered, the stream resumes.
+fn record_fault(spec: &RowSpec, seed: u64, fault: BoardFault, expected: RecordFault) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(10, 30);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    m.schedule(m.frame_time(k) - 1, Action::InjectFault { card: 0, fault });
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let stats = bus_stats(&m, 0, 0);
+    ctx.check(
+        format!("the record was refused as {expected:?} ({} bad, last {:?})", stats.bad_records, stats.last_fault),
+        stats.bad_records >= 1 && stats.last_fault == Some(expected),
+    );
+    ctx.check(format!("the channel was reset ({} resets)", stats.resets), stats.resets >= 1);
+    match capture(&trace, k) {
+        Some(CaptureOutcome::Completed { frame_number, .. }) => {
+            let delivered: HashSet<u32> = trace.delivered.iter().map(|(_, f)| *f).collect();
+            ctx.check(format!("frame {frame_number} (the damaged record's) not delivered"), !delivered.contains(&frame_number));
+        }
+        other => ctx.check(format!("capture {k} wrote the damaged record ({other:?})"), false),
+    }
+    let after = delivered_after(&trace, m.frame_time(k));
+    ctx.recovered(format!("{after} frames delivered after the fault"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn bad_slot_index(spec: &RowSpec, seed: u64) -> FaultRow {
+    record_fault(spec, seed, BoardFault::BadSlotIndex { channel: 0 }, RecordFault::IndexOutOfRange)
+}
+
+fn bad_descriptor_index(spec: &RowSpec, seed: u64) -> FaultRow {
+    record_fault(spec, seed, BoardFault::BadDescriptorIndex { channel: 0 }, RecordFault::Unexpected)
+}
+
+fn oversized_length(spec: &RowSpec, seed: u64) -> FaultRow {
+    record_fault(spec, seed, BoardFault::OversizedLength { channel: 0 }, RecordFault::ByteCountTooLarge)
+}
+
+fn surprise_removal(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(10, 30);
+    let config = MachineConfig { cards: 2, channels: 2, ..base(ctx.board, seed) };
+    let mut m = match started(config) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let gone = m.frame_time(k) + interval(&m) / 3;
+    let pnp = gone + 20_000;
+    m.schedule(gone, Action::InjectFaultNow { card: 0, fault: BoardFault::SurpriseRemoval });
+    // The application notices first and stops one pin before Plug and Play
+    // sends IRP_MN_SURPRISE_REMOVAL (the bus has only observed all ones in its ISR).
+    m.schedule(gone + 5_000, Action::PinState { card: 0, channel: 0, to: KsState::Stop });
+    m.schedule(pnp, Action::SurpriseRemoval { card: 0 });
+    m.run(&mut RunHooks::default());
+    let logs: Vec<ChannelLog> = (0..2).flat_map(|card| (0..2).map(move |ch| (card, ch))).map(|(card, ch)| log(&m, card, ch)).collect();
+    m.teardown();
+    let stop = status_of(&m, "card 0 channel 0: KS state to Stop");
+    ctx.check(format!("the pin stopped after the board vanished ({})", names(&stop)), stop == [STATUS_SUCCESS]);
+    let qi = status_of(&m, "after surprise removal");
+    ctx.check(format!("the interface is refused after removal ({})", names(&qi)), qi == [STATUS_DEVICE_REMOVED]);
+    for (i, trace) in logs.iter().take(2).enumerate() {
+        let late = delivered_after(trace, gone);
+        ctx.check(format!("card 0 channel {i}: nothing delivered after the board vanished ({late})"), late == 0);
+        ctx.check(
+            format!(
+                "card 0 channel {i}: every queued frame completed or cancelled ({} of {} back, {} queued, {} clones)",
+                trace.ks_completed, trace.ks_submitted, trace.ks_queued, trace.ks_live_clones
+            ),
+            trace.ks_completed == trace.ks_submitted && trace.ks_queued == 0 && trace.ks_live_clones == 0,
+        );
+    }
+    let card0 = m.bus_of(0).map(|b| (b.reference_count(), b.state()));
+    ctx.check(format!("card 0's bus released and stopped ({card0:?})"), card0 == Some((0, capdma_bus::DeviceState::Stopped)));
+    let report = m.report();
+    let card1: Vec<_> = report.channels.iter().filter(|c| c.card == 1).collect();
+    let lost: u64 = card1.iter().map(|c| c.frames_captured - c.frames_delivered).sum();
+    let after: usize = logs.iter().skip(2).map(|t| delivered_after(t, pnp)).sum();
+    ctx.recovered(
+        format!("card 1 streamed on: {after} frames after the removal, {lost} lost"),
+        after > 0 && lost == 0 && card1.len() == 2,
+    );
+    ctx.finish(Some(&m))
+}
+
+fn stop_start(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(6, 14);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let half = interval(&m) / 2;
+    let steps = [(k, KsState::Pause), (k + 5, KsState::Run), (k + 10, KsState::Stop), (k + 15, KsState::Run)];
+    let times: Vec<u64> = steps.iter().map(|(f, _)| m.frame_time(*f) + half).collect();
+    for ((_, to), at) in steps.iter().zip(&times) {
+        m.schedule(*at, Action::PinState { card: 0, channel: 0, to: *to });
+    }
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let statuses = status_of(&m, "KS state to");
+    ctx.check(format!("every state change succeeded ({})", names(&statuses)), statuses == [STATUS_SUCCESS; 4]);
+    let stopped = trace.delivered.iter().filter(|(t, _)| (times[0] < *t && *t < times[1]) || (times[2] < *t && *t < times[3])).count();
+    ctx.check(format!("nothing delivered while paused or stopped ({stopped})"), stopped == 0);
+    let increasing = trace.delivered.windows(2).all(|w| w[0].1 < w[1].1);
+    ctx.check("frame numbers only increase (no stale or repeated frame after a restart)", increasing);
+    let between = trace.delivered.iter().filter(|(t, _)| times[1] < *t && *t < times[2]).count();
+    let after = delivered_after(&trace, times[3]);
+    ctx.recovered(format!("{between} frames after the first restart, {after} after the second"), between > 0 && after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn out_of_order(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(6, 20);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let at = m.frame_time(k) + interval(&m) / 2;
+    let (card, channel) = (0, 0);
+    let invalid = STATUS_INVALID_DEVICE_REQUEST;
+    let plan = [
+        (Action::PinDeviceState { card, channel, to: KsState::Acquire, from: KsState::Stop }, invalid),
+        (Action::PinSetFormat { card, channel }, invalid),
+        (Action::PinTransition { card, channel, to: KsState::Stop }, invalid),
+        (Action::PinTransition { card, channel, to: KsState::Acquire }, invalid),
+        (Action::PinTransition { card, channel, to: KsState::Run }, STATUS_SUCCESS),
+        (Action::PinTransition { card, channel, to: KsState::Pause }, STATUS_SUCCESS),
+        (Action::PinTransition { card, channel, to: KsState::Stop }, invalid),
+        (Action::PinDeviceState { card, channel, to: KsState::Run, from: KsState::Stop }, invalid),
+    ];
+    let expected: Vec<NtStatus> = plan.iter().map(|(_, s)| *s).chain([STATUS_SUCCESS]).collect();
+    for (action, _) in plan {
+        m.schedule(at, action);
+    }
+    let resume = m.frame_time(k + 3) + interval(&m) / 2;
+    m.schedule(resume, Action::PinDeviceState { card, channel, to: KsState::Run, from: KsState::Pause });
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let observed: Vec<NtStatus> = m.statuses().iter().filter(|s| s.what.starts_with("card 0 channel 0")).map(|s| s.status).take(expected.len()).collect();
+    ctx.check(format!("statuses {} (expected {})", names(&observed), names(&expected)), observed == expected);
+    let before = trace.delivered.iter().filter(|(t, _)| *t < at).count();
+    let after = delivered_after(&trace, resume);
+    ctx.recovered(format!("{before} frames before, {after} after the out-of-order calls"), before > 0 && after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn alloc_smaller_ring(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    // The channel's first contiguous allocation is its completion queue,
+    // the second its slot ring: that one fails once.
+    let config = MachineConfig { slot_count: 8, contiguous_failure: Some(ContiguousFailure::Nth(2)), ..base(ctx.board, seed) };
+    let mut m = match started(config) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let slots = m.bus().slot_count(0);
+    ctx.statuses.push(format!("slot ring: {slots:?} slots of 8 configured"));
+    ctx.check(format!("the bus settled for a smaller ring and says so ({slots:?} slots)"), slots == Some(7));
+    m.run(&mut RunHooks::default());
+    m.teardown();
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    ctx.recovered(
+        format!("streamed on the smaller ring ({} of {} delivered)", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured,
+    );
+    ctx.finish(Some(&m))
+}
+
+fn alloc_fails(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let config = MachineConfig { contiguous_failure: Some(ContiguousFailure::Always), ..base(ctx.board, seed) };
+    let mut m = match Machine::new(config) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(format!("machine: {e}")),
+    };
+    match m.start() {
+        Err(RunError::Driver { step, status, .. }) => {
+            ctx.statuses.push(format!("{step}: {}", status_name(status)));
+            ctx.check(
+                format!("the bus start failed cleanly with STATUS_INSUFFICIENT_RESOURCES ({step}: {})", status_name(status)),
+                status == STATUS_INSUFFICIENT_RESOURCES && step.contains("bus IRP_MN_START_DEVICE"),
+            );
+        }
+        Err(e) => ctx.check(format!("the start failed with a driver status ({e})"), false),
+        Ok(()) => ctx.check("the start failed without common buffers (it succeeded)", false),
+    }
+    m.teardown();
+    let after_failure = m.violations().len();
+    ctx.check(format!("nothing leaked by the failed start ({after_failure} violations)"), after_failure == 0);
+    let adapters = m.pci(0).map(|p| p.adapters().len()).unwrap_or_default();
+    ctx.check(format!("every adapter of the failed start was put ({adapters} left)"), adapters == 0);
+    // Contiguous memory is back: the next start streams.
+    m.memory().set_contiguous_failure(None);
+    let restarted = m.start();
+    ctx.check(format!("the next start succeeded ({:?})", restarted.as_ref().err().map(ToString::to_string)), restarted.is_ok());
+    if restarted.is_ok() {
+        m.run(&mut RunHooks::default());
+    }
+    m.teardown();
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    ctx.recovered(
+        format!("the next start streamed ({} of {} delivered)", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured,
+    );
+    ctx.finish(Some(&m))
+}
+
+fn app_starved(spec: &RowSpec, seed: u64) -> FaultRow {
+    const HELD: u32 = 20;
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(8, 16);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let half = interval(&m) / 2;
+    let release = m.frame_time(k + HELD) + half;
+    m.schedule(m.frame_time(k) + half, Action::AppHold { card: 0, channel: 0, hold: true });
+    m.schedule(release, Action::AppHold { card: 0, channel: 0, hold: false });
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let stats = bus_stats(&m, 0, 0);
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    let lost = c.frames_captured - c.frames_delivered;
+    let floor = u64::from(HELD - m.config().app_buffers);
+    ctx.check(format!("frames were lost while the buffers were held ({lost} >= {floor})"), lost >= floor);
+    let counted = c.board_dropped + c.driver_dropped;
+    ctx.check(
+        format!("every lost frame was counted where it was lost ({} by the board + {} by the driver = {lost})", c.board_dropped, c.driver_dropped),
+        counted == lost,
+    );
+    ctx.check(format!("starvation is not a hang: no reset ({} resets)", stats.resets), stats.resets == 0);
+    let after = delivered_after(&trace, release);
+    ctx.recovered(format!("{after} frames delivered after the buffers came back"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn map_registers_config(board: BoardKind, seed: u64, map_registers: u32) -> MachineConfig {
+    MachineConfig { dma32: true, high_memory: true, mode: DmaModeOverride::ScatterGather, map_registers, ..base(board, seed) }
+}
+
+fn map_registers_scarce(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    // 160x120 YUY2 is 38400 bytes: 10 pages; the board's largest frame is 15.
+    let mut m = match started(map_registers_config(ctx.board, seed, 16)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let mode = m.bus().decision().map(|d| d.mode);
+    ctx.check(format!("the bus kept scatter/gather ({mode:?})"), mode == Some(DmaMode::ScatterGather));
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    let last_third = m.frame_time(40);
+    m.teardown();
+    ctx.check(format!("KS waited for map registers ({} waits)", trace.ks_map_waits), trace.ks_map_waits > 0);
+    let after = delivered_after(&trace, last_third);
+    ctx.recovered(format!("{after} frames delivered in the last third of the run"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn map_registers_too_few(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let mut m = match started(map_registers_config(ctx.board, seed, 4)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let decision = m.bus().decision();
+    let stated = decision.map_or("none", |d| d.reason.describe());
+    ctx.statuses.push(format!("mode {:?}: {stated}", decision.map(|d| d.mode)));
+    ctx.check(
+        format!("common-buffer fallback, reason stated ({decision:?})"),
+        decision.is_some_and(|d| d.mode == DmaMode::CommonBuffer && d.reason == ModeReason::AddressLimitNoMapRegisters),
+    );
+    m.run(&mut RunHooks::default());
+    m.teardown();
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    ctx.recovered(
+        format!("streamed in common-buffer mode ({} of {} delivered)", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured,
+    );
+    ctx.finish(Some(&m))
+}
+
+fn remove_while_referenced(spec: &RowSpec, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, seed);
+    let k = ctx.pick(5, 40);
+    let mut m = match started(base(ctx.board, seed)) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    let refs = m.bus().reference_count();
+    m.schedule(m.frame_time(k) + interval(&m) / 2, Action::QueryRemove { card: 0 });
+    m.run(&mut RunHooks::default());
+    m.teardown();
+    let observed = status_of(&m, "QUERY_REMOVE");
+    ctx.check(
+        format!("refused while {refs} reference(s) held, then allowed ({})", names(&observed)),
+        refs > 0 && observed == [STATUS_DEVICE_BUSY, STATUS_SUCCESS],
+    );
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    ctx.recovered(
+        format!("the refused removal left the stream alone ({} of {} delivered) and the removal went through", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured && observed.last() == Some(&STATUS_SUCCESS),
+    );
+    ctx.finish(Some(&m))
+}
+
+fn start_stop_cycles(spec: &RowSpec, seed: u64) -> FaultRow {
+    const CYCLES: u32 = 10_000;
+    let mut ctx = Ctx::new(spec, seed);
+    let mut done = 0u32;
+    let mut failure = None;
+    let mut totals = Totals::default();
+    for (board, cycles) in [(BoardKind::ScatterGather, CYCLES / 2), (BoardKind::Legacy, CYCLES - CYCLES / 2)] {
+        let config = MachineConfig {
+            board,
+            width: 64,
+            height: 16,
+            fps: 120,
+            frames: 2,
+            app_buffers: 2,
+            slot_count: 2,
+            descriptor_ring_entries: Some(64),
+            cq_entries: Some(64),
+            seed,
+            ..MachineConfig::default()
+        };
+        let mut m = match Machine::new(config) {
+            Ok(m) => m,
+            Err(e) => return ctx.broken(format!("machine: {e}")),
+        };
+        for cycle in 0..cycles {
+            if let Err(e) = m.start() {
+                m.teardown();
+                failure = Some(format!("{board:?} cycle {cycle}: {e}"));
+                break;
+            }
+            m.run(&mut RunHooks::default());
+            m.teardown();
+            for c in m.report().channels {
+                totals.captured += c.frames_captured;
+                totals.delivered += c.frames_delivered;
+                totals.verified += c.frames_verified;
+                totals.corrupt += c.frames_corrupt;
+            }
+            let live = m.memory().stats().live_allocations;
+            if !m.violations().is_empty() || live != 0 {
+                failure = Some(format!("{board:?} cycle {cycle}: {live} live allocations, {:?}", m.violations().list()));
+                break;
+            }
+            done += 1;
+        }
+        if let Some(why) = failure {
+            ctx.extra = totals;
+            ctx.check(format!("every cycle clean (first failure: {why})"), false);
+            ctx.recovered(format!("the device started again after every stop ({done} starts)"), false);
+            return ctx.finish(None);
+        }
+    }
+    ctx.extra = totals;
+    ctx.statuses.push(format!("{done} cycles"));
+    ctx.check(format!("{done} of {CYCLES} cycles ran, each with zero leaks"), done == CYCLES);
+    ctx.check(
+        format!("every cycle delivered its frames ({} of {} delivered)", totals.delivered, totals.captured),
+        totals.captured == u64::from(CYCLES) * 2 && totals.delivered == totals.captured,
+    );
+    ctx.recovered(format!("the device started again after every stop ({done} starts)"), done == CYCLES);
+    ctx.finish(None)
+}

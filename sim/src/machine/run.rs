@@ -173,7 +173,12 @@ struct Card {
 }
 
 /// The simulated machine with capdma cards in it.
+///
+/// Dropping a machine whose pins are still open tears it down first (the
+/// pins' `Drop` calls into the bus through the interface, so the channels
+/// go before the cards; they are also declared first).
 pub struct Machine {
+    channels: Vec<ChannelRun>,
     config: MachineConfig,
     violations: Violations,
     irql: IrqlTracker,
@@ -181,7 +186,6 @@ pub struct Machine {
     tree: DeviceTree,
     software_pdo: DeviceId,
     cards: Vec<Card>,
-    channels: Vec<ChannelRun>,
     timeline: Timeline,
     actions: Vec<Action>,
     statuses: Vec<StatusRecord>,
@@ -1172,6 +1176,14 @@ impl Machine {
             wall_s: self.started.elapsed().as_secs_f64(),
             interrupts_claimed: self.cards.iter().map(|c| c.isr_claimed).sum(),
             interrupts_unclaimed: self.interrupts_unclaimed,
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if self.channels.iter().any(|r| r.pin.is_some() || r.client.is_some()) {
+            self.teardown();
         }
     }
 }

@@ -11,7 +11,7 @@
 //! only in `KSSTATE_RUN`, so there is nothing to do in `KSSTATE_PAUSE`.
 use crate::bus_client::BusClient;
 use crate::fifo::MAX_SLOTS;
-use crate::format::VideoFormat;
+use crate::format::{validate_data_format, VideoFormat};
 use crate::ks_format::{
     KSMAPPING_SIZE, KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, KSPIN_FLAG_GENERATE_MAPPINGS,
     KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY,
@@ -79,6 +79,39 @@ impl DeviceSetup {
     #[must_use]
     pub fn framing_for(&self, format: &VideoFormat) -> AllocatorFraming {
         AllocatorFraming { frame_size: format.image_bytes, ..self.framing }
+    }
+
+    /// Whether a pin of this channel can stream `format`: the rule of
+    /// [`crate::pin::CapturePin::check_format`], usable before the pin
+    /// exists (`AVStrMiniPinSetDataFormat` at pin creation, which AVStream
+    /// calls before the pin's Create dispatch).
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER` when the frame does not fit the channel.
+    pub fn check_format(&self, format: &VideoFormat) -> Result<(), NtStatus> {
+        crate::pin::check_format_for(self.mode, &self.config, format)
+    }
+
+    /// [`validate_data_format`] of `bytes`, then [`Self::check_format`]:
+    /// what a new pin's format must pass.
+    ///
+    /// # Errors
+    /// The errors of both.
+    pub fn validate_format(&self, bytes: &[u8]) -> Result<VideoFormat, NtStatus> {
+        let format = validate_data_format(bytes)?;
+        self.check_format(&format)?;
+        Ok(format)
+    }
+
+    /// Whether a device that was started with `self` (and built its filter
+    /// factory's pin descriptor from it) can run as `next` after a restart
+    /// (`IRP_MN_STOP_DEVICE` then `IRP_MN_START_DEVICE`, e.g. a resource
+    /// rebalance): the pin descriptor is built once, so the mode, the pin
+    /// flags and the allocator framing must not change. The adapter may
+    /// (it is registered again at every start).
+    #[must_use]
+    pub fn can_restart_as(&self, next: &DeviceSetup) -> bool {
+        self.mode == next.mode && self.pin_flags == next.pin_flags && self.framing == next.framing
     }
 }
 
@@ -171,6 +204,47 @@ mod tests {
             setup.pin_flags,
             KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING | KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY
         );
+    }
+
+    #[test]
+    fn formats_are_checked_against_the_channel_before_a_pin_exists() {
+        use crate::format::build_data_format;
+        use zerocopy::IntoBytes;
+        // Slots of 1 MiB: 640x480 YUY2 at a 1280-byte pitch fits, 1920x1080 does not.
+        let bus = FakeBus::common_buffer(4, 1 << 20);
+        let setup = device_start(&client(&bus)).unwrap();
+        let small = VideoFormat::new(PixelFormat::Yuy2, 640, 480, 333_333).unwrap();
+        let big = VideoFormat::new(PixelFormat::Yuy2, 1920, 1080, 333_333).unwrap();
+        assert_eq!(setup.validate_format(build_data_format(&small).as_bytes()), Ok(small));
+        assert_eq!(setup.check_format(&big), Err(capdma_interface::status::STATUS_INVALID_PARAMETER));
+        assert_eq!(
+            setup.validate_format(build_data_format(&big).as_bytes()),
+            Err(capdma_interface::status::STATUS_INVALID_PARAMETER)
+        );
+        assert_eq!(
+            setup.validate_format(&[0u8; 8]),
+            Err(capdma_interface::status::STATUS_BUFFER_TOO_SMALL)
+        );
+        // S/G: bounded by max_frame_bytes only.
+        let bus = FakeBus::scatter_gather();
+        let setup = device_start(&client(&bus)).unwrap();
+        assert_eq!(setup.validate_format(build_data_format(&big).as_bytes()), Ok(big));
+    }
+
+    #[test]
+    fn a_restart_keeps_the_pin_shape() {
+        let sg = FakeBus::scatter_gather();
+        let first = device_start(&client(&sg)).unwrap();
+        let mut again = device_start(&client(&sg)).unwrap();
+        assert!(first.can_restart_as(&again));
+        again.adapter = None;
+        assert!(first.can_restart_as(&again), "the adapter is registered again, it may change");
+        let cb = FakeBus::common_buffer(4, 1 << 20);
+        let other_mode = device_start(&client(&cb)).unwrap();
+        assert!(!first.can_restart_as(&other_mode));
+        let mut other_alignment = first;
+        other_alignment.framing.file_alignment = 4095;
+        assert!(!first.can_restart_as(&other_alignment));
     }
 
     #[test]

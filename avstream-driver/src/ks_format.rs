@@ -101,6 +101,39 @@ pub const KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY: u32 = 0x0001_0000;
 
 /// `KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY` (ks.h).
 pub const KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY: u32 = 0x0000_0004;
+/// `KSSTREAM_HEADER_OPTIONSF_TIMEVALID` (ks.h): `PresentationTime` is valid.
+pub const KSSTREAM_HEADER_OPTIONSF_TIMEVALID: u32 = 0x0000_0010;
+/// `KSSTREAM_HEADER_OPTIONSF_DURATIONVALID` (ks.h): `Duration` is valid.
+pub const KSSTREAM_HEADER_OPTIONSF_DURATIONVALID: u32 = 0x0000_0100;
+/// `KS_VIDEO_FLAG_FRAME` (ksmedia.h), `KS_FRAME_INFO.dwFrameFlags` of a
+/// progressive frame.
+pub const KS_VIDEO_FLAG_FRAME: u32 = 0;
+
+/// `KSCATEGORY_CAPTURE` {65E8773D-8F56-11D0-A3B9-00A0C9223196} (ks.h); the
+/// string form is `capdma_interface::identity::KSCATEGORY_CAPTURE`.
+pub const KSCATEGORY_CAPTURE: KsGuid =
+    KsGuid::new(0x65e8_773d, 0x8f56, 0x11d0, [0xa3, 0xb9, 0x00, 0xa0, 0xc9, 0x22, 0x31, 0x96]);
+/// `KSCATEGORY_VIDEO` {6994AD05-93EF-11D0-A3CC-00A0C9223196} (ksmedia.h).
+pub const KSCATEGORY_VIDEO: KsGuid =
+    KsGuid::new(0x6994_ad05, 0x93ef, 0x11d0, [0xa3, 0xcc, 0x00, 0xa0, 0xc9, 0x22, 0x31, 0x96]);
+/// `KSCATEGORY_VIDEO_CAMERA` {E5323777-F976-4F5B-9B55-B94699C46E44} (ksmedia.h).
+pub const KSCATEGORY_VIDEO_CAMERA: KsGuid =
+    KsGuid::new(0xe532_3777, 0xf976, 0x4f5b, [0x9b, 0x55, 0xb9, 0x46, 0x99, 0xc4, 0x6e, 0x44]);
+/// The capture filter's categories, in the order of
+/// `capdma_interface::identity::FILTER_CATEGORIES`.
+pub const FILTER_CATEGORIES: [KsGuid; 3] = [KSCATEGORY_CAPTURE, KSCATEGORY_VIDEO, KSCATEGORY_VIDEO_CAMERA];
+/// `PINNAME_VIDEO_CAPTURE` {FB6C4281-0353-11D1-905F-0000C0CC16BA}
+/// (ksmedia.h): the capture pin's category and name.
+pub const PINNAME_VIDEO_CAPTURE: KsGuid =
+    KsGuid::new(0xfb6c_4281, 0x0353, 0x11d1, [0x90, 0x5f, 0x00, 0x00, 0xc0, 0xcc, 0x16, 0xba]);
+/// `KSNAME_Filter` {9B365890-165F-11D0-A195-0020AFD156E4} (ks.h): the
+/// filter descriptor's `ReferenceGuid`.
+pub const KSNAME_FILTER: KsGuid =
+    KsGuid::new(0x9b36_5890, 0x165f, 0x11d0, [0xa1, 0x95, 0x00, 0x20, 0xaf, 0xd1, 0x56, 0xe4]);
+/// The reference string the filter factory registers its device interfaces
+/// with (`KsCreateFilterFactory(.., RefString, ..)`); the INF's
+/// `AddInterface` lines must use the same one.
+pub const FILTER_REFERENCE_STRING: &str = "GLOBAL";
 
 /// `KS_VIDEOSTREAM_CAPTURE` (ksmedia.h), for `StreamDescriptionFlags`.
 pub const KS_VIDEOSTREAM_CAPTURE: u32 = 0x0002;
@@ -390,6 +423,35 @@ mod tests {
         assert_eq!(&bytes[8..16], &[0xbf, 0x01, 0x00, 0xaa, 0x00, 0x55, 0x59, 0x5a]);
         let back: Guid = KSDATAFORMAT_SPECIFIER_VIDEOINFO.into();
         assert_eq!(KsGuid::from(back), KSDATAFORMAT_SPECIFIER_VIDEOINFO);
+    }
+
+    fn canonical(g: &KsGuid) -> String {
+        let d = g.data4;
+        format!(
+            "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
+            g.data1, g.data2, g.data3, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]
+        )
+    }
+
+    #[test]
+    fn filter_categories_match_the_identity_strings() {
+        use capdma_interface::identity;
+        let strings: Vec<String> = FILTER_CATEGORIES.iter().map(canonical).collect();
+        assert_eq!(strings, identity::FILTER_CATEGORIES);
+        assert_eq!(canonical(&KSCATEGORY_CAPTURE), identity::KSCATEGORY_CAPTURE);
+        assert_eq!(canonical(&KSCATEGORY_VIDEO), identity::KSCATEGORY_VIDEO);
+        assert_eq!(canonical(&KSCATEGORY_VIDEO_CAMERA), identity::KSCATEGORY_VIDEO_CAMERA);
+    }
+
+    #[test]
+    fn pin_and_filter_names_match_the_headers() {
+        // ksmedia.h: DEFINE_GUIDSTRUCT("FB6C4281-0353-11d1-905F-0000C0CC16BA", PINNAME_VIDEO_CAPTURE)
+        assert_eq!(canonical(&PINNAME_VIDEO_CAPTURE), "FB6C4281-0353-11D1-905F-0000C0CC16BA");
+        // ks.h: DEFINE_GUIDSTRUCT("9b365890-165f-11d0-a195-0020afd156e4", KSNAME_Filter)
+        assert_eq!(canonical(&KSNAME_FILTER), "9B365890-165F-11D0-A195-0020AFD156E4");
+        // ksmedia.h: {C6E13344-30AC-11d0-A18C-00A0C9118956}
+        assert_eq!(canonical(&PROPSETID_VIDCAP_DROPPEDFRAMES), "C6E13344-30AC-11D0-A18C-00A0C9118956");
+        assert!(FILTER_REFERENCE_STRING.is_ascii() && !FILTER_REFERENCE_STRING.is_empty());
     }
 
     #[test]

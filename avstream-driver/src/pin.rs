@@ -151,6 +151,24 @@ fn unit_from_u8(v: u8) -> VectorUnit {
     }
 }
 
+/// [`CapturePin::check_format`] of a pin on a channel in `mode` with `config`
+/// (also used before the pin exists: [`DeviceSetup::check_format`]).
+pub(crate) fn check_format_for(mode: DmaMode, config: &DmaConfig, format: &VideoFormat) -> Result<(), NtStatus> {
+    let fits = match mode {
+        DmaMode::CommonBuffer => format
+            .line_bytes()
+            .checked_next_multiple_of(SLOT_LINE_ALIGN)
+            .and_then(|pitch| format.pixel.frame_bytes(format.height, pitch))
+            .is_some_and(|bytes| bytes <= config.slot_bytes),
+        DmaMode::ScatterGather => config.max_frame_bytes == 0 || format.image_bytes <= config.max_frame_bytes,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(STATUS_INVALID_PARAMETER)
+    }
+}
+
 /// One capture pin of a capdma channel, generic over the KS port.
 pub struct CapturePin<K: KsPinPort> {
     pub(crate) port: K,
@@ -294,19 +312,15 @@ impl<K: KsPinPort> CapturePin<K> {
     /// # Errors
     /// `STATUS_INVALID_PARAMETER` when it does not fit.
     pub fn check_format(&self, format: &VideoFormat) -> Result<(), NtStatus> {
-        let fits = match self.mode {
-            DmaMode::CommonBuffer => format
-                .line_bytes()
-                .checked_next_multiple_of(SLOT_LINE_ALIGN)
-                .and_then(|pitch| format.pixel.frame_bytes(format.height, pitch))
-                .is_some_and(|bytes| bytes <= self.config.slot_bytes),
-            DmaMode::ScatterGather => self.config.max_frame_bytes == 0 || format.image_bytes <= self.config.max_frame_bytes,
-        };
-        if fits {
-            Ok(())
-        } else {
-            Err(STATUS_INVALID_PARAMETER)
-        }
+        check_format_for(self.mode, &self.config, format)
+    }
+
+    /// Whether the pin copies frames with the CPU in [`Self::process`]
+    /// (common-buffer mode): only then does the vector unit matter, so only
+    /// then is extended processor state worth saving around Process.
+    #[must_use]
+    pub fn copies_frames(&self) -> bool {
+        self.mode == DmaMode::CommonBuffer
     }
 
     /// `AVStrMiniPinSetDataFormat`: validates `bytes` (a

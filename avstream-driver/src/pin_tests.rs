@@ -497,3 +497,13 @@ fn the_pin_is_sync_when_its_port_is() {
     assert_sync::<CapturePin<SyncPort>>();
     assert_sync::<crate::bus_client::BusChannel>();
 }
+
+#[test]
+fn only_common_buffer_pins_copy_frames() {
+    let port = FakePort::default();
+    let sg = FakeBus::scatter_gather();
+    assert!(!make(&sg, &port).copies_frames());
+    let cb = FakeBus::common_buffer(4, 1 << 20);
+    let port = FakePort::default();
+    assert!(make(&cb, &port).copies_frames());
+}

@@ -4,6 +4,9 @@
 //! implements it with the `Ks*` stream-pointer DDIs; `capdma-sim` implements
 //! it with its model of the KS queue. Method names follow the DDIs they
 //! stand for.
+use crate::ks_format::{
+    KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY, KSSTREAM_HEADER_OPTIONSF_DURATIONVALID, KSSTREAM_HEADER_OPTIONSF_TIMEVALID,
+};
 use capdma_interface::status::NtStatus;
 use capdma_interface::table::SgElement;
 
@@ -41,6 +44,24 @@ pub struct FrameCompletion {
     pub drop_count: i64,
     /// Set `KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY` (frames were lost before this one).
     pub discontinuity: bool,
+}
+
+impl FrameCompletion {
+    /// The `KSSTREAM_HEADER.OptionsFlags` bits the frame gets (OR-ed into
+    /// the header's): a delivered frame (`data_used > 0`) has a valid
+    /// `PresentationTime` and `Duration` (`TIMEVALID`, `DURATIONVALID`); an
+    /// empty one has neither; `DATADISCONTINUITY` when frames were lost
+    /// before this one.
+    #[must_use]
+    pub fn options_flags(&self) -> u32 {
+        let times = if self.data_used > 0 {
+            KSSTREAM_HEADER_OPTIONSF_TIMEVALID | KSSTREAM_HEADER_OPTIONSF_DURATIONVALID
+        } else {
+            0
+        };
+        let discontinuity = if self.discontinuity { KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY } else { 0 };
+        times | discontinuity
+    }
 }
 
 /// A capture pin's queue, seen through its stream pointers.
@@ -97,4 +118,20 @@ pub trait KsPinPort {
     fn acquire_processing_mutex(&self) {}
     /// `KsPinReleaseProcessingMutex(Pin)`.
     fn release_processing_mutex(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_flags_follow_the_completion() {
+        let good = FrameCompletion { data_used: 4096, presentation_time: 10, duration: 333_333, ..Default::default() };
+        assert_eq!(good.options_flags(), KSSTREAM_HEADER_OPTIONSF_TIMEVALID | KSSTREAM_HEADER_OPTIONSF_DURATIONVALID);
+        let after_drop = FrameCompletion { discontinuity: true, ..good };
+        assert_eq!(after_drop.options_flags() & KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY, KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY);
+        let empty = FrameCompletion::default();
+        assert_eq!(empty.options_flags(), 0);
+        assert_eq!(FrameCompletion { discontinuity: true, ..empty }.options_flags(), KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY);
+    }
 }

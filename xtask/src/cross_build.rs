@@ -34,6 +34,21 @@ use crate::workspace;
 /// The driver packages, built in this order.
 pub const DRIVER_PACKAGES: &[&str] = &["capdma-bus", "capdma-avstream"];
 
+/// Cargo features a driver package is built with for Windows: what its
+/// `build.rs` needs on a non-Windows host (`capdma-avstream` generates its
+/// KS bindings with bindgen, an optional build-dependency).
+pub const DRIVER_FEATURES: &[(&str, &[&str])] = &[("capdma-avstream", &["ks-bindgen"])];
+
+/// The features [`DRIVER_FEATURES`] lists for `package`, comma-separated
+/// (`None` for none).
+pub fn features_of(package: &str) -> Option<String> {
+    DRIVER_FEATURES
+        .iter()
+        .find(|(name, _)| *name == package)
+        .map(|(_, features)| features.join(","))
+        .filter(|list| !list.is_empty())
+}
+
 /// The driver packages to build: `selected` (each one of
 /// [`DRIVER_PACKAGES`]) in the order of [`DRIVER_PACKAGES`], or all of them
 /// when `selected` is empty.
@@ -165,6 +180,12 @@ fn cargo_command(
             WINDOWS_TARGET,
         ])
         .args(options.release.then_some("--release"))
+        .args(
+            features_of(package)
+                .map(|list| ["--features".to_owned(), list])
+                .into_iter()
+                .flatten(),
+        )
         .arg("--config")
         .arg(format!("patch.crates-io.wdk-build.path={wdk_build:?}"))
         // A panic in a driver is a bugcheck: never unwind.
@@ -348,6 +369,18 @@ mod tests {
             ["capdma-bus"]
         );
         assert!(select_packages(&["capdma-sim".into()]).is_err());
+    }
+
+    #[test]
+    fn avstream_is_built_with_its_bindgen_feature() {
+        assert_eq!(
+            features_of("capdma-avstream").as_deref(),
+            Some("ks-bindgen")
+        );
+        assert_eq!(features_of("capdma-bus"), None);
+        assert!(DRIVER_FEATURES
+            .iter()
+            .all(|(package, _)| DRIVER_PACKAGES.contains(package)));
     }
 
     #[test]

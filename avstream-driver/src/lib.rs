@@ -14,6 +14,9 @@
 //! * [`clones`], [`fifo`]: the fixed-size frame/slot bookkeeping.
 //! * [`stats`]: frame counters and `KSPROPERTY_DROPPEDFRAMES_CURRENT`.
 //! * [`copy`]: the slot -> frame copy.
+//! * `ks` (Windows targets only): the KS glue of `capdma_avstream.sys` —
+//!   its own `ks.h` bindings, `DriverEntry`, the device, filter and pin
+//!   dispatch, and the [`ports::KsPinPort`] over `PKSSTREAM_POINTER`.
 #![cfg_attr(not(test), no_std)]
 
 pub mod bus_client;
@@ -30,6 +33,8 @@ pub mod process_sg;
 pub mod state;
 pub mod stats;
 
+#[cfg(target_os = "windows")]
+mod ks;
 #[cfg(test)]
 mod pin_tests;
 #[cfg(test)]

@@ -74,15 +74,39 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
     (
         "capdma_avstream",
         &[
+            // DriverEntry and the device (Add: the context in the object bag).
             ("ks.sys", "KsInitializeDriver"),
+            ("ks.sys", "KsAddItemToObjectBag"),
+            ("ntoskrnl.exe", "ExAllocatePool2"),
+            ("ntoskrnl.exe", "ExFreePoolWithTag"),
+            // Start: the channel, the bus interface (IRP_MN_QUERY_INTERFACE
+            // sent down the stack and waited for), the filter factory.
+            ("ntoskrnl.exe", "IoGetDeviceProperty"),
+            ("ntoskrnl.exe", "IoBuildSynchronousFsdRequest"),
+            ("ntoskrnl.exe", "IofCallDriver"),
+            ("ntoskrnl.exe", "KeInitializeEvent"),
+            ("ntoskrnl.exe", "KeWaitForSingleObject"),
+            ("ks.sys", "KsCreateFilterFactory"),
             // Packet-based DMA.
             ("ks.sys", "KsDeviceRegisterAdapterObject"),
+            // Pin creation: the device, the pin's own framing; properties.
+            ("ks.sys", "KsGetDevice"),
+            ("ks.sys", "_KsEdit"),
+            ("ks.sys", "KsGetPinFromIrp"),
             // Process / DPC completion path.
             ("ks.sys", "KsPinGetLeadingEdgeStreamPointer"),
             ("ks.sys", "KsStreamPointerClone"),
-            ("ks.sys", "KsStreamPointerAdvance"),
+            ("ks.sys", "KsStreamPointerAdvanceOffsets"),
+            ("ks.sys", "KsStreamPointerAdvanceOffsetsAndUnlock"),
+            ("ks.sys", "KsStreamPointerUnlock"),
             ("ks.sys", "KsStreamPointerDelete"),
             ("ks.sys", "KsPinAttemptProcessing"),
+            // RUN -> PAUSE stops the channel with Process held off.
+            ("ks.sys", "KsPinAcquireProcessingMutex"),
+            ("ks.sys", "KsPinReleaseProcessingMutex"),
+            // AVX2 copy in common-buffer Process.
+            ("ntoskrnl.exe", "KeSaveExtendedProcessorState"),
+            ("ntoskrnl.exe", "KeRestoreExtendedProcessorState"),
         ],
     ),
 ];

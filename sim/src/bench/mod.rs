@@ -44,11 +44,13 @@ mod placement;
 mod region;
 mod sg;
 mod stats;
+mod stack;
 mod table;
 
 pub use machine::MachineInfo;
 pub use sg::{SgCost, SgFrameCost};
 pub use stats::Summary;
+pub use stack::measure_stack;
 pub use table::render_table;
 
 use capdma_avstream::copy::{copy_frame_tuned, effective_unit, CopyGeometry, CopyTuning, VectorUnit, NON_TEMPORAL_THRESHOLD};
@@ -266,8 +268,16 @@ pub struct ModeThroughput {
     pub dropped: u64,
     /// Virtual seconds simulated.
     pub virtual_seconds: f64,
-    /// `frames / virtual_seconds`.
+    /// `frames / virtual_seconds`: the board's rate, which the stack kept up with.
     pub frames_per_second: f64,
+    /// Wall-clock seconds the simulated machine took (board model, bus and
+    /// AVStream cores, KS model, byte-for-byte verification included).
+    pub wall_seconds: f64,
+    /// `frames / wall_seconds`: how fast the whole simulated stack runs.
+    pub frames_per_wall_second: f64,
+    /// Frames per second the measured copy limit (`limit`, median) allows
+    /// for this format: the ceiling of common-buffer mode on this machine.
+    pub copy_limit_fps: f64,
 }
 
 /// `a / b` as a float (0 for `b == 0`).

@@ -159,8 +159,16 @@ fn write_stack(out: &mut String, report: &BenchReport) -> std::fmt::Result {
             for mt in &st.modes {
                 writeln!(
                     out,
-                    "  {:<14} {:<12} {:>8} frames {:>6} dropped {:>9.3} s {:>10.1} fps",
-                    mt.mode, mt.format, mt.frames, mt.dropped, mt.virtual_seconds, mt.frames_per_second
+                    "  {:<14} {:<12} {:>6} frames {:>4} dropped  {:>6.2} s virtual at {:>5.1} fps  {:>6.2} s wall: {:>7.1} frames/s (copy limit allows {:>6.0})",
+                    mt.mode,
+                    mt.format,
+                    mt.frames,
+                    mt.dropped,
+                    mt.virtual_seconds,
+                    mt.frames_per_second,
+                    mt.wall_seconds,
+                    mt.frames_per_wall_second,
+                    mt.copy_limit_fps
                 )?;
             }
         }

@@ -1,7 +1,7 @@
 //! `capdma-sim bench`: the common-buffer copy against the memory limit.
 use std::process::ExitCode;
 
-use capdma_sim::bench::{render_table, run as run_bench, BenchOptions};
+use capdma_sim::bench::{measure_stack, render_table, run as run_bench, BenchOptions};
 use clap::Args;
 
 /// `capdma-sim bench` arguments.
@@ -25,7 +25,15 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> ExitCode {
     let options = BenchOptions { quick: args.quick, samples: args.samples, seed: args.seed, ..BenchOptions::default() };
     match run_bench(&options) {
-        Ok(report) => {
+        Ok(mut report) => {
+            let frames = if args.quick { 30 } else { 300 };
+            match measure_stack(&report, frames) {
+                Ok(stack) => report.stack = Some(stack),
+                Err(e) => {
+                    eprintln!("capdma-sim: bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(json) => super::stream::print_line(&json),
@@ -37,7 +45,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             } else {
                 super::stream::print_line(&render_table(&report));
             }
-            ExitCode::SUCCESS
+            if report.checks_passed {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("capdma-sim: bench: a byte check failed: a copy method wrote wrong bytes");
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("capdma-sim: bench: {e}");

@@ -8,7 +8,7 @@ use capdma_avstream::ports::{FrameCompletion, Irql, KsPinPort, StreamOffset};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_NOT_READY, STATUS_INVALID_PARAMETER};
 
 use super::queue::{Frame, Position, Queue};
-use crate::dma::adapter::{split_mappings, SimDmaAdapter};
+use crate::dma::adapter::{split_mappings, ScatterGatherList, SimDmaAdapter};
 use crate::irql::IrqlTracker;
 use crate::violations::{ViolationKind, Violations};
 
@@ -75,6 +75,21 @@ struct PinState {
     waiting_for_map_registers: bool,
     completed: VecDeque<CompletedFrame>,
     stats: KsStats,
+}
+
+/// Completes `frame` to the application; its S/G list (mapping mode) goes
+/// to `lists`, to be put once the pin's state is no longer borrowed.
+fn hand_back(s: &mut PinState, mut frame: Frame, cancelled: bool, lists: &mut Vec<ScatterGatherList>) {
+    if let Some(list) = frame.sg.take() {
+        lists.push(list);
+    }
+    s.completed.push_back(CompletedFrame {
+        buffer_id: frame.buffer_id,
+        completion: frame.completion,
+        mappings: u32::try_from(frame.mappings.len()).unwrap_or(u32::MAX),
+        cancelled,
+    });
+    s.stats.completed += 1;
 }
 
 /// The simulated capture pin. Cheap to clone (a shared handle).
@@ -167,18 +182,9 @@ impl SimKsPin {
             }
             s.queue.clones.clear();
             s.queue.leading_locked = false;
-            while let Some(mut frame) = s.queue.frames.pop_front() {
-                if let Some(list) = frame.sg.take() {
-                    lists.push(list);
-                }
-                let done = CompletedFrame {
-                    buffer_id: frame.buffer_id,
-                    completion: frame.completion,
-                    mappings: u32::try_from(frame.mappings.len()).unwrap_or(u32::MAX),
-                    cancelled: frame.completion.is_none(),
-                };
-                s.completed.push_back(done);
-                s.stats.completed += 1;
+            while let Some(frame) = s.queue.frames.pop_front() {
+                let cancelled = frame.completion.is_none();
+                hand_back(&mut s, frame, cancelled, &mut lists);
             }
             s.queue.leading = Position { seq: s.queue.next_seq, offset: 0 };
         }
@@ -207,7 +213,7 @@ impl SimKsPin {
         self.irql.require_at_most_dispatch(name);
     }
 
-    fn put_lists(&self, lists: Vec<crate::dma::adapter::ScatterGatherList>) {
+    fn put_lists(&self, lists: Vec<ScatterGatherList>) {
         if lists.is_empty() {
             return;
         }
@@ -260,18 +266,8 @@ impl SimKsPin {
         {
             let mut s = self.state.borrow_mut();
             while s.queue.frames.front().is_some_and(|f| f.passed && f.clones == 0) {
-                let Some(mut frame) = s.queue.frames.pop_front() else { break };
-                if let Some(list) = frame.sg.take() {
-                    lists.push(list);
-                }
-                let done = CompletedFrame {
-                    buffer_id: frame.buffer_id,
-                    completion: frame.completion,
-                    mappings: u32::try_from(frame.mappings.len()).unwrap_or(u32::MAX),
-                    cancelled: false,
-                };
-                s.completed.push_back(done);
-                s.stats.completed += 1;
+                let Some(frame) = s.queue.frames.pop_front() else { break };
+                hand_back(&mut s, frame, false, &mut lists);
             }
             if !lists.is_empty() && s.waiting_for_map_registers {
                 // Map registers come back with the lists: KS retries processing.

@@ -132,7 +132,7 @@ mod tests {
         FilledSlot {
             slot,
             bytes: slot * 10,
-            status: if slot % 2 == 0 { STATUS_SUCCESS } else { STATUS_CANCELLED },
+            status: if slot.is_multiple_of(2) { STATUS_SUCCESS } else { STATUS_CANCELLED },
             frame_number: slot + 100,
             timestamp: -i64::from(slot),
         }

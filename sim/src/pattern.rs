@@ -349,7 +349,7 @@ fn yuv_to_rgb(luma: u8, cb: u8, cr: u8) -> [u8; 3] {
 /// # Errors
 /// [`SnapshotError::BadGeometry`] or [`SnapshotError::TooShort`].
 pub fn to_rgb(format: PixelFormat, width: u32, height: u32, stride: usize, bytes: &[u8]) -> Result<Vec<u8>, SnapshotError> {
-    if width == 0 || height == 0 || width % 2 != 0 || (format == PixelFormat::Nv12 && height % 2 != 0) {
+    if width == 0 || height == 0 || !width.is_multiple_of(2) || (format == PixelFormat::Nv12 && !height.is_multiple_of(2)) {
         return Err(SnapshotError::BadGeometry(format!("{width}x{height} {}", format.name())));
     }
     let line_bytes = format.line_bytes(width).unwrap_or(u32::MAX) as usize;

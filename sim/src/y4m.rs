@@ -135,7 +135,7 @@ fn frame_bytes(format: PixelFormat, width: u32, height: u32) -> usize {
 }
 
 fn check_size(format: PixelFormat, width: u32, height: u32) -> Result<(), Y4mError> {
-    let odd = width % 2 != 0 || (format == PixelFormat::Nv12 && height % 2 != 0);
+    let odd = !width.is_multiple_of(2) || (format == PixelFormat::Nv12 && !height.is_multiple_of(2));
     if width == 0 || height == 0 || odd || width > MAX_WIDTH || height > MAX_HEIGHT {
         return Err(Y4mError::BadSize { width, height });
     }

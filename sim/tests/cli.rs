@@ -22,7 +22,7 @@ fn write_clip(path: &Path, format: PixelFormat, width: u32, height: u32, frames:
     let file = std::fs::File::create(path).unwrap();
     let mut w = Y4mWriter::new(std::io::BufWriter::new(file), format, width, height, (30, 1)).unwrap();
     for f in 0..frames {
-        let frame: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (f as usize * 97)) as u8).collect();
+        let frame: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (f as usize * 97)).to_le_bytes()[0]).collect();
         w.write_frame(&frame, line).unwrap();
     }
     w.finish().unwrap();

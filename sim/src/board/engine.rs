@@ -170,7 +170,7 @@ fn validate(r: &ChannelRegs, config: &BoardConfig) -> Result<RunConfig, (u32, St
     if r.line_pitch < line_bytes {
         return bad(format!("LINE_PITCH {} below the line's {line_bytes} bytes", r.line_pitch));
     }
-    if !sg && r.line_pitch % SLOT_LINE_ALIGN != 0 {
+    if !sg && !r.line_pitch.is_multiple_of(SLOT_LINE_ALIGN) {
         return bad(format!("slot LINE_PITCH {} is not a multiple of {SLOT_LINE_ALIGN}", r.line_pitch));
     }
     let Some(frame_bytes) = format.frame_bytes(height, r.line_pitch) else {

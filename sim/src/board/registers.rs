@@ -88,7 +88,7 @@ impl BoardState {
     /// One register read: the value and a violation message if the access itself was wrong.
     pub(crate) fn read(&mut self, offset: u32) -> (u32, Option<String>) {
         self.stats.register_reads += 1;
-        if offset % 4 != 0 || offset >= BAR0_BYTES {
+        if !offset.is_multiple_of(4) || offset >= BAR0_BYTES {
             return (u32::MAX, Some(format!("register read at BAR0+{offset:#x}: unaligned or outside BAR0")));
         }
         if offset == global::INT_STATUS && self.spurious > 0 {
@@ -143,7 +143,7 @@ impl BoardState {
     /// One register write: the violation messages it caused.
     pub(crate) fn write(&mut self, offset: u32, value: u32) -> Vec<String> {
         self.stats.register_writes += 1;
-        if offset % 4 != 0 || offset >= BAR0_BYTES {
+        if !offset.is_multiple_of(4) || offset >= BAR0_BYTES {
             return vec![format!("register write of {value:#x} at BAR0+{offset:#x}: unaligned or outside BAR0")];
         }
         if self.removed {

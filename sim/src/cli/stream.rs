@@ -54,7 +54,7 @@ pub struct StreamArgs {
     /// Pixel format (default yuy2, or the source clip's).
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    /// Frame size WxH (default 1920x1080, or the source clip's).
+    /// Frame size `WxH` (default 1920x1080, or the source clip's).
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
     /// The application's frame stride in bytes (default: the line's bytes).
@@ -218,7 +218,6 @@ pub fn run_stream(args: &StreamArgs) -> Result<bool, String> {
     };
     let mut hooks = RunHooks { progress: Some(&mut progress), frame_sink: Some(&mut sink) };
     let result = machine::run(config, &mut hooks);
-    drop(hooks);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

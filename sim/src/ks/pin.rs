@@ -159,11 +159,13 @@ impl SimKsPin {
     }
 
     /// Takes (and clears) a pending request for a `Process` call.
+    #[must_use] 
     pub fn take_process_request(&self) -> bool {
         std::mem::take(&mut self.state.borrow_mut().process_requested)
     }
 
     /// The next frame completed back to the application, in queue order.
+    #[must_use] 
     pub fn take_completed(&self) -> Option<CompletedFrame> {
         self.state.borrow_mut().completed.pop_front()
     }
@@ -238,24 +240,21 @@ impl SimKsPin {
             return true;
         }
         let Some(mapping) = mapping else { return false };
-        match mapping.adapter.get_scatter_gather_list(va, bytes as usize) {
-            Ok(list) => {
-                let mappings = split_mappings(&list, mapping.max_mapping_byte_count);
-                let mut s = self.state.borrow_mut();
-                s.stats.mappings += mappings.len() as u64;
-                s.waiting_for_map_registers = false;
-                if let Some(frame) = s.queue.frame_mut(seq) {
-                    frame.mappings = mappings;
-                    frame.sg = Some(list);
-                }
-                true
+        if let Ok(list) = mapping.adapter.get_scatter_gather_list(va, bytes as usize) {
+            let mappings = split_mappings(&list, mapping.max_mapping_byte_count);
+            let mut s = self.state.borrow_mut();
+            s.stats.mappings += mappings.len() as u64;
+            s.waiting_for_map_registers = false;
+            if let Some(frame) = s.queue.frame_mut(seq) {
+                frame.mappings = mappings;
+                frame.sg = Some(list);
             }
-            Err(_) => {
-                let mut s = self.state.borrow_mut();
-                s.stats.map_waits += 1;
-                s.waiting_for_map_registers = true;
-                false
-            }
+            true
+        } else {
+            let mut s = self.state.borrow_mut();
+            s.stats.map_waits += 1;
+            s.waiting_for_map_registers = true;
+            false
         }
     }
 

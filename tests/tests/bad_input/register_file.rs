@@ -80,16 +80,12 @@ struct Regs(Rc<Shared>);
 
 impl RegisterPort for Regs {
     fn read32(&self, offset: u32) -> u32 {
-        if offset >= BAR0_BYTES || offset % 4 != 0 {
-            panic!("register read outside BAR0: {offset:#x}");
-        }
+        assert!(offset < BAR0_BYTES && offset.is_multiple_of(4), "register read outside BAR0: {offset:#x}");
         self.0.reg(offset)
     }
 
     fn write32(&self, offset: u32, value: u32) {
-        if offset >= BAR0_BYTES || offset % 4 != 0 {
-            panic!("register write outside BAR0: {offset:#x}");
-        }
+        assert!(offset < BAR0_BYTES && offset.is_multiple_of(4), "register write outside BAR0: {offset:#x}");
         if offset == global::INT_STATUS {
             let v = self.0.reg(offset) & !value;
             self.0.set(offset, v);
@@ -179,8 +175,10 @@ struct Recorder {
 }
 
 unsafe extern "system" fn record(context: *mut c_void, completion: *const Completion) {
-    // SAFETY: the context is the test's live Recorder; the completion is valid for the call.
-    let (r, c) = unsafe { (&*context.cast::<Recorder>(), completion.read()) };
+    // SAFETY: the context is the test's live Recorder.
+    let r = unsafe { &*context.cast::<Recorder>() };
+    // SAFETY: the completion is valid for the call.
+    let c = unsafe { completion.read() };
     r.got.borrow_mut().push(c);
 }
 
@@ -278,7 +276,7 @@ impl Rig {
         assert_eq!(s, STATUS_SUCCESS);
         let format = ChannelFormat { fourcc: FOURCC_YUY2, width: 64, height: 4, stride: 128, frame_interval: 166_666, reserved: 0 };
         // SAFETY: live device, readable format.
-        assert_eq!(unsafe { iface.start_channel.unwrap()(ctx, 0, &format) }, STATUS_SUCCESS);
+        assert_eq!(unsafe { iface.start_channel.unwrap()(ctx, 0, &raw const format) }, STATUS_SUCCESS);
         Self { shared, dev, iface, rec, sg, written: Vec::new(), posted: VecDeque::new(), next_tag: 1, held: VecDeque::new(), now: 0, next_slot: 0 }
     }
 

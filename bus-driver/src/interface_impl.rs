@@ -447,6 +447,22 @@ unsafe extern "system" fn thunk_dereference<P: BusPlatform>(context: *mut c_void
     }
 }
 
+/// Writes the value of `result` to `out` and returns `STATUS_SUCCESS`, or
+/// returns the error and writes nothing.
+///
+/// # Safety
+/// `out` is non-null and valid for an (unaligned) write of a `T`.
+unsafe fn answer<T>(out: *mut T, result: Result<T, NtStatus>) -> NtStatus {
+    match result {
+        Ok(value) => {
+            // SAFETY: the caller's contract; unaligned-safe.
+            unsafe { out.write_unaligned(value) };
+            STATUS_SUCCESS
+        }
+        Err(status) => status,
+    }
+}
+
 /// `GetDmaConfig`.
 ///
 /// # Safety
@@ -463,14 +479,8 @@ unsafe extern "system" fn thunk_get_dma_config<P: BusPlatform>(
     if config.is_null() {
         return STATUS_INVALID_PARAMETER;
     }
-    match dev.dma_config(channel) {
-        Ok(value) => {
-            // SAFETY: non-null, writable per the caller's contract; unaligned-safe.
-            unsafe { config.write_unaligned(value) };
-            STATUS_SUCCESS
-        }
-        Err(status) => status,
-    }
+    // SAFETY: `config` is non-null and writable per the caller's contract.
+    unsafe { answer(config, dev.dma_config(channel)) }
 }
 
 /// `GetDmaAdapter`.
@@ -550,14 +560,8 @@ unsafe extern "system" fn thunk_get_slot_ring<P: BusPlatform>(
     if ring.is_null() {
         return STATUS_INVALID_PARAMETER;
     }
-    match dev.slot_ring(channel) {
-        Ok(value) => {
-            // SAFETY: non-null, writable per the caller's contract; unaligned-safe.
-            unsafe { ring.write_unaligned(value) };
-            STATUS_SUCCESS
-        }
-        Err(status) => status,
-    }
+    // SAFETY: `ring` is non-null and writable per the caller's contract.
+    unsafe { answer(ring, dev.slot_ring(channel)) }
 }
 
 /// `ReturnSlot`.

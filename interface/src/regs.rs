@@ -95,6 +95,52 @@ pub struct ChannelRegisters {
     pub reserved1: [u32; 12],
 }
 
+impl ChannelRegisters {
+    /// `RING_BASE_HI:RING_BASE_LO`: the ring's logical address.
+    #[must_use]
+    pub const fn ring_base(&self) -> u64 {
+        (self.ring_base_hi as u64) << 32 | self.ring_base_lo as u64
+    }
+
+    /// `CQ_BASE_HI:CQ_BASE_LO`: the completion queue's logical address.
+    #[must_use]
+    pub const fn cq_base(&self) -> u64 {
+        (self.cq_base_hi as u64) << 32 | self.cq_base_lo as u64
+    }
+
+    /// The 32-bit register at byte `offset` of the block; `None` when
+    /// `offset` is unaligned or outside the block.
+    #[must_use]
+    pub fn word(&self, offset: u32) -> Option<u32> {
+        let at = word_range(offset)?;
+        let bytes: [u8; 4] = self.as_bytes().get(at)?.try_into().ok()?;
+        Some(u32::from_ne_bytes(bytes))
+    }
+
+    /// Stores `value` in the 32-bit register at byte `offset` of the block
+    /// (plain storage, no side effects); `false` when `offset` is unaligned
+    /// or outside the block.
+    pub fn set_word(&mut self, offset: u32, value: u32) -> bool {
+        let Some(at) = word_range(offset) else { return false };
+        match self.as_mut_bytes().get_mut(at) {
+            Some(bytes) => {
+                bytes.copy_from_slice(&value.to_ne_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The byte range of the aligned 32-bit word at `offset`.
+fn word_range(offset: u32) -> Option<core::ops::Range<usize>> {
+    if !offset.is_multiple_of(4) {
+        return None;
+    }
+    let start = usize::try_from(offset).ok()?;
+    Some(start..start.checked_add(4)?)
+}
+
 const _: () = assert!(size_of::<GlobalRegisters>() == 0x100);
 const _: () = assert!(size_of::<ChannelRegisters>() == 0x80);
 
@@ -271,6 +317,20 @@ mod tests {
         assert_eq!(channel::DROPPED_FRAMES, 0x4C);
         assert_eq!(channel_base(3), 0x280);
         assert_eq!(BAR0_BYTES, 0x500);
+    }
+
+    #[test]
+    fn channel_words_follow_the_offsets() {
+        let mut r = ChannelRegisters::default();
+        assert!(r.set_word(channel::RING_BASE_LO, 0x2000));
+        assert!(r.set_word(channel::RING_BASE_HI, 1));
+        assert!(r.set_word(channel::CQ_CONSUMER, 7));
+        assert_eq!(r.ring_base(), 0x1_0000_2000);
+        assert_eq!((r.cq_consumer, r.word(channel::CQ_CONSUMER)), (7, Some(7)));
+        assert_eq!(r.word(0x7C), Some(0), "reserved, in range");
+        assert_eq!(r.word(0x80), None, "outside the block");
+        assert_eq!(r.word(0x31), None, "unaligned");
+        assert!(!r.set_word(0x80, 1));
     }
 
     #[test]

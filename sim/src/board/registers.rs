@@ -7,62 +7,9 @@ use capdma_interface::regs::{
     STATUS_HALTED, STATUS_RUNNING,
 };
 
-/// The register values of one channel (what a driver reads back).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChannelRegs {
-    /// `CTRL` (RUN and `SG_MODE` bits; RESET self-clears).
-    pub ctrl: u32,
-    /// `STATUS`.
-    pub status: u32,
-    /// `FOURCC`.
-    pub fourcc: u32,
-    /// `WIDTH`, pixels.
-    pub width: u32,
-    /// `HEIGHT`, rows.
-    pub height: u32,
-    /// `LINE_PITCH`, bytes.
-    pub line_pitch: u32,
-    /// `FRAME_INTERVAL`, 100-ns units.
-    pub frame_interval: u32,
-    /// `RING_BASE_LO`.
-    pub ring_base_lo: u32,
-    /// `RING_BASE_HI`.
-    pub ring_base_hi: u32,
-    /// `RING_ENTRIES`.
-    pub ring_entries: u32,
-    /// `SLOT_STRIDE`, bytes.
-    pub slot_stride: u32,
-    /// `RING_PRODUCER` (driver).
-    pub ring_producer: u32,
-    /// `RING_CONSUMER` (board).
-    pub ring_consumer: u32,
-    /// `CQ_BASE_LO`.
-    pub cq_base_lo: u32,
-    /// `CQ_BASE_HI`.
-    pub cq_base_hi: u32,
-    /// `CQ_ENTRIES`.
-    pub cq_entries: u32,
-    /// `CQ_PRODUCER` (board).
-    pub cq_producer: u32,
-    /// `CQ_CONSUMER` (driver).
-    pub cq_consumer: u32,
-    /// `DROPPED_FRAMES` (board).
-    pub dropped_frames: u32,
-}
-
-impl ChannelRegs {
-    /// `RING_BASE_HI:RING_BASE_LO`.
-    #[must_use]
-    pub fn ring_base(&self) -> u64 {
-        u64::from(self.ring_base_hi) << 32 | u64::from(self.ring_base_lo)
-    }
-
-    /// `CQ_BASE_HI:CQ_BASE_LO`.
-    #[must_use]
-    pub fn cq_base(&self) -> u64 {
-        u64::from(self.cq_base_hi) << 32 | u64::from(self.cq_base_lo)
-    }
-}
+/// The register values of one channel (what a driver reads back): the
+/// contract's register block, so the map has one definition.
+pub type ChannelRegs = capdma_interface::regs::ChannelRegisters;
 
 fn global_name(offset: u32) -> &'static str {
     match offset {
@@ -114,29 +61,8 @@ impl BoardState {
         let Some(c) = self.channels.get(index) else {
             return (0, None); // a channel this board does not have
         };
-        let r = &c.regs;
-        let v = match reg {
-            channel::CTRL => r.ctrl,
-            channel::STATUS => r.status,
-            channel::FOURCC => r.fourcc,
-            channel::WIDTH => r.width,
-            channel::HEIGHT => r.height,
-            channel::LINE_PITCH => r.line_pitch,
-            channel::FRAME_INTERVAL => r.frame_interval,
-            channel::RING_BASE_LO => r.ring_base_lo,
-            channel::RING_BASE_HI => r.ring_base_hi,
-            channel::RING_ENTRIES => r.ring_entries,
-            channel::SLOT_STRIDE => r.slot_stride,
-            channel::RING_PRODUCER => r.ring_producer,
-            channel::RING_CONSUMER => r.ring_consumer,
-            channel::CQ_BASE_LO => r.cq_base_lo,
-            channel::CQ_BASE_HI => r.cq_base_hi,
-            channel::CQ_ENTRIES => r.cq_entries,
-            channel::CQ_PRODUCER => r.cq_producer,
-            channel::CQ_CONSUMER => r.cq_consumer,
-            channel::DROPPED_FRAMES => r.dropped_frames,
-            _ => 0,
-        };
+        // Reserved words read as 0: they are never written (a write is refused below).
+        let v = c.regs.word(reg).unwrap_or(0);
         (v, None)
     }
 
@@ -211,19 +137,21 @@ impl BoardState {
                     self.int_status |= capdma_interface::regs::int_error(index as u32);
                 }
             }
-            channel::FOURCC => r.fourcc = value,
-            channel::WIDTH => r.width = value,
-            channel::HEIGHT => r.height = value,
-            channel::LINE_PITCH => r.line_pitch = value,
-            channel::FRAME_INTERVAL => r.frame_interval = value,
-            channel::RING_BASE_LO => r.ring_base_lo = value,
-            channel::RING_BASE_HI => r.ring_base_hi = value,
-            channel::RING_ENTRIES => r.ring_entries = value,
-            channel::SLOT_STRIDE => r.slot_stride = value,
-            channel::RING_PRODUCER => r.ring_producer = value,
-            channel::CQ_BASE_LO => r.cq_base_lo = value,
-            channel::CQ_BASE_HI => r.cq_base_hi = value,
-            channel::CQ_ENTRIES => r.cq_entries = value,
+            channel::FOURCC
+            | channel::WIDTH
+            | channel::HEIGHT
+            | channel::LINE_PITCH
+            | channel::FRAME_INTERVAL
+            | channel::RING_BASE_LO
+            | channel::RING_BASE_HI
+            | channel::RING_ENTRIES
+            | channel::SLOT_STRIDE
+            | channel::RING_PRODUCER
+            | channel::CQ_BASE_LO
+            | channel::CQ_BASE_HI
+            | channel::CQ_ENTRIES => {
+                r.set_word(reg, value);
+            }
             channel::CQ_CONSUMER => {
                 if value.wrapping_sub(r.cq_consumer) > r.cq_producer.wrapping_sub(r.cq_consumer) {
                     problems.push(format!(

@@ -130,16 +130,6 @@ impl BusChannel {
         to_result(unsafe { (self.program_frame)(self.context, self.channel, tag, elements, count) })
     }
 
-    /// [`BusChannel::program_frame`] of a slice.
-    ///
-    /// # Errors
-    /// As `program_frame`; `STATUS_INVALID_PARAMETER` for more than `u32::MAX` elements.
-    pub fn program_frame_slice(&self, tag: u32, elements: &[SgElement]) -> Result<(), NtStatus> {
-        let count = u32::try_from(elements.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
-        // SAFETY: a slice is `count` readable, initialised elements for the call.
-        unsafe { self.program_frame(tag, elements.as_ptr(), count) }
-    }
-
     /// `GetSlotRing` (common-buffer mode). `<= DISPATCH_LEVEL`.
     ///
     /// # Errors

@@ -611,7 +611,14 @@ impl<K: KsPinPort> Drop for CapturePin<K> {
         if self.state() == KsState::Run {
             self.stop_running();
         }
-        while self.unregister(UNREGISTER_RETRIES) != STATUS_SUCCESS {}
+        // The memory must not go while the bus may still call back, so this
+        // waits rather than gives up: the bus refuses RegisterCompletion(NULL)
+        // only while its DPC is inside a callback for this channel (a bounded
+        // delivery on another CPU; this thread at PASSIVE cannot block it),
+        // and a removed board answers success.
+        while self.unregister(UNREGISTER_RETRIES) != STATUS_SUCCESS {
+            core::hint::spin_loop();
+        }
         self.drain_slots();
         self.state.set(KsState::Stop);
     }

@@ -127,9 +127,25 @@ fn dropping_a_running_pin_stops_and_unregisters() {
 }
 
 #[test]
-fn the_thunk_ignores_null_pointers() {
+fn the_thunk_ignores_null_pointers_and_delivers_through_a_live_context() {
+    let (bus, port) = (FakeBus::scatter_gather(), FakePort::default());
+    let pin = sg_running(&bus, &port, 1);
+    assert_eq!(pin.process(), STATUS_SUCCESS);
+    assert_eq!(port.live_clones(), 1);
+    let context = core::ptr::from_ref::<CapturePin<&FakePort>>(&pin).cast_mut().cast::<core::ffi::c_void>();
+    let tag = bus.posted.borrow().front().map(|p| p.tag).unwrap();
+    let good = Completion { bytes_written: 2048, ..frame_completion(tag, STATUS_SUCCESS) };
+    let before = pin.stats();
     // SAFETY: null pointers are documented to be ignored.
-    unsafe { completion_thunk::<&FakePort>(core::ptr::null_mut(), core::ptr::null()) };
+    unsafe { completion_thunk::<&FakePort>(core::ptr::null_mut(), &raw const good) };
+    // SAFETY: as above; the context is the live, pinned pin.
+    unsafe { completion_thunk::<&FakePort>(context, core::ptr::null()) };
+    assert_eq!(pin.stats(), before, "a null pointer changes nothing");
+    assert_eq!(port.live_clones(), 1);
+    // SAFETY: the context is the live, pinned pin; the completion is valid for the call.
+    unsafe { completion_thunk::<&FakePort>(context, &raw const good) };
+    assert_eq!(port.live_clones(), 0, "the frame completed through the thunk");
+    assert_eq!(completion_of(&port, 0).map(|c| c.data_used), Some(2048));
 }
 
 // ---- scatter/gather -------------------------------------------------------

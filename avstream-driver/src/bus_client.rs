@@ -15,7 +15,7 @@
 //!    exactly once (it consumes the client).
 use capdma_interface::negotiate::table_size;
 use capdma_interface::status::{
-    nt_success, NtStatus, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED,
+    nt_success, NtStatus, STATUS_INVALID_BUFFER_SIZE, STATUS_NOT_SUPPORTED,
     STATUS_REVISION_MISMATCH,
 };
 use capdma_interface::table::{

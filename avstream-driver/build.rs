@@ -83,6 +83,8 @@ typedef WCHAR TCHAR;
     const FUNCTIONS: &[&str] = &[
         "KsInitializeDriver",
         "KsCreateFilterFactory",
+        "KsAcquireDevice",
+        "KsReleaseDevice",
         "KsDeviceRegisterAdapterObject",
         "KsAddItemToObjectBag",
         "KsGetDevice",

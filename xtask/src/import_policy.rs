@@ -87,6 +87,9 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             ("ntoskrnl.exe", "KeInitializeEvent"),
             ("ntoskrnl.exe", "KeWaitForSingleObject"),
             ("ks.sys", "KsCreateFilterFactory"),
+            // ... with the device mutex held, which Start takes itself.
+            ("ks.sys", "KsAcquireDevice"),
+            ("ks.sys", "KsReleaseDevice"),
             // Packet-based DMA.
             ("ks.sys", "KsDeviceRegisterAdapterObject"),
             // Pin creation: the device, the pin's own framing; properties.

@@ -8,14 +8,18 @@
 //! | Stop, `SurpriseRemoval` | no new pins; the bus reference stays until Remove |
 //! | Remove | `InterfaceDereference` (`BusClient::release`): every pin is closed by then |
 //!
-//! AVStream holds the device mutex around Start (and the `PnP` manager
-//! serialises the `PnP` dispatches), so `KsCreateFilterFactory` needs no
-//! `KsAcquireDevice` here, and only pin creation (`super::pin::create`)
-//! reads the context concurrently with `PnP`: what it needs
-//! ([`PinResources`]) is published under a spin lock.
+//! The `PnP` manager serialises the `PnP` dispatches, so only pin creation
+//! (`super::pin::create`) reads the context concurrently with them: what
+//! it needs ([`PinResources`]) is published under a spin lock.
+//!
+//! `KsCreateFilterFactory` must be called with the device mutex held. AVStream
+//! does not hold it while it calls the minidriver's Start (the mutex is not
+//! recursive; Microsoft's `avshws` sample takes it itself in its Start), so
+//! [`create_filter_factory`] brackets the call with `KsAcquireDevice` /
+//! `KsReleaseDevice`.
 use super::bindings::{
-    KsAddItemToObjectBag, KsCreateFilterFactory, KsDeviceRegisterAdapterObject, KSALLOCATOR_FRAMING_EX,
-    KSFILTER_DESCRIPTOR, KSPIN_DESCRIPTOR_EX, PKSDEVICE, PKSFILTERFACTORY,
+    KsAcquireDevice, KsAddItemToObjectBag, KsCreateFilterFactory, KsDeviceRegisterAdapterObject, KsReleaseDevice,
+    KSALLOCATOR_FRAMING_EX, KSFILTER_DESCRIPTOR, KSPIN_DESCRIPTOR_EX, PKSDEVICE, PKSFILTERFACTORY,
 };
 use super::ddi::{self, next_stack, nt_success};
 use super::descriptors::{self, REFERENCE_STRING};
@@ -225,9 +229,13 @@ unsafe fn channel_of(pdo: PDEVICE_OBJECT) -> Result<u32, NtStatus> {
 /// `IofCallDriver`, `KeWaitForSingleObject`. On success the bus has filled
 /// `answer` and taken one reference for us. PASSIVE.
 ///
-/// Sent below this device's FDO rather than to the top of its stack
-/// (`IoGetAttachedDeviceReference`) so that it does not re-enter AVStream's
-/// own Plug and Play dispatch for this device in the middle of its Start.
+/// Sent to the next lower device rather than to the top of the stack
+/// (`IoGetAttachedDeviceReference`): the interface is the bus driver's,
+/// answered by its child PDO at the bottom of this stack, and a driver
+/// may originate an IRP to the drivers below it. Upper filters above the
+/// AVStream FDO have no part in the bus interface, so they are not asked.
+/// The device mutex is not held while the query waits (Start takes it
+/// only around `KsCreateFilterFactory`).
 ///
 /// # Safety
 /// `target` must be a live device object of this stack below ours.
@@ -295,21 +303,27 @@ unsafe fn query_bus_interface(target: PDEVICE_OBJECT) -> Result<CapdmaBusInterfa
 
 /// Builds the descriptors from `setup` in the context and creates the filter
 /// factory (`KsCreateFilterFactory` on the FDO, `RefString` =
-/// [`REFERENCE_STRING`]). First Start only, under the device mutex AVStream
-/// holds for Start.
+/// [`REFERENCE_STRING`]) with the device mutex held (`KsAcquireDevice` /
+/// `KsReleaseDevice` around the call, as `KsCreateFilterFactory` requires).
+/// First Start only.
 ///
 /// # Safety
 /// `device` must be the live device of `pnp`'s context, in its Start
-/// dispatch, with no filter factory created yet.
+/// dispatch, with no filter factory created yet, and the caller must not
+/// hold the device mutex (it is not recursive).
 unsafe fn create_filter_factory(device: PKSDEVICE, pnp: &mut PnpState, setup: &DeviceSetup) -> NtStatus {
     let framing = pnp.framing.write(descriptors::framing(&setup.framing));
     let pin = pnp.pin.write(descriptors::pin_descriptor(setup.pin_flags, framing));
     let filter = pnp.filter.write(descriptors::filter_descriptor(pin));
     // SAFETY: the caller guarantees a live device.
     let fdo = unsafe { (*device).FunctionalDeviceObject };
+    // SAFETY: a live device (caller); PASSIVE_LEVEL (Start); the caller
+    // does not hold the mutex, which is released just below.
+    unsafe { KsAcquireDevice(device) };
     // SAFETY: the descriptors live in the context, which never moves and
     // outlives the factory (both go with the device object); they are not
-    // written again. The reference string is a static.
+    // written again. The reference string is a static. The device mutex
+    // is held (acquired above).
     let status = unsafe {
         KsCreateFilterFactory(
             fdo,
@@ -322,13 +336,16 @@ unsafe fn create_filter_factory(device: PKSDEVICE, pnp: &mut PnpState, setup: &D
             &raw mut pnp.factory,
         )
     };
+    // SAFETY: acquired above by this thread, released once.
+    unsafe { KsReleaseDevice(device) };
     if nt_success(status) {
         pnp.factory_setup = Some(*setup);
     }
     status
 }
 
-/// `AVStrMiniDeviceStart`. PASSIVE, device mutex held by AVStream.
+/// `AVStrMiniDeviceStart`. PASSIVE; the device mutex is not held on entry
+/// (step 4 takes it around `KsCreateFilterFactory`).
 ///
 /// 1. The channel (`IoGetDeviceProperty(DevicePropertyAddress)`) and the
 ///    bus reference (`IRP_MN_QUERY_INTERFACE` to the next lower device,
@@ -337,7 +354,8 @@ unsafe fn create_filter_factory(device: PKSDEVICE, pnp: &mut PnpState, setup: &D
 /// 2. `device_start` (the core): `GetDmaConfig`, S/G `GetDmaAdapter`.
 /// 3. S/G: `KsDeviceRegisterAdapterObject(Device, adapter,
 ///    MaxMappingByteCount, sizeof(KSMAPPING))`, at every start.
-/// 4. First start: the filter factory; a restart must keep the pin's shape
+/// 4. First start: the filter factory (`KsCreateFilterFactory` under
+///    `KsAcquireDevice`/`KsReleaseDevice`); a restart must keep the pin's shape
 ///    (`DeviceSetup::can_restart_as`), else `STATUS_DEVICE_CONFIGURATION_ERROR`.
 /// 5. Pins may be created.
 ///

@@ -569,7 +569,8 @@ impl<K: KsPinPort> CapturePin<K> {
     }
 
     /// `AVStrMiniPinProcess`, the copy limited to `unit` (the glue passes
-    /// what `KeSaveExtendedProcessorState` allowed for this call).
+    /// `VectorUnit::Sse2`, which needs no saved extended state; see
+    /// [`VectorUnit`] for what each unit requires of the caller).
     ///
     /// Returns `STATUS_PENDING` when processing must wait for a completion
     /// (no frame tag free, ring full; always in common-buffer mode, whose

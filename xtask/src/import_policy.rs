@@ -107,9 +107,6 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             // RUN -> PAUSE stops the channel with Process held off.
             ("ks.sys", "KsPinAcquireProcessingMutex"),
             ("ks.sys", "KsPinReleaseProcessingMutex"),
-            // AVX2 copy in common-buffer Process.
-            ("ntoskrnl.exe", "KeSaveExtendedProcessorState"),
-            ("ntoskrnl.exe", "KeRestoreExtendedProcessorState"),
         ],
     ),
 ];

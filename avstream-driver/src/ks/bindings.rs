@@ -51,10 +51,6 @@ pub struct RECT {
     pub bottom: LONG,
 }
 
-/// `XSTATE_MASK_AVX` (winnt.h/wdm.h: `1 << XSTATE_AVX`, `XSTATE_AVX` = 2):
-/// a macro expression bindgen does not evaluate.
-pub const XSTATE_MASK_AVX: u64 = 1 << 2;
-
 /// `KSFILTER_DESCRIPTOR_VERSION` (ks.h: `((ULONG)-1)`, a cast bindgen does not evaluate).
 pub const KSFILTER_DESCRIPTOR_VERSION: ULONG = ULONG::MAX;
 

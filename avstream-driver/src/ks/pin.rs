@@ -11,7 +11,6 @@
 use super::bindings::{
     _KsEdit, KsGetDevice, KsGetPinFromIrp, KSALLOCATOR_FRAMING_EX, KSATTRIBUTE_LIST, KSDATAFORMAT, KSDATARANGE,
     KSPIN_DESCRIPTOR_EX, KSSTATE, PKSDATAFORMAT, PKSDATARANGE, PKSIDENTIFIER, PKSMULTIPLE_ITEM, PKSPIN, PKSP_PIN,
-    XSTATE_MASK_AVX,
 };
 use super::ddi::{self, nt_success, POOL_TAG};
 use super::descriptors::{self, ulong_size_of};
@@ -27,11 +26,10 @@ use capdma_interface::status::{
     STATUS_INVALID_PARAMETER, STATUS_NO_MATCH, STATUS_PENDING, STATUS_SUCCESS,
 };
 use core::ffi::c_void;
-use core::mem::{size_of, MaybeUninit};
+use core::mem::size_of;
 use core::pin::Pin;
 use core::ptr;
-use wdk_sys::ntddk::{KeRestoreExtendedProcessorState, KeSaveExtendedProcessorState};
-use wdk_sys::{NTSTATUS, PIRP, PULONG, PVOID, ULONG, XSTATE_SAVE};
+use wdk_sys::{NTSTATUS, PIRP, PULONG, PVOID, ULONG};
 
 /// The core's pin over the KS port.
 type KsCapturePin = CapturePin<KsPort>;
@@ -287,29 +285,25 @@ pub unsafe extern "C" fn set_device_state(pin: PKSPIN, to: KSSTATE::Type, from: 
     pinned.set_device_state(to, from)
 }
 
-/// `AVStrMiniPinProcess`: `CapturePin::process_with_unit`. A pin that
-/// copies frames (common-buffer mode) gets `VectorUnit::Avx2` when
-/// `KeSaveExtendedProcessorState(XSTATE_MASK_AVX)` succeeds (restored
-/// after), else `VectorUnit::Sse2` (XMM registers are always usable in x64
-/// kernel code). PASSIVE (no `KSPIN_FLAG_DISPATCH_LEVEL_PROCESSING`).
+/// `AVStrMiniPinProcess`: `CapturePin::process_with_unit(VectorUnit::Sse2)`.
+/// PASSIVE (no `KSPIN_FLAG_DISPATCH_LEVEL_PROCESSING`).
+///
+/// The common-buffer copy (`crate::copy::copy_frame`, default
+/// `CopyTuning`) streams with 16-byte `MOVNTDQ` stores whether it is given
+/// `Sse2` or `Avx2` (32-byte stores only with `CopyTuning::avx2_wide_stores`,
+/// which the driver does not set: the benchmark found them no faster,
+/// `docs/benchmark.md`), so `Avx2` would buy nothing. `Sse2` uses only XMM
+/// registers, which x64 kernel code may use without
+/// `KeSaveExtendedProcessorState`; so no extended state is saved here. A
+/// change to wide stores must pass `VectorUnit::Avx2` only between a
+/// successful `KeSaveExtendedProcessorState(XSTATE_MASK_AVX)` and
+/// `KeRestoreExtendedProcessorState` (the `VectorUnit::Avx2` contract).
 pub unsafe extern "C" fn process(pin: PKSPIN) -> NTSTATUS {
     // SAFETY: KS passes the live, created pin.
     let Some(object) = (unsafe { capture_pin(pin) }) else {
         return STATUS_PENDING;
     };
-    if !object.copies_frames() {
-        return object.process_with_unit(VectorUnit::Sse2);
-    }
-    let mut save = MaybeUninit::<XSTATE_SAVE>::zeroed();
-    // SAFETY: `save` is a live local that outlives the save/restore pair.
-    let saved = nt_success(unsafe { KeSaveExtendedProcessorState(XSTATE_MASK_AVX, save.as_mut_ptr()) });
-    if !saved {
-        return object.process_with_unit(VectorUnit::Sse2);
-    }
-    let status = object.process_with_unit(VectorUnit::Avx2);
-    // SAFETY: restores the state saved above, on the same thread, once.
-    unsafe { KeRestoreExtendedProcessorState(save.as_mut_ptr()) };
-    status
+    object.process_with_unit(VectorUnit::Sse2)
 }
 
 /// The pin's intersect handler (`PFNKSINTERSECTHANDLEREX`): for one of our

@@ -126,15 +126,24 @@ impl WdmAdapter {
 
 impl DmaAdapterPort for WdmAdapter {
     /// `DmaOperations->AllocateCommonBuffer(Adapter, bytes, &Logical,
-    /// CacheEnabled = FALSE)`, then zeroed. `None` when the system has no
+    /// CacheEnabled = TRUE)`, then zeroed. `None` when the system has no
     /// such buffer, or gives one that is not page-aligned (the core relies on it).
+    ///
+    /// Cached memory: the CPU reads every slot of the common-buffer ring
+    /// (the frame copy) and every completion record, and uncached reads
+    /// would make that copy many times slower. PCI DMA is cache-coherent on
+    /// the platforms Windows runs on (the x64 HAL ignores `CacheEnabled`
+    /// and maps common buffers cached anyway; ARM64 honours it, and its PCIe
+    /// root complexes snoop), so the board's writes are seen without
+    /// flushing, and the core's release/acquire fences order the rest.
     fn allocate_common_buffer(&self, bytes: usize) -> Option<CommonBuffer> {
         let length = ULONG::try_from(bytes).ok()?;
         let allocate = self.operations()?.AllocateCommonBuffer?;
         let mut logical = PHYSICAL_ADDRESS { QuadPart: 0 };
         // SAFETY: a live adapter and its own operation; PASSIVE_LEVEL (the
         // core calls this only at start); `logical` is a valid out-pointer.
-        let va = unsafe { allocate(self.adapter, length, &raw mut logical, BOOLEAN_FALSE) };
+        // CacheEnabled = TRUE (see above).
+        let va = unsafe { allocate(self.adapter, length, &raw mut logical, BOOLEAN_TRUE) };
         if va.is_null() {
             return None;
         }
@@ -150,7 +159,8 @@ impl DmaAdapterPort for WdmAdapter {
         Some(buffer)
     }
 
-    /// `DmaOperations->FreeCommonBuffer(Adapter, Length, Logical, Va, FALSE)`.
+    /// `DmaOperations->FreeCommonBuffer(Adapter, Length, Logical, Va,
+    /// CacheEnabled = TRUE)`: the same cache setting as the allocation.
     fn free_common_buffer(&self, buffer: CommonBuffer) {
         let (Some(free), Ok(length)) =
             (self.operations().and_then(|o| o.FreeCommonBuffer), ULONG::try_from(buffer.bytes))
@@ -159,8 +169,8 @@ impl DmaAdapterPort for WdmAdapter {
         };
         let logical = PHYSICAL_ADDRESS { QuadPart: i64::from_ne_bytes(buffer.logical.to_ne_bytes()) };
         // SAFETY: exactly the buffer AllocateCommonBuffer returned on this
-        // adapter, with the same cache setting; PASSIVE_LEVEL.
-        unsafe { free(self.adapter, length, logical, buffer.va.cast(), BOOLEAN_FALSE) };
+        // adapter, with the same cache setting (TRUE); PASSIVE_LEVEL.
+        unsafe { free(self.adapter, length, logical, buffer.va.cast(), BOOLEAN_TRUE) };
     }
 
     fn raw(&self) -> *mut c_void {

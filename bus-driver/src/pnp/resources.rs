@@ -14,7 +14,13 @@
 //! | what | rule | error |
 //! |---|---|---|
 //! | BAR0 | the first memory descriptor (`CmResourceTypeMemory` or `CmResourceTypeMemoryLarge`; the PCI bus driver lists a function's BARs in order and this board has no I/O BAR before BAR0) | none: `STATUS_DEVICE_CONFIGURATION_ERROR`; shorter than `BAR0_BYTES` or at address 0: `STATUS_INSUFFICIENT_RESOURCES` |
-//! | interrupt | message-signalled if any `CmResourceTypeInterrupt` has `CM_RESOURCE_INTERRUPT_MESSAGE` (connected with `CONNECT_MESSAGE_BASED`), else the first line-based one (`CONNECT_FULLY_SPECIFIED` with its vector, IRQL, affinity, latched/level mode and sharing) | none, or an IRQL above `HIGH_LEVEL`: `STATUS_DEVICE_CONFIGURATION_ERROR` |
+//! | interrupt | message-signalled if any `CmResourceTypeInterrupt` has `CM_RESOURCE_INTERRUPT_MESSAGE` (connected with `CONNECT_MESSAGE_BASED`), else the first line-based one (`CONNECT_FULLY_SPECIFIED_GROUP` with its vector, IRQL, processor group, affinity, latched/level mode and sharing) | none, or an IRQL above `HIGH_LEVEL`: `STATUS_DEVICE_CONFIGURATION_ERROR` |
+//!
+//! Interrupt descriptors carry a processor group (Windows 7 on): the first
+//! word of `u.Interrupt` and of `u.MessageInterrupt.Translated` is
+//! `USHORT Level; USHORT Group` (wdm.h with `NT_PROCESSOR_GROUPS`), so the
+//! level is its low 16 bits and the group its high 16 bits, and `Affinity`
+//! is a mask within that group.
 use super::STATUS_DEVICE_CONFIGURATION_ERROR;
 use capdma_interface::regs::BAR0_BYTES;
 use capdma_interface::status::{NtStatus, STATUS_INSUFFICIENT_RESOURCES};
@@ -78,11 +84,13 @@ pub enum ResourceDescriptor {
     },
     /// `CmResourceTypeInterrupt` without `CM_RESOURCE_INTERRUPT_MESSAGE`.
     LineInterrupt {
-        /// `u.Interrupt.Level`: the IRQL (translated).
-        level: u32,
+        /// `u.Interrupt.Level`: the IRQL (translated), the low 16 bits of the first word.
+        level: u16,
+        /// `u.Interrupt.Group`: the processor group `affinity` is in, the high 16 bits.
+        group: u16,
         /// `u.Interrupt.Vector` (translated).
         vector: u32,
-        /// `u.Interrupt.Affinity`.
+        /// `u.Interrupt.Affinity` (processors of `group`).
         affinity: u64,
         /// `ShareDisposition == CmResourceShareShared`.
         shared: bool,
@@ -91,8 +99,10 @@ pub enum ResourceDescriptor {
     },
     /// `CmResourceTypeInterrupt` with `CM_RESOURCE_INTERRUPT_MESSAGE`.
     MessageInterrupt {
-        /// `u.MessageInterrupt.Translated.Level`.
-        level: u32,
+        /// `u.MessageInterrupt.Translated.Level` (low 16 bits of the first word).
+        level: u16,
+        /// `u.MessageInterrupt.Translated.Group` (high 16 bits).
+        group: u16,
         /// `u.MessageInterrupt.Translated.Vector`.
         vector: u32,
         /// `u.MessageInterrupt.Translated.Affinity`.
@@ -156,6 +166,13 @@ impl RawPartialDescriptor {
         (lo as u64) | ((hi as u64) << 32)
     }
 
+    /// The `USHORT Level; USHORT Group` pair of an interrupt descriptor's
+    /// first word (little-endian: `Level` is the low half).
+    #[allow(clippy::cast_possible_truncation, reason = "the halves are taken deliberately")]
+    const fn level_and_group(word: u32) -> (u16, u16) {
+        (word as u16, (word >> 16) as u16)
+    }
+
     /// The decoded descriptor.
     #[must_use]
     pub const fn decode(&self) -> ResourceDescriptor {
@@ -177,12 +194,13 @@ impl RawPartialDescriptor {
             }
             CM_RESOURCE_TYPE_PORT => ResourceDescriptor::Port { start: Self::join(w0, w1), length: w2 },
             CM_RESOURCE_TYPE_INTERRUPT => {
-                let (level, vector, affinity) = (w0, w1, Self::join(w2, w3));
+                let ((level, group), vector, affinity) = (Self::level_and_group(w0), w1, Self::join(w2, w3));
                 if self.flags & CM_RESOURCE_INTERRUPT_MESSAGE != 0 {
-                    ResourceDescriptor::MessageInterrupt { level, vector, affinity }
+                    ResourceDescriptor::MessageInterrupt { level, group, vector, affinity }
                 } else {
                     ResourceDescriptor::LineInterrupt {
                         level,
+                        group,
                         vector,
                         affinity,
                         shared: self.share == CM_RESOURCE_SHARE_SHARED,
@@ -313,13 +331,15 @@ pub enum InterruptResource {
         /// Message descriptors listed (MSI messages or MSI-X vectors).
         messages: u32,
     },
-    /// Line-based: `IoConnectInterruptEx(CONNECT_FULLY_SPECIFIED)`.
+    /// Line-based: `IoConnectInterruptEx(CONNECT_FULLY_SPECIFIED_GROUP)`.
     Line {
         /// `Vector`.
         vector: u32,
         /// `Irql` and `SynchronizeIrql` (the translated `Level`).
         irql: u8,
-        /// `ProcessorEnableMask`.
+        /// `Group`: the processor group of `affinity`.
+        group: u16,
+        /// `ProcessorEnableMask` (within `group`).
         affinity: u64,
         /// `ShareVector`.
         shared: bool,
@@ -340,7 +360,7 @@ pub struct SelectedResources {
 }
 
 /// `HIGH_LEVEL`: no interrupt IRQL is above it.
-const HIGH_LEVEL: u32 = 15;
+const HIGH_LEVEL: u16 = 15;
 
 /// Picks BAR0 and the interrupt (see the module table).
 ///
@@ -359,8 +379,8 @@ pub fn select_resources(
             ResourceDescriptor::Memory { start, length } if bar0.is_none() => {
                 bar0 = Some(MemoryWindow { start, length });
             }
-            ResourceDescriptor::LineInterrupt { level, vector, affinity, shared, latched } if line.is_none() => {
-                line = Some((level, vector, affinity, shared, latched));
+            ResourceDescriptor::LineInterrupt { level, group, vector, affinity, shared, latched } if line.is_none() => {
+                line = Some((level, group, vector, affinity, shared, latched));
             }
             ResourceDescriptor::MessageInterrupt { .. } => messages = messages.saturating_add(1),
             _ => {}
@@ -373,12 +393,12 @@ pub fn select_resources(
     let interrupt = if messages > 0 {
         InterruptResource::Message { messages }
     } else {
-        let (level, vector, affinity, shared, latched) = line.ok_or(STATUS_DEVICE_CONFIGURATION_ERROR)?;
+        let (level, group, vector, affinity, shared, latched) = line.ok_or(STATUS_DEVICE_CONFIGURATION_ERROR)?;
         if level > HIGH_LEVEL {
             return Err(STATUS_DEVICE_CONFIGURATION_ERROR);
         }
         let irql = u8::try_from(level).map_err(|_| STATUS_DEVICE_CONFIGURATION_ERROR)?;
-        InterruptResource::Line { vector, irql, affinity, shared, latched }
+        InterruptResource::Line { vector, irql, group, affinity, shared, latched }
     };
     let map_bytes = usize::try_from(BAR0_BYTES).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
     Ok(SelectedResources { bar0, map_bytes, interrupt })
@@ -414,11 +434,17 @@ mod tests {
     }
 
     fn line(level: u32, vector: u32, shared: bool, latched: bool) -> RawPartialDescriptor {
+        line_in_group(level, 0, vector, shared, latched)
+    }
+
+    /// A line-based interrupt descriptor whose first word is `USHORT
+    /// Level; USHORT Group`.
+    fn line_in_group(level: u32, group: u32, vector: u32, shared: bool, latched: bool) -> RawPartialDescriptor {
         RawPartialDescriptor {
             kind: CM_RESOURCE_TYPE_INTERRUPT,
             share: if shared { CM_RESOURCE_SHARE_SHARED } else { 1 },
             flags: if latched { CM_RESOURCE_INTERRUPT_LATCHED } else { 0 },
-            words: [level, vector, 0xF, 0],
+            words: [level | (group << 16), vector, 0xF, 0],
         }
     }
 
@@ -491,6 +517,7 @@ mod tests {
                 ResourceDescriptor::Memory { start: 0xF7E0_0000, length: 0x1000 },
                 ResourceDescriptor::LineInterrupt {
                     level: 9,
+                    group: 0,
                     vector: 0x81,
                     affinity: 0xF,
                     shared: true,
@@ -503,8 +530,42 @@ mod tests {
         assert_eq!(chosen.map_bytes, BAR0_BYTES as usize);
         assert_eq!(
             chosen.interrupt,
-            InterruptResource::Line { vector: 0x81, irql: 9, affinity: 0xF, shared: true, latched: false }
+            InterruptResource::Line { vector: 0x81, irql: 9, group: 0, affinity: 0xF, shared: true, latched: false }
         );
+    }
+
+    #[test]
+    fn interrupt_level_and_processor_group_share_the_first_word() {
+        // Level 9 in group 2: the first word is 0x0002_0009. Read as one
+        // 32-bit level it would be an impossible IRQL (a start failure).
+        let bytes = list(&[&[(memory(0xF7E0_0000, 0x1000), &[]), (line_in_group(9, 2, 0x91, false, true), &[])]]);
+        let (items, failed) = walk(&bytes);
+        assert!(!failed);
+        assert_eq!(
+            items[1],
+            ResourceDescriptor::LineInterrupt {
+                level: 9,
+                group: 2,
+                vector: 0x91,
+                affinity: 0xF,
+                shared: false,
+                latched: true
+            }
+        );
+        assert_eq!(
+            select_resources(items).unwrap().interrupt,
+            InterruptResource::Line { vector: 0x91, irql: 9, group: 2, affinity: 0xF, shared: false, latched: true }
+        );
+        // The highest group number, and a message descriptor's translated pair.
+        let high = line_in_group(5, 0xFFFF, 0x30, false, false).decode();
+        assert!(matches!(high, ResourceDescriptor::LineInterrupt { level: 5, group: 0xFFFF, .. }));
+        let mut msi = message(0xA0);
+        msi.words[0] = 6 | (3 << 16);
+        assert!(matches!(msi.decode(), ResourceDescriptor::MessageInterrupt { level: 6, group: 3, vector: 0xA0, .. }));
+        // A level above HIGH_LEVEL is still refused, whatever the group.
+        let bad = line_in_group(16, 1, 0x30, false, false).decode();
+        let bar = ResourceDescriptor::Memory { start: 0xA000_0000, length: 0x1000 };
+        assert_eq!(select_resources([bar, bad]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
     }
 
     #[test]
@@ -528,7 +589,7 @@ mod tests {
             ResourceDescriptor::Port { start: 0xE000, length: 0x100 },
             ResourceDescriptor::Memory { start: 0xA000_0000, length: 0x1000 },
             ResourceDescriptor::Memory { start: 0xB000_0000, length: 0x10_0000 },
-            ResourceDescriptor::MessageInterrupt { level: 6, vector: 1, affinity: 1 },
+            ResourceDescriptor::MessageInterrupt { level: 6, group: 0, vector: 1, affinity: 1 },
         ];
         assert_eq!(select_resources(items).unwrap().bar0.start, 0xA000_0000);
     }
@@ -563,14 +624,14 @@ mod tests {
     #[test]
     fn missing_bar0_is_a_configuration_error() {
         let items =
-            [ResourceDescriptor::LineInterrupt { level: 5, vector: 1, affinity: 1, shared: false, latched: false }];
+            [ResourceDescriptor::LineInterrupt { level: 5, group: 0, vector: 1, affinity: 1, shared: false, latched: false }];
         assert_eq!(select_resources(items), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
         assert_eq!(select_resources([]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
     }
 
     #[test]
     fn short_or_null_bar0_is_insufficient() {
-        let irq = ResourceDescriptor::MessageInterrupt { level: 6, vector: 1, affinity: 1 };
+        let irq = ResourceDescriptor::MessageInterrupt { level: 6, group: 0, vector: 1, affinity: 1 };
         let short = ResourceDescriptor::Memory { start: 0xA000_0000, length: u64::from(BAR0_BYTES) - 4 };
         assert_eq!(select_resources([short, irq]), Err(STATUS_INSUFFICIENT_RESOURCES));
         let null = ResourceDescriptor::Memory { start: 0, length: 0x1000 };
@@ -584,7 +645,7 @@ mod tests {
         let bar = ResourceDescriptor::Memory { start: 0xA000_0000, length: 0x1000 };
         assert_eq!(select_resources([bar]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
         let bad =
-            ResourceDescriptor::LineInterrupt { level: 16, vector: 1, affinity: 1, shared: false, latched: false };
+            ResourceDescriptor::LineInterrupt { level: 16, group: 0, vector: 1, affinity: 1, shared: false, latched: false };
         assert_eq!(select_resources([bar, bad]), Err(STATUS_DEVICE_CONFIGURATION_ERROR));
     }
 

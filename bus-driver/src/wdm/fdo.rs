@@ -45,7 +45,11 @@ pub struct FdoExtension {
     pub pnp: PnpStateCell,
     /// The bus core.
     pub bus: BusDevice<WdmPlatform>,
-    /// The connected interrupt (Plug and Play paths only).
+    /// The connected interrupt: written by the Plug and Play paths
+    /// (connect at start, disconnect at teardown), read by the power path
+    /// (the ISR barrier when leaving D0), which the Plug and Play manager
+    /// does not serialize with them. A spin lock, so only ever taken at
+    /// `DISPATCH_LEVEL`: see [`Self::with_interrupt`].
     pub interrupt: spin::Mutex<Option<InterruptConnection>>,
     /// The DPC the ISR queues (`KeInsertQueueDpc`).
     pub dpc: UnsafeCell<KDPC>,
@@ -108,6 +112,17 @@ impl FdoExtension {
     pub fn with_children<R>(&self, f: impl FnOnce(&mut ChildTable) -> R) -> R {
         let old = raise_irql(DISPATCH_LEVEL);
         let result = f(&mut self.children.lock());
+        lower_irql(old);
+        result
+    }
+
+    /// Runs `f` on the interrupt connection with its lock held at
+    /// `DISPATCH_LEVEL` (raised here when called below it, as every spin
+    /// lock of this driver). `f` must not need `PASSIVE_LEVEL`: take the
+    /// connection out and disconnect it after the lock is released.
+    pub fn with_interrupt<R>(&self, f: impl FnOnce(&mut Option<InterruptConnection>) -> R) -> R {
+        let old = raise_irql(DISPATCH_LEVEL);
+        let result = f(&mut self.interrupt.lock());
         lower_irql(old);
         result
     }

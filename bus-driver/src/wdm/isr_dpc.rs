@@ -15,13 +15,13 @@ use wdk_sys::ntddk::{
     KeInitializeTimerEx, KeInsertQueueDpc, KeSetTimerEx,
 };
 use wdk_sys::{
-    _KINTERRUPT_MODE, _TIMER_TYPE, BOOLEAN, CONNECT_FULLY_SPECIFIED, CONNECT_MESSAGE_BASED,
+    _KINTERRUPT_MODE, _TIMER_TYPE, BOOLEAN, CONNECT_FULLY_SPECIFIED_GROUP, CONNECT_MESSAGE_BASED,
     IO_CONNECT_INTERRUPT_PARAMETERS, IO_DISCONNECT_INTERRUPT_PARAMETERS, LARGE_INTEGER, LONG, NTSTATUS, NT_SUCCESS,
     PKDPC, PKINTERRUPT, PVOID, ULONG,
 };
 
 /// What `IoConnectInterruptEx` returned, for `IoDisconnectInterruptEx`:
-/// the connection's version (`CONNECT_FULLY_SPECIFIED`,
+/// the connection's version (`CONNECT_FULLY_SPECIFIED_GROUP`,
 /// `CONNECT_MESSAGE_BASED`, or `CONNECT_LINE_BASED` when a message-based
 /// request fell back) and its context (the `PKINTERRUPT` or the
 /// `PIO_INTERRUPT_MESSAGE_INFO`).
@@ -115,9 +115,9 @@ unsafe extern "C" fn watchdog_dpc(_dpc: PKDPC, context: PVOID, _a1: PVOID, _a2: 
 
 /// `IoConnectInterruptEx`: `CONNECT_MESSAGE_BASED` on the PCI PDO (with
 /// the line-based ISR as fallback) for a message-signalled interrupt,
-/// `CONNECT_FULLY_SPECIFIED` with the translated vector, IRQL, mode,
-/// sharing and affinity for a line-based one. `PASSIVE_LEVEL`, after
-/// `BusDevice::start`.
+/// `CONNECT_FULLY_SPECIFIED_GROUP` with the translated vector, IRQL, mode,
+/// sharing, processor group and affinity (a mask within that group) for a
+/// line-based one. `PASSIVE_LEVEL`, after `BusDevice::start`.
 ///
 /// # Errors
 /// `IoConnectInterruptEx`'s status.
@@ -139,8 +139,10 @@ pub fn connect(ext: &FdoExtension, resource: InterruptResource) -> Result<(), NT
             message.FloatingSave = BOOLEAN_FALSE;
             message.FallBackServiceRoutine = Some(line_isr);
         }
-        InterruptResource::Line { vector, irql, affinity, shared, latched } => {
-            params.Version = CONNECT_FULLY_SPECIFIED;
+        InterruptResource::Line { vector, irql, group, affinity, shared, latched } => {
+            // `Group` is honoured only with this version (plain
+            // CONNECT_FULLY_SPECIFIED means group 0).
+            params.Version = CONNECT_FULLY_SPECIFIED_GROUP;
             // SAFETY: writing the union member that `Version` selects.
             let line = unsafe { &mut params.__bindgen_anon_1.FullySpecified };
             line.PhysicalDeviceObject = ext.pci_pdo;
@@ -155,7 +157,7 @@ pub fn connect(ext: &FdoExtension, resource: InterruptResource) -> Result<(), NT
             line.Irql = irql;
             line.InterruptMode = if latched { _KINTERRUPT_MODE::Latched } else { _KINTERRUPT_MODE::LevelSensitive };
             line.ProcessorEnableMask = affinity;
-            line.Group = 0;
+            line.Group = group;
         }
     }
     // SAFETY: the parameters are complete for their version; `context`
@@ -167,14 +169,17 @@ pub fn connect(ext: &FdoExtension, resource: InterruptResource) -> Result<(), NT
     }
     // `Version` now says what was connected (a message-based request may
     // have fallen back to CONNECT_LINE_BASED).
-    *ext.interrupt.lock() = Some(InterruptConnection { version: params.Version, context });
+    let connection = InterruptConnection { version: params.Version, context };
+    ext.with_interrupt(|slot| *slot = Some(connection));
     Ok(())
 }
 
 /// `IoDisconnectInterruptEx` with the version and context the connection
-/// returned. Idempotent. `PASSIVE_LEVEL`.
+/// returned. Idempotent. `PASSIVE_LEVEL` (the connection is taken out
+/// under its lock at `DISPATCH_LEVEL`, then disconnected with the lock
+/// released).
 pub fn disconnect(ext: &FdoExtension) {
-    let Some(connection) = ext.interrupt.lock().take() else {
+    let Some(connection) = ext.with_interrupt(Option::take) else {
         return;
     };
     let mut params = IO_DISCONNECT_INTERRUPT_PARAMETERS {

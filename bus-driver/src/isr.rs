@@ -8,9 +8,16 @@ impl<P: BusPlatform> BusDevice<P> {
     /// `KSERVICE_ROUTINE` body, at device IRQL: reads `INT_STATUS`.
     ///
     /// * `0`: not this board's interrupt (the line is shared): returns `false`.
-    /// * `0xFFFF_FFFF`: the board is gone; masks its interrupts
-    ///   (`INT_ENABLE = 0`), marks it gone (the DPC, the watchdog and the
-    ///   interface stop touching registers) and returns `true`.
+    /// * `0xFFFF_FFFF`: the board is gone (surprise removal: the read was
+    ///   not completed by the device). Writes `INT_ENABLE = 0` (in case it
+    ///   is still there), marks it gone (the DPC, the watchdog and the
+    ///   interface stop touching registers) and returns `true` **only the
+    ///   first time**, `false` afterwards. Until `IRP_MN_SURPRISE_REMOVAL`
+    ///   disconnects the interrupt (`IoDisconnectInterruptEx`) this ISR stays
+    ///   on the line, and on a shared level-triggered line the kernel stops
+    ///   at the first ISR that returns `TRUE`: claiming every later
+    ///   interrupt would starve the other devices on the line and leave it
+    ///   asserted (an interrupt storm).
     /// * otherwise: writes the value back (write-1-to-clear), ORs it into
     ///   the pending bits for the DPC and returns `true`.
     ///
@@ -24,8 +31,9 @@ impl<P: BusPlatform> BusDevice<P> {
         }
         if status == u32::MAX {
             regs.write32(global::INT_ENABLE, 0);
-            self.board_gone.store(true, Ordering::Release);
-            return true;
+            // Claimed once (the board's last assertion, if it was its own);
+            // after that the interrupt belongs to another device on the line.
+            return !self.board_gone.swap(true, Ordering::AcqRel);
         }
         regs.write32(global::INT_STATUS, status);
         self.pending.fetch_or(status, Ordering::AcqRel);

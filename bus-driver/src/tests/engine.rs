@@ -63,6 +63,25 @@ fn isr_reading_all_ones_marks_the_board_gone() {
     assert_eq!(h.dev.pending.load(Ordering::Acquire), 0);
 }
 
+/// On a shared level-triggered line the kernel stops at the first ISR that
+/// returns TRUE: after the board vanished (and before
+/// `IRP_MN_SURPRISE_REMOVAL` disconnects the interrupt) this ISR claims the
+/// all-ones read once, then leaves every later interrupt to the other
+/// devices on the line, masking the board's interrupts each time.
+#[test]
+fn isr_claims_all_ones_only_once_so_a_shared_line_is_not_starved() {
+    let (h, _iface, _rec) = running_sg();
+    h.m.gone.set(true);
+    assert!(h.dev.isr(), "the first all-ones read is claimed");
+    let before = h.m.accesses.get();
+    for _ in 0..3 {
+        assert!(!h.dev.isr(), "later interrupts belong to another device on the line");
+    }
+    assert_eq!(h.m.accesses.get() - before, 6, "each look reads INT_STATUS and writes INT_ENABLE = 0");
+    assert!(h.dev.is_removed());
+    assert_eq!(h.dev.pending.load(Ordering::Acquire), 0);
+}
+
 #[test]
 fn sg_frame_is_posted_as_descriptors_and_completed_through_the_callback() {
     let (h, iface, rec) = running_sg();

@@ -376,7 +376,10 @@ fn surprise_removal(spec: &RowSpec, seed: u64) -> FaultRow {
         Err(e) => return ctx.broken(e),
     };
     let gone = m.frame_time(k) + interval(&m) / 3;
-    let pnp = gone + 20_000;
+    // 50 ms between the board vanishing and IRP_MN_SURPRISE_REMOVAL: the
+    // ISR stays connected on the shared line all that time (an ISR that
+    // claimed every all-ones read would starve card 1 and storm the line).
+    let pnp = gone + 500_000;
     m.schedule(gone, Action::InjectFaultNow { card: 0, fault: BoardFault::SurpriseRemoval });
     // The application notices first and stops one pin before Plug and Play
     // sends IRP_MN_SURPRISE_REMOVAL (the bus has only observed all ones in its ISR).

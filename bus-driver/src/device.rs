@@ -8,9 +8,11 @@
 //! state is atomics or per-channel spin locks taken at `DISPATCH_LEVEL`.
 //!
 //! Teardown order (Driver Verifier 0xE6/0x07): [`BusDevice::stop_engines`],
-//! then the glue disconnects the interrupt (`IoDisconnectInterruptEx`) and
-//! flushes DPCs, then [`BusDevice::stop`] frees every common buffer and puts
-//! the DMA adapter last.
+//! then the interrupt disconnected (`IoDisconnectInterruptEx`), the
+//! watchdog cancelled and DPCs flushed, then [`BusDevice::stop`] frees every
+//! common buffer and puts the DMA adapter last, then BAR0 is unmapped: one
+//! sequence, [`BusDevice::release_hardware`] (`crate::teardown`), for the
+//! glue and the simulation alike.
 use crate::channel::slots::MAX_SLOTS;
 use crate::channel::{Channel, ChannelResources, ChannelStats};
 use crate::config::StartConfig;
@@ -190,19 +192,34 @@ impl<P: BusPlatform> BusDevice<P> {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
-    /// `IRP_MN_QUERY_REMOVE_DEVICE`: `STATUS_DEVICE_BUSY` while any child
-    /// holds an interface reference, else `STATUS_SUCCESS`.
-    pub fn query_remove(&self) -> NtStatus {
+    /// `IRP_MN_QUERY_REMOVE_DEVICE`: `STATUS_SUCCESS`, referenced or not.
+    ///
+    /// Plug and Play sends the query to every child before the bus and then
+    /// `IRP_MN_REMOVE_DEVICE` to every child before the bus; a child drops
+    /// its interface reference in its own removal, so the bus is always
+    /// asked while still referenced, and refusing here would make the card
+    /// impossible to disable or update without a reboot. A child that
+    /// cannot go (an open pin) vetoes its own query. That a child never
+    /// outlives the bus it references follows from that order and from each
+    /// child PDO's object reference on the FDO (the glue); a reference still
+    /// held at the bus's removal is the child's bug, survived and reported
+    /// by [`Self::release_hardware`] (`crate::teardown`).
+    pub const fn query_remove(&self) -> NtStatus {
+        STATUS_SUCCESS
+    }
+
+    /// `IRP_MN_QUERY_STOP_DEVICE` (resource rebalance): `STATUS_DEVICE_BUSY`
+    /// while any child holds an interface reference, else `STATUS_SUCCESS`.
+    /// A stop frees every ring and puts the adapter while the children stay
+    /// started (they get no stop for their parent's rebalance): the
+    /// AVStream child has the adapter registered with KS
+    /// (`KsDeviceRegisterAdapterObject`) and may hold slot memory.
+    pub fn query_stop(&self) -> NtStatus {
         if self.reference_count() > 0 {
             STATUS_DEVICE_BUSY
         } else {
             STATUS_SUCCESS
         }
-    }
-
-    /// `IRP_MN_QUERY_STOP_DEVICE` (resource rebalance): as [`Self::query_remove`].
-    pub fn query_stop(&self) -> NtStatus {
-        self.query_remove()
     }
 
     /// Counters of `channel` (accumulated since the last start; reads
@@ -412,9 +429,11 @@ impl<P: BusPlatform> BusDevice<P> {
 
     /// `IRP_MN_STOP_DEVICE` / `IRP_MN_REMOVE_DEVICE` (`PASSIVE_LEVEL`):
     /// [`Self::stop_engines`], then every common buffer is freed, then the
-    /// DMA adapter is put — last. Idempotent; a no-op unless started. The
-    /// glue disconnects the interrupt before calling this; children must
-    /// have dropped their interface references (Plug and Play removes them first).
+    /// DMA adapter is put — last. Idempotent; a no-op unless started. Part
+    /// of [`Self::release_hardware`], which disconnects the interrupt and
+    /// flushes DPCs before calling this; children have dropped their
+    /// interface references by then (Plug and Play removes them first; see
+    /// `crate::teardown` for one that did not).
     pub fn stop(&self) {
         if self.platform.current_irql() != PASSIVE_LEVEL {
             return;

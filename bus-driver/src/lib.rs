@@ -16,6 +16,7 @@
 //! | ISR | `isr` ([`BusDevice::isr`]) |
 //! | DPC and delivery to children | `dpc` ([`BusDevice::dpc`]) |
 //! | engine watchdog | [`watchdog`] |
+//! | the FDO's teardown order (engines, interrupt, timer and DPCs, buffers, adapter, BAR0) | [`teardown`] ([`BusDevice::release_hardware`]) |
 //! | the query interface and its `extern "system"` thunks | `interface_impl` ([`BusDevice::query_interface`]) |
 //! | Plug and Play decisions of the glue (child IDs, interface routing, resources, Plug and Play states) | [`pnp`] |
 //! | the WDM glue (`capdma_bus.sys`, Windows targets only) | `wdm` |
@@ -24,6 +25,7 @@
 //!
 //! * `PASSIVE_LEVEL`: [`BusDevice::start`], [`BusDevice::stop_engines`],
 //!   [`BusDevice::stop`], [`BusDevice::surprise_remove`],
+//!   [`BusDevice::release_hardware`],
 //!   [`BusDevice::query_interface`], `StartChannel`, `StopChannel`;
 //! * `DISPATCH_LEVEL`: [`BusDevice::dpc`], [`BusDevice::watchdog`], the
 //!   other interface functions (also callable at `PASSIVE_LEVEL`);
@@ -46,6 +48,7 @@ mod isr;
 pub mod mode;
 pub mod pnp;
 pub mod ports;
+pub mod teardown;
 pub mod watchdog;
 #[cfg(target_os = "windows")]
 mod wdm;
@@ -60,3 +63,4 @@ pub use channel::{ChannelStats, RecordFault};
 pub use config::{ConfigError, DmaModeOverride, RegistryValues, StartConfig};
 pub use device::{BusDevice, DeviceState, MAX_CHANNELS};
 pub use mode::ModeDecision;
+pub use teardown::TeardownPort;

@@ -57,6 +57,7 @@ fn the_matrix_covers_every_fault_of_the_issue() {
         "app-starved",
         "map-registers",
         "remove-while-referenced",
+        "remove-leaked-reference",
         "start-stop-10000",
     ] {
         assert!(ROWS.iter().any(|r| r.matches(fault)), "no row for {fault}");
@@ -206,11 +207,22 @@ fn map_registers_too_few_for_a_frame() {
 }
 
 #[test]
-fn removal_refused_while_a_child_holds_the_interface() {
+fn removal_vetoed_by_the_child_while_streaming_then_done_children_first() {
     let row = lossless("remove-while-referenced");
-    let busy = row.statuses.iter().position(|s| s.contains("STATUS_DEVICE_BUSY"));
-    let ok = row.statuses.iter().rposition(|s| s.contains("QUERY_REMOVE") && s.contains("STATUS_SUCCESS"));
-    assert!(busy.is_some() && ok > busy, "busy first, then success: {:?}", row.statuses);
+    let busy: Vec<_> = row.statuses.iter().filter(|s| s.contains("STATUS_DEVICE_BUSY")).collect();
+    assert_eq!(busy.len(), 1, "{:?}", row.statuses);
+    assert!(busy[0].contains("(AVStream stack)"), "the child vetoes, not the bus: {:?}", row.statuses);
+    let bus_query = row.statuses.iter().position(|s| s.contains("QUERY_REMOVE_DEVICE (bus stack)"));
+    let child_remove = row.statuses.iter().position(|s| s.contains("IRP_MN_REMOVE_DEVICE (AVStream stack)"));
+    let bus_remove = row.statuses.iter().position(|s| s.contains("IRP_MN_REMOVE_DEVICE (bus FDO)"));
+    assert!(bus_query < child_remove && child_remove < bus_remove, "queries, then children, then the bus: {:?}", row.statuses);
+}
+
+#[test]
+fn removal_with_a_child_leaking_its_interface_reference_is_survived_and_reported() {
+    let row = lossless("remove-leaked-reference");
+    assert_eq!(row.expected_violations.len(), 2, "the child's violation and the leak: {:?}", row.expected_violations);
+    assert!(row.expected_violations.iter().any(|v| v.contains("AVStream FDO")), "{:?}", row.expected_violations);
 }
 
 #[test]

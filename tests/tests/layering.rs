@@ -213,14 +213,44 @@ fn a_filter_failing_unknown_interfaces_below_avstream_also_fails_the_start_but_n
 }
 
 #[test]
-fn query_remove_through_a_filtered_bus_stack_is_refused_while_a_child_holds_the_interface() {
+fn removal_through_filtered_stacks_is_vetoed_by_the_child_while_streaming_then_goes_children_first() {
     let mut machine = Machine::new(small(BoardKind::Legacy, twice_everywhere(FilterKind::PassThrough))).unwrap();
     machine.start().unwrap();
     let at = machine.frame_time(4);
-    machine.schedule(at, Action::QueryRemove { card: 0 });
+    machine.schedule(at, Action::RequestRemoval { card: 0 });
     machine.run(&mut RunHooks::default());
     machine.teardown();
-    let statuses: Vec<_> = machine.statuses().iter().filter(|s| s.what.contains("QUERY_REMOVE")).map(|s| s.status).collect();
-    assert_eq!(statuses, vec![STATUS_DEVICE_BUSY, STATUS_SUCCESS], "busy while referenced, then removable after the child released it");
+    let removal: Vec<_> = machine
+        .statuses()
+        .iter()
+        .filter(|s| s.what.contains("QUERY_REMOVE") || s.what.contains("IRP_MN_REMOVE_DEVICE"))
+        .map(|s| (s.what.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        removal,
+        vec![
+            ("card 0 channel 0: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack)", STATUS_DEVICE_BUSY),
+            ("card 0 channel 0: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack) at teardown", STATUS_SUCCESS),
+            ("card 0: IRP_MN_QUERY_REMOVE_DEVICE (bus stack) at teardown", STATUS_SUCCESS),
+            ("card 0 channel 0: IRP_MN_REMOVE_DEVICE (AVStream stack)", STATUS_SUCCESS),
+            ("card 0: IRP_MN_REMOVE_DEVICE (bus FDO)", STATUS_SUCCESS),
+        ],
+        "vetoed by the child's open pin (the bus never asked), then children first through every filter"
+    );
+    assert_clean(&machine.report());
+}
+
+#[test]
+fn the_bus_does_not_veto_a_query_remove_while_its_child_holds_the_interface() {
+    let mut machine = Machine::new(small(BoardKind::ScatterGather, twice_everywhere(FilterKind::PassThrough))).unwrap();
+    machine.start().unwrap();
+    assert_eq!(machine.bus().reference_count(), 1);
+    let bus_fdo = machine.bus_fdo(0).unwrap();
+    let irp = machine.tree().query_remove(bus_fdo);
+    assert_eq!(irp.status, STATUS_SUCCESS, "children are removed before their bus: it is always asked while referenced");
+    assert_eq!(irp.path.len(), 6, "through both filter pairs, the bus FDO and down to the PCI PDO");
+    assert_eq!(machine.tree().cancel_remove(bus_fdo).status, STATUS_SUCCESS);
+    machine.run(&mut RunHooks::default());
+    machine.teardown();
     assert_clean(&machine.report());
 }

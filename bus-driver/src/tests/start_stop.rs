@@ -227,3 +227,104 @@ fn thirty_two_bit_board_with_too_few_map_registers_for_a_frame_falls_back_to_cb(
     let d = h.dev.start(&forced).unwrap();
     assert_eq!((d.mode, d.reason), (DmaMode::CommonBuffer, ModeReason::AddressLimitNoMapRegisters));
 }
+
+/// What the teardown port saw at each glue step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    step: &'static str,
+    /// Common buffers still allocated.
+    live: usize,
+    /// The adapter was put already.
+    put: bool,
+    /// Some channel's `CTRL` still has `CTRL_RUN`.
+    running: bool,
+}
+
+/// A teardown port that records each step with the fake machine's state.
+struct RecordingPort<'a> {
+    h: &'a Harness,
+    seen: std::cell::RefCell<Vec<Seen>>,
+}
+
+impl RecordingPort<'_> {
+    fn note(&self, step: &'static str) {
+        let m = &self.h.m;
+        let put = m.events.borrow().iter().any(|e| matches!(e, Event::PutAdapter(_)));
+        let running = (0..2).any(|ch| m.ch_reg(ch, channel::CTRL) & capdma_interface::regs::CTRL_RUN != 0);
+        self.seen.borrow_mut().push(Seen { step, live: m.live_allocations(), put, running });
+    }
+}
+
+impl crate::teardown::TeardownPort for RecordingPort<'_> {
+    fn disconnect_interrupt(&self) {
+        self.note("disconnect");
+    }
+    fn cancel_timer_and_flush_dpcs(&self) {
+        self.note("flush");
+    }
+    fn unmap_registers(&self) {
+        self.note("unmap");
+    }
+}
+
+#[test]
+fn release_hardware_runs_the_teardown_in_the_design_order() {
+    use crate::pnp::state::Release;
+    let h = Harness::cb(2);
+    let iface = h.start();
+    assert_eq!(iface.start(0, &super::yuy2(64, 16, 128)), capdma_interface::status::STATUS_SUCCESS);
+    assert_ne!(h.m.ch_reg(0, channel::CTRL) & capdma_interface::regs::CTRL_RUN, 0, "channel 0 runs");
+    iface.dereference();
+
+    // Surprise removal: hardware only; the buffers and the adapter stay.
+    h.dev.surprise_remove();
+    let port = RecordingPort { h: &h, seen: std::cell::RefCell::new(Vec::new()) };
+    assert_eq!(h.dev.release_hardware(Release::Hardware, &port), 0);
+    let seen = port.seen.take();
+    assert_eq!(seen.iter().map(|s| s.step).collect::<Vec<_>>(), ["disconnect", "flush", "unmap"]);
+    assert!(seen.iter().all(|s| s.live == 4 && !s.put), "nothing freed by a surprise removal: {seen:?}");
+
+    // The removal: engines stopped before the interrupt goes, buffers freed
+    // and the adapter put after the DPCs are flushed, BAR0 unmapped last.
+    let h = Harness::cb(2);
+    let iface = h.start();
+    assert_eq!(iface.start(0, &super::yuy2(64, 16, 128)), capdma_interface::status::STATUS_SUCCESS);
+    iface.dereference();
+    let port = RecordingPort { h: &h, seen: std::cell::RefCell::new(Vec::new()) };
+    assert_eq!(h.dev.release_hardware(Release::Everything, &port), 0, "no reference leaked");
+    let seen = port.seen.take();
+    assert_eq!(
+        seen,
+        [
+            Seen { step: "disconnect", live: 4, put: false, running: false },
+            Seen { step: "flush", live: 4, put: false, running: false },
+            Seen { step: "unmap", live: 0, put: true, running: false },
+        ]
+    );
+    assert_eq!(h.dev.state(), DeviceState::Stopped);
+    // Idempotent: a second pass releases nothing more and still calls the glue steps.
+    let port = RecordingPort { h: &h, seen: std::cell::RefCell::new(Vec::new()) };
+    assert_eq!(h.dev.release_hardware(Release::Everything, &port), 0);
+    assert_eq!(port.seen.take().len(), 3);
+    let port = RecordingPort { h: &h, seen: std::cell::RefCell::new(Vec::new()) };
+    assert_eq!(h.dev.release_hardware(Release::Nothing, &port), 0);
+    assert!(port.seen.take().is_empty());
+}
+
+/// A child that keeps its interface reference past its own removal (its
+/// bug): the bus's removal goes ahead, frees everything, reports the leak,
+/// and the late caller gets an error, not a crash.
+#[test]
+fn removal_with_a_leaked_child_reference_tears_down_and_reports_it() {
+    use crate::pnp::state::Release;
+    let h = Harness::sg(1);
+    let iface = h.start();
+    let port = RecordingPort { h: &h, seen: std::cell::RefCell::new(Vec::new()) };
+    assert_eq!(h.dev.release_hardware(Release::Everything, &port), 1, "one reference leaked");
+    assert_eq!(h.m.live_allocations(), 0);
+    assert!(h.m.events.borrow().iter().any(|e| matches!(e, Event::PutAdapter(_))));
+    assert_eq!(iface.config(0).0, STATUS_DEVICE_NOT_READY, "the late caller is refused");
+    assert_eq!(iface.stop(0), STATUS_DEVICE_NOT_READY);
+    iface.dereference();
+    assert_eq!(h.dev.reference_count(), 0);
+}

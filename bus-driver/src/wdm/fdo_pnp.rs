@@ -4,14 +4,16 @@
 //! |---|---|
 //! | `START_DEVICE` | forward down and wait; then [`start_hardware`]: BAR0 and interrupt from `AllocatedResourcesTranslated` (`pnp::resources`), `MmMapIoSpaceEx`, registry values, `BusDevice::start` (`IoGetDmaAdapter` on the PCI PDO, common buffers), `IoConnectInterruptEx`, the watchdog timer, one child PDO per channel and `IoInvalidateDeviceRelations(BusRelations)` |
 //! | `QUERY_DEVICE_RELATIONS` / `BusRelations` | the present children (each `ObReferenceObject`ed) appended to what upper drivers reported, in an `ExAllocatePool2(POOL_FLAG_PAGED)` `DEVICE_RELATIONS`; passed down |
-//! | `QUERY_STOP_DEVICE` / `QUERY_REMOVE_DEVICE` | `BusDevice::query_stop` / `query_remove` (`STATUS_DEVICE_BUSY` while a child holds an interface reference) and the state machine; passed down on success |
+//! | `QUERY_STOP_DEVICE` / `QUERY_REMOVE_DEVICE` | `BusDevice::query_stop` (`STATUS_DEVICE_BUSY` while a child holds an interface reference: a rebalance would free the rings under a started child) / `query_remove` (never vetoes for references: the children are queried and removed first and drop theirs in their own removal) and the state machine; passed down on success |
 //! | `CANCEL_STOP_DEVICE` / `CANCEL_REMOVE_DEVICE` | forwarded down first and waited for, then the state goes back |
 //! | `STOP_DEVICE` | [`release_hardware`] fully; passed down |
 //! | `SURPRISE_REMOVAL` | `BusDevice::surprise_remove`, then the hardware (interrupt, timer, DPCs, BAR0) released; the common buffers and the adapter stay until the removal (a child may still hold the interface); passed down |
 //! | `REMOVE_DEVICE` | `IoReleaseRemoveLockAndWait`, [`release_hardware`] fully, children deleted (or left to delete themselves), passed down, `IoDetachDevice`, `IoDeleteDevice` |
 //! | anything else | passed down |
 //!
-//! Teardown order ([`release_hardware`]): `BusDevice::stop_engines`,
+//! Teardown order ([`release_hardware`], decided by the core's
+//! `BusDevice::release_hardware`, `crate::teardown`; the glue supplies the
+//! steps only it can do): `BusDevice::stop_engines`,
 //! `IoDisconnectInterruptEx`, `KeCancelTimer` (watchdog), `KeFlushQueuedDpcs`
 //! (one flush covers the ISR's DPC and a watchdog DPC queued before the
 //! cancel), `BusDevice::stop` (frees every common buffer, puts the adapter
@@ -30,6 +32,7 @@ use crate::pnp::resources::{select_resources, CmResourceListReader, SelectedReso
 use crate::pnp::state::{fdo_release, PnpEvent, Release};
 use crate::pnp::STATUS_DEVICE_CONFIGURATION_ERROR;
 use capdma_interface::status::{nt_success, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS};
+use crate::teardown::TeardownPort;
 use core::sync::atomic::Ordering;
 use wdk_sys::ntddk::{ExAllocatePool2, ExFreePool, IoDeleteDevice, IoDetachDevice, IoInvalidateDeviceRelations};
 use wdk_sys::{
@@ -176,11 +179,11 @@ unsafe fn start_hardware(ext: &FdoExtension, translated: PCM_RESOURCE_LIST) -> R
         }
     };
     if let Err(status) = isr_dpc::connect(ext, selected.interrupt) {
-        release_hardware(ext, Release::Everything);
+        let _ = release_hardware(ext, Release::Everything);
         return Err(status);
     }
     if let Err(status) = ext.pnp.apply(PnpEvent::Start) {
-        release_hardware(ext, Release::Everything);
+        let _ = release_hardware(ext, Release::Everything);
         return Err(status);
     }
     isr_dpc::start_watchdog(ext);
@@ -262,22 +265,33 @@ unsafe fn child<'a>(pdo: PDEVICE_OBJECT) -> &'a PdoExtension {
     unsafe { &*ext }
 }
 
+/// The glue's steps of the core's teardown sequence
+/// (`BusDevice::release_hardware`, `crate::teardown`).
+struct GlueTeardown<'a>(&'a FdoExtension);
+
+impl TeardownPort for GlueTeardown<'_> {
+    fn disconnect_interrupt(&self) {
+        isr_dpc::disconnect(self.0);
+    }
+
+    fn cancel_timer_and_flush_dpcs(&self) {
+        isr_dpc::stop_watchdog(self.0);
+        isr_dpc::flush_dpcs();
+    }
+
+    fn unmap_registers(&self) {
+        self.0.bus.platform().bar0().unmap();
+    }
+}
+
 /// Releases what `release` says (`pnp::state::fdo_release`) in the
-/// design's order (see the module documentation): `Release::Everything`
-/// includes `BusDevice::stop` (common buffers and the adapter), which a
-/// surprise removal defers to the removal. Idempotent. `PASSIVE_LEVEL`.
-pub fn release_hardware(ext: &FdoExtension, release: Release) {
-    if release == Release::Nothing {
-        return;
-    }
-    ext.bus.stop_engines();
-    isr_dpc::disconnect(ext);
-    isr_dpc::stop_watchdog(ext);
-    isr_dpc::flush_dpcs();
-    if release == Release::Everything {
-        ext.bus.stop();
-    }
-    ext.bus.platform().bar0().unmap();
+/// design's order, which the core owns (`BusDevice::release_hardware`):
+/// `Release::Everything` includes `BusDevice::stop` (common buffers and the
+/// adapter), which a surprise removal defers to the removal. Idempotent.
+/// `PASSIVE_LEVEL`. Returns the interface references children still held
+/// when everything was released (a child bug, logged by the removal).
+pub fn release_hardware(ext: &FdoExtension, release: Release) -> u32 {
+    ext.bus.release_hardware(release, &GlueTeardown(ext))
 }
 
 /// `IRP_MN_QUERY_STOP_DEVICE` / `IRP_MN_QUERY_REMOVE_DEVICE`.
@@ -317,7 +331,7 @@ unsafe fn cancel(ext: &FdoExtension, irp: PIRP, event: PnpEvent) -> NTSTATUS {
 /// As [`dispatch`].
 unsafe fn stop(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let _ = ext.pnp.apply(PnpEvent::Stop);
-    release_hardware(ext, fdo_release(PnpEvent::Stop));
+    let _ = release_hardware(ext, fdo_release(PnpEvent::Stop));
     // SAFETY: we own the IRP.
     unsafe { set_irp_status(irp, STATUS_SUCCESS, None) };
     // SAFETY: as above.
@@ -331,7 +345,7 @@ unsafe fn stop(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 unsafe fn surprise_removal(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let _ = ext.pnp.apply(PnpEvent::SurpriseRemoval);
     ext.bus.surprise_remove();
-    release_hardware(ext, fdo_release(PnpEvent::SurpriseRemoval));
+    let _ = release_hardware(ext, fdo_release(PnpEvent::SurpriseRemoval));
     // SAFETY: we own the IRP.
     unsafe { set_irp_status(irp, STATUS_SUCCESS, None) };
     // SAFETY: as above.
@@ -348,9 +362,11 @@ unsafe fn remove(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let _ = ext.pnp.apply(PnpEvent::Remove);
     // SAFETY: acquired by `dispatch` with this tag.
     unsafe { release_remove_lock_and_wait(ext.remove_lock(), irp) };
-    release_hardware(ext, fdo_release(PnpEvent::Remove));
-    if ext.bus.reference_count() > 0 {
-        wdk::println!("capdma_bus: removed with {} interface reference(s) held", ext.bus.reference_count());
+    // A child still holding the interface here is the child's bug: the
+    // teardown goes ahead (`crate::teardown`) and the leak is logged.
+    let leaked = release_hardware(ext, fdo_release(PnpEvent::Remove));
+    if leaked > 0 {
+        wdk::println!("capdma_bus: removed with {leaked} interface reference(s) still held by a child");
     }
     // SAFETY: PASSIVE_LEVEL; the children are ours.
     unsafe { remove_children(ext) };

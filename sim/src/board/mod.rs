@@ -180,6 +180,8 @@ pub(crate) struct BoardState {
     pub(crate) int_status: u32,
     pub(crate) int_enable: u32,
     pub(crate) removed: bool,
+    /// BAR0 is mapped (`MmMapIoSpaceEx`); an access while it is not is a driver bug.
+    pub(crate) bar0_mapped: bool,
     pub(crate) spurious: u32,
     pub(crate) pending: Vec<BoardFault>,
     pub(crate) channels: Vec<engine::Channel>,
@@ -208,6 +210,7 @@ impl Board {
                 int_status: 0,
                 int_enable: 0,
                 removed: false,
+                bar0_mapped: true,
                 spurious: 0,
                 pending: Vec::new(),
                 channels,
@@ -332,6 +335,29 @@ impl Board {
         self.state.borrow().removed
     }
 
+    /// The driver mapped (`MmMapIoSpaceEx`, `true`) or unmapped
+    /// (`MmUnmapIoSpace`, `false`) BAR0. A register access while unmapped
+    /// is a [`ViolationKind::Pnp`] violation (on Windows: a page fault in
+    /// the kernel). A new board counts as mapped.
+    pub fn set_bar0_mapped(&self, mapped: bool) {
+        self.state.borrow_mut().bar0_mapped = mapped;
+    }
+
+    /// Whether BAR0 is mapped.
+    #[must_use]
+    pub fn bar0_mapped(&self) -> bool {
+        self.state.borrow().bar0_mapped
+    }
+
+    /// A register access through a BAR0 mapping the driver already released.
+    fn unmapped_access(&self, what: &str, offset: u32) -> bool {
+        if self.state.borrow().bar0_mapped {
+            return false;
+        }
+        self.violations.push(ViolationKind::Pnp, format!("register {what} at BAR0+{offset:#x} after MmUnmapIoSpace"));
+        true
+    }
+
     pub(crate) fn violation(&self, message: String) {
         self.violations.push(ViolationKind::Board, message);
     }
@@ -340,6 +366,9 @@ impl Board {
 impl RegisterPort for Board {
     /// `READ_REGISTER_ULONG(BAR0 + offset)`. A removed board reads all ones.
     fn read32(&self, offset: u32) -> u32 {
+        if self.unmapped_access("read", offset) {
+            return u32::MAX;
+        }
         let (value, problem) = self.state.borrow_mut().read(offset);
         if let Some(p) = problem {
             self.violation(p);
@@ -349,6 +378,9 @@ impl RegisterPort for Board {
 
     /// `WRITE_REGISTER_ULONG(BAR0 + offset, value)`.
     fn write32(&self, offset: u32, value: u32) {
+        if self.unmapped_access("write", offset) {
+            return;
+        }
         let problems = self.state.borrow_mut().write(offset, value);
         for p in problems {
             self.violation(p);

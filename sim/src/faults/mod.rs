@@ -12,7 +12,9 @@
 //!   the other card streaming on, a second start succeeding);
 //! * **violations** (IRQL, DMA, KS, Plug and Play rules) and **leaks**
 //!   (memory, common buffers, adapters, interface references, clones,
-//!   application buffers never completed): must be none;
+//!   application buffers never completed): must be none, except the ones a
+//!   row provokes on purpose with a deliberately buggy driver, which must
+//!   be reported (`FaultRow::expected_violations`);
 //! * the NTSTATUS values the row expects to see (refused requests).
 //!
 //! Every row is replayable by name and seed:
@@ -56,6 +58,10 @@ pub struct FaultRow {
     pub violations: Vec<String>,
     /// Resources left at the end.
     pub leaks: Vec<String>,
+    /// Violations and leaks the row provokes on purpose (a deliberately
+    /// buggy child driver) and requires to be reported; not counted in
+    /// `violations` or `leaks`.
+    pub expected_violations: Vec<String>,
     /// NTSTATUS values the row's requests saw, in order.
     pub statuses: Vec<String>,
     /// Every expectation, in order.

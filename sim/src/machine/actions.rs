@@ -88,10 +88,15 @@ pub enum Action {
         /// Hold (`true`) or release (`false`).
         hold: bool,
     },
-    /// `IRP_MN_QUERY_REMOVE_DEVICE` sent to the top of the card's bus stack;
-    /// the status is recorded (and a successful query is cancelled again
-    /// with `IRP_MN_CANCEL_REMOVE_DEVICE`).
-    QueryRemove {
+    /// Plug and Play's orderly removal of the card (a user disabling it), in
+    /// Windows' order: `IRP_MN_QUERY_REMOVE_DEVICE` down every child stack
+    /// (the AVStream device vetoes it with `STATUS_DEVICE_BUSY` while a pin
+    /// is open), then down the bus stack; a veto ends it with
+    /// `IRP_MN_CANCEL_REMOVE_DEVICE` to every stack queried. Without a veto
+    /// `IRP_MN_REMOVE_DEVICE` goes to the children (interface references
+    /// dropped) and then to the bus (everything released). Every status is
+    /// recorded.
+    RequestRemoval {
         /// The card.
         card: u32,
     },

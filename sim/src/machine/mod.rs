@@ -7,8 +7,10 @@ pub mod events;
 pub mod platform;
 pub mod report;
 pub mod run;
+pub mod teardown;
 
 pub use actions::{Action, StatusRecord};
 pub use config::{ConfigError, MachineConfig};
 pub use report::{ChannelReport, RunReport};
+pub use teardown::TeardownStep;
 pub use run::{run, surprise_removal_actions, ChannelLog, Machine, RunError, RunHooks};

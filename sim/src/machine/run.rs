@@ -16,6 +16,7 @@ use capdma_avstream::stats::StatsSnapshot;
 use capdma_bus::config::StartConfig;
 use capdma_bus::device::BusDevice;
 use capdma_bus::mode::ModeDecision;
+use capdma_bus::pnp::state::Release;
 use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
 use capdma_interface::status::{nt_success, status_name, NtStatus, STATUS_DEVICE_NOT_READY, STATUS_SUCCESS};
 use zerocopy::IntoBytes;
@@ -24,6 +25,7 @@ use super::actions::{Action, StatusRecord};
 use super::config::{ConfigError, MachineConfig};
 use super::events::{Event, Timeline};
 use super::platform::SimBusPlatform;
+use super::teardown::SimTeardown;
 use super::report::{ChannelReport, RunReport};
 use crate::board::{Board, BoardConfig, BoardFault, BoardKind, CaptureOutcome, FrameSource};
 use crate::dma::adapter::{AdapterConfig, SimDmaAdapter};
@@ -31,7 +33,7 @@ use crate::irql::{IrqlTracker, DEVICE};
 use crate::ks::{CompletedFrame, PinFlags, SimKsPin, SimMapping};
 use crate::memory::{Allocation, MemoryConfig, PhysicalMemory};
 use crate::pattern::Pattern;
-use crate::pnp::{DeviceId, DeviceKind, DeviceTree, FilterKind, PciFunction};
+use crate::pnp::{AvStreamDevice, DeviceId, DeviceKind, DeviceTree, FilterKind, PciFunction};
 use crate::violations::{ViolationKind, Violations};
 
 /// Latency from the board asserting its line to the ISR, 100-ns units (1 µs).
@@ -131,7 +133,8 @@ struct ChannelRun {
     index: u32,
     ks: SimKsPin,
     pin: Option<Pin<Box<CapturePin<SimKsPin>>>>,
-    client: Option<BusClient>,
+    /// The AVStream device on the channel's child PDO (holds the interface).
+    device: Rc<AvStreamDevice>,
     format: VideoFormat,
     pattern: Pattern,
     buffers: Vec<Allocation>,
@@ -147,14 +150,16 @@ struct ChannelRun {
     log: ChannelLog,
 }
 
-/// The two device objects of one child stack.
-#[derive(Clone, Copy, Debug)]
+/// The two device objects of one child stack, and the AVStream device.
+#[derive(Clone, Debug)]
 struct ChildStack {
     pdo: DeviceId,
     fdo: DeviceId,
+    device: Rc<AvStreamDevice>,
 }
 
 /// One capture card: its board, bus driver and Plug and Play stacks.
+#[allow(clippy::struct_excessive_bools, reason = "independent facts of the simulated glue: interrupt, timer, DPC, removal")]
 struct Card {
     index: u32,
     board: Board,
@@ -162,6 +167,8 @@ struct Card {
     pci: PciFunction,
     decision: Option<ModeDecision>,
     interrupt_connected: bool,
+    /// The bus's watchdog timer is armed (`KeSetTimerEx`).
+    timer_armed: bool,
     dpc_queued: bool,
     pci_pdo: DeviceId,
     bus_fdo: DeviceId,
@@ -265,6 +272,7 @@ impl Machine {
                 pci,
                 decision: None,
                 interrupt_connected: false,
+                timer_armed: false,
                 dpc_queued: false,
                 pci_pdo,
                 bus_fdo,
@@ -378,6 +386,12 @@ impl Machine {
         self.cards.get(card as usize)?.children.get(channel as usize).map(|c| c.fdo)
     }
 
+    /// The AVStream device on `channel` of `card` (after `start`).
+    #[must_use]
+    pub fn avstream_device(&self, card: u32, channel: u32) -> Option<Rc<AvStreamDevice>> {
+        self.cards.get(card as usize)?.children.get(channel as usize).map(|c| Rc::clone(&c.device))
+    }
+
     /// A root-enumerated software PDO whose bus forwards nothing.
     #[must_use]
     pub fn software_pdo(&self) -> DeviceId {
@@ -463,11 +477,17 @@ impl Machine {
             cq_entries: self.config.cq_entries.unwrap_or(StartConfig::DEFAULT.cq_entries),
         };
         for card in 0..self.cards.len() {
+            // MmMapIoSpaceEx, then the core's start; a failed start unmaps BAR0 again.
+            self.cards[card].board.set_bar0_mapped(true);
             let result = self.cards[card].bus.start(&start);
+            if result.is_err() {
+                self.cards[card].board.set_bar0_mapped(false);
+            }
             let decision = result.map_err(|s| self.driver_error(format!("card {card}: bus IRP_MN_START_DEVICE"), s))?;
             let c = &mut self.cards[card];
             c.decision = Some(decision);
             c.interrupt_connected = true;
+            c.timer_armed = true;
             c.removed = false;
             self.enumerate_children(card);
         }
@@ -501,9 +521,11 @@ impl Machine {
                 DeviceKind::ChildPdo { bus: Rc::clone(&c.bus), channel: ch, parent_fdo: c.bus_fdo },
             );
             attach_filters(&self.tree, &self.config.stack.below_avstream, pdo, &format!("card {card} channel {ch} lower filter"));
-            let fdo = self.tree.attach(format!("card {card} channel {ch} AVStream FDO"), DeviceKind::AvStreamFdo, pdo);
+            let name = format!("card {card} channel {ch} AVStream FDO");
+            let device = Rc::new(AvStreamDevice::new(name.clone()));
+            let fdo = self.tree.attach(name, DeviceKind::AvStreamFdo(Rc::clone(&device)), pdo);
             attach_filters(&self.tree, &self.config.stack.above_avstream, pdo, &format!("card {card} channel {ch} upper filter"));
-            children.push(ChildStack { pdo, fdo });
+            children.push(ChildStack { pdo, fdo, device });
         }
         self.cards[card].children = children;
     }
@@ -511,7 +533,7 @@ impl Machine {
     /// The AVStream side of one child PDO.
     fn start_child(&mut self, card: u32, ch: u32) -> Result<ChannelRun, RunError> {
         let what = |step: &str| format!("card {card} channel {ch}: {step}");
-        let Some(stack) = self.cards.get(card as usize).and_then(|c| c.children.get(ch as usize).copied()) else {
+        let Some(stack) = self.cards.get(card as usize).and_then(|c| c.children.get(ch as usize).cloned()) else {
             return Err(self.driver_error(what("child enumeration"), STATUS_DEVICE_NOT_READY));
         };
         // IRP_MN_QUERY_INTERFACE for GUID_CAPDMA_BUS_INTERFACE, sent to the top
@@ -553,13 +575,15 @@ impl Machine {
         };
         let ks = SimKsPin::new(flags, mapping, self.irql.clone(), self.violations.clone());
         let pin = Box::pin(CapturePin::new(ks.clone(), client.channel(), &setup, VectorUnit::Avx2));
+        // The AVStream device keeps the reference until its IRP_MN_REMOVE_DEVICE.
+        stack.device.hold_interface(client);
         let c = &self.config;
         let mut run = ChannelRun {
             card,
             index: ch,
             ks,
             pin: None,
-            client: Some(client),
+            device: Rc::clone(&stack.device),
             format: VideoFormat::default_for(c.format),
             pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: ch, seed: card_seed(c.seed, card) },
             buffers: Vec::new(),
@@ -608,6 +632,7 @@ impl Machine {
         }
         run.ks.set_running(true);
         run.pin = Some(pin);
+        run.device.set_pin_open(true);
         Ok(run)
     }
 
@@ -629,7 +654,7 @@ impl Machine {
     }
 
     /// Undoes a half-started child: pin to STOP and dropped, buffers freed,
-    /// the interface reference released.
+    /// the interface reference released (the AVStream device's start failed).
     fn abandon_child(&self, run: &mut ChannelRun, pin: Option<Pin<Box<CapturePin<SimKsPin>>>>) {
         if let Some(pin) = pin {
             let _ = pin.as_ref().set_state(KsState::Stop);
@@ -640,10 +665,8 @@ impl Machine {
         for buffer in run.buffers.drain(..) {
             self.memory.free(buffer.id);
         }
-        if let Some(client) = run.client.take() {
-            // SAFETY: the reference taken by the query is dropped once, here, after the pin is gone.
-            unsafe { client.release() };
-        }
+        run.device.set_pin_open(false);
+        let _ = run.device.release_interface();
     }
 
     /// Runs until every channel captured its frames and the pipeline drained.
@@ -667,7 +690,7 @@ impl Machine {
                 Event::Dpc { card } => self.dpc(card, now),
                 Event::Watchdog => {
                     for card in 0..self.cards.len() {
-                        if self.cards[card].interrupt_connected {
+                        if self.cards[card].timer_armed {
                             let old = self.irql.enter_dpc();
                             self.cards[card].bus.watchdog(i64::try_from(now).unwrap_or(i64::MAX));
                             self.irql.leave_dpc(old);
@@ -945,10 +968,11 @@ impl Machine {
                     self.requeue_all_held(i, now);
                 }
             }
-            Action::QueryRemove { card } => {
-                let Some(fdo) = self.bus_fdo(card) else { return };
-                let irp = self.tree.query_remove(fdo);
-                self.record_status(format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE"), irp.status);
+            Action::RequestRemoval { card } => {
+                let index = card as usize;
+                if self.cards.get(index).is_some_and(|c| !c.removed) {
+                    let _ = self.request_removal(index, now, "");
+                }
             }
             Action::SurpriseRemoval { card } => self.surprise_removal(card, now, hooks),
         }
@@ -1005,25 +1029,21 @@ impl Machine {
             return;
         }
         // IRP_MN_SURPRISE_REMOVAL: the children first (the AVStream core has
-        // nothing to do: KS fails new requests), then the bus FDO, whose
-        // glue disconnects the interrupt (a DPC already queued still runs).
+        // nothing to do: KS fails new requests), then the bus FDO: the core
+        // stops the engines and the glue gives up the interrupt (a DPC
+        // already queued still runs), the watchdog and BAR0; the common
+        // buffers and the adapter wait for the removal.
         let bus = Rc::clone(&c.bus);
         bus.surprise_remove();
-        let c = &mut self.cards[card as usize];
-        c.interrupt_connected = false;
-        if c.dpc_queued {
-            self.dpc(card, now);
-        }
-        // The application sees its reads fail and closes the pins; then
-        // IRP_MN_REMOVE_DEVICE reaches each child stack: the AVStream device
-        // drops its interface reference.
+        let _ = self.release_card(card as usize, Release::Hardware, now);
+        // The application sees its reads fail and closes the pins.
         for i in 0..self.channels.len() {
             if self.channels[i].card == card {
                 self.close_channel(i, now, hooks);
             }
         }
         // A child asking for the interface now gets the removal status.
-        if let Some(stack) = self.cards[card as usize].children.first().copied() {
+        if let Some(stack) = self.cards[card as usize].children.first().cloned() {
             let mut answer = BusClient::query_buffer();
             // SAFETY: `answer` is a live local of `Size` bytes.
             let irp = unsafe {
@@ -1038,15 +1058,17 @@ impl Machine {
             }
             self.record_status(format!("card {card}: IRP_MN_QUERY_INTERFACE after surprise removal"), irp.status);
         }
-        // IRP_MN_REMOVE_DEVICE of the bus: engines, buffers, adapter.
+        // IRP_MN_REMOVE_DEVICE: each child stack (the AVStream device drops
+        // its interface reference), then the bus (buffers, adapter).
+        self.remove_children(card as usize);
         self.remove_card(card as usize, now);
         self.cards[card as usize].removed = true;
     }
 
     /// The application closes the pin of channel `i` (to `KSSTATE_STOP`,
-    /// the queue flushed back to it), the pin goes, and the AVStream device
-    /// releases its interface reference (`IRP_MN_REMOVE_DEVICE` of the
-    /// child); the application frees its buffers. Idempotent.
+    /// the queue flushed back to it), the pin goes and the application
+    /// frees its buffers. The AVStream device keeps its interface reference
+    /// until its own `IRP_MN_REMOVE_DEVICE`. Idempotent.
     fn close_channel(&mut self, i: usize, now: u64, hooks: &mut RunHooks<'_>) {
         let pin = self.channels[i].pin.take();
         let (card, ch) = (self.channels[i].card, self.channels[i].index);
@@ -1083,10 +1105,7 @@ impl Machine {
                 format!("card {card} channel {ch}: {} application buffer(s) never completed", ks.submitted - ks.completed),
             );
         }
-        if let Some(client) = run.client.take() {
-            // SAFETY: the pin is gone; the query's reference is dropped once, here.
-            unsafe { client.release() };
-        }
+        run.device.set_pin_open(false);
         for buffer in run.buffers.drain(..) {
             self.memory.free(buffer.id);
         }
@@ -1094,18 +1113,108 @@ impl Machine {
         run.requeue_scheduled.clear();
     }
 
-    /// `IRP_MN_REMOVE_DEVICE` of a card's bus (its children are gone):
-    /// engines stopped, interrupt disconnected, DPCs flushed, common buffers
-    /// freed, adapter put; the channels' bus counters into the report.
-    fn remove_card(&mut self, card: usize, now: u64) {
-        let bus = Rc::clone(&self.cards[card].bus);
-        bus.stop_engines();
-        self.cards[card].interrupt_connected = false;
-        if self.cards[card].dpc_queued {
-            // KeFlushQueuedDpcs: a DPC already queued still runs.
-            self.dpc(self.cards[card].index, now);
+    /// The bus core's teardown sequence (`BusDevice::release_hardware`) on
+    /// card `card` with the machine's glue steps ([`SimTeardown`]: interrupt,
+    /// watchdog timer and DPCs, BAR0), each checked; returns the interface
+    /// references leaked (see `capdma_bus::teardown`).
+    fn release_card(&mut self, card: usize, release: Release, now: u64) -> u32 {
+        let c = &self.cards[card];
+        let port = SimTeardown::new(
+            c.index,
+            &c.bus,
+            &c.board,
+            &self.irql,
+            &self.violations,
+            now,
+            c.interrupt_connected,
+            c.timer_armed,
+            c.dpc_queued,
+        );
+        let leaked = c.bus.release_hardware(release, &port);
+        if release != Release::Nothing {
+            port.check_order();
         }
-        bus.stop();
+        let (connected, armed, queued) = (port.interrupt_connected.get(), port.timer_armed.get(), port.dpc_queued.get());
+        let c = &mut self.cards[card];
+        c.interrupt_connected = connected;
+        c.timer_armed = armed;
+        c.dpc_queued = queued;
+        leaked
+    }
+
+    /// Windows' orderly removal of `card` (a user disabling it, or the end
+    /// of the run): `IRP_MN_QUERY_REMOVE_DEVICE` down every child stack,
+    /// then down the bus stack; the first veto ends it and
+    /// `IRP_MN_CANCEL_REMOVE_DEVICE` goes to every stack queried. Without a
+    /// veto: `IRP_MN_REMOVE_DEVICE` to the children (each AVStream device
+    /// drops its interface reference), then the bus's removal. Every status
+    /// is recorded (`when` is appended to the descriptions). Returns whether
+    /// the card was removed.
+    fn request_removal(&mut self, card: usize, now: u64, when: &str) -> bool {
+        let children = self.cards[card].children.clone();
+        let mut queried = Vec::new();
+        let mut vetoed = false;
+        for (ch, child) in children.iter().enumerate() {
+            let irp = self.tree.query_remove(child.fdo);
+            queried.push(child.fdo);
+            self.record_status(format!("card {card} channel {ch}: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack){when}"), irp.status);
+            if !nt_success(irp.status) {
+                vetoed = true;
+                break;
+            }
+        }
+        if !vetoed {
+            let fdo = self.cards[card].bus_fdo;
+            let irp = self.tree.query_remove(fdo);
+            queried.push(fdo);
+            self.record_status(format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE (bus stack){when}"), irp.status);
+            vetoed = !nt_success(irp.status);
+        }
+        if vetoed {
+            for device in queried {
+                let irp = self.tree.cancel_remove(device);
+                if !nt_success(irp.status) {
+                    let name = self.tree.name(device);
+                    self.violations.push(ViolationKind::Pnp, format!("{name}: IRP_MN_CANCEL_REMOVE_DEVICE failed: {}", status_name(irp.status)));
+                }
+            }
+            return false;
+        }
+        self.remove_children(card);
+        self.remove_card(card, now);
+        self.cards[card].removed = true;
+        true
+    }
+
+    /// `IRP_MN_REMOVE_DEVICE` down each of the card's child stacks (the
+    /// AVStream device drops its interface reference; the bus's child PDO,
+    /// still present, stays).
+    fn remove_children(&mut self, card: usize) {
+        for (ch, child) in self.cards[card].children.clone().iter().enumerate() {
+            let irp = self.tree.remove_device(child.fdo);
+            self.record_status(format!("card {card} channel {ch}: IRP_MN_REMOVE_DEVICE (AVStream stack)"), irp.status);
+        }
+    }
+
+    /// `IRP_MN_REMOVE_DEVICE` of a card's bus FDO (its children were removed
+    /// first): the core's teardown sequence with everything released
+    /// (engines stopped, interrupt disconnected, watchdog cancelled, DPCs
+    /// flushed, common buffers freed, adapter put, BAR0 unmapped); the
+    /// channels' bus counters into the report. An interface reference still
+    /// held here is a bug of the child that holds it: recorded against it.
+    fn remove_card(&mut self, card: usize, now: u64) {
+        let leaked = self.release_card(card, Release::Everything, now);
+        self.record_status(format!("card {card}: IRP_MN_REMOVE_DEVICE (bus FDO)"), STATUS_SUCCESS);
+        if leaked > 0 {
+            let holders: Vec<String> =
+                self.cards[card].children.iter().filter(|c| c.device.holds_interface()).map(|c| c.device.name().to_string()).collect();
+            let who = if holders.is_empty() { "an unknown holder".to_string() } else { holders.join(", ") };
+            self.violations.push(
+                ViolationKind::Pnp,
+                format!("card {card}: {leaked} capdma interface reference(s) still held at the bus's IRP_MN_REMOVE_DEVICE by {who} (a child must drop its reference in its own IRP_MN_REMOVE_DEVICE); the bus tore down anyway"),
+            );
+        }
+        let bus = Rc::clone(&self.cards[card].bus);
         for run in self.channels.iter_mut().filter(|r| r.card as usize == card) {
             if let Some(stats) = bus.channel_stats(run.index) {
                 run.report.channel_resets = stats.resets;
@@ -1115,11 +1224,14 @@ impl Machine {
     }
 
     /// Stops everything in the order Windows would and checks for leaks:
-    /// pins to `KSSTATE_STOP` (every queued buffer back to the
-    /// application), interface references released, buffers freed, each
-    /// bus's removal (`IRP_MN_QUERY_REMOVE_DEVICE` down its stack, refused
-    /// while referenced), engines stopped, interrupt disconnected, DPCs
-    /// flushed, common buffers freed, adapter put.
+    /// the application closes its pins (every queued buffer back to it,
+    /// buffers freed); then per card the orderly removal
+    /// ([`Machine::request_removal`]): `IRP_MN_QUERY_REMOVE_DEVICE` down the
+    /// child stacks and then the bus stack, `IRP_MN_REMOVE_DEVICE` to the
+    /// children (interface references dropped) and then to the bus (engines
+    /// stopped, interrupt disconnected, watchdog cancelled, DPCs flushed,
+    /// common buffers freed, adapter put, BAR0 unmapped). A veto here is a
+    /// violation (nothing is open any more); the card is removed anyway.
     pub fn teardown(&mut self) {
         let now = self.timeline.now();
         let mut hooks = RunHooks::default();
@@ -1130,13 +1242,11 @@ impl Machine {
             if self.cards[card].removed {
                 continue;
             }
-            let fdo = self.cards[card].bus_fdo;
-            let irp = self.tree.query_remove(fdo);
-            self.record_status(format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE at teardown"), irp.status);
-            if irp.status != STATUS_SUCCESS {
-                self.violations.push(ViolationKind::Pnp, format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE refused: {}", status_name(irp.status)));
+            if !self.request_removal(card, now, " at teardown") {
+                self.violations.push(ViolationKind::Pnp, format!("card {card}: the removal was vetoed at teardown"));
+                self.remove_children(card);
+                self.remove_card(card, now);
             }
-            self.remove_card(card, now);
         }
         self.timeline.clear();
         for leak in self.memory.leaks() {
@@ -1182,7 +1292,7 @@ impl Machine {
 
 impl Drop for Machine {
     fn drop(&mut self) {
-        if self.channels.iter().any(|r| r.pin.is_some() || r.client.is_some()) {
+        if self.channels.iter().any(|r| r.pin.is_some() || r.device.holds_interface()) {
             self.teardown();
         }
     }

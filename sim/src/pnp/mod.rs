@@ -27,12 +27,21 @@
 //!   it makes an adapter; on any other PDO only through a
 //!   `BUS_INTERFACE_STANDARD` the PDO's stack answers (the child PDO's
 //!   forwarding), otherwise NULL.
-//! * `IRP_MN_QUERY_REMOVE_DEVICE` travels down too; the bus FDO answers it
-//!   with `BusDevice::query_remove` (refused with `STATUS_DEVICE_BUSY` while
-//!   a child holds an interface reference).
+//! * The removal IRPs travel down too, in Windows' order (the machine sends
+//!   them): `IRP_MN_QUERY_REMOVE_DEVICE` to every child stack first — the
+//!   AVStream device ([`AvStreamDevice`]) vetoes it with
+//!   `STATUS_DEVICE_BUSY` while a pin is open, as KS does for an open
+//!   handle — then to the bus stack, where the bus FDO answers with
+//!   `BusDevice::query_remove` (which does not veto for the children's
+//!   interface references: they are dropped in the children's own removal);
+//!   a veto is followed by `IRP_MN_CANCEL_REMOVE_DEVICE` to every stack
+//!   queried. Then `IRP_MN_REMOVE_DEVICE` to each child stack (the AVStream
+//!   device drops its interface reference) before the bus's removal.
+pub mod avstream;
 pub mod pci;
 pub mod tree;
 
+pub use avstream::AvStreamDevice;
 pub use pci::{BusInterfaceStandard, PciFunction};
 pub use tree::{DeviceId, DeviceKind, DeviceTree, FilterKind, Irp, PnpMinor, QueryInterface};
 

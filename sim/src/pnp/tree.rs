@@ -11,6 +11,7 @@ use capdma_interface::guid::{Guid, GUID_BUS_INTERFACE_STANDARD};
 use capdma_interface::status::{nt_success, NtStatus, STATUS_NOT_SUPPORTED, STATUS_SUCCESS};
 use capdma_interface::table::CapdmaBusInterface;
 
+use super::avstream::AvStreamDevice;
 use super::pci::{BusInterfaceStandard, PciFunction};
 use crate::dma::adapter::SimDmaAdapter;
 use crate::irql::IrqlTracker;
@@ -62,8 +63,9 @@ pub enum DeviceKind {
         parent_fdo: DeviceId,
     },
     /// `capdma_avstream.sys`'s FDO (`AVStream` passes the Plug and Play IRPs
-    /// it does not handle down, as `KsDefaultDispatchPnp` does).
-    AvStreamFdo,
+    /// it does not handle down, as `KsDefaultDispatchPnp` does); the removal
+    /// IRPs are judged by its [`AvStreamDevice`].
+    AvStreamFdo(Rc<AvStreamDevice>),
     /// A filter driver's device object.
     Filter(FilterKind),
     /// A PDO of a bus that forwards nothing (a root-enumerated software
@@ -81,7 +83,7 @@ impl DeviceKind {
             Self::PciPdo(_) => "PCI PDO",
             Self::BusFdo(_) => "bus FDO",
             Self::ChildPdo { .. } => "child PDO",
-            Self::AvStreamFdo => "AVStream FDO",
+            Self::AvStreamFdo(_) => "AVStream FDO",
             Self::Filter(FilterKind::PassThrough) => "filter (pass-through)",
             Self::Filter(FilterKind::FailsUnknownQueryInterface) => "filter (fails unknown query-interface)",
             Self::SoftwarePdo => "software PDO",
@@ -118,6 +120,11 @@ pub enum PnpMinor {
     QueryInterface(QueryInterface),
     /// `IRP_MN_QUERY_REMOVE_DEVICE`.
     QueryRemoveDevice,
+    /// `IRP_MN_CANCEL_REMOVE_DEVICE` (must succeed).
+    CancelRemoveDevice,
+    /// `IRP_MN_REMOVE_DEVICE` of a child stack (the bus FDO's own removal
+    /// is the machine's: it needs the interrupt and timer it models).
+    RemoveDevice,
 }
 
 /// An IRP on its way through a stack.
@@ -267,9 +274,23 @@ impl DeviceTree {
                 irp.status = STATUS_NOT_SUPPORTED;
                 irp.status
             }
-            (DeviceKind::Filter(_) | DeviceKind::AvStreamFdo, _) | (DeviceKind::BusFdo(_), PnpMinor::QueryInterface(_)) => {
+            (DeviceKind::AvStreamFdo(device), PnpMinor::QueryRemoveDevice) => match device.query_remove() {
+                Ok(()) => {
+                    irp.status = STATUS_SUCCESS;
+                    pass_down(irp)
+                }
+                Err(status) => {
+                    irp.status = status;
+                    irp.status
+                }
+            },
+            (DeviceKind::AvStreamFdo(device), PnpMinor::RemoveDevice) => {
+                device.remove();
+                irp.status = STATUS_SUCCESS;
                 pass_down(irp)
             }
+            (DeviceKind::Filter(_) | DeviceKind::AvStreamFdo(_), _)
+            | (DeviceKind::BusFdo(_), PnpMinor::QueryInterface(_) | PnpMinor::CancelRemoveDevice | PnpMinor::RemoveDevice) => pass_down(irp),
             (DeviceKind::BusFdo(bus), PnpMinor::QueryRemoveDevice) => {
                 irp.status = bus.query_remove();
                 if nt_success(irp.status) {
@@ -291,7 +312,12 @@ impl DeviceTree {
                 irp.status
             }
             (DeviceKind::SoftwarePdo, PnpMinor::QueryInterface(_)) => irp.status,
-            (DeviceKind::ChildPdo { .. } | DeviceKind::PciPdo(_) | DeviceKind::SoftwarePdo, PnpMinor::QueryRemoveDevice) => {
+            (
+                DeviceKind::ChildPdo { .. } | DeviceKind::PciPdo(_) | DeviceKind::SoftwarePdo,
+                PnpMinor::QueryRemoveDevice | PnpMinor::CancelRemoveDevice | PnpMinor::RemoveDevice,
+            ) => {
+                // A child PDO that is still present survives its removal
+                // (it is deleted when the bus stops reporting it).
                 irp.status = STATUS_SUCCESS;
                 irp.status
             }
@@ -339,7 +365,24 @@ impl DeviceTree {
     /// Sends `IRP_MN_QUERY_REMOVE_DEVICE` to the top of `device`'s stack.
     #[must_use]
     pub fn query_remove(&self, device: DeviceId) -> Irp {
-        let mut irp = Irp::new(PnpMinor::QueryRemoveDevice);
+        self.send(device, PnpMinor::QueryRemoveDevice)
+    }
+
+    /// Sends `IRP_MN_CANCEL_REMOVE_DEVICE` to the top of `device`'s stack.
+    #[must_use]
+    pub fn cancel_remove(&self, device: DeviceId) -> Irp {
+        self.send(device, PnpMinor::CancelRemoveDevice)
+    }
+
+    /// Sends `IRP_MN_REMOVE_DEVICE` to the top of `device`'s stack (a
+    /// child stack: the AVStream device releases its interface).
+    #[must_use]
+    pub fn remove_device(&self, device: DeviceId) -> Irp {
+        self.send(device, PnpMinor::RemoveDevice)
+    }
+
+    fn send(&self, device: DeviceId, minor: PnpMinor) -> Irp {
+        let mut irp = Irp::new(minor);
         let top = self.attached_top(device);
         self.call_driver(top, &mut irp);
         irp

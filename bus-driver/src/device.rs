@@ -101,6 +101,8 @@ pub struct BusDevice<P: BusPlatform> {
     /// Shadow of `INT_ENABLE` (a leaf lock: may be taken under a channel lock).
     pub(crate) int_enable: spin::Mutex<u32>,
     pub(crate) channels: [Channel; MAX_CHANNELS],
+    /// In D0 or not (`crate::power`).
+    pub(crate) power: crate::power::PowerState,
 }
 
 /// Board facts read at start.
@@ -125,6 +127,7 @@ impl<P: BusPlatform> BusDevice<P> {
             shared: spin::Mutex::new(Shared { adapter: None, info: None }),
             int_enable: spin::Mutex::new(0),
             channels: [const { Channel::new() }; MAX_CHANNELS],
+            power: crate::power::PowerState::new(),
         }
     }
 
@@ -140,12 +143,13 @@ impl<P: BusPlatform> BusDevice<P> {
 
     /// Whether `surprise_remove` was called or the board read as gone.
     pub fn is_removed(&self) -> bool {
-        !self.hardware_present()
+        self.removed.load(Ordering::Acquire) || self.board_gone.load(Ordering::Acquire)
     }
 
-    /// Whether registers may be touched: not surprise-removed and not read as gone.
+    /// Whether registers may be touched: not surprise-removed, not read as
+    /// gone, and in D0 (`crate::power`: out of D0 the board reads all ones).
     pub(crate) fn hardware_present(&self) -> bool {
-        !self.removed.load(Ordering::Acquire) && !self.board_gone.load(Ordering::Acquire)
+        !self.is_removed() && self.power.in_d0()
     }
 
     /// Channels on the board while started, else 0.
@@ -227,11 +231,12 @@ impl<P: BusPlatform> BusDevice<P> {
     /// at or above [`MAX_CHANNELS`]. `<= DISPATCH_LEVEL`.
     pub fn channel_stats(&self, channel: u32) -> Option<ChannelStats> {
         let chan = self.channels.get(usize::try_from(channel).ok()?)?;
-        let hw = self.hardware_present();
         let regs = self.platform.registers();
         Some(self.at_dispatch(|| {
             let mut st = chan.state.lock();
-            if hw {
+            // Under the lock: `power_down` marks the device out of D0 before
+            // it takes the channel locks.
+            if self.hardware_present() {
                 st.account_dropped(&ChannelRegs::new(regs, channel));
             }
             st.stats
@@ -292,6 +297,8 @@ impl<P: BusPlatform> BusDevice<P> {
             return Err(STATUS_INVALID_DEVICE_REQUEST);
         }
         self.board_gone.store(false, Ordering::Release);
+        // A device is in D0 when it starts.
+        self.power.assume_d0();
         let result = self.start_inner(config);
         let next = if result.is_ok() { DeviceState::Started } else { DeviceState::Stopped };
         self.state.store(next as u8, Ordering::Release);

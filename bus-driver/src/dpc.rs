@@ -57,7 +57,6 @@ impl<P: BusPlatform> BusDevice<P> {
         let Ok(ch) = u32::try_from(index) else {
             return;
         };
-        let hw = self.hardware_present();
         let regs = self.platform.registers();
         self.at_dispatch(|| {
             {
@@ -71,6 +70,10 @@ impl<P: BusPlatform> BusDevice<P> {
             loop {
                 let (next, gone) = {
                     let mut st = chan.state.lock();
+                    // Read under the lock: `power_down` marks the device out
+                    // of D0 before it takes the channel locks, so no
+                    // register is touched once it has passed this channel.
+                    let hw = self.hardware_present();
                     let next = st.next_delivery(regs, ch, now, hw);
                     if next.is_none() {
                         st.delivering = false;

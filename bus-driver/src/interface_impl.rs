@@ -11,7 +11,8 @@
 //!   below the board's channel count, bad arguments;
 //! * `STATUS_DEVICE_REMOVED`: surprise-removed or the board read as gone;
 //! * `STATUS_DEVICE_NOT_READY`: the device is not started (or, per
-//!   function, the channel is not running);
+//!   function, the channel is not running; `StartChannel`: the device is
+//!   out of D0, see `crate::power`);
 //! * `STATUS_INVALID_DEVICE_REQUEST`: wrong DMA mode for the function, or
 //!   called above its IRQL (`StartChannel`/`StopChannel` need
 //!   `PASSIVE_LEVEL`, the others `<= DISPATCH_LEVEL`).
@@ -56,7 +57,7 @@ impl<P: BusPlatform> BusDevice<P> {
         if out.is_null() {
             return STATUS_INVALID_PARAMETER;
         }
-        if !self.hardware_present() {
+        if self.is_removed() {
             return STATUS_DEVICE_REMOVED;
         }
         if self.state() != DeviceState::Started {
@@ -98,9 +99,10 @@ impl<P: BusPlatform> BusDevice<P> {
         }
     }
 
-    /// Common checks: present, started, `channel` below the channel count.
+    /// Common checks: present (not removed, not read as gone; out of D0 is
+    /// still present), started, `channel` below the channel count.
     fn check_channel(&self, channel: u32) -> Result<usize, NtStatus> {
-        if !self.hardware_present() {
+        if self.is_removed() {
             return Err(STATUS_DEVICE_REMOVED);
         }
         if self.state() != DeviceState::Started {
@@ -293,6 +295,8 @@ impl<P: BusPlatform> BusDevice<P> {
 
     /// `StartChannel` (`PASSIVE_LEVEL`): validates `format`, enables the
     /// channel's interrupts and programs and runs the engine.
+    /// `STATUS_DEVICE_NOT_READY` out of D0 (the board cannot be programmed;
+    /// channels already running are restarted by `power_up`).
     fn start_channel(&self, channel: u32, format: &ChannelFormat) -> NtStatus {
         if let Err(status) = self.check_irql(PASSIVE_LEVEL) {
             return status;
@@ -312,6 +316,10 @@ impl<P: BusPlatform> BusDevice<P> {
             };
             if st.running() || st.delivering || st.sg.len() > 0 {
                 return STATUS_DEVICE_BUSY;
+            }
+            if !self.hardware_present() {
+                // Out of D0 (`crate::power`): the board cannot be programmed.
+                return STATUS_DEVICE_NOT_READY;
             }
             let geometry = match validate_channel_format(format, buffers.mode, buffers.slot_bytes) {
                 Ok(g) => g,
@@ -347,11 +355,13 @@ impl<P: BusPlatform> BusDevice<P> {
         let Some(chan) = self.channels.get(index) else {
             return STATUS_INVALID_PARAMETER;
         };
-        let hw = self.hardware_present();
-        let fate = if hw { capdma_interface::status::STATUS_CANCELLED } else { STATUS_DEVICE_REMOVED };
+        let fate = if self.is_removed() { STATUS_DEVICE_REMOVED } else { capdma_interface::status::STATUS_CANCELLED };
         let regs = self.platform.registers();
         self.at_dispatch(|| {
             let mut st = chan.state.lock();
+            // Under the lock: `power_down` marks the device out of D0 before
+            // it takes the channel locks.
+            let hw = self.hardware_present();
             if st.running() {
                 self.set_channel_interrupts(channel, false);
                 st.stop_run(hw.then_some(regs), channel, fate);

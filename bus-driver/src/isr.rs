@@ -7,6 +7,8 @@ use core::sync::atomic::Ordering;
 impl<P: BusPlatform> BusDevice<P> {
     /// `KSERVICE_ROUTINE` body, at device IRQL: reads `INT_STATUS`.
     ///
+    /// * Out of D0 (between `power_down` and `power_up`): returns `false`
+    ///   without touching a register.
     /// * `0`: not this board's interrupt (the line is shared): returns `false`.
     /// * `0xFFFF_FFFF`: the board is gone (surprise removal: the read was
     ///   not completed by the device). Writes `INT_ENABLE = 0` (in case it
@@ -24,6 +26,12 @@ impl<P: BusPlatform> BusDevice<P> {
     /// Takes no lock and touches nothing else. When it returns `true` the
     /// glue queues the DPC (`IoRequestDpc` / `KeInsertQueueDpc`).
     pub fn isr(&self) -> bool {
+        // Out of D0 (`crate::power`) the board cannot interrupt and its
+        // registers read all ones: the interrupt is another device's on a
+        // shared line.
+        if !self.power.in_d0() {
+            return false;
+        }
         let regs = self.platform.registers();
         let status = regs.read32(global::INT_STATUS);
         if status == 0 {

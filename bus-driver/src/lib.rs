@@ -16,6 +16,7 @@
 //! | ISR | `isr` ([`BusDevice::isr`]) |
 //! | DPC and delivery to children | `dpc` ([`BusDevice::dpc`]) |
 //! | engine watchdog | [`watchdog`] |
+//! | device power: the policy (S-state → D-state), leaving and re-entering D0 | [`power`] ([`BusDevice::power_down`], [`BusDevice::power_up`]) |
 //! | the FDO's teardown order (engines, interrupt, timer and DPCs, buffers, adapter, BAR0) | [`teardown`] ([`BusDevice::release_hardware`]) |
 //! | the query interface and its `extern "system"` thunks | `interface_impl` ([`BusDevice::query_interface`]) |
 //! | Plug and Play decisions of the glue (child IDs, interface routing, resources, Plug and Play states) | [`pnp`] |
@@ -27,8 +28,9 @@
 //!   [`BusDevice::stop`], [`BusDevice::surprise_remove`],
 //!   [`BusDevice::release_hardware`],
 //!   [`BusDevice::query_interface`], `StartChannel`, `StopChannel`;
-//! * `DISPATCH_LEVEL`: [`BusDevice::dpc`], [`BusDevice::watchdog`], the
-//!   other interface functions (also callable at `PASSIVE_LEVEL`);
+//! * `DISPATCH_LEVEL`: [`BusDevice::dpc`], [`BusDevice::watchdog`],
+//!   [`BusDevice::power_down`], [`BusDevice::power_up`], the other
+//!   interface functions (also callable at `PASSIVE_LEVEL`);
 //! * device IRQL: [`BusDevice::isr`] only.
 //!
 //! The core's spin locks (one per channel, plus two short leaf locks) are
@@ -48,6 +50,7 @@ mod isr;
 pub mod mode;
 pub mod pnp;
 pub mod ports;
+pub mod power;
 pub mod teardown;
 pub mod watchdog;
 #[cfg(target_os = "windows")]

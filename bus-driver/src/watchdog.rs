@@ -47,7 +47,9 @@ impl<P: BusPlatform> BusDevice<P> {
     /// running channel that owes a completion and has had none for more than
     /// [`WATCHDOG_FRAME_INTERVALS`] × its frame interval; its in-flight S/G
     /// frames are completed with `STATUS_IO_DEVICE_ERROR` (counted in
-    /// `ChannelStats::watchdog_resets`). Returns the channels reset.
+    /// `ChannelStats::watchdog_resets`). The restart reprograms everything
+    /// the channel needs, `INT_ENABLE` included (rewritten from its shadow).
+    /// Does nothing out of D0. Returns the channels reset.
     pub fn watchdog(&self, now_100ns: i64) -> u32 {
         if self.state() != DeviceState::Started || !self.hardware_present() {
             return 0;
@@ -62,9 +64,18 @@ impl<P: BusPlatform> BusDevice<P> {
             if ch >= count {
                 break;
             }
-            let reset = self.at_dispatch(|| chan.state.lock().watchdog_check(regs, ch, now_100ns));
+            let reset = self.at_dispatch(|| {
+                let mut st = chan.state.lock();
+                // Under the lock, as the DPC: not once `power_down` has passed.
+                self.hardware_present() && st.watchdog_check(regs, ch, now_100ns)
+            });
             if reset {
                 fired += 1;
+                // A board that stopped completing may have lost its
+                // registers (a reset or power loss the driver was not told
+                // of): the channel was reprogrammed, and its interrupts
+                // must be enabled again too.
+                self.restore_interrupt_enable();
                 self.deliver(index, Some(now_100ns));
             }
         }

@@ -82,7 +82,12 @@ pub type PfnReturnSlot = unsafe extern "system" fn(context: *mut c_void, channel
 
 /// Programs the format and starts the channel's engine (`KSSTATE_RUN`).
 /// Errors: `STATUS_INVALID_PARAMETER` for a format the board cannot produce
-/// or a frame larger than a slot; `STATUS_DEVICE_BUSY` if already running.
+/// or a frame larger than a slot; `STATUS_DEVICE_BUSY` if already running;
+/// `STATUS_DEVICE_NOT_READY` while the board is out of D0 (a channel
+/// already running keeps running for the child across a power-down: the bus
+/// stops its engine, completes its posted frames with `STATUS_CANCELLED`,
+/// keeps what the child posts or returns meanwhile, and restarts it with the
+/// same format when the board is back in D0).
 pub type PfnStartChannel =
     unsafe extern "system" fn(context: *mut c_void, channel: u32, format: *const ChannelFormat) -> NtStatus;
 

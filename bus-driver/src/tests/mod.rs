@@ -3,6 +3,7 @@
 mod engine;
 mod fake;
 mod interface;
+mod power;
 mod start_stop;
 
 use crate::config::StartConfig;

@@ -46,7 +46,7 @@ pub struct DeviceDescription {
 /// A DMA adapter (`DMA_ADAPTER` with its `DMA_OPERATIONS`) from `IoGetDmaAdapter`.
 pub trait DmaAdapterPort {
     /// `AllocateCommonBuffer(Adapter, bytes, &LogicalAddress, CacheEnabled = TRUE)`
-    /// (cached: the CPU copies out of these buffers; PCI DMA is coherent).
+    /// (cached: the CPU copies out of these buffers).
     /// `PASSIVE_LEVEL`. The buffer is page-aligned, zeroed and reachable by
     /// the board. `None` when contiguous memory is not available.
     fn allocate_common_buffer(&self, bytes: usize) -> Option<CommonBuffer>;

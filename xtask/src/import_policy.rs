@@ -31,6 +31,13 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             ("ntoskrnl.exe", "IofCallDriver"),
             ("ntoskrnl.exe", "IofCompleteRequest"),
             ("ntoskrnl.exe", "PoCallDriver"),
+            // Power policy owner: the D-IRP for each S-IRP, the power
+            // manager told of every device state change; the ISR barrier
+            // when leaving D0.
+            ("ntoskrnl.exe", "PoRequestPowerIrp"),
+            ("ntoskrnl.exe", "PoSetPowerState"),
+            ("ntoskrnl.exe", "KeAcquireInterruptSpinLock"),
+            ("ntoskrnl.exe", "KeReleaseInterruptSpinLock"),
             // Remove lock: no IRP inside the driver when the FDO is deleted.
             ("ntoskrnl.exe", "IoInitializeRemoveLockEx"),
             ("ntoskrnl.exe", "IoAcquireRemoveLockEx"),

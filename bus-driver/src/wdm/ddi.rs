@@ -10,7 +10,7 @@
 //! | `IoSkipCurrentIrpStackLocation` | [`skip_current_stack`] |
 //! | `IoCopyCurrentIrpStackLocationToNext` | [`copy_current_stack_to_next`] |
 //! | `IoSetCompletionRoutine` | [`set_completion_routine`] |
-//! | `IoMarkIrpPending` | not needed: every IRP this driver forwards asynchronously is passed with `IoSkipCurrentIrpStackLocation` |
+//! | `IoMarkIrpPending` | [`mark_irp_pending`]: the power IRPs the FDO forwards with a completion routine |
 //! | `IoCallDriver` / `IoCompleteRequest` | [`call_driver`] (`IofCallDriver`) / [`complete_request`] (`IofCompleteRequest`) |
 //! | `ObReferenceObject` / `ObDereferenceObject` | [`reference_object`] (`ObfReferenceObject`) / [`dereference_object`] (`ObfDereferenceObject`) |
 //! | `KeGetCurrentIrql` | [`current_irql`]: `__readcr8()` (wdm.h, AMD64) |
@@ -23,7 +23,8 @@ use core::mem::offset_of;
 use wdk_sys::ntddk::{IofCallDriver, IofCompleteRequest, ObfDereferenceObject, ObfReferenceObject};
 use wdk_sys::{
     BOOLEAN, CCHAR, IO_NO_INCREMENT, IO_STACK_LOCATION, KIRQL, NTSTATUS, PDEVICE_OBJECT, PIO_COMPLETION_ROUTINE,
-    PIO_STACK_LOCATION, PIRP, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, UCHAR,
+    PIO_STACK_LOCATION, PIRP, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED,
+    UCHAR,
 };
 
 /// An NTSTATUS from the bit pattern ntstatus.h gives.
@@ -33,6 +34,10 @@ const fn nt(value: u32) -> NTSTATUS {
 
 /// `STATUS_MORE_PROCESSING_REQUIRED`: a completion routine keeps the IRP.
 pub const STATUS_MORE_PROCESSING_REQUIRED: NTSTATUS = nt(0xC000_0016);
+
+/// `STATUS_CONTINUE_COMPLETION` (= `STATUS_SUCCESS`): a completion routine
+/// lets the completion go on up the stack.
+pub const STATUS_CONTINUE_COMPLETION: NTSTATUS = 0;
 
 /// `FALSE` as a `BOOLEAN`.
 pub const BOOLEAN_FALSE: BOOLEAN = 0;
@@ -90,6 +95,33 @@ pub unsafe fn skip_current_stack(irp: PIRP) {
     // SAFETY: the caller guarantees `irp` is valid and owned.
     let location = unsafe { &mut (*irp).CurrentLocation };
     *location = location.wrapping_add(1);
+}
+
+/// `IoMarkIrpPending(Irp)`: sets `SL_PENDING_RETURNED` in the current
+/// stack location's `Control`. A dispatch routine calls it before it
+/// returns `STATUS_PENDING`; a completion routine that lets the completion
+/// go on calls it when `Irp->PendingReturned` is set.
+///
+/// # Safety
+/// As [`current_stack`].
+pub unsafe fn mark_irp_pending(irp: PIRP) {
+    // SAFETY: the caller guarantees `irp` is valid and owned by the caller's routine.
+    let location = unsafe { current_stack(irp) };
+    // SAFETY: the current stack location of that IRP.
+    let control = unsafe { &mut (*location).Control };
+    *control |= UCHAR::try_from(SL_PENDING_RETURNED).unwrap_or(0);
+}
+
+/// `Irp->PendingReturned`: a lower driver returned `STATUS_PENDING`.
+///
+/// # Safety
+/// `irp` is a valid IRP (read in a completion routine).
+pub unsafe fn pending_returned(irp: PIRP) -> bool {
+    // SAFETY: the caller guarantees the IRP is valid (only the field's address is taken).
+    let field = unsafe { &raw const (*irp).PendingReturned };
+    // SAFETY: a valid, aligned BOOLEAN field.
+    let value = unsafe { field.read() };
+    value != 0
 }
 
 /// `IoCopyCurrentIrpStackLocationToNext(Irp)`: copies the current stack

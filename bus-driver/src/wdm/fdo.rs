@@ -16,10 +16,11 @@ use crate::pnp::state::PnpStateCell;
 use crate::pnp::STATUS_NO_SUCH_DEVICE;
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
+use core::sync::atomic::AtomicPtr;
 use wdk_sys::ntddk::{IoAttachDeviceToDeviceStack, IoCreateDevice, IoDeleteDevice};
 use wdk_sys::{
-    DO_DEVICE_INITIALIZING, DO_POWER_PAGABLE, FILE_DEVICE_BUS_EXTENDER, FILE_DEVICE_SECURE_OPEN, IO_REMOVE_LOCK, KDPC,
-    KTIMER, NTSTATUS, NT_SUCCESS, PDEVICE_OBJECT, PDRIVER_OBJECT, ULONG,
+    DO_DEVICE_INITIALIZING, DO_POWER_PAGABLE, FILE_DEVICE_BUS_EXTENDER, FILE_DEVICE_SECURE_OPEN, IO_REMOVE_LOCK, IRP,
+    KDPC, KTIMER, NTSTATUS, NT_SUCCESS, PDEVICE_OBJECT, PDRIVER_OBJECT, ULONG,
 };
 
 /// The child PDOs by channel (null: none).
@@ -59,6 +60,12 @@ pub struct FdoExtension {
     pub timer_dpc: UnsafeCell<KDPC>,
     /// The child PDOs (taken at `DISPATCH_LEVEL`, see [`Self::with_children`]).
     pub children: spin::Mutex<ChildTable>,
+    /// The system set-power IRP waiting for the device set-power IRP this
+    /// FDO requested for it (`PoRequestPowerIrp`; the power manager sends
+    /// one system power IRP per device at a time), null otherwise. Set in
+    /// the system IRP's completion routine, taken by the device IRP's
+    /// power-completion callback, which completes it (`super::power`).
+    pub system_irp: AtomicPtr<IRP>,
 }
 
 /// The bus core as `AddDevice` creates it, as a constant so that it is
@@ -95,6 +102,7 @@ impl FdoExtension {
         init!(bus, BUS_TEMPLATE);
         init!(interrupt, spin::Mutex::new(None));
         init!(children, spin::Mutex::new([null_mut(); MAX_CHANNELS]));
+        init!(system_irp, AtomicPtr::new(null_mut()));
         // SAFETY: as in `init!`.
         let remove_lock = unsafe { &raw mut (*ext).remove_lock };
         // SAFETY: valid storage inside the extension, initialized by the I/O manager.
@@ -174,7 +182,11 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pci_pdo: PDEVICE_OBJ
     let lower_flags = unsafe { (*lower).Flags };
     // SAFETY: `fdo` is valid and ours until AddDevice returns.
     let flags = unsafe { &mut (*fdo).Flags };
-    // Set DO_POWER_PAGABLE before clearing DO_DEVICE_INITIALIZING (the documented order).
+    // DO_POWER_PAGABLE as the PCI PDO has it (a driver must not set it when
+    // the lower one has it clear). A PCI function outside the paging path
+    // has it, so power IRPs reach this FDO at PASSIVE_LEVEL, which leaving
+    // D0 relies on (`super::power`). Set before clearing
+    // DO_DEVICE_INITIALIZING (the documented order).
     *flags |= lower_flags & DO_POWER_PAGABLE;
     *flags &= !DO_DEVICE_INITIALIZING;
     wdk::println!("capdma_bus: FDO {fdo:p} attached over PCI PDO {pci_pdo:p}");

@@ -25,6 +25,7 @@ use super::fdo::FdoExtension;
 use super::irp::{acquire_remove_lock, forward_and_wait, pass_down, release_remove_lock, release_remove_lock_and_wait};
 use super::isr_dpc;
 use super::pdo::{create_child, delete_child, PdoExtension};
+use super::power;
 use super::registry::read_start_values;
 use crate::config::StartConfig;
 use crate::pnp::children::{self, device_relations_bytes, merged_relations_count, on_parent_removal, ParentRemoval};
@@ -187,6 +188,7 @@ unsafe fn start_hardware(ext: &FdoExtension, translated: PCM_RESOURCE_LIST) -> R
         return Err(status);
     }
     isr_dpc::start_watchdog(ext);
+    power::started_in_d0(ext);
     wdk::println!(
         "capdma_bus: started: {} channel(s), {} ({:?})",
         ext.bus.channel_count(),

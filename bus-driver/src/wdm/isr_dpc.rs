@@ -11,13 +11,13 @@ use crate::pnp::WATCHDOG_PERIOD_MS;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 use wdk_sys::ntddk::{
-    IoConnectInterruptEx, IoDisconnectInterruptEx, KeCancelTimer, KeFlushQueuedDpcs, KeInitializeDpc,
-    KeInitializeTimerEx, KeInsertQueueDpc, KeSetTimerEx,
+    IoConnectInterruptEx, IoDisconnectInterruptEx, KeAcquireInterruptSpinLock, KeCancelTimer, KeFlushQueuedDpcs,
+    KeInitializeDpc, KeInitializeTimerEx, KeInsertQueueDpc, KeReleaseInterruptSpinLock, KeSetTimerEx,
 };
 use wdk_sys::{
     _KINTERRUPT_MODE, _TIMER_TYPE, BOOLEAN, CONNECT_FULLY_SPECIFIED_GROUP, CONNECT_MESSAGE_BASED,
-    IO_CONNECT_INTERRUPT_PARAMETERS, IO_DISCONNECT_INTERRUPT_PARAMETERS, LARGE_INTEGER, LONG, NTSTATUS, NT_SUCCESS,
-    PKDPC, PKINTERRUPT, PVOID, ULONG,
+    IO_CONNECT_INTERRUPT_PARAMETERS, IO_DISCONNECT_INTERRUPT_PARAMETERS, IO_INTERRUPT_MESSAGE_INFO,
+    IO_INTERRUPT_MESSAGE_INFO_ENTRY, LARGE_INTEGER, LONG, NTSTATUS, NT_SUCCESS, PKDPC, PKINTERRUPT, PVOID, ULONG,
 };
 
 /// What `IoConnectInterruptEx` returned, for `IoDisconnectInterruptEx`:
@@ -188,6 +188,62 @@ pub fn disconnect(ext: &FdoExtension) {
     };
     // SAFETY: exactly what IoConnectInterruptEx returned; disconnected once.
     unsafe { IoDisconnectInterruptEx(&raw mut params) };
+}
+
+/// Waits until no ISR of this device that started before the call is still
+/// running: acquires and releases the interrupt spin lock of each of the
+/// connection's interrupt objects (`KeAcquireInterruptSpinLock` /
+/// `KeReleaseInterruptSpinLock`; every message's object for a
+/// message-based connection). Used when leaving D0: an ISR that read the
+/// core's power state as D0 just before `BusDevice::power_down` may still
+/// be about to read `INT_STATUS`, and must be done before the board loses
+/// power (it would read all ones and take the board for gone). Nothing to
+/// do without a connection. `<= DISPATCH_LEVEL`.
+pub fn interrupt_barrier(ext: &FdoExtension) {
+    ext.with_interrupt(|connection| {
+        let Some(connection) = connection.as_ref() else {
+            return;
+        };
+        if connection.version == CONNECT_MESSAGE_BASED {
+            let info = connection.context.cast::<IO_INTERRUPT_MESSAGE_INFO>();
+            if info.is_null() {
+                return;
+            }
+            // SAFETY: the message info IoConnectInterruptEx returned, valid
+            // until IoDisconnectInterruptEx, which cannot run while the
+            // connection's lock is held.
+            let count = unsafe { (*info).MessageCount };
+            // SAFETY: as above (only the array's address is taken).
+            let first = unsafe { &raw const (*info).MessageInfo }.cast::<IO_INTERRUPT_MESSAGE_INFO_ENTRY>();
+            for index in 0..usize::try_from(count).unwrap_or(0) {
+                // SAFETY: `MessageInfo` holds `MessageCount` entries (a
+                // variable-length array declared with one).
+                let object = unsafe { (*first.wrapping_add(index)).InterruptObject };
+                // SAFETY: an interrupt object of the live connection.
+                unsafe { synchronize_with_isr(object) };
+            }
+        } else {
+            // CONNECT_FULLY_SPECIFIED_GROUP, or CONNECT_LINE_BASED after a
+            // message-based fallback: the context is the PKINTERRUPT.
+            // SAFETY: the interrupt object of the live connection.
+            unsafe { synchronize_with_isr(connection.context.cast()) };
+        }
+    });
+}
+
+/// `KeAcquireInterruptSpinLock` + `KeReleaseInterruptSpinLock`: the ISR of
+/// `object` (which runs holding that lock) is not running on return.
+///
+/// # Safety
+/// `object` is null or a connected interrupt object; `<= DISPATCH_LEVEL`.
+unsafe fn synchronize_with_isr(object: PKINTERRUPT) {
+    if object.is_null() {
+        return;
+    }
+    // SAFETY: the caller's guarantee; raises to the interrupt's SynchronizeIrql.
+    let old = unsafe { KeAcquireInterruptSpinLock(object) };
+    // SAFETY: acquired just above on this processor, released once.
+    unsafe { KeReleaseInterruptSpinLock(object, old) };
 }
 
 /// Arms the periodic watchdog timer (`KeSetTimerEx`, first expiry and

@@ -131,11 +131,12 @@ impl DmaAdapterPort for WdmAdapter {
     ///
     /// Cached memory: the CPU reads every slot of the common-buffer ring
     /// (the frame copy) and every completion record, and uncached reads
-    /// would make that copy many times slower. PCI DMA is cache-coherent on
-    /// the platforms Windows runs on (the x64 HAL ignores `CacheEnabled`
-    /// and maps common buffers cached anyway; ARM64 honours it, and its PCIe
-    /// root complexes snoop), so the board's writes are seen without
-    /// flushing, and the core's release/acquire fences order the rest.
+    /// would make that copy many times slower. On x64 the flag changes
+    /// nothing (PCI DMA is cache-coherent there and common buffers are
+    /// mapped cached whatever is asked); where it is honoured (ARM64),
+    /// `FALSE` would make every read of a slot uncached. Keeping a cached
+    /// common buffer coherent with the board's writes is the platform's DMA
+    /// layer's job; the core's release/acquire fences order the rest.
     fn allocate_common_buffer(&self, bytes: usize) -> Option<CommonBuffer> {
         let length = ULONG::try_from(bytes).ok()?;
         let allocate = self.operations()?.AllocateCommonBuffer?;

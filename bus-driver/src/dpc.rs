@@ -45,11 +45,19 @@ impl<P: BusPlatform> BusDevice<P> {
     }
 
     /// The delivery loop of channel `index`: unless another context is
-    /// already delivering for it (which will then pick up this work), takes
-    /// one completion at a time out of the channel state under its lock,
-    /// releases the lock and calls the child back, at `DISPATCH_LEVEL`,
-    /// until there is nothing left. Completions thus reach the child one at
-    /// a time and in order.
+    /// already delivering for it (which will then pick up this work: it
+    /// starts another consumer pass before it stops, see
+    /// `ChannelState::rescan`), takes one completion at a time out of the
+    /// channel state under its lock, releases the lock and calls the child
+    /// back, at `DISPATCH_LEVEL`, until there is nothing left. Completions
+    /// thus reach the child one at a time and in order.
+    ///
+    /// The second pass matters because the same DPC runs on two processors
+    /// at once (the ISR queues it again while it runs) and the watchdog's
+    /// DPC delivers too: without it, records that land after the
+    /// deliverer read `CQ_PRODUCER`, whose DPC found the deliverer busy,
+    /// would wait for the next interrupt (for ever on a halted board, or
+    /// until the watchdog fails the frames).
     pub(crate) fn deliver(&self, index: usize, now: Option<i64>) {
         let Some(chan) = self.channels.get(index) else {
             return;
@@ -62,9 +70,11 @@ impl<P: BusPlatform> BusDevice<P> {
             {
                 let mut st = chan.state.lock();
                 if st.delivering {
+                    st.rescan = true;
                     return;
                 }
                 st.delivering = true;
+                st.rescan = false;
                 st.begin_pass();
             }
             loop {
@@ -74,7 +84,13 @@ impl<P: BusPlatform> BusDevice<P> {
                     // of D0 before it takes the channel locks, so no
                     // register is touched once it has passed this channel.
                     let hw = self.hardware_present();
-                    let next = st.next_delivery(regs, ch, now, hw);
+                    let mut next = st.next_delivery(regs, ch, now, hw);
+                    // Bounded: `rescan` is set at most once per context that
+                    // found this one delivering.
+                    while next.is_none() && core::mem::take(&mut st.rescan) {
+                        st.begin_pass();
+                        next = st.next_delivery(regs, ch, now, hw);
+                    }
                     if next.is_none() {
                         st.delivering = false;
                     }

@@ -128,6 +128,7 @@ pub(crate) struct Pass {
 
 /// Everything the channel lock protects.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools, reason = "independent flags, each with its own meaning")]
 pub(crate) struct ChannelState {
     /// Buffers; `None` while the device is stopped.
     pub buffers: Option<ChannelResources>,
@@ -138,6 +139,12 @@ pub(crate) struct ChannelState {
     /// A context is between taking a completion out and finishing its
     /// callback; others leave their work in the state for it.
     pub delivering: bool,
+    /// Another context found [`Self::delivering`] set and left its work to
+    /// the deliverer, which must start a new consumer pass (read
+    /// `CQ_PRODUCER` again, look at [`Self::error_pending`]) before it
+    /// clears `delivering`: the records that context came for may have
+    /// landed after the deliverer's read.
+    pub rescan: bool,
     /// An error interrupt is waiting to be handled by the consumer.
     pub error_pending: bool,
     /// The consumer's pass state.
@@ -166,6 +173,7 @@ impl ChannelState {
             run: None,
             callback: None,
             delivering: false,
+            rescan: false,
             error_pending: false,
             pass: Pass { cq_limit: None, over: false, consumer_dirty: false },
             cq_consumer: 0,

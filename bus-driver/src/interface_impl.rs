@@ -297,6 +297,13 @@ impl<P: BusPlatform> BusDevice<P> {
     /// channel's interrupts and programs and runs the engine.
     /// `STATUS_DEVICE_NOT_READY` out of D0 (the board cannot be programmed;
     /// channels already running are restarted by `power_up`).
+    ///
+    /// A delivery in progress on another processor (a DPC runs the consumer
+    /// of every channel, so it passes through stopped ones too) is waited
+    /// for, not answered with `STATUS_DEVICE_BUSY`: the contract refuses
+    /// only a running channel, and the child fails `PAUSE -> RUN` on BUSY.
+    /// Waiting is safe at `PASSIVE_LEVEL`: the deliverer runs at
+    /// `DISPATCH_LEVEL` on another processor.
     fn start_channel(&self, channel: u32, format: &ChannelFormat) -> NtStatus {
         if let Err(status) = self.check_irql(PASSIVE_LEVEL) {
             return status;
@@ -309,26 +316,35 @@ impl<P: BusPlatform> BusDevice<P> {
             return STATUS_INVALID_PARAMETER;
         };
         let regs = self.platform.registers();
-        self.at_dispatch(|| {
-            let mut st = chan.state.lock();
-            let Some(buffers) = st.buffers else {
-                return STATUS_DEVICE_NOT_READY;
-            };
-            if st.running() || st.delivering || st.sg.len() > 0 {
-                return STATUS_DEVICE_BUSY;
+        loop {
+            let status = self.at_dispatch(|| {
+                let mut st = chan.state.lock();
+                let Some(buffers) = st.buffers else {
+                    return Some(STATUS_DEVICE_NOT_READY);
+                };
+                if st.running() || st.sg.len() > 0 {
+                    return Some(STATUS_DEVICE_BUSY);
+                }
+                if st.delivering {
+                    return None;
+                }
+                if !self.hardware_present() {
+                    // Out of D0 (`crate::power`): the board cannot be programmed.
+                    return Some(STATUS_DEVICE_NOT_READY);
+                }
+                let geometry = match validate_channel_format(format, buffers.mode, buffers.slot_bytes) {
+                    Ok(g) => g,
+                    Err(status) => return Some(status),
+                };
+                self.set_channel_interrupts(channel, true);
+                st.start_run(regs, channel, RunState { format: *format, geometry });
+                Some(STATUS_SUCCESS)
+            });
+            match status {
+                Some(status) => return status,
+                None => core::hint::spin_loop(),
             }
-            if !self.hardware_present() {
-                // Out of D0 (`crate::power`): the board cannot be programmed.
-                return STATUS_DEVICE_NOT_READY;
-            }
-            let geometry = match validate_channel_format(format, buffers.mode, buffers.slot_bytes) {
-                Ok(g) => g,
-                Err(status) => return status,
-            };
-            self.set_channel_interrupts(channel, true);
-            st.start_run(regs, channel, RunState { format: *format, geometry });
-            STATUS_SUCCESS
-        })
+        }
     }
 
     /// `StopChannel` (`PASSIVE_LEVEL`): stops the engine, completes every
@@ -389,7 +405,12 @@ impl<P: BusPlatform> BusDevice<P> {
         };
         self.at_dispatch(|| {
             let mut st = chan.state.lock();
-            if st.running() || st.delivering {
+            // A completion taken out for delivery carries the callback it was
+            // taken with, and `callback` cannot change while one is (this
+            // check), so with no callback registered there is none in flight:
+            // a DPC merely passing through the stopped channel must not make
+            // registering fail (the contract refuses only a running channel).
+            if st.running() || (st.delivering && st.callback.is_some()) {
                 return STATUS_DEVICE_BUSY;
             }
             st.callback = callback.map(|func| Callback { func, context });

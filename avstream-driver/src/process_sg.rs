@@ -23,7 +23,9 @@
 //!      FALSE)` moves to the next frame; `STATUS_DEVICE_NOT_READY` from it
 //!      means no more frames: `STATUS_SUCCESS`.
 //!    * `STATUS_DEVICE_BUSY` (ring full): clone out of the table and
-//!      deleted; with other frames in flight unlock and `STATUS_PENDING`;
+//!      deleted; with other frames in flight (counted when this one was
+//!      put in the table, not after the refusal: completions on another
+//!      processor may have drained them since) unlock and `STATUS_PENDING`;
 //!      with none, the frame can never fit the ring (the bus retires a
 //!      frame's descriptors before it delivers its completion): dropped.
 //!    * `STATUS_DEVICE_NOT_READY` (channel stopping): clone deleted, unlock,
@@ -99,7 +101,12 @@ impl<K: KsPinPort> CapturePin<K> {
             }
             return self.drop_leading(leading);
         };
-        let Some(tag) = self.locked(&self.clones, |t| t.insert(index, clone)) else {
+        // `others`: frames in flight when this one joined them. Each of them
+        // completes later (only its completion takes it out of the table)
+        // and calls `KsPinAttemptProcessing`.
+        let inserted =
+            self.locked(&self.clones, |t| t.insert(index, clone).map(|tag| (tag, t.in_flight().saturating_sub(1))));
+        let Some((tag, others)) = inserted else {
             // Only Process fills entries, and it found this one free.
             self.port.delete(clone);
             self.port.unlock(leading, false);
@@ -122,12 +129,16 @@ impl<K: KsPinPort> CapturePin<K> {
                 }
             }
             Err(status) => {
-                let (taken, in_flight) = self.locked(&self.clones, |t| (t.take(tag), t.in_flight()));
-                if let Some(clone) = taken {
+                if let Some(clone) = self.locked(&self.clones, |t| t.take(tag)) {
                     self.port.delete(clone);
                 }
                 match status {
-                    STATUS_DEVICE_BUSY if in_flight > 0 => {
+                    // Ring full: wait for the frames that were in flight. Not
+                    // the count now: they may all have completed on another
+                    // processor since the bus said BUSY, and a frame that fits
+                    // would be dropped as one that never does (their
+                    // completions asked for this Process to run again).
+                    STATUS_DEVICE_BUSY if others > 0 => {
                         self.port.unlock(leading, false);
                         Next::Return(STATUS_PENDING)
                     }

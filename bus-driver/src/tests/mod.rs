@@ -1,5 +1,6 @@
 //! Unit tests of the bus core against a small fake platform ([`fake`]).
 //! Everything a child does goes through the real `extern "system"` table.
+mod concurrency;
 mod engine;
 mod fake;
 mod interface;

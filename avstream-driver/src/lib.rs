@@ -36,6 +36,8 @@ pub mod stats;
 #[cfg(target_os = "windows")]
 mod ks;
 #[cfg(test)]
+mod concurrency_tests;
+#[cfg(test)]
 mod pin_tests;
 #[cfg(test)]
 mod test_support;

@@ -48,6 +48,8 @@ use wdk_sys::{
     NTSTATUS, PDEVICE_OBJECT, PIRP, POWER_STATE, UCHAR,
 };
 
+/// `PASSIVE_LEVEL`: `KeFlushQueuedDpcs` needs it.
+const PASSIVE_LEVEL: KIRQL = 0;
 /// `APC_LEVEL`: `PoSetPowerState` to D1..D3 needs this or below.
 const APC_LEVEL: KIRQL = 1;
 
@@ -161,13 +163,12 @@ unsafe fn fdo_power(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     match request {
         // SAFETY: we own the IRP; the lock is released by its completion.
         PowerRequest::SetSystem(_) => unsafe { system_set_power(ext, irp) },
-        PowerRequest::SetDevice(raw) => match DevicePowerState::from_raw(raw).map(device_power_action) {
-            Some(DevicePowerAction::PassDownThenRestore) => {
+        PowerRequest::SetDevice(raw) => match DevicePowerState::from_raw(raw) {
+            Some(target) if device_power_action(target) == DevicePowerAction::PassDownThenRestore => {
                 // SAFETY: we own the IRP; the lock is released by its completion.
                 unsafe { device_power_up(ext, irp) }
             }
-            Some(DevicePowerAction::QuiesceThenPassDown) => {
-                let target = DevicePowerState::from_raw(raw).unwrap_or(DevicePowerState::D3);
+            Some(target) => {
                 device_power_down(ext, target);
                 // SAFETY: we own the IRP and give it away once.
                 let status = unsafe { pass_power_down(ext, irp) };
@@ -198,8 +199,8 @@ unsafe fn fdo_power(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 /// `BusDevice::power_down`, the ISR barrier, and `KeFlushQueuedDpcs` (no
 /// DPC of the board left running).
 fn device_power_down(ext: &FdoExtension, target: DevicePowerState) {
-    let passive = current_irql() == 0;
-    if current_irql() <= APC_LEVEL {
+    let irql = current_irql();
+    if irql <= APC_LEVEL {
         // SAFETY: this FDO, at <= APC_LEVEL.
         unsafe { set_device_power_state(ext.self_device, target) };
     } else {
@@ -207,7 +208,7 @@ fn device_power_down(ext: &FdoExtension, target: DevicePowerState) {
     }
     let stopped = ext.bus.power_down();
     isr_dpc::interrupt_barrier(ext);
-    if passive {
+    if irql == PASSIVE_LEVEL {
         isr_dpc::flush_dpcs();
     }
     wdk::println!("capdma_bus: leaving D0 ({target:?}): {stopped} channel(s) stopped");

@@ -17,10 +17,10 @@ use crate::channel::slots::MAX_SLOTS;
 use crate::channel::{Channel, ChannelResources, ChannelStats};
 use crate::config::StartConfig;
 use crate::dma_buffer::{round_up, DmaBuffer, ENTRY_BYTES, PAGE_SIZE};
-use crate::hw::ChannelRegs;
+use crate::hw::{reset_channel, ChannelRegs, ResetOutcome};
 use crate::mode::{decide_after_adapter, decide_mode, device_description, ModeDecision, FOUR_GIB};
 use crate::ports::{BusPlatform, DmaAdapterPort, RegisterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
-use capdma_interface::regs::{self, channel, global, int_done, int_error, Caps, BOARD_ID, CTRL_RESET};
+use capdma_interface::regs::{self, global, int_done, int_error, Caps, BOARD_ID, RESET_POLL_READS};
 use capdma_interface::status::{
     NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_REMOVED, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS,
@@ -366,11 +366,20 @@ impl<P: BusPlatform> BusDevice<P> {
             }
         }
 
-        // The board to a known state: engines reset, interrupts off and acknowledged.
+        // The board to a known state: engines reset (and the resets
+        // complete), interrupts off and acknowledged. An engine that will not
+        // stop fails the start before the board learns of any buffer.
         let regs = self.platform.registers();
         regs.write32(global::INT_ENABLE, 0);
         for ch in 0..channel_count {
-            ChannelRegs::new(regs, ch).write(channel::CTRL, CTRL_RESET);
+            if reset_channel(&ChannelRegs::new(regs, ch)) == ResetOutcome::Stuck {
+                for buffers in allocated.iter().flatten() {
+                    buffers.ring.free(&adapter);
+                    buffers.cq.free(&adapter);
+                }
+                self.platform.put_dma_adapter(adapter);
+                return Err(STATUS_IO_DEVICE_ERROR);
+            }
         }
         regs.write32(global::INT_STATUS, u32::MAX);
         self.pending.store(0, Ordering::Release);
@@ -436,7 +445,11 @@ impl<P: BusPlatform> BusDevice<P> {
 
     /// `IRP_MN_STOP_DEVICE` / `IRP_MN_REMOVE_DEVICE` (`PASSIVE_LEVEL`):
     /// [`Self::stop_engines`], then every common buffer is freed, then the
-    /// DMA adapter is put — last. Idempotent; a no-op unless started. Part
+    /// DMA adapter is put — last. A channel whose engine never completed its
+    /// reset (`STATUS_RUNNING` still set, see
+    /// `capdma_interface::regs::RESET_POLL_READS`) may still write its ring
+    /// and completion queue: those are never freed and the adapter is never
+    /// put (leaked on purpose rather than reused under the board's DMA). Idempotent; a no-op unless started. Part
     /// of [`Self::release_hardware`], which disconnects the interrupt and
     /// flushes DPCs before calling this; children have dropped their
     /// interface references by then (Plug and Play removes them first; see
@@ -460,10 +473,21 @@ impl<P: BusPlatform> BusDevice<P> {
         self.stop_engines();
         self.channel_count.store(0, Ordering::Release);
         let mut taken: [Option<ChannelResources>; MAX_CHANNELS] = [None; MAX_CHANNELS];
+        let hw = self.hardware_present();
+        let regs = self.platform.registers();
+        let mut stuck = false;
         let adapter = self.at_dispatch(|| {
-            for (chan, slot) in self.channels.iter().zip(taken.iter_mut()) {
+            for (ch, (chan, slot)) in (0u32..).zip(self.channels.iter().zip(taken.iter_mut())) {
                 let mut st = chan.state.lock();
-                *slot = st.buffers.take();
+                if st.reset_pending.is_some() && !(hw && st.finish_reset(regs, ch, RESET_POLL_READS)) {
+                    // The engine never finished its reset and may still
+                    // write its ring and queue: they are forgotten, never
+                    // freed (see `ChannelState::reset_pending`).
+                    st.buffers = None;
+                    stuck = true;
+                } else {
+                    *slot = st.buffers.take();
+                }
                 st.callback = None;
                 st.slots.configure(0);
             }
@@ -476,7 +500,13 @@ impl<P: BusPlatform> BusDevice<P> {
                 buffers.ring.free(&adapter);
                 buffers.cq.free(&adapter);
             }
-            self.platform.put_dma_adapter(adapter);
+            if stuck {
+                // Its common buffers are still allocated: putting the
+                // adapter now would be Driver Verifier 0xE6/0x07. Leaked.
+                core::mem::forget(adapter);
+            } else {
+                self.platform.put_dma_adapter(adapter);
+            }
         }
         self.state.store(DeviceState::Stopped as u8, Ordering::Release);
     }

@@ -2,7 +2,7 @@
 //! programming sequence of `docs/architecture.md` §1 ("Start of a channel").
 use crate::channel::{ChannelResources, RunState};
 use crate::ports::RegisterPort;
-use capdma_interface::regs::{channel, channel_base, CTRL_RESET, CTRL_RUN, CTRL_SG_MODE};
+use capdma_interface::regs::{channel, channel_base, CTRL_RESET, CTRL_RUN, CTRL_SG_MODE, RESET_POLL_READS, STATUS_RUNNING};
 use capdma_interface::DmaMode;
 use core::sync::atomic::{fence, Ordering};
 
@@ -29,6 +29,45 @@ impl<'a, R: RegisterPort> ChannelRegs<'a, R> {
     }
 }
 
+/// How a channel reset ended (the contract of
+/// `capdma_interface::regs::RESET_POLL_READS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResetOutcome {
+    /// `STATUS_RUNNING` read 0: no DMA of the channel is outstanding.
+    Complete,
+    /// `STATUS` read all ones: the board is gone and cannot master the bus.
+    Gone,
+    /// `STATUS_RUNNING` still set after the reads allowed: the engine may
+    /// still write the memory of its frame.
+    Stuck,
+}
+
+/// Reads `STATUS` until `STATUS_RUNNING` reads 0, at most `reads` times
+/// (at least once). Any IRQL (register reads only; bounded).
+pub(crate) fn poll_reset<R: RegisterPort>(cr: &ChannelRegs<'_, R>, reads: u32) -> ResetOutcome {
+    for _ in 0..reads.max(1) {
+        let status = cr.read(channel::STATUS);
+        if status == u32::MAX {
+            return ResetOutcome::Gone;
+        }
+        if status & STATUS_RUNNING == 0 {
+            return ResetOutcome::Complete;
+        }
+        core::hint::spin_loop();
+    }
+    ResetOutcome::Stuck
+}
+
+/// Resets the channel's engine and waits for the reset to complete:
+/// writes `CTRL_RESET`, then reads `STATUS` back (flushing the posted
+/// write) until `STATUS_RUNNING` clears, at most `RESET_POLL_READS` reads.
+/// Only after [`ResetOutcome::Complete`] (or [`ResetOutcome::Gone`]) may
+/// the memory of the channel's in-flight frames be handed back.
+pub(crate) fn reset_channel<R: RegisterPort>(cr: &ChannelRegs<'_, R>) -> ResetOutcome {
+    cr.write(channel::CTRL, CTRL_RESET);
+    poll_reset(cr, RESET_POLL_READS)
+}
+
 /// Low and high 32 bits of a logical address.
 #[allow(clippy::cast_possible_truncation, reason = "the halves are taken deliberately")]
 pub(crate) const fn split_u64(value: u64) -> (u32, u32) {
@@ -38,7 +77,9 @@ pub(crate) const fn split_u64(value: u64) -> (u32, u32) {
 /// Steps 1–4 and the final `CTRL` write of step 5 (the caller has set the
 /// channel's `INT_ENABLE` bits): reset, program the format, the ring and
 /// the completion queue, hand the board `slot_producer` slots (CB mode),
-/// run. Also used to restart a channel after a reset.
+/// run. Also used to restart a channel after a reset. Only ever called on
+/// an engine that is stopped with its reset complete ([`reset_channel`]),
+/// so the `CTRL_RESET` here has no DMA to wait for.
 pub(crate) fn program_and_run<R: RegisterPort>(
     cr: &ChannelRegs<'_, R>,
     buffers: &ChannelResources,

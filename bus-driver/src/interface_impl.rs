@@ -325,6 +325,10 @@ impl<P: BusPlatform> BusDevice<P> {
                 if st.running() || st.sg.len() > 0 {
                     return Some(STATUS_DEVICE_BUSY);
                 }
+                if st.reset_pending.is_some() {
+                    // The last reset has not completed: the engine may still write.
+                    return Some(STATUS_DEVICE_BUSY);
+                }
                 if st.delivering {
                     return None;
                 }
@@ -411,6 +415,11 @@ impl<P: BusPlatform> BusDevice<P> {
             // a DPC merely passing through the stopped channel must not make
             // registering fail (the contract refuses only a running channel).
             if st.running() || (st.delivering && st.callback.is_some()) {
+                return STATUS_DEVICE_BUSY;
+            }
+            if st.reset_pending.is_some() && st.sg.len() > 0 {
+                // Frames the engine may still write are held until its reset
+                // completes; they go back through this callback then.
                 return STATUS_DEVICE_BUSY;
             }
             st.callback = callback.map(|func| Callback { func, context });

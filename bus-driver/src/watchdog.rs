@@ -2,6 +2,10 @@
 //! frames, or slots the board holds) and has produced none for more than
 //! [`WATCHDOG_FRAME_INTERVALS`] frame intervals is reset and restarted.
 //!
+//! It also looks again at a reset that had not completed (the engine kept
+//! `STATUS_RUNNING` past `RESET_POLL_READS` reads): once it has, the held
+//! frames are delivered (`ChannelState::finish_reset`).
+//!
 //! The glue calls [`BusDevice::watchdog`] from a periodic `KTIMER` DPC (a
 //! period of about one frame interval or less); the simulation calls it on
 //! virtual time.
@@ -16,8 +20,13 @@ pub const WATCHDOG_FRAME_INTERVALS: i64 = 4;
 
 impl ChannelState {
     /// One watchdog look at `now` (100-ns units). Returns whether the
-    /// channel was reset.
+    /// channel was reset, or a reset that had not completed
+    /// ([`ChannelState::reset_pending`]) now has (its frames are then
+    /// waiting to be delivered).
     pub(crate) fn watchdog_check<R: RegisterPort>(&mut self, regs: &R, ch: u32, now: i64) -> bool {
+        if self.reset_pending.is_some() {
+            return self.finish_reset(regs, ch, 1);
+        }
         let Some(run) = self.run else {
             return false;
         };

@@ -226,12 +226,42 @@ pub const CAPS_ALIGN_SHIFT: u32 = 16;
 /// `CTRL` bit 0: run.
 pub const CTRL_RUN: u32 = 1 << 0;
 /// `CTRL` bit 1: reset the channel (self-clearing): stops, zeroes the
-/// producer/consumer counters, clears errors.
+/// producer/consumer counters, clears errors. **Not instantaneous**: the
+/// reset is complete only once `STATUS_RUNNING` reads 0, see
+/// [`RESET_POLL_READS`].
 pub const CTRL_RESET: u32 = 1 << 1;
+
+/// When a channel reset is complete: the contract the driver relies on
+/// before it hands back any memory the engine could write.
+///
+/// Writing `CTRL_RESET` stops the engine from fetching descriptors and
+/// starting bursts, but a burst already in flight (frame data, a completion
+/// record) is finished or aborted at the board's pace, and the write itself
+/// is posted (it may still be on its way to the board). Until the reset is
+/// complete the engine may still write the memory of the frame it was
+/// capturing. The board keeps `STATUS_RUNNING` set until no DMA of the
+/// channel is outstanding, and clears it within [`RESET_TIMEOUT_US`]
+/// microseconds of receiving the `CTRL_RESET` write.
+///
+/// The driver writes `CTRL_RESET`, then reads `STATUS` (the read also
+/// flushes the posted write: a PCI Express read cannot pass an earlier posted
+/// write to the same device) until `STATUS_RUNNING` reads 0, at most
+/// `RESET_POLL_READS` reads. Each read is a full round trip to the device
+/// (at least 100 ns), so the bound covers [`RESET_TIMEOUT_US`] without a
+/// timer. `STATUS` reading all ones means the board is gone: it can no
+/// longer master the bus. A board that still reports `STATUS_RUNNING`
+/// after the bound has broken the contract: the driver hands back nothing
+/// that engine could write (see the bus core's `ChannelState::reset_pending`).
+pub const RESET_POLL_READS: u32 = 1000;
+
+/// The longest a board may take, in microseconds, from receiving
+/// `CTRL_RESET` to `STATUS_RUNNING` reading 0 (see [`RESET_POLL_READS`]).
+pub const RESET_TIMEOUT_US: u32 = 100;
 /// `CTRL` bit 2: scatter/gather mode (descriptor ring); clear for slot ring.
 pub const CTRL_SG_MODE: u32 = 1 << 2;
 
-/// `STATUS` bit 0: the engine is running.
+/// `STATUS` bit 0: the engine is running, or was reset and still has DMA
+/// outstanding (see [`RESET_POLL_READS`]).
 pub const STATUS_RUNNING: u32 = 1 << 0;
 /// `STATUS` bit 1: the engine halted on an error; code in bits 8..16.
 pub const STATUS_HALTED: u32 = 1 << 1;

@@ -82,7 +82,9 @@ pub type PfnReturnSlot = unsafe extern "system" fn(context: *mut c_void, channel
 
 /// Programs the format and starts the channel's engine (`KSSTATE_RUN`).
 /// Errors: `STATUS_INVALID_PARAMETER` for a format the board cannot produce
-/// or a frame larger than a slot; `STATUS_DEVICE_BUSY` if already running;
+/// or a frame larger than a slot; `STATUS_DEVICE_BUSY` if already running,
+/// or while the channel's last engine reset has not completed (the board
+/// kept `STATUS_RUNNING` set past `regs::RESET_POLL_READS` reads);
 /// `STATUS_DEVICE_NOT_READY` while the board is out of D0 (a channel
 /// already running keeps running for the child across a power-down: the bus
 /// stops its engine, completes its posted frames with `STATUS_CANCELLED`,
@@ -92,11 +94,17 @@ pub type PfnStartChannel =
     unsafe extern "system" fn(context: *mut c_void, channel: u32, format: *const ChannelFormat) -> NtStatus;
 
 /// Stops the channel's engine; every frame still posted is completed with
-/// `STATUS_CANCELLED` (through the callback) before this returns. Idempotent.
+/// `STATUS_CANCELLED` (through the callback) before this returns, once the
+/// engine's reset is complete (`regs::RESET_POLL_READS`: no DMA of the
+/// channel outstanding). An engine that never completes its reset keeps its
+/// frames: they are completed when it does (a later DPC or watchdog tick),
+/// never while the board may still write them. Idempotent.
 pub type PfnStopChannel = unsafe extern "system" fn(context: *mut c_void, channel: u32) -> NtStatus;
 
 /// Registers (or, with `None`, unregisters) the completion callback of a
-/// channel. Fails with `STATUS_DEVICE_BUSY` while the channel runs.
+/// channel. Fails with `STATUS_DEVICE_BUSY` while the channel runs, or while
+/// frames are held for an engine reset that has not completed (see
+/// [`PfnStopChannel`]).
 pub type PfnRegisterCompletion = unsafe extern "system" fn(
     context: *mut c_void,
     channel: u32,

@@ -14,12 +14,22 @@
 //! 3. when the queue is drained and an error interrupt is pending, the
 //!    channel is reset (frames come back as (1)).
 //!
+//! While a reset has not completed ([`ChannelState::reset_pending`]) only
+//! (1) is delivered, after one more look at `STATUS`; once it has, the
+//! frames it held come back as (1).
+//!
+//! Every reset waits for the engine (`crate::hw::reset_channel`): after
+//! `CTRL_RESET` the board may still be writing the frame it was capturing,
+//! so `STATUS` is read back (which also flushes the posted write) until
+//! `STATUS_RUNNING` clears, before any frame is failed, any slot reclaimed
+//! or the channel reprogrammed.
+//!
 //! At the end of the pass `CQ_CONSUMER` is written.
 use super::{Callback, ChannelResources, ChannelState, Delivery, Pass, RecordFault};
-use crate::hw::{program_and_run, ChannelRegs};
+use crate::hw::{poll_reset, program_and_run, reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::RegisterPort;
 use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, CQ_STATUS_OK};
-use capdma_interface::regs::{channel, global, CTRL_RESET};
+use capdma_interface::regs::{channel, global};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS};
 use capdma_interface::table::{Completion, CompletionKind};
 use capdma_interface::DmaMode;
@@ -62,6 +72,14 @@ impl ChannelState {
                     return Some(d);
                 }
                 continue;
+            }
+            if self.reset_pending.is_some() {
+                // One more look at a reset that had not completed: its
+                // frames come back as (1) once it has.
+                if hw && self.finish_reset(regs, ch, 1) {
+                    continue;
+                }
+                break;
             }
             if !hw || self.pass.over {
                 break;
@@ -182,14 +200,19 @@ impl ChannelState {
         self.reset_engine(regs, ch, STATUS_IO_DEVICE_ERROR);
     }
 
-    /// The reset path (bad record, error interrupt, watchdog): `CTRL_RESET`;
-    /// every posted S/G frame is terminated with `status`; CB: the child
-    /// keeps its slots, the board gets the rest; if the child has the
-    /// channel running it is reprogrammed with the same format and
-    /// restarted. If the board reads as gone (ID all ones) nothing is
-    /// written: the frames are terminated with `STATUS_DEVICE_REMOVED`, the
-    /// channel stops and [`ChannelState::board_gone_seen`] is set.
-    /// Ends the pass's queue work.
+    /// The reset path (bad record, error interrupt, watchdog): `CTRL_RESET`
+    /// and the wait for the reset to complete ([`reset_channel`]: `STATUS`
+    /// read back until `STATUS_RUNNING` clears, so no DMA of the channel is
+    /// outstanding); then every posted S/G frame is terminated with
+    /// `status`; CB: the child keeps its slots, the board gets the rest; if
+    /// the child has the channel running it is reprogrammed with the same
+    /// format and restarted. If the board reads as gone (ID all ones) nothing
+    /// is written: the frames are terminated with `STATUS_DEVICE_REMOVED`,
+    /// the channel stops and [`ChannelState::board_gone_seen`] is set. A
+    /// reset that does not complete within `RESET_POLL_READS` reads hands
+    /// nothing back and restarts nothing ([`ChannelState::reset_pending`];
+    /// [`ChannelState::finish_reset`] does it later). Ends the pass's queue
+    /// work.
     pub fn reset_engine<R: RegisterPort>(&mut self, regs: &R, ch: u32, status: NtStatus) {
         self.pass.over = true;
         self.pass.cq_limit = None;
@@ -197,27 +220,72 @@ impl ChannelState {
         self.cq_consumer = 0;
         self.error_pending = false;
         if regs.read32(global::ID) == u32::MAX {
-            self.board_gone_seen = true;
-            self.run = None;
-            self.slots.stop();
-            self.sg.abort_all(STATUS_DEVICE_REMOVED);
+            self.board_gone();
             return;
         }
         let cr = ChannelRegs::new(regs, ch);
         self.account_dropped(&cr);
-        cr.write(channel::CTRL, CTRL_RESET);
-        self.sg.abort_all(status);
         self.stats.resets = self.stats.resets.saturating_add(1);
+        match reset_channel(&cr) {
+            ResetOutcome::Complete => self.after_reset(regs, ch, status),
+            ResetOutcome::Gone => self.board_gone(),
+            ResetOutcome::Stuck => self.reset_pending = Some(status),
+        }
+    }
+
+    /// A reset that had not completed ([`ChannelState::reset_pending`]):
+    /// reads `STATUS` up to `reads` times more. Once `STATUS_RUNNING` reads
+    /// 0 the reset is complete and its work is done as
+    /// [`ChannelState::reset_engine`] would have (frames terminated with the
+    /// saved status, restart if the child has the channel running, else the
+    /// board's slots reclaimed); a board read as gone ends it as gone.
+    /// Returns whether no reset is pending any more. Any IRQL up to
+    /// `DISPATCH_LEVEL`, under the channel lock; bounded.
+    pub fn finish_reset<R: RegisterPort>(&mut self, regs: &R, ch: u32, reads: u32) -> bool {
+        let Some(status) = self.reset_pending else {
+            return true;
+        };
+        match poll_reset(&ChannelRegs::new(regs, ch), reads) {
+            ResetOutcome::Stuck => return false,
+            ResetOutcome::Gone => self.board_gone(),
+            ResetOutcome::Complete => {
+                self.reset_pending = None;
+                self.pass.over = true;
+                self.last_progress = None;
+                self.after_reset(regs, ch, status);
+            }
+        }
+        true
+    }
+
+    /// A completed reset: every posted S/G frame terminated with `status`;
+    /// restarted with the same format if the child has the channel running
+    /// (CB: the child keeps its slots, the board gets the rest), else the
+    /// board's slots reclaimed.
+    fn after_reset<R: RegisterPort>(&mut self, regs: &R, ch: u32, status: NtStatus) {
+        self.sg.abort_all(status);
         match (self.buffers, self.run) {
             (Some(buffers), Some(run)) => {
                 if buffers.mode == DmaMode::CommonBuffer {
                     self.slots.reset_keep_child();
                 }
+                let cr = ChannelRegs::new(regs, ch);
                 program_and_run(&cr, &buffers, &run, self.slots.producer());
                 self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
             }
             _ => self.slots.stop(),
         }
+    }
+
+    /// The board read as gone during a reset: it cannot master the bus any
+    /// more, so every posted frame is terminated with
+    /// `STATUS_DEVICE_REMOVED` and the channel stops.
+    fn board_gone(&mut self) {
+        self.board_gone_seen = true;
+        self.reset_pending = None;
+        self.run = None;
+        self.slots.stop();
+        self.sg.abort_all(STATUS_DEVICE_REMOVED);
     }
 }
 

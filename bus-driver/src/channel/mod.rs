@@ -14,9 +14,9 @@ pub mod sg;
 pub mod slots;
 
 use crate::dma_buffer::DmaBuffer;
-use crate::hw::{program_and_run, ChannelRegs};
+use crate::hw::{program_and_run, reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::RegisterPort;
-use capdma_interface::regs::{channel, CTRL_RESET};
+use capdma_interface::regs::channel;
 use capdma_interface::status::NtStatus;
 use capdma_interface::table::{Completion, PfnCompletion};
 use capdma_interface::DmaMode;
@@ -163,6 +163,15 @@ pub(crate) struct ChannelState {
     pub dropped_baseline: u32,
     /// The consumer read the board as gone (ID all ones) during a reset.
     pub board_gone_seen: bool,
+    /// A `CTRL_RESET` was written but `STATUS_RUNNING` had not cleared
+    /// within `RESET_POLL_READS` reads: the engine may still write the
+    /// memory of its frame, so nothing it could write is handed back yet —
+    /// posted S/G frames stay posted, the board keeps its slots. Holds the
+    /// status the frames get once the reset completes
+    /// ([`ChannelState::finish_reset`], tried again by every later consumer
+    /// pass and watchdog tick). `RegisterCompletion(NULL)` and
+    /// `StartChannel` are refused with `STATUS_DEVICE_BUSY` meanwhile.
+    pub reset_pending: Option<NtStatus>,
 }
 
 impl ChannelState {
@@ -194,6 +203,7 @@ impl ChannelState {
             last_progress: None,
             dropped_baseline: 0,
             board_gone_seen: false,
+            reset_pending: None,
         }
     }
 
@@ -252,18 +262,28 @@ impl ChannelState {
         self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
     }
 
-    /// Stops the engine: `CTRL_RESET` when `regs` is given (the board is
-    /// present), every posted S/G frame terminated with `status`, the
-    /// board's slots reclaimed. Returns the frames terminated.
+    /// Stops the engine: when `regs` is given (the board is present),
+    /// `CTRL_RESET` and the wait for the reset to complete
+    /// ([`reset_channel`]: `STATUS` read back until `STATUS_RUNNING`
+    /// clears); then every posted S/G frame is terminated with `status` and
+    /// the board's slots are reclaimed. Without `regs` (surprise removal:
+    /// the board cannot master the bus any more) nothing waits. A reset
+    /// that does not complete leaves the frames posted and the slots with
+    /// the board ([`Self::reset_pending`]). Returns the frames terminated.
     pub fn stop_run<R: RegisterPort>(&mut self, regs: Option<&R>, ch: u32, status: NtStatus) -> usize {
-        if let Some(regs) = regs {
+        let outcome = regs.map(|regs| {
             let cr = ChannelRegs::new(regs, ch);
             self.account_dropped(&cr);
-            cr.write(channel::CTRL, CTRL_RESET);
-        }
+            reset_channel(&cr)
+        });
         self.run = None;
         self.error_pending = false;
         self.pass = Pass { over: true, ..Pass::default() };
+        if outcome == Some(ResetOutcome::Stuck) {
+            self.reset_pending = Some(status);
+            return 0;
+        }
+        self.reset_pending = None;
         self.slots.stop();
         self.sg.abort_all(status)
     }

@@ -503,3 +503,133 @@ fn stop_channel_after_the_isr_saw_the_board_gone_completes_posted_frames() {
     h.dev.stop();
     assert_eq!(h.m.live_allocations(), 0);
 }
+
+/// Records each completion with whether the fake board's engine could
+/// still write memory when it arrived (a reset not yet complete).
+struct DmaWitness {
+    m: std::rc::Rc<super::fake::Machine>,
+    seen: RefCell<Vec<(u32, NtStatus, bool)>>,
+}
+
+impl DmaWitness {
+    #[allow(clippy::unnecessary_box_returns, reason = "the callback context needs a stable address")]
+    fn new(h: &Harness) -> Box<Self> {
+        Box::new(Self { m: h.m.clone(), seen: RefCell::new(Vec::new()) })
+    }
+
+    fn take(&self) -> Vec<(u32, NtStatus, bool)> {
+        std::mem::take(&mut *self.seen.borrow_mut())
+    }
+}
+
+unsafe extern "system" fn witness(context: *mut c_void, completion: *const Completion) {
+    // SAFETY: test: `context` is the boxed DmaWitness the test keeps alive.
+    let w = unsafe { &*context.cast::<DmaWitness>() };
+    // SAFETY: valid for the call per the contract.
+    let c = unsafe { completion.read() };
+    w.seen.borrow_mut().push((c.tag, c.status, w.m.dma_outstanding(c.channel)));
+}
+
+fn register_witness(iface: &Iface, ch: u32, w: &DmaWitness) -> NtStatus {
+    let context = std::ptr::from_ref(w).cast_mut().cast();
+    // SAFETY: test: live device; the witness outlives the registration.
+    unsafe { (iface.0.register_completion.unwrap())(iface.ctx(), ch, Some(witness), context) }
+}
+
+/// An S/G device whose engine takes `reset_reads` `STATUS` reads to finish
+/// a reset, channel 0 running with a witness and frames 1 and 2 posted.
+fn sg_with_slow_reset(reset_reads: u32) -> (Harness, Iface, Box<DmaWitness>) {
+    let h = Harness::sg(1);
+    h.m.reset_reads.set(reset_reads);
+    let iface = h.start();
+    let w = DmaWitness::new(&h);
+    assert_eq!(register_witness(&iface, 0, &w), STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(iface.program(0, 2, &frame(2)), STATUS_SUCCESS);
+    (h, iface, w)
+}
+
+/// PCI Express writes are posted and the engine may be mid-burst when `CTRL_RESET`
+/// arrives: `StopChannel` reads `STATUS` back until `STATUS_RUNNING` clears
+/// before it hands any frame back (else the board could write a buffer the
+/// application already has: an IOMMU fault, or silent corruption).
+#[test]
+fn stop_channel_hands_frames_back_only_after_the_reset_completed() {
+    let (h, iface, w) = sg_with_slow_reset(3);
+    assert_eq!(iface.stop(0), STATUS_SUCCESS);
+    assert_eq!(w.take(), vec![(1, STATUS_CANCELLED, false), (2, STATUS_CANCELLED, false)], "(tag, status, DMA outstanding)");
+    assert!(!h.m.dma_outstanding(0));
+}
+
+/// The same for the reset after a refused record: the frames are failed and
+/// the channel restarted only once the engine has stopped writing.
+#[test]
+fn a_reset_after_a_bad_record_waits_for_the_engine_before_failing_frames() {
+    let (h, _iface, w) = sg_with_slow_reset(3);
+    h.m.push_record(0, CompletionRecord { index: u32::MAX, byte_count: 1, tag: 1, ..Default::default() });
+    h.interrupt(1);
+    assert_eq!(w.take(), vec![(1, STATUS_IO_DEVICE_ERROR, false), (2, STATUS_IO_DEVICE_ERROR, false)]);
+    assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE, "restarted after the reset completed");
+    assert_eq!(h.dev.channel_stats(0).unwrap().last_fault, Some(RecordFault::IndexOutOfRange));
+}
+
+/// An engine that never finishes its reset: nothing it could write is
+/// handed back (frames held, unregistering and restarting refused) and the
+/// `STATUS` poll is bounded; once it stops, the next look (the watchdog's)
+/// completes the reset and hands the frames back.
+#[test]
+fn a_reset_that_never_completes_hands_nothing_back_until_the_engine_stops() {
+    let (h, iface, w) = sg_with_slow_reset(1);
+    h.m.reset_stuck.set(true);
+    let before = h.m.accesses.get();
+    assert_eq!(iface.stop(0), STATUS_SUCCESS);
+    let accesses = h.m.accesses.get() - before;
+    let bound = usize::try_from(capdma_interface::regs::RESET_POLL_READS).unwrap();
+    assert!(accesses > bound && accesses < bound + 16, "a bounded poll ({accesses} register accesses)");
+    assert!(w.take().is_empty(), "frames held while the engine may write them");
+    assert!(h.m.dma_outstanding(0));
+    assert_eq!(iface.register(0, None), capdma_interface::status::STATUS_DEVICE_BUSY, "the frames must still come back");
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), capdma_interface::status::STATUS_DEVICE_BUSY);
+    h.m.set_reg(global::INT_STATUS, int_done(0));
+    h.interrupt(2);
+    assert!(w.take().is_empty(), "still held: the engine still runs");
+    assert_eq!(h.dev.watchdog(3), 0, "still stuck");
+    h.m.finish_resets();
+    assert_eq!(h.dev.watchdog(4), 1, "the reset completed at the watchdog's look");
+    assert_eq!(w.take(), vec![(1, STATUS_CANCELLED, false), (2, STATUS_CANCELLED, false)]);
+    assert_eq!(iface.register(0, None), STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+}
+
+/// A device stop with an engine that never stopped: that channel's ring and
+/// completion queue are never freed and the adapter never put (leaked on
+/// purpose, not reused under the board's DMA); the other channel's buffers
+/// are freed.
+#[test]
+fn a_device_stop_frees_nothing_an_engine_that_never_stopped_could_write() {
+    let h = Harness::cb(2);
+    let iface = h.start();
+    assert_eq!(iface.start(0, &yuy2(100, 10, 0)), STATUS_SUCCESS);
+    h.m.reset_stuck.set(true);
+    assert_eq!(iface.stop(0), STATUS_SUCCESS);
+    iface.dereference();
+    h.dev.stop();
+    assert_eq!(h.dev.state(), crate::device::DeviceState::Stopped);
+    assert_eq!(h.m.live_allocations(), 2, "channel 0's ring and queue kept, channel 1's freed");
+    assert!(!h.m.events.borrow().iter().any(|e| matches!(e, super::fake::Event::PutAdapter(_))), "not put with buffers out");
+}
+
+/// A board left running (by an earlier driver instance) whose engine will
+/// not stop fails the start before it is given any buffer.
+#[test]
+fn a_start_whose_engine_reset_never_completes_fails_cleanly() {
+    let h = Harness::sg(1);
+    h.m.set_ch_reg(0, channel::CTRL, CTRL_RUN | CTRL_SG_MODE);
+    h.m.reset_stuck.set(true);
+    assert_eq!(h.dev.start(&crate::config::StartConfig::DEFAULT), Err(STATUS_IO_DEVICE_ERROR));
+    assert_eq!(h.m.live_allocations(), 0);
+    assert!(h.m.events.borrow().iter().any(|e| matches!(e, super::fake::Event::PutAdapter(_))));
+    h.m.finish_resets();
+    assert!(h.dev.start(&crate::config::StartConfig::DEFAULT).is_ok(), "starts once the engine stops");
+}

@@ -8,7 +8,9 @@
 //! the core deterministically and to observe what it does.
 use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort, DISPATCH_LEVEL};
 use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, CQ_STATUS_OK, DESC_END_OF_FRAME};
-use capdma_interface::regs::{channel, channel_base, global, int_done, int_error, Caps, BAR0_BYTES, BOARD_ID, CTRL_RESET};
+use capdma_interface::regs::{
+    channel, channel_base, global, int_done, int_error, Caps, BAR0_BYTES, BOARD_ID, CTRL_RESET, CTRL_RUN, STATUS_RUNNING,
+};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -55,6 +57,17 @@ pub struct Machine {
     pub map_registers: Cell<u32>,
     pub highest_physical: Cell<u64>,
     pub refuse_adapter: Cell<bool>,
+    /// `STATUS` reads after a `CTRL_RESET` of a running channel (`CTRL_RUN`
+    /// set) before `STATUS_RUNNING` clears; 0: at once (the contract's
+    /// `RESET_POLL_READS`).
+    pub reset_reads: Cell<u32>,
+    /// A reset never completes (`STATUS_RUNNING` stays set) while this is set.
+    pub reset_stuck: Cell<bool>,
+    /// Per channel: `STATUS` reads left before the reset completes.
+    pub draining: RefCell<Vec<u32>>,
+    /// Per channel: the engine may still be writing memory (a reset of a
+    /// running channel has not completed).
+    pub dma_outstanding: RefCell<Vec<bool>>,
 }
 
 impl Machine {
@@ -72,6 +85,23 @@ impl Machine {
 
     pub fn set_ch_reg(&self, ch: u32, offset: u32, value: u32) {
         self.set_reg(channel_base(ch) + offset, value);
+    }
+
+    /// Whether channel `ch`'s engine may still write memory.
+    pub fn dma_outstanding(&self, ch: u32) -> bool {
+        self.dma_outstanding.borrow()[ch as usize]
+    }
+
+    /// Lets every stuck or draining reset complete (the board catches up).
+    pub fn finish_resets(&self) {
+        self.reset_stuck.set(false);
+        for ch in 0..8u32 {
+            if self.draining.borrow()[ch as usize] > 0 || self.dma_outstanding(ch) {
+                self.draining.borrow_mut()[ch as usize] = 0;
+                self.dma_outstanding.borrow_mut()[ch as usize] = false;
+                self.set_ch_reg(ch, channel::STATUS, self.ch_reg(ch, channel::STATUS) & !STATUS_RUNNING);
+            }
+        }
     }
 
     pub fn live_allocations(&self) -> usize {
@@ -165,6 +195,17 @@ impl RegisterPort for FakeRegs {
         if m.gone.get() {
             return u32::MAX;
         }
+        if offset >= channel_base(0) && (offset - channel_base(0)) % 0x80 == channel::STATUS {
+            let ch = ((offset - channel_base(0)) / 0x80) as usize;
+            let left = m.draining.borrow()[ch];
+            if left > 0 && !m.reset_stuck.get() {
+                m.draining.borrow_mut()[ch] = left - 1;
+                if left == 1 {
+                    m.set_reg(offset, m.reg(offset) & !STATUS_RUNNING);
+                    m.dma_outstanding.borrow_mut()[ch] = false;
+                }
+            }
+        }
         m.reg(offset)
     }
 
@@ -181,10 +222,18 @@ impl RegisterPort for FakeRegs {
         }
         if offset >= channel_base(0) && (offset - channel_base(0)) % 0x80 == channel::CTRL && value & CTRL_RESET != 0 {
             let ch = (offset - channel_base(0)) / 0x80;
+            let was_running = m.reg(offset) & CTRL_RUN != 0 || m.dma_outstanding(ch);
             for r in [channel::RING_PRODUCER, channel::RING_CONSUMER, channel::CQ_PRODUCER, channel::CQ_CONSUMER, channel::STATUS] {
                 m.set_ch_reg(ch, r, 0);
             }
             m.set_reg(offset, value & !CTRL_RESET);
+            if was_running && (m.reset_reads.get() > 0 || m.reset_stuck.get()) {
+                // The burst in flight is still being written: STATUS_RUNNING
+                // stays set until it is done.
+                m.set_ch_reg(ch, channel::STATUS, STATUS_RUNNING);
+                m.draining.borrow_mut()[ch as usize] = m.reset_reads.get().max(1);
+                m.dma_outstanding.borrow_mut()[ch as usize] = true;
+            }
             return;
         }
         m.set_reg(offset, value);
@@ -266,6 +315,10 @@ impl FakePlatform {
             map_registers: Cell::new(64),
             highest_physical: Cell::new(0x7_FFFF_FFFF),
             refuse_adapter: Cell::new(false),
+            reset_reads: Cell::new(0),
+            reset_stuck: Cell::new(false),
+            draining: RefCell::new(vec![0; 8]),
+            dma_outstanding: RefCell::new(vec![false; 8]),
         });
         m.set_reg(global::ID, BOARD_ID);
         m.set_reg(global::CAPS, caps.encode());

@@ -18,6 +18,28 @@ use zerocopy::{FromBytes, IntoBytes};
 const ENTRY_BYTES: u64 = 32;
 /// Line alignment of the slot line pitch in common-buffer mode, bytes.
 pub const SLOT_LINE_ALIGN: u32 = 256;
+/// `STATUS` reads after a `CTRL_RESET` that caught a burst in flight before
+/// `STATUS_RUNNING` reads 0 (the first read lands the burst).
+pub const RESET_DRAIN_READS: u32 = 2;
+/// Bytes of a burst the reset caught in flight (at most).
+pub const BURST_BYTES: u32 = 256;
+/// What a burst caught by a reset writes (not a pattern byte: a frame it
+/// lands in and that is delivered as good fails verification).
+pub const BURST_BYTE: u8 = 0xEE;
+
+/// A DMA burst of the frame being captured when `CTRL_RESET` arrived: the
+/// engine finishes it at its own pace. It lands at the first `STATUS` read
+/// after the reset (which also flushes the posted reset) or, if the driver
+/// never reads `STATUS`, when the board settles ([`Board::settle`]) — then
+/// into whatever the driver made of that memory meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Burst {
+    /// S/G: into the buffer of descriptor `entry` (the engine had fetched
+    /// it; [`Board::write32`] resolves it to an address at the reset).
+    Descriptor { ring_base: u64, entry: u32 },
+    /// `bytes` bytes at bus address `address` (a CB slot, a resolved descriptor).
+    At { address: u64, bytes: u32 },
+}
 
 /// Why a due frame was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +110,10 @@ pub(crate) struct Channel {
     pub(crate) source: FrameSource,
     pub(crate) stats: ChannelStats,
     line_buf: Vec<u8>,
+    /// A burst a reset caught in flight, not landed yet.
+    pub(crate) burst: Option<Burst>,
+    /// `STATUS` reads left before `STATUS_RUNNING` clears after such a reset.
+    pub(crate) drain_reads: u32,
 }
 
 impl Channel {
@@ -101,6 +127,8 @@ impl Channel {
             source: FrameSource::Pattern,
             stats: ChannelStats::default(),
             line_buf: Vec::new(),
+            burst: None,
+            drain_reads: 0,
         }
     }
 
@@ -124,6 +152,23 @@ impl Channel {
         self.run = None;
         self.hung = false;
         self.stats.resets += 1;
+    }
+
+    /// The burst the engine is in the middle of, if a reset came now: the
+    /// engine runs (not hung, not halted) and owns a buffer (a posted
+    /// descriptor, a slot).
+    pub(crate) fn burst_in_flight(&self) -> Option<Burst> {
+        let run = self.run.filter(|_| self.running() && !self.hung)?;
+        let r = &self.regs;
+        if r.ring_producer == r.ring_consumer || run.ring_entries == 0 {
+            return None;
+        }
+        let entry = r.ring_consumer % run.ring_entries;
+        Some(if run.sg {
+            Burst::Descriptor { ring_base: run.ring_base, entry }
+        } else {
+            Burst::At { address: run.ring_base + u64::from(entry) * u64::from(run.slot_stride), bytes: BURST_BYTES }
+        })
     }
 
     fn halt(&mut self, code: u32) {
@@ -268,6 +313,11 @@ impl BoardState {
             (BoardFault::SurpriseRemoval, _) => {
                 self.removed = true;
                 self.spurious += 1;
+                // Off the bus: nothing lands any more.
+                for c in &mut self.channels {
+                    c.burst = None;
+                    c.drain_reads = 0;
+                }
             }
             // A channel fault for a channel that does not exist or is not running.
             _ => {}
@@ -524,6 +574,74 @@ fn capture_cb(
 }
 
 impl Board {
+    /// Lands channel `ch`'s pending burst (see [`Burst`]) through the IOMMU
+    /// checker: S/G into the buffer of the descriptor the engine was on,
+    /// CB into the slot. Nothing when none is pending.
+    pub(crate) fn land_burst(&self, ch: usize) {
+        self.resolve_burst(ch);
+        let burst = self.state.borrow_mut().channels.get_mut(ch).and_then(|c| c.burst.take());
+        if let Some(Burst::At { address, bytes }) = burst {
+            // A refused write is recorded by the checker (a DMA violation).
+            let _ = self.memory.dma_write(address, &vec![BURST_BYTE; bytes as usize]);
+        }
+    }
+
+    /// Turns channel `ch`'s pending S/G burst into the address the engine
+    /// was writing (the descriptor it had fetched, read back now).
+    pub(crate) fn resolve_burst(&self, ch: usize) {
+        let pending = self.state.borrow().channels.get(ch).and_then(|c| c.burst);
+        let Some(Burst::Descriptor { ring_base, entry }) = pending else { return };
+        let mut raw = [0u8; ENTRY_BYTES as usize];
+        let resolved = self
+            .memory
+            .dma_read(ring_base + u64::from(entry) * ENTRY_BYTES, &mut raw)
+            .ok()
+            .and_then(|()| SgDescriptor::read_from_bytes(&raw[..]).ok())
+            .map(|d| Burst::At { address: d.address, bytes: d.byte_count.min(BURST_BYTES) });
+        if let Some(c) = self.state.borrow_mut().channels.get_mut(ch) {
+            c.burst = resolved;
+        }
+    }
+
+    /// A `STATUS` read of channel `ch` after a reset that caught a burst in
+    /// flight: the read flushes the posted reset, the burst lands, and after
+    /// [`RESET_DRAIN_READS`] reads `STATUS_RUNNING` clears.
+    pub(crate) fn status_read(&self, ch: usize) {
+        let draining = self.state.borrow().channels.get(ch).is_some_and(|c| c.drain_reads > 0 || c.burst.is_some());
+        if !draining {
+            return;
+        }
+        self.land_burst(ch);
+        let mut s = self.state.borrow_mut();
+        if let Some(c) = s.channels.get_mut(ch) {
+            c.drain_reads = c.drain_reads.saturating_sub(1);
+            if c.drain_reads == 0 && c.run.is_none() {
+                c.regs.status &= !STATUS_RUNNING;
+            }
+        }
+    }
+
+    /// Time passes for the board: every burst a reset caught lands and every
+    /// such reset completes, whether or not the driver waited for it. The
+    /// machine calls this after each event and at the end of its teardown,
+    /// so a driver that handed memory back before the reset completed is
+    /// caught by the IOMMU checker (or by a corrupt frame).
+    pub fn settle(&self) {
+        let channels = self.state.borrow().channels.len();
+        for ch in 0..channels {
+            self.land_burst(ch);
+            let mut s = self.state.borrow_mut();
+            if let Some(c) = s.channels.get_mut(ch) {
+                if c.drain_reads > 0 {
+                    c.drain_reads = 0;
+                    if c.run.is_none() {
+                        c.regs.status &= !STATUS_RUNNING;
+                    }
+                }
+            }
+        }
+    }
+
     /// One frame time of channel `channel` at board time `now_100ns`
     /// (100-ns units): applies due faults, then, if the channel runs, writes
     /// the frame into the next posted buffer (descriptors from
@@ -792,6 +910,49 @@ mod tests {
         a.free_common_buffer(ring);
         a.free_common_buffer(cq);
         a.put();
+    }
+
+    /// `CTRL_RESET` of an engine that owns a buffer catches a burst in
+    /// flight: `STATUS_RUNNING` stays set and the burst lands at the first
+    /// `STATUS` read (flushing the posted reset), `STATUS_RUNNING` clears
+    /// after `RESET_DRAIN_READS` reads. A driver that frees the memory
+    /// before reading `STATUS` back gets an IOMMU fault when the board
+    /// settles.
+    #[test]
+    fn a_reset_with_a_burst_in_flight_completes_only_when_status_is_read() {
+        let r = rig(BoardConfig::legacy());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let (w, h, pitch) = (16u32, 4u32, 256u32);
+        let stride = 4096u32;
+        let ring = a.allocate_common_buffer(2 * stride as usize).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &Program { sg: false, width: w, height: h, pitch, entries: 2, stride }, &ring, &cq);
+        assert!(b.is_running(0));
+        // Reset with a slot owned by the board: the burst is in flight.
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        assert!(b.is_running(0), "STATUS_RUNNING until the burst is done");
+        assert_eq!(b.capture_frame(0, 1), CaptureOutcome::NotRunning, "no new frame after a reset");
+        let mut slot = vec![0u8; 4];
+        m.read_physical(ring.logical, &mut slot).unwrap();
+        assert_eq!(slot, [0; 4], "not landed yet");
+        assert_eq!(b.read32(ch(channel::STATUS)), STATUS_RUNNING, "the first read lands the burst");
+        m.read_physical(ring.logical, &mut slot).unwrap();
+        assert_eq!(slot, [BURST_BYTE; 4]);
+        assert_eq!(b.read32(ch(channel::STATUS)), 0, "reset complete");
+        assert!(!b.is_running(0));
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        // The same without the read-back: the memory freed first, the burst
+        // lands when the board settles: an IOMMU fault.
+        start(b, &Program { sg: false, width: w, height: h, pitch, entries: 2, stride }, &ring, &cq);
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        a.free_common_buffer(ring);
+        b.settle();
+        assert_eq!(r.violations.count(ViolationKind::Dma), 1, "{:?}", r.violations.list());
+        assert!(!b.is_running(0), "settled");
+        // A reset of an idle (or halted, or hung) engine is immediate.
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        assert_eq!(b.read32(ch(channel::STATUS)), 0);
+        a.free_common_buffer(cq);
     }
 
     #[test]

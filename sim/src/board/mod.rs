@@ -30,7 +30,7 @@ use crate::memory::PhysicalMemory;
 use crate::pattern::Pattern;
 use crate::violations::{ViolationKind, Violations};
 use capdma_bus::ports::RegisterPort;
-use capdma_interface::regs::{Caps, MAX_CHANNELS};
+use capdma_interface::regs::{channel, channel_base, Caps, BAR0_BYTES, MAX_CHANNELS};
 use registers::ChannelRegs;
 use std::cell::RefCell;
 use std::fmt;
@@ -369,6 +369,9 @@ impl RegisterPort for Board {
         if self.unmapped_access("read", offset) {
             return u32::MAX;
         }
+        if offset >= channel_base(0) && offset < BAR0_BYTES && (offset - channel_base(0)) % 0x80 == channel::STATUS {
+            self.status_read(((offset - channel_base(0)) / 0x80) as usize);
+        }
         let (value, problem) = self.state.borrow_mut().read(offset);
         if let Some(p) = problem {
             self.violation(p);
@@ -384,6 +387,10 @@ impl RegisterPort for Board {
         let problems = self.state.borrow_mut().write(offset, value);
         for p in problems {
             self.violation(p);
+        }
+        if offset >= channel_base(0) && offset < BAR0_BYTES && (offset - channel_base(0)) % 0x80 == channel::CTRL {
+            // A reset that caught an S/G burst: the engine had its descriptor.
+            self.resolve_burst(((offset - channel_base(0)) / 0x80) as usize);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! BAR0 register decoding: `READ_REGISTER_ULONG` / `WRITE_REGISTER_ULONG`
 //! semantics of every register in `capdma_interface::regs`.
-use super::engine::Channel;
+use super::engine::{Channel, RESET_DRAIN_READS};
 use super::{BoardConfig, BoardState};
 use capdma_interface::regs::{
     channel, channel_base, global, BAR0_BYTES, BOARD_ID, CTRL_RESET, CTRL_RUN, CTRL_SG_MODE, GLOBAL_CTRL_RESET,
@@ -174,14 +174,28 @@ impl Channel {
     /// A `CTRL` write. Returns whether the channel halted (raise `int_error`).
     fn write_ctrl(&mut self, value: u32, config: &BoardConfig, index: usize, problems: &mut Vec<String>) -> bool {
         if value & CTRL_RESET != 0 {
-            // RESET wins: the engine stops, counters and errors clear, CTRL reads 0.
+            // RESET wins: the engine stops, counters and errors clear, CTRL
+            // reads 0. A burst in flight still lands, and until it has,
+            // STATUS_RUNNING stays set (`capdma_interface::regs::RESET_POLL_READS`).
+            let burst = self.burst.take().or_else(|| self.burst_in_flight());
             self.reset();
+            if burst.is_some() {
+                self.burst = burst;
+                self.drain_reads = RESET_DRAIN_READS;
+                self.regs.status = STATUS_RUNNING;
+            }
             return false;
         }
         let was_run = self.regs.ctrl & CTRL_RUN != 0;
         self.regs.ctrl = value & (CTRL_RUN | CTRL_SG_MODE);
         let run = value & CTRL_RUN != 0;
         if run && !was_run {
+            if self.drain_reads > 0 {
+                problems.push(format!(
+                    "channel {index}: CTRL_RUN before the reset completed (STATUS_RUNNING still set: the last frame's DMA is outstanding)"
+                ));
+                self.drain_reads = 0;
+            }
             if self.regs.status & STATUS_HALTED != 0 {
                 problems.push(format!("channel {index}: CTRL_RUN set while halted (reset the channel first)"));
                 return false;

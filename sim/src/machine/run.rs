@@ -705,6 +705,7 @@ impl Machine {
                 Event::Action { index } => self.act(index, now, hooks),
             }
             self.passive_work(now, hooks);
+            self.settle_boards();
             if now >= end && self.timeline.is_empty() {
                 break;
             }
@@ -1248,6 +1249,9 @@ impl Machine {
                 self.remove_card(card, now);
             }
         }
+        // DMA a reset caught in flight lands now at the latest: into freed
+        // memory if a driver handed it back before the reset completed.
+        self.settle_boards();
         self.timeline.clear();
         for leak in self.memory.leaks() {
             self.violations.push(ViolationKind::Leak, leak);
@@ -1263,6 +1267,14 @@ impl Machine {
                     format!("card {}: {} capdma interface reference(s) never dropped", card.index, card.bus.reference_count()),
                 );
             }
+        }
+    }
+
+    /// Time passes for every board: bursts a reset caught in flight land
+    /// (`Board::settle`).
+    fn settle_boards(&self) {
+        for c in &self.cards {
+            c.board.settle();
         }
     }
 

@@ -32,8 +32,8 @@ use crate::pnp::children::{self, device_relations_bytes, merged_relations_count,
 use crate::pnp::resources::{select_resources, CmResourceListReader, SelectedResources};
 use crate::pnp::state::{fdo_release, PnpEvent, Release};
 use crate::pnp::STATUS_DEVICE_CONFIGURATION_ERROR;
-use capdma_interface::status::{nt_success, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS};
 use crate::teardown::TeardownPort;
+use capdma_interface::status::{nt_success, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS};
 use core::sync::atomic::Ordering;
 use wdk_sys::ntddk::{ExAllocatePool2, ExFreePool, IoDeleteDevice, IoDetachDevice, IoInvalidateDeviceRelations};
 use wdk_sys::{

@@ -51,9 +51,9 @@
 //! nobody hears of.
 use crate::channel::{ChannelState, Pass};
 use crate::device::{BusDevice, DeviceState};
-use crate::hw::{program_and_run, ChannelRegs};
+use crate::hw::{program_and_run, reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::{BusPlatform, RegisterPort, DISPATCH_LEVEL};
-use capdma_interface::regs::{channel, global, BOARD_ID, CTRL_RESET};
+use capdma_interface::regs::{channel, global, BOARD_ID, RESET_POLL_READS};
 use capdma_interface::status::STATUS_CANCELLED;
 use capdma_interface::DmaMode;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -198,25 +198,38 @@ impl PowerState {
 
 impl ChannelState {
     /// Leaving D0 with the board still powered: if the child has the channel
-    /// running, stops the engine (`CTRL_RESET` through `regs`, unless the
-    /// board is gone), terminates every posted S/G frame with
-    /// `STATUS_CANCELLED` and forgets the board's counters. The format, the
-    /// callback and the slot bookkeeping stay for [`Self::resume`]. Returns
-    /// whether the channel was running.
+    /// running, stops the engine (`CTRL_RESET` read back until no DMA is
+    /// outstanding, as every reset: see `capdma_interface::regs::CTRL_RESET`;
+    /// unless the board is gone), then terminates every posted S/G frame with
+    /// `STATUS_CANCELLED` and forgets the board's counters. A reset that does
+    /// not complete hands nothing back ([`ChannelState::reset_pending`]): the
+    /// frames stay posted until [`Self::resume`] (or a later look) finishes
+    /// it. The format, the callback and the slot bookkeeping stay for
+    /// [`Self::resume`]. Returns whether the channel was running.
     fn suspend<R: RegisterPort>(&mut self, regs: Option<&R>, ch: u32) -> bool {
         if !self.running() {
             return false;
         }
-        if let Some(regs) = regs {
-            let cr = ChannelRegs::new(regs, ch);
-            self.account_dropped(&cr);
-            cr.write(channel::CTRL, CTRL_RESET);
-        }
-        self.sg.abort_all(STATUS_CANCELLED);
         self.error_pending = false;
         self.pass = Pass { over: true, ..Pass::default() };
         self.cq_consumer = 0;
         self.last_progress = None;
+        if let Some(regs) = regs {
+            let cr = ChannelRegs::new(regs, ch);
+            self.account_dropped(&cr);
+            match reset_channel(&cr) {
+                ResetOutcome::Complete => {}
+                ResetOutcome::Gone => {
+                    self.board_gone();
+                    return true;
+                }
+                ResetOutcome::Stuck => {
+                    self.reset_pending = Some(STATUS_CANCELLED);
+                    return true;
+                }
+            }
+        }
+        self.sg.abort_all(STATUS_CANCELLED);
         true
     }
 
@@ -227,6 +240,13 @@ impl ChannelState {
     /// `RING_PRODUCER`). The caller enables the channel's interrupts
     /// afterwards. Returns whether the channel was restarted.
     fn resume<R: RegisterPort>(&mut self, regs: &R, ch: u32) -> bool {
+        if self.reset_pending.is_some() {
+            // The power-down's reset had not completed (the engine may have
+            // been writing until the function left D0): finishing it hands
+            // the held frames back and restarts a running channel.
+            self.pass = Pass::default();
+            return self.finish_reset(regs, ch, RESET_POLL_READS) && self.reset_pending.is_none() && self.run.is_some();
+        }
         let (Some(buffers), Some(run)) = (self.buffers, self.run) else {
             return false;
         };
@@ -350,6 +370,12 @@ impl<P: BusPlatform> BusDevice<P> {
             }
             if self.at_dispatch(|| chan.state.lock().resume(regs, ch)) {
                 restarted += 1;
+            }
+            // Frames a finished power-down reset terminated go back now.
+            if self.platform.current_irql() < DISPATCH_LEVEL {
+                self.deliver_and_wait(index);
+            } else {
+                self.deliver(index, None);
             }
         }
         self.restore_interrupt_enable();

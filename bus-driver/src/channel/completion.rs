@@ -280,7 +280,7 @@ impl ChannelState {
     /// The board read as gone during a reset: it cannot master the bus any
     /// more, so every posted frame is terminated with
     /// `STATUS_DEVICE_REMOVED` and the channel stops.
-    fn board_gone(&mut self) {
+    pub(crate) fn board_gone(&mut self) {
         self.board_gone_seen = true;
         self.reset_pending = None;
         self.run = None;

@@ -283,3 +283,35 @@ fn a_watchdog_reset_rewrites_the_interrupt_enable() {
     assert!(h.interrupt(2 * interval), "the channel interrupts again");
     assert_eq!(statuses(&rec.take()), vec![(2, STATUS_SUCCESS)]);
 }
+
+/// Leaving D0 resets each running engine like every other reset: `STATUS`
+/// is read back until no DMA is outstanding before any frame is handed back
+/// (else the board could still write a buffer the application has).
+#[test]
+fn power_down_hands_frames_back_only_after_the_engine_stopped_writing() {
+    let (h, iface, rec) = running_sg();
+    h.m.reset_reads.set(3);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(h.dev.power_down(), 1);
+    assert!(!h.m.dma_outstanding(0), "the reset was read back to completion");
+    assert_eq!(statuses(&rec.take()), vec![(1, STATUS_CANCELLED)]);
+}
+
+/// An engine whose reset never completes before the function leaves D0:
+/// nothing is handed back then; the power-up finishes the reset, hands the
+/// frames back and restarts the channel.
+#[test]
+fn a_reset_stuck_at_power_down_is_finished_at_power_up() {
+    let (h, iface, rec) = running_sg();
+    h.m.reset_reads.set(1);
+    h.m.reset_stuck.set(true);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(h.dev.power_down(), 1);
+    assert!(rec.take().is_empty(), "held while the engine may still write");
+    enter_d3(&h);
+    leave_d3(&h);
+    h.m.finish_resets();
+    assert_eq!(h.dev.power_up(), 1, "restarted");
+    assert_eq!(statuses(&rec.take()), vec![(1, STATUS_CANCELLED)]);
+    assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE);
+}

@@ -29,7 +29,7 @@ use super::{Callback, ChannelResources, ChannelState, Delivery, Pass, RecordFaul
 use crate::hw::{poll_reset, program_and_run, reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::RegisterPort;
 use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, CQ_STATUS_OK};
-use capdma_interface::regs::{channel, global};
+use capdma_interface::regs::{channel, global, STATUS_HALTED};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS};
 use capdma_interface::table::{Completion, CompletionKind};
 use capdma_interface::DmaMode;
@@ -102,7 +102,12 @@ impl ChannelState {
                 producer
             };
             if self.cq_consumer == limit {
-                if self.error_pending {
+                // Act on an error bit only when this run's engine really
+                // halted: a bit the ISR took for an earlier run (the channel
+                // was stopped and started again before this DPC), or one
+                // latched before StartChannel enabled it, says nothing about
+                // the engine now running.
+                if core::mem::take(&mut self.error_pending) && cr.read(channel::STATUS) & STATUS_HALTED != 0 {
                     self.stats.board_errors = self.stats.board_errors.saturating_add(1);
                     self.reset_engine(regs, ch, STATUS_IO_DEVICE_ERROR);
                 } else {

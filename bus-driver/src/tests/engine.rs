@@ -633,3 +633,21 @@ fn a_start_whose_engine_reset_never_completes_fails_cleanly() {
     h.m.finish_resets();
     assert!(h.dev.start(&crate::config::StartConfig::DEFAULT).is_ok(), "starts once the engine stops");
 }
+
+/// An error bit the ISR took for an earlier run of the channel (stopped and
+/// started again before the DPC ran) does not reset the new run: the DPC
+/// acts on an error only when the engine reports `STATUS_HALTED`.
+#[test]
+fn a_stale_error_bit_does_not_reset_a_restarted_channel() {
+    let (h, iface, rec) = running_sg();
+    h.m.set_reg(global::INT_STATUS, int_error(0));
+    assert!(h.dev.isr(), "the error bit is taken into pending");
+    assert_eq!(iface.stop(0), STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+    let resets = h.dev.channel_stats(0).unwrap().resets;
+    h.dev.dpc(1);
+    assert_eq!(h.dev.channel_stats(0).unwrap().resets, resets, "the new run is not reset");
+    assert_eq!(h.dev.channel_stats(0).unwrap().board_errors, 0);
+    assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE, "still running");
+    drop(rec);
+}

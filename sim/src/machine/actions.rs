@@ -2,10 +2,23 @@
 //! outside the drivers: board faults, Plug and Play requests, the
 //! application changing a pin's state or holding its buffers. The fault
 //! matrix is built from these ([`crate::machine::Machine::schedule`]).
-use capdma_avstream::state::KsState;
-use capdma_interface::status::{status_name, NtStatus};
+//!
+//! Here: the actions ([`Action`]) and the statuses they saw
+//! ([`StatusRecord`]), and the machine carrying them out when their time
+//! comes.
+use std::pin::Pin;
 
+use capdma_avstream::format::build_data_format;
+use capdma_avstream::pin::CapturePin;
+use capdma_avstream::state::KsState;
+use capdma_interface::status::{status_name, NtStatus, STATUS_DEVICE_NOT_READY, STATUS_SUCCESS};
+use zerocopy::IntoBytes;
+
+use super::build::Machine;
+use super::events::Event;
+use super::run::RunHooks;
 use crate::board::BoardFault;
+use crate::ks::SimKsPin;
 
 /// One scheduled action. Cards and channels are zero-based.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,4 +139,134 @@ impl std::fmt::Display for StatusRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.what, status_name(self.status))
     }
+}
+
+impl Machine {
+    /// Schedules `action` at virtual time `at_100ns` (not before now).
+    pub fn schedule(&mut self, at_100ns: u64, action: Action) {
+        let index = u32::try_from(self.actions.len()).unwrap_or(u32::MAX);
+        self.actions.push(action);
+        self.timeline.schedule(at_100ns, Event::Action { index });
+    }
+
+    /// Runs scheduled action `index`.
+    pub(super) fn act(&mut self, index: u32, now: u64, hooks: &mut RunHooks<'_>) {
+        let Some(action) = self.actions.get(index as usize).cloned() else { return };
+        match action {
+            Action::InjectFault { card, fault } => {
+                if let Some(c) = self.cards.get(card as usize) {
+                    c.board.inject(fault);
+                }
+            }
+            Action::InjectFaultNow { card, fault } => {
+                if let Some(c) = self.cards.get(card as usize) {
+                    c.board.inject_now(fault);
+                }
+                self.after_device_activity(now);
+            }
+            Action::StatusStorm { card, bits, count, period_100ns } => {
+                if count == 0 {
+                    return;
+                }
+                if let Some(c) = self.cards.get(card as usize) {
+                    c.board.raise_status(bits);
+                }
+                self.after_device_activity(now);
+                if count > 1 {
+                    let next = Action::StatusStorm { card, bits, count: count - 1, period_100ns };
+                    self.schedule(now + period_100ns.max(1), next);
+                }
+            }
+            Action::PinState { card, channel, to } => {
+                self.pin_op(card, channel, now, hooks, &format!("KS state to {to:?}"), |pin| pin.set_state(to));
+            }
+            Action::PinTransition { card, channel, to } => {
+                self.pin_op(card, channel, now, hooks, &format!("one KS step to {to:?}"), |pin| pin.transition(to));
+            }
+            Action::PinDeviceState { card, channel, to, from } => {
+                let what = format!("SetDeviceState({to:?}, from {from:?})");
+                self.pin_op(card, channel, now, hooks, &what, |pin| pin.set_device_state(to, from));
+            }
+            Action::PinSetFormat { card, channel } => {
+                let Some(i) = self.channel_position(card, channel) else { return };
+                let run = &self.channels[i];
+                let bytes = build_data_format(&run.format);
+                let status = match run.pin.as_ref() {
+                    Some(pin) => pin.set_data_format(bytes.as_bytes()).err().unwrap_or(STATUS_SUCCESS),
+                    None => STATUS_DEVICE_NOT_READY,
+                };
+                let state = run.pin.as_ref().map(|p| p.state());
+                self.record_status(format!("card {card} channel {channel}: SetDataFormat in {state:?}"), status);
+            }
+            Action::AppHold { card, channel, hold } => {
+                let Some(i) = self.channel_position(card, channel) else { return };
+                self.channels[i].app_hold = hold;
+                if !hold {
+                    self.requeue_all_held(i, now);
+                }
+            }
+            Action::RequestRemoval { card } => {
+                let index = card as usize;
+                if self.cards.get(index).is_some_and(|c| !c.removed) {
+                    let _ = self.request_removal(index, now, "");
+                }
+            }
+            Action::SurpriseRemoval { card } => self.surprise_removal(card, now, hooks),
+        }
+    }
+
+    /// Runs `op` on a pin and keeps the KS model and the application in
+    /// step with the state the pin ends in; records the status.
+    fn pin_op(
+        &mut self,
+        card: u32,
+        channel: u32,
+        now: u64,
+        hooks: &mut RunHooks<'_>,
+        what: &str,
+        op: impl FnOnce(Pin<&CapturePin<SimKsPin>>) -> NtStatus,
+    ) {
+        let Some(i) = self.channel_position(card, channel) else { return };
+        let Some(pin) = self.channels[i].pin.as_ref() else {
+            self.record_status(format!("card {card} channel {channel}: {what} (pin closed)"), STATUS_DEVICE_NOT_READY);
+            return;
+        };
+        let before = pin.state();
+        let status = op(pin.as_ref());
+        let after = pin.state();
+        self.record_status(format!("card {card} channel {channel}: {what} in {before:?}"), status);
+        self.settle_pin(i, before, after, now, hooks);
+    }
+
+    /// After a pin went from `before` to `after`: KS stops or starts
+    /// processing, a stopped pin's queue is flushed back to the application,
+    /// a restarted one gets the application's buffers again.
+    fn settle_pin(&mut self, i: usize, before: KsState, after: KsState, now: u64, hooks: &mut RunHooks<'_>) {
+        let run = &self.channels[i];
+        if after != KsState::Run {
+            run.ks.set_running(false);
+        }
+        if after == KsState::Stop && before != KsState::Stop {
+            run.ks.flush_on_stop();
+            self.take_completed(i, now, hooks);
+        }
+        if after == KsState::Run && before != KsState::Run {
+            self.channels[i].ks.set_running(true);
+            self.requeue_all_held(i, now);
+        }
+        if let Some(pin) = self.channels[i].pin.as_ref() {
+            self.channels[i].log.pin_stats = Some(pin.stats());
+        }
+    }
+}
+
+/// Faults that end a card's life ([`BoardFault::SurpriseRemoval`]) need the
+/// Plug and Play side too: the surprise-removal sequence `delay_100ns` after
+/// the board vanishes.
+#[must_use]
+pub fn surprise_removal_actions(card: u32, delay_100ns: u64) -> [(u64, Action); 2] {
+    [
+        (0, Action::InjectFaultNow { card, fault: BoardFault::SurpriseRemoval }),
+        (delay_100ns, Action::SurpriseRemoval { card }),
+    ]
 }

@@ -1,5 +1,8 @@
-//! What a run of the simulated machine reports.
+//! What a run of the simulated machine reports, and the machine putting
+//! its account together ([`Machine::report`]).
 use serde::Serialize;
+
+use super::build::Machine;
 
 /// One channel's account of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -99,6 +102,31 @@ impl RunReport {
         let _ = writeln!(out, "time: {:.3} s simulated in {:.3} s wall", self.sim_time_s, self.wall_s);
         let _ = write!(out, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
         out
+    }
+}
+
+impl Machine {
+    /// The account of the run so far.
+    #[must_use]
+    pub fn report(&self) -> RunReport {
+        let channels = self
+            .channels
+            .iter()
+            .map(|run| {
+                let mut r = run.report.clone();
+                r.frames_dropped = r.frames_captured.saturating_sub(r.frames_delivered);
+                r
+            })
+            .collect();
+        RunReport {
+            channels,
+            violations: self.violations.list(),
+            #[allow(clippy::cast_precision_loss, reason = "virtual time stays far below 2^52 × 100 ns")]
+            sim_time_s: self.timeline.now() as f64 / 1e7,
+            wall_s: self.started.elapsed().as_secs_f64(),
+            interrupts_claimed: self.cards.iter().map(|c| c.isr_claimed).sum(),
+            interrupts_unclaimed: self.interrupts_unclaimed,
+        }
     }
 }
 

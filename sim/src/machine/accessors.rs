@@ -1,0 +1,161 @@
+//! What the machine shows of itself: its boards, bus drivers, device
+//! objects, memory and IRQL tracker, the statuses and channel logs it
+//! recorded, and its clock; with the two helpers the other files share
+//! (recording a status, finding a channel).
+use std::rc::Rc;
+
+use capdma_bus::device::BusDevice;
+use capdma_interface::status::NtStatus;
+
+use super::actions::StatusRecord;
+use super::build::{ChannelLog, Machine};
+use super::config::MachineConfig;
+use super::platform::SimBusPlatform;
+use crate::board::Board;
+use crate::irql::IrqlTracker;
+use crate::memory::PhysicalMemory;
+use crate::pnp::{AvStreamDevice, DeviceId, DeviceTree, PciFunction};
+use crate::violations::Violations;
+
+impl Machine {
+    /// Card 0's board, for fault injection.
+    #[must_use]
+    pub fn board(&self) -> &Board {
+        &self.cards[0].board
+    }
+
+    /// Card `card`'s board.
+    #[must_use]
+    pub fn board_of(&self, card: u32) -> Option<&Board> {
+        self.cards.get(card as usize).map(|c| &c.board)
+    }
+
+    /// Card 0's bus driver device.
+    #[must_use]
+    pub fn bus(&self) -> &BusDevice<SimBusPlatform> {
+        &self.cards[0].bus
+    }
+
+    /// Card `card`'s bus driver device.
+    #[must_use]
+    pub fn bus_of(&self, card: u32) -> Option<&BusDevice<SimBusPlatform>> {
+        self.cards.get(card as usize).map(|c| &*c.bus)
+    }
+
+    /// The rules broken so far.
+    #[must_use]
+    pub fn violations(&self) -> &Violations {
+        &self.violations
+    }
+
+    /// The machine's memory.
+    #[must_use]
+    pub fn memory(&self) -> &PhysicalMemory {
+        &self.memory
+    }
+
+    /// The IRQL tracker (tests call DDIs at `PASSIVE_LEVEL` through it).
+    #[must_use]
+    pub fn irql(&self) -> &IrqlTracker {
+        &self.irql
+    }
+
+    /// The Plug and Play device tree.
+    #[must_use]
+    pub fn tree(&self) -> &DeviceTree {
+        &self.tree
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// Card `card`'s PCI PDO.
+    #[must_use]
+    pub fn pci_pdo(&self, card: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize).map(|c| c.pci_pdo)
+    }
+
+    /// Card `card`'s bus FDO.
+    #[must_use]
+    pub fn bus_fdo(&self, card: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize).map(|c| c.bus_fdo)
+    }
+
+    /// Card `card`'s PCI function (its adapters, its interface references).
+    #[must_use]
+    pub fn pci(&self, card: u32) -> Option<&PciFunction> {
+        self.cards.get(card as usize).map(|c| &c.pci)
+    }
+
+    /// The child PDO the bus enumerated for `channel` of `card` (after `start`).
+    #[must_use]
+    pub fn child_pdo(&self, card: u32, channel: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize)?.children.get(channel as usize).map(|c| c.pdo)
+    }
+
+    /// The AVStream FDO over that child PDO (after `start`).
+    #[must_use]
+    pub fn avstream_fdo(&self, card: u32, channel: u32) -> Option<DeviceId> {
+        self.cards.get(card as usize)?.children.get(channel as usize).map(|c| c.fdo)
+    }
+
+    /// The AVStream device on `channel` of `card` (after `start`).
+    #[must_use]
+    pub fn avstream_device(&self, card: u32, channel: u32) -> Option<Rc<AvStreamDevice>> {
+        self.cards.get(card as usize)?.children.get(channel as usize).map(|c| Rc::clone(&c.device))
+    }
+
+    /// A root-enumerated software PDO whose bus forwards nothing.
+    #[must_use]
+    pub fn software_pdo(&self) -> DeviceId {
+        self.software_pdo
+    }
+
+    /// The statuses actions and the teardown saw, in order.
+    #[must_use]
+    pub fn statuses(&self) -> &[StatusRecord] {
+        &self.statuses
+    }
+
+    /// What the machine recorded about `channel` of `card`.
+    #[must_use]
+    pub fn channel_log(&self, card: u32, channel: u32) -> Option<ChannelLog> {
+        let run = self.channels.iter().find(|r| r.card == card && r.index == channel)?;
+        let mut log = run.log.clone();
+        let ks = run.ks.stats();
+        log.ks_submitted = ks.submitted;
+        log.ks_completed = ks.completed;
+        log.ks_map_waits = ks.map_waits;
+        log.ks_queued = run.ks.queued_frames();
+        log.ks_live_clones = run.ks.live_clones();
+        if let Some(pin) = run.pin.as_ref() {
+            log.pin_stats = Some(pin.stats());
+        }
+        Some(log)
+    }
+
+    /// The current virtual time, 100-ns units.
+    #[must_use]
+    pub fn now(&self) -> u64 {
+        self.timeline.now()
+    }
+
+    /// The time of the `k`-th capture (1-based) of the current run, 100-ns
+    /// units: schedule an action at `frame_time(k) - 1` to have it happen
+    /// just before that capture.
+    #[must_use]
+    pub fn frame_time(&self, k: u32) -> u64 {
+        self.run_start + self.config.frame_interval_100ns() * u64::from(k)
+    }
+
+    pub(super) fn record_status(&mut self, what: impl Into<String>, status: NtStatus) {
+        self.statuses.push(StatusRecord { at_100ns: self.timeline.now(), what: what.into(), status });
+    }
+
+    pub(super) fn channel_position(&self, card: u32, channel: u32) -> Option<usize> {
+        self.channels.iter().position(|r| r.card == card && r.index == channel)
+    }
+}

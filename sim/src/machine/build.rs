@@ -1,0 +1,242 @@
+//! The machine and its parts, and building it: [`Machine`] with its cards
+//! (each a board, a bus driver and the Plug and Play stacks) and its
+//! channels (each a child device, a pin and the application's buffers),
+//! [`Machine::new`] putting the cards in with nothing started, and the
+//! `Drop` that tears a still-running machine down.
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
+
+use capdma_avstream::format::VideoFormat;
+use capdma_avstream::pin::CapturePin;
+use capdma_avstream::stats::StatsSnapshot;
+use capdma_bus::device::BusDevice;
+use capdma_bus::mode::ModeDecision;
+
+use super::actions::{Action, StatusRecord};
+use super::config::{ConfigError, MachineConfig};
+use super::events::Timeline;
+use super::platform::SimBusPlatform;
+use super::report::ChannelReport;
+use super::run::RunError;
+use crate::board::{Board, BoardConfig, BoardKind, CaptureOutcome, FrameSource};
+use crate::dma::adapter::AdapterConfig;
+use crate::irql::IrqlTracker;
+use crate::ks::SimKsPin;
+use crate::memory::{Allocation, MemoryConfig, PhysicalMemory};
+use crate::pattern::Pattern;
+use crate::pnp::{AvStreamDevice, DeviceId, DeviceKind, DeviceTree, FilterKind, PciFunction};
+use crate::violations::Violations;
+
+/// What the machine recorded about one channel (for the fault matrix).
+#[derive(Clone, Debug, Default)]
+pub struct ChannelLog {
+    /// Every frame delivered good: (virtual time, the board's frame number).
+    pub delivered: Vec<(u64, u32)>,
+    /// Every capture of the board: (virtual time, what it did).
+    pub captures: Vec<(u64, CaptureOutcome)>,
+    /// The pin's counters (now, or when it was dropped).
+    pub pin_stats: Option<StatsSnapshot>,
+    /// Frames the application submitted to the KS queue.
+    pub ks_submitted: u64,
+    /// Frames the KS queue completed back to the application (filled or not).
+    pub ks_completed: u64,
+    /// Times KS could not map a frame for want of map registers.
+    pub ks_map_waits: u64,
+    /// Frames still in the KS queue.
+    pub ks_queued: usize,
+    /// Stream pointer clones alive.
+    pub ks_live_clones: usize,
+}
+
+/// One channel of the run: its child device, pin and application.
+pub(super) struct ChannelRun {
+    pub(super) card: u32,
+    pub(super) index: u32,
+    pub(super) ks: SimKsPin,
+    pub(super) pin: Option<Pin<Box<CapturePin<SimKsPin>>>>,
+    /// The AVStream device on the channel's child PDO (holds the interface).
+    pub(super) device: Rc<AvStreamDevice>,
+    pub(super) format: VideoFormat,
+    pub(super) pattern: Pattern,
+    pub(super) buffers: Vec<Allocation>,
+    /// The application holds buffer `i` (completed and not queued again).
+    pub(super) with_app: Vec<bool>,
+    /// A requeue of buffer `i` is scheduled.
+    pub(super) requeue_scheduled: Vec<bool>,
+    /// The application stopped queueing buffers ([`Action::AppHold`]).
+    pub(super) app_hold: bool,
+    pub(super) app_busy_until: u64,
+    pub(super) captures: u32,
+    pub(super) report: ChannelReport,
+    pub(super) log: ChannelLog,
+}
+
+/// The two device objects of one child stack, and the AVStream device.
+#[derive(Clone, Debug)]
+pub(super) struct ChildStack {
+    pub(super) pdo: DeviceId,
+    pub(super) fdo: DeviceId,
+    pub(super) device: Rc<AvStreamDevice>,
+}
+
+/// One capture card: its board, bus driver and Plug and Play stacks.
+#[allow(clippy::struct_excessive_bools, reason = "independent facts of the simulated glue: interrupt, timer, DPC, removal")]
+pub(super) struct Card {
+    pub(super) index: u32,
+    pub(super) board: Board,
+    pub(super) bus: Rc<BusDevice<SimBusPlatform>>,
+    pub(super) pci: PciFunction,
+    pub(super) decision: Option<ModeDecision>,
+    pub(super) interrupt_connected: bool,
+    /// The bus's watchdog timer is armed (`KeSetTimerEx`).
+    pub(super) timer_armed: bool,
+    pub(super) dpc_queued: bool,
+    pub(super) pci_pdo: DeviceId,
+    pub(super) bus_fdo: DeviceId,
+    pub(super) children: Vec<ChildStack>,
+    /// Plug and Play removed the card (surprise removal handled).
+    pub(super) removed: bool,
+    pub(super) isr_claimed: u64,
+    pub(super) isr_unclaimed: u64,
+}
+
+/// The simulated machine with capdma cards in it.
+///
+/// Dropping a machine whose pins are still open tears it down first (the
+/// pins' `Drop` calls into the bus through the interface, so the channels
+/// go before the cards; they are also declared first).
+pub struct Machine {
+    pub(super) channels: Vec<ChannelRun>,
+    pub(super) config: MachineConfig,
+    pub(super) violations: Violations,
+    pub(super) irql: IrqlTracker,
+    pub(super) memory: PhysicalMemory,
+    pub(super) tree: DeviceTree,
+    pub(super) software_pdo: DeviceId,
+    pub(super) cards: Vec<Card>,
+    pub(super) timeline: Timeline,
+    pub(super) actions: Vec<Action>,
+    pub(super) statuses: Vec<StatusRecord>,
+    pub(super) run_start: u64,
+    pub(super) unclaimed_in_a_row: u32,
+    pub(super) claimed_in_a_row: u32,
+    pub(super) interrupts_unclaimed: u64,
+    pub(super) started: Instant,
+}
+
+/// The seed of card `card`'s board (card 0: the configured seed), so the
+/// cards' patterns differ and a frame of one card cannot verify as another's.
+pub(super) fn card_seed(seed: u64, card: u32) -> u64 {
+    seed.wrapping_add(u64::from(card).wrapping_mul(0x9E37_79B9))
+}
+
+fn board_config(config: &MachineConfig, card: u32) -> BoardConfig {
+    let base = match config.board {
+        BoardKind::ScatterGather => BoardConfig::scatter_gather(),
+        BoardKind::Legacy => BoardConfig::legacy(),
+    };
+    let lines = config.format.lines(config.height).unwrap_or(0);
+    let slot_pitch = config.line_bytes().div_ceil(256).saturating_mul(256);
+    let pitch = slot_pitch.max(config.stride_bytes());
+    BoardConfig {
+        channels: config.channels,
+        address_64: !config.dma32,
+        alignment: config.alignment.unwrap_or(base.alignment),
+        max_frame_bytes: pitch.saturating_mul(lines).max(4096),
+        seed: card_seed(config.seed, card),
+        ..base
+    }
+}
+
+impl Machine {
+    /// Builds the machine (memory, boards, the PCI functions with the bus
+    /// driver's `BusDevice` each, and their Plug and Play bus stacks with
+    /// the configured filters) without starting anything.
+    ///
+    /// # Errors
+    /// [`RunError::Config`] for a configuration the machine cannot build.
+    pub fn new(config: MachineConfig) -> Result<Self, RunError> {
+        config.validate()?;
+        let violations = Violations::new();
+        let irql = IrqlTracker::new(violations.clone());
+        let memory = PhysicalMemory::new(
+            MemoryConfig {
+                seed: config.seed,
+                high_memory: config.high_memory,
+                contiguous_failure: config.contiguous_failure,
+                ..MemoryConfig::default()
+            },
+            violations.clone(),
+        );
+        let tree = DeviceTree::new(&irql, &violations);
+        let software_pdo = tree.create_pdo("ROOT\\SYSTEM\\0000 (software PDO)", DeviceKind::SoftwarePdo);
+        let mut cards = Vec::new();
+        for card in 0..config.cards {
+            let board = Board::new(board_config(&config, card), &memory).map_err(|e| ConfigError(e.0))?;
+            if let Some(video) = &config.source {
+                for ch in 0..config.channels {
+                    board.set_source(ch, FrameSource::Video(Rc::clone(video)));
+                }
+            }
+            let adapter_config = AdapterConfig { map_registers: config.map_registers, merge_adjacent: true };
+            let pci = PciFunction::new(format!("card {card} PCI function"), &memory, &irql, adapter_config);
+            let platform = SimBusPlatform::with_pci(board.clone(), memory.clone(), irql.clone(), pci.clone());
+            let bus = Rc::new(BusDevice::new(platform));
+            let pci_pdo = tree.create_pdo(format!("card {card} PCI PDO"), DeviceKind::PciPdo(pci.clone()));
+            attach_filters(&tree, &config.stack.below_bus, pci_pdo, &format!("card {card} bus lower filter"));
+            let bus_fdo = tree.attach(format!("card {card} bus FDO"), DeviceKind::BusFdo(Rc::clone(&bus)), pci_pdo);
+            attach_filters(&tree, &config.stack.above_bus, pci_pdo, &format!("card {card} bus upper filter"));
+            cards.push(Card {
+                index: card,
+                board,
+                bus,
+                pci,
+                decision: None,
+                interrupt_connected: false,
+                timer_armed: false,
+                dpc_queued: false,
+                pci_pdo,
+                bus_fdo,
+                children: Vec::new(),
+                removed: false,
+                isr_claimed: 0,
+                isr_unclaimed: 0,
+            });
+        }
+        Ok(Self {
+            config,
+            violations,
+            irql,
+            memory,
+            tree,
+            software_pdo,
+            cards,
+            channels: Vec::new(),
+            timeline: Timeline::default(),
+            actions: Vec::new(),
+            statuses: Vec::new(),
+            run_start: 0,
+            unclaimed_in_a_row: 0,
+            claimed_in_a_row: 0,
+            interrupts_unclaimed: 0,
+            started: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if self.channels.iter().any(|r| r.pin.is_some() || r.device.holds_interface()) {
+            self.teardown();
+        }
+    }
+}
+
+/// Attaches one filter device object per entry of `filters` to the top of
+/// `target`'s stack, bottom-up.
+pub(super) fn attach_filters(tree: &DeviceTree, filters: &[FilterKind], target: DeviceId, name: &str) {
+    for (n, kind) in filters.iter().enumerate() {
+        tree.attach(format!("{name} {n} ({})", kind.name()), DeviceKind::Filter(*kind), target);
+    }
+}

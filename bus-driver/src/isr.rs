@@ -7,8 +7,11 @@ use core::sync::atomic::Ordering;
 impl<P: BusPlatform> BusDevice<P> {
     /// `KSERVICE_ROUTINE` body, at device IRQL: reads `INT_STATUS`.
     ///
-    /// * Out of D0 (between `power_down` and `power_up`): returns `false`
-    ///   without touching a register.
+    /// * Interrupts off for a power-down (from the end of `power_down`,
+    ///   after `INT_ENABLE = 0`, until `power_up`): returns `false` without
+    ///   touching a register. Earlier in `power_down` it still reads and
+    ///   acknowledges: a channel not yet stopped may assert its
+    ///   level-triggered interrupt.
     /// * `0`: not this board's interrupt (the line is shared): returns `false`.
     /// * `0xFFFF_FFFF`: the board is gone (surprise removal: the read was
     ///   not completed by the device). Writes `INT_ENABLE = 0` (in case it
@@ -26,10 +29,10 @@ impl<P: BusPlatform> BusDevice<P> {
     /// Takes no lock and touches nothing else. When it returns `true` the
     /// glue queues the DPC (`IoRequestDpc` / `KeInsertQueueDpc`).
     pub fn isr(&self) -> bool {
-        // Out of D0 (`crate::power`) the board cannot interrupt and its
-        // registers read all ones: the interrupt is another device's on a
-        // shared line.
-        if !self.power.in_d0() {
+        // Its interrupts are off and it is leaving or out of D0
+        // (`crate::power`): the board cannot interrupt and its registers may
+        // read all ones. The interrupt is another device's on a shared line.
+        if self.power.interrupts_off() {
             return false;
         }
         let regs = self.platform.registers();

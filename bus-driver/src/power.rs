@@ -16,17 +16,20 @@
 //! # Leaving D0 ([`BusDevice::power_down`])
 //!
 //! The device is marked out of D0 first: from then on nothing touches a
-//! register except this sequence (the ISR returns `false` at once, the DPC
-//! and the watchdog do nothing, the interface functions keep their
-//! bookkeeping but write no register — they check under the channel lock,
-//! and this sequence takes every channel lock after the mark). Then, with
+//! register except this sequence and the ISR (the DPC and the watchdog do
+//! nothing, the interface functions keep their bookkeeping but write no
+//! register — they check under the channel lock, and this sequence takes
+//! every channel lock after the mark). The ISR keeps reading and
+//! acknowledging `INT_STATUS` (a channel not yet stopped may interrupt, and
+//! its level-triggered interrupt must be claimed; the DPC drops the bits)
+//! until the end of this sequence. Then, with
 //! the board still in D0, each running channel's engine is stopped
 //! (`CTRL_RESET`, its `DROPPED_FRAMES` accounted) and its posted S/G frames
 //! are completed to the child with `STATUS_CANCELLED`; the channel keeps its
 //! format (it is still running for the child), its callback and, in
 //! common-buffer mode, the child's slots. Last, `INT_ENABLE = 0` (the shadow
 //! keeps the enabled channels) and every pending `INT_STATUS` bit is
-//! acknowledged.
+//! acknowledged; from then on the ISR returns `false` at once.
 //!
 //! While out of D0 the child may keep calling: `ProgramFrame` posts
 //! descriptors into the ring (the board is told at power-up), `ReturnSlot`
@@ -173,15 +176,24 @@ pub const fn device_power_action(target: DevicePowerState) -> DevicePowerAction 
 /// The core's view of the device power state: in D0 or not.
 #[derive(Debug)]
 pub(crate) struct PowerState {
-    /// Set by [`BusDevice::power_down`], cleared by [`BusDevice::power_up`]
-    /// and by a start (a started device is in D0).
+    /// Set by [`BusDevice::power_down`] first, cleared by
+    /// [`BusDevice::power_up`] and by a start (a started device is in D0):
+    /// the DPC, the watchdog and the interface functions touch no register
+    /// while it is set.
     low: AtomicBool,
+    /// Set by [`BusDevice::power_down`] last, once `INT_ENABLE = 0` and the
+    /// acknowledge are written (under the `INT_ENABLE` lock), cleared with
+    /// [`Self::low`]: the board can no longer assert its (level-triggered)
+    /// interrupt, so the ISR stops reading `INT_STATUS`. Until then the ISR
+    /// still reads and acknowledges — an unclaimed level interrupt on a
+    /// shared line would storm — and the DPC drops the bits.
+    regs_off: AtomicBool,
 }
 
 impl PowerState {
     /// In D0 (a device is in D0 when it is added and when it starts).
     pub const fn new() -> Self {
-        Self { low: AtomicBool::new(false) }
+        Self { low: AtomicBool::new(false), regs_off: AtomicBool::new(false) }
     }
 
     /// Whether the device is in D0 (registers may be touched, as far as
@@ -190,8 +202,16 @@ impl PowerState {
         !self.low.load(Ordering::Acquire)
     }
 
-    /// `IRP_MN_START_DEVICE`: the device is in D0.
+    /// Whether the board's interrupts are off for a power-down (the ISR
+    /// must not read `INT_STATUS`: the board may be leaving D0).
+    pub fn interrupts_off(&self) -> bool {
+        self.regs_off.load(Ordering::Acquire)
+    }
+
+    /// `IRP_MN_START_DEVICE`, or back in D0: the device is in D0 and the
+    /// ISR reads `INT_STATUS` again.
     pub fn assume_d0(&self) {
+        self.regs_off.store(false, Ordering::Release);
         self.low.store(false, Ordering::Release);
     }
 }
@@ -296,6 +316,8 @@ impl<P: BusPlatform> BusDevice<P> {
             return 0;
         }
         if self.state() != DeviceState::Started {
+            // Nothing programmed, no interrupt connected.
+            self.power.regs_off.store(true, Ordering::Release);
             return 0;
         }
         let present = !self.is_removed();
@@ -327,6 +349,9 @@ impl<P: BusPlatform> BusDevice<P> {
                 regs.write32(global::INT_ENABLE, 0);
                 regs.write32(global::INT_STATUS, u32::MAX);
             }
+            // Only now: until the board's interrupts were off the ISR had to
+            // keep claiming its level-triggered interrupt.
+            self.power.regs_off.store(true, Ordering::Release);
         });
         self.pending.store(0, Ordering::Release);
         stopped

@@ -315,3 +315,55 @@ fn a_reset_stuck_at_power_down_is_finished_at_power_up() {
     assert_eq!(statuses(&rec.take()), vec![(1, STATUS_CANCELLED)]);
     assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE);
 }
+
+/// A child callback that, while `power_down` delivers channel 0's cancelled
+/// frames, has channel 1 (not yet stopped) assert its level-triggered
+/// interrupt and runs the ISR, as the kernel would on the shared line.
+struct IsrDuringPowerDown {
+    dev: *const crate::device::BusDevice<super::fake::FakePlatform>,
+    m: std::rc::Rc<Machine>,
+    /// (claimed, INT_STATUS after the ISR) per callback.
+    seen: std::cell::RefCell<Vec<(bool, u32)>>,
+}
+
+unsafe extern "system" fn isr_during_power_down(context: *mut core::ffi::c_void, _: *const Completion) {
+    // SAFETY: test: `context` is the boxed IsrDuringPowerDown the test keeps alive.
+    let t = unsafe { &*context.cast::<IsrDuringPowerDown>() };
+    t.m.set_reg(global::INT_STATUS, int_done(1));
+    // SAFETY: test: the boxed device outlives the registration.
+    let claimed = unsafe { &*t.dev }.isr();
+    t.seen.borrow_mut().push((claimed, t.m.reg(global::INT_STATUS)));
+}
+
+/// Until `power_down` has written `INT_ENABLE = 0`, a channel it has not
+/// stopped yet may interrupt: the ISR must claim and acknowledge that
+/// level-triggered interrupt (else an unclaimed level interrupt storms on
+/// the shared line). After `power_down` it touches nothing.
+#[test]
+fn the_isr_claims_the_boards_interrupt_until_power_down_disabled_it() {
+    let h = Harness::sg(2);
+    let iface = h.start();
+    let t = Box::new(IsrDuringPowerDown {
+        dev: &raw const *h.dev,
+        m: h.m.clone(),
+        seen: std::cell::RefCell::new(Vec::new()),
+    });
+    let ctx = std::ptr::from_ref(&*t).cast_mut().cast();
+    // SAFETY: test: live device; the context outlives the registration.
+    let status = unsafe { (iface.0.register_completion.unwrap())(iface.ctx(), 0, Some(isr_during_power_down), ctx) };
+    assert_eq!(status, STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+    assert_eq!(iface.start(1, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(h.dev.power_down(), 2);
+    assert_eq!(*t.seen.borrow(), vec![(true, 0)], "claimed and acknowledged during power_down");
+    assert_eq!(h.m.reg(global::INT_ENABLE), 0);
+    h.m.set_reg(global::INT_STATUS, int_done(1));
+    h.m.accesses.set(0);
+    assert!(!h.dev.isr(), "interrupts are off: another device's interrupt");
+    assert_eq!(h.m.accesses.get(), 0);
+    h.m.irql.set(DISPATCH_LEVEL);
+    h.dev.dpc(1);
+    h.m.irql.set(0);
+    assert_eq!(h.m.accesses.get(), 0, "the DPC dropped the bits");
+}

@@ -322,7 +322,7 @@ fn a_reset_stuck_at_power_down_is_finished_at_power_up() {
 struct IsrDuringPowerDown {
     dev: *const crate::device::BusDevice<super::fake::FakePlatform>,
     m: std::rc::Rc<Machine>,
-    /// (claimed, INT_STATUS after the ISR) per callback.
+    /// (claimed, `INT_STATUS` after the ISR) per callback.
     seen: std::cell::RefCell<Vec<(bool, u32)>>,
 }
 

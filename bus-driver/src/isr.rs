@@ -22,7 +22,9 @@ impl<P: BusPlatform> BusDevice<P> {
     ///   on the line, and on a shared level-triggered line the kernel stops
     ///   at the first ISR that returns `TRUE`: claiming every later
     ///   interrupt would starve the other devices on the line and leave it
-    ///   asserted (an interrupt storm).
+    ///   asserted (an interrupt storm). Once the board is marked gone (by
+    ///   the ISR, a reset or `power_up`) the ISR returns `false` without
+    ///   reading anything.
     /// * otherwise: writes the value back (write-1-to-clear), ORs it into
     ///   the pending bits for the DPC and returns `true`.
     ///
@@ -33,6 +35,12 @@ impl<P: BusPlatform> BusDevice<P> {
         // (`crate::power`): the board cannot interrupt and its registers may
         // read all ones. The interrupt is another device's on a shared line.
         if self.power.interrupts_off() {
+            return false;
+        }
+        // Already read as gone: another read of a removed PCIe function may
+        // take a completion timeout, at device IRQL, on every interrupt of
+        // the line until `IRP_MN_SURPRISE_REMOVAL` disconnects this ISR.
+        if self.board_gone.load(Ordering::Acquire) {
             return false;
         }
         let regs = self.platform.registers();

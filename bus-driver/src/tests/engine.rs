@@ -67,7 +67,8 @@ fn isr_reading_all_ones_marks_the_board_gone() {
 /// returns TRUE: after the board vanished (and before
 /// `IRP_MN_SURPRISE_REMOVAL` disconnects the interrupt) this ISR claims the
 /// all-ones read once, then leaves every later interrupt to the other
-/// devices on the line, masking the board's interrupts each time.
+/// devices on the line without reading the board again (each read of a
+/// removed PCIe function may take a completion timeout at device IRQL).
 #[test]
 fn isr_claims_all_ones_only_once_so_a_shared_line_is_not_starved() {
     let (h, _iface, _rec) = running_sg();
@@ -77,7 +78,7 @@ fn isr_claims_all_ones_only_once_so_a_shared_line_is_not_starved() {
     for _ in 0..3 {
         assert!(!h.dev.isr(), "later interrupts belong to another device on the line");
     }
-    assert_eq!(h.m.accesses.get() - before, 6, "each look reads INT_STATUS and writes INT_ENABLE = 0");
+    assert_eq!(h.m.accesses.get() - before, 0, "a board known gone is not read again");
     assert!(h.dev.is_removed());
     assert_eq!(h.dev.pending.load(Ordering::Acquire), 0);
 }

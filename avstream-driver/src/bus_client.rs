@@ -15,7 +15,7 @@
 //!    exactly once (it consumes the client).
 use capdma_interface::negotiate::table_size;
 use capdma_interface::status::{
-    nt_success, NtStatus, STATUS_INVALID_BUFFER_SIZE, STATUS_NOT_SUPPORTED,
+    nt_success, NtStatus, STATUS_INVALID_BUFFER_SIZE, STATUS_NOT_SUPPORTED, STATUS_PENDING,
     STATUS_REVISION_MISMATCH,
 };
 use capdma_interface::table::{
@@ -32,6 +32,17 @@ fn to_result(status: NtStatus) -> Result<(), NtStatus> {
     } else {
         Err(status)
     }
+}
+
+/// What `StopChannel` did with the frames that were posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Every posted frame came back through the callback before the call returned.
+    Stopped,
+    /// The engine's reset has not completed: the bus holds the posted frames
+    /// (the board may still write them) and completes them later through
+    /// the callback; their clones must stay alive until then.
+    FramesHeld,
 }
 
 /// What `GetDmaAdapter` answered (S/G mode).
@@ -167,13 +178,21 @@ impl BusChannel {
     }
 
     /// `StopChannel`: every posted frame is completed (`STATUS_CANCELLED`)
-    /// through the callback before it returns. Idempotent. PASSIVE.
+    /// through the callback before it returns [`StopOutcome::Stopped`];
+    /// [`StopOutcome::FramesHeld`] (`STATUS_PENDING`) when the engine's reset
+    /// has not completed and the bus holds the posted frames until it has.
+    /// Idempotent. PASSIVE.
     ///
     /// # Errors
     /// The bus's status (`STATUS_DEVICE_REMOVED`).
-    pub fn stop_channel(&self) -> Result<(), NtStatus> {
+    pub fn stop_channel(&self) -> Result<StopOutcome, NtStatus> {
         // SAFETY: see the impl comment; no pointers passed.
-        to_result(unsafe { (self.stop_channel)(self.context, self.channel) })
+        let status = unsafe { (self.stop_channel)(self.context, self.channel) };
+        match status {
+            STATUS_PENDING => Ok(StopOutcome::FramesHeld),
+            s if nt_success(s) => Ok(StopOutcome::Stopped),
+            s => Err(s),
+        }
     }
 
     /// `RegisterCompletion(callback, context)`.

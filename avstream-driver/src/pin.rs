@@ -36,7 +36,7 @@
 //! atomics, the SPSC slot FIFO, and two small spin locks (the clone table,
 //! the format/ring) taken at `DISPATCH_LEVEL` via the port and never held
 //! across a KS or bus call.
-use crate::bus_client::BusChannel;
+use crate::bus_client::{BusChannel, StopOutcome};
 use crate::clones::CloneTable;
 use crate::copy::VectorUnit;
 use crate::device::DeviceSetup;
@@ -482,12 +482,16 @@ impl<K: KsPinPort> CapturePin<K> {
         self.port.acquire_processing_mutex();
         self.state.set(KsState::Pause);
         // Errors ignored: stopping must not fail, and a removed device has stopped.
-        let _ = self.bus.stop_channel();
+        let outcome = self.bus.stop_channel();
         match self.mode {
             DmaMode::CommonBuffer => {
                 self.drain_slots();
                 self.locked(&self.shared, |s| s.ring = None);
             }
+            // The bus holds the posted frames until the engine's reset
+            // completes (the board may still write them): their clones stay
+            // until those completions arrive, never handed back early.
+            DmaMode::ScatterGather if outcome == Ok(StopOutcome::FramesHeld) => {}
             DmaMode::ScatterGather => self.reclaim_clones(),
         }
         self.port.release_processing_mutex();
@@ -613,12 +617,14 @@ impl<K: KsPinPort> Drop for CapturePin<K> {
             self.stop_running();
         }
         // The memory must not go while the bus may still call back, so this
-        // waits rather than gives up: the bus refuses RegisterCompletion(NULL)
-        // only while its DPC is inside a callback for this channel (a bounded
-        // delivery on another CPU; this thread at PASSIVE cannot block it),
-        // and a removed board answers success.
+        // waits rather than gives up. The bus refuses RegisterCompletion(NULL)
+        // while its DPC is inside a callback for this channel (bounded), and
+        // while it holds frames for an engine whose reset has not completed
+        // (unbounded on a wedged board: closing the pin then blocks until the
+        // engine stops or the device is surprise-removed, rather than let the
+        // board write memory handed back). A removed board answers success.
         while self.unregister(UNREGISTER_RETRIES) != STATUS_SUCCESS {
-            core::hint::spin_loop();
+            self.port.wait_briefly();
         }
         self.drain_slots();
         self.state.set(KsState::Stop);

@@ -150,6 +150,25 @@ fn the_thunk_ignores_null_pointers_and_delivers_through_a_live_context() {
 
 // ---- scatter/gather -------------------------------------------------------
 
+/// `StopChannel` answering `STATUS_PENDING` (the engine's reset has not
+/// completed, the board may still write the posted frames): the pin keeps
+/// their clones until the bus hands them back, never completes them early.
+#[test]
+fn frames_the_bus_holds_at_stop_keep_their_clones_until_they_come_back() {
+    let (bus, port) = (FakeBus::scatter_gather(), FakePort::default());
+    let pin = sg_running(&bus, &port, 2);
+    assert_eq!(pin.process(), STATUS_SUCCESS);
+    assert_eq!(port.live_clones(), 2);
+    bus.hold_on_stop.set(true);
+    assert_eq!(pin.as_ref().set_state(KsState::Pause), STATUS_SUCCESS);
+    assert_eq!(port.live_clones(), 2, "held by the bus: not handed back");
+    assert_eq!(completion_of(&port, 0), None);
+    // The reset completes: the bus hands them back, cancelled.
+    while bus.complete_oldest(0, STATUS_CANCELLED, 0).is_some() {}
+    assert_eq!(port.live_clones(), 0);
+    assert_eq!(completion_of(&port, 0).map(|c| c.data_used), Some(0));
+}
+
 fn sg_running<'a>(bus: &'a FakeBus, port: &'a FakePort, frames: usize) -> TestPin<'a> {
     for _ in 0..frames {
         port.push_frame(2048, 700);

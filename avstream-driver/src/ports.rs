@@ -105,6 +105,11 @@ pub trait KsPinPort {
     fn delete(&self, pointer: Self::StreamPointer);
     /// `KsPinAttemptProcessing(Pin, Asynchronous)`.
     fn attempt_processing(&self, asynchronous: bool);
+    /// Waits a little (about a millisecond) at `PASSIVE_LEVEL` before a
+    /// retry: `KeDelayExecutionThread` in the glue. The default spins once.
+    fn wait_briefly(&self) {
+        core::hint::spin_loop();
+    }
     /// `KeRaiseIrql(DISPATCH_LEVEL, &Old)`: the old IRQL.
     fn raise_to_dispatch(&self) -> Irql;
     /// `KeLowerIrql(old)`.

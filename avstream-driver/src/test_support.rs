@@ -40,6 +40,9 @@ pub struct FakeBus {
     pub started: RefCell<Vec<ChannelFormat>>,
     pub start_status: Cell<NtStatus>,
     pub stops: Cell<u32>,
+    /// `StopChannel` answers `STATUS_PENDING` and keeps the posted frames
+    /// (an engine whose reset has not completed).
+    pub hold_on_stop: Cell<bool>,
     pub callback: Cell<Option<(PfnCompletion, *mut c_void)>>,
     pub register_calls: RefCell<Vec<bool>>,
     pub returned: RefCell<Vec<u32>>,
@@ -170,6 +173,9 @@ unsafe extern "system" fn fake_stop_channel(context: *mut c_void, _channel: u32)
     let b = bus(context);
     b.running.set(false);
     b.stops.set(b.stops.get() + 1);
+    if b.hold_on_stop.get() {
+        return capdma_interface::status::STATUS_PENDING;
+    }
     loop {
         let next = b.posted.borrow_mut().pop_front();
         let Some(p) = next else { break };
@@ -218,6 +224,7 @@ impl FakeBus {
             started: RefCell::new(Vec::new()),
             start_status: Cell::new(STATUS_SUCCESS),
             stops: Cell::new(0),
+            hold_on_stop: Cell::new(false),
             callback: Cell::new(None),
             register_calls: RefCell::new(Vec::new()),
             returned: RefCell::new(Vec::new()),

@@ -28,7 +28,7 @@ use capdma_interface::negotiate::{negotiate_current, Negotiated};
 use capdma_interface::regs::channel;
 use capdma_interface::status::{
     NtStatus, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS,
 };
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
@@ -230,7 +230,8 @@ impl<P: BusPlatform> BusDevice<P> {
             }
             // The descriptors are visible to the board before it may read them.
             fence(Ordering::Release);
-            if self.hardware_present() {
+            // Suspended (`crate::power`): `power_up`'s resume hands it over.
+            if st.hw(self.hardware_present()) {
                 ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, st.sg.producer());
             }
             STATUS_SUCCESS
@@ -283,7 +284,8 @@ impl<P: BusPlatform> BusDevice<P> {
             }
             match st.slots.return_slot(slot) {
                 Ok(moved) => {
-                    if moved && st.running() && self.hardware_present() {
+                    // Suspended (`crate::power`): `power_up`'s resume hands it over.
+                    if moved && st.running() && st.hw(self.hardware_present()) {
                         ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, st.slots.producer());
                     }
                     STATUS_SUCCESS
@@ -332,8 +334,9 @@ impl<P: BusPlatform> BusDevice<P> {
                 if st.delivering {
                     return None;
                 }
-                if !self.hardware_present() {
-                    // Out of D0 (`crate::power`): the board cannot be programmed.
+                if !st.hw(self.hardware_present()) {
+                    // Out of D0, or back but not yet resumed by `power_up`
+                    // (`crate::power`): only the resume programs the board.
                     return Some(STATUS_DEVICE_NOT_READY);
                 }
                 let geometry = match validate_channel_format(format, buffers.mode, buffers.slot_bytes) {
@@ -388,7 +391,17 @@ impl<P: BusPlatform> BusDevice<P> {
             }
         });
         self.deliver_and_wait(index);
-        STATUS_SUCCESS
+        // A reset that has not completed holds the posted frames (the engine
+        // may still write them); they come back through the callback once it has.
+        let held = self.at_dispatch(|| {
+            let st = chan.state.lock();
+            st.reset_pending.is_some() && st.sg.len() > 0
+        });
+        if held {
+            STATUS_PENDING
+        } else {
+            STATUS_SUCCESS
+        }
     }
 
     /// `RegisterCompletion` (`<= DISPATCH_LEVEL`).

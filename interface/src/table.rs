@@ -98,7 +98,10 @@ pub type PfnStartChannel =
 /// engine's reset is complete (`regs::RESET_POLL_READS`: no DMA of the
 /// channel outstanding). An engine that never completes its reset keeps its
 /// frames: they are completed when it does (a later DPC or watchdog tick),
-/// never while the board may still write them. Idempotent.
+/// never while the board may still write them; the call then returns
+/// `STATUS_PENDING` (a success code) instead of `STATUS_SUCCESS`, and the
+/// child must keep those frames (and its callback) alive until they come
+/// back. Idempotent.
 pub type PfnStopChannel = unsafe extern "system" fn(context: *mut c_void, channel: u32) -> NtStatus;
 
 /// Registers (or, with `None`, unregisters) the completion callback of a

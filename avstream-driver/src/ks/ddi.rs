@@ -10,7 +10,7 @@
 //! | `ExAllocatePool2(POOL_FLAG_NON_PAGED)` / `ExFreePoolWithTag` | [`allocate`], [`free`] |
 use core::arch::asm;
 use core::ffi::c_void;
-use wdk_sys::ntddk::{ExAllocatePool2, ExFreePoolWithTag};
+use wdk_sys::ntddk::{ExAllocatePool2, ExFreePoolWithTag, KeDelayExecutionThread};
 use wdk_sys::{KIRQL, NTSTATUS, PIO_STACK_LOCATION, PIRP};
 
 /// The pool tag of every allocation of this driver, `"CdAv"` in a pool dump.
@@ -83,6 +83,16 @@ pub fn lower_irql(old: KIRQL) {
     if old < current_irql() {
         write_cr8(old);
     }
+}
+
+/// `KeDelayExecutionThread(KernelMode, FALSE, -1 ms)`: sleeps about a
+/// millisecond. `PASSIVE_LEVEL` (`APC_LEVEL` at most).
+pub fn delay_one_millisecond() {
+    // A negative interval is relative, in 100-ns units.
+    let mut interval = wdk_sys::LARGE_INTEGER { QuadPart: -10_000 };
+    // SAFETY: `interval` is a valid LARGE_INTEGER for the call; KernelMode
+    // (0) and non-alertable are valid arguments at PASSIVE_LEVEL.
+    let _ = unsafe { KeDelayExecutionThread(0, 0, &raw mut interval) };
 }
 
 /// `ExAllocatePool2(POOL_FLAG_NON_PAGED, bytes, POOL_TAG)`: zeroed

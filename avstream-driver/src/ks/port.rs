@@ -166,6 +166,10 @@ impl KsPinPort for KsPort {
         ddi::lower_irql(old);
     }
 
+    fn wait_briefly(&self) {
+        ddi::delay_one_millisecond();
+    }
+
     fn acquire_processing_mutex(&self) {
         // SAFETY: see the impl comment; called at PASSIVE from
         // SetDeviceState, never from Process (the mutex is not recursive).

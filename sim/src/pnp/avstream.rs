@@ -2,10 +2,12 @@
 //! Plug and Play sees it: whether a pin is open, and the bus interface it
 //! holds from its start until its own `IRP_MN_REMOVE_DEVICE`.
 //!
-//! * `IRP_MN_QUERY_REMOVE_DEVICE`: KS vetoes the removal of a device with an
-//!   open file object (a filter or pin handle; the I/O manager's
-//!   outstanding-open check) with `STATUS_DEVICE_BUSY`; otherwise the IRP
-//!   goes down to the bus's child PDO.
+//! * `IRP_MN_QUERY_REMOVE_DEVICE`: a device with an open file object (a
+//!   filter or pin handle) cannot be removed — on Windows the PnP manager's
+//!   outstanding-open check vetoes it (the real driver registers no
+//!   QueryRemove handler); the model answers that veto here, at the child,
+//!   with `STATUS_DEVICE_BUSY`. Otherwise the IRP goes down to the bus's
+//!   child PDO.
 //! * `IRP_MN_REMOVE_DEVICE`: the device drops its interface reference
 //!   (`InterfaceDereference`) and passes the IRP down — unless it was made
 //!   [`AvStreamDevice::keep_interface_past_remove`] (a deliberately buggy

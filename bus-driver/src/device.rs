@@ -236,7 +236,7 @@ impl<P: BusPlatform> BusDevice<P> {
             let mut st = chan.state.lock();
             // Under the lock: `power_down` marks the device out of D0 before
             // it takes the channel locks.
-            if self.hardware_present() {
+            if st.hw(self.hardware_present()) {
                 st.account_dropped(&ChannelRegs::new(regs, channel));
             }
             st.stats

@@ -83,7 +83,7 @@ impl<P: BusPlatform> BusDevice<P> {
                     // Read under the lock: `power_down` marks the device out
                     // of D0 before it takes the channel locks, so no
                     // register is touched once it has passed this channel.
-                    let hw = self.hardware_present();
+                    let hw = st.hw(self.hardware_present());
                     let mut next = st.next_delivery(regs, ch, now, hw);
                     // Bounded: `rescan` is set at most once per context that
                     // found this one delivering.

@@ -227,6 +227,8 @@ impl ChannelState {
     /// it. The format, the callback and the slot bookkeeping stay for
     /// [`Self::resume`]. Returns whether the channel was running.
     fn suspend<R: RegisterPort>(&mut self, regs: Option<&R>, ch: u32) -> bool {
+        // Whether it runs or not: nothing but `resume` programs it again.
+        self.suspended = true;
         if !self.running() {
             return false;
         }
@@ -260,6 +262,7 @@ impl ChannelState {
     /// `RING_PRODUCER`). The caller enables the channel's interrupts
     /// afterwards. Returns whether the channel was restarted.
     fn resume<R: RegisterPort>(&mut self, regs: &R, ch: u32) -> bool {
+        self.suspended = false;
         if self.reset_pending.is_some() {
             // The power-down's reset had not completed (the engine may have
             // been writing until the function left D0): finishing it hands

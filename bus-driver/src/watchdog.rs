@@ -75,8 +75,9 @@ impl<P: BusPlatform> BusDevice<P> {
             }
             let reset = self.at_dispatch(|| {
                 let mut st = chan.state.lock();
-                // Under the lock, as the DPC: not once `power_down` has passed.
-                self.hardware_present() && st.watchdog_check(regs, ch, now_100ns)
+                // Under the lock, as the DPC: not once `power_down` has passed,
+                // nor before `power_up` has resumed the channel.
+                st.hw(self.hardware_present()) && st.watchdog_check(regs, ch, now_100ns)
             });
             if reset {
                 fired += 1;

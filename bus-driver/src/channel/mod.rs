@@ -172,6 +172,16 @@ pub(crate) struct ChannelState {
     /// pass and watchdog tick). `RegisterCompletion(NULL)` and
     /// `StartChannel` are refused with `STATUS_DEVICE_BUSY` meanwhile.
     pub reset_pending: Option<NtStatus>,
+    /// Set by `power_down` (`ChannelState::suspend`), cleared when
+    /// `power_up` resumes this channel (`ChannelState::resume`): the device
+    /// may be back in D0 while the channel is not yet reprogrammed, and only
+    /// the resume may program it (else a DPC, the watchdog or
+    /// `StartChannel` programs it first and the resume reprograms a running
+    /// engine). While set, the register paths under the channel lock treat
+    /// the board as absent ([`Self::hw`]); the bookkeeping goes on
+    /// (`ProgramFrame`'s descriptors and `ReturnSlot`'s slots are handed
+    /// over by the resume).
+    pub suspended: bool,
 }
 
 impl ChannelState {
@@ -204,7 +214,15 @@ impl ChannelState {
             dropped_baseline: 0,
             board_gone_seen: false,
             reset_pending: None,
+            suspended: false,
         }
+    }
+
+    /// Whether this channel's registers may be touched, given whether the
+    /// board's may (`BusDevice::hardware_present`, read under this lock):
+    /// not while the channel is suspended for a power transition.
+    pub const fn hw(&self, present: bool) -> bool {
+        present && !self.suspended
     }
 
     /// Device start: takes the channel's buffers; everything else fresh.
@@ -271,6 +289,9 @@ impl ChannelState {
     /// that does not complete leaves the frames posted and the slots with
     /// the board ([`Self::reset_pending`]). Returns the frames terminated.
     pub fn stop_run<R: RegisterPort>(&mut self, regs: Option<&R>, ch: u32, status: NtStatus) -> usize {
+        // Suspended for a power transition: only the resume touches the
+        // channel's registers (it then finds the channel stopped).
+        let regs = regs.filter(|_| !self.suspended);
         let outcome = regs.map(|regs| {
             let cr = ChannelRegs::new(regs, ch);
             self.account_dropped(&cr);

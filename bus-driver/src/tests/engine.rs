@@ -68,7 +68,7 @@ fn isr_reading_all_ones_marks_the_board_gone() {
 /// `IRP_MN_SURPRISE_REMOVAL` disconnects the interrupt) this ISR claims the
 /// all-ones read once, then leaves every later interrupt to the other
 /// devices on the line without reading the board again (each read of a
-/// removed PCIe function may take a completion timeout at device IRQL).
+/// removed PCI Express function may take a completion timeout at device IRQL).
 #[test]
 fn isr_claims_all_ones_only_once_so_a_shared_line_is_not_starved() {
     let (h, _iface, _rec) = running_sg();

@@ -367,3 +367,97 @@ fn the_isr_claims_the_boards_interrupt_until_power_down_disabled_it() {
     h.m.irql.set(0);
     assert_eq!(h.m.accesses.get(), 0, "the DPC dropped the bits");
 }
+
+/// Runs a hook from inside a child callback (as another processor would
+/// between two steps of the bus), recording the completions.
+struct Hooked {
+    hook: Box<dyn Fn()>,
+    got: std::cell::RefCell<Vec<Completion>>,
+}
+
+unsafe extern "system" fn hooked(context: *mut core::ffi::c_void, completion: *const Completion) {
+    // SAFETY: test: `context` is the boxed Hooked the test keeps alive.
+    let t = unsafe { &*context.cast::<Hooked>() };
+    // SAFETY: valid for the call per the contract.
+    t.got.borrow_mut().push(unsafe { completion.read() });
+    (t.hook)();
+}
+
+fn register_hooked(iface: &Iface, ch: u32, t: &Hooked) {
+    let ctx = std::ptr::from_ref(t).cast_mut().cast();
+    // SAFETY: test: live device; the context outlives the registration.
+    let status = unsafe { (iface.0.register_completion.unwrap())(iface.ctx(), ch, Some(hooked), ctx) };
+    assert_eq!(status, STATUS_SUCCESS);
+}
+
+/// `power_up` marks the device in D0 before it resumes each channel: a
+/// DPC (or the watchdog) running in between must not finish a channel's
+/// pending power-down reset and program it, or the resume programs the
+/// running engine a second time (`CTRL_RESET` to a running engine).
+#[test]
+fn a_channel_is_programmed_once_at_power_up_even_if_a_dpc_runs_before_its_resume() {
+    let h = Harness::sg(2);
+    let iface = h.start();
+    let dev: *const crate::device::BusDevice<super::fake::FakePlatform> = &raw const *h.dev;
+    let t = Box::new(Hooked {
+        hook: Box::new(move || {
+            // SAFETY: test: the boxed device outlives the registrations.
+            let dev = unsafe { &*dev };
+            dev.dpc(1);
+            let _ = dev.watchdog(1 << 40);
+        }),
+        got: std::cell::RefCell::new(Vec::new()),
+    });
+    for ch in 0..2 {
+        register_hooked(&iface, ch, &t);
+        assert_eq!(iface.start(ch, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+        assert_eq!(iface.program(ch, 10 + ch, &frame(10 + ch)), STATUS_SUCCESS);
+    }
+    h.m.reset_reads.set(1);
+    h.m.reset_stuck.set(true);
+    assert_eq!(h.dev.power_down(), 2);
+    assert!(t.got.borrow().is_empty(), "both resets pending: frames held");
+    enter_d3(&h);
+    leave_d3(&h);
+    h.m.finish_resets();
+    h.m.writes.borrow_mut().clear();
+    // Channel 0's resume delivers its held frame; the hook's DPC then looks
+    // at channel 1 before power_up has resumed it.
+    assert_eq!(h.dev.power_up(), 2);
+    let ctrl1 = capdma_interface::regs::channel_base(1) + channel::CTRL;
+    let runs = h.m.writes.borrow().iter().filter(|&&(o, v)| o == ctrl1 && v & CTRL_RUN != 0).count();
+    assert_eq!(runs, 1, "channel 1 programmed once, by its resume");
+    let got: Vec<_> = t.got.borrow().iter().map(|c| (c.channel, c.tag, c.status)).collect();
+    assert_eq!(got, vec![(0, 10, STATUS_CANCELLED), (1, 11, STATUS_CANCELLED)]);
+    assert_eq!(h.m.ch_reg(1, channel::CTRL), CTRL_RUN | CTRL_SG_MODE);
+}
+
+/// Between `power_up` marking the device in D0 and resuming a channel,
+/// `StartChannel` answers `STATUS_DEVICE_NOT_READY` (only the resume
+/// programs a suspended channel) and `ProgramFrame` keeps its bookkeeping
+/// (the resume hands the descriptors over).
+#[test]
+fn a_suspended_channel_is_not_programmed_before_its_resume() {
+    let h = Harness::sg(2);
+    let iface = h.start();
+    let rec = Recorder::new(&h);
+    assert_eq!(iface.register(0, Some(&rec)), STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+    h.dev.power_down();
+    enter_d3(&h);
+    leave_d3(&h);
+    // The window, reproduced: the device is in D0, the channels not resumed.
+    h.dev.power.assume_d0();
+    h.m.accesses.set(0);
+    assert_eq!(iface.start(1, &yuy2(64, 4, 128)), STATUS_DEVICE_NOT_READY);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    let _ = h.dev.channel_stats(0);
+    h.m.irql.set(DISPATCH_LEVEL);
+    h.dev.dpc(1);
+    h.m.irql.set(0);
+    assert_eq!(h.dev.watchdog(1 << 40), 0);
+    assert_eq!(h.m.ch_reg(0, channel::RING_PRODUCER), 0, "not handed over yet");
+    assert_eq!(h.m.ch_reg(1, channel::CTRL), 0);
+    assert_eq!(h.m.accesses.get(), 0, "no register of a suspended channel touched");
+    assert!(rec.take().is_empty());
+}

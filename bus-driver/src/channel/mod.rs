@@ -284,10 +284,12 @@ impl ChannelState {
     /// `CTRL_RESET` and the wait for the reset to complete
     /// ([`reset_channel`]: `STATUS` read back until `STATUS_RUNNING`
     /// clears); then every posted S/G frame is terminated with `status` and
-    /// the board's slots are reclaimed. Without `regs` (surprise removal:
-    /// the board cannot master the bus any more) nothing waits. A reset
-    /// that does not complete leaves the frames posted and the slots with
-    /// the board ([`Self::reset_pending`]). Returns the frames terminated.
+    /// the board's slots are reclaimed. Without `regs` (surprise removal,
+    /// out of D0) nothing waits. A reset that does not complete — or, without
+    /// `regs` (or while [`Self::suspended`]), one already pending — leaves
+    /// the frames posted and the slots with the board
+    /// ([`Self::reset_pending`], which then holds `status`). Returns the
+    /// frames terminated.
     pub fn stop_run<R: RegisterPort>(&mut self, regs: Option<&R>, ch: u32, status: NtStatus) -> usize {
         // Suspended for a power transition: only the resume touches the
         // channel's registers (it then finds the channel stopped).
@@ -300,7 +302,14 @@ impl ChannelState {
         self.run = None;
         self.error_pending = false;
         self.pass = Pass { over: true, ..Pass::default() };
-        if outcome == Some(ResetOutcome::Stuck) {
+        // Stuck now, or an earlier reset still pending and the registers
+        // cannot be read to see whether it completed (out of D0 — between
+        // `power_down` and the D-IRP the engine may still be writing —,
+        // suspended, or surprise-removed, which is not always physically
+        // gone: `PNP_DEVICE_FAILED`, DPC containment): the frames stay
+        // held. `power_up` finishes the reset; `stop` leaks the rings of a
+        // reset never seen to complete.
+        if outcome == Some(ResetOutcome::Stuck) || (outcome.is_none() && self.reset_pending.is_some()) {
             self.reset_pending = Some(status);
             return 0;
         }

@@ -461,3 +461,42 @@ fn a_suspended_channel_is_not_programmed_before_its_resume() {
     assert_eq!(h.m.accesses.get(), 0, "no register of a suspended channel touched");
     assert!(rec.take().is_empty());
 }
+
+/// `StopChannel` out of D0 on a channel whose power-down reset had not
+/// completed (between `power_down` and the D-IRP the engine may still
+/// write): the frames stay held, and `power_up` finishes the reset, hands
+/// them back and leaves the channel stopped.
+#[test]
+fn a_stop_out_of_d0_keeps_a_pending_reset_for_power_up_to_finish() {
+    let (h, iface, rec) = running_sg();
+    h.m.reset_reads.set(1);
+    h.m.reset_stuck.set(true);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(h.dev.power_down(), 1);
+    let _ = iface.stop(0);
+    assert!(rec.take().is_empty(), "held: nothing read the reset complete");
+    enter_d3(&h);
+    leave_d3(&h);
+    h.m.finish_resets();
+    assert_eq!(h.dev.power_up(), 0, "stopped by the child: not restarted");
+    assert_eq!(statuses(&rec.take()), vec![(1, STATUS_CANCELLED)]);
+    assert_eq!(h.m.ch_reg(0, channel::CTRL), 0);
+    assert_eq!(iface.register(0, None), STATUS_SUCCESS);
+}
+
+/// Surprise removal (not always physically gone: `PNP_DEVICE_FAILED`, DPC
+/// containment) of a channel whose reset had not completed: the frames
+/// stay held and the later stop leaks the rings and the adapter rather
+/// than free them under an engine that may still write.
+#[test]
+fn a_surprise_removal_keeps_a_pending_reset_and_stop_leaks_its_rings() {
+    let (h, iface, rec) = running_sg();
+    h.m.reset_reads.set(1);
+    h.m.reset_stuck.set(true);
+    assert_eq!(iface.program(0, 1, &frame(1)), STATUS_SUCCESS);
+    assert_eq!(h.dev.power_down(), 1);
+    h.dev.surprise_remove();
+    assert!(rec.take().is_empty(), "held");
+    h.dev.stop();
+    assert!(h.m.live_allocations() > 0, "the stuck channel's rings are leaked, not freed");
+}

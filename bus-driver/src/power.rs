@@ -410,6 +410,18 @@ impl<P: BusPlatform> BusDevice<P> {
         restarted
     }
 
+    /// The D0 IRP failed in the lower drivers (`IRP_MN_SET_POWER` to D0
+    /// completed with an error status): the board was not powered, and
+    /// nothing will bring it back short of a new start. Marks it gone (the
+    /// interface answers `STATUS_DEVICE_REMOVED`, nothing touches a
+    /// register; a child's `StopChannel` still succeeds) and in D0 as far
+    /// as the core goes, so the paths that wait on D0 do not wait for ever.
+    /// Any IRQL `<= DISPATCH_LEVEL`.
+    pub fn power_up_failed(&self) {
+        self.board_gone.store(true, Ordering::Release);
+        self.power.assume_d0();
+    }
+
     /// Writes the `INT_ENABLE` shadow to the board (when registers may be
     /// touched): after a power-up and after a watchdog reset.
     /// `<= DISPATCH_LEVEL`.

@@ -500,3 +500,18 @@ fn a_surprise_removal_keeps_a_pending_reset_and_stop_leaks_its_rings() {
     h.dev.stop();
     assert!(h.m.live_allocations() > 0, "the stuck channel's rings are leaked, not freed");
 }
+
+/// A D0 IRP the lower drivers failed: the board was not powered. The core
+/// must not stay out of D0 for ever: the board is marked gone.
+#[test]
+fn a_failed_d0_irp_marks_the_board_gone() {
+    let (h, iface, _rec) = running_sg();
+    h.dev.power_down();
+    enter_d3(&h);
+    h.dev.power_up_failed();
+    assert!(h.dev.in_d0());
+    assert!(h.dev.is_removed());
+    assert_eq!(iface.start(1, &yuy2(64, 4, 128)), capdma_interface::status::STATUS_DEVICE_REMOVED);
+    assert_eq!(iface.stop(0), STATUS_SUCCESS);
+    assert_eq!(h.m.accesses.get(), 0);
+}

@@ -204,7 +204,15 @@ fn device_power_down(ext: &FdoExtension, target: DevicePowerState) {
         // SAFETY: this FDO, at <= APC_LEVEL.
         unsafe { set_device_power_state(ext.self_device, target) };
     } else {
-        wdk::println!("capdma_bus: D-IRP above APC_LEVEL (non-pageable stack): PoSetPowerState skipped");
+        // Practically unreachable: the FDO has DO_POWER_PAGABLE (as the PCI
+        // PDO of a function outside the paging path), so D-IRPs come at
+        // PASSIVE_LEVEL. Only if a filter made the stack non-pageable would
+        // this run at DISPATCH_LEVEL, where PoSetPowerState(D1..D3) is not
+        // allowed: the power manager then keeps believing the device is in
+        // D0 until the next PoSetPowerState. Said loudly, not hidden.
+        wdk::println!(
+            "capdma_bus: ERROR: device set-power IRP to {target:?} at IRQL {irql} (non-pageable stack): PoSetPowerState skipped"
+        );
     }
     let stopped = ext.bus.power_down();
     isr_dpc::interrupt_barrier(ext);
@@ -250,6 +258,16 @@ unsafe extern "C" fn device_power_up_done(_device: PDEVICE_OBJECT, irp: PIRP, co
         // SAFETY: this FDO; D0 is allowed at DISPATCH_LEVEL.
         unsafe { set_device_power_state(ext.self_device, DevicePowerState::D0) };
         wdk::println!("capdma_bus: back in D0: {restarted} channel(s) restarted");
+    } else {
+        // The board was not powered: without this the core would stay out
+        // of D0 for ever (StartChannel answering STATUS_DEVICE_NOT_READY).
+        // Marked gone, the children get STATUS_DEVICE_REMOVED.
+        // TODO: IoInvalidateDeviceState(PciPdo) and PNP_DEVICE_FAILED in
+        // IRP_MN_QUERY_PNP_DEVICE_STATE, so PnP tears the stack down.
+        ext.bus.power_up_failed();
+        // SAFETY: a valid IRP.
+        let status = unsafe { irp_status(irp) };
+        wdk::println!("capdma_bus: ERROR: D0 IRP failed {status:#x}: board marked gone");
     }
     // SAFETY: acquired by `fdo_power` with this IRP as the tag; `ext` is not
     // used afterwards.

@@ -41,11 +41,16 @@
 //! The board lost its registers (D3hot resets a function's state; D3cold
 //! removes its power). `ID` must read `BOARD_ID` again, else the board is
 //! treated as gone. Then interrupts are disabled and acknowledged, the
-//! device is marked in D0, and every channel the child still has running
-//! is reprogrammed and restarted with its format — as a reset does: the
-//! child keeps its slots, the others go back to the board in ring order;
-//! S/G frames posted meanwhile are handed to the board (`RING_PRODUCER`).
-//! Last, `INT_ENABLE` is rewritten from its shadow.
+//! device is marked in D0, and every channel is resumed (until its resume a
+//! channel stays suspended: nothing else touches its registers and
+//! `StartChannel` answers `STATUS_DEVICE_NOT_READY`); every channel the
+//! child still has running is reprogrammed and restarted with its format —
+//! as a reset does: the child keeps its slots, the others go back to the
+//! board in ring order; S/G frames posted meanwhile are handed to the board
+//! (`RING_PRODUCER`), except on a channel whose power-down reset was still
+//! pending: the resume finishes that reset, which cancels every posted
+//! frame as every reset does. Last, `INT_ENABLE` is rewritten from its
+//! shadow.
 //!
 //! The same rewrite follows a watchdog reset ([`BusDevice::watchdog`]): a
 //! board that stopped completing may have lost its registers (a function

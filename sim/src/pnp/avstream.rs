@@ -5,7 +5,7 @@
 //! * `IRP_MN_QUERY_REMOVE_DEVICE`: a device with an open file object (a
 //!   filter or pin handle) cannot be removed — on Windows the PnP manager's
 //!   outstanding-open check vetoes it (the real driver registers no
-//!   QueryRemove handler); the model answers that veto here, at the child,
+//!   `QueryRemove` handler); the model answers that veto here, at the child,
 //!   with `STATUS_DEVICE_BUSY`. Otherwise the IRP goes down to the bus's
 //!   child PDO.
 //! * `IRP_MN_REMOVE_DEVICE`: the device drops its interface reference

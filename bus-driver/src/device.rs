@@ -479,7 +479,7 @@ impl<P: BusPlatform> BusDevice<P> {
         let adapter = self.at_dispatch(|| {
             for (ch, (chan, slot)) in (0u32..).zip(self.channels.iter().zip(taken.iter_mut())) {
                 let mut st = chan.state.lock();
-                if st.reset_pending.is_some() && !(hw && st.finish_reset(regs, ch, RESET_POLL_READS)) {
+                if st.rings_unsafe || (st.reset_pending.is_some() && !(hw && st.finish_reset(regs, ch, RESET_POLL_READS))) {
                     // The engine never finished its reset and may still
                     // write its ring and queue: they are forgotten, never
                     // freed (see `ChannelState::reset_pending`).
@@ -528,6 +528,7 @@ impl<P: BusPlatform> BusDevice<P> {
                 let mut st = chan.state.lock();
                 if st.buffers.is_some() {
                     st.stop_run::<P::Registers>(None, ch, STATUS_DEVICE_REMOVED);
+                    st.surrender_held_frames(STATUS_DEVICE_REMOVED);
                 }
             });
             self.deliver_and_wait(index);

@@ -97,8 +97,9 @@ pub type PfnStartChannel =
 /// `STATUS_CANCELLED` (through the callback) before this returns, once the
 /// engine's reset is complete (`regs::RESET_POLL_READS`: no DMA of the
 /// channel outstanding). An engine that never completes its reset keeps its
-/// frames: they are completed when it does (a later DPC or watchdog tick),
-/// never while the board may still write them; the call then returns
+/// frames: they are completed when it does (a later DPC or watchdog tick)
+/// or, with `STATUS_DEVICE_REMOVED`, at surprise removal — never otherwise
+/// while the board may still write them; the call then returns
 /// `STATUS_PENDING` (a success code) instead of `STATUS_SUCCESS`, and the
 /// child must keep those frames (and its callback) alive until they come
 /// back. Idempotent.

@@ -172,6 +172,10 @@ pub(crate) struct ChannelState {
     /// pass and watchdog tick). `RegisterCompletion(NULL)` and
     /// `StartChannel` are refused with `STATUS_DEVICE_BUSY` meanwhile.
     pub reset_pending: Option<NtStatus>,
+    /// A reset was never seen to complete before its frames had to be
+    /// handed back anyway (surprise removal): the ring and queue may still
+    /// be written, so the device stop forgets them rather than frees them.
+    pub rings_unsafe: bool,
     /// Set by `power_down` (`ChannelState::suspend`), cleared when
     /// `power_up` resumes this channel (`ChannelState::resume`): the device
     /// may be back in D0 while the channel is not yet reprogrammed, and only
@@ -214,6 +218,7 @@ impl ChannelState {
             dropped_baseline: 0,
             board_gone_seen: false,
             reset_pending: None,
+            rings_unsafe: false,
             suspended: false,
         }
     }
@@ -278,6 +283,21 @@ impl ChannelState {
         let cr = ChannelRegs::new(regs, ch);
         program_and_run(&cr, &buffers, &run, self.slots.producer());
         self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
+    }
+
+    /// Surprise removal: the device is going away and every pending frame
+    /// must be completed (holding them would hang the application's close
+    /// and with it the removal), so frames held for a reset that never
+    /// completed are terminated with `status` too; the rings are marked
+    /// [`Self::rings_unsafe`] so the device stop leaks them instead of
+    /// freeing memory the engine may still write. Returns the frames terminated.
+    pub fn surrender_held_frames(&mut self, status: NtStatus) -> usize {
+        if self.reset_pending.take().is_none() {
+            return 0;
+        }
+        self.rings_unsafe = true;
+        self.slots.stop();
+        self.sg.abort_all(status)
     }
 
     /// Stops the engine: when `regs` is given (the board is present),

@@ -17,7 +17,7 @@
 //!   called above its IRQL (`StartChannel`/`StopChannel` need
 //!   `PASSIVE_LEVEL`, the others `<= DISPATCH_LEVEL`).
 use crate::channel::format::{validate_channel_format, RunState};
-use crate::channel::Callback;
+use crate::channel::{Callback, Channel};
 use crate::config::MAX_DESCRIPTOR_ENTRIES;
 use crate::device::{BusDevice, DeviceState};
 use crate::hw::ChannelRegs;
@@ -99,6 +99,14 @@ impl<P: BusPlatform> BusDevice<P> {
         }
     }
 
+    /// The IRQL check (at most `max`) and the channel check of an interface
+    /// call, then the channel's state.
+    fn checked_channel(&self, channel: u32, max: u8) -> Result<&Channel, NtStatus> {
+        self.check_irql(max)?;
+        let index = self.check_channel(channel)?;
+        self.channels.get(index).ok_or(STATUS_INVALID_PARAMETER)
+    }
+
     /// Common checks: present (not removed, not read as gone; out of D0 is
     /// still present), started, `channel` below the channel count.
     fn check_channel(&self, channel: u32) -> Result<usize, NtStatus> {
@@ -173,15 +181,9 @@ impl<P: BusPlatform> BusDevice<P> {
     /// on all), records the frame in flight, then a release fence and
     /// `RING_PRODUCER += count`.
     fn program_frame(&self, channel: u32, tag: u32, elements: &[SgElement]) -> NtStatus {
-        if let Err(status) = self.check_irql(DISPATCH_LEVEL) {
-            return status;
-        }
-        let index = match self.check_channel(channel) {
-            Ok(i) => i,
+        let chan = match self.checked_channel(channel, DISPATCH_LEVEL) {
+            Ok(chan) => chan,
             Err(status) => return status,
-        };
-        let Some(chan) = self.channels.get(index) else {
-            return STATUS_INVALID_PARAMETER;
         };
         let regs = self.platform.registers();
         self.at_dispatch(|| {
@@ -263,15 +265,9 @@ impl<P: BusPlatform> BusDevice<P> {
 
     /// `ReturnSlot` (`<= DISPATCH_LEVEL`).
     fn return_slot(&self, channel: u32, slot: u32) -> NtStatus {
-        if let Err(status) = self.check_irql(DISPATCH_LEVEL) {
-            return status;
-        }
-        let index = match self.check_channel(channel) {
-            Ok(i) => i,
+        let chan = match self.checked_channel(channel, DISPATCH_LEVEL) {
+            Ok(chan) => chan,
             Err(status) => return status,
-        };
-        let Some(chan) = self.channels.get(index) else {
-            return STATUS_INVALID_PARAMETER;
         };
         let regs = self.platform.registers();
         self.at_dispatch(|| {
@@ -307,15 +303,9 @@ impl<P: BusPlatform> BusDevice<P> {
     /// Waiting is safe at `PASSIVE_LEVEL`: the deliverer runs at
     /// `DISPATCH_LEVEL` on another processor.
     fn start_channel(&self, channel: u32, format: &ChannelFormat) -> NtStatus {
-        if let Err(status) = self.check_irql(PASSIVE_LEVEL) {
-            return status;
-        }
-        let index = match self.check_channel(channel) {
-            Ok(i) => i,
+        let chan = match self.checked_channel(channel, PASSIVE_LEVEL) {
+            Ok(chan) => chan,
             Err(status) => return status,
-        };
-        let Some(chan) = self.channels.get(index) else {
-            return STATUS_INVALID_PARAMETER;
         };
         let regs = self.platform.registers();
         loop {

@@ -103,7 +103,7 @@ thread_local! {
     /// This thread's IRQL, as the platform sees it.
     static IRQL: Cell<Irql> = const { Cell::new(PASSIVE_LEVEL) };
     /// The callback's random perturbations (per thread).
-    static JITTER: Cell<u64> = const { Cell::new(0x2545_F491_4F6C_DD1D) };
+    static JITTER: std::cell::RefCell<Rng> = std::cell::RefCell::new(Rng::new(0x2545_F491_4F6C_DD1D));
 }
 
 fn irql() -> Irql {
@@ -118,23 +118,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// xorshift64*: a small seeded generator for schedule perturbation.
-struct Rng(u64);
+/// Seeded schedule perturbation (fastrand's generator).
+struct Rng(fastrand::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Self(fastrand::Rng::with_seed(seed))
     }
 
     fn below(&mut self, n: u32) -> u32 {
-        u32::try_from(self.next() % u64::from(n.max(1))).unwrap_or(0)
+        self.0.u32(..n.max(1))
     }
 
     fn one_in(&mut self, n: u32) -> bool {
@@ -157,11 +150,7 @@ impl Rng {
 
 /// The callback's perturbation, from the calling thread's generator.
 fn callback_jitter() {
-    JITTER.with(|c| {
-        let mut rng = Rng(c.get());
-        rng.jitter();
-        c.set(rng.0);
-    });
+    JITTER.with(|rng| rng.borrow_mut().jitter());
 }
 
 /// Violations seen by any thread; the test fails with them at the end.

@@ -1,5 +1,5 @@
 //! ISR, DPC, the S/G and slot engines, resets, the watchdog, removal.
-use super::{elements, yuy2, Harness, Iface, Recorder};
+use super::{frame, running_cb, running_sg, statuses, yuy2, Harness, Iface, Recorder, FRAME};
 use crate::channel::RecordFault;
 use crate::ports::DISPATCH_LEVEL;
 use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
@@ -12,27 +12,6 @@ use capdma_interface::table::{Completion, CompletionKind, SgElement};
 use core::ffi::c_void;
 use core::sync::atomic::Ordering;
 use std::cell::RefCell;
-
-/// 64×4 YUY2 at stride 128: 512-byte frames.
-const FRAME: u32 = 512;
-
-/// An S/G device with channel 0 running and a recorder registered.
-fn running_sg() -> (Harness, Iface, Box<Recorder>) {
-    let h = Harness::sg(2);
-    let iface = h.start();
-    let rec = Recorder::new(&h);
-    assert_eq!(iface.register(0, Some(&rec)), STATUS_SUCCESS);
-    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
-    (h, iface, rec)
-}
-
-fn frame(tag: u32) -> Vec<SgElement> {
-    elements(0x2_0000_0000 + u64::from(tag) * 0x10000, FRAME)
-}
-
-fn statuses(got: &[Completion]) -> Vec<(u32, NtStatus)> {
-    got.iter().map(|c| (c.tag, c.status)).collect()
-}
 
 #[test]
 fn isr_returns_false_on_a_zero_status_and_touches_nothing_else() {
@@ -388,16 +367,6 @@ fn surprise_removal_completes_everything_without_touching_registers() {
     h.dev.stop();
     assert_eq!(h.m.accesses.get(), 0, "no register access after surprise removal");
     assert_eq!(h.m.live_allocations(), 0);
-}
-
-/// A common-buffer device with channel 0 running 100×10 YUY2 (2560-byte frames).
-fn running_cb() -> (Harness, Iface, Box<Recorder>) {
-    let h = Harness::cb(1);
-    let iface = h.start();
-    let rec = Recorder::new(&h);
-    iface.register(0, Some(&rec));
-    assert_eq!(iface.start(0, &yuy2(100, 10, 0)), STATUS_SUCCESS);
-    (h, iface, rec)
 }
 
 #[test]

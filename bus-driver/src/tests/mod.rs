@@ -249,3 +249,36 @@ fn bus_device_is_sync_for_a_sync_platform() {
     // No board: start fails cleanly.
     assert_eq!(dev.start(&StartConfig::DEFAULT), Err(capdma_interface::status::STATUS_IO_DEVICE_ERROR));
 }
+
+/// 64×4 YUY2 at stride 128: 512-byte frames, one descriptor each.
+const FRAME: u32 = 512;
+
+/// Frame `tag`'s elements: one 512-byte element at an address above 4 GiB.
+fn frame(tag: u32) -> Vec<SgElement> {
+    elements(0x2_0000_0000 + u64::from(tag) * 0x10000, FRAME)
+}
+
+/// (tag, status) of each completion.
+fn statuses(got: &[Completion]) -> Vec<(u32, NtStatus)> {
+    got.iter().map(|c| (c.tag, c.status)).collect()
+}
+
+/// An S/G device with two channels, channel 0 running 64×4 YUY2 with a recorder.
+fn running_sg() -> (Harness, Iface, Box<Recorder>) {
+    let h = Harness::sg(2);
+    let iface = h.start();
+    let rec = Recorder::new(&h);
+    assert_eq!(iface.register(0, Some(&rec)), STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
+    (h, iface, rec)
+}
+
+/// A common-buffer device with channel 0 running 100×10 YUY2 (4 slots) with a recorder.
+fn running_cb() -> (Harness, Iface, Box<Recorder>) {
+    let h = Harness::cb(1);
+    let iface = h.start();
+    let rec = Recorder::new(&h);
+    assert_eq!(iface.register(0, Some(&rec)), STATUS_SUCCESS);
+    assert_eq!(iface.start(0, &yuy2(100, 10, 0)), STATUS_SUCCESS);
+    (h, iface, rec)
+}

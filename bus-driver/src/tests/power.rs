@@ -6,45 +6,14 @@
 //! to D0 with [`lose_context`] (every register the driver programs back to
 //! its reset value).
 use super::fake::Machine;
-use super::{elements, yuy2, Harness, Iface, Recorder};
+use super::{frame, running_cb, running_sg, statuses, yuy2, Harness, Iface, Recorder};
 use crate::power::{device_power_action, device_state_for, DevicePowerAction, DevicePowerState, SystemPowerState};
 use crate::ports::DISPATCH_LEVEL;
 use capdma_interface::regs::{channel, global, int_done, int_error, BAR0_BYTES, CTRL_RUN, CTRL_SG_MODE};
 use capdma_interface::status::{
-    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_NOT_READY, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS,
+    STATUS_CANCELLED, STATUS_DEVICE_NOT_READY, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS,
 };
-use capdma_interface::table::{Completion, SgElement};
-
-/// 64×4 YUY2 at stride 128: 512-byte frames, one descriptor each.
-const FRAME: u32 = 512;
-
-fn frame(tag: u32) -> Vec<SgElement> {
-    elements(0x2_0000_0000 + u64::from(tag) * 0x10000, FRAME)
-}
-
-fn statuses(got: &[Completion]) -> Vec<(u32, NtStatus)> {
-    got.iter().map(|c| (c.tag, c.status)).collect()
-}
-
-/// An S/G device with two channels, channel 0 running with a recorder.
-fn running_sg() -> (Harness, Iface, Box<Recorder>) {
-    let h = Harness::sg(2);
-    let iface = h.start();
-    let rec = Recorder::new(&h);
-    assert_eq!(iface.register(0, Some(&rec)), STATUS_SUCCESS);
-    assert_eq!(iface.start(0, &yuy2(64, 4, 128)), STATUS_SUCCESS);
-    (h, iface, rec)
-}
-
-/// A common-buffer device with channel 0 running 100×10 YUY2 (4 slots).
-fn running_cb() -> (Harness, Iface, Box<Recorder>) {
-    let h = Harness::cb(1);
-    let iface = h.start();
-    let rec = Recorder::new(&h);
-    assert_eq!(iface.register(0, Some(&rec)), STATUS_SUCCESS);
-    assert_eq!(iface.start(0, &yuy2(100, 10, 0)), STATUS_SUCCESS);
-    (h, iface, rec)
-}
+use capdma_interface::table::Completion;
 
 /// The board comes back to D0 without its context: every register but the
 /// read-only identity ones reads 0 (D3hot resets the function).

@@ -14,6 +14,7 @@ pub mod irql;
 pub mod ks;
 pub mod machine;
 pub mod memory;
+pub mod nt;
 pub mod pattern;
 pub mod pnp;
 pub mod violations;

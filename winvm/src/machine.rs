@@ -342,6 +342,18 @@ impl Machine {
         self.map_frames(&frames, protection)
     }
 
+    /// Unmaps `pages` pages at `va` from [`Machine::alloc_own_pages`] and
+    /// gives their frames back; later accesses to `va` fault.
+    ///
+    /// # Errors
+    /// [`Stop::Host`] when the page tables cannot be written.
+    pub fn free_own_pages(&mut self, va: u64, pages: u64) -> Result<(), Stop> {
+        for frame in self.unmap(va, pages)? {
+            self.mem.free_frame(frame);
+        }
+        Ok(())
+    }
+
     /// Sets `KUSER_SHARED_DATA.InterruptTime` (and `TickCount`) to `time`,
     /// 100-ns units since boot.
     ///

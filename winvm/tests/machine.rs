@@ -11,7 +11,7 @@ const RAM: u64 = 64 << 20;
 fn memory() -> GuestMemory {
     // SAFETY: a fresh anonymous mapping, used only by the machine.
     let base = unsafe {
-        libc::mmap(core::ptr::null_mut(), RAM as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(core::ptr::null_mut(), usize::try_from(RAM).unwrap(), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
     };
     assert_ne!(base, libc::MAP_FAILED);
     // SAFETY: `base..base + RAM` is the mapping above, never unmapped.

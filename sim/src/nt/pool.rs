@@ -1,0 +1,142 @@
+//! Pool: `ExAllocatePool2` and the frees, tracked as Driver Verifier's pool
+//! tracking and special pool do.
+//!
+//! Every allocation gets pages of its own, with the block placed at the end
+//! of the last page so that an overrun runs into the unmapped guard page
+//! after it (special pool, "verify end"). A free unmaps the pages, so a use
+//! after free faults. Findings: a zero tag, a free of something never
+//! allocated or already freed, a tag that does not match, and (at unload)
+//! every allocation still live.
+
+use std::collections::BTreeMap;
+
+use capdma_winvm::{Machine, Stop};
+
+use super::{Ddi, Module, Nt, APC_LEVEL, DISPATCH_LEVEL};
+
+/// The DDIs of this file.
+pub const DDIS: &[Ddi] = &[
+    Ddi { module: Module::Ntoskrnl, name: "ExAllocatePool2", max_irql: DISPATCH_LEVEL, run: ex_allocate_pool2 },
+    Ddi { module: Module::Ntoskrnl, name: "ExFreePool", max_irql: DISPATCH_LEVEL, run: ex_free_pool },
+    Ddi { module: Module::Ntoskrnl, name: "ExFreePoolWithTag", max_irql: DISPATCH_LEVEL, run: ex_free_pool_with_tag },
+];
+
+/// `POOL_FLAG_UNINITIALIZED` (wdm.h): do not zero the block.
+pub const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
+/// `POOL_FLAG_NON_PAGED` (wdm.h).
+pub const POOL_FLAG_NON_PAGED: u64 = 0x40;
+/// `POOL_FLAG_PAGED` (wdm.h).
+pub const POOL_FLAG_PAGED: u64 = 0x100;
+
+/// One live allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolBlock {
+    /// Bytes asked for.
+    pub bytes: u64,
+    /// The tag (four characters, little-endian).
+    pub tag: u32,
+    /// `POOL_FLAG_*` given.
+    pub flags: u64,
+    /// First page of the block's pages.
+    pub pages_va: u64,
+    /// Pages.
+    pub pages: u64,
+    /// `symbol+offset` of the caller.
+    pub caller: String,
+}
+
+/// The pool.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Live blocks by address.
+    pub live: BTreeMap<u64, PoolBlock>,
+    /// Addresses freed and not reused (for telling a double free from a bad pointer).
+    pub freed: BTreeMap<u64, u32>,
+    /// Allocations made.
+    pub allocations: u64,
+    /// Low resources simulation: fail the allocation with this 0-based
+    /// index (and count it as made).
+    pub fail_at: Option<u64>,
+    /// Allocations failed on purpose.
+    pub failed: u64,
+}
+
+/// The tag as text (`'Cdma'`).
+#[must_use]
+pub fn tag_text(tag: u32) -> String {
+    tag.to_le_bytes().iter().map(|b| if b.is_ascii_graphic() { *b as char } else { '.' }).collect()
+}
+
+/// `PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag)`
+/// ("ExAllocatePool2 function"): zeroed unless `POOL_FLAG_UNINITIALIZED`;
+/// callers at or below `DISPATCH_LEVEL` for non-paged and at or below
+/// `APC_LEVEL` for paged pool; the tag must not be zero (Verifier: 0xC2,
+/// parameter 0x9B). NULL on failure.
+fn ex_allocate_pool2(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [flags, bytes, tag] = m.args::<3>()?;
+    let tag = (tag & 0xFFFF_FFFF) as u32;
+    if flags & POOL_FLAG_PAGED != 0 {
+        nt.check_irql(m, "ExAllocatePool2(POOL_FLAG_PAGED)", APC_LEVEL);
+    }
+    if tag == 0 {
+        nt.violation(m, "POOL_ZERO_TAG", 0xC2, Some(0x9B), "ExAllocatePool2 with a tag of zero".into());
+    }
+    let index = nt.pool.allocations;
+    nt.pool.allocations += 1;
+    if nt.pool.fail_at == Some(index) || bytes == 0 || bytes > (1 << 30) {
+        nt.pool.failed += u64::from(nt.pool.fail_at == Some(index));
+        return Ok(0);
+    }
+    let pages = bytes.div_ceil(4096);
+    let pages_va = nt.alloc_kernel(m, pages * 4096)?;
+    // At the end of the last page, 16-byte aligned (MEMORY_ALLOCATION_ALIGNMENT).
+    let va = pages_va + pages * 4096 - bytes.div_ceil(16) * 16;
+    if flags & POOL_FLAG_UNINITIALIZED != 0 {
+        m.fill(pages_va, (pages * 4096) as usize, 0xAA)?;
+    }
+    let caller = m.caller().map_or_else(|_| "?".into(), |c| m.describe(c));
+    nt.pool.freed.remove(&va);
+    nt.pool.live.insert(va, PoolBlock { bytes, tag, flags, pages_va, pages, caller });
+    Ok(va)
+}
+
+fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> Result<u64, Stop> {
+    let Some(block) = nt.pool.live.get(&va).cloned() else {
+        if nt.pool.freed.contains_key(&va) {
+            nt.violation(m, "POOL_DOUBLE_FREE", 0xC2, Some(0x7), format!("{ddi}({va:#x}): already freed"));
+        } else {
+            nt.violation(m, "POOL_FREE_BAD_ADDRESS", 0xC2, Some(0x46), format!("{ddi}({va:#x}): not a pool allocation"));
+        }
+        return Ok(0);
+    };
+    if let Some(tag) = tag {
+        let ok = tag == block.tag;
+        nt.verifier.checks += 1;
+        if !ok {
+            nt.violation(
+                m,
+                "POOL_FREE_WRONG_TAG",
+                0xC2,
+                Some(0xA),
+                format!("{ddi}({va:#x}, '{}') of a block tagged '{}'", tag_text(tag), tag_text(block.tag)),
+            );
+        }
+    }
+    nt.pool.live.remove(&va);
+    nt.pool.freed.insert(va, block.tag);
+    m.free_own_pages(block.pages_va, block.pages)?;
+    Ok(0)
+}
+
+/// `VOID ExFreePool(PVOID P)` ("ExFreePool function").
+fn ex_free_pool(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let va = m.arg(0)?;
+    free(nt, m, va, None, "ExFreePool")
+}
+
+/// `VOID ExFreePoolWithTag(PVOID P, ULONG Tag)` ("ExFreePoolWithTag
+/// function": the tag must match the allocation's).
+fn ex_free_pool_with_tag(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [va, tag] = m.args::<2>()?;
+    free(nt, m, va, Some((tag & 0xFFFF_FFFF) as u32), "ExFreePoolWithTag")
+}

@@ -1,0 +1,104 @@
+//! A booted system: the machine, the emulated kernel, and the drivers
+//! loaded into it, with `DriverEntry` called as the I/O manager calls it.
+
+use std::path::Path;
+
+use capdma_winvm::{GuestMemory, Machine, RamRange, Stop};
+
+use super::layout::{driver_extension, driver_object, unicode_string};
+use super::Nt;
+
+/// Guest RAM of a system, bytes.
+const RAM_BYTES: usize = 256 << 20;
+/// The part of it the machine takes for its own structures, pool and images.
+const OWN_FRAMES: RamRange = RamRange { gpa: 1 << 20, len: 192 << 20 };
+
+/// A driver loaded and initialised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Driver {
+    /// The image's name (`capdma_bus`).
+    pub name: String,
+    /// Its `DRIVER_OBJECT`.
+    pub driver_object: u64,
+    /// What `DriverEntry` returned.
+    pub status: i32,
+}
+
+/// The machine and its kernel.
+pub struct System {
+    /// The vCPU, memory and loaded images.
+    pub machine: Machine,
+    /// The emulated kernel.
+    pub nt: Nt,
+}
+
+impl System {
+    /// A machine with 256 MiB of RAM and a kernel at boot.
+    ///
+    /// # Errors
+    /// [`Stop::Host`] when KVM is not usable or memory cannot be mapped.
+    pub fn boot() -> Result<Self, Stop> {
+        // SAFETY: a fresh private anonymous mapping; on failure nothing is used.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                RAM_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Stop::Host("mmap of guest RAM failed".into()));
+        }
+        // SAFETY: `base..base + RAM_BYTES` is the mapping above; it is never
+        // unmapped (the process keeps it; a System lives for a test or a run).
+        let mem = unsafe { GuestMemory::new(base.cast(), vec![RamRange { gpa: 0, len: RAM_BYTES as u64 }], OWN_FRAMES) };
+        Ok(Self { machine: Machine::new(mem)?, nt: Nt::new() })
+    }
+
+    /// Loads the driver image at `path` and calls its `DriverEntry` with a
+    /// fresh `DRIVER_OBJECT` and the service key path, at `PASSIVE_LEVEL`.
+    ///
+    /// # Errors
+    /// [`Stop::MissingImports`] listing every import the emulated kernel
+    /// lacks; a bugcheck or host error from the call.
+    pub fn load_driver(&mut self, path: &Path) -> Result<Driver, Stop> {
+        let nt = &mut self.nt;
+        let image = self.machine.load_image(path, &mut |m, module, symbol| nt.resolve(m, module, symbol))?;
+        let (name, base, size, entry) = (image.name.clone(), image.base, image.size, image.entry);
+        let m = &mut self.machine;
+        let driver_object = self.nt.alloc_kernel(m, driver_object::SIZE + driver_extension::SIZE + 512)?;
+        let extension = driver_object + driver_object::SIZE;
+        let registry_path = extension + driver_extension::SIZE;
+        m.write_u16(driver_object + driver_object::TYPE, 4)?;
+        m.write_u16(driver_object + driver_object::SIZE_FIELD, driver_object::SIZE as u16)?;
+        m.write_u64(driver_object + driver_object::DRIVER_START, base)?;
+        m.write_u32(driver_object + driver_object::DRIVER_SIZE, size as u32)?;
+        m.write_u64(driver_object + driver_object::DRIVER_EXTENSION, extension)?;
+        m.write_u64(driver_object + driver_object::DRIVER_INIT, entry)?;
+        m.write_u64(extension + driver_extension::DRIVER_OBJECT, driver_object)?;
+        let service = format!("\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{name}");
+        write_unicode_string(m, registry_path, registry_path + unicode_string::SIZE, &service)?;
+        let driver_name = format!("\\Driver\\{name}");
+        let name_buffer = registry_path + 256;
+        write_unicode_string(m, driver_object + driver_object::DRIVER_NAME, name_buffer, &driver_name)?;
+        let status = self.machine.call(&mut self.nt, entry, &[driver_object, registry_path])?;
+        Ok(Driver { name, driver_object, status: i32::from_ne_bytes((status as u32).to_ne_bytes()) })
+    }
+}
+
+/// Writes a `UNICODE_STRING` at `at` whose buffer (UTF-16, NUL-terminated)
+/// is at `buffer`.
+///
+/// # Errors
+/// A bugcheck when either address is unmapped.
+pub fn write_unicode_string(m: &Machine, at: u64, buffer: u64, text: &str) -> Result<(), Stop> {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    let bytes: Vec<u8> = units.iter().chain(std::iter::once(&0)).flat_map(|u| u.to_le_bytes()).collect();
+    m.write(buffer, &bytes)?;
+    m.write_u16(at + unicode_string::LENGTH, (units.len() * 2) as u16)?;
+    m.write_u16(at + unicode_string::MAXIMUM_LENGTH, (units.len() * 2 + 2) as u16)?;
+    m.write_u64(at + unicode_string::BUFFER, buffer)
+}

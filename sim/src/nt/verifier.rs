@@ -1,0 +1,71 @@
+//! What the emulated kernel checks, named as Driver Verifier names it.
+//!
+//! Every check the emulated kernel makes is counted; every broken rule is a
+//! [`Finding`] with the rule's name and the bug check Driver Verifier
+//! raises for it (and its first parameter, where the bug check page lists
+//! one per rule). A finding does not stop the run: the report lists them
+//! all, and a run with any finding fails.
+//!
+//! Sources: "Driver Verifier" and its option pages (IRQL checking, pool
+//! tracking, special pool, I/O verification, DMA verification, low
+//! resources simulation) and the bug check pages 0xA, 0x44, 0xC2, 0xC4,
+//! 0xC9, 0xCE, 0xD1 and 0xE6 in the Windows driver documentation.
+
+use std::fmt;
+
+/// A rule broken, with the bug check Windows raises for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The rule, as a short stable name (`IRQL_TOO_HIGH`, `POOL_DOUBLE_FREE`).
+    pub rule: &'static str,
+    /// Bug check code (`0xC4` `DRIVER_VERIFIER_DETECTED_VIOLATION`, …).
+    pub bugcheck: u32,
+    /// Bug check parameter 1 where the bug check page gives one per rule.
+    pub parameter1: Option<u64>,
+    /// What happened, with the DDI and the addresses involved.
+    pub detail: String,
+    /// Where in the driver (`symbol+offset` of the caller), when known.
+    pub caller: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (bug check {:#X}", self.rule, self.bugcheck)?;
+        if let Some(p1) = self.parameter1 {
+            write!(f, ", parameter 1 = {p1:#x}")?;
+        }
+        write!(f, ") at {}: {}", self.caller, self.detail)
+    }
+}
+
+/// The checks made and what they found.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    /// Checks made (each DDI call checks its IRQL, each free its tag, …).
+    pub checks: u64,
+    /// Broken rules, in order.
+    pub findings: Vec<Finding>,
+}
+
+impl Verifier {
+    /// Counts a check; when `ok` is false records `finding()`.
+    pub fn check(&mut self, ok: bool, finding: impl FnOnce() -> Finding) -> bool {
+        self.checks += 1;
+        if !ok {
+            self.findings.push(finding());
+        }
+        ok
+    }
+
+    /// Records a broken rule directly.
+    pub fn report(&mut self, finding: Finding) {
+        self.checks += 1;
+        self.findings.push(finding);
+    }
+
+    /// Whether a finding with this rule name was recorded.
+    #[must_use]
+    pub fn found(&self, rule: &str) -> bool {
+        self.findings.iter().any(|f| f.rule == rule)
+    }
+}

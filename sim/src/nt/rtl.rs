@@ -33,12 +33,101 @@ pub fn read_cstr(m: &Machine, va: u64, max: usize) -> Result<String, Stop> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// `ULONG DbgPrint(PCSTR Format, ...)` ("DbgPrint function"). The images
-/// print fixed strings and `%s`/`%d`/`%x`-free formats; a `%` directive is
-/// kept as written.
+/// Formats `format` as the kernel's `printf` family does for the
+/// directives drivers use (`%s %c %d %i %u %x %X %p %%`, with the `l`,
+/// `ll`, `I64`, `z` and `h` size prefixes and a width), taking the variadic
+/// arguments from argument `first_arg` on. An unknown directive is kept.
+///
+/// # Errors
+/// A bugcheck when a `%s` argument points at unmapped memory.
+pub fn format_printf(m: &Machine, format: &str, first_arg: usize) -> Result<String, Stop> {
+    let mut out = String::new();
+    let mut next = first_arg;
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut spec = String::from("%");
+        let mut width = String::new();
+        while let Some(&d) = chars.peek() {
+            if d.is_ascii_digit() || d == '-' || d == '0' {
+                width.push(d);
+                spec.push(d);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let mut wide = false;
+        while let Some(&p) = chars.peek() {
+            match p {
+                'l' | 'h' | 'z' | 'I' | '6' | '4' => {
+                    wide |= p == 'l' || p == 'z' || p == '6';
+                    spec.push(p);
+                    chars.next();
+                }
+                _ => break,
+            }
+        }
+        let Some(conversion) = chars.next() else {
+            out.push_str(&spec);
+            break;
+        };
+        let pad = |text: String| -> String {
+            let n: usize = width.trim_start_matches(['-', '0']).parse().unwrap_or(0);
+            if text.len() >= n {
+                text
+            } else if width.starts_with('0') {
+                format!("{}{text}", "0".repeat(n - text.len()))
+            } else {
+                format!("{}{text}", " ".repeat(n - text.len()))
+            }
+        };
+        let mut arg = || -> Result<u64, Stop> {
+            let value = m.arg(next)?;
+            next += 1;
+            Ok(value)
+        };
+        match conversion {
+            '%' => out.push('%'),
+            's' => {
+                let ptr = arg()?;
+                out.push_str(&if ptr == 0 { "(null)".into() } else { read_cstr(m, ptr, DBGPRINT_MAX)? });
+            }
+            'c' => out.push(char::from((arg()? & 0xFF) as u8)),
+            'd' | 'i' => {
+                let v = arg()?;
+                let v = if wide { v.cast_signed() } else { i64::from(((v & 0xFFFF_FFFF) as u32).cast_signed()) };
+                out.push_str(&pad(v.to_string()));
+            }
+            'u' => {
+                let v = arg()?;
+                out.push_str(&pad(if wide { v } else { v & 0xFFFF_FFFF }.to_string()));
+            }
+            'x' | 'X' | 'p' => {
+                let v = arg()?;
+                let v = if wide || conversion == 'p' { v } else { v & 0xFFFF_FFFF };
+                let text = if conversion == 'X' { format!("{v:X}") } else { format!("{v:x}") };
+                out.push_str(&pad(if conversion == 'p' { format!("{v:016X}") } else { text }));
+            }
+            other => {
+                out.push_str(&spec);
+                out.push(other);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `ULONG DbgPrint(PCSTR Format, ...)` ("DbgPrint function": a `printf`
+/// format and its arguments; the output is at most 512 bytes).
 fn dbg_print(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let format = m.arg(0)?;
-    let text = read_cstr(m, format, DBGPRINT_MAX)?;
+    let format = read_cstr(m, format, DBGPRINT_MAX)?;
+    let mut text = format_printf(m, &format, 1)?;
+    text.truncate(DBGPRINT_MAX);
     let image = m
         .caller()
         .ok()

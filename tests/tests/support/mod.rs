@@ -1,0 +1,55 @@
+//! What the tests that run the built `.sys` images need: the images, the
+//! Windows build's generated bindings, and `/dev/kvm`. Outside CI a missing
+//! prerequisite skips the test with the reason printed; in CI (`CI` set) it
+//! fails the test, so the image tests can never be skipped there.
+#![allow(dead_code, reason = "each test file uses the part it needs")]
+
+use std::path::PathBuf;
+
+/// The workspace root.
+#[must_use]
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Skips (outside CI) or fails (in CI) for `why`; returns `None` to the caller.
+pub fn unavailable<T>(why: &str) -> Option<T> {
+    assert!(std::env::var_os("CI").is_none(), "CI must run this test, but: {why}");
+    eprintln!("SKIPPED (not in CI): {why}");
+    None
+}
+
+/// The release image `name` (`capdma_bus`) built by `cargo xtask windows`.
+#[must_use]
+pub fn image(name: &str) -> Option<PathBuf> {
+    let path = workspace().join("target/windows/release").join(format!("{name}.sys"));
+    if path.is_file() {
+        Some(path)
+    } else {
+        unavailable(&format!("{} is missing: run `cargo xtask windows` first", path.display()))
+    }
+}
+
+/// `/dev/kvm` usable.
+#[must_use]
+pub fn kvm() -> Option<()> {
+    match capdma_winvm::kvm_available() {
+        Ok(()) => Some(()),
+        Err(why) => unavailable(&why),
+    }
+}
+
+/// The layout assertions bindgen wrote for wdk-sys in the Windows build.
+#[must_use]
+pub fn wdk_sys_types() -> Option<String> {
+    let build = workspace().join("target/windows/cargo/x86_64-pc-windows-msvc/release/build");
+    let found = std::fs::read_dir(&build).ok().and_then(|dirs| {
+        dirs.filter_map(Result::ok)
+            .map(|d| d.path().join("out/types.rs"))
+            .find(|p| p.parent().and_then(|o| o.parent()).is_some_and(|d| d.to_string_lossy().contains("wdk-sys-")) && p.is_file())
+    });
+    match found {
+        Some(path) => Some(std::fs::read_to_string(path).expect("readable types.rs")),
+        None => unavailable(&format!("no wdk-sys types.rs under {}: run `cargo xtask windows` first", build.display())),
+    }
+}

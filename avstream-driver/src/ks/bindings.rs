@@ -13,7 +13,7 @@
 //! * bindgen's own layout tests (size, alignment and every field offset as
 //!   clang computed them from the headers for `x86_64-pc-windows-msvc`),
 //!   emitted as `const` items in the generated file;
-//! * the asserts below: the x64 sizes and offsets DESIGN.md recorded from
+//! * the asserts below: the x64 sizes and offsets docs/design.md records from
 //!   the headers, and the identity of the structures the portable core
 //!   declares for itself (`KSMAPPING` = `SgElement`, `KSDATARANGE` =
 //!   `KsDataFormat`, ...) and of the flag values it uses.
@@ -59,7 +59,7 @@ pub const KSFILTER_DESCRIPTOR_VERSION: ULONG = ULONG::MAX;
 pub const KSMEMORY_TYPE_KERNEL_NONPAGED: GUID =
     GUID { Data1: 0x4a6d_5fc4, Data2: 0x7895, Data3: 0x11d1, Data4: [0xb0, 0x69, 0x00, 0xa0, 0xc9, 0x06, 0x28, 0x02] };
 
-// ---- checked layouts (x64), DESIGN.md "Checked layouts from those headers" ----
+// ---- checked layouts (x64), docs/design.md "Layouts checked against the headers" ----
 use core::mem::{align_of, offset_of, size_of};
 
 const _: () = assert!(size_of::<KSSTREAM_HEADER>() == 0x38);

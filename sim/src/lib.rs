@@ -10,6 +10,7 @@ pub mod bench;
 pub mod board;
 pub mod dma;
 pub mod faults;
+pub mod image;
 pub mod irql;
 pub mod ks;
 pub mod machine;

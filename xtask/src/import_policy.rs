@@ -76,6 +76,11 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             ("ntoskrnl.exe", "IoOpenDeviceRegistryKey"),
             ("ntoskrnl.exe", "ZwQueryValueKey"),
             ("ntoskrnl.exe", "ZwClose"),
+            // IRQL through the kernel, as the WDK compiles it on x64 (Driver
+            // Verifier sees only raises and lowers that go through it).
+            ("ntoskrnl.exe", "KeGetCurrentIrql"),
+            ("ntoskrnl.exe", "KeRaiseIrqlToDpcLevel"),
+            ("ntoskrnl.exe", "KeLowerIrql"),
         ],
     ),
     (
@@ -114,6 +119,9 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             // RUN -> PAUSE stops the channel with Process held off.
             ("ks.sys", "KsPinAcquireProcessingMutex"),
             ("ks.sys", "KsPinReleaseProcessingMutex"),
+            // The core's spin locks at DISPATCH_LEVEL, IRQL through the kernel.
+            ("ntoskrnl.exe", "KeRaiseIrqlToDpcLevel"),
+            ("ntoskrnl.exe", "KeLowerIrql"),
         ],
     ),
 ];

@@ -2,13 +2,22 @@
 //! have no binding: `static inline` or macros in the headers), and the pool
 //! helpers.
 //!
+//! The IRQL routines are **calls into ntoskrnl.exe**, as the current WDK
+//! compiles them on x64 unless `NT_INLINE_IRQL` is defined (Driver
+//! Verifier's IRQL checking sees only raises and lowers that go through the
+//! kernel). mingw-w64's wdm.h defines them inline (`__writecr8`), so bindgen
+//! gives no binding: they are declared here from their documented
+//! prototypes and resolve against `ntoskrnl.lib` (mingw-w64's
+//! `libntoskrnl.a`, from which the synthesised one is made, exports them; so
+//! does a real WDK's). No inline `mov cr8` is left in the image
+//! (`cargo xtask pe-check` fails one that has).
+//!
 //! | DDI | here |
 //! |---|---|
 //! | `NT_SUCCESS` | [`nt_success`] |
 //! | `IoGetNextIrpStackLocation` | [`next_stack`] |
-//! | `KeGetCurrentIrql`/`KeRaiseIrql`/`KeLowerIrql` | [`raise_to_dispatch`], [`lower_irql`]: CR8 (wdm.h, AMD64) |
+//! | `KeRaiseIrqlToDpcLevel` (`KeRaiseIrql(DISPATCH_LEVEL, &Old)`) / `KeLowerIrql` | [`raise_to_dispatch`], [`lower_irql`]: the ntoskrnl exports |
 //! | `ExAllocatePool2(POOL_FLAG_NON_PAGED)` / `ExFreePoolWithTag` | [`allocate`], [`free`] |
-use core::arch::asm;
 use core::ffi::c_void;
 use wdk_sys::ntddk::{ExAllocatePool2, ExFreePoolWithTag, KeDelayExecutionThread};
 use wdk_sys::{KIRQL, NTSTATUS, PIO_STACK_LOCATION, PIRP};
@@ -19,9 +28,6 @@ pub const POOL_TAG: u32 = u32::from_le_bytes(*b"CdAv");
 /// `POOL_FLAG_NON_PAGED` (wdm.h; `wdk-sys` exports two definitions of it,
 /// its own and the shim's, which makes the name ambiguous there).
 const POOL_FLAG_NON_PAGED: u64 = 0x40;
-
-/// `DISPATCH_LEVEL`.
-pub const DISPATCH_LEVEL: KIRQL = 2;
 
 /// `NT_SUCCESS(Status)`: success and informational codes.
 #[must_use]
@@ -50,39 +56,37 @@ pub unsafe fn next_stack(irp: PIRP) -> PIO_STACK_LOCATION {
     current.wrapping_sub(1)
 }
 
-/// `KeGetCurrentIrql()`: on AMD64 the IRQL is CR8 (wdm.h `__readcr8()`).
-fn current_irql() -> KIRQL {
-    let cr8: u64;
-    // SAFETY: reading CR8 has no side effects; kernel code runs at CPL 0.
-    unsafe { asm!("mov {}, cr8", out(reg) cr8, options(nomem, nostack, preserves_flags)) };
-    KIRQL::try_from(cr8 & 0xF).unwrap_or(KIRQL::MAX)
+// The IRQL routines of wdm.h as ntoskrnl exports (x64 without NT_INLINE_IRQL).
+#[link(name = "ntoskrnl")]
+unsafe extern "system" {
+    /// `KIRQL KeRaiseIrqlToDpcLevel(VOID)` (wdm.h): raises to
+    /// `DISPATCH_LEVEL`, returns the IRQL of the call. Callers run at
+    /// `<= DISPATCH_LEVEL` (above it: a bug check) and lower back with
+    /// `KeLowerIrql(returned)`.
+    fn KeRaiseIrqlToDpcLevel() -> KIRQL;
+    /// `VOID KeLowerIrql(KIRQL NewIrql)` (wdm.h): back to `NewIrql`, which is
+    /// not above the current IRQL (Driver Verifier: bug check 0xC4, 0x31).
+    fn KeLowerIrql(new_irql: KIRQL);
 }
 
-/// Writes CR8 (wdm.h `__writecr8`). Not `nomem`: memory accesses must not
-/// move across an IRQL change.
-fn write_cr8(irql: KIRQL) {
-    // SAFETY: kernel code runs at CPL 0; callers only raise to
-    // DISPATCH_LEVEL or restore the IRQL they found.
-    unsafe { asm!("mov cr8, {}", in(reg) u64::from(irql), options(nostack, preserves_flags)) };
-}
-
-/// `KeRaiseIrql(DISPATCH_LEVEL, &Old)` (wdm.h, AMD64: `__writecr8`); at or
-/// above `DISPATCH_LEVEL` already, nothing changes. Returns the old IRQL.
+/// `KeRaiseIrql(DISPATCH_LEVEL, &Old)` (`KeRaiseIrqlToDpcLevel()`): the
+/// IRQL of the call, for [`lower_irql`]. Legal at `DISPATCH_LEVEL` too
+/// (nothing changes then); this driver has no ISR, so it never runs above
+/// `DISPATCH_LEVEL` (KS callbacks and the bus's completion DPC run at or
+/// below it).
 #[must_use]
 pub fn raise_to_dispatch() -> KIRQL {
-    let old = current_irql();
-    if old < DISPATCH_LEVEL {
-        write_cr8(DISPATCH_LEVEL);
-    }
-    old
+    // SAFETY: every caller runs at <= DISPATCH_LEVEL (see above) and hands
+    // the result back to `lower_irql`.
+    unsafe { KeRaiseIrqlToDpcLevel() }
 }
 
-/// `KeLowerIrql(old)` (wdm.h, AMD64): back to what [`raise_to_dispatch`]
-/// returned (nothing when it did not raise).
+/// `KeLowerIrql(old)`: back to what [`raise_to_dispatch`] returned (a no-op
+/// change when that was `DISPATCH_LEVEL` already).
 pub fn lower_irql(old: KIRQL) {
-    if old < current_irql() {
-        write_cr8(old);
-    }
+    // SAFETY: `old` is the IRQL `raise_to_dispatch` raised from, so it is
+    // not above the current IRQL (DISPATCH_LEVEL), as KeLowerIrql requires.
+    unsafe { KeLowerIrql(old) };
 }
 
 /// `KeDelayExecutionThread(KernelMode, FALSE, -1 ms)`: sleeps about a

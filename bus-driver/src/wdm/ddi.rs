@@ -3,6 +3,16 @@
 //! of the x64 definitions, plus the NTSTATUS values the glue needs that
 //! `capdma_interface::status` does not define.
 //!
+//! The IRQL routines are **calls into ntoskrnl.exe**, as the current WDK
+//! compiles them on x64 unless `NT_INLINE_IRQL` is defined: Driver
+//! Verifier's IRQL checking sees only the raises and lowers that go through
+//! the kernel. mingw-w64's wdm.h defines them inline (`__readcr8`,
+//! `__writecr8`), so bindgen gives no binding; they are declared below from
+//! their documented prototypes and resolve against `ntoskrnl.lib` (the
+//! synthesised one lists them: mingw-w64's `libntoskrnl.a` exports all four;
+//! a real WDK's does too). This image has no inline `mov cr8` left
+//! (`cargo xtask pe-check` fails one that has).
+//!
 //! | DDI | here |
 //! |---|---|
 //! | `IoGetCurrentIrpStackLocation` | [`current_stack`] |
@@ -13,11 +23,10 @@
 //! | `IoMarkIrpPending` | [`mark_irp_pending`]: the power IRPs the FDO forwards with a completion routine |
 //! | `IoCallDriver` / `IoCompleteRequest` | [`call_driver`] (`IofCallDriver`) / [`complete_request`] (`IofCompleteRequest`) |
 //! | `ObReferenceObject` / `ObDereferenceObject` | [`reference_object`] (`ObfReferenceObject`) / [`dereference_object`] (`ObfDereferenceObject`) |
-//! | `KeGetCurrentIrql` | [`current_irql`]: `__readcr8()` (wdm.h, AMD64) |
-//! | `KeRaiseIrql` / `KfRaiseIrql` | [`raise_irql`]: read CR8, write the new level (wdm.h, AMD64) |
-//! | `KeLowerIrql` | [`lower_irql`]: `__writecr8(NewIrql)` (wdm.h, AMD64) |
+//! | `KeGetCurrentIrql` | [`current_irql`]: the ntoskrnl export |
+//! | `KeRaiseIrqlToDpcLevel` (`KeRaiseIrql(DISPATCH_LEVEL, &Old)`) | [`raise_to_dispatch`]: the ntoskrnl export, when below `DISPATCH_LEVEL` |
+//! | `KeLowerIrql` | [`lower_irql`]: the ntoskrnl export, when [`raise_to_dispatch`] raised |
 //! | `KeQueryInterruptTime` | [`interrupt_time`]: the volatile 64-bit read of `KUSER_SHARED_DATA.InterruptTime` at `0xFFFFF78000000008` (wdm.h, AMD64 `SharedInterruptTime`) |
-use core::arch::asm;
 use core::ffi::c_void;
 use core::mem::offset_of;
 use wdk_sys::ntddk::{IofCallDriver, IofCompleteRequest, ObfDereferenceObject, ObfReferenceObject};
@@ -256,40 +265,53 @@ pub unsafe fn dereference_object(object: PDEVICE_OBJECT) {
     unsafe { ObfDereferenceObject(object.cast()) };
 }
 
-/// `KeGetCurrentIrql()`: on AMD64 the IRQL is CR8 (wdm.h `__readcr8()`).
+// The IRQL routines of wdm.h as ntoskrnl exports (x64 without NT_INLINE_IRQL).
+#[link(name = "ntoskrnl")]
+unsafe extern "system" {
+    /// `KIRQL KeGetCurrentIrql(VOID)` (wdm.h): the current IRQL. Any IRQL.
+    safe fn KeGetCurrentIrql() -> KIRQL;
+    /// `KIRQL KeRaiseIrqlToDpcLevel(VOID)` (wdm.h): raises to
+    /// `DISPATCH_LEVEL`, returns the IRQL of the call. Callers run at
+    /// `<= DISPATCH_LEVEL` (above it: a bug check) and lower back with
+    /// `KeLowerIrql(returned)`.
+    fn KeRaiseIrqlToDpcLevel() -> KIRQL;
+    /// `VOID KeLowerIrql(KIRQL NewIrql)` (wdm.h): back to `NewIrql`, which is
+    /// not above the current IRQL (Driver Verifier: bug check 0xC4, 0x31).
+    fn KeLowerIrql(new_irql: KIRQL);
+}
+
+/// `KeGetCurrentIrql()` (the ntoskrnl export).
 pub fn current_irql() -> KIRQL {
-    let cr8: u64;
-    // SAFETY: reading CR8 has no side effect; a kernel-mode driver runs at
-    // CPL 0, where the instruction is allowed.
-    unsafe { asm!("mov {}, cr8", out(reg) cr8, options(nomem, nostack, preserves_flags)) };
-    KIRQL::try_from(cr8 & 0xF).unwrap_or(KIRQL::MAX)
+    KeGetCurrentIrql()
 }
 
-/// `KfRaiseIrql(NewIrql)` / `KeRaiseIrql`: on AMD64 reads CR8 and writes
-/// `new` (wdm.h). Returns the old IRQL. `new` must not be below it.
-pub fn raise_irql(new: KIRQL) -> KIRQL {
+/// `KeRaiseIrql(DISPATCH_LEVEL, &Old)` as `KeRaiseIrqlToDpcLevel()` when
+/// the current IRQL is below `DISPATCH_LEVEL`; at or above it (the ISR at
+/// device IRQL reads registers through the same path) nothing changes.
+/// Returns the IRQL of the call, for [`lower_irql`]. One kernel call at or
+/// above `DISPATCH_LEVEL`, two below it.
+#[must_use]
+pub fn raise_to_dispatch() -> KIRQL {
     let old = current_irql();
-    if new > old {
-        write_cr8(new);
+    if old < DISPATCH_LEVEL {
+        // SAFETY: below DISPATCH_LEVEL, as KeRaiseIrqlToDpcLevel requires;
+        // every caller hands the result back to `lower_irql`.
+        unsafe { KeRaiseIrqlToDpcLevel() }
+    } else {
+        old
     }
-    old
 }
 
-/// `KeLowerIrql(NewIrql)`: on AMD64 `__writecr8(NewIrql)` (wdm.h). Only
-/// lowers: a value above the current IRQL is ignored.
+/// `KeLowerIrql(old)` after [`raise_to_dispatch`] returned `old`: only
+/// when that call raised (`old < DISPATCH_LEVEL`); otherwise the IRQL was
+/// left as it was and nothing is lowered. The pairs are balanced, so the
+/// current IRQL is `DISPATCH_LEVEL` when this lowers.
 pub fn lower_irql(old: KIRQL) {
-    if old < current_irql() {
-        write_cr8(old);
+    if old < DISPATCH_LEVEL {
+        // SAFETY: `raise_to_dispatch` raised from `old` to DISPATCH_LEVEL,
+        // so `old` is below the current IRQL, as KeLowerIrql requires.
+        unsafe { KeLowerIrql(old) };
     }
-}
-
-fn write_cr8(irql: KIRQL) {
-    // SAFETY: CPL 0; writing the task-priority register is how the AMD64
-    // kernel and every WDK-built driver change the IRQL (wdm.h
-    // KfRaiseIrql/KeLowerIrql). The callers raise and lower in pairs.
-    // Not `nomem`: the IRQL orders memory accesses around it (a spin lock
-    // taken at DISPATCH_LEVEL must not be hoisted above the raise).
-    unsafe { asm!("mov cr8, {}", in(reg) u64::from(irql), options(nostack, preserves_flags)) };
 }
 
 /// `KeQueryInterruptTime()`: the time since boot in 100-ns units, read from

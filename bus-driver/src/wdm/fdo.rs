@@ -6,7 +6,7 @@
 //! to children as the interface `Context`, the `KDPC`s and the `KTIMER`
 //! stay valid until `IoDeleteDevice` (and, for the children, until they
 //! drop the reference each holds on the FDO).
-use super::ddi::{lower_irql, raise_irql, DISPATCH_LEVEL};
+use super::ddi::{lower_irql, raise_to_dispatch};
 use super::extension::{DeviceKind, ExtensionHeader};
 use super::irp::init_remove_lock;
 use super::isr_dpc::{self, InterruptConnection};
@@ -118,7 +118,7 @@ impl FdoExtension {
     /// not be held preemptibly). `f` may only read and write the table and
     /// atomics: no call that needs `PASSIVE_LEVEL`.
     pub fn with_children<R>(&self, f: impl FnOnce(&mut ChildTable) -> R) -> R {
-        let old = raise_irql(DISPATCH_LEVEL);
+        let old = raise_to_dispatch();
         let result = f(&mut self.children.lock());
         lower_irql(old);
         result
@@ -129,7 +129,7 @@ impl FdoExtension {
     /// lock of this driver). `f` must not need `PASSIVE_LEVEL`: take the
     /// connection out and disconnect it after the lock is released.
     pub fn with_interrupt<R>(&self, f: impl FnOnce(&mut Option<InterruptConnection>) -> R) -> R {
-        let old = raise_irql(DISPATCH_LEVEL);
+        let old = raise_to_dispatch();
         let result = f(&mut self.interrupt.lock());
         lower_irql(old);
         result

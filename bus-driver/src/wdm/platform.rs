@@ -1,6 +1,6 @@
 //! The bus core's ports over wdk-sys: [`WdmPlatform`] (`BusPlatform`),
 //! [`Bar0`] (`RegisterPort`) and [`WdmAdapter`] (`DmaAdapterPort`).
-use super::ddi::{current_irql, lower_irql, raise_irql, BOOLEAN_FALSE, BOOLEAN_TRUE, DISPATCH_LEVEL};
+use super::ddi::{current_irql, lower_irql, raise_to_dispatch, BOOLEAN_FALSE, BOOLEAN_TRUE};
 use crate::pnp::resources::highest_ram_address;
 use crate::pnp::window::RegisterWindow;
 use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
@@ -76,7 +76,7 @@ impl Bar0 {
     /// Runs `access` on the register at `offset` at `DISPATCH_LEVEL` or
     /// above, if mapped and in range.
     fn with_register<R>(&self, offset: u32, access: impl FnOnce(*mut u32) -> R) -> Option<R> {
-        let old = raise_irql(DISPATCH_LEVEL);
+        let old = raise_to_dispatch();
         let result = self.window.access(offset, |address| access(core::ptr::with_exposed_provenance_mut(address)));
         lower_irql(old);
         result
@@ -285,7 +285,7 @@ impl BusPlatform for WdmPlatform {
     }
 
     fn raise_to_dispatch(&self) -> Irql {
-        raise_irql(DISPATCH_LEVEL)
+        raise_to_dispatch()
     }
 
     fn lower_irql(&self, old: Irql) {

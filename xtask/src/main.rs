@@ -17,6 +17,7 @@ mod lockfile;
 mod pe_check;
 mod pe_image;
 mod prereqs;
+mod privileged;
 mod stamp;
 mod wdk_build_patch;
 mod wdk_root;

@@ -11,7 +11,10 @@
 //! * every import (and delay-load import, of which there should be none)
 //!   comes from a module in [`import_policy::ALLOWED_IMPORT_MODULES`];
 //! * the image's row of [`import_policy::REQUIRED_IMPORTS`] is all there,
-//!   unless that check is skipped, which is then reported loudly.
+//!   unless that check is skipped, which is then reported loudly;
+//! * no executable section holds a privileged instruction (an inline
+//!   `mov cr8` instead of the IRQL routines of ntoskrnl, `cli`, `rdmsr`, …:
+//!   [`privileged`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use crate::import_policy::{self, Import, Violation};
 use crate::linker_map;
 use crate::pe_image::{self, ImageInfo};
+use crate::privileged;
 
 /// Symbols the kernel accepts as a driver's entry point.
 pub const ENTRY_SYMBOLS: &[&str] = &["DriverEntry", "GsDriverEntry"];
@@ -212,7 +216,13 @@ fn check_one(path: &Path, options: Options) -> Result<Vec<String>> {
     } else {
         println!("  required imports: none listed for `{stem}`");
     }
-    let failures = failures(&stem, &info, &entry, options);
+    let code = privileged::scan_image(&data).with_context(|| format!("{}", path.display()))?;
+    println!(
+        "  privileged  {} instruction(s) in executable sections",
+        code.len()
+    );
+    let mut failures = failures(&stem, &info, &entry, options);
+    failures.extend(privileged::failures(&code, &map_publics, info.image_base));
     if failures.is_empty() {
         println!("  PASS");
     } else {

@@ -32,7 +32,12 @@ use crate::wdk_root;
 use crate::workspace;
 
 /// The driver packages, built in this order.
-pub const DRIVER_PACKAGES: &[&str] = &["capdma-bus", "capdma-avstream"];
+pub const DRIVER_PACKAGES: &[&str] = &["capdma-bus", "capdma-avstream", "capdma-probe"];
+
+/// Driver packages built only for the project's tests (the emulated
+/// kernel loads them): never packaged, signed for release or installed.
+/// `capdma-probe` commits a Driver Verifier-class mistake per export.
+pub const TEST_ONLY_PACKAGES: &[&str] = &["capdma-probe"];
 
 /// Cargo features a driver package is built with for Windows: what its
 /// `build.rs` needs on a non-Windows host (`capdma-avstream` generates its
@@ -320,10 +325,15 @@ fn build_all(
     let mut built = Vec::new();
     for driver in &facts.drivers {
         println!(
-            "[windows] building       {} -> {}.sys ({})",
+            "[windows] building       {} -> {}.sys ({}{})",
             driver.package,
             driver.lib_name,
-            profile_dir(options)
+            profile_dir(options),
+            if TEST_ONLY_PACKAGES.contains(&driver.package.as_str()) {
+                ", test-only: never packaged or installed"
+            } else {
+                ""
+            }
         );
         let mut command = cargo_command(tc, layout, &driver.package, options)?;
         let status = command
@@ -369,6 +379,19 @@ mod tests {
             ["capdma-bus"]
         );
         assert!(select_packages(&["capdma-sim".into()]).is_err());
+        assert_eq!(
+            select_packages(&["capdma-probe".into()]).unwrap(),
+            ["capdma-probe"]
+        );
+    }
+
+    #[test]
+    fn test_only_packages_are_driver_packages_but_not_the_product() {
+        assert!(TEST_ONLY_PACKAGES
+            .iter()
+            .all(|package| DRIVER_PACKAGES.contains(package)));
+        assert!(!TEST_ONLY_PACKAGES.contains(&"capdma-bus"));
+        assert!(!TEST_ONLY_PACKAGES.contains(&"capdma-avstream"));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
 use object::pe;
 use object::read::pe::PeFile64;
 use object::LittleEndian as LE;
@@ -33,6 +33,36 @@ pub struct Finding {
     pub rva: u32,
     /// The instruction in Intel syntax (`mov cr8,rax`).
     pub text: String,
+    /// The instruction with its general-purpose register, memory and
+    /// immediate operands generalised (`mov cr8,reg`): the failures are
+    /// grouped by it.
+    pub kind: String,
+}
+
+/// `instruction` with general-purpose registers shown as `reg`, memory
+/// operands as `mem` and immediates or branch targets as `imm`; other
+/// registers (control, debug, segment) by name.
+fn kind(instruction: &Instruction) -> String {
+    let operands: Vec<String> = (0..instruction.op_count())
+        .map(|operand| match instruction.op_kind(operand) {
+            OpKind::Register => {
+                let register = instruction.op_register(operand);
+                if register.is_gpr() {
+                    "reg".to_owned()
+                } else {
+                    format!("{register:?}").to_lowercase()
+                }
+            }
+            OpKind::Memory => "mem".to_owned(),
+            _ => "imm".to_owned(),
+        })
+        .collect();
+    let mnemonic = format!("{:?}", instruction.mnemonic()).to_lowercase();
+    if operands.is_empty() {
+        mnemonic
+    } else {
+        format!("{mnemonic} {}", operands.join(","))
+    }
 }
 
 /// Every privileged instruction in `code`, decoded as 64-bit code that
@@ -47,6 +77,7 @@ pub fn scan_code(code: &[u8], rva: u32) -> Vec<Finding> {
             findings.push(Finding {
                 rva: u32::try_from(instruction.ip()).unwrap_or(u32::MAX),
                 text: instruction.to_string(),
+                kind: kind(&instruction),
             });
         }
     }
@@ -92,33 +123,35 @@ fn locate(rva: u32, publics: &[(String, u64)], image_base: u64) -> Option<String
         .map(|(name, va)| format!("{:#}+{:#x}", rustc_demangle::demangle(name), address - va))
 }
 
-/// The PE-check failures for `findings`: one per distinct instruction, with
-/// how often it occurs and where the first one is (RVA, and the function
-/// from the linker map `publics` when there is one); CR8 accesses say what
-/// to call instead.
+/// The PE-check failures for `findings`: one per kind of instruction
+/// ([`Finding::kind`]), with how often it occurs and where the first one is
+/// (its text, RVA, and the function from the linker map `publics` when
+/// there is one); CR8 accesses say what to call instead.
 pub fn failures(findings: &[Finding], publics: &[(String, u64)], image_base: u64) -> Vec<String> {
-    let mut by_text: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    let mut by_kind: BTreeMap<&str, Vec<&Finding>> = BTreeMap::new();
     for finding in findings {
-        by_text.entry(&finding.text).or_default().push(finding.rva);
+        by_kind.entry(&finding.kind).or_default().push(finding);
     }
-    by_text
+    by_kind
         .into_iter()
-        .map(|(text, rvas)| {
-            let first = rvas.iter().copied().min().unwrap_or_default();
-            let place = locate(first, publics, image_base)
+        .filter_map(|(kind, found)| {
+            let first = found.iter().min_by_key(|finding| finding.rva)?;
+            let place = locate(first.rva, publics, image_base)
                 .map(|symbol| format!(" in {symbol}"))
                 .unwrap_or_default();
-            let hint = if text.contains("cr8") {
+            let hint = if kind.contains("cr8") {
                 ": the IRQL is CR8; call KeGetCurrentIrql / KfRaiseIrql / \
                  KeRaiseIrqlToDpcLevel / KeLowerIrql in ntoskrnl instead (Driver Verifier \
                  sees only IRQL changes made through the kernel)"
             } else {
                 ": a driver leaves privileged operations to the kernel and the HAL"
             };
-            format!(
-                "privileged instruction `{text}` ({} time(s), first at RVA {first:#x}{place}){hint}",
-                rvas.len()
-            )
+            Some(format!(
+                "privileged instruction `{kind}` ({} time(s), first `{}` at RVA {:#x}{place}){hint}",
+                found.len(),
+                first.text,
+                first.rva
+            ))
         })
         .collect()
 }
@@ -228,19 +261,15 @@ mod tests {
 
     #[test]
     fn failures_group_by_instruction_and_name_the_function() {
+        let finding = |rva, text: &str, kind: &str| Finding {
+            rva,
+            text: text.into(),
+            kind: kind.into(),
+        };
         let findings = [
-            Finding {
-                rva: 0x1010,
-                text: "mov cr8,rax".into(),
-            },
-            Finding {
-                rva: 0x1004,
-                text: "mov cr8,rax".into(),
-            },
-            Finding {
-                rva: 0x2000,
-                text: "cli".into(),
-            },
+            finding(0x1010, "mov cr8,rax", "mov cr8,reg"),
+            finding(0x1004, "mov cr8,r10", "mov cr8,reg"),
+            finding(0x2000, "cli", "cli"),
         ];
         let publics = [
             (
@@ -252,10 +281,11 @@ mod tests {
         let found = failures(&findings, &publics, 0x1_8000_0000);
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(found[0].starts_with(
-            "privileged instruction `cli` (1 time(s), first at RVA 0x2000 in other+0x800)"
+            "privileged instruction `cli` (1 time(s), first `cli` at RVA 0x2000 in other+0x800)"
         ));
         assert!(found[1].contains(
-            "`mov cr8,rax` (2 time(s), first at RVA 0x1004 in capdma_bus::wdm::ddi::write_cr8+0x4)"
+            "`mov cr8,reg` (2 time(s), first `mov cr8,r10` at RVA 0x1004 in \
+             capdma_bus::wdm::ddi::write_cr8+0x4)"
         ));
         assert!(found[1].contains("KeLowerIrql"));
         assert!(failures(&[], &publics, 0).is_empty());

@@ -39,10 +39,10 @@ unsafe extern "system" fn on_completion(context: *mut core::ffi::c_void, complet
     COMPLETIONS.with(|c| c.borrow_mut().push((context as usize, completion)));
 }
 
-/// A guest table: get_dma_config writes {mode 7, reason = channel};
-/// program_frame returns the sum of the elements' byte counts;
-/// register_completion keeps the callback; return_slot calls it with a
-/// Completion whose tag is the slot. The other routines return 0.
+/// A guest table: `get_dma_config` writes {mode 7, reason = channel};
+/// `program_frame` returns the sum of the elements' byte counts;
+/// `register_completion` keeps the callback; `return_slot` calls it with a
+/// `Completion` whose tag is the slot. The other routines return 0.
 fn guest_table(m: &mut Machine) -> u64 {
     let data = m.alloc_own_pages(1, Protection::READ_WRITE).unwrap();
     let (cb, cb_ctx, completion) = (data, data + 8, data + 64);

@@ -22,10 +22,12 @@ pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod paging;
+pub mod preempt;
 pub mod report;
 
 pub use loader::pe::{LoadedImage, MissingImport};
 pub use machine::{kvm_available, ExitCounts, Kernel, Machine};
 pub use memory::{GuestMemory, RamRange};
 pub use paging::{AddressSpace, Protection};
+pub use preempt::Preemption;
 pub use report::{BugcheckReport, Stop};

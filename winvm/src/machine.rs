@@ -42,6 +42,7 @@ use crate::loader::pe::{self, LoadedImage};
 use crate::loader::unwind::{unwind_frame, FrameRegisters, UnwindSource};
 use crate::memory::GuestMemory;
 use crate::paging::{AddressSpace, Protection};
+use crate::preempt::{KickTimer, Preemption};
 use crate::report::{BugcheckReport, Stop};
 
 /// The emulated kernel: what the host does when the guest leaves it.
@@ -81,6 +82,16 @@ pub trait Kernel {
     fn at_exit(&mut self, _m: &mut Machine) -> Result<(), Stop> {
         Ok(())
     }
+
+    /// Called when a preemption kick ([`Machine::set_preemption`]) stopped
+    /// the guest at an arbitrary instruction of its own code (CPL3): the
+    /// same delivery as [`Kernel::at_exit`] by default.
+    ///
+    /// # Errors
+    /// As [`Kernel::stub_called`].
+    fn at_preemption(&mut self, m: &mut Machine) -> Result<(), Stop> {
+        self.at_exit(m)
+    }
 }
 
 /// Counts of what crossed between guest and host.
@@ -96,6 +107,8 @@ pub struct ExitCounts {
     pub cr8_traps: u64,
     /// Every VM exit.
     pub exits: u64,
+    /// Preemption kicks that landed in guest code and were offered to the kernel.
+    pub preemptions: u64,
 }
 
 /// Stack of the one thread the machine has, bytes (Windows' x64 kernel
@@ -123,6 +136,7 @@ pub struct Machine {
     /// Set by a stub handler that must not return to its caller (the
     /// machine stopped, e.g. `KeBugCheckEx`).
     pending_stop: Option<Stop>,
+    kick: Option<KickTimer>,
 }
 
 fn kvm_err(what: &str, e: impl std::fmt::Display) -> Stop {
@@ -192,6 +206,7 @@ impl Machine {
             lowest_rsp: stack_top,
             kuser_frame,
             pending_stop: None,
+            kick: None,
         })
     }
 
@@ -217,6 +232,17 @@ impl Machine {
     #[must_use]
     pub fn stack_high_water(&self) -> u64 {
         self.stack_top - self.lowest_rsp
+    }
+
+    /// Preempts the guest at arbitrary instructions (see [`crate::preempt`]),
+    /// or stops doing so (`None`). The kicks signal the calling thread: call
+    /// this from the thread that runs the machine.
+    ///
+    /// # Errors
+    /// [`Stop::Host`] when the host timer cannot be made.
+    pub fn set_preemption(&mut self, preemption: Option<Preemption>) -> Result<(), Stop> {
+        self.kick = preemption.map(KickTimer::new).transpose()?;
+        Ok(())
     }
 
     /// Host → guest calls in progress.
@@ -672,7 +698,10 @@ impl Machine {
                     Exit::MmioWrite(gpa, v, n)
                 }
                 Ok(other) => Exit::Other(format!("{other:?}")),
-                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.preempted(kernel)?;
+                    continue;
+                }
                 Err(e) => return Err(kvm_err("RUN", e)),
             };
             self.counts.exits += 1;
@@ -738,6 +767,22 @@ impl Machine {
         let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
         let n = (mmio.len as usize).min(data.len()).min(mmio.data.len());
         mmio.data[..n].copy_from_slice(&data[..n]);
+    }
+
+    /// A kick stopped the guest: offer the point to the kernel when the
+    /// guest was in its own code (CPL3), and arm the next kick.
+    fn preempted<K: Kernel + ?Sized>(&mut self, kernel: &mut K) -> Result<(), Stop> {
+        let Some(kick) = self.kick.as_mut() else { return Ok(()) };
+        kick.rearm();
+        let sregs = self.vcpu.get_sregs().map_err(|e| kvm_err("GET_SREGS", e))?;
+        if sregs.cs.selector & 3 == 3 {
+            self.counts.preemptions += 1;
+            kernel.at_preemption(self)?;
+            if let Some(stop) = self.pending_stop.take() {
+                return Err(stop);
+            }
+        }
+        Ok(())
     }
 
     /// Reloads CR3 so the guest sees unmapped or weakened pages (no page is

@@ -181,3 +181,75 @@ fn a_null_dereference_is_a_bugcheck_report() {
     assert!(m.is_dead());
     assert!(m.call(&mut k, f, &[0]).is_err());
 }
+
+/// Counts preemptions and, at each, calls a guest routine that clobbers
+/// every volatile register (as an ISR may).
+#[derive(Default)]
+struct Preempting {
+    clobber: u64,
+    offered: u64,
+}
+
+impl Kernel for Preempting {
+    fn stub_called(&mut self, _m: &mut Machine, index: u32) -> Result<u64, Stop> {
+        Err(Stop::Host(format!("no stubs here ({index})")))
+    }
+    fn mmio_read(&mut self, _: &mut Machine, _: u64, _: &mut [u8]) -> Result<(), Stop> {
+        Err(Stop::Host("no MMIO".into()))
+    }
+    fn mmio_write(&mut self, _: &mut Machine, _: u64, _: &[u8]) -> Result<(), Stop> {
+        Err(Stop::Host("no MMIO".into()))
+    }
+    fn irql(&self) -> u8 {
+        0
+    }
+    fn set_irql_by_cr8(&mut self, _: &mut Machine, _: u8) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn at_preemption(&mut self, m: &mut Machine) -> Result<(), Stop> {
+        self.offered += 1;
+        let clobber = self.clobber;
+        m.call(self, clobber, &[])?;
+        Ok(())
+    }
+}
+
+#[test]
+fn preemption_at_arbitrary_instructions_preserves_the_interrupted_code() {
+    let Some(mut m) = machine() else { return };
+    // sum = Σ i for i in 1..=rcx, kept in volatile registers and xmm0.
+    let f = code(&mut m, |a| {
+        let mut top = a.create_label();
+        a.xor(eax, eax).unwrap();
+        a.pxor(xmm0, xmm0).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(rax, rcx).unwrap();
+        a.movq(xmm1, rcx).unwrap();
+        a.paddq(xmm0, xmm1).unwrap();
+        a.dec(rcx).unwrap();
+        a.jnz(top).unwrap();
+        a.movq(rdx, xmm0).unwrap();
+        a.cmp(rax, rdx).unwrap();
+        let mut same = a.create_label();
+        a.je(same).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.set_label(&mut same).unwrap();
+        a.ret().unwrap();
+    });
+    let clobber = code(&mut m, |a| {
+        for r in [rax, rcx, rdx, r8, r9, r10, r11] {
+            a.mov(r, 0x5A5A_5A5A_u64).unwrap();
+        }
+        a.pcmpeqb(xmm0, xmm0).unwrap();
+        a.pcmpeqb(xmm1, xmm1).unwrap();
+        a.ret().unwrap();
+    });
+    let mut k = Preempting { clobber, offered: 0 };
+    m.set_preemption(Some(capdma_winvm::Preemption { mean_interval_us: 200, seed: 7 })).unwrap();
+    let n: u64 = 400_000_000;
+    let sum = m.call(&mut k, f, &[n]).unwrap();
+    m.set_preemption(None).unwrap();
+    assert_eq!(sum, n * (n + 1) / 2, "the loop's registers survived {} preemptions", k.offered);
+    assert!(k.offered > 0, "no kick landed in the guest loop");
+    assert_eq!(m.counts().preemptions, k.offered);
+}

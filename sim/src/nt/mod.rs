@@ -243,4 +243,8 @@ impl Kernel for Nt {
         self.irql = irql;
         Ok(())
     }
+
+    fn at_exit(&mut self, m: &mut Machine) -> Result<(), Stop> {
+        ke::deliver(self, m)
+    }
 }

@@ -122,6 +122,7 @@ fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> R
             );
         }
     }
+    super::ke::check_free(nt, m, va, block.bytes);
     nt.pool.live.remove(&va);
     nt.pool.freed.insert(va, block.tag);
     m.free_own_pages(block.pages_va, block.pages)?;

@@ -101,3 +101,5 @@ pub mod do_flags {
     /// `DO_BUS_ENUMERATED_DEVICE`: set on PDOs.
     pub const BUS_ENUMERATED_DEVICE: u32 = 0x1000;
 }
+
+pub mod ke;

@@ -289,18 +289,7 @@ pub fn run(tc: &Toolchain, options: Options, packages: &[&str]) -> Result<Vec<Pa
 
 /// Let cargo re-resolve `Cargo.lock` without the `[patch]`.
 fn reresolve_lock(tc: &Toolchain, root: &Path) -> Result<()> {
-    let output = Command::new(&tc.cargo)
-        .current_dir(root)
-        .args(["metadata", "--format-version", "1"])
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    workspace::metadata(&tc.cargo, root, None).map(drop)
 }
 
 fn build_all(

@@ -1,5 +1,5 @@
 //! `capdma-sim` as a user runs it: exit codes, JSON, Y4M and PNG files.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use capdma_interface::format::PixelFormat;
@@ -9,10 +9,8 @@ fn sim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("capdma-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
 }
 
 /// A clip of `frames` frames whose bytes are a function of (frame, offset).
@@ -30,7 +28,8 @@ fn write_clip(path: &Path, format: PixelFormat, width: u32, height: u32, frames:
 
 #[test]
 fn y4m_source_to_output_round_trip_is_bit_exact_in_both_modes() {
-    let dir = temp_dir("y4m");
+    let temp = temp_dir();
+    let dir = temp.path();
     for (format, tag) in [(PixelFormat::Yuy2, "yuy2"), (PixelFormat::Nv12, "nv12")] {
         let input = dir.join(format!("in-{tag}.y4m"));
         write_clip(&input, format, 160, 120, 12);
@@ -49,7 +48,6 @@ fn y4m_source_to_output_round_trip_is_bit_exact_in_both_modes() {
             assert_eq!(video.frames.len(), 12);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -99,11 +97,10 @@ fn a_format_the_driver_refuses_fails_with_its_status() {
 
 #[test]
 fn snapshot_writes_a_png_of_the_last_frame() {
-    let dir = temp_dir("png");
-    let path = dir.join("shot.png");
+    let dir = temp_dir();
+    let path = dir.path().join("shot.png");
     let out = sim(&["stream", "--size", "160x120", "--frames", "3", "--snapshot", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let png = std::fs::read(&path).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let _ = std::fs::remove_dir_all(&dir);
 }

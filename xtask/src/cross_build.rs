@@ -374,13 +374,11 @@ mod tests {
 
     #[test]
     fn symlinks_are_replaced_only_when_different() {
-        let dir = std::env::temp_dir().join(format!("xtask-links-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("tool");
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("tool");
         replace_symlink(Path::new("/bin/a"), &link).unwrap();
         replace_symlink(Path::new("/bin/a"), &link).unwrap();
         replace_symlink(Path::new("/bin/b"), &link).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("/bin/b"));
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -390,11 +390,9 @@ mod tests {
         assert!(run(&[], Options::default()).is_err());
         let missing = PathBuf::from("/nonexistent/capdma_bus.sys");
         assert!(run(&[missing], Options::default()).is_err());
-        let dir = std::env::temp_dir().join(format!("xtask-pe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let garbage = dir.join("garbage.sys");
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.sys");
         std::fs::write(&garbage, b"MZ not really").unwrap();
         assert!(run(&[garbage], Options::default()).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,6 +11,7 @@
 
 mod cross_build;
 mod def_file;
+mod hvci;
 mod import_policy;
 mod linker_map;
 mod lockfile;

@@ -11,7 +11,10 @@
 //! * every import (and delay-load import, of which there should be none)
 //!   comes from a module in [`import_policy::ALLOWED_IMPORT_MODULES`];
 //! * the image's row of [`import_policy::REQUIRED_IMPORTS`] is all there,
-//!   unless that check is skipped, which is then reported loudly.
+//!   unless that check is skipped, which is then reported loudly;
+//! * the memory-integrity (HVCI) rules of [`hvci`]: `NX_COMPAT`, page-aligned
+//!   sections, no section both writable and executable or both executable
+//!   and discardable, the import address table outside code.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::hvci;
 use crate::import_policy::{self, Import, Violation};
 use crate::linker_map;
 use crate::pe_image::{self, ImageInfo};
@@ -139,6 +143,7 @@ pub fn failures(stem: &str, info: &ImageInfo, entry: &Entry, options: Options) -
         }
     }
     failures.extend(violations.iter().map(Violation::to_string));
+    failures.extend(hvci::check(info).iter().map(hvci::Violation::to_string));
     failures
 }
 
@@ -191,6 +196,15 @@ fn check_one(path: &Path, options: Options) -> Result<Vec<String>> {
         "  dll chars   {:#06x} ({})",
         info.dll_characteristics,
         pe_image::dll_characteristics_names(info.dll_characteristics)
+    );
+    println!(
+        "  sections    {} (alignment {:#x})",
+        info.sections
+            .iter()
+            .map(|s| format!("{} {:#010x}", s.name, s.characteristics))
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.section_alignment
     );
     let entry_text = match &entry {
         Entry::Confirmed { symbol, source } => format!("{symbol} (by {source})"),
@@ -268,6 +282,8 @@ mod tests {
             subsystem: 1,
             image_base: 0x1_4000_0000,
             entry_rva: 0x1000,
+            dll_characteristics: 0x01e0,
+            section_alignment: 0x1000,
             exports: vec![("DriverEntry".into(), 0x1000)],
             imports: vec![Import::new("ntoskrnl.exe", "IoCreateDevice")],
             ..ImageInfo::default()
@@ -358,6 +374,18 @@ mod tests {
         assert!(failures[1].contains("NATIVE"));
         assert!(failures[2].contains("delay-load"));
         assert!(failures[3].contains("ntdll.dll"));
+    }
+
+    #[test]
+    fn hvci_rules_are_part_of_the_check() {
+        let info = ImageInfo {
+            dll_characteristics: 0x0060,
+            ..driver_like()
+        };
+        let entry = resolve_entry(&info, &[]);
+        let failures = failures("unlisted", &info, &entry, Options::default());
+        assert_eq!(failures.len(), 1, "{failures:#?}");
+        assert!(failures[0].contains("NX_COMPAT"));
     }
 
     #[test]

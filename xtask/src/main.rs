@@ -4,6 +4,9 @@
 //! * `cargo xtask windows` — check the host prerequisites, prepare the
 //!   synthesised WDK root and the patched `wdk-build`, cross-build
 //!   `capdma_bus.sys` and `capdma_avstream.sys`, and PE-check them.
+//! * `cargo xtask package` — the above for the shipping drivers, then per
+//!   driver the folder `inf2cat` and `signtool` take (`.sys`, `.pdb`, and
+//!   the `.inf` stamped from `inf/<lib>.inx`).
 //! * `cargo xtask pe-check FILE...` — the PE check alone.
 //! * `cargo xtask prereqs` — the prerequisite check alone.
 //!
@@ -15,6 +18,7 @@ mod hvci;
 mod import_policy;
 mod linker_map;
 mod lockfile;
+mod package;
 mod pe_check;
 mod pe_image;
 mod prereqs;
@@ -58,6 +62,11 @@ enum Task {
     /// Cross-build the driver images for x86_64-pc-windows-msvc into
     /// target/windows/<profile>/, then PE-check them.
     Windows(WindowsArgs),
+    /// Build and PE-check the shipping drivers, then write per driver the
+    /// folder inf2cat and signtool take, as cargo-wdk lays it out:
+    /// target/windows/<profile>/<lib>_package/ with <lib>.sys, .pdb, .map
+    /// and <lib>.inf stamped from inf/<lib>.inx.
+    Package(PackageArgs),
     /// Check PE images: machine AMD64, subsystem NATIVE, the entry point,
     /// the modules imported from and the required imports.
     PeCheck(PeCheckArgs),
@@ -89,6 +98,37 @@ struct WindowsArgs {
     packages: Vec<String>,
 }
 
+/// `cargo xtask package` options.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct PackageArgs {
+    /// Build with the dev profile instead of release (folders in
+    /// target/windows/debug/).
+    #[arg(long)]
+    debug: bool,
+    /// Package only this driver; repeatable; default: all.
+    #[arg(
+        short = 'p',
+        long = "package",
+        value_name = "PACKAGE",
+        value_parser = clap::builder::PossibleValuesParser::new(package::PACKAGED_DRIVERS.iter().copied())
+    )]
+    packages: Vec<String>,
+    #[arg(
+        long,
+        value_name = "MM/DD/YYYY",
+        value_parser = package::parse_date,
+        help = "DriverVer's date [default: today in UTC, or the date of SOURCE_DATE_EPOCH]"
+    )]
+    date: Option<time::Date>,
+    #[arg(
+        long,
+        value_name = "W.X.Y.Z",
+        value_parser = package::parse_version,
+        help = "DriverVer's version, each part below 65535 [default: the package's version, x.y.z.0]"
+    )]
+    driver_version: Option<[u16; 4]>,
+}
+
 /// `cargo xtask pe-check` options.
 #[derive(Debug, PartialEq, Eq, Args)]
 struct PeCheckArgs {
@@ -102,6 +142,19 @@ struct PeCheckArgs {
 
 fn run(task: Task) -> Result<()> {
     match task {
+        Task::Package(args) => {
+            let tc = prereqs::check()?;
+            println!("[windows] prerequisites  present");
+            let packages = package::select(&args.packages)?;
+            let options = package::Options {
+                build: cross_build::Options {
+                    release: !args.debug,
+                },
+                date: args.date,
+                version: args.driver_version,
+            };
+            package::run(&tc, &options, &packages)?;
+        }
         Task::Prereqs => {
             let tc = prereqs::check()?;
             println!("all prerequisites present:\n{tc:#?}");
@@ -210,6 +263,35 @@ mod tests {
             }))
         );
         assert_eq!(parse(&["prereqs"]).unwrap(), Some(Task::Prereqs));
+        assert_eq!(
+            parse(&["package"]).unwrap(),
+            Some(Task::Package(PackageArgs {
+                debug: false,
+                packages: Vec::new(),
+                date: None,
+                driver_version: None,
+            }))
+        );
+        let Some(Task::Package(args)) = parse(&[
+            "package",
+            "--debug",
+            "-p",
+            "capdma-avstream",
+            "--date",
+            "12/31/2025",
+            "--driver-version",
+            "1.2.3.4",
+        ])
+        .unwrap() else {
+            panic!("not a package task");
+        };
+        assert!(args.debug);
+        assert_eq!(args.packages, ["capdma-avstream"]);
+        assert_eq!(
+            args.date.map(|d| d.to_string()).as_deref(),
+            Some("2025-12-31")
+        );
+        assert_eq!(args.driver_version, Some([1, 2, 3, 4]));
     }
 
     #[test]
@@ -225,6 +307,12 @@ mod tests {
             &["windows", "-p", "--debug"],
             &["windows", "--package", "capdma-sim"],
             &["pe-check", "-p", "capdma-bus", "x.sys"],
+            &["package", "--date", "2025-12-31"],
+            &["package", "--date", "02/30/2025"],
+            &["package", "--driver-version", "1.2.3"],
+            &["package", "--driver-version", "0.0.0.0"],
+            &["package", "-p", "capdma-sim"],
+            &["package", "x.sys"],
         ] {
             let error = parse(args).expect_err(&format!("{args:?} was accepted"));
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

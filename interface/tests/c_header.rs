@@ -81,9 +81,8 @@ fn header_checks_equal_the_rust_layout() {
 
 #[test]
 fn header_compiles_and_its_static_asserts_hold() {
-    let dir = std::env::temp_dir().join(format!("capdma-header-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let source = dir.join("check.c");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("check.c");
     // The few WDM types the header uses, as wdm.h defines them for x64.
     let prelude = "typedef unsigned int ULONG; typedef ULONG *PULONG; typedef unsigned long long ULONGLONG;\n\
         typedef long long LONGLONG; typedef int NTSTATUS; typedef void VOID; typedef void *PVOID;\n\
@@ -94,6 +93,5 @@ fn header_compiles_and_its_static_asserts_hold() {
     let header = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/capdma_interface.h");
     std::fs::write(&source, format!("{prelude}#include \"{}\"\nint main(void) {{ return 0; }}\n", header.display())).unwrap();
     let out = Command::new("cc").args(["-std=c11", "-fsyntax-only"]).arg(&source).output().expect("a C compiler (cc) is needed to check the header");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "the header does not compile:\n{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -483,15 +483,13 @@ mod tests {
         assert_eq!(rgb.len(), 64 * 32 * 3);
         assert!(matches!(to_rgb(p.format, 64, 32, stride, &f[..100]), Err(SnapshotError::TooShort { .. })));
         assert!(matches!(to_rgb(p.format, 63, 32, stride, &f), Err(SnapshotError::BadGeometry(_))));
-        let dir = std::env::temp_dir().join(format!("capdma-sim-png-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("nv12.png");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nv12.png");
         snapshot_png(&path, p.format, 64, 32, stride, &f).unwrap();
         let data = std::fs::read(&path).unwrap();
         assert_eq!(&data[1..4], b"PNG");
         let yuy2 = Pattern { format: PixelFormat::Yuy2, ..p };
         let f2 = frame(&yuy2, 0, 128);
-        snapshot_png(&dir.join("yuy2.png"), yuy2.format, 64, 32, 128, &f2).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        snapshot_png(&dir.path().join("yuy2.png"), yuy2.format, 64, 32, 128, &f2).unwrap();
     }
 }

@@ -3,14 +3,16 @@
 //! produces (`<[lib] name>.sys`, see `xtask/src/cross_build.rs`), the KS
 //! interface categories, and the registry value names the bus reads.
 //!
-//! The INF files are read with a small INI reader that tolerates comments,
-//! quoting and case the way the setup API does, and substitutes `%strings%`.
+//! The INF files are read with the small INI reader of `inf/mod.rs`, shared
+//! with `inf_rules.rs`, the checks `infverif /w` makes.
+mod inf;
+
 use capdma_interface::identity::{
     AVSTREAM_SERVICE_NAME, BUS_SERVICE_NAME, CHILD_HARDWARE_ID, FILTER_CATEGORIES, FRIENDLY_NAME, PCI_HARDWARE_ID,
     REG_DMA_MODE,
 };
+use inf::{number, workspace, Ini, Inf};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 /// `CLSID_Proxy` (ksproxy.ax), which the filter's interfaces name so that
 /// DirectShow loads the KS proxy for them.
@@ -24,236 +26,10 @@ const FLG_ADDREG_TYPE_DWORD: u32 = 0x0001_0001;
 /// Mask of the type bits (`FLG_ADDREG_TYPE_MASK` and `FLG_ADDREG_BINVALUETYPE`).
 const FLG_ADDREG_TYPE_MASK: u32 = 0xFFFF_0001;
 
-/// One line of a section: `key = v1, v2, ...` or just `v1, v2, ...`.
-#[derive(Debug, Clone)]
-struct Line {
-    key: Option<String>,
-    values: Vec<String>,
-}
-
-/// An INF (or any INI-ish file), sections in file order.
-#[derive(Debug, Default)]
-struct Ini {
-    sections: Vec<(String, Vec<Line>)>,
-}
-
-/// Splits `text` at `separator` outside double quotes.
-fn split_unquoted(text: &str, separator: char) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    for c in text.chars() {
-        if c == '"' {
-            quoted = !quoted;
-            current.push(c);
-        } else if c == separator && !quoted {
-            parts.push(std::mem::take(&mut current));
-        } else {
-            current.push(c);
-        }
-    }
-    parts.push(current);
-    parts
-}
-
-/// Removes a `;` comment (outside quotes).
-fn strip_comment(line: &str) -> &str {
-    let mut quoted = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ';' if !quoted => return &line[..i],
-            _ => {}
-        }
-    }
-    line
-}
-
-/// Trims and removes one pair of surrounding double quotes.
-fn unquote(field: &str) -> String {
-    let field = field.trim();
-    field.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(field).to_owned()
-}
-
-impl Ini {
-    fn parse(text: &str) -> Self {
-        let mut ini = Self::default();
-        for raw in text.lines() {
-            let line = strip_comment(raw).trim();
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                ini.sections.push((name.trim().to_owned(), Vec::new()));
-                continue;
-            }
-            let Some((_, lines)) = ini.sections.last_mut() else {
-                continue;
-            };
-            let parts = split_unquoted(line, '=');
-            let (key, rest) = if parts.len() > 1 {
-                (Some(parts[0].trim().to_owned()), parts[1..].join("="))
-            } else {
-                (None, line.to_owned())
-            };
-            let values = split_unquoted(&rest, ',').iter().map(|v| unquote(v)).collect();
-            lines.push(Line { key, values });
-        }
-        ini
-    }
-
-    fn read(path: &PathBuf) -> Self {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        Self::parse(&text)
-    }
-
-    /// The lines of section `name` (case-insensitive), merged if repeated.
-    fn section(&self, name: &str) -> Vec<Line> {
-        self.sections.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).flat_map(|(_, l)| l.clone()).collect()
-    }
-
-    fn has_section(&self, name: &str) -> bool {
-        self.sections.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
-    }
-
-    /// The values of `key` (case-insensitive) in section `name`.
-    fn values(&self, section: &str, key: &str) -> Vec<Vec<String>> {
-        self.section(section)
-            .into_iter()
-            .filter(|l| l.key.as_deref().is_some_and(|k| k.eq_ignore_ascii_case(key)))
-            .map(|l| l.values)
-            .collect()
-    }
-
-    /// The single value of `key` in section `name`.
-    fn value(&self, section: &str, key: &str) -> String {
-        let all = self.values(section, key);
-        assert_eq!(all.len(), 1, "[{section}] {key}: expected one entry, found {all:?}");
-        all[0].join(",")
-    }
-}
-
-/// An INF with its `[Strings]` substituted.
-struct Inf {
-    ini: Ini,
-    strings: HashMap<String, String>,
-}
-
-impl Inf {
-    fn load(name: &str) -> Self {
-        let ini = Ini::read(&workspace().join("inf").join(name));
-        let strings = ini
-            .section("Strings")
-            .into_iter()
-            .filter_map(|l| Some((l.key?.to_ascii_lowercase(), l.values.join(","))))
-            .collect();
-        Self { ini, strings }
-    }
-
-    /// `text` with every `%token%` that names a string replaced (DIRIDs
-    /// such as `%13%` stay); an unknown token fails the test.
-    fn expand(&self, text: &str) -> String {
-        let mut out = String::new();
-        let mut rest = text;
-        while let Some(start) = rest.find('%') {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 1..];
-            let Some(end) = after.find('%') else {
-                panic!("unbalanced % in `{text}`");
-            };
-            let token = &after[..end];
-            if token.is_empty() {
-                out.push('%');
-            } else if token.chars().all(|c| c.is_ascii_digit()) {
-                out.push('%');
-                out.push_str(token);
-                out.push('%');
-            } else {
-                match self.strings.get(&token.to_ascii_lowercase()) {
-                    Some(value) => out.push_str(value),
-                    None => panic!("%{token}% is not in [Strings]"),
-                }
-            }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        out
-    }
-
-    fn value(&self, section: &str, key: &str) -> String {
-        self.expand(&self.ini.value(section, key))
-    }
-
-    /// Comma-separated list value, expanded and trimmed.
-    fn list(&self, section: &str, key: &str) -> Vec<String> {
-        self.ini.values(section, key).into_iter().flatten().map(|v| self.expand(&v).trim().to_owned()).collect()
-    }
-
-    /// Every `(install section, hardware IDs)` of the models sections the
-    /// `[Manufacturer]` section names (each decoration), with its `$ARCH$`.
-    fn models(&self) -> Vec<(String, Vec<String>)> {
-        let mut found = Vec::new();
-        for line in self.ini.section("Manufacturer") {
-            let mut values = line.values.iter();
-            let base = values.next().expect("a models section name").trim().to_owned();
-            let decorations: Vec<&String> = values.collect();
-            assert!(!decorations.is_empty(), "[Manufacturer] {base}: no target decoration");
-            for decoration in decorations {
-                assert!(decoration.contains("$ARCH$"), "decoration `{decoration}` has no $ARCH$ for stampinf");
-                let section = format!("{base}.{}", decoration.trim());
-                assert!(self.ini.has_section(&section), "models section [{section}] missing");
-                for model in self.ini.section(&section) {
-                    let mut fields = model.values.iter().map(|v| self.expand(v).trim().to_owned());
-                    let install = fields.next().expect("an install section");
-                    found.push((install, fields.collect()));
-                }
-            }
-        }
-        assert!(!found.is_empty(), "no models");
-        found
-    }
-
-    /// The `(service name, install section)` pairs of `[<install>.NT.Services]`.
-    fn services(&self, install: &str) -> Vec<(String, String)> {
-        self.ini
-            .values(&format!("{install}.NT.Services"), "AddService")
-            .into_iter()
-            .map(|v| (self.expand(&v[0]), self.expand(v.get(2).map_or("", String::as_str))))
-            .collect()
-    }
-
-    /// Every `AddReg` line of the `AddReg` sections `section` lists, as
-    /// `[root, subkey, value name, flags, value]`, expanded.
-    fn add_reg(&self, section: &str) -> Vec<Vec<String>> {
-        self.list(section, "AddReg")
-            .iter()
-            .flat_map(|name| {
-                assert!(self.ini.has_section(name), "AddReg section [{name}] missing");
-                self.ini.section(name)
-            })
-            .map(|line| line.values.iter().map(|v| self.expand(v).trim().to_owned()).collect())
-            .collect()
-    }
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
-}
-
 /// `[lib] name` of a driver package: the Windows build produces `<name>.sys`.
 fn lib_name(package_dir: &str) -> String {
     let manifest = Ini::read(&workspace().join(package_dir).join("Cargo.toml"));
     manifest.value("lib", "name")
-}
-
-/// Parses an INF number (`0x…` or decimal).
-fn number(text: &str) -> u32 {
-    let text = text.trim();
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.unwrap_or_else(|e| panic!("`{text}` is not a number: {e}"))
 }
 
 /// The one install section of an INF and its hardware IDs.
@@ -311,7 +87,7 @@ fn reader_tolerates_comments_quotes_and_case() {
     let bare: Vec<_> = ini.section("sec.one").into_iter().filter(|l| l.key.is_none()).collect();
     assert_eq!(bare[0].values, ["bare", "x,y"]);
     assert!(ini.has_section("other"));
-    let inf = Inf { ini, strings: HashMap::from([("name".to_owned(), "v".to_owned())]) };
+    let inf = Inf { ini, strings: HashMap::from([("name".to_owned(), "v".to_owned())]), text: String::new() };
     assert_eq!(inf.expand("%NAME%\\x %13% 100%%"), "v\\x %13% 100%");
 }
 

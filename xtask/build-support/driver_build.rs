@@ -115,21 +115,21 @@ mod tests {
 
     #[test]
     fn picks_newest_sdk_version_or_the_pinned_one() {
-        let root = env::temp_dir().join(format!("xtask-driver-build-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         for version in ["10.0.19041.0", "10.0.22621.0", "8.1"] {
             std::fs::create_dir_all(root.join("Lib").join(version).join("km/x64")).unwrap();
         }
         assert_eq!(
-            kernel_library_dir(&root, None).unwrap(),
+            kernel_library_dir(root, None).unwrap(),
             root.join("Lib/10.0.22621.0/km/x64")
         );
         assert_eq!(
-            kernel_library_dir(&root, Some("10.0.19041.0".into())).unwrap(),
+            kernel_library_dir(root, Some("10.0.19041.0".into())).unwrap(),
             root.join("Lib/10.0.19041.0/km/x64")
         );
-        assert!(kernel_library_dir(&root, Some("10.0.1.0".into())).is_err());
+        assert!(kernel_library_dir(root, Some("10.0.1.0".into())).is_err());
         assert!(kernel_library_dir(&root.join("absent"), None).is_err());
-        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

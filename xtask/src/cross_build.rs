@@ -294,18 +294,7 @@ pub fn run(tc: &Toolchain, options: Options, packages: &[&str]) -> Result<Vec<Pa
 
 /// Let cargo re-resolve `Cargo.lock` without the `[patch]`.
 fn reresolve_lock(tc: &Toolchain, root: &Path) -> Result<()> {
-    let output = Command::new(&tc.cargo)
-        .current_dir(root)
-        .args(["metadata", "--format-version", "1"])
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    workspace::metadata(&tc.cargo, root, None).map(drop)
 }
 
 fn build_all(
@@ -408,13 +397,11 @@ mod tests {
 
     #[test]
     fn symlinks_are_replaced_only_when_different() {
-        let dir = std::env::temp_dir().join(format!("xtask-links-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("tool");
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("tool");
         replace_symlink(Path::new("/bin/a"), &link).unwrap();
         replace_symlink(Path::new("/bin/a"), &link).unwrap();
         replace_symlink(Path::new("/bin/b"), &link).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("/bin/b"));
-        let _ = fs::remove_dir_all(&dir);
     }
 }

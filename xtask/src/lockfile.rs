@@ -88,9 +88,8 @@ mod tests {
 
     #[test]
     fn settles_each_way() {
-        let dir = std::env::temp_dir().join(format!("xtask-lock-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let lock = dir.join("Cargo.lock");
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("Cargo.lock");
         fs::write(&lock, "a").unwrap();
 
         let guard = Guard::snapshot(&lock).unwrap();
@@ -118,6 +117,5 @@ mod tests {
             Outcome::SnapshotWritten
         );
         assert!(!lock.exists());
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -4,6 +4,9 @@
 //! * `cargo xtask windows` — check the host prerequisites, prepare the
 //!   synthesised WDK root and the patched `wdk-build`, cross-build
 //!   `capdma_bus.sys` and `capdma_avstream.sys`, and PE-check them.
+//! * `cargo xtask package` — the above for the shipping drivers, then per
+//!   driver the folder `inf2cat` and `signtool` take (`.sys`, `.pdb`, and
+//!   the `.inf` stamped from `inf/<lib>.inx`).
 //! * `cargo xtask pe-check FILE...` — the PE check alone.
 //! * `cargo xtask prereqs` — the prerequisite check alone.
 //!
@@ -11,9 +14,11 @@
 
 mod cross_build;
 mod def_file;
+mod hvci;
 mod import_policy;
 mod linker_map;
 mod lockfile;
+mod package;
 mod pe_check;
 mod pe_image;
 mod prereqs;
@@ -33,160 +38,153 @@ mod driver_build;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
+/// capdma's build automation: the Linux cross build of the `.sys` images
+/// and their PE check.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about,
+    after_help = "Exit status: 0 success, 1 a step failed, 2 a usage error.\n\
+                  See docs/windows-build.md."
+)]
+struct Cli {
+    /// What to do (without one: this help).
+    #[command(subcommand)]
+    command: Option<Task>,
+}
 
-commands:
-  windows [--debug] [--skip-required-imports] [--no-pe-check] [-p|--package <package>]...
-      cross-build capdma_bus.sys and capdma_avstream.sys for x86_64-pc-windows-msvc
-      (release profile unless --debug) into target/windows/<profile>/, then PE-check them;
-      with -p/--package (capdma-bus, capdma-avstream; repeatable) only the packages named
-  pe-check [--skip-required-imports] FILE.sys...
-      check PE images: AMD64, NATIVE subsystem, DriverEntry entry point, imports only
-      from ntoskrnl.exe/hal.dll/ks.sys, required imports (xtask/src/import_policy.rs)
-  prereqs
-      check the host tools the cross build needs and say how to install missing ones
-  help
-      this text";
-
-/// A parsed command line.
-#[derive(Debug, PartialEq, Eq)]
+/// The commands.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
 enum Task {
-    Windows {
-        release: bool,
-        skip_required: bool,
-        pe_check: bool,
-        /// Driver packages to build; empty: all.
-        packages: Vec<String>,
-    },
-    PeCheck {
-        skip_required: bool,
-        files: Vec<PathBuf>,
-    },
+    /// Cross-build the driver images for x86_64-pc-windows-msvc into
+    /// target/windows/<profile>/, then PE-check them.
+    Windows(WindowsArgs),
+    /// Build and PE-check the shipping drivers, then write per driver the
+    /// folder inf2cat and signtool take, as cargo-wdk lays it out:
+    /// target/windows/<profile>/<lib>_package/ with <lib>.sys, .pdb, .map
+    /// and <lib>.inf stamped from inf/<lib>.inx.
+    Package(PackageArgs),
+    /// Check PE images: machine AMD64, subsystem NATIVE, the entry point,
+    /// the modules imported from and the required imports.
+    PeCheck(PeCheckArgs),
+    /// Check the host tools the cross build needs and say how to install
+    /// missing ones.
     Prereqs,
-    Help,
 }
 
-/// Splits `rest` into the `allowed` flags seen and the other (file) arguments.
-fn split_flags(
-    command: &str,
-    rest: &[String],
-    allowed: &[&'static str],
-) -> Result<(Vec<&'static str>, Vec<PathBuf>)> {
-    let mut seen = Vec::new();
-    let mut files = Vec::new();
-    for arg in rest {
-        if let Some(flag) = allowed.iter().find(|f| **f == arg.as_str()) {
-            seen.push(*flag);
-        } else if arg.starts_with('-') {
-            bail!("`{command}` does not take `{arg}`\n\n{USAGE}");
-        } else {
-            files.push(PathBuf::from(arg));
-        }
-    }
-    Ok((seen, files))
+/// `cargo xtask windows` options.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct WindowsArgs {
+    /// Build with the dev profile instead of release (images in
+    /// target/windows/debug/).
+    #[arg(long)]
+    debug: bool,
+    /// Run the PE check without the required-import lists (loudly reported).
+    #[arg(long)]
+    skip_required_imports: bool,
+    /// Build only, no PE check.
+    #[arg(long)]
+    no_pe_check: bool,
+    /// Build (and check) only this driver package; repeatable; default: all.
+    #[arg(
+        short = 'p',
+        long = "package",
+        value_name = "PACKAGE",
+        value_parser = clap::builder::PossibleValuesParser::new(cross_build::DRIVER_PACKAGES.iter().copied())
+    )]
+    packages: Vec<String>,
 }
 
-fn parse(args: &[String]) -> Result<Task> {
-    let Some((command, rest)) = args.split_first() else {
-        return Ok(Task::Help);
-    };
-    let flags = |allowed: &[&'static str]| split_flags(command, rest, allowed);
-    match command.as_str() {
-        "windows" => {
-            let (rest, packages) = take_packages(rest)?;
-            let (seen, files) = split_flags(
-                command,
-                &rest,
-                &["--debug", "--skip-required-imports", "--no-pe-check"],
-            )?;
-            if let Some(file) = files.first() {
-                bail!(
-                    "`windows` takes no file arguments (got `{}`)\n\n{USAGE}",
-                    file.display()
-                );
-            }
-            Ok(Task::Windows {
-                release: !seen.contains(&"--debug"),
-                skip_required: seen.contains(&"--skip-required-imports"),
-                pe_check: !seen.contains(&"--no-pe-check"),
-                packages,
-            })
-        }
-        "pe-check" => {
-            let (seen, files) = flags(&["--skip-required-imports"])?;
-            Ok(Task::PeCheck {
-                skip_required: !seen.is_empty(),
-                files,
-            })
-        }
-        "prereqs" if rest.is_empty() => Ok(Task::Prereqs),
-        "help" | "--help" | "-h" => Ok(Task::Help),
-        other => bail!("unknown command or arguments: `{other}`\n\n{USAGE}"),
-    }
+/// `cargo xtask package` options.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct PackageArgs {
+    /// Build with the dev profile instead of release (folders in
+    /// target/windows/debug/).
+    #[arg(long)]
+    debug: bool,
+    /// Package only this driver; repeatable; default: all.
+    #[arg(
+        short = 'p',
+        long = "package",
+        value_name = "PACKAGE",
+        value_parser = clap::builder::PossibleValuesParser::new(package::PACKAGED_DRIVERS.iter().copied())
+    )]
+    packages: Vec<String>,
+    #[arg(
+        long,
+        value_name = "MM/DD/YYYY",
+        value_parser = package::parse_date,
+        help = "DriverVer's date [default: today in UTC, or the date of SOURCE_DATE_EPOCH]"
+    )]
+    date: Option<time::Date>,
+    #[arg(
+        long,
+        value_name = "W.X.Y.Z",
+        value_parser = package::parse_version,
+        help = "DriverVer's version, each part below 65535 [default: the package's version, x.y.z.0]"
+    )]
+    driver_version: Option<[u16; 4]>,
 }
 
-/// Splits `-p <package>`, `--package <package>` and `--package=<package>`
-/// out of `args`: returns the other arguments and the package names.
-fn take_packages(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
-    let mut rest = Vec::new();
-    let mut packages = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        if arg == "-p" || arg == "--package" {
-            match iter.next() {
-                Some(name) if !name.starts_with('-') => packages.push(name.clone()),
-                _ => bail!("`{arg}` needs a package name\n\n{USAGE}"),
-            }
-        } else if let Some(name) = arg.strip_prefix("--package=") {
-            packages.push(name.to_owned());
-        } else {
-            rest.push(arg.clone());
-        }
-    }
-    cross_build::select_packages(&packages)?;
-    Ok((rest, packages))
+/// `cargo xtask pe-check` options.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct PeCheckArgs {
+    /// Skip the required-import lists (loudly reported).
+    #[arg(long)]
+    skip_required_imports: bool,
+    /// The images to check.
+    #[arg(value_name = "FILE.sys", required = true)]
+    files: Vec<PathBuf>,
 }
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Help => println!("{USAGE}"),
+        Task::Package(args) => {
+            let tc = prereqs::check()?;
+            println!("[windows] prerequisites  present");
+            let packages = package::select(&args.packages)?;
+            let options = package::Options {
+                build: cross_build::Options {
+                    release: !args.debug,
+                },
+                date: args.date,
+                version: args.driver_version,
+            };
+            package::run(&tc, &options, &packages)?;
+        }
         Task::Prereqs => {
             let tc = prereqs::check()?;
             println!("all prerequisites present:\n{tc:#?}");
         }
-        Task::PeCheck {
-            skip_required,
-            files,
-        } => {
+        Task::PeCheck(args) => {
             pe_check::run(
-                &files,
+                &args.files,
                 pe_check::Options {
-                    skip_required_imports: skip_required,
+                    skip_required_imports: args.skip_required_imports,
                 },
             )?;
         }
-        Task::Windows {
-            release,
-            skip_required,
-            pe_check,
-            packages,
-        } => {
+        Task::Windows(args) => {
             let tc = prereqs::check()?;
             println!("[windows] prerequisites  present");
-            let packages = cross_build::select_packages(&packages)?;
-            let images = cross_build::run(&tc, cross_build::Options { release }, &packages)?;
-            if pe_check {
+            let packages = cross_build::select_packages(&args.packages)?;
+            let options = cross_build::Options {
+                release: !args.debug,
+            };
+            let images = cross_build::run(&tc, options, &packages)?;
+            if args.no_pe_check {
+                println!("[windows] PE check       NOT RUN (--no-pe-check)");
+            } else {
                 pe_check::run(
                     &images,
                     pe_check::Options {
-                        skip_required_imports: skip_required,
+                        skip_required_imports: args.skip_required_imports,
                     },
                 )?;
-            } else {
-                println!("[windows] PE check       NOT RUN (--no-pe-check)");
             }
         }
     }
@@ -194,8 +192,12 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse(&args).and_then(run) {
+    // A usage error exits 2 (clap's own exit), `--help` 0.
+    let Some(task) = Cli::parse().command else {
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    match run(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -208,73 +210,126 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
+    fn parse(list: &[&str]) -> Result<Option<Task>, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(list.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    fn windows(debug: bool, skip: bool, no_pe_check: bool, packages: &[&str]) -> Task {
+        Task::Windows(WindowsArgs {
+            debug,
+            skip_required_imports: skip,
+            no_pe_check,
+            packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+        })
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn parses_commands_and_flags() {
-        assert_eq!(parse(&[]).unwrap(), Task::Help);
+        assert_eq!(parse(&[]).unwrap(), None);
         assert_eq!(
-            parse(&args(&["windows"])).unwrap(),
-            Task::Windows {
-                release: true,
-                skip_required: false,
-                pe_check: true,
-                packages: Vec::new(),
-            }
+            parse(&["windows"]).unwrap(),
+            Some(windows(false, false, false, &[]))
         );
         assert_eq!(
-            parse(&args(&["windows", "--debug", "--skip-required-imports"])).unwrap(),
-            Task::Windows {
-                release: false,
-                skip_required: true,
-                pe_check: true,
-                packages: Vec::new(),
-            }
+            parse(&["windows", "--debug", "--skip-required-imports"]).unwrap(),
+            Some(windows(true, true, false, &[]))
         );
         assert_eq!(
-            parse(&args(&[
+            parse(&[
                 "windows",
                 "-p",
                 "capdma-bus",
                 "--no-pe-check",
                 "--package=capdma-avstream"
-            ]))
+            ])
             .unwrap(),
-            Task::Windows {
-                release: true,
-                skip_required: false,
-                pe_check: false,
-                packages: vec!["capdma-bus".into(), "capdma-avstream".into()],
-            }
+            Some(windows(
+                false,
+                false,
+                true,
+                &["capdma-bus", "capdma-avstream"]
+            ))
         );
         assert_eq!(
-            parse(&args(&[
-                "pe-check",
-                "a.sys",
-                "--skip-required-imports",
-                "b.sys"
-            ]))
-            .unwrap(),
-            Task::PeCheck {
-                skip_required: true,
+            parse(&["pe-check", "a.sys", "--skip-required-imports", "b.sys"]).unwrap(),
+            Some(Task::PeCheck(PeCheckArgs {
+                skip_required_imports: true,
                 files: vec!["a.sys".into(), "b.sys".into()]
-            }
+            }))
         );
-        assert_eq!(parse(&args(&["prereqs"])).unwrap(), Task::Prereqs);
+        assert_eq!(parse(&["prereqs"]).unwrap(), Some(Task::Prereqs));
+        assert_eq!(
+            parse(&["package"]).unwrap(),
+            Some(Task::Package(PackageArgs {
+                debug: false,
+                packages: Vec::new(),
+                date: None,
+                driver_version: None,
+            }))
+        );
+        let Some(Task::Package(args)) = parse(&[
+            "package",
+            "--debug",
+            "-p",
+            "capdma-avstream",
+            "--date",
+            "12/31/2025",
+            "--driver-version",
+            "1.2.3.4",
+        ])
+        .unwrap() else {
+            panic!("not a package task");
+        };
+        assert!(args.debug);
+        assert_eq!(args.packages, ["capdma-avstream"]);
+        assert_eq!(
+            args.date.map(|d| d.to_string()).as_deref(),
+            Some("2025-12-31")
+        );
+        assert_eq!(args.driver_version, Some([1, 2, 3, 4]));
     }
 
     #[test]
-    fn rejects_unknown_input() {
-        assert!(parse(&args(&["build"])).is_err());
-        assert!(parse(&args(&["windows", "--relase"])).is_err());
-        assert!(parse(&args(&["windows", "x.sys"])).is_err());
-        assert!(parse(&args(&["prereqs", "x"])).is_err());
-        assert!(parse(&args(&["pe-check", "--debug"])).is_err());
-        assert!(parse(&args(&["windows", "-p"])).is_err());
-        assert!(parse(&args(&["windows", "-p", "--debug"])).is_err());
-        assert!(parse(&args(&["windows", "--package", "capdma-sim"])).is_err());
-        assert!(parse(&args(&["pe-check", "-p", "capdma-bus", "x.sys"])).is_err());
+    fn rejects_unknown_input_as_usage_errors() {
+        for args in [
+            &["build"][..],
+            &["windows", "--relase"],
+            &["windows", "x.sys"],
+            &["prereqs", "x"],
+            &["pe-check", "--debug"],
+            &["pe-check"],
+            &["windows", "-p"],
+            &["windows", "-p", "--debug"],
+            &["windows", "--package", "capdma-sim"],
+            &["pe-check", "-p", "capdma-bus", "x.sys"],
+            &["package", "--date", "2025-12-31"],
+            &["package", "--date", "02/30/2025"],
+            &["package", "--driver-version", "1.2.3"],
+            &["package", "--driver-version", "0.0.0.0"],
+            &["package", "-p", "capdma-sim"],
+            &["package", "x.sys"],
+        ] {
+            let error = parse(args).expect_err(&format!("{args:?} was accepted"));
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        for args in [
+            &["--help"][..],
+            &["help"],
+            &["windows", "--help"],
+            &["help", "pe-check"],
+        ] {
+            let error = parse(args).expect_err("help is reported through clap's error path");
+            assert_eq!(error.exit_code(), 0, "{args:?}");
+        }
     }
 }

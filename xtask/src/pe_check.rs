@@ -14,7 +14,10 @@
 //!   unless that check is skipped, which is then reported loudly;
 //! * no executable section holds a privileged instruction (an inline
 //!   `mov cr8` instead of the IRQL routines of ntoskrnl, `cli`, `rdmsr`, …:
-//!   [`privileged`]).
+//!   [`privileged`]);
+//! * the memory-integrity (HVCI) rules of [`hvci`]: `NX_COMPAT`, page-aligned
+//!   sections, no section both writable and executable or both executable
+//!   and discardable, the import address table outside code.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::hvci;
 use crate::import_policy::{self, Import, Violation};
 use crate::linker_map;
 use crate::pe_image::{self, ImageInfo};
@@ -143,6 +147,7 @@ pub fn failures(stem: &str, info: &ImageInfo, entry: &Entry, options: Options) -
         }
     }
     failures.extend(violations.iter().map(Violation::to_string));
+    failures.extend(hvci::check(info).iter().map(hvci::Violation::to_string));
     failures
 }
 
@@ -195,6 +200,15 @@ fn check_one(path: &Path, options: Options) -> Result<Vec<String>> {
         "  dll chars   {:#06x} ({})",
         info.dll_characteristics,
         pe_image::dll_characteristics_names(info.dll_characteristics)
+    );
+    println!(
+        "  sections    {} (alignment {:#x})",
+        info.sections
+            .iter()
+            .map(|s| format!("{} {:#010x}", s.name, s.characteristics))
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.section_alignment
     );
     let entry_text = match &entry {
         Entry::Confirmed { symbol, source } => format!("{symbol} (by {source})"),
@@ -278,6 +292,8 @@ mod tests {
             subsystem: 1,
             image_base: 0x1_4000_0000,
             entry_rva: 0x1000,
+            dll_characteristics: 0x01e0,
+            section_alignment: 0x1000,
             exports: vec![("DriverEntry".into(), 0x1000)],
             imports: vec![Import::new("ntoskrnl.exe", "IoCreateDevice")],
             ..ImageInfo::default()
@@ -371,6 +387,18 @@ mod tests {
     }
 
     #[test]
+    fn hvci_rules_are_part_of_the_check() {
+        let info = ImageInfo {
+            dll_characteristics: 0x0060,
+            ..driver_like()
+        };
+        let entry = resolve_entry(&info, &[]);
+        let failures = failures("unlisted", &info, &entry, Options::default());
+        assert_eq!(failures.len(), 1, "{failures:#?}");
+        assert!(failures[0].contains("NX_COMPAT"));
+    }
+
+    #[test]
     fn required_imports_checked_unless_skipped() {
         let info = driver_like();
         let entry = resolve_entry(&info, &[]);
@@ -400,11 +428,9 @@ mod tests {
         assert!(run(&[], Options::default()).is_err());
         let missing = PathBuf::from("/nonexistent/capdma_bus.sys");
         assert!(run(&[missing], Options::default()).is_err());
-        let dir = std::env::temp_dir().join(format!("xtask-pe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let garbage = dir.join("garbage.sys");
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.sys");
         std::fs::write(&garbage, b"MZ not really").unwrap();
         assert!(run(&[garbage], Options::default()).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,6 +8,27 @@ use object::LittleEndian as LE;
 
 use crate::import_policy::Import;
 
+/// One section header: what the HVCI rules look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Section {
+    /// `IMAGE_SECTION_HEADER::Name` (up to 8 bytes, NULs dropped).
+    pub name: String,
+    /// `IMAGE_SECTION_HEADER::VirtualAddress` (an RVA).
+    pub virtual_address: u32,
+    /// `IMAGE_SECTION_HEADER::VirtualSize`, bytes.
+    pub virtual_size: u32,
+    /// `IMAGE_SECTION_HEADER::Characteristics` (`IMAGE_SCN_*`).
+    pub characteristics: u32,
+}
+
+impl Section {
+    /// Is `rva` inside the section's virtual range?
+    pub fn contains(&self, rva: u32) -> bool {
+        rva.checked_sub(self.virtual_address)
+            .is_some_and(|offset| offset < self.virtual_size)
+    }
+}
+
 /// What the PE check looks at in one image.
 #[derive(Debug, Clone, Default)]
 pub struct ImageInfo {
@@ -21,6 +42,13 @@ pub struct ImageInfo {
     pub image_base: u64,
     /// `IMAGE_OPTIONAL_HEADER64::AddressOfEntryPoint` (an RVA).
     pub entry_rva: u32,
+    /// `IMAGE_OPTIONAL_HEADER64::SectionAlignment`, bytes.
+    pub section_alignment: u32,
+    /// The section table, in file order.
+    pub sections: Vec<Section>,
+    /// The import address table directory (`IMAGE_DIRECTORY_ENTRY_IAT`):
+    /// `(rva, size in bytes)`, `None` when absent or empty.
+    pub iat: Option<(u32, u32)>,
     /// Named exports that point into the image: `(name, rva)`.
     pub exports: Vec<(String, u32)>,
     /// Imports from the import directory.
@@ -41,6 +69,24 @@ fn import_symbol(import: object::read::pe::Import<'_>) -> String {
     }
 }
 
+/// The section table and the import address table's place.
+fn read_layout(file: &PeFile64<'_>, info: &mut ImageInfo) {
+    info.sections = file
+        .section_table()
+        .iter()
+        .map(|header| Section {
+            name: lossy(header.name.split(|&b| b == 0).next().unwrap_or_default()),
+            virtual_address: header.virtual_address.get(LE),
+            virtual_size: header.virtual_size.get(LE),
+            characteristics: header.characteristics.get(LE).0,
+        })
+        .collect();
+    info.iat = file
+        .data_directory(pe::IMAGE_DIRECTORY_ENTRY_IAT)
+        .map(pe::ImageDataDirectory::address_range)
+        .filter(|&(rva, size)| rva != 0 && size != 0);
+}
+
 /// Parse `data` as a 64-bit PE image.
 ///
 /// # Errors
@@ -59,8 +105,11 @@ pub fn read_image(data: &[u8]) -> Result<ImageInfo> {
         dll_characteristics: optional.dll_characteristics().0,
         image_base: optional.image_base(),
         entry_rva: optional.address_of_entry_point(),
+        section_alignment: optional.section_alignment(),
         ..ImageInfo::default()
     };
+
+    read_layout(&file, &mut info);
 
     if let Some(exports) = file.export_table().context("malformed export table")? {
         for export in exports.exports().context("malformed export table")? {

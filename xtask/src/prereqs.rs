@@ -230,7 +230,8 @@ mod tests {
 
     #[test]
     fn builtin_include_picks_highest_version_with_headers() {
-        let root = env::temp_dir().join(format!("xtask-llvm-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         for (ver, with_header) in [("13.0.1", true), ("14.0.6", true), ("15.0.0", false)] {
             let inc = root.join("lib/clang").join(ver).join("include");
             std::fs::create_dir_all(&inc).unwrap();
@@ -239,10 +240,9 @@ mod tests {
             }
         }
         assert_eq!(
-            clang_builtin_include(&root),
+            clang_builtin_include(root),
             Some(root.join("lib/clang/14.0.6/include"))
         );
         assert_eq!(clang_builtin_include(&root.join("nowhere")), None);
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -3,7 +3,7 @@
 //! interrupted run never leaves a half-made one behind.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -36,23 +36,18 @@ pub fn rebuild_if_stale(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let scratch: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if scratch.exists() {
-        fs::remove_dir_all(&scratch)
-            .with_context(|| format!("cannot remove {}", scratch.display()))?;
-    }
-    fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
-    let filled = fill(&scratch).and_then(|()| {
-        fs::write(scratch.join(STAMP_FILE), stamp).context("cannot write the stamp file")
-    });
-    if let Err(error) = filled {
-        let _ = fs::remove_dir_all(&scratch);
-        return Err(error);
-    }
+    // Removed with everything in it if `fill` fails or panics.
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a scratch directory in {}", parent.display()))?;
+    fill(scratch.path())?;
+    fs::write(scratch.path().join(STAMP_FILE), stamp).context("cannot write the stamp file")?;
     if dir.exists() {
         fs::remove_dir_all(dir)
             .with_context(|| format!("cannot remove stale {}", dir.display()))?;
     }
+    let scratch = scratch.keep();
     fs::rename(&scratch, dir)
         .with_context(|| format!("cannot move {} to {}", scratch.display(), dir.display()))?;
     Ok(true)
@@ -64,8 +59,8 @@ mod tests {
 
     #[test]
     fn rebuilds_only_when_stamp_changes_and_cleans_up_on_failure() {
-        let base = std::env::temp_dir().join(format!("xtask-stamp-{}", std::process::id()));
-        let dir = base.join("made");
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("made");
         let mut runs = 0;
         let mut fill = |d: &Path| {
             runs += 1;
@@ -81,7 +76,6 @@ mod tests {
         assert!(failed.is_err());
         // The old directory survives a failed rebuild, and no scratch is left.
         assert!(is_current(&dir, "two"));
-        assert_eq!(fs::read_dir(&base).unwrap().count(), 1);
-        let _ = fs::remove_dir_all(&base);
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 1);
     }
 }

@@ -169,7 +169,8 @@ mod tests {
 
     #[test]
     fn llc_is_the_highest_data_cache() {
-        let dir = std::env::temp_dir().join(format!("capdma-bench-cache-{}", std::process::id()));
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("cache");
         for (i, level, kind, size) in [(0, 1, "Data", "32K"), (1, 1, "Instruction", "32K"), (2, 2, "Unified", "1024K"), (3, 3, "Unified", "16384K")] {
             let d = dir.join(format!("index{i}"));
             fs::create_dir_all(&d).unwrap();

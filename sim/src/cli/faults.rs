@@ -1,23 +1,27 @@
 //! `capdma-sim faults`: the fault matrix, one row per fault (and mode).
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use capdma_sim::faults::{self, FaultRow};
+use clap::builder::PossibleValuesParser;
 use clap::Args;
+use serde::Serialize;
 
-use super::stream::print_line;
+use super::{print_json, print_line, progress, Outcome};
 
 /// `capdma-sim faults` arguments.
 #[derive(Args)]
+#[command(after_help = super::EXIT_STATUS_HELP)]
 pub struct FaultsArgs {
-    /// Run only this row (`dma-error/sg`), or every mode of a fault (`dma-error`).
-    #[arg(long, value_name = "NAME")]
+    /// Run only this row (`dma-error/sg`), or every mode of a fault (`dma-error`); `--list` names them.
+    #[arg(long, value_name = "NAME", value_parser = row_names(), hide_possible_values = true)]
     only: Option<String>,
     /// Seed of the fault times, page placement and test pattern (replay a failure with it).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Print one JSON array of rows instead of the table.
+    /// Print one JSON object (the rows and the result) instead of the table.
     #[arg(long)]
     json: bool,
     /// List the rows and what each expects, run nothing.
@@ -26,6 +30,23 @@ pub struct FaultsArgs {
     /// Print every check of every row, not only the failed ones.
     #[arg(long)]
     verbose: bool,
+}
+
+/// What `--only` takes: every row's name and every fault's (the part
+/// before the `/`).
+fn row_names() -> PossibleValuesParser {
+    let names: BTreeSet<&'static str> =
+        faults::ROWS.iter().flat_map(|spec| [spec.name, spec.name.split('/').next().unwrap_or(spec.name)]).collect();
+    PossibleValuesParser::new(names)
+}
+
+/// The `--json` object's own fields.
+#[derive(Serialize)]
+struct FaultsReport<'a> {
+    seed: u64,
+    rows_total: usize,
+    rows_failed: usize,
+    rows: &'a [FaultRow],
 }
 
 const HEADER: [&str; 7] = ["fault", "delivered", "verified", "recovered", "violations", "leaks", "result"];
@@ -68,7 +89,8 @@ fn print_details(row: &FaultRow, verbose: bool) {
     }
 }
 
-/// Runs `capdma-sim faults`: exit 0 only when every row holds.
+/// Runs `capdma-sim faults`: exit 0 only when every row holds, 1 when one
+/// does not, 2 on a usage error.
 pub fn run(args: &FaultsArgs) -> ExitCode {
     if args.list {
         for spec in faults::ROWS {
@@ -77,35 +99,36 @@ pub fn run(args: &FaultsArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let only = args.only.as_deref();
-    if let Some(name) = only {
-        if !faults::ROWS.iter().any(|s| s.matches(name)) {
-            eprintln!("capdma-sim: no fault row named '{name}' (see --list)");
-            return ExitCode::from(2);
-        }
-    }
     let table = !args.json;
     if table {
         print_line(&line(&HEADER.map(String::from)));
     }
-    let live = table && std::io::stdout().is_terminal();
+    // Progress on stderr (a terminal only): rows done, the row running.
+    let names: Vec<&str> = faults::ROWS.iter().filter(|s| only.is_none_or(|name| s.matches(name))).map(|s| s.name).collect();
+    let bar = progress(names.len() as u64, "{spinner} [{bar:30}] {pos}/{len} rows, {elapsed}: {msg}");
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar.set_message(names.first().copied().unwrap_or_default());
     let rows = faults::run_matrix(only, args.seed, |row| {
         if table {
-            print_line(&line(&cells(row)));
-            print_details(row, args.verbose);
-        } else if live {
-            eprintln!("{}: {}", row.name, if row.holds { "holds" } else { "FAILS" });
+            bar.suspend(|| {
+                print_line(&line(&cells(row)));
+                print_details(row, args.verbose);
+            });
         }
+        bar.inc(1);
+        let done = usize::try_from(bar.position()).unwrap_or(usize::MAX);
+        bar.set_message(names.get(done).copied().unwrap_or_default());
     });
+    bar.finish_and_clear();
     let failed = rows.iter().filter(|r| !r.holds).count();
     if args.json {
-        print_line(&serde_json::to_string_pretty(&rows).unwrap_or_default());
+        let report = FaultsReport { seed: args.seed, rows_total: rows.len(), rows_failed: failed, rows: &rows };
+        if let Err(e) = print_json("faults", failed == 0, None, &report) {
+            return Outcome::Error(e).exit();
+        }
     } else {
         let wall: f64 = rows.iter().map(|r| r.wall_s).sum();
         print_line(&format!("{} rows, {} hold, {failed} fail (seed {}, {wall:.1} s)", rows.len(), rows.len() - failed, args.seed));
     }
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Outcome::from_passed(failed == 0).exit()
 }

@@ -1,17 +1,19 @@
 //! `capdma-sim stream`: the main job.
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal};
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 
 use capdma_bus::config::DmaModeOverride;
-use capdma_interface::format::PixelFormat;
+use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 use capdma_sim::board::BoardKind;
 use capdma_sim::machine::{self, MachineConfig, RunError, RunHooks};
 use capdma_sim::pattern::snapshot_png;
 use capdma_sim::y4m::{read_y4m_file, Y4mWriter};
-use clap::{Args, ValueEnum};
+use clap::{value_parser, Args, ValueEnum};
+
+use super::{print_json, print_line, progress, Outcome};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BoardArg {
@@ -39,8 +41,11 @@ enum FormatArg {
     Nv12,
 }
 
-/// `capdma-sim stream` arguments.
+/// `capdma-sim stream` arguments. Ranges are checked by clap (a usage error,
+/// exit 2); the registry values (`--slots`, `--max-mapping-bytes`) and the
+/// adapter's grant (`--map-registers`) take what the drivers must cope with.
 #[derive(Args)]
+#[command(after_help = super::EXIT_STATUS_HELP)]
 pub struct StreamArgs {
     /// The board model.
     #[arg(long, value_enum, default_value = "legacy")]
@@ -49,31 +54,31 @@ pub struct StreamArgs {
     #[arg(long, value_enum, default_value = "auto")]
     mode: ModeArg,
     /// Capture channels (one child device and pin each), 1..=8.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..=8))]
     channels: u32,
     /// Pixel format (default yuy2, or the source clip's).
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    /// Frame size `WxH` (default 1920x1080, or the source clip's).
-    #[arg(long, value_parser = parse_size)]
+    /// Frame size `WxH`, up to 4096x2160 (default 1920x1080, or the source clip's).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
     size: Option<(u32, u32)>,
     /// The application's frame stride in bytes (default: the line's bytes).
     #[arg(long)]
     stride: Option<u32>,
-    /// Frames per second (default 60, or the source clip's rate rounded).
-    #[arg(long)]
+    /// Frames per second, 1..=1000 (default 60, or the source clip's rate rounded).
+    #[arg(long, value_parser = value_parser!(u32).range(1..=1000))]
     fps: Option<u32>,
-    /// Frames to capture per channel.
-    #[arg(long, default_value_t = 300)]
+    /// Frames to capture per channel, 1..=1000000.
+    #[arg(long, default_value_t = 300, value_parser = value_parser!(u32).range(1..=1_000_000))]
     frames: u32,
-    /// Frame buffers the application keeps queued per channel.
-    #[arg(long, default_value_t = 4)]
+    /// Frame buffers the application keeps queued per channel, 1..=64.
+    #[arg(long, default_value_t = 4, value_parser = value_parser!(u32).range(1..=64))]
     app_buffers: u32,
-    /// How long the application holds each frame, in milliseconds (a slow application drops frames).
-    #[arg(long, default_value_t = 0.0)]
+    /// How long the application holds each frame, in milliseconds, 0..=10000 (a slow application drops frames).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_hold_ms)]
     app_hold_ms: f64,
-    /// The `MaxMappingByteCount` registry override, bytes.
-    #[arg(long)]
+    /// The `MaxMappingByteCount` registry override, bytes (at least 1; below a page is allowed).
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
     max_mapping_bytes: Option<u32>,
     /// The board drives 32-bit addresses only.
     #[arg(long)]
@@ -81,8 +86,8 @@ pub struct StreamArgs {
     /// RAM above 4 GiB, application buffers placed there.
     #[arg(long)]
     high_memory: bool,
-    /// Buffer alignment the board needs, bytes (power of two).
-    #[arg(long)]
+    /// Buffer alignment the board needs, bytes (a power of two up to 1 MiB).
+    #[arg(long, value_parser = parse_alignment)]
     alignment: Option<u32>,
     /// Map registers `IoGetDmaAdapter` grants.
     #[arg(long, default_value_t = 64)]
@@ -107,17 +112,41 @@ pub struct StreamArgs {
     json: bool,
 }
 
+/// `WxH`, each side 1 up to the format limit (4096x2160).
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected WxH, got '{s}'"))?;
     let w = w.trim().parse::<u32>().map_err(|_| format!("bad width in '{s}'"))?;
     let h = h.trim().parse::<u32>().map_err(|_| format!("bad height in '{s}'"))?;
+    if !(1..=MAX_WIDTH).contains(&w) || !(1..=MAX_HEIGHT).contains(&h) {
+        return Err(format!("{w}x{h} is outside 1x1..={MAX_WIDTH}x{MAX_HEIGHT}"));
+    }
     Ok((w, h))
 }
 
-fn config_from(args: &StreamArgs) -> Result<MachineConfig, String> {
+/// Milliseconds, finite, 0..=10000.
+fn parse_hold_ms(s: &str) -> Result<f64, String> {
+    let ms: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of milliseconds"))?;
+    if !(ms.is_finite() && (0.0..=10_000.0).contains(&ms)) {
+        return Err(format!("{ms} is outside 0..=10000"));
+    }
+    Ok(ms)
+}
+
+/// A power of two up to 1 MiB.
+fn parse_alignment(s: &str) -> Result<u32, String> {
+    let bytes: u32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of bytes"))?;
+    if !bytes.is_power_of_two() || bytes > 1 << 20 {
+        return Err(format!("{bytes} is not a power of two up to 1 MiB"));
+    }
+    Ok(bytes)
+}
+
+/// The machine to run, or why there is none: the source clip cannot be
+/// read (a failed run), or the configuration is invalid (a usage error).
+fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
     let mut config = MachineConfig::default();
     if let Some(path) = &args.source {
-        let video = read_y4m_file(path).map_err(|e| format!("--source {}: {e}", path.display()))?;
+        let video = read_y4m_file(path).map_err(|e| Outcome::Error(format!("--source {}: {e}", path.display())))?;
         config.format = video.header.format;
         config.width = video.header.width;
         config.height = video.header.height;
@@ -149,7 +178,7 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, String> {
         config.fps = fps;
     }
     if !(args.app_hold_ms.is_finite() && (0.0..=10_000.0).contains(&args.app_hold_ms)) {
-        return Err(format!("--app-hold-ms must be 0..=10000, got {}", args.app_hold_ms));
+        return Err(Outcome::Usage(format!("--app-hold-ms must be 0..=10000, got {}", args.app_hold_ms)));
     }
     config.channels = args.channels;
     config.stride = args.stride;
@@ -167,34 +196,32 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, String> {
     config.map_registers = args.map_registers;
     config.slot_count = args.slots;
     config.seed = args.seed;
-    config.validate().map_err(|e| e.to_string())?;
+    // A clip's own format or rate can be outside what the machine takes.
+    config.validate().map_err(|e| Outcome::Usage(e.to_string()))?;
     Ok(config)
 }
 
-/// Prints `text` and a newline; a closed pipe (`| head`) is not an error.
-pub fn print_line(text: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
+/// Runs `capdma-sim stream`: how it ended.
+fn run_stream(args: &StreamArgs) -> Outcome {
+    let config = match config_from(args) {
+        Ok(config) => config,
+        Err(outcome) => return outcome,
+    };
+    match stream(args, config) {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
 }
 
-/// Runs `capdma-sim stream`.
-pub fn run_stream(args: &StreamArgs) -> Result<bool, String> {
-    let config = config_from(args)?;
+fn stream(args: &StreamArgs, config: MachineConfig) -> Result<Outcome, Outcome> {
     let (format, width, height, fps) = (config.format, config.width, config.height, config.fps);
     let total = u64::from(config.frames) * u64::from(config.channels);
-    let bar = (std::io::stdout().is_terminal() && !args.json).then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} frames ({per_sec})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let bar = progress(total, "{spinner} [{bar:40}] {pos}/{len} frames ({per_sec})");
     let mut writer = match &args.output {
         Some(path) => {
-            let file = File::create(path).map_err(|e| format!("--output {}: {e}", path.display()))?;
-            Some(Y4mWriter::new(BufWriter::new(file), format, width, height, (fps, 1)).map_err(|e| format!("--output: {e}"))?)
+            let file = File::create(path).map_err(|e| Outcome::Error(format!("--output {}: {e}", path.display())))?;
+            let writer = Y4mWriter::new(BufWriter::new(file), format, width, height, (fps, 1))
+                .map_err(|e| Outcome::Error(format!("--output: {e}")))?;
+            Some(writer)
         }
         None => None,
     };
@@ -211,49 +238,42 @@ pub fn run_stream(args: &StreamArgs) -> Result<bool, String> {
             last_frame = Some((frame.to_vec(), stride));
         }
     };
-    let mut progress = |done: u64, _total: u64| {
-        if let Some(bar) = &bar {
-            bar.set_position(done);
-        }
-    };
-    let mut hooks = RunHooks { progress: Some(&mut progress), frame_sink: Some(&mut sink) };
+    let mut on_progress = |done: u64, _total: u64| bar.set_position(done);
+    let mut hooks = RunHooks { progress: Some(&mut on_progress), frame_sink: Some(&mut sink) };
     let result = machine::run(config, &mut hooks);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
         Err(RunError::Driver { step, status, report }) => {
-            let e = RunError::Driver { step, status, report: report.clone() };
+            let error = RunError::Driver { step, status, report: report.clone() }.to_string();
             if args.json {
-                print_line(&serde_json::to_string_pretty(&*report).unwrap_or_default());
+                print_json("stream", false, Some(&error), &*report).map_err(Outcome::Error)?;
             }
-            return Err(e.to_string());
+            return Err(Outcome::Error(error));
         }
-        Err(e) => return Err(e.to_string()),
+        Err(RunError::Config(e)) => return Err(Outcome::Usage(e.to_string())),
     };
     if let Some(w) = writer {
-        w.finish().map_err(|e| format!("--output: {e}"))?;
+        w.finish().map_err(|e| Outcome::Error(format!("--output: {e}")))?;
     }
     if let Some(e) = write_error {
-        return Err(e);
+        return Err(Outcome::Error(e));
     }
     if let (Some(path), Some((frame, stride))) = (&args.snapshot, last_frame) {
-        snapshot_png(path, format, width, height, stride, &frame).map_err(|e| format!("--snapshot {}: {e}", path.display()))?;
+        snapshot_png(path, format, width, height, stride, &frame)
+            .map_err(|e| Outcome::Error(format!("--snapshot {}: {e}", path.display())))?;
     }
-    let text = if args.json { serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? } else { report.summary() };
-    print_line(&text);
-    Ok(report.passed())
+    if args.json {
+        print_json("stream", report.passed(), None, &report).map_err(Outcome::Error)?;
+    } else {
+        print_line(&report.summary());
+    }
+    Ok(Outcome::from_passed(report.passed()))
 }
 
-/// `capdma-sim stream`: exit 0 when every delivered frame verified and no rule broke.
+/// `capdma-sim stream`: exit 0 when every channel delivered and every
+/// delivered frame verified with no rule broken, 1 when not, 2 on a usage
+/// error.
 pub fn run(args: &StreamArgs) -> ExitCode {
-    match run_stream(args) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("capdma-sim: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_stream(args).exit()
 }

@@ -514,3 +514,61 @@ fn the_bus_image_s_hal_imports_all_resolve() {
         other => assert!(other.is_ok(), "{other:?}"),
     }
 }
+
+#[test]
+fn two_32_bit_adapters_get_separate_domains_with_different_logical_addresses() {
+    let Some(mut s) = system() else { return };
+    let (a, _) = get_adapter(&mut s, false, 1 << 20);
+    let (b, _) = get_adapter(&mut s, false, 1 << 20);
+    let (va_a, logical_a) = allocate(&mut s, a, 2 * PAGE);
+    let (va_b, logical_b) = allocate(&mut s, b, 2 * PAGE);
+    assert_ne!(logical_a, logical_b);
+    assert!(logical_a < FOUR_GIB && logical_b < FOUR_GIB);
+    // The domain the device model would use translates to the buffer's frames.
+    let domain = hal::adapter_domain(&s.nt, a).unwrap();
+    let frame = s.machine.address_space().translate(va_a + PAGE).unwrap();
+    assert_eq!(domain.translate(logical_a + PAGE + 8, 4).unwrap(), vec![(frame + 8, 4)]);
+    assert!(hal::adapter_domain(&s.nt, 0x1234).is_none());
+    // Neither card reaches the other's buffer.
+    assert!(!hal::device_write(&mut s.nt, &s.machine, a, logical_b, &[1]).unwrap());
+    assert!(!hal::device_write(&mut s.nt, &s.machine, b, logical_a + PAGE, &[1]).unwrap());
+    assert_eq!(rules(&s), ["DMA_REMAPPING_FAULT", "DMA_REMAPPING_FAULT"]);
+    assert_eq!(s.machine.read_u8(va_b).unwrap(), COMMON_BUFFER_FILL);
+    assert_eq!(s.machine.read_u8(va_a + PAGE).unwrap(), COMMON_BUFFER_FILL);
+}
+
+#[test]
+fn the_memory_manager_ddis_check_their_irql() {
+    let Some(mut s) = system() else { return };
+    hal::attach_bar(&mut s.nt, BAR_GPA, PAGE, Box::new(Recorder::default())).unwrap();
+    let map = stub(&mut s, "MmMapIoSpaceEx");
+    let unmap = stub(&mut s, "MmUnmapIoSpace");
+    let get = stub(&mut s, "MmGetPhysicalMemoryRanges");
+    // Up to DISPATCH_LEVEL: fine.
+    s.nt.irql = DISPATCH_LEVEL;
+    let va = call(&mut s, map, &[BAR_GPA, PAGE, u64::from(PAGE_READWRITE | PAGE_NOCACHE)]);
+    call(&mut s, unmap, &[va, PAGE]);
+    assert!(s.nt.verifier.findings.is_empty(), "{:?}", s.nt.verifier.findings);
+    // MmGetPhysicalMemoryRanges is PASSIVE_LEVEL only; the others stop at DISPATCH_LEVEL.
+    call(&mut s, get, &[]);
+    s.nt.irql = DISPATCH_LEVEL + 1;
+    call(&mut s, map, &[BAR_GPA, PAGE, u64::from(PAGE_READWRITE | PAGE_NOCACHE)]);
+    s.nt.irql = 0;
+    assert_eq!(rules(&s), ["IRQL_TOO_HIGH", "IRQL_TOO_HIGH"]);
+    assert!(s.nt.verifier.findings[0].detail.contains("MmGetPhysicalMemoryRanges"));
+    assert!(s.nt.verifier.findings[1].detail.contains("MmMapIoSpaceEx"));
+}
+
+#[test]
+fn reserve_frames_takes_exactly_the_range_or_refuses() {
+    let memory = PhysicalMemory::new(MemoryConfig { high_memory: false, ram_bytes: 64 << 20, ..MemoryConfig::default() }, Violations::new());
+    let own = capdma_winvm::RamRange { gpa: 2 << 20, len: 4 << 20 };
+    let taken = hal::reserve_frames(&memory, own).unwrap();
+    assert_eq!(taken.page_addresses.first(), Some(&(2 << 20)));
+    assert_eq!(taken.page_addresses.len(), 1024);
+    // Overlapping frames already taken, or not page-aligned: refused, nothing held.
+    let live = memory.live_allocations().len();
+    assert!(hal::reserve_frames(&memory, capdma_winvm::RamRange { gpa: 5 << 20, len: 2 << 20 }).is_err());
+    assert!(hal::reserve_frames(&memory, capdma_winvm::RamRange { gpa: 5 << 20, len: 100 }).is_err());
+    assert_eq!(memory.live_allocations().len(), live);
+}

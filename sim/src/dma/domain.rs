@@ -40,10 +40,31 @@ struct State {
     label: String,
     window_start: u64,
     window_end: u64,
+    /// Where the search for a free range starts (then wraps to the window's start).
+    first: u64,
     /// Live mappings by first logical address (page-aligned).
     maps: BTreeMap<u64, Mapping>,
     checker: IommuChecker,
     faults: u64,
+}
+
+impl State {
+    /// The first free range of `need` bytes at or above `from` (first fit
+    /// between the live mappings, each keeping its guard page).
+    fn free_range(&self, from: u64, need: u64) -> Option<u64> {
+        let mut at = from;
+        for (&start, m) in &self.maps {
+            let end = start + m.pages.len() as u64 * PAGE + PAGE;
+            if end <= at {
+                continue;
+            }
+            if start >= at + need {
+                break;
+            }
+            at = end;
+        }
+        at.checked_add(need).is_some_and(|end| end <= self.window_end).then_some(at)
+    }
 }
 
 /// A device's DMA-remapping domain (a cheap `Clone` handle).
@@ -65,6 +86,7 @@ impl DmaDomain {
                 label: label.into(),
                 window_start: start,
                 window_end: end.max(start),
+                first: start,
                 maps: BTreeMap::new(),
                 checker: IommuChecker::new(),
                 faults: 0,
@@ -91,20 +113,24 @@ impl DmaDomain {
         }
         let mut s = self.state.borrow_mut();
         let need = pages.len() as u64 * PAGE + PAGE;
-        // First fit between the live mappings (each keeps its guard page).
-        let mut at = s.window_start;
-        for (&start, m) in &s.maps {
-            if start >= at + need {
-                break;
-            }
-            at = at.max(start + m.pages.len() as u64 * PAGE + PAGE);
-        }
-        if at.checked_add(need).is_none_or(|end| end > s.window_end) {
-            return None;
-        }
+        let at = s.free_range(s.first, need).or_else(|| s.free_range(s.window_start, need))?;
         let range = s.checker.register(at, bytes, kind, label);
         s.maps.insert(at, Mapping { pages: pages.to_vec(), bytes, range });
         Some(at)
+    }
+
+    /// Makes the search for free logical ranges start at `first` (inside
+    /// the window; it wraps to the window's start when nothing fits above):
+    /// domains that share a window then hand out different addresses while
+    /// they have room, which makes a device using another's address fault
+    /// instead of hitting its own buffer.
+    #[must_use]
+    pub fn starting_at(self, first: u64) -> Self {
+        {
+            let mut s = self.state.borrow_mut();
+            s.first = first.next_multiple_of(PAGE).clamp(s.window_start, s.window_end);
+        }
+        self
     }
 
     /// Unmaps the mapping that starts at `logical`; returns its physical
@@ -240,6 +266,16 @@ mod tests {
         assert!(d.map(&[0x2000], 1, RangeKind::CommonBuffer, "c").is_some());
         assert!(d.unmap(a).is_some());
         assert!(d.unmap(a).is_none());
+    }
+
+    #[test]
+    fn the_search_starts_at_the_hint_and_wraps() {
+        let d = DmaDomain::new("hinted", 0x10_0000, 8 * PAGE).starting_at(0x10_0000 + 5 * PAGE);
+        assert_eq!(d.map(&[0x1000], 1, RangeKind::CommonBuffer, "a"), Some(0x10_0000 + 5 * PAGE));
+        // No room for 2 pages + guard above the first: wraps to the window's start.
+        assert_eq!(d.map(&[0x1000, 0x2000], 1, RangeKind::CommonBuffer, "b"), Some(0x10_0000));
+        assert_eq!(d.map(&[0x1000], 1, RangeKind::CommonBuffer, "c"), Some(0x10_0000 + 3 * PAGE));
+        assert_eq!(d.map(&[0x1000], 1, RangeKind::CommonBuffer, "d"), None);
     }
 
     #[test]

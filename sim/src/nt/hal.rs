@@ -22,6 +22,14 @@
 //! once the guest RAM *is* `PhysicalMemory`'s memfd (then the board's
 //! `DmaDomain::dma_write` through `PhysicalMemory::dma_write` and the
 //! guest's CPU see the same bytes).
+//!
+//! Building `System` over the memfd is then a small change of
+//! `System::boot`: make the `PhysicalMemory`, give `GuestMemory::new` its
+//! `backing()` (linear base and RAM ranges) with the machine's own frames
+//! inside that RAM, take those frames with [`reserve_frames`], and
+//! [`attach_memory`] the same `PhysicalMemory` instead of [`memory_over`]'s.
+//! The device model reaches the common buffers with the adapter's domain
+//! ([`adapter_domain`]) over that memory.
 
 pub mod dma;
 pub mod io_space;
@@ -30,7 +38,8 @@ pub mod ranges;
 use capdma_winvm::RamRange;
 
 use super::{Ddi, Module, Nt, DISPATCH_LEVEL, PASSIVE_LEVEL};
-use crate::memory::{MemoryConfig, PhysicalMemory, PAGE_SIZE, PCI_HOLE_START, RAM_START};
+use crate::dma::DmaDomain;
+use crate::memory::{Allocation, MemoryConfig, PhysicalMemory, PAGE_SIZE, PCI_HOLE_START, RAM_START};
 use crate::violations::Violations;
 
 pub use dma::{device_read, device_write, Adapter, CommonBufferRecord, DmaState, COMMON_BUFFER_FILL};
@@ -75,7 +84,7 @@ pub fn memory(nt: &Nt) -> Option<&PhysicalMemory> {
 /// A [`PhysicalMemory`] whose RAM is the guest RAM `[1 MiB, ram_end)` of a
 /// machine whose guest memory is separate host memory, with the frames
 /// `reserved` (the machine's own frames: page tables, stacks, images, pool)
-/// taken as one live allocation so they are never handed out. Only frame
+/// taken by [`reserve_frames`] so they are never handed out. Only frame
 /// placement is used from it; see the module docs. No RAM above 4 GiB.
 ///
 /// # Errors
@@ -89,20 +98,47 @@ pub fn memory_over(ram_end: u64, reserved: RamRange, violations: Violations) -> 
         MemoryConfig { seed: 1, high_memory: false, ram_bytes: ram_end - RAM_START, contiguous_failure: None },
         violations,
     );
+    reserve_frames(&memory, reserved)?;
+    Ok(memory)
+}
+
+/// Takes the frames `reserved` of `memory` as one allocation that is never
+/// freed (owner "winvm: the machine's own frames"), so the memory never
+/// hands them out: what a machine built over `memory` must do for the
+/// range it gives `GuestMemory` as its own frames. Returns the allocation
+/// (it shows in `memory.leaks()`; skip it there).
+///
+/// # Errors
+/// Why not: `reserved` empty, not page-aligned, or not free RAM of `memory`.
+pub fn reserve_frames(memory: &PhysicalMemory, reserved: RamRange) -> Result<Allocation, String> {
     let page = PAGE_SIZE as u64;
-    let end = reserved.gpa + reserved.len;
-    if reserved.gpa < RAM_START || end > ram_end || !reserved.gpa.is_multiple_of(page) || !reserved.len.is_multiple_of(page) || reserved.len == 0 {
-        return Err(format!("reserved frames {:#x}+{:#x} are not page-aligned RAM", reserved.gpa, reserved.len));
+    let end = reserved.gpa.checked_add(reserved.len).ok_or("reserved frames wrap around")?;
+    if reserved.len == 0 || !reserved.gpa.is_multiple_of(page) || !reserved.len.is_multiple_of(page) {
+        return Err(format!("reserved frames {:#x}+{:#x} are not page-aligned", reserved.gpa, reserved.len));
     }
     // Contiguous placement is top-down below the limit, so this lands
-    // exactly on `reserved`; checked below.
+    // exactly on `reserved` when it is free RAM; checked below.
     let taken = memory
-        .allocate_contiguous(reserved.len as usize, PAGE_SIZE, end, "winvm: the machine's own frames (reserved)")
-        .ok_or("the reserved frames could not be taken")?;
+        .allocate_contiguous(usize::try_from(reserved.len).map_err(|e| e.to_string())?, PAGE_SIZE, end, RESERVED_OWNER)
+        .ok_or_else(|| format!("the frames {:#x}+{:#x} could not be taken", reserved.gpa, reserved.len))?;
     if taken.page_addresses.first() != Some(&reserved.gpa) {
-        return Err(format!("the reserved frames landed at {:#x?}, not {:#x}", taken.page_addresses.first(), reserved.gpa));
+        let at = taken.page_addresses.first().copied();
+        memory.free(taken.id);
+        return Err(format!("the frames {:#x}+{:#x} are not free RAM (the run landed at {at:#x?})", reserved.gpa, reserved.len));
     }
-    Ok(memory)
+    Ok(taken)
+}
+
+/// The owner label of [`reserve_frames`]'s allocation.
+pub const RESERVED_OWNER: &str = "winvm: the machine's own frames (reserved)";
+
+/// The DMA-remapping domain of the adapter whose `DMA_ADAPTER` is at
+/// `adapter`: what the device behind it must translate its bus addresses
+/// with (`DmaDomain::dma_write(&memory, logical, data)` for a device model
+/// holding the memory, once the guest RAM is that memory).
+#[must_use]
+pub fn adapter_domain(nt: &Nt, adapter: u64) -> Option<DmaDomain> {
+    nt.hal.dma.adapters.get(&adapter).map(|a| a.domain.clone())
 }
 
 /// What the HAL still holds for drivers, one line each: adapters not put,

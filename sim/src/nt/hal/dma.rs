@@ -49,14 +49,17 @@ const STATUS_NOT_SUPPORTED: u64 = 0xC000_00BB;
 /// Where the `DMA_OPERATIONS` table sits in the page of its `DMA_ADAPTER`.
 const OPERATIONS_OFFSET: u64 = 64;
 
-/// First logical address of the domains of 32-bit adapters (2 GiB): below
-/// 4 GiB, and above the physical RAM of the machines the HAL runs on, so a
-/// logical address is never mistaken for a physical one.
+/// The logical window of every 32-bit adapter's domain: `[2 GiB, 4 GiB)`,
+/// below 4 GiB and above the physical RAM of the machines the HAL runs on
+/// in tests, so a logical address is not mistaken for a physical one. The
+/// domains are separate (each has its own page table), and each starts its
+/// search at its own offset ([`DOMAIN32_STRIDE`]) so two adapters' buffers
+/// get different logical addresses while there is room.
 const DOMAIN32_BASE: u64 = 0x8000_0000;
-/// Bytes of a 32-bit adapter's logical window (64 MiB; 32 windows fit
-/// below 4 GiB, and the 33rd adapter reuses the first window's range in
-/// its own domain).
-const DOMAIN32_BYTES: u64 = 64 << 20;
+/// Bytes of the 32-bit window.
+const DOMAIN32_BYTES: u64 = 0x8000_0000;
+/// Distance between the first addresses of successive 32-bit domains (256 MiB; 8 offsets).
+const DOMAIN32_STRIDE: u64 = 256 << 20;
 /// First logical address of the domains of 64-bit adapters (64 GiB): above
 /// 4 GiB, so a 64-bit device must take all 64 bits of its addresses.
 const DOMAIN64_BASE: u64 = 64 << 30;
@@ -269,7 +272,8 @@ pub(super) fn io_get_dma_adapter(nt: &mut Nt, m: &mut Machine) -> Result<u64, St
     let domain = if dma64 {
         DmaDomain::new(format!("domain of DMA adapter {va:#x}"), DOMAIN64_BASE + n * DOMAIN64_BYTES, DOMAIN64_BYTES)
     } else {
-        DmaDomain::new(format!("domain of DMA adapter {va:#x}"), DOMAIN32_BASE + n % 32 * DOMAIN32_BYTES, DOMAIN32_BYTES)
+        DmaDomain::new(format!("domain of DMA adapter {va:#x}"), DOMAIN32_BASE, DOMAIN32_BYTES)
+            .starting_at(DOMAIN32_BASE + n % (DOMAIN32_BYTES / DOMAIN32_STRIDE) * DOMAIN32_STRIDE)
     };
     let adapter = Adapter {
         va,

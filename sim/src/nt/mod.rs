@@ -227,12 +227,12 @@ impl Kernel for Nt {
         }
     }
 
-    fn mmio_read(&mut self, _m: &mut Machine, gpa: u64, _data: &mut [u8]) -> Result<(), Stop> {
-        Err(Stop::Host(format!("MMIO read at {gpa:#x}: no device there")))
+    fn mmio_read(&mut self, m: &mut Machine, gpa: u64, data: &mut [u8]) -> Result<(), Stop> {
+        hal::mmio_read(self, m, gpa, data)
     }
 
-    fn mmio_write(&mut self, _m: &mut Machine, gpa: u64, _data: &[u8]) -> Result<(), Stop> {
-        Err(Stop::Host(format!("MMIO write at {gpa:#x}: no device there")))
+    fn mmio_write(&mut self, m: &mut Machine, gpa: u64, data: &[u8]) -> Result<(), Stop> {
+        hal::mmio_write(self, m, gpa, data)
     }
 
     fn irql(&self) -> u8 {

@@ -6,7 +6,8 @@ use std::path::Path;
 use capdma_winvm::{GuestMemory, Machine, RamRange, Stop};
 
 use super::layout::{driver_extension, driver_object, unicode_string};
-use super::Nt;
+use super::{hal, Nt};
+use crate::violations::Violations;
 
 /// Guest RAM of a system, bytes.
 const RAM_BYTES: usize = 256 << 20;
@@ -55,7 +56,11 @@ impl System {
         // SAFETY: `base..base + RAM_BYTES` is the mapping above; it is never
         // unmapped (the process keeps it; a System lives for a test or a run).
         let mem = unsafe { GuestMemory::new(base.cast(), vec![RamRange { gpa: 0, len: RAM_BYTES as u64 }], OWN_FRAMES) };
-        Ok(Self { machine: Machine::new(mem)?, nt: Nt::new() })
+        let mut nt = Nt::new();
+        // The HAL places common buffers in the RAM the machine does not use itself.
+        let memory = hal::memory_over(RAM_BYTES as u64, OWN_FRAMES, Violations::new()).map_err(Stop::Host)?;
+        hal::attach_memory(&mut nt, memory);
+        Ok(Self { machine: Machine::new(mem)?, nt })
     }
 
     /// Loads the driver image at `path` and calls its `DriverEntry` with a

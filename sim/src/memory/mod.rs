@@ -23,7 +23,16 @@
 //! Host memory: every allocation is one page-aligned, zeroed host block
 //! (`std::alloc::alloc_zeroed`); its address is the allocation's virtual
 //! address and stays valid until [`PhysicalMemory::free`] or until the last
-//! handle to the memory is dropped.
+//! handle to the memory is dropped. [`host`] holds the Linux host-memory
+//! primitives (memfd, views of page runs, hole punching, the mapping
+//! budget), which the simulator needs: other hosts get a compile error.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "capdma-sim needs Linux: its physical memory is a memfd (memfd_create, MAP_SHARED views, fallocate PUNCH_HOLE) that a KVM guest can share"
+);
+
+pub mod host;
+
 use crate::dma::iommu::{DmaFault, IommuChecker};
 use crate::violations::{ViolationKind, Violations};
 use rand_chacha::rand_core::{Rng, SeedableRng};

@@ -2,7 +2,9 @@
 //! made of page runs mapped `MAP_FIXED` into one reserved range, hole
 //! punching, and the process's budget of mappings (`vm.max_map_count`).
 //!
-//! Used by the benchmark's rings ([`crate::bench::region`]).
+//! Shared by the simulated machine's [`super::PhysicalMemory`] (the linear
+//! map and the scattered allocations' views) and the benchmark's rings
+//! ([`crate::bench::region`]).
 //!
 //! Sources: `memfd_create(2)`, `mmap(2)` (`MAP_SHARED`, `MAP_FIXED`,
 //! `MAP_NORESERVE`), `mprotect(2)`, `fallocate(2)` (`FALLOC_FL_PUNCH_HOLE`),

@@ -1,4 +1,5 @@
-//! Simulated physical memory: RAM of 4 KiB page frames, backed by host memory.
+//! Simulated physical memory: RAM of 4 KiB page frames, backed by one
+//! host file that a virtual machine can share.
 //!
 //! Models what the Windows memory manager gives a driver:
 //!
@@ -6,10 +7,12 @@
 //!   contiguous but whose pages sit at pseudo-random physical frames (an
 //!   application's frame buffer probed and locked by `MmProbeAndLockPages`),
 //!   with some runs of physically adjacent pages, above 4 GiB when the
-//!   machine has memory there;
+//!   machine has memory there; zero-filled;
 //! * [`PhysicalMemory::allocate_contiguous`]: physically contiguous memory
 //!   below a highest acceptable address (`MmAllocateContiguousMemorySpecifyCache`,
 //!   what `AllocateCommonBuffer` uses), which fault injection can make fail;
+//!   **not** zeroed (Windows does not promise it): filled with
+//!   [`CONTIGUOUS_FILL`];
 //! * `MmGetPhysicalAddress` ([`PhysicalMemory::physical_address`]) and the
 //!   reverse lookup;
 //! * the board's bus-master accesses ([`PhysicalMemory::dma_write`],
@@ -20,28 +23,58 @@
 //! range `[3 GiB, 4 GiB)` is the PCI hole, and RAM beyond 3 GiB continues at
 //! 4 GiB when the machine has high memory.
 //!
-//! Host memory: every allocation is one page-aligned, zeroed host block
-//! (`std::alloc::alloc_zeroed`); its address is the allocation's virtual
-//! address and stays valid until [`PhysicalMemory::free`] or until the last
-//! handle to the memory is dropped. [`host`] holds the Linux host-memory
-//! primitives (memfd, views of page runs, hole punching, the mapping
-//! budget), which the simulator needs: other hosts get a compile error.
+//! # Host memory: one file
+//!
+//! The whole physical address space, `[0, highest_physical_address()]`
+//! rounded up to a page, is one `memfd` (sparse: a page takes host memory
+//! only once touched), and byte `pa` of physical memory is byte `pa` of the
+//! file. Three kinds of host mapping show it:
+//!
+//! * the **linear map**: one `MAP_SHARED` mapping of the whole file, byte
+//!   `pa` at `linear_base + pa` ([`Backing`]). CPU and DMA accesses by
+//!   physical address ([`PhysicalMemory::host_ptr`], `read_physical`,
+//!   `write_physical`, `dma_read`, `dma_write`) use it. Its first MiB and
+//!   the PCI hole are `PROT_NONE` (not RAM: a touch faults);
+//! * a **contiguous allocation's** virtual address is its slice of the
+//!   linear map;
+//! * a **scattered allocation's** virtual address is its own view: a
+//!   reserved range into which each run of physically adjacent pages is
+//!   mapped `MAP_SHARED | MAP_FIXED` from the file, in virtual order. Each
+//!   run costs the process one host mapping out of `vm.max_map_count`
+//!   ([`host::mapping_budget`]); past the budget the allocation fails with
+//!   [`MemoryError::MappingLimit`].
+//!
+//! All of them, and a virtual machine that maps the file as guest RAM, see
+//! the same bytes. Freeing unmaps a scattered allocation's view and punches
+//! the frames out of the file (`fallocate(FALLOC_FL_PUNCH_HOLE)`): freed
+//! memory holds no host memory and reads as zeros through the linear map, so
+//! every frame outside a live allocation is a hole, and a scattered
+//! allocation is zero-filled because its frames are.
+//!
+//! The simulator therefore needs Linux (`memfd_create`, `fallocate`, and
+//! KVM for the machine that shares this memory); other hosts get a
+//! compile error.
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "capdma-sim needs Linux: its physical memory is a memfd (memfd_create, MAP_SHARED views, fallocate PUNCH_HOLE) that a KVM guest can share"
 );
 
+mod frames;
 pub mod host;
+#[cfg(test)]
+mod tests;
 
 use crate::dma::iommu::{DmaFault, IommuChecker};
 use crate::violations::{ViolationKind, Violations};
-use rand_chacha::rand_core::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use frames::Frames;
+use host::{Mapping, MappingTicket};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 // Physical addresses are u64 and host sizes usize; the simulator converts
 // between them with `as`, which is lossless only on 64-bit hosts.
@@ -58,6 +91,13 @@ pub const RAM_START: u64 = 1 << 20;
 pub const PCI_HOLE_START: u64 = 3 << 30;
 /// Largest single allocation, bytes (1 GiB): a sanity limit on requests.
 pub const MAX_ALLOCATION: usize = 1 << 30;
+/// What a new contiguous allocation holds: every aligned 32-bit word of its
+/// pages (the tail of the last page too) is `0xBAAD_F00D`, little-endian
+/// (bytes `0D F0 AD BA`), the "uninitialised" marker of the Windows debug
+/// heap. Neither `MmAllocateContiguousMemorySpecifyCache` nor
+/// `AllocateCommonBuffer` (`wdm.h`) promises zeroed memory, so whoever
+/// needs zeros writes them; a read of the pattern shows who did not.
+pub const CONTIGUOUS_FILL: u32 = 0xBAAD_F00D;
 
 /// How `allocate_contiguous` fails on purpose (fault injection: "contiguous
 /// memory is fragmented").
@@ -118,7 +158,9 @@ pub struct Allocation {
     /// Its id (for [`PhysicalMemory::free`]).
     pub id: AllocationId,
     /// Host (= simulated kernel virtual) address, page-aligned, virtually
-    /// contiguous over `bytes`, zero-filled at allocation. Valid until freed.
+    /// contiguous over `bytes`: a scattered allocation's own view (zero-filled
+    /// at allocation), a contiguous allocation's slice of the linear map
+    /// (filled with [`CONTIGUOUS_FILL`]). Valid until freed.
     pub va: *mut u8,
     /// Bytes requested.
     pub bytes: usize,
@@ -157,8 +199,26 @@ pub enum MemoryError {
     BadAlignment(usize),
     /// No free physical frames (for the placement asked for).
     OutOfMemory,
-    /// The host refused the backing allocation.
-    HostAllocationFailed(usize),
+    /// A scattered allocation needs `needed` host mappings (one per run of
+    /// physically adjacent pages) but `in_use` of a `limit` are held: the
+    /// process's budget from `vm.max_map_count` ([`host::mapping_budget`]),
+    /// or the memory's own limit ([`PhysicalMemory::set_view_mapping_limit`]).
+    MappingLimit {
+        /// Mappings the allocation needs.
+        needed: usize,
+        /// Mappings held when it asked.
+        in_use: usize,
+        /// The limit it would pass.
+        limit: usize,
+    },
+    /// The host refused to map a scattered allocation's view (`mmap`
+    /// failed with `errno`; `ENOMEM` usually means out of mappings).
+    HostMappingFailed {
+        /// Bytes of the view.
+        bytes: usize,
+        /// The `errno` of the failed `mmap`.
+        errno: i32,
+    },
     /// A physical address that is not inside any live allocation.
     NotAllocated(u64),
     /// The access was refused by the IOMMU checker.
@@ -172,7 +232,17 @@ impl fmt::Display for MemoryError {
             Self::TooLarge(n) => write!(f, "allocation of {n} bytes exceeds the {MAX_ALLOCATION}-byte limit"),
             Self::BadAlignment(a) => write!(f, "alignment {a} is not a power of two"),
             Self::OutOfMemory => write!(f, "no free physical memory for the request"),
-            Self::HostAllocationFailed(n) => write!(f, "host allocation of {n} bytes failed"),
+            Self::MappingLimit { needed, in_use, limit } => write!(
+                f,
+                "a scattered allocation needs {needed} host mappings (one per run of adjacent pages) but {in_use} of a limit of {limit} are held \
+                 (the process may hold vm.max_map_count = {} mappings, {} of them left to the rest of the process): \
+                 use fewer or smaller buffers, or raise vm.max_map_count",
+                host::max_map_count(),
+                host::MAPPING_HEADROOM
+            ),
+            Self::HostMappingFailed { bytes, errno } => {
+                write!(f, "mapping a {bytes}-byte view failed: {}", std::io::Error::from_raw_os_error(*errno))
+            }
             Self::NotAllocated(pa) => write!(f, "physical address {pa:#x} is not allocated"),
             Self::Dma(fault) => write!(f, "DMA fault: {fault}"),
         }
@@ -202,6 +272,49 @@ pub struct MemoryStats {
     pub dma_bytes_read: u64,
     /// DMA accesses refused by the checker.
     pub dma_faults: u64,
+    /// Host mappings the live scattered allocations' views hold (one per
+    /// run of physically adjacent pages).
+    pub host_mappings: usize,
+    /// Most host mappings the views held at once.
+    pub peak_host_mappings: usize,
+}
+
+/// What a virtual machine needs to make this memory its guest-physical RAM
+/// (from [`PhysicalMemory::backing`]).
+///
+/// Guest-physical address `gpa` is byte `gpa` of the file `fd` and lives at
+/// host address `linear_base + gpa`: registering each of `ram` with KVM
+/// (`KVM_SET_USER_MEMORY_REGION`, `guest_phys_addr = gpa`,
+/// `userspace_addr = linear_base + gpa`) makes the guest's RAM the very
+/// bytes the board's DMA, the allocations' views and the host-side models
+/// use. `linear_base` and `fd` stay valid as long as the [`PhysicalMemory`]
+/// (any clone of it) lives; the descriptor is the memory's own: do not
+/// close it (`dup` it to keep one). [`PhysicalMemory`] itself is
+/// single-threaded, but the bytes are plain shared memory: vCPU threads may
+/// read and write them through `linear_base`.
+///
+/// Only frames of live allocations may be written: the memory keeps every
+/// other frame a hole in the file (which is why new scattered allocations
+/// read as zeros). A VM allocates its own pages (page tables, stacks, pool)
+/// with [`PhysicalMemory::allocate_contiguous`] or
+/// [`PhysicalMemory::allocate_scattered`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backing {
+    /// The `memfd` holding all physical memory (close-on-exec).
+    pub fd: RawFd,
+    /// The file's name, unique in the process: its mappings show in
+    /// `/proc/<pid>/maps` as `/memfd:<name> (deleted)`.
+    pub name: String,
+    /// Host address of physical address 0 in the linear map (page-aligned).
+    pub linear_base: *mut u8,
+    /// Bytes of the file and of the linear map: the highest physical
+    /// address plus one, rounded up to a page.
+    pub bytes: u64,
+    /// RAM as `(guest_physical_address, bytes)`, ascending, page multiples:
+    /// `[1 MiB, min(RAM end, 3 GiB))`, then `[4 GiB, ...)` with high memory.
+    /// The first MiB and the PCI hole `[3 GiB, 4 GiB)` (where BAR0 lives)
+    /// are not RAM: they are in the file but `PROT_NONE` in the linear map.
+    pub ram: Vec<(u64, u64)>,
 }
 
 /// A live allocation with who made it.
@@ -216,38 +329,43 @@ pub struct AllocationInfo {
 #[derive(Debug)]
 struct Record {
     alloc: Allocation,
-    layout: Layout,
     owner: String,
+    /// A scattered allocation's view (unmapped on drop); `None` for a
+    /// contiguous one, whose address is in the linear map.
+    view: Option<View>,
+}
+
+/// A scattered allocation's host view and the mappings it holds.
+#[derive(Debug)]
+struct View {
+    mapping: Mapping,
+    ticket: MappingTicket,
+}
+
+/// The file holding all physical memory and its linear map.
+#[derive(Debug)]
+struct Host {
+    /// The file's name, unique in the process (`/memfd:<name>` in `/proc/self/maps`).
+    name: String,
+    fd: OwnedFd,
+    linear: Mapping,
 }
 
 #[derive(Debug)]
 struct State {
-    rng: ChaCha8Rng,
-    /// RAM regions as `[first_frame, end_frame)`.
-    regions: Vec<(u64, u64)>,
-    used: BTreeSet<u64>,
-    /// frame -> (allocation id, page index)
-    frames: HashMap<u64, (AllocationId, usize)>,
+    frames: Frames,
     allocations: BTreeMap<AllocationId, Record>,
     /// host va -> allocation id
     by_va: BTreeMap<usize, AllocationId>,
     next_id: u64,
-    contiguous_attempts: u32,
-    contiguous_failure: Option<ContiguousFailure>,
     stats: MemoryStats,
+    view_mapping_limit: Option<usize>,
+    /// Declared last: dropped after every view.
+    host: Host,
 }
 
-impl Drop for State {
-    fn drop(&mut self) {
-        for rec in self.allocations.values() {
-            // SAFETY: `va` was returned by `alloc_zeroed(rec.layout)` and has
-            // not been deallocated (freeing removes the record first).
-            unsafe { dealloc(rec.alloc.va, rec.layout) };
-        }
-    }
-}
-
-/// The machine's physical memory (a cheap `Clone` handle).
+/// The machine's physical memory (a cheap `Clone` handle; the memory and
+/// its host mappings live until the last handle is dropped).
 #[derive(Clone, Debug)]
 pub struct PhysicalMemory {
     state: Rc<RefCell<State>>,
@@ -261,8 +379,26 @@ fn pages_for(bytes: usize) -> usize {
 
 impl PhysicalMemory {
     /// A machine's RAM as `config` says, recording into `violations`.
+    ///
+    /// # Panics
+    /// When the host refuses the memory's file or its linear map (see
+    /// [`PhysicalMemory::try_new`]).
     #[must_use]
     pub fn new(config: MemoryConfig, violations: Violations) -> Self {
+        Self::try_new(config, violations).unwrap_or_else(|e| panic!("capdma-sim: cannot make the simulated physical memory: {e}"))
+    }
+
+    /// As [`PhysicalMemory::new`], with the host's refusal as an error.
+    ///
+    /// # Errors
+    /// A host page size other than 4 KiB, or `memfd_create`/`ftruncate`
+    /// (out of descriptors), `mmap` of the linear map (out of address
+    /// space) or `mprotect` failed.
+    pub fn try_new(config: MemoryConfig, violations: Violations) -> std::io::Result<Self> {
+        static MEMORIES: AtomicU64 = AtomicU64::new(0);
+        if !host::page_size_is_4k() {
+            return Err(std::io::Error::other("the host's page size is not 4 KiB (views map 4 KiB pages)"));
+        }
         let ram = config.ram_bytes / PAGE * PAGE;
         let low_end = (RAM_START + ram).min(PCI_HOLE_START);
         let mut regions = vec![(RAM_START / PAGE, low_end.max(RAM_START) / PAGE)];
@@ -271,22 +407,29 @@ impl PhysicalMemory {
             regions.push((FOUR_GIB / PAGE, (FOUR_GIB + beyond) / PAGE));
         }
         regions.retain(|(a, b)| b > a);
-        Self {
+        // The file covers [0, end of RAM): the first MiB and the PCI hole
+        // too (holes in the file; inaccessible in the linear map).
+        let end = regions.iter().map(|r| r.1 * PAGE).max().unwrap_or(RAM_START);
+        let name = format!("capdma-sim-memory-{}", MEMORIES.fetch_add(1, Ordering::Relaxed));
+        let fd = host::memfd(&CString::new(name.clone())?, end)?;
+        let linear = Mapping::shared(fd.as_fd(), 0, usize::try_from(end).map_err(std::io::Error::other)?, false)?;
+        linear.protect_none(0, RAM_START as usize)?;
+        if end > PCI_HOLE_START {
+            linear.protect_none(PCI_HOLE_START as usize, (end.min(FOUR_GIB) - PCI_HOLE_START) as usize)?;
+        }
+        Ok(Self {
             state: Rc::new(RefCell::new(State {
-                rng: ChaCha8Rng::seed_from_u64(config.seed),
-                regions,
-                used: BTreeSet::new(),
-                frames: HashMap::new(),
+                frames: Frames::new(config.seed, regions, config.contiguous_failure),
                 allocations: BTreeMap::new(),
                 by_va: BTreeMap::new(),
                 next_id: 0,
-                contiguous_attempts: 0,
-                contiguous_failure: config.contiguous_failure,
                 stats: MemoryStats::default(),
+                view_mapping_limit: None,
+                host: Host { name, fd, linear },
             })),
             iommu: IommuChecker::new(),
             violations,
-        }
+        })
     }
 
     /// The IOMMU checker every DMA access goes through.
@@ -301,11 +444,26 @@ impl PhysicalMemory {
         &self.violations
     }
 
+    /// The host file and linear map behind this memory, and its RAM ranges,
+    /// for a virtual machine that makes them its guest RAM (see [`Backing`]:
+    /// valid as long as this memory lives).
+    #[must_use]
+    pub fn backing(&self) -> Backing {
+        let s = self.state.borrow();
+        Backing {
+            fd: s.host.fd.as_raw_fd(),
+            name: s.host.name.clone(),
+            linear_base: s.host.linear.as_ptr(),
+            bytes: s.host.linear.size() as u64,
+            ram: s.frames.regions().iter().map(|&(first, end)| (first * PAGE, (end - first) * PAGE)).collect(),
+        }
+    }
+
     /// Address of the last byte of RAM (the end of the last range
     /// `MmGetPhysicalMemoryRanges` reports, minus one).
     #[must_use]
     pub fn highest_physical_address(&self) -> u64 {
-        self.state.borrow().regions.iter().map(|r| r.1 * PAGE).max().unwrap_or(RAM_START) - 1
+        self.state.borrow().frames.regions().iter().map(|r| r.1 * PAGE).max().unwrap_or(RAM_START) - 1
     }
 
     /// `true` when the machine has RAM at or above 4 GiB.
@@ -316,9 +474,15 @@ impl PhysicalMemory {
 
     /// Changes the contiguous-allocation fault injection (and restarts its count).
     pub fn set_contiguous_failure(&self, failure: Option<ContiguousFailure>) {
-        let mut s = self.state.borrow_mut();
-        s.contiguous_failure = failure;
-        s.contiguous_attempts = 0;
+        self.state.borrow_mut().frames.set_contiguous_failure(failure);
+    }
+
+    /// Caps the host mappings this memory's scattered views may hold
+    /// together (`None`: only the process's budget,
+    /// [`host::mapping_budget`], applies). For tests of the limit, and for
+    /// a process that wants to keep mappings for something else.
+    pub fn set_view_mapping_limit(&self, limit: Option<usize>) {
+        self.state.borrow_mut().view_mapping_limit = limit;
     }
 
     /// Counters.
@@ -332,44 +496,26 @@ impl PhysicalMemory {
     }
 
     /// Allocates `bytes` at scattered physical pages (an application frame
-    /// buffer). Pages are placed at seeded pseudo-random frames anywhere in
-    /// RAM (above 4 GiB too when the machine has high memory), in runs of
-    /// 1 to 16 physically adjacent pages.
+    /// buffer), zero-filled. Pages are placed at seeded pseudo-random frames
+    /// anywhere in RAM (above 4 GiB too when the machine has high memory),
+    /// in runs of 1 to 16 physically adjacent pages; the virtually
+    /// contiguous view costs one host mapping per run.
     ///
     /// # Errors
-    /// [`MemoryError`] for zero or oversized requests, no free frames, or a
-    /// failed host allocation.
+    /// [`MemoryError`] for zero or oversized requests, no free frames
+    /// (`OutOfMemory`), the mapping budget exhausted (`MappingLimit`), or a
+    /// view the host refused to map (`HostMappingFailed`).
     pub fn allocate_scattered(&self, bytes: usize, owner: &str) -> Result<Allocation, MemoryError> {
         check_size(bytes)?;
-        let pages = pages_for(bytes);
-        let mut frames = Vec::with_capacity(pages);
-        {
-            let mut s = self.state.borrow_mut();
-            while frames.len() < pages {
-                let want = pick_run_length(&mut s.rng).min(pages - frames.len());
-                let Some(start) = place_run(&mut s, want) else {
-                    for f in &frames {
-                        s.used.remove(f);
-                    }
-                    return Err(MemoryError::OutOfMemory);
-                };
-                for f in start..start + want as u64 {
-                    s.used.insert(f);
-                    frames.push(f);
-                }
-            }
-        }
-        let result = self.commit(bytes, &frames, AllocationKind::Scattered, owner);
-        if result.is_ok() {
-            self.state.borrow_mut().stats.scattered_allocations += 1;
-        }
-        result
+        let frames = self.state.borrow_mut().frames.place_scattered(pages_for(bytes))?;
+        self.commit(bytes, frames, AllocationKind::Scattered, owner)
     }
 
     /// Allocates `bytes` of physically contiguous memory whose first byte is
     /// aligned to `alignment` bytes (a power of two; at least a page) and
     /// whose last byte lies below `max_address` (exclusive; e.g. [`FOUR_GIB`]
-    /// for a 32-bit device). Placement is top-down, as Windows does.
+    /// for a 32-bit device). Placement is top-down, as Windows does. The
+    /// pages hold [`CONTIGUOUS_FILL`], not zeros.
     /// `None` when no such run is free or the configured
     /// [`ContiguousFailure`] says this attempt fails.
     #[must_use]
@@ -399,98 +545,72 @@ impl PhysicalMemory {
         let align_frames = (alignment.max(PAGE_SIZE) / PAGE_SIZE) as u64;
         let start = {
             let mut s = self.state.borrow_mut();
-            if injectable {
-                s.contiguous_attempts += 1;
-                let n = s.contiguous_attempts;
-                let fail = match s.contiguous_failure {
-                    None => false,
-                    Some(ContiguousFailure::Always) => true,
-                    Some(ContiguousFailure::AfterSuccesses(k)) => n > k,
-                    Some(ContiguousFailure::Nth(k)) => n == k,
-                };
-                if fail {
+            match s.frames.place_contiguous(pages, align_frames, max_address / PAGE, injectable) {
+                Ok(start) => start,
+                Err(e) => {
                     s.stats.contiguous_failures += 1;
-                    return Err(MemoryError::OutOfMemory);
+                    return Err(e);
                 }
             }
-            let limit = max_address / PAGE;
-            let mut found = None;
-            let mut regions = s.regions.clone();
-            regions.sort_by(|a, b| b.cmp(a));
-            for (first, end) in regions {
-                let mut hi = end.min(limit);
-                while found.is_none() && hi >= first + pages {
-                    let start = (hi - pages) / align_frames * align_frames;
-                    if start < first {
-                        break;
-                    }
-                    match s.used.range(start..start + pages).next_back() {
-                        Some(&busy) => hi = busy,
-                        None => found = Some(start),
-                    }
-                }
-                if found.is_some() {
-                    break;
-                }
-            }
-            let Some(start) = found else {
-                s.stats.contiguous_failures += 1;
-                return Err(MemoryError::OutOfMemory);
-            };
-            for f in start..start + pages {
-                s.used.insert(f);
-            }
-            start
         };
-        let frames: Vec<u64> = (start..start + pages).collect();
-        let result = self.commit(bytes, &frames, AllocationKind::Contiguous, owner);
-        if result.is_ok() {
-            self.state.borrow_mut().stats.contiguous_allocations += 1;
-        }
-        result
+        self.commit(bytes, (start..start + pages).collect(), AllocationKind::Contiguous, owner)
     }
 
-    /// Backs reserved `frames` with host memory and records the allocation.
-    fn commit(&self, bytes: usize, frames: &[u64], kind: AllocationKind, owner: &str) -> Result<Allocation, MemoryError> {
-        let mut s = self.state.borrow_mut();
-        let host_bytes = frames.len() * PAGE_SIZE;
-        let Ok(layout) = Layout::from_size_align(host_bytes, PAGE_SIZE) else {
-            for f in frames {
-                s.used.remove(f);
+    /// Gives reserved `frames` their host address (a view of a scattered
+    /// allocation; the linear map's slice, filled, for a contiguous one) and
+    /// records the allocation. On an error the frames are released.
+    fn commit(&self, bytes: usize, frames: Vec<u64>, kind: AllocationKind, owner: &str) -> Result<Allocation, MemoryError> {
+        let mut guard = self.state.borrow_mut();
+        let s = &mut *guard;
+        let (va, view) = match kind {
+            AllocationKind::Contiguous => {
+                let va = s.host.linear.as_ptr().wrapping_add((frames[0] * PAGE) as usize);
+                let words = frames.len() * PAGE_SIZE / 4;
+                #[allow(clippy::cast_ptr_alignment, reason = "va is page-aligned: the linear map is, and so is the offset")]
+                let first = va.cast::<u32>();
+                for i in 0..words {
+                    // SAFETY: the `frames.len()` adjacent frames from
+                    // `frames[0]` are RAM (read/write in the linear map) and
+                    // were just reserved for this allocation, so nothing
+                    // else uses them; word `i < words` is inside them and
+                    // 4-byte aligned.
+                    unsafe { first.wrapping_add(i).write(CONTIGUOUS_FILL.to_le()) };
+                }
+                (va, None)
             }
-            return Err(MemoryError::TooLarge(bytes));
+            AllocationKind::Scattered => match s.make_view(&frames) {
+                Ok(view) => (view.mapping.as_ptr(), Some(view)),
+                Err(e) => {
+                    s.frames.release(frames);
+                    return Err(e);
+                }
+            },
         };
-        // SAFETY: `layout` has a non-zero size (bytes > 0 was checked) and a
-        // power-of-two alignment.
-        let va = unsafe { alloc_zeroed(layout) };
-        if va.is_null() {
-            for f in frames {
-                s.used.remove(f);
-            }
-            return Err(MemoryError::HostAllocationFailed(host_bytes));
-        }
         s.next_id += 1;
         let id = AllocationId(s.next_id);
-        for (i, f) in frames.iter().enumerate() {
-            s.frames.insert(*f, (id, i));
-        }
         let alloc = Allocation { id, va, bytes, page_addresses: frames.iter().map(|f| f * PAGE).collect(), kind };
         s.by_va.insert(va as usize, id);
-        s.allocations.insert(id, Record { alloc: alloc.clone(), layout, owner: owner.to_string() });
+        s.allocations.insert(id, Record { alloc: alloc.clone(), owner: owner.to_string(), view });
+        match kind {
+            AllocationKind::Contiguous => s.stats.contiguous_allocations += 1,
+            AllocationKind::Scattered => s.stats.scattered_allocations += 1,
+        }
         Ok(alloc)
     }
 
-    /// Frees an allocation (its host memory too). Freeing an id that is not
-    /// live (a double free) is a violation; freeing memory some live DMA
-    /// range still covers is a violation too (it is freed anyway).
-    /// Returns whether the id was live.
+    /// Frees an allocation: unmaps its view (a scattered one's) and punches
+    /// its frames out of the file, so they read as zeros and hold no host
+    /// memory. Freeing an id that is not live (a double free) is a
+    /// violation; freeing memory some live DMA range still covers is a
+    /// violation too (it is freed anyway). Returns whether the id was live.
     #[allow(clippy::must_use_candidate, reason = "freeing is the effect; a bad free is recorded as a violation")]
     pub fn free(&self, id: AllocationId) -> bool {
         let rec = {
-            let mut s = self.state.borrow_mut();
+            let mut guard = self.state.borrow_mut();
+            let s = &mut *guard;
             let Some(rec) = s.allocations.remove(&id) else {
                 let known = id.0 <= s.next_id && id.0 != 0;
-                drop(s);
+                drop(guard);
                 self.violations.push(
                     ViolationKind::Memory,
                     if known {
@@ -501,21 +621,25 @@ impl PhysicalMemory {
                 );
                 return false;
             };
-            for pa in &rec.alloc.page_addresses {
-                s.frames.remove(&(pa / PAGE));
-                s.used.remove(&(pa / PAGE));
+            let Record { alloc, owner, view } = rec;
+            s.by_va.remove(&(alloc.va as usize));
+            if let Some(view) = view {
+                s.stats.host_mappings -= view.ticket.count();
+                drop(view);
             }
-            s.by_va.remove(&(rec.alloc.va as usize));
+            let frames: Vec<u64> = alloc.page_addresses.iter().map(|pa| pa / PAGE).collect();
+            s.host.punch(&frames);
+            s.frames.release(frames);
             s.stats.frees += 1;
-            rec
+            (alloc, owner)
         };
-        for pa in &rec.alloc.page_addresses {
+        let (alloc, owner) = rec;
+        for pa in &alloc.page_addresses {
             if let Some(range) = self.iommu.any_mapped(*pa, PAGE) {
                 self.violations.push(
                     ViolationKind::Dma,
                     format!(
-                        "allocation {id} ({}) freed while page {pa:#x} is still mapped for DMA by {} {}",
-                        rec.owner,
+                        "allocation {id} ({owner}) freed while page {pa:#x} is still mapped for DMA by {} {}",
                         range.kind.name(),
                         range.label
                     ),
@@ -523,9 +647,6 @@ impl PhysicalMemory {
                 break;
             }
         }
-        // SAFETY: `va` came from `alloc_zeroed(layout)`; the record was removed
-        // above, so it is deallocated exactly once.
-        unsafe { dealloc(rec.alloc.va, rec.layout) };
         true
     }
 
@@ -535,7 +656,8 @@ impl PhysicalMemory {
         self.state.borrow().allocations.get(&id).map(|r| r.alloc.clone())
     }
 
-    /// The live allocation containing host address `va`, and `va`'s byte offset in it.
+    /// The live allocation whose virtual range (its `va`, `bytes` long)
+    /// contains host address `va`, and `va`'s byte offset in it.
     #[must_use]
     pub fn allocation_at(&self, va: *const u8) -> Option<(Allocation, usize)> {
         let s = self.state.borrow();
@@ -547,7 +669,9 @@ impl PhysicalMemory {
     }
 
     /// `MmGetPhysicalAddress(va)`: the physical address of the byte at host
-    /// address `va`, `None` when `va` is not inside a live allocation.
+    /// address `va`, `None` when `va` is not inside a live allocation's
+    /// virtual range (a linear-map address from [`PhysicalMemory::host_ptr`]
+    /// is not one for scattered memory).
     #[must_use]
     pub fn physical_address(&self, va: *const u8) -> Option<u64> {
         let s = self.state.borrow();
@@ -558,35 +682,31 @@ impl PhysicalMemory {
         (offset < rec.alloc.bytes).then(|| rec.alloc.page_addresses[offset / PAGE_SIZE] + (offset % PAGE_SIZE) as u64)
     }
 
-    /// The host address of physical byte `pa`, `None` when no live
-    /// allocation holds its page.
+    /// The host address of physical byte `pa` in the linear map
+    /// (`linear_base + pa`), `None` when no live allocation holds its page.
+    /// For a contiguous allocation that is inside its `va` range; for a
+    /// scattered one it is another mapping of the same byte.
     #[must_use]
     pub fn host_ptr(&self, pa: u64) -> Option<*mut u8> {
         let s = self.state.borrow();
-        let &(id, index) = s.frames.get(&(pa / PAGE))?;
-        let rec = s.allocations.get(&id)?;
-        // The page is inside the host block: index < pages, offset < PAGE_SIZE.
-        Some(rec.alloc.va.wrapping_add(index * PAGE_SIZE + (pa % PAGE) as usize))
+        s.frames.is_used(pa / PAGE).then(|| s.host.linear.as_ptr().wrapping_add(pa as usize))
     }
 
-    /// Copies between host memory and the physical range starting at `pa`,
-    /// page by page, after checking every page is allocated.
-    fn copy_physical(&self, pa: u64, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<(), MemoryError> {
-        let mut done = 0usize;
-        let mut ptrs = Vec::new();
-        while done < len {
-            let at = pa + done as u64;
-            let chunk = (PAGE_SIZE - (at % PAGE) as usize).min(len - done);
-            let Some(ptr) = self.host_ptr(at) else {
-                return Err(MemoryError::NotAllocated(at));
-            };
-            ptrs.push((ptr, done, chunk));
-            done += chunk;
+    /// The linear-map address of `[pa, pa + len)` when every page of it
+    /// belongs to a live allocation (`len > 0`).
+    ///
+    /// # Errors
+    /// [`MemoryError::NotAllocated`] with the first byte no allocation holds.
+    fn linear_range(&self, pa: u64, len: usize) -> Result<*mut u8, MemoryError> {
+        let s = self.state.borrow();
+        let first = pa / PAGE;
+        let last = pa.checked_add(len as u64 - 1).map(|end| end / PAGE);
+        if last.is_some_and(|last| s.frames.all_used(first, last)) {
+            return Ok(s.host.linear.as_ptr().wrapping_add(pa as usize));
         }
-        for (ptr, offset, chunk) in ptrs {
-            f(ptr, offset, chunk);
-        }
-        Ok(())
+        // Frames are finite, so the search ends at the first free frame.
+        let free = (first..=u64::MAX / PAGE).find(|f| !s.frames.is_used(*f)).unwrap_or(first);
+        Err(MemoryError::NotAllocated((free * PAGE).max(pa)))
     }
 
     /// CPU write of `data` to physical address `pa` (no IOMMU check; the CPU
@@ -596,13 +716,15 @@ impl PhysicalMemory {
     /// # Errors
     /// [`MemoryError::NotAllocated`] for the first byte no allocation holds.
     pub fn write_physical(&self, pa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.copy_physical(pa, data.len(), |ptr, offset, chunk| {
-            let src = &data[offset..offset + chunk];
-            // SAFETY: `ptr` points at `chunk` writable bytes inside one live
-            // host page (checked by `copy_physical`); `src` is `chunk` bytes
-            // long; `ptr::copy` allows the two to overlap.
-            unsafe { std::ptr::copy(src.as_ptr(), ptr, chunk) };
-        })
+        if data.is_empty() {
+            return Ok(());
+        }
+        let dst = self.linear_range(pa, data.len())?;
+        // SAFETY: `dst` starts `data.len()` bytes of the linear map whose
+        // pages all belong to live allocations (checked by `linear_range`),
+        // hence RAM, mapped read/write; `ptr::copy` allows overlap.
+        unsafe { std::ptr::copy(data.as_ptr(), dst, data.len()) };
+        Ok(())
     }
 
     /// CPU read from physical address `pa` into `buf` (no IOMMU check).
@@ -610,13 +732,15 @@ impl PhysicalMemory {
     /// # Errors
     /// [`MemoryError::NotAllocated`] for the first byte no allocation holds.
     pub fn read_physical(&self, pa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.copy_physical(pa, buf.len(), |ptr, offset, chunk| {
-            let dst = &mut buf[offset..offset + chunk];
-            // SAFETY: `ptr` points at `chunk` readable bytes of one live host
-            // page (checked by `copy_physical`); `dst` is `chunk` bytes long;
-            // `ptr::copy` allows the two to overlap.
-            unsafe { std::ptr::copy(ptr, dst.as_mut_ptr(), chunk) };
-        })
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let src = self.linear_range(pa, buf.len())?;
+        // SAFETY: `src` starts `buf.len()` readable bytes of the linear map
+        // (every page allocated, checked by `linear_range`); `ptr::copy`
+        // allows overlap.
+        unsafe { std::ptr::copy(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
     }
 
     /// CPU read of `buf.len()` bytes at virtual address `va` (which must lie,
@@ -629,8 +753,9 @@ impl PhysicalMemory {
     /// live allocation.
     pub fn read_virtual(&self, va: *const u8, buf: &mut [u8]) -> Result<(), MemoryError> {
         let src = self.virtual_range(va, buf.len())?;
-        // SAFETY: `src` starts `buf.len()` readable bytes inside one live host
-        // allocation (checked by `virtual_range`); `ptr::copy` allows overlap.
+        // SAFETY: `src` starts `buf.len()` readable bytes inside one live
+        // allocation's virtual range (checked by `virtual_range`), mapped
+        // read/write until it is freed; `ptr::copy` allows overlap.
         unsafe { std::ptr::copy(src, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -643,7 +768,8 @@ impl PhysicalMemory {
     pub fn write_virtual(&self, va: *mut u8, data: &[u8]) -> Result<(), MemoryError> {
         let dst = self.virtual_range(va, data.len())?;
         // SAFETY: `dst` starts `data.len()` writable bytes inside one live
-        // host allocation (checked by `virtual_range`); `ptr::copy` allows overlap.
+        // allocation's virtual range (checked by `virtual_range`); `ptr::copy`
+        // allows overlap.
         unsafe { std::ptr::copy(data.as_ptr(), dst, data.len()) };
         Ok(())
     }
@@ -696,13 +822,10 @@ impl PhysicalMemory {
             return fail(self, MemoryError::Dma(fault));
         }
         // Mapped but not backed: a range registered over memory that was freed.
-        let mut at = pa;
-        let end = pa + len as u64;
-        while at < end {
-            if self.host_ptr(at).is_none() {
-                return fail(self, MemoryError::NotAllocated(at));
+        if len > 0 {
+            if let Err(err) = self.linear_range(pa, len) {
+                return fail(self, err);
             }
-            at = (at / PAGE + 1) * PAGE;
         }
         Ok(())
     }
@@ -739,6 +862,47 @@ impl PhysicalMemory {
     }
 }
 
+impl State {
+    /// Maps a view of `frames` (virtual order): one host mapping per run of
+    /// physically adjacent frames, counted against this memory's limit and
+    /// the process's budget.
+    fn make_view(&mut self, frames: &[u64]) -> Result<View, MemoryError> {
+        let runs = frames::runs(frames);
+        let needed = runs.len();
+        let in_use = self.stats.host_mappings;
+        if let Some(limit) = self.view_mapping_limit {
+            if in_use.saturating_add(needed) > limit {
+                return Err(MemoryError::MappingLimit { needed, in_use, limit });
+            }
+        }
+        let ticket = host::PROCESS_BUDGET
+            .take(needed, host::mapping_budget())
+            .map_err(|e| MemoryError::MappingLimit { needed: e.needed, in_use: e.in_use, limit: e.budget })?;
+        let file_runs: Vec<(u64, usize)> = runs.iter().map(|&(first, n)| (first * PAGE, n as usize * PAGE_SIZE)).collect();
+        let mapping = Mapping::of_runs(self.host.fd.as_fd(), &file_runs).map_err(|e| MemoryError::HostMappingFailed {
+            bytes: frames.len() * PAGE_SIZE,
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        self.stats.host_mappings += needed;
+        self.stats.peak_host_mappings = self.stats.peak_host_mappings.max(self.stats.host_mappings);
+        Ok(View { mapping, ticket })
+    }
+}
+
+impl Host {
+    /// Gives `frames` back to the file: punched out (zeros, no host memory),
+    /// or, where the host cannot punch, overwritten with zeros.
+    fn punch(&self, frames: &[u64]) {
+        for (first, n) in frames::sorted_runs(frames) {
+            if host::punch_hole(self.fd.as_fd(), first * PAGE, n * PAGE).is_err() {
+                // SAFETY: the frames are RAM (read/write in the linear map)
+                // of the allocation being freed, which no one may use any more.
+                unsafe { std::ptr::write_bytes(self.linear.as_ptr().wrapping_add((first * PAGE) as usize), 0, (n * PAGE) as usize) };
+            }
+        }
+    }
+}
+
 fn check_size(bytes: usize) -> Result<(), MemoryError> {
     if bytes == 0 {
         return Err(MemoryError::ZeroBytes);
@@ -747,180 +911,4 @@ fn check_size(bytes: usize) -> Result<(), MemoryError> {
         return Err(MemoryError::TooLarge(bytes));
     }
     Ok(())
-}
-
-/// Run lengths of physically adjacent pages: mostly single pages, some
-/// short and some long runs.
-fn pick_run_length(rng: &mut ChaCha8Rng) -> usize {
-    let roll = rng.next_u32() % 100;
-    if roll < 55 {
-        1
-    } else if roll < 85 {
-        2 + (rng.next_u32() % 3) as usize
-    } else {
-        5 + (rng.next_u32() % 12) as usize
-    }
-}
-
-/// Finds `run` free adjacent frames at a random place; falls back to a
-/// scan. Does not mark them used.
-fn place_run(s: &mut State, run: usize) -> Option<u64> {
-    let run = run as u64;
-    let total: u64 = s.regions.iter().map(|(a, b)| b - a).sum();
-    if total == 0 {
-        return None;
-    }
-    for _ in 0..64 {
-        let mut pick = s.rng.next_u64() % total;
-        for &(first, end) in &s.regions {
-            let size = end - first;
-            if pick < size {
-                let start = first + pick;
-                if start + run <= end && s.used.range(start..start + run).next().is_none() {
-                    return Some(start);
-                }
-                break;
-            }
-            pick -= size;
-        }
-    }
-    // Crowded: first fit from the bottom.
-    for &(first, end) in &s.regions {
-        let mut start = first;
-        while start + run <= end {
-            match s.used.range(start..start + run).next_back() {
-                Some(&busy) => start = busy + 1,
-                None => return Some(start),
-            }
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dma::iommu::RangeKind;
-
-    fn mem(config: MemoryConfig) -> (PhysicalMemory, Violations) {
-        let v = Violations::new();
-        (PhysicalMemory::new(config, v.clone()), v)
-    }
-
-    #[test]
-    fn scattered_pages_are_spread_high_and_have_some_adjacent_runs() {
-        let (m, v) = mem(MemoryConfig::default());
-        let a = m.allocate_scattered(400 * PAGE_SIZE, "frame").unwrap();
-        assert_eq!(a.pages(), 400);
-        assert!(a.page_addresses.iter().any(|&pa| pa >= FOUR_GIB));
-        assert!(a.page_addresses.iter().all(|&pa| pa >= RAM_START && !(PCI_HOLE_START..FOUR_GIB).contains(&pa)));
-        let adjacent = a.page_addresses.windows(2).filter(|w| w[1] == w[0] + PAGE).count();
-        assert!(adjacent > 20 && adjacent < 399, "adjacent pairs: {adjacent}");
-        let distinct: BTreeSet<_> = a.page_addresses.iter().collect();
-        assert_eq!(distinct.len(), 400);
-        // Same seed, same placement.
-        let (m2, _) = mem(MemoryConfig::default());
-        assert_eq!(m2.allocate_scattered(400 * PAGE_SIZE, "frame").unwrap().page_addresses, a.page_addresses);
-        assert!(m.free(a.id));
-        assert!(v.is_empty());
-    }
-
-    #[test]
-    fn without_high_memory_everything_is_below_the_hole() {
-        let (m, _) = mem(MemoryConfig { high_memory: false, ..MemoryConfig::default() });
-        assert!(!m.has_memory_above_4gib());
-        let a = m.allocate_scattered(100 * PAGE_SIZE, "frame").unwrap();
-        assert!(a.page_addresses.iter().all(|&pa| pa < PCI_HOLE_START));
-        assert!(m.free(a.id));
-    }
-
-    #[test]
-    fn contiguous_respects_alignment_and_limit_and_va_maps_back() {
-        let (m, _) = mem(MemoryConfig::default());
-        let a = m.allocate_contiguous(3 * PAGE_SIZE + 5, 64 * 1024, FOUR_GIB, "ring").unwrap();
-        assert_eq!(a.page_addresses[0] % (64 * 1024), 0);
-        assert!(*a.page_addresses.last().unwrap() + PAGE <= FOUR_GIB);
-        assert!(a.page_addresses.windows(2).all(|w| w[1] == w[0] + PAGE));
-        let b = m.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, u64::MAX, "high").unwrap();
-        assert!(b.page_addresses[0] >= FOUR_GIB);
-        assert_eq!(m.physical_address(a.va.wrapping_add(100)), Some(a.page_addresses[0] + 100));
-        assert_eq!(m.physical_address(a.va.wrapping_add(3 * PAGE_SIZE + 5)), None);
-        m.write_virtual(a.va.wrapping_add(4095), &[7, 8]).unwrap();
-        let mut two = [0u8; 2];
-        m.read_physical(a.page_addresses[0] + 4095, &mut two).unwrap();
-        assert_eq!(two, [7, 8]);
-        assert!(m.read_virtual(a.va.wrapping_add(3 * PAGE_SIZE + 4), &mut two).is_err());
-        m.read_virtual(a.va.wrapping_add(3 * PAGE_SIZE + 3), &mut two).unwrap();
-        assert_eq!(m.host_ptr(a.page_addresses[1] + 7), Some(a.va.wrapping_add(PAGE_SIZE + 7)));
-        assert!(m.free(a.id));
-        assert!(m.free(b.id));
-    }
-
-    #[test]
-    fn contiguous_failure_injection() {
-        let (m, _) = mem(MemoryConfig { contiguous_failure: Some(ContiguousFailure::Nth(2)), ..MemoryConfig::default() });
-        let a = m.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "a").unwrap();
-        assert!(m.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "b").is_none());
-        let c = m.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "c").unwrap();
-        m.set_contiguous_failure(Some(ContiguousFailure::Always));
-        assert!(m.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "d").is_none());
-        assert_eq!(m.stats().contiguous_failures, 2);
-        assert!(m.free(a.id) && m.free(c.id));
-    }
-
-    #[test]
-    fn double_free_is_a_violation() {
-        let (m, v) = mem(MemoryConfig::default());
-        let a = m.allocate_scattered(10, "x").unwrap();
-        assert!(m.free(a.id));
-        assert!(!m.free(a.id));
-        assert_eq!(v.count(ViolationKind::Memory), 1);
-        assert!(v.list()[0].contains("freed twice"));
-    }
-
-    #[test]
-    fn leak_report_lists_live_allocations() {
-        let (m, _) = mem(MemoryConfig::default());
-        let a = m.allocate_scattered(5000, "frame buffer 3").unwrap();
-        let b = m.allocate_contiguous(100, PAGE_SIZE, FOUR_GIB, "CQ ch0").unwrap();
-        assert!(m.free(a.id));
-        let leaks = m.leaks();
-        assert_eq!(leaks.len(), 1);
-        assert!(leaks[0].contains("CQ ch0"), "{leaks:?}");
-        assert!(m.free(b.id));
-        assert!(m.leaks().is_empty());
-    }
-
-    #[test]
-    fn dma_write_to_an_unmapped_page_is_flagged_and_not_written() {
-        let (m, v) = mem(MemoryConfig::default());
-        let a = m.allocate_scattered(2 * PAGE_SIZE, "frame").unwrap();
-        let pa = a.page_addresses[1];
-        assert!(m.dma_write(pa, &[1, 2, 3]).is_err());
-        assert_eq!(v.count(ViolationKind::Dma), 1);
-        let mut buf = [9u8; 3];
-        m.read_physical(pa, &mut buf).unwrap();
-        assert_eq!(buf, [0, 0, 0]);
-        // Mapped: the write lands.
-        let id = m.iommu().register(pa, 3, RangeKind::ScatterGather, "test");
-        m.dma_write(pa, &[1, 2, 3]).unwrap();
-        m.read_physical(pa, &mut buf).unwrap();
-        assert_eq!(buf, [1, 2, 3]);
-        // One byte beyond the mapped range: refused whole.
-        assert!(m.dma_write(pa, &[7, 7, 7, 7]).is_err());
-        m.read_physical(pa, &mut buf).unwrap();
-        assert_eq!(buf, [1, 2, 3]);
-        // Freed while mapped.
-        assert!(m.free(a.id));
-        assert_eq!(v.count(ViolationKind::Dma), 3, "{:?}", v.list());
-        assert!(m.iommu().unregister(id));
-    }
-
-    #[test]
-    fn cpu_access_to_unallocated_memory_is_an_error() {
-        let (m, _) = mem(MemoryConfig::default());
-        let mut b = [0u8; 4];
-        assert_eq!(m.read_physical(RAM_START, &mut b), Err(MemoryError::NotAllocated(RAM_START)));
-        assert_eq!(m.allocate_scattered(0, "x").unwrap_err(), MemoryError::ZeroBytes);
-    }
 }

@@ -239,13 +239,7 @@ impl SimDmaAdapter {
         let needs_bounce = !description.dma64 && memory.has_memory_above_4gib();
         let bounce_pool = if needs_bounce && config.map_registers > 0 {
             memory
-                .allocate_contiguous_inner(
-                    config.map_registers as usize * PAGE_SIZE,
-                    PAGE_SIZE,
-                    FOUR_GIB,
-                    &format!("map registers of DMA adapter #{id}"),
-                    false,
-                )
+                .allocate_platform(config.map_registers as usize * PAGE_SIZE, PAGE_SIZE, FOUR_GIB, &format!("map registers of DMA adapter #{id}"))
                 .ok()
         } else {
             None

@@ -296,7 +296,7 @@ pub struct MemoryStats {
 /// Only frames of live allocations may be written: the memory keeps every
 /// other frame a hole in the file (which is why new scattered allocations
 /// read as zeros). A VM allocates its own pages (page tables, stacks, pool)
-/// with [`PhysicalMemory::allocate_contiguous`] or
+/// with [`PhysicalMemory::allocate_platform`] or
 /// [`PhysicalMemory::allocate_scattered`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backing {
@@ -523,13 +523,22 @@ impl PhysicalMemory {
         self.allocate_contiguous_inner(bytes, alignment, max_address, owner, true).ok()
     }
 
-    /// As [`PhysicalMemory::allocate_contiguous`], with the reason of a
-    /// failure, and optionally exempt from fault injection (memory the
-    /// simulated HAL reserves for itself, such as map-register bounce pages).
+    /// Memory the platform takes for itself (a virtual machine's page
+    /// tables, stacks and pool; the HAL's map-register buffers): as
+    /// [`PhysicalMemory::allocate_contiguous`], but never failed by, nor
+    /// counted in, the contiguous-failure fault injection, and with the
+    /// reason of a failure. Like every allocation it is in
+    /// [`PhysicalMemory::leaks`] until freed.
     ///
     /// # Errors
-    /// [`MemoryError`] saying why.
-    pub(crate) fn allocate_contiguous_inner(
+    /// [`MemoryError`]: zero or oversized request, bad alignment, no such run free.
+    pub fn allocate_platform(&self, bytes: usize, alignment: usize, max_address: u64, owner: &str) -> Result<Allocation, MemoryError> {
+        self.allocate_contiguous_inner(bytes, alignment, max_address, owner, false)
+    }
+
+    /// As [`PhysicalMemory::allocate_contiguous`], with the reason of a
+    /// failure, and optionally exempt from fault injection.
+    fn allocate_contiguous_inner(
         &self,
         bytes: usize,
         alignment: usize,

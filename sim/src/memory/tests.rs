@@ -71,6 +71,23 @@ fn contiguous_failure_injection() {
 }
 
 #[test]
+fn platform_memory_is_exempt_from_fault_injection() {
+    let (m, _) = mem(MemoryConfig { contiguous_failure: Some(ContiguousFailure::Nth(1)), ..MemoryConfig::default() });
+    // Not counted: the first injectable attempt after it still fails.
+    let p = m.allocate_platform(2 * PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "page tables").unwrap();
+    assert_eq!(p.kind, AllocationKind::Contiguous);
+    assert!(m.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "a").is_none());
+    m.set_contiguous_failure(Some(ContiguousFailure::Always));
+    let q = m.allocate_platform(PAGE_SIZE, 1 << 21, u64::MAX, "stack").unwrap();
+    assert_eq!(q.page_addresses[0] % (1 << 21), 0);
+    assert_eq!(m.stats().contiguous_failures, 1);
+    // Real failures still say why.
+    assert_eq!(m.allocate_platform(PAGE_SIZE, 3 * PAGE_SIZE, FOUR_GIB, "x").unwrap_err(), MemoryError::BadAlignment(3 * PAGE_SIZE));
+    assert_eq!(m.allocate_platform(PAGE_SIZE, PAGE_SIZE, RAM_START, "x").unwrap_err(), MemoryError::OutOfMemory);
+    assert!(m.free(p.id) && m.free(q.id));
+}
+
+#[test]
 fn double_free_is_a_violation() {
     let (m, v) = mem(MemoryConfig::default());
     let a = m.allocate_scattered(10, "x").unwrap();

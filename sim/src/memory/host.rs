@@ -4,7 +4,7 @@
 //!
 //! Shared by the simulated machine's [`super::PhysicalMemory`] (the linear
 //! map and the scattered allocations' views) and the benchmark's rings
-//! ([`crate::bench::region`]).
+//! (`bench/region.rs`).
 //!
 //! Sources: `memfd_create(2)`, `mmap(2)` (`MAP_SHARED`, `MAP_FIXED`,
 //! `MAP_NORESERVE`), `mprotect(2)`, `fallocate(2)` (`FALLOC_FL_PUNCH_HOLE`),

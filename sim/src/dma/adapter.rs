@@ -4,8 +4,11 @@
 //! `AVStream` on its behalf) uses:
 //!
 //! * `AllocateCommonBuffer` / `FreeCommonBuffer` ([`DmaAdapterPort`]):
-//!   `PASSIVE_LEVEL`, physically contiguous, zeroed, below 4 GiB for a
-//!   32-bit device description, registered with the IOMMU checker while live;
+//!   `PASSIVE_LEVEL`, physically contiguous, below 4 GiB for a 32-bit
+//!   device description, registered with the IOMMU checker while live;
+//!   zeroed as the port promises (the memory itself comes filled with
+//!   [`crate::memory::CONTIGUOUS_FILL`]: Windows does not zero it, the WDM
+//!   glue does);
 //! * `GetScatterGatherList` / `BuildScatterGatherList`
 //!   ([`SimDmaAdapter::get_scatter_gather_list`]) and `PutScatterGatherList`
 //!   ([`SimDmaAdapter::put_scatter_gather_list`]) for a device-to-memory
@@ -236,13 +239,7 @@ impl SimDmaAdapter {
         let needs_bounce = !description.dma64 && memory.has_memory_above_4gib();
         let bounce_pool = if needs_bounce && config.map_registers > 0 {
             memory
-                .allocate_contiguous_inner(
-                    config.map_registers as usize * PAGE_SIZE,
-                    PAGE_SIZE,
-                    FOUR_GIB,
-                    &format!("map registers of DMA adapter #{id}"),
-                    false,
-                )
+                .allocate_platform(config.map_registers as usize * PAGE_SIZE, PAGE_SIZE, FOUR_GIB, &format!("map registers of DMA adapter #{id}"))
                 .ok()
         } else {
             None
@@ -550,9 +547,13 @@ impl SimDmaAdapter {
 
 impl DmaAdapterPort for SimDmaAdapter {
     /// `AllocateCommonBuffer`: `PASSIVE_LEVEL`; physically contiguous,
-    /// page-aligned, zeroed, below 4 GiB unless the description is 64-bit;
-    /// fails (`None`) when the memory's contiguous-failure injection says so
-    /// or no run is free.
+    /// page-aligned, below 4 GiB unless the description is 64-bit; fails
+    /// (`None`) when the memory's contiguous-failure injection says so or
+    /// no run is free. The memory comes filled with
+    /// [`crate::memory::CONTIGUOUS_FILL`] (Windows does not promise zeroed
+    /// common buffers); the port promises zeroed ones, so its `bytes` are
+    /// then zeroed here, as the WDM glue does after `AllocateCommonBuffer`
+    /// (`bus-driver/src/wdm/platform.rs`).
     fn allocate_common_buffer(&self, bytes: usize) -> Option<CommonBuffer> {
         let inner = &*self.inner;
         inner.irql.require_passive("AllocateCommonBuffer");
@@ -566,6 +567,9 @@ impl DmaAdapterPort for SimDmaAdapter {
             inner.state.borrow_mut().stats.common_buffer_failures += 1;
             return None;
         };
+        // SAFETY: `alloc.va` starts `alloc.bytes == bytes` writable bytes of
+        // the allocation just made, which nothing else uses yet.
+        unsafe { std::ptr::write_bytes(alloc.va, 0, bytes) };
         let logical = alloc.page_addresses[0];
         let range = inner.memory.iommu().register(logical, bytes as u64, RangeKind::CommonBuffer, &label);
         let buffer = CommonBuffer { va: alloc.va, logical, bytes };
@@ -819,7 +823,13 @@ mod tests {
         assert_eq!(low.logical % PAGE, 0);
         let mut bytes = vec![1u8; low.bytes];
         m.memory.read_virtual(low.va, &mut bytes).unwrap();
-        assert!(bytes.iter().all(|&b| b == 0));
+        assert!(bytes.iter().all(|&b| b == 0), "the port's buffer is zeroed");
+        // Over the memory model's fill (AllocateCommonBuffer's memory is not zeroed).
+        let raw = m.memory.allocate_contiguous(PAGE_SIZE, PAGE_SIZE, FOUR_GIB, "raw").unwrap();
+        let mut word = [0u8; 4];
+        m.memory.read_virtual(raw.va, &mut word).unwrap();
+        assert_eq!(u32::from_le_bytes(word), crate::memory::CONTIGUOUS_FILL);
+        assert!(m.memory.free(raw.id));
         assert!(m.memory.iommu().covers(low.logical, low.bytes as u64));
         m.memory.dma_write(low.logical + 8, &[1, 2]).unwrap();
         m.memory.read_virtual(low.va, &mut bytes[..10]).unwrap();

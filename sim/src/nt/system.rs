@@ -7,12 +7,13 @@ use capdma_winvm::{GuestMemory, Machine, RamRange, Stop};
 
 use super::layout::{driver_extension, driver_object, unicode_string};
 use super::{hal, Nt};
+use crate::memory::{Allocation, MemoryConfig, PhysicalMemory, PAGE_SIZE, PCI_HOLE_START};
 use crate::violations::Violations;
 
-/// Guest RAM of a system, bytes.
-const RAM_BYTES: usize = 256 << 20;
-/// The part of it the machine takes for its own structures, pool and images.
-const OWN_FRAMES: RamRange = RamRange { gpa: 1 << 20, len: 192 << 20 };
+/// Bytes of guest RAM the machine takes for its own structures, the
+/// images, kernel objects and pool (page tables, descriptor tables, stubs,
+/// stacks): one contiguous run the simulated memory never hands out.
+const OWN_BYTES: usize = 64 << 20;
 
 /// A driver loaded and initialised.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,36 +32,47 @@ pub struct System {
     pub machine: Machine,
     /// The emulated kernel.
     pub nt: Nt,
+    /// The simulated machine's physical memory: the guest's RAM (one memfd,
+    /// mapped into the VM), where the board's DMA lands.
+    pub memory: PhysicalMemory,
+    _own_frames: Allocation,
 }
 
 impl System {
-    /// A machine with 256 MiB of RAM and a kernel at boot.
+    /// A machine over a fresh simulated memory (3 GiB of RAM below the PCI
+    /// hole, the simulator's default) and a kernel at boot.
     ///
     /// # Errors
     /// [`Stop::Host`] when KVM is not usable or memory cannot be mapped.
     pub fn boot() -> Result<Self, Stop> {
-        // SAFETY: a fresh private anonymous mapping; on failure nothing is used.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                RAM_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Stop::Host("mmap of guest RAM failed".into()));
-        }
-        // SAFETY: `base..base + RAM_BYTES` is the mapping above; it is never
-        // unmapped (the process keeps it; a System lives for a test or a run).
-        let mem = unsafe { GuestMemory::new(base.cast(), vec![RamRange { gpa: 0, len: RAM_BYTES as u64 }], OWN_FRAMES) };
+        let memory = PhysicalMemory::try_new(MemoryConfig::default(), Violations::new())
+            .map_err(|e| Stop::Host(format!("simulated memory: {e}")))?;
+        Self::boot_on(memory)
+    }
+
+    /// A machine whose guest-physical RAM *is* `memory` (its memfd, mapped
+    /// into the VM as one slot per RAM range), and a kernel at boot whose
+    /// HAL places common buffers in that memory. The board's DMA through
+    /// `memory` and the guest's loads and stores see the same bytes.
+    ///
+    /// # Errors
+    /// [`Stop::Host`] when KVM is not usable or the machine's own frames
+    /// cannot be taken from `memory`.
+    pub fn boot_on(memory: PhysicalMemory) -> Result<Self, Stop> {
+        let backing = memory.backing();
+        let own = memory
+            .allocate_platform(OWN_BYTES, PAGE_SIZE, PCI_HOLE_START, "winvm: the machine's own frames")
+            .map_err(|e| Stop::Host(format!("the machine's own frames: {e}")))?;
+        let first = *own.page_addresses.first().ok_or_else(|| Stop::Host("empty allocation".into()))?;
+        let ram = backing.ram.iter().map(|&(gpa, len)| RamRange { gpa, len }).collect();
+        // SAFETY: `backing.linear_base + gpa` is the memfd's linear map for
+        // every RAM range; it stays mapped while a handle to `memory` lives,
+        // and the System keeps one (and the kernel's HAL another) for as
+        // long as the machine exists.
+        let mem = unsafe { GuestMemory::new(backing.linear_base, ram, RamRange { gpa: first, len: OWN_BYTES as u64 }) };
         let mut nt = Nt::new();
-        // The HAL places common buffers in the RAM the machine does not use itself.
-        let memory = hal::memory_over(RAM_BYTES as u64, OWN_FRAMES, Violations::new()).map_err(Stop::Host)?;
-        hal::attach_memory(&mut nt, memory);
-        Ok(Self { machine: Machine::new(mem)?, nt })
+        hal::attach_memory(&mut nt, memory.clone());
+        Ok(Self { machine: Machine::new(mem)?, nt, memory, _own_frames: own })
     }
 
     /// Loads the driver image at `path` and calls its `DriverEntry` with a

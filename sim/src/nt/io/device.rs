@@ -361,7 +361,7 @@ pub(crate) fn obf_reference_object(nt: &mut Nt, m: &mut Machine) -> Result<u64, 
             "ObfReferenceObject(NULL)".into(),
         ));
     }
-    Ok(reference(nt, va) as u64)
+    Ok(reference(nt, va).cast_unsigned())
 }
 
 /// `LONG_PTR ObfDereferenceObject(PVOID Object)` ("ObDereferenceObject
@@ -371,19 +371,11 @@ pub(crate) fn obf_reference_object(nt: &mut Nt, m: &mut Machine) -> Result<u64, 
 pub(crate) fn obf_dereference_object(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let va = m.arg(0)?;
     nt.verifier.checks += 1;
-    match dereference(nt, m, va)? {
-        Some(left) => Ok(left as u64),
-        None => {
-            nt.violation(
-                m,
-                "DEREFERENCE_NOT_REFERENCED",
-                0x18,
-                Some(0),
-                format!("ObfDereferenceObject({va:#x}) drops a reference nobody took"),
-            );
-            Ok(0)
-        }
+    if let Some(left) = dereference(nt, m, va)? {
+        return Ok(left.cast_unsigned());
     }
+    nt.violation(m, "DEREFERENCE_NOT_REFERENCED", 0x18, Some(0), format!("ObfDereferenceObject({va:#x}) drops a reference nobody took"));
+    Ok(0)
 }
 
 /// `VOID IoInvalidateDeviceRelations(PDEVICE_OBJECT DeviceObject,

@@ -50,6 +50,10 @@ pub struct LocationState {
     pub completed_through: bool,
     /// `SL_PENDING_RETURNED` was set in it when the completion went through.
     pub pending: bool,
+    /// The dispatch routine returned `STATUS_PENDING` before the completion
+    /// went through, without the location marked yet: a completion routine
+    /// must mark it on the way up (checked then).
+    pub returned_pending: bool,
 }
 
 /// One IRP in flight.
@@ -193,6 +197,7 @@ pub(crate) fn iof_call_driver(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop>
 ///
 /// # Errors
 /// A bugcheck (fatal Verifier finding, a fault in the driver) or host failure.
+#[allow(clippy::too_many_lines, reason = "IoCallDriver's steps and checks, in order")]
 pub fn call_driver(nt: &mut Nt, m: &mut Machine, device: u64, irp_va: u64, ddi: &str) -> Result<u32, Stop> {
     let irql = nt.irql;
     nt.io_check(m, irql <= DISPATCH_LEVEL, "IO_CALL_DRIVER_IRQL", 0x10, || format!("{ddi} at IRQL {irql}"));
@@ -320,7 +325,14 @@ pub fn call_driver(nt: &mut Nt, m: &mut Machine, device: u64, irp_va: u64, ddi: 
         _ if live => (false, m.read_u8(location + stack::CONTROL)? & sl::PENDING_RETURNED != 0),
         _ => (true, false),
     };
-    if returned == status::PENDING {
+    let forwarded = nt.io.irps.get(&irp_va).is_some_and(|r| r.locations.contains_key(&index.wrapping_sub(1)));
+    if returned == status::PENDING && !through && !pending && forwarded {
+        // `return IoCallDriver(lower, Irp)` with a completion routine that
+        // marks the IRP pending on the way up: checked when it gets there.
+        if let Some(s) = nt.io.irps.get_mut(&irp_va).and_then(|r| r.locations.get_mut(&index)) {
+            s.returned_pending = true;
+        }
+    } else if returned == status::PENDING {
         nt.io_check(m, pending, "PENDING_NOT_MARKED", 0x23D, || {
             format!("{what} returned STATUS_PENDING for IRP {irp_va:#x} without IoMarkIrpPending")
         });
@@ -457,9 +469,16 @@ pub fn complete_request(nt: &mut Nt, m: &mut Machine, irp_va: u64) -> Result<(),
         let context = m.read_u64(location + stack::CONTEXT)?;
         let pending = control & sl::PENDING_RETURNED != 0;
         m.write_u8(irp_va + irp::PENDING_RETURNED, u8::from(pending))?;
+        let mut returned_pending = false;
         if let Some(state) = nt.io.irps.get_mut(&irp_va).and_then(|r| r.locations.get_mut(&current)) {
             state.completed_through = true;
             state.pending = pending;
+            returned_pending = state.returned_pending;
+        }
+        if returned_pending {
+            nt.io_check(m, pending, "PENDING_NOT_MARKED", 0x23D, || {
+                format!("a dispatch routine returned STATUS_PENDING for IRP {irp_va:#x} at location {current}, which was never marked pending (not by IoMarkIrpPending, nor by a completion routine on the way up)")
+            });
         }
         // IoCompleteRequest clears the location it leaves (keeping its
         // major function and device for the debugger's sake).

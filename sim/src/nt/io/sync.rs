@@ -101,7 +101,7 @@ pub fn wait_forever(nt: &mut Nt, m: &mut Machine, event: u64, what: &str, rule: 
 /// `<= APC_LEVEL` unless the timeout is zero (0xC4 `IRQL_TOO_HIGH`).
 pub(crate) fn ke_wait_for_single_object(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [object, _reason, _mode, _alertable, timeout] = m.args::<5>()?;
-    let timeout = if timeout == 0 { None } else { Some(m.read_u64(timeout)? as i64) };
+    let timeout = if timeout == 0 { None } else { Some(m.read_u64(timeout)?.cast_signed()) };
     if timeout != Some(0) {
         nt.check_irql(m, "KeWaitForSingleObject (non-zero timeout)", WAIT_MAX_IRQL);
     }
@@ -182,8 +182,8 @@ pub(crate) fn io_initialize_remove_lock_ex(nt: &mut Nt, m: &mut Machine) -> Resu
 
 /// Drops one count of the lock at `lock`; signals its event at zero.
 fn drop_count(m: &Machine, lock: u64) -> Result<i32, Stop> {
-    let count = (m.read_u32(lock + remove_lock::IO_COUNT)? as i32).wrapping_sub(1);
-    m.write_u32(lock + remove_lock::IO_COUNT, count as u32)?;
+    let count = m.read_u32(lock + remove_lock::IO_COUNT)?.cast_signed().wrapping_sub(1);
+    m.write_u32(lock + remove_lock::IO_COUNT, count.cast_unsigned())?;
     if count == 0 {
         m.write_u32(lock + remove_lock::REMOVE_EVENT + kevent::SIGNAL_STATE, 1)?;
     }

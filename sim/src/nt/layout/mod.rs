@@ -5,6 +5,7 @@
 //! test `tests/tests/nt_layout.rs` compares each with the layout assertions
 //! bindgen generated for wdk-sys when the Windows build has run.
 
+#[allow(clippy::module_inception, reason = "layout::irp::irp is the IRP itself among the I/O structures")]
 pub mod irp;
 
 /// `DRIVER_OBJECT` (wdm.h).

@@ -22,7 +22,7 @@ pub mod power;
 pub mod registry;
 pub mod sync;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use capdma_winvm::{Machine, Stop};
 
@@ -143,8 +143,15 @@ pub struct IoState {
     pub power_states: Vec<(u64, u32, u32)>,
     /// Device power states (`PoSetPowerState(DevicePowerState)`), by device.
     pub device_power: BTreeMap<u64, u32>,
-    /// Addresses of the I/O manager's own host functions (completion routines, …), made once.
-    pub host_routines: BTreeSet<u64>,
+    /// Imports bound to [`unimplemented_stub`]s, by stub context.
+    pub unimplemented: Vec<String>,
+    /// Host routines a test puts in place of imports bound to
+    /// [`unimplemented_stub`]s, by symbol (stand-ins for DDIs another part
+    /// of the emulated kernel will implement; the test says what they do).
+    pub stand_ins: BTreeMap<String, super::HostFn>,
+    /// References taken through `INTERFACE.InterfaceReference` of the
+    /// interfaces the host's bus drivers hand out, by interface context.
+    pub interface_references: BTreeMap<u64, i64>,
 }
 
 impl IoState {
@@ -182,6 +189,11 @@ impl IoState {
                 ));
             }
         }
+        for (context, n) in &self.interface_references {
+            if *n != 0 {
+                out.push(format!("interface {context:#x}: {n} reference(s) not dereferenced"));
+            }
+        }
         for (handle, key) in &self.handles {
             out.push(format!("registry handle {handle:#x} (PDO {:#x}) opened by {} not closed", key.pdo, key.opened_by));
         }
@@ -217,6 +229,25 @@ impl Nt {
         let caller = if ok { String::new() } else { m.caller().map_or_else(|_| "?".into(), |c| m.describe(c)) };
         self.verifier.check(ok, || Finding { rule, bugcheck: 0xC9, parameter1: Some(code), detail: detail(), caller })
     }
+}
+
+/// A stub for an import the emulated kernel does not implement: calling it
+/// stops the run with [`Stop::Host`] naming it (for
+/// [`super::system::System::load_driver_allowing_missing`]).
+pub fn unimplemented_stub(nt: &mut Nt, m: &mut Machine, module: &str, symbol: &str) -> Option<u64> {
+    let index = nt.io.unimplemented.len() as u64;
+    nt.io.unimplemented.push(format!("{module}!{symbol}"));
+    nt.host_function(m, symbol, unimplemented_called, index, HIGH_LEVEL).ok()
+}
+
+fn unimplemented_called(nt: &mut Nt, m: &mut Machine, index: u64) -> Result<u64, Stop> {
+    let name = nt.io.unimplemented.get(usize::try_from(index).unwrap_or(usize::MAX)).cloned().unwrap_or_default();
+    let symbol = name.rsplit('!').next().unwrap_or_default();
+    if let Some(stand_in) = nt.io.stand_ins.get(symbol).copied() {
+        return stand_in(nt, m, index);
+    }
+    let caller = m.caller().map_or_else(|_| "?".into(), |c| m.describe(c));
+    Err(Stop::Host(format!("{name} called by {caller}: not implemented in the emulated kernel yet")))
 }
 
 /// An NTSTATUS as the RAX of a DDI (the 32-bit pattern, zero-extended).

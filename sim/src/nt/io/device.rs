@@ -167,10 +167,15 @@ pub(crate) fn io_create_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop
     Ok(ret(status::SUCCESS))
 }
 
-/// Frees a deleted device object's memory once nothing references it.
+/// Frees a deleted device object's memory once nothing references it and
+/// nothing is attached above it (Windows defers the deletion of a device
+/// with a device attached until `IoDetachDevice`).
 fn free_if_unreferenced(nt: &mut Nt, m: &mut Machine, va: u64) -> Result<(), Stop> {
-    let Some(d) = nt.io.devices.get_mut(&va) else { return Ok(()) };
-    if d.deleted && d.references <= 0 && !d.freed {
+    let Some(d) = nt.io.devices.get(&va) else { return Ok(()) };
+    if d.freed || !d.deleted || d.references > 0 || m.read_u64(va + device_object::ATTACHED_DEVICE)? != 0 {
+        return Ok(());
+    }
+    if let Some(d) = nt.io.devices.get_mut(&va) {
         d.freed = true;
         let (pages_va, pages) = (d.pages_va, d.pages);
         m.free_own_pages(pages_va, pages)?;
@@ -292,11 +297,22 @@ pub(crate) fn io_detach_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop
     if !nt.io_check(m, above != 0, "DETACH_NOT_ATTACHED", 0x202, || format!("IoDetachDevice({target:#x}): nothing attached to it")) {
         return Ok(0);
     }
+    detach(nt, m, target)?;
+    Ok(0)
+}
+
+/// Detaches whatever is attached above `target`, as `IoDetachDevice`
+/// does; a deleted `target` is freed now if nothing else holds it.
+///
+/// # Errors
+/// A bugcheck when `target` is unmapped; [`Stop::Host`] when freeing fails.
+pub fn detach(nt: &mut Nt, m: &mut Machine, target: u64) -> Result<(), Stop> {
+    let above = m.read_u64(target + device_object::ATTACHED_DEVICE)?;
     m.write_u64(target + device_object::ATTACHED_DEVICE, 0)?;
     if let Some(d) = nt.io.devices.get_mut(&above) {
         d.lower = None;
     }
-    Ok(0)
+    free_if_unreferenced(nt, m, target)
 }
 
 /// Takes a reference on `va` (a device object or any other object).

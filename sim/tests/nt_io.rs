@@ -788,3 +788,214 @@ fn a_requested_power_irp_goes_to_the_top_and_calls_back() {
     assert_eq!(t.ok("PoSetPowerState", &[pdo, 1, 1]), 4);
     t.assert_clean();
 }
+
+// ------------------------------------------------------------------ every other check, tripped
+
+#[test]
+fn object_and_device_misuse_is_found() {
+    let Some(mut t) = T::new() else { return };
+    let Err(Stop::Bugcheck(report)) = t.ddi("ObfReferenceObject", &[0]) else { panic!("no bugcheck") };
+    assert_eq!(report.code, 0x18);
+    assert!(t.found("REFERENCE_NULL_OBJECT"));
+    let Some(mut t) = T::new() else { return };
+    let junk = t.memory(512);
+    let Err(Stop::Bugcheck(report)) = t.ddi("IoDeleteDevice", &[junk]) else { panic!("no bugcheck") };
+    assert_eq!((report.code, report.parameters[0]), (0xC9, 0x4));
+    assert!(t.found("DELETE_UNKNOWN_DEVICE"));
+    let Some(mut t) = T::new() else { return };
+    let nop = complete_untouched(&mut t);
+    let (fdo, pdo) = t.stack(nop, nop);
+    t.ok("IoInvalidateDeviceRelations", &[fdo, 0]);
+    assert!(t.found("INVALIDATE_RELATIONS_NOT_PDO"));
+    assert!(t.sys.nt.io.invalidated.is_empty());
+    t.sys.nt.verifier.findings.clear();
+    t.ok("IoInvalidateDeviceRelations", &[pdo, 0]);
+    assert_eq!(t.sys.nt.io.invalidated, [(pdo, 0)]);
+    t.assert_clean();
+}
+
+#[test]
+fn io_call_driver_refuses_what_is_not_a_device_or_an_irp() {
+    let Some(mut t) = T::new() else { return };
+    let nop = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(nop, nop);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    let Err(Stop::Bugcheck(r)) = t.ddi("IofCallDriver", &[0, irp_va]) else { panic!("no bugcheck") };
+    assert_eq!((r.code, r.parameters[0]), (0xC9, 0x204));
+    assert!(t.found("IO_CALL_DRIVER_NULL_DEVICE"));
+
+    let Some(mut t) = T::new() else { return };
+    let nop = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(nop, nop);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    let junk = t.memory(512);
+    let Err(Stop::Bugcheck(r)) = t.ddi("IofCallDriver", &[junk, irp_va]) else { panic!("no bugcheck") };
+    assert_eq!((r.code, r.parameters[0]), (0xC9, 0x4));
+    assert!(t.found("IO_CALL_DRIVER_BAD_DEVICE"));
+
+    let Some(mut t) = T::new() else { return };
+    let nop = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(nop, nop);
+    let junk = t.memory(512);
+    let Err(Stop::Bugcheck(r)) = t.ddi("IofCallDriver", &[fdo, junk]) else { panic!("no bugcheck") };
+    assert_eq!((r.code, r.parameters[0]), (0xC9, 0x3));
+    assert!(t.found("IO_CALL_DRIVER_NOT_AN_IRP"));
+
+    let Some(mut t) = T::new() else { return };
+    let junk = t.memory(512);
+    let Err(Stop::Bugcheck(r)) = t.ddi("IofCompleteRequest", &[junk, 0]) else { panic!("no bugcheck") };
+    assert_eq!(r.code, 0x44);
+    assert!(t.found("COMPLETE_NOT_AN_IRP"));
+}
+
+#[test]
+fn a_trashed_or_overrun_irp_stack_is_found() {
+    let Some(mut t) = T::new() else { return };
+    let down = pass_down(&mut t);
+    let untouched = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(down, untouched);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    let m = &t.sys.machine;
+    let pointer = m.read_u64(irp_va + irp::CURRENT_STACK_LOCATION).unwrap();
+    m.write_u64(irp_va + irp::CURRENT_STACK_LOCATION, pointer + 8).unwrap();
+    // The IRP goes on with the location CurrentLocation names.
+    assert_eq!(t.ok("IofCallDriver", &[fdo, irp_va]), status::NOT_SUPPORTED);
+    assert!(t.found("IRP_STACK_TRASHED"), "{}", t.findings());
+
+    let Some(mut t) = T::new() else { return };
+    let untouched = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(untouched, untouched);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    // Skipped past its own location before the first send.
+    let m = &t.sys.machine;
+    m.write_u8(irp_va + irp::CURRENT_LOCATION, 4).unwrap();
+    m.write_u64(irp_va + irp::CURRENT_STACK_LOCATION, location_va(irp_va, 4)).unwrap();
+    assert!(t.ddi("IofCallDriver", &[fdo, irp_va]).is_err());
+    assert!(t.found("IRP_STACK_LOCATION_OUT_OF_RANGE"), "{}", t.findings());
+}
+
+#[test]
+fn dispatch_table_and_major_function_mistakes_are_found() {
+    let Some(mut t) = T::new() else { return };
+    let untouched = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(untouched, untouched);
+    let d = t.sys.machine.read_u64(fdo + device_object::DRIVER_OBJECT).unwrap();
+    t.sys.machine.write_u64(d + driver_object::MAJOR_FUNCTION + 8 * u64::from(mj::PNP), 0).unwrap();
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    assert_eq!(t.ok("IofCallDriver", &[fdo, irp_va]), status::INVALID_DEVICE_REQUEST);
+    assert!(t.found("NO_DISPATCH_ROUTINE"));
+
+    let Some(mut t) = T::new() else { return };
+    let untouched = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(untouched, untouched);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    t.sys.machine.write_u8(location_va(irp_va, 2) + stack::MAJOR_FUNCTION, 0x30).unwrap();
+    assert_eq!(t.ok("IofCallDriver", &[fdo, irp_va]), status::INVALID_DEVICE_REQUEST);
+    assert!(t.found("IRP_BAD_MAJOR_FUNCTION"));
+}
+
+#[test]
+fn power_irp_mistakes_are_found() {
+    let Some(mut t) = T::new() else { return };
+    let down = pass_down(&mut t);
+    let done = complete_with(&mut t, status::SUCCESS, 0);
+    let (fdo, _) = t.stack(down, done);
+    let block = t.memory(64);
+    t.ok("KeInitializeEvent", &[block, 0, 0]);
+    let irp_va = t.ddi("IoBuildSynchronousFsdRequest", &[u64::from(mj::POWER), fdo, 0, 0, 0, block, block + 32]).unwrap();
+    t.sys.machine.write_u8(location_va(irp_va, 2) + stack::MINOR_FUNCTION, mn::QUERY_POWER).unwrap();
+    // Status left at 0: a new power IRP must start as STATUS_NOT_SUPPORTED.
+    t.ok("PoCallDriver", &[fdo, irp_va]);
+    assert!(t.found("POWER_IRP_BAD_INITIAL_STATUS"), "{}", t.findings());
+    // PoCallDriver with a PnP IRP.
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    t.ok("PoCallDriver", &[fdo, irp_va]);
+    assert!(t.found("PO_CALL_DRIVER_NOT_POWER"));
+}
+
+#[test]
+fn irql_mistakes_around_irps_are_found() {
+    // IoCallDriver above DISPATCH_LEVEL (0xC9 0x10).
+    let Some(mut t) = T::new() else { return };
+    let down = pass_down(&mut t);
+    let untouched = complete_untouched(&mut t);
+    let (fdo, _) = t.stack(down, untouched);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::BOGUS);
+    t.sys.nt.irql = 3;
+    t.ok("IofCallDriver", &[fdo, irp_va]);
+    assert!(t.found("IO_CALL_DRIVER_IRQL"), "{}", t.findings());
+    // IoCompleteRequest above DISPATCH_LEVEL (0x0E) and with a cancel routine set (0x07).
+    let Some(mut t) = T::new() else { return };
+    let down = pass_down(&mut t);
+    let pend = keep(&mut t, true, status::PENDING);
+    let (fdo, pdo) = t.stack(down, pend);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    t.ok("IofCallDriver", &[fdo, irp_va]);
+    let kept = t.sys.machine.read_u64(t.ext(pdo) + 8).unwrap();
+    t.sys.machine.write_u32(kept + irp::STATUS, 0).unwrap();
+    t.sys.machine.write_u64(kept + irp::CANCEL_ROUTINE, pend).unwrap();
+    t.sys.nt.irql = 3;
+    t.ok("IofCompleteRequest", &[kept, 0]);
+    assert!(t.found("COMPLETE_IRQL"), "{}", t.findings());
+    assert!(t.found("COMPLETE_WITH_CANCEL_ROUTINE"));
+    // A completion routine that returns at another IRQL.
+    let Some(mut t) = T::new() else { return };
+    let raise = t.stub("KfRaiseIrql");
+    let routine = t.code(|a| {
+        a.sub(rsp, 0x28).unwrap();
+        a.mov(ecx, 2).unwrap();
+        a.mov(rax, raise).unwrap();
+        a.call(rax).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.add(rsp, 0x28).unwrap();
+        a.ret().unwrap();
+    });
+    let forward = forward_with_routine(&mut t, routine);
+    let done = complete_with(&mut t, status::SUCCESS, 0);
+    let (fdo, _) = t.stack(forward, done);
+    let (irp_va, _, _) = t.pnp_irp(fdo, mn::QUERY_CAPABILITIES);
+    t.ok("IofCallDriver", &[fdo, irp_va]);
+    assert!(t.found("COMPLETION_ROUTINE_CHANGED_IRQL"), "{}", t.findings());
+}
+
+#[test]
+fn event_and_remove_lock_misuse_is_found() {
+    let Some(mut t) = T::new() else { return };
+    let e = t.memory(64);
+    t.ok("KeInitializeEvent", &[e, 5, 0]);
+    assert!(t.found("EVENT_BAD_TYPE"));
+    let zero = e + 32;
+    t.sys.machine.write_u8(e, 7).unwrap();
+    t.ok("KeWaitForSingleObject", &[e, 0, 0, 0, zero]);
+    assert!(t.found("WAIT_NOT_AN_EVENT"));
+    let lock = t.memory(64);
+    t.ok("IoInitializeRemoveLockEx", &[lock, 1, 0, 0, 64]);
+    assert!(t.found("REMOVE_LOCK_BAD_SIZE"));
+    assert_eq!(t.ok("IoAcquireRemoveLockEx", &[lock, 1, 0, 1, 32]), status::INVALID_PARAMETER);
+    assert!(t.found("REMOVE_LOCK_NOT_INITIALIZED"));
+    t.ok("IoInitializeRemoveLockEx", &[lock, 1, 0, 0, 32]);
+    t.ok("IoAcquireRemoveLockEx", &[lock, 9, 0, 1, 32]);
+    t.ok("IoReleaseRemoveLockAndWaitEx", &[lock, 9, 32]);
+    assert!(!t.found("REMOVE_LOCK_WAIT_TWICE"));
+    t.ok("IoReleaseRemoveLockAndWaitEx", &[lock, 9, 32]);
+    assert!(t.found("REMOVE_LOCK_WAIT_TWICE"));
+}
+
+#[test]
+fn the_low_resources_simulation_fails_chosen_allocations() {
+    let Some(mut t) = T::new() else { return };
+    let nop = complete_untouched(&mut t);
+    let d = t.driver(nop);
+    let out = t.memory(8);
+    t.sys.nt.io.fail_create_device_at = Some(1);
+    assert_eq!(t.ok("IoCreateDevice", &[d, 0, 0, 0x22, 0, 0, out]), status::SUCCESS);
+    assert_eq!(t.ok("IoCreateDevice", &[d, 0, 0, 0x22, 0, 0, out]), status::INSUFFICIENT_RESOURCES);
+    assert_eq!(t.sys.machine.read_u64(out).unwrap(), 0);
+    let dev = t.device(d);
+    t.sys.nt.io.fail_irp_at = Some(0);
+    assert_eq!(t.ddi("IoBuildSynchronousFsdRequest", &[u64::from(mj::PNP), dev, 0, 0, 0, out, out]).unwrap(), 0);
+    assert_eq!(t.ok("PoRequestPowerIrp", &[dev, u64::from(mn::SET_POWER), 1, 0, 0, 0]), status::PENDING);
+    t.sys.nt.io.fail_irp_at = Some(2);
+    assert_eq!(t.ok("PoRequestPowerIrp", &[dev, u64::from(mn::SET_POWER), 1, 0, 0, 0]), status::INSUFFICIENT_RESOURCES);
+    assert_eq!(t.ok("PoRequestPowerIrp", &[dev, 0x7, 1, 0, 0, 0]), status::INVALID_PARAMETER_2);
+}

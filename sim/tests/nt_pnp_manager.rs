@@ -42,6 +42,14 @@ const KEEP_INITIALIZING: u64 = 2;
 const LEAK_CHILDREN: u64 = 4;
 /// Behaviour: report only the first child at the next enumeration.
 const DROP_SECOND_CHILD: u64 = 8;
+/// Behaviour: keep IRP_MN_QUERY_PNP_DEVICE_STATE pending forever.
+const PEND_DEVICE_STATE: u64 = 16;
+/// Behaviour: report the FDO itself in BusRelations.
+const REPORT_FDO: u64 = 32;
+/// Behaviour: the children answer neither IRP_MN_QUERY_ID nor IRP_MN_QUERY_CAPABILITIES.
+const MUTE_CHILDREN: u64 = 64;
+/// Behaviour: allocate pool at start and never free it.
+const LEAK_POOL: u64 = 128;
 /// At +8 of a child PDO's extension (where an FDO keeps its child count).
 const CHILD_MARK: u64 = 0xC41D_C41D;
 
@@ -113,18 +121,28 @@ fn toy_fdo(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
         return pass_down(nt, m, lower, irp_va, true);
     }
     match minor {
+        mn::QUERY_PNP_DEVICE_STATE if behaviour & PEND_DEVICE_STATE != 0 => {
+            let l = m.read_u64(irp_va + irp::CURRENT_STACK_LOCATION)?;
+            let control = m.read_u8(l + stack::CONTROL)?;
+            m.write_u8(l + stack::CONTROL, control | 1)?;
+            Ok(u64::from(status::PENDING))
+        }
         mn::START_DEVICE => {
+            if behaviour & LEAK_POOL != 0 {
+                ddi(nt, m, "ExAllocatePool2", &[0x40, 100, 0x6b61_654c])?;
+            }
             let st = pass_down(nt, m, lower, irp_va, false)?;
             let child_driver = m.read_u64(ext + 48)?;
             let out = nt.alloc_kernel(m, 8)?;
             for i in 0..CHILDREN {
-                ddi(nt, m, "IoCreateDevice", &[child_driver, 16, 0, 0x2A, 0x80, 0, out])?;
+                ddi(nt, m, "IoCreateDevice", &[child_driver, 24, 0, 0x2A, 0x80, 0, out])?;
                 let child = m.read_u64(out)?;
                 let flags = m.read_u32(child + device_object::FLAGS)?;
                 m.write_u32(child + device_object::FLAGS, flags & !do_flags::DEVICE_INITIALIZING)?;
                 let child_ext = m.read_u64(child + device_object::DEVICE_EXTENSION)?;
                 m.write_u64(child_ext, i)?;
                 m.write_u64(child_ext + 8, CHILD_MARK)?;
+                m.write_u64(child_ext + 16, behaviour)?;
                 m.write_u64(ext + 16 + 8 * i, child)?;
             }
             m.write_u64(ext + 8, CHILDREN)?;
@@ -140,7 +158,7 @@ fn toy_fdo(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
             let rel = ddi(nt, m, "ExAllocatePool2", &[POOL_FLAG_PAGED, 8 + 8 * count.max(1), 0x6c65_5254])?;
             m.write_u32(rel + device_relations::COUNT, u32::try_from(count).unwrap_or(0))?;
             for i in 0..count {
-                let child = m.read_u64(ext + 16 + 8 * i)?;
+                let child = if behaviour & REPORT_FDO != 0 && i == 0 { fdo } else { m.read_u64(ext + 16 + 8 * i)? };
                 ddi(nt, m, "ObfReferenceObject", &[child])?;
                 m.write_u64(rel + device_relations::OBJECTS + 8 * i, child)?;
             }
@@ -173,8 +191,13 @@ fn toy_fdo(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
 fn toy_child(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
     let [pdo, irp_va] = m.args::<2>()?;
     let (l, major, minor) = location(m, irp_va)?;
-    let index = m.read_u64(m.read_u64(pdo + device_object::DEVICE_EXTENSION)?)?;
+    let child_ext = m.read_u64(pdo + device_object::DEVICE_EXTENSION)?;
+    let index = m.read_u64(child_ext)?;
+    let mute = m.read_u64(child_ext + 16)? & MUTE_CHILDREN != 0;
     let untouched = m.read_u32(irp_va + irp::STATUS)?;
+    if mute && (minor == mn::QUERY_ID || minor == mn::QUERY_CAPABILITIES) {
+        return complete(nt, m, irp_va, untouched, None);
+    }
     if major == mj::POWER {
         return complete(nt, m, irp_va, if minor == mn::SET_POWER || minor == mn::QUERY_POWER { 0 } else { untouched }, None);
     }
@@ -441,4 +464,70 @@ fn children_left_behind_are_leaks_at_the_end() {
     assert_eq!(leaks.len(), 2, "{leaks:#?}");
     assert!(sys.nt.verifier.found("LEAKED_AT_UNLOAD"));
     assert_eq!(sys.nt.verifier.findings.iter().find(|f| f.rule == "LEAKED_AT_UNLOAD").unwrap().bugcheck, 0xCE);
+}
+
+#[test]
+fn an_irp_never_completed_is_a_finding_not_a_hang() {
+    let Some((mut sys, mut pnp)) = toy(PEND_DEVICE_STATE) else { return };
+    let result = pnp.start(&mut sys, &StartResources::bar0_line(0xE000_0000, 0x1000, 11, 5, 0x51));
+    assert!(matches!(result, Err(Stop::Host(_))), "{result:?}");
+    assert!(sys.nt.verifier.found("IRP_NEVER_COMPLETED"));
+}
+
+#[test]
+fn a_relation_that_is_not_a_pdo_is_found() {
+    let Some((mut sys, mut pnp)) = toy(REPORT_FDO) else { return };
+    let _ = pnp.start(&mut sys, &StartResources::bar0_line(0xE000_0000, 0x1000, 11, 5, 0x51));
+    assert!(sys.nt.verifier.found("RELATION_NOT_A_PDO"));
+}
+
+#[test]
+fn children_that_do_not_answer_required_irps_are_found() {
+    let Some((mut sys, mut pnp)) = toy(MUTE_CHILDREN) else { return };
+    start(&mut sys, &mut pnp);
+    assert!(sys.nt.verifier.found("PDO_NO_DEVICE_ID"));
+    assert!(sys.nt.verifier.found("PDO_NO_CAPABILITIES"));
+    assert_eq!(sys.nt.verifier.findings[0].parameter1, Some(0x22A));
+}
+
+#[test]
+fn pool_left_at_unload_is_found() {
+    let Some((mut sys, mut pnp)) = toy(LEAK_POOL) else { return };
+    start(&mut sys, &mut pnp);
+    pnp.remove(&mut sys).unwrap();
+    pnp.unload(&mut sys).unwrap();
+    pnp.delete_own_devices(&mut sys).unwrap();
+    let leaks = pnp.end_of_run(&mut sys);
+    assert_eq!(leaks.len(), 1, "{leaks:#?}");
+    let f = sys.nt.verifier.findings.iter().find(|f| f.rule == "POOL_LEAKED_AT_UNLOAD").expect("finding");
+    assert_eq!((f.bugcheck, f.parameter1), (0xC4, Some(0x62)));
+}
+
+#[test]
+fn the_pci_pdo_hands_out_a_referenced_bus_interface() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    let guid = capdma_interface::guid::GUID_BUS_INTERFACE_STANDARD;
+    let (st, iface) = pnp.query_interface(&mut sys, pnp.pci_pdo, &guid, 64, 1).unwrap();
+    assert_eq!(st, status::SUCCESS);
+    assert_eq!(sys.nt.io.interface_references[&pnp.pci_pdo], 1);
+    let m = &sys.machine;
+    let (reference, dereference) = (m.read_u64(iface + 16).unwrap(), m.read_u64(iface + 24).unwrap());
+    let translate = m.read_u64(iface + 32).unwrap();
+    let out = iface + 64;
+    let System { machine, nt } = &mut sys;
+    assert_eq!(machine.call(nt, translate, &[pnp.pci_pdo, 0xE000_0000, 0x1000, 0, out]).unwrap(), 1);
+    assert_eq!(machine.read_u64(out).unwrap(), 0xE000_0000);
+    machine.call(nt, reference, &[pnp.pci_pdo]).unwrap();
+    machine.call(nt, dereference, &[pnp.pci_pdo]).unwrap();
+    machine.call(nt, dereference, &[pnp.pci_pdo]).unwrap();
+    assert_eq!(sys.nt.io.interface_references[&pnp.pci_pdo], 0);
+    assert_clean(&sys);
+    // An interface not handed back is a leak; one dereference too many a finding.
+    let System { machine, nt } = &mut sys;
+    machine.call(nt, dereference, &[pnp.pci_pdo]).unwrap();
+    assert!(sys.nt.verifier.found("INTERFACE_DEREFERENCED_TOO_OFTEN"));
+    // Another GUID: the PCI PDO completes it untouched.
+    let other = capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
+    let (st, _) = pnp.query_interface(&mut sys, pnp.pci_pdo, &other, 64, 1).unwrap();
+    assert_eq!(st, status::NOT_SUPPORTED);
 }

@@ -531,3 +531,40 @@ fn the_pci_pdo_hands_out_a_referenced_bus_interface() {
     let (st, _) = pnp.query_interface(&mut sys, pnp.pci_pdo, &other, 64, 1).unwrap();
     assert_eq!(st, status::NOT_SUPPORTED);
 }
+
+#[test]
+fn an_open_handle_vetoes_removal_after_the_query_went_everywhere() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let (a, b) = (pnp.children[0].pdo, pnp.children[1].pdo);
+    pnp.open_handles.push(a);
+    let first = pnp.sent.len();
+    assert_eq!(pnp.remove(&mut sys).unwrap(), capdma_sim::nt::pnp::STATUS_DEVICE_BUSY);
+    let order: Vec<(u64, u8)> = pnp.sent[first..].iter().map(|s| (s.target, s.minor)).collect();
+    let p = pnp.pci_pdo;
+    assert_eq!(
+        order,
+        [
+            (a, mn::QUERY_REMOVE_DEVICE),
+            (b, mn::QUERY_REMOVE_DEVICE),
+            (p, mn::QUERY_REMOVE_DEVICE),
+            (p, mn::CANCEL_REMOVE_DEVICE),
+            (b, mn::CANCEL_REMOVE_DEVICE),
+            (a, mn::CANCEL_REMOVE_DEVICE),
+        ]
+    );
+    assert_clean(&sys);
+}
+
+#[test]
+fn a_stop_is_queried_then_done_and_the_device_restarts() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let first = pnp.sent.len();
+    assert_eq!(pnp.stop(&mut sys).unwrap(), status::SUCCESS);
+    assert!(!pnp.started);
+    start(&mut sys, &mut pnp);
+    let minors: Vec<u8> = pnp.sent[first..].iter().filter(|s| s.target == pnp.pci_pdo).map(|s| s.minor).collect();
+    assert_eq!(minors[..3], [mn::QUERY_STOP_DEVICE, mn::STOP_DEVICE, mn::START_DEVICE]);
+    assert_clean(&sys);
+}

@@ -305,7 +305,13 @@ pub struct Pnp {
     pub sent: Vec<Sent>,
     /// The current system power state (`S0` after boot).
     pub system_power: u32,
+    /// Handles open on a stack (by the PDO it was opened through): a
+    /// removal is vetoed for them after the query went through every stack.
+    pub open_handles: Vec<u64>,
 }
+
+/// `STATUS_DEVICE_BUSY` (ntstatus.h): the veto for open handles.
+pub const STATUS_DEVICE_BUSY: u32 = 0x8000_0011;
 
 /// The host function addresses of the PCI PDO's `BUS_INTERFACE_STANDARD`.
 const BUS_INTERFACE_ROUTINES: usize = 6;
@@ -673,9 +679,13 @@ impl Pnp {
     }
 
     /// Query-remove then remove, in Windows' order: `IRP_MN_QUERY_REMOVE_DEVICE`
-    /// to each child stack, then the FDO stack; if one fails,
+    /// to each child stack, then the FDO stack; if one fails — or, once all
+    /// succeeded, a stack has open handles ([`Pnp::open_handles`]: the
+    /// veto comes after the query went down every stack, so lower drivers
+    /// see both the query and the cancel) —
     /// `IRP_MN_CANCEL_REMOVE_DEVICE` to every stack queried (the failing one
-    /// too) and the failing status is returned; else
+    /// too), in reverse, and the failing status (`STATUS_DEVICE_BUSY` for
+    /// handles) is returned; else
     /// `IRP_MN_REMOVE_DEVICE` to each child, then the FDO stack, and the
     /// manager's references on the children are dropped. After a surprise
     /// removal the queries are skipped. Returns `STATUS_SUCCESS` or the veto.
@@ -695,6 +705,9 @@ impl Pnp {
                     veto = Some(r.status);
                     break;
                 }
+            }
+            if veto.is_none() && queried.iter().any(|q| self.open_handles.contains(q)) {
+                veto = Some(STATUS_DEVICE_BUSY);
             }
             if let Some(veto) = veto {
                 for &target in queried.iter().rev() {

@@ -24,6 +24,7 @@ pub mod io;
 pub mod irql;
 pub mod ke;
 pub mod layout;
+pub mod pnp;
 pub mod pool;
 pub mod rtl;
 pub mod system;

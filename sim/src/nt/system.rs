@@ -82,8 +82,26 @@ impl System {
     /// [`Stop::MissingImports`] listing every import the emulated kernel
     /// lacks; a bugcheck or host error from the call.
     pub fn load_driver(&mut self, path: &Path) -> Result<Driver, Stop> {
+        self.load(path, false)
+    }
+
+    /// As [`System::load_driver`], but binds each import the emulated
+    /// kernel lacks to a stub that stops the run naming it
+    /// ([`super::io::unimplemented_stub`]): for running an image as far as
+    /// the implemented DDIs take it.
+    ///
+    /// # Errors
+    /// As [`System::load_driver`], without the missing imports.
+    pub fn load_driver_allowing_missing(&mut self, path: &Path) -> Result<Driver, Stop> {
+        self.load(path, true)
+    }
+
+    fn load(&mut self, path: &Path, allow_missing: bool) -> Result<Driver, Stop> {
         let nt = &mut self.nt;
-        let image = self.machine.load_image(path, &mut |m, module, symbol| nt.resolve(m, module, symbol))?;
+        let image = self.machine.load_image(path, &mut |m, module, symbol| {
+            nt.resolve(m, module, symbol)
+                .or_else(|| if allow_missing { super::io::unimplemented_stub(nt, m, module, symbol) } else { None })
+        })?;
         let (name, base, size, entry) = (image.name.clone(), image.base, image.size, image.entry);
         let m = &mut self.machine;
         let driver_object = self.nt.alloc_kernel(m, driver_object::SIZE + driver_extension::SIZE + 512)?;

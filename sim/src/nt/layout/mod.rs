@@ -6,6 +6,8 @@
 //! bindgen generated for wdk-sys when the Windows build has run.
 
 pub mod dma;
+#[allow(clippy::module_inception, reason = "layout::irp::irp is the IRP itself among the I/O structures")]
+pub mod irp;
 
 /// `DRIVER_OBJECT` (wdm.h).
 pub mod driver_object {

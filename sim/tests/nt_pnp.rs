@@ -1,0 +1,212 @@
+//! The Plug and Play manager driving the real `capdma_bus.sys`: DriverEntry,
+//! AddDevice on the emulated PCI PDO (with filters above and below),
+//! the IRPs Windows sends before a start, start with BAR0 (the simulated
+//! board's registers, reached as MMIO) and a line-based or message
+//! interrupt, the children and their IRPs, the query interface, stop,
+//! removal (children first) and unload — each ending with no Driver
+//! Verifier finding and nothing leaked.
+//!
+//! Needs `/dev/kvm` and the image (`cargo xtask windows`); says which is
+//! missing and passes vacuously only outside CI.
+
+#![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and constants, as in sim/src/nt")]
+
+use std::path::PathBuf;
+
+use capdma_interface::guid::{GUID_BUS_INTERFACE_STANDARD, GUID_CAPDMA_BUS_INTERFACE};
+use capdma_interface::table::{CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION};
+use capdma_sim::board::{Board, BoardConfig};
+use capdma_sim::nt::{hal, ke};
+use capdma_sim::nt::layout::irp::{bus_interface_standard, device_relations, interface, mj, mn, stack, status};
+use capdma_sim::nt::layout::{device_object, do_flags};
+use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources};
+use capdma_sim::nt::system::System;
+use capdma_winvm::kvm_available;
+
+/// The bus image, or `None` (reason printed) outside CI.
+fn image() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/windows/release/capdma_bus.sys");
+    let why = if let Err(why) = kvm_available() {
+        why
+    } else if !path.exists() {
+        format!("{} not built (cargo xtask windows)", path.display())
+    } else {
+        return Some(path);
+    };
+    assert!(std::env::var_os("CI").is_none(), "CI must run the image tests: {why}");
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// A system with the bus driver loaded (every import implemented: the
+/// loader refuses it otherwise), a legacy board behind BAR0 whose interrupt
+/// line the dispatcher samples, and the PnP manager with `lower` filters
+/// below the FDO.
+fn loaded(lower: usize) -> Option<(System, Pnp)> {
+    let path = image()?;
+    let mut sys = System::boot().expect("boot");
+    let board = Board::new(BoardConfig::legacy(), &sys.memory).expect("board");
+    hal::attach_bar(&mut sys.nt, BAR0, BAR0_BYTES, Box::new(board.clone())).expect("BAR0");
+    for vector in [LINE_VECTOR, MSI_VECTOR] {
+        let b = board.clone();
+        ke::attach_source(&mut sys.nt, vector, Box::new(move || b.interrupt_pending()));
+    }
+    let driver = sys.load_driver(&path).expect("load");
+    assert_eq!(driver.status, 0, "DriverEntry");
+    let mut pnp = Pnp::new(&mut sys, PciIdentity::default()).expect("pnp");
+    for _ in 0..lower {
+        pnp.add_filter(&mut sys).expect("filter");
+    }
+    assert_eq!(pnp.add_device(&mut sys, &driver).expect("AddDevice"), status::SUCCESS);
+    Some((sys, pnp))
+}
+
+/// Where the board's BAR0 is, and its length.
+const BAR0: u64 = 0xE000_0000;
+const BAR0_BYTES: u64 = 0x1_0000;
+const BAR0_LEN: u32 = 0x1_0000;
+/// The translated vectors of the line and MSI interrupts.
+const LINE_VECTOR: u32 = 0x51;
+const MSI_VECTOR: u32 = 0x61;
+
+fn assert_clean(sys: &System) {
+    let findings: Vec<String> = sys.nt.verifier.findings.iter().map(ToString::to_string).collect();
+    assert!(findings.is_empty(), "findings:\n{}", findings.join("\n"));
+}
+
+#[test]
+fn add_device_builds_the_stack_on_the_pci_pdo() {
+    let Some((sys, pnp)) = loaded(0) else { return };
+    let fdo = pnp.fdo.expect("the FDO");
+    let m = &sys.machine;
+    assert_eq!(m.read_u64(pnp.pci_pdo + device_object::ATTACHED_DEVICE).unwrap(), fdo);
+    assert_eq!(m.read_u8(fdo + device_object::STACK_SIZE).unwrap(), 2);
+    let flags = m.read_u32(fdo + device_object::FLAGS).unwrap();
+    assert_eq!(flags & do_flags::DEVICE_INITIALIZING, 0);
+    assert_eq!(flags & do_flags::POWER_PAGABLE, do_flags::POWER_PAGABLE, "inherited from the PCI PDO");
+    // The driver's remove lock was initialized in AddDevice.
+    assert_eq!(sys.nt.io.remove_locks.len(), 1);
+    assert!(!sys.nt.trace.is_empty(), "DriverEntry printed");
+    assert_clean(&sys);
+}
+
+#[test]
+fn irps_before_start_reach_the_pci_pdo_through_filters() {
+    let Some((mut sys, mut pnp)) = loaded(1) else { return };
+    let upper = pnp.add_filter(&mut sys).unwrap();
+    let fdo = pnp.fdo.unwrap();
+    assert_eq!(sys.machine.read_u64(fdo + device_object::ATTACHED_DEVICE).unwrap(), upper);
+    assert_eq!(sys.machine.read_u8(upper + device_object::STACK_SIZE).unwrap(), 4);
+    let caps = pnp.query_capabilities(&mut sys, pnp.pci_pdo).unwrap().expect("capabilities");
+    assert_eq!(caps.address, 3 << 16, "the PCI PDO's answer came back up");
+    assert_eq!(caps.device_state[1], 1, "S0 -> D0");
+    // Verifier's bogus IRP: every driver passes it down, the PDO completes it untouched.
+    let r = pnp.send(&mut sys, pnp.pci_pdo, mj::PNP, mn::BOGUS, 0, |_, _| Ok(())).unwrap();
+    assert_eq!(r.status, status::NOT_SUPPORTED);
+    // BUS_INTERFACE_STANDARD from the PCI PDO, through the FDO and both filters.
+    let (st, iface) = pnp.query_interface(&mut sys, pnp.pci_pdo, &GUID_BUS_INTERFACE_STANDARD, 64, 1).unwrap();
+    assert_eq!(st, status::SUCCESS);
+    let m = &sys.machine;
+    assert_eq!(u64::from(m.read_u16(iface + interface::SIZE_FIELD).unwrap()), bus_interface_standard::SIZE);
+    assert_eq!(m.read_u64(iface + interface::CONTEXT).unwrap(), pnp.pci_pdo);
+    assert_ne!(m.read_u64(iface + bus_interface_standard::GET_DMA_ADAPTER).unwrap(), 0);
+    assert_eq!(sys.nt.io.interface_references[&pnp.pci_pdo], 1);
+    let deref = m.read_u64(iface + interface::INTERFACE_DEREFERENCE).unwrap();
+    let System { machine, nt, .. } = &mut sys;
+    machine.call(nt, deref, &[pnp.pci_pdo]).unwrap();
+    assert_eq!(sys.nt.io.interface_references[&pnp.pci_pdo], 0);
+    // TargetDeviceRelation: the PCI PDO, referenced for the manager.
+    let r = pnp
+        .send(&mut sys, pnp.pci_pdo, mj::PNP, mn::QUERY_DEVICE_RELATIONS, 0, |m, l| {
+            m.write_u32(l + stack::QUERY_DEVICE_RELATIONS_TYPE, device_relations::TARGET_DEVICE_RELATION)
+        })
+        .unwrap();
+    assert_eq!(r.status, status::SUCCESS);
+    assert_eq!(sys.machine.read_u64(r.information + device_relations::OBJECTS).unwrap(), pnp.pci_pdo);
+    assert_clean(&sys);
+}
+
+#[test]
+fn a_device_that_never_started_is_removed_and_the_driver_unloads_clean() {
+    let Some((mut sys, mut pnp)) = loaded(1) else { return };
+    pnp.add_filter(&mut sys).unwrap();
+    let fdo = pnp.fdo.unwrap();
+    let st = pnp.remove(&mut sys).expect("remove");
+    assert_eq!(st, status::SUCCESS);
+    let order: Vec<u8> = pnp.sent.iter().map(|s| s.minor).collect();
+    assert_eq!(order, [mn::QUERY_REMOVE_DEVICE, mn::REMOVE_DEVICE]);
+    assert!(sys.nt.io.devices[&fdo].deleted, "the FDO deleted itself");
+    assert!(!sys.machine.is_mapped(fdo, 8));
+    unload_clean(&mut sys, &mut pnp);
+}
+
+/// DriverUnload, then the end-of-run checks: no leak, no finding, nothing
+/// of the dispatcher's left (DPCs, timers, interrupts), nothing of the HAL's.
+fn unload_clean(sys: &mut System, pnp: &mut Pnp) {
+    let printed = sys.nt.trace.len();
+    pnp.unload(sys).expect("DriverUnload");
+    assert!(sys.nt.trace.len() > printed, "DriverUnload ran (and printed)");
+    pnp.delete_own_devices(sys).expect("the manager's own devices");
+    let leaks = pnp.end_of_run(sys);
+    assert!(leaks.is_empty(), "{leaks:#?}");
+    assert!(ke::live(&sys.nt).is_empty(), "{:?}", ke::live(&sys.nt));
+    let hal_leaks = hal::leaks(&sys.nt);
+    assert!(hal_leaks.is_empty(), "{hal_leaks:#?}");
+    assert_clean(sys);
+}
+
+/// Start with `resources`, then the children, a query of the capdma
+/// interface on each, removal (children first) and unload, all clean.
+fn whole_life(resources: &StartResources, filters: usize) {
+    let Some((mut sys, mut pnp)) = loaded(filters) else { return };
+    let st = pnp.start(&mut sys, resources).expect("start");
+    assert_eq!(st, status::SUCCESS, "IRP_MN_START_DEVICE");
+    let channels = BoardConfig::legacy().channels as usize;
+    assert_eq!(pnp.children.len(), channels, "one child per channel");
+    for child in &pnp.children {
+        assert!(!child.device_id.is_empty());
+        assert_eq!(child.start_status, Some(status::SUCCESS));
+    }
+    assert!(sys.nt.hal.dma.adapters.len() == 1, "the bus took the DMA adapter at start");
+    // Each child answers GUID_CAPDMA_BUS_INTERFACE with a table of the
+    // image's routines, and takes a reference for the caller.
+    let pdos: Vec<u64> = pnp.children.iter().map(|c| c.pdo).collect();
+    for pdo in &pdos {
+        let (st, table) = pnp
+            .query_interface(&mut sys, *pdo, &GUID_CAPDMA_BUS_INTERFACE, CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION)
+            .expect("query interface");
+        assert_eq!(st, status::SUCCESS);
+        let m = &sys.machine;
+        let image = &m.images()[0];
+        for routine in 0..10 {
+            let va = m.read_u64(table + 16 + 8 * routine).unwrap();
+            assert!(image.contains(va), "routine {routine} at {va:#x} is the image's");
+        }
+        // The caller's reference, given back.
+        let context = m.read_u64(table + 8).unwrap();
+        let dereference = m.read_u64(table + 24).unwrap();
+        let System { machine, nt, .. } = &mut sys;
+        machine.call(nt, dereference, &[context]).unwrap();
+    }
+    let st = pnp.remove(&mut sys).expect("remove");
+    assert_eq!(st, status::SUCCESS);
+    let removes: Vec<u64> = pnp.sent.iter().filter(|s| s.minor == mn::REMOVE_DEVICE).map(|s| s.target).collect();
+    assert_eq!(removes.len(), channels + 1, "each child, then the bus");
+    assert_eq!(*removes.last().unwrap(), pnp.pci_pdo, "children first: the bus stack last");
+    unload_clean(&mut sys, &mut pnp);
+}
+
+#[test]
+fn the_whole_life_with_a_line_interrupt() {
+    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 0);
+}
+
+#[test]
+fn the_whole_life_with_msi() {
+    whole_life(&StartResources::bar0_msi(BAR0, BAR0_LEN, 6, MSI_VECTOR), 0);
+}
+
+#[test]
+fn the_whole_life_with_filters_above_and_below() {
+    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 1);
+}

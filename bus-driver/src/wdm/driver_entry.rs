@@ -3,17 +3,19 @@ use super::ddi::complete_request;
 use super::extension::{extension, Extension};
 use super::fdo::add_device;
 use super::power::{dispatch_other, dispatch_power, dispatch_system_control};
-use super::{fdo_pnp, pdo_pnp};
+use super::{fdo_pnp, pdo_pnp, trace};
 use capdma_interface::status::{STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS};
 use wdk_sys::{
     DRIVER_OBJECT, IRP_MJ_PNP, IRP_MJ_POWER, IRP_MJ_SYSTEM_CONTROL, NTSTATUS, PCUNICODE_STRING, PDEVICE_OBJECT,
     PDRIVER_OBJECT, PIRP,
 };
 
-/// `DriverEntry`: fills the dispatch table (`IRP_MJ_PNP`, `IRP_MJ_POWER`,
-/// `IRP_MJ_SYSTEM_CONTROL`, everything else passed down by the FDO),
-/// `DriverUnload` and `DriverExtension->AddDevice`. The driver keeps no
-/// global state: everything lives in device extensions.
+/// `DriverEntry`: registers the ETW provider (`trace`, `Capdma.Bus`) and
+/// writes `DriverLoad`, fills the dispatch table (`IRP_MJ_PNP`,
+/// `IRP_MJ_POWER`, `IRP_MJ_SYSTEM_CONTROL`, everything else passed down by
+/// the FDO), `DriverUnload` and `DriverExtension->AddDevice`. Apart from
+/// the provider's registration the driver keeps no global state:
+/// everything lives in device extensions.
 ///
 /// # Safety
 /// Called once by the I/O manager with a valid driver object.
@@ -23,6 +25,8 @@ pub unsafe extern "system" fn driver_entry(driver: PDRIVER_OBJECT, _registry_pat
     let Some(driver) = (unsafe { driver.as_mut() }) else {
         return STATUS_INVALID_DEVICE_REQUEST;
     };
+    // A failed registration only means no events; the driver works on.
+    let _ = trace::register();
     fill_dispatch_table(driver);
     driver.DriverUnload = Some(driver_unload);
     // SAFETY: the I/O manager allocates the driver extension with the object.
@@ -30,6 +34,7 @@ pub unsafe extern "system" fn driver_entry(driver: PDRIVER_OBJECT, _registry_pat
         extension.AddDevice = Some(add_device);
     }
     wdk::println!("capdma_bus: DriverEntry");
+    trace::driver_load();
     STATUS_SUCCESS
 }
 
@@ -45,10 +50,12 @@ fn fill_dispatch_table(driver: &mut DRIVER_OBJECT) {
     }
 }
 
-/// `DriverUnload`: nothing to free (every device object is gone by now,
-/// and the driver has no global state).
+/// `DriverUnload`: writes `DriverUnload` and unregisters the ETW provider;
+/// nothing else to free (every device object is gone by now).
 unsafe extern "C" fn driver_unload(_driver: PDRIVER_OBJECT) {
     wdk::println!("capdma_bus: unload");
+    trace::driver_unload();
+    trace::unregister();
 }
 
 /// `IRP_MJ_PNP`: the FDO's or a child PDO's handler by device kind.

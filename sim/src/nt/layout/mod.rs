@@ -5,6 +5,8 @@
 //! test `tests/tests/nt_layout.rs` compares each with the layout assertions
 //! bindgen generated for wdk-sys when the Windows build has run.
 
+pub mod etw;
+
 /// `DRIVER_OBJECT` (wdm.h).
 pub mod driver_object {
     /// `sizeof(DRIVER_OBJECT)`.

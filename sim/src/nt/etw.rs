@@ -519,7 +519,11 @@ fn scalar(r: &mut Reader<'_>, meta: &FieldMeta) -> Result<Value, DecodeError> {
         in_type::U32 => int_value(le(r.take(4)?), None, out),
         in_type::I64 => int_value(le(r.take(8)?), Some(64), out),
         in_type::U64 | in_type::FILETIME => int_value(le(r.take(8)?), None, out),
-        in_type::HEX32 => Value::Hex(le(r.take(4)?)),
+        in_type::HEX32 => match out {
+            // win_ntstatus / win_hresult: Hex32 with an NTSTATUS or HRESULT out-type.
+            out_type::NTSTATUS | out_type::HRESULT => int_value(le(r.take(4)?), None, out),
+            _ => Value::Hex(le(r.take(4)?)),
+        },
         in_type::HEX64 => Value::Hex(le(r.take(8)?)),
         in_type::F32 => Value::Float(f64::from(f32::from_le_bytes(r.array::<4>()?))),
         in_type::F64 => Value::Float(f64::from_le_bytes(r.array::<8>()?)),
@@ -993,7 +997,7 @@ mod tests {
             &[
                 ("Mode", &[in_type::STR8 | in_type::CHAIN, 35]), // str8, out-type UTF-8
                 ("Channels", &[in_type::U32]),
-                ("Status", &[in_type::I32 | in_type::CHAIN, out_type::NTSTATUS]),
+                ("Status", &[in_type::HEX32 | in_type::CHAIN, out_type::NTSTATUS]),
                 ("Delta", &[in_type::I16]),
                 ("Good", &[in_type::U8 | in_type::CHAIN, out_type::BOOLEAN]),
                 ("Lanes", &[in_type::U16 | in_type::VARIABLE_COUNT]),

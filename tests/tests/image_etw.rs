@@ -10,6 +10,7 @@
 mod support;
 
 use capdma_sim::nt::etw::{self, EtwSession, Guid, Value};
+use capdma_sim::nt::layout::etw::{event_data_descriptor, event_descriptor};
 use capdma_sim::nt::Nt;
 use capdma_winvm::{GuestMemory, Machine, Protection, RamRange, Stop};
 
@@ -143,4 +144,36 @@ fn avstream_driver_entry_traces_its_load_and_its_failure() {
     assert_eq!(failure.field("Operation"), Some(&Value::Str("KsInitializeDriver".into())));
     assert_eq!(failure.field("Status"), Some(&Value::NtStatus(STATUS_INSUFFICIENT_RESOURCES)));
     assert!(k.etw.live_of("capdma_avstream").next().is_none(), "unregistered on failure");
+}
+
+/// The value bindgen asserted for `(structure, field)` (`field` empty: the size).
+fn asserted(types: &str, structure: &str, field: &str) -> Option<u64> {
+    let needle =
+        if field.is_empty() { format!("size_of::<{structure}>()-") } else { format!("offset_of!({structure},{field})-") };
+    let at = types.find(&needle)? + needle.len();
+    let digits: String = types[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn the_etw_layouts_match_the_headers() {
+    let Some(types) = support::wdk_sys_types() else { return };
+    let types: String = types.chars().filter(|c| !c.is_whitespace()).collect();
+    let checks = [
+        ("_EVENT_DESCRIPTOR", "", event_descriptor::SIZE),
+        ("_EVENT_DESCRIPTOR", "Version", event_descriptor::VERSION),
+        ("_EVENT_DESCRIPTOR", "Channel", event_descriptor::CHANNEL),
+        ("_EVENT_DESCRIPTOR", "Level", event_descriptor::LEVEL),
+        ("_EVENT_DESCRIPTOR", "Opcode", event_descriptor::OPCODE),
+        ("_EVENT_DESCRIPTOR", "Task", event_descriptor::TASK),
+        ("_EVENT_DESCRIPTOR", "Keyword", event_descriptor::KEYWORD),
+        ("_EVENT_DESCRIPTOR", "Id", event_descriptor::ID),
+        ("_EVENT_DATA_DESCRIPTOR", "", event_data_descriptor::SIZE),
+        ("_EVENT_DATA_DESCRIPTOR", "Ptr", event_data_descriptor::PTR),
+        ("_EVENT_DATA_DESCRIPTOR", "Size", event_data_descriptor::SIZE_FIELD),
+        ("_EVENT_DATA_DESCRIPTOR", "Reserved", event_data_descriptor::RESERVED),
+    ];
+    for (structure, field, ours) in checks {
+        assert_eq!(asserted(&types, structure, field), Some(ours), "{structure}::{field}");
+    }
 }

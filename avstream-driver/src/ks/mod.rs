@@ -12,7 +12,7 @@
 //! | `pin.rs` | `KSPIN_DISPATCH`, the intersect handler, the dropped-frames property |
 //! | `port.rs` | the core's `KsPinPort` over `PKSPIN`/`PKSSTREAM_POINTER` |
 //! | `ddi.rs` | wdm.h inline functions in Rust, pool helpers |
-//! | `trace.rs` | ETW TraceLogging: the `Capdma.AVStream` provider and its events (docs/tracing.md) |
+//! | `trace.rs` | ETW `TraceLogging`: the `Capdma.AVStream` provider and its events (docs/tracing.md) |
 //!
 //! See `docs/ddi.md` (AVStream section) for every DDI called here, what the
 //! simulated machine models of it, and which test covers it.

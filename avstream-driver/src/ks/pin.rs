@@ -399,12 +399,14 @@ pub unsafe extern "C" fn intersect(
 /// (both `sizeof(KSPROPERTY_DROPPEDFRAMES_CURRENT_S)`). PASSIVE.
 pub unsafe extern "C" fn dropped_frames_current(irp: PIRP, request: PKSIDENTIFIER, data: *mut c_void) -> NTSTATUS {
     if request.is_null() || data.is_null() {
+        super::trace::failure(super::trace::Area::Streaming, "KSPROPERTY_DROPPEDFRAMES_CURRENT", STATUS_INVALID_PARAMETER);
         return STATUS_INVALID_PARAMETER;
     }
     // SAFETY: KS passes the property IRP of one of our pins.
     let pin = unsafe { KsGetPinFromIrp(irp) };
     // SAFETY: the IRP's pin is live for the IRP.
     let Some(object) = (unsafe { capture_pin(pin) }) else {
+        super::trace::failure(super::trace::Area::Streaming, "KSPROPERTY_DROPPEDFRAMES_CURRENT", STATUS_INVALID_DEVICE_REQUEST);
         return STATUS_INVALID_DEVICE_REQUEST;
     };
     // SAFETY: the request is at least a KSPROPERTY (MinProperty), read by value.

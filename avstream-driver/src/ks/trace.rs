@@ -1,4 +1,4 @@
-//! ETW TraceLogging of `capdma_avstream.sys`: the provider
+//! ETW `TraceLogging` of `capdma_avstream.sys`: the provider
 //! `Capdma.AVStream`, its keywords and levels, and one function per event
 //! (docs/tracing.md lists them all, with how to capture them).
 //!
@@ -15,7 +15,7 @@ use capdma_interface::format::PixelFormat;
 use tracelogging as tlg;
 use wdk_sys::NTSTATUS;
 
-// The provider: its GUID is derived from the name as every TraceLogging
+// The provider: its GUID is derived from the name as every `TraceLogging`
 // tool derives it (`tlg::Guid::from_name`, the EventSource hash):
 // `Capdma.AVStream` = {64957db3-5f33-54d1-22b1-1473e7afc2b6}.
 tlg::define_provider!(PROVIDER, "Capdma.AVStream");

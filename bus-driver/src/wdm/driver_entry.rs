@@ -1,5 +1,5 @@
 //! `DriverEntry`, `DriverUnload`, and the dispatch table.
-use super::ddi::complete_request;
+use super::ddi::{complete_request, current_stack};
 use super::extension::{extension, Extension};
 use super::fdo::add_device;
 use super::power::{dispatch_other, dispatch_power, dispatch_system_control};
@@ -59,15 +59,23 @@ unsafe extern "C" fn driver_unload(_driver: PDRIVER_OBJECT) {
 }
 
 /// `IRP_MJ_PNP`: the FDO's or a child PDO's handler by device kind.
+/// An error it returns is traced (`trace::irp_failed`).
 unsafe extern "C" fn dispatch_pnp(device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the IRP is ours until the handler gives it away; its current
+    // location is read before that.
+    let stack = unsafe { current_stack(irp) };
+    // SAFETY: the IRP's current location, valid while we own the IRP.
+    let minor = unsafe { (*stack).MinorFunction };
     // SAFETY: the I/O manager passes one of this driver's device objects.
-    match unsafe { extension(device) } {
+    let (kind, status) = match unsafe { extension(device) } {
         // SAFETY: (this and the arms below) an IRP we own; the handler
         // completes or passes it exactly once.
-        Some(Extension::Fdo(ext)) => unsafe { fdo_pnp::dispatch(ext, irp) },
+        Some(Extension::Fdo(ext)) => ("FDO", unsafe { fdo_pnp::dispatch(ext, irp) }),
         // SAFETY: as above.
-        Some(Extension::Pdo(ext)) => unsafe { pdo_pnp::dispatch(ext, irp) },
+        Some(Extension::Pdo(ext)) => ("PDO", unsafe { pdo_pnp::dispatch(ext, irp) }),
         // SAFETY: as above.
-        None => unsafe { complete_request(irp, STATUS_INVALID_DEVICE_REQUEST, 0) },
-    }
+        None => ("?", unsafe { complete_request(irp, STATUS_INVALID_DEVICE_REQUEST, 0) }),
+    };
+    trace::irp_failed(false, minor, kind, status);
+    status
 }

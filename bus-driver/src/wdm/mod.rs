@@ -19,7 +19,7 @@
 //! | `power.rs` | `IRP_MJ_POWER`, `IRP_MJ_SYSTEM_CONTROL`, other majors |
 //! | `irp.rs` | passing, forwarding and sending IRPs; the remove lock |
 //! | `ddi.rs` | wdm.h macros and inline functions written in Rust |
-//! | `trace.rs` | ETW TraceLogging: the `Capdma.Bus` provider and its events (docs/tracing.md) |
+//! | `trace.rs` | ETW `TraceLogging`: the `Capdma.Bus` provider and its events (docs/tracing.md) |
 //!
 //! See `docs/ddi.md` for every DDI called here, what the simulated machine
 //! models of it, and which test covers it.

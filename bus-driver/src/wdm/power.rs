@@ -134,15 +134,22 @@ unsafe fn pass_power_down(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 /// # Safety
 /// Called by the I/O manager with a device of this driver and an IRP it owns.
 pub unsafe extern "C" fn dispatch_power(device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the IRP is ours until the handler gives it away; its current
+    // location is read before that.
+    let stack = unsafe { current_stack(irp) };
+    // SAFETY: the IRP's current location, valid while we own the IRP.
+    let minor = unsafe { (*stack).MinorFunction };
     // SAFETY: a device object of this driver.
-    match unsafe { extension(device) } {
+    let (kind, status) = match unsafe { extension(device) } {
         // SAFETY: we own the IRP and hand it on or complete it once.
-        Some(Extension::Fdo(ext)) => unsafe { fdo_power(ext, irp) },
+        Some(Extension::Fdo(ext)) => ("FDO", unsafe { fdo_power(ext, irp) }),
         // SAFETY: as above; `device` is the PDO.
-        Some(Extension::Pdo(_)) => unsafe { pdo_power(device, irp) },
+        Some(Extension::Pdo(_)) => ("PDO", unsafe { pdo_power(device, irp) }),
         // SAFETY: we own the IRP.
-        None => unsafe { complete_request(irp, STATUS_INVALID_DEVICE_REQUEST, 0) },
-    }
+        None => ("?", unsafe { complete_request(irp, STATUS_INVALID_DEVICE_REQUEST, 0) }),
+    };
+    super::trace::irp_failed(true, minor, kind, status);
+    status
 }
 
 /// The FDO's `IRP_MJ_POWER` (see the module table). The remove lock is

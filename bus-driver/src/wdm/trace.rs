@@ -1,4 +1,4 @@
-//! ETW TraceLogging of `capdma_bus.sys`: the provider `Capdma.Bus`, its
+//! ETW `TraceLogging` of `capdma_bus.sys`: the provider `Capdma.Bus`, its
 //! keywords and levels, and one function per event (docs/tracing.md lists
 //! them all, with how to capture them).
 //!
@@ -14,7 +14,7 @@ use crate::ports::{CoreEvent, ResetCause};
 use tracelogging as tlg;
 use wdk_sys::NTSTATUS;
 
-// The provider: its GUID is derived from the name as every TraceLogging
+// The provider: its GUID is derived from the name as every `TraceLogging`
 // tool derives it (`tlg::Guid::from_name`, the EventSource hash), so
 // `wpr`/`tracelog` can name it either way:
 // `Capdma.Bus` = {5f28a29c-c847-512c-0ce0-1679b3de36f7}.
@@ -163,6 +163,80 @@ pub fn failure(area: Area, operation: &str, status: NTSTATUS) {
         Area::Power => failure_event!(keyword::POWER),
         Area::Dma => failure_event!(keyword::DMA),
     };
+}
+
+/// `STATUS_NOT_SUPPORTED`: the answer to a PnP minor a driver does not handle.
+const STATUS_NOT_SUPPORTED: NTSTATUS = 0xC000_00BB_u32.cast_signed();
+
+/// `IrpFailed` (Error, [`keyword::PNP`] or [`keyword::POWER`]): the
+/// `IRP_MJ_PNP` (`power` false) or `IRP_MJ_POWER` dispatch of `device`
+/// (`"FDO"`, `"PDO"`) for minor function `minor` returned the error
+/// `status` (its own, or the lower drivers'). `STATUS_NOT_SUPPORTED`, the
+/// answer to a minor nobody handles, is not an error here.
+pub fn irp_failed(power: bool, minor: u8, device: &str, status: NTSTATUS) {
+    if status >= 0 || status == STATUS_NOT_SUPPORTED {
+        return;
+    }
+    if power {
+        let irp = match minor {
+            0 => "IRP_MN_WAIT_WAKE",
+            1 => "IRP_MN_POWER_SEQUENCE",
+            2 => "IRP_MN_SET_POWER",
+            3 => "IRP_MN_QUERY_POWER",
+            _ => "IRP_MJ_POWER",
+        };
+        tlg::write_event!(
+            PROVIDER,
+            "IrpFailed",
+            level(Error),
+            keyword(keyword::POWER),
+            str8("Irp", irp),
+            str8("Device", device),
+            win_ntstatus("Status", &status),
+        );
+    } else {
+        let irp = pnp_minor_name(minor);
+        tlg::write_event!(
+            PROVIDER,
+            "IrpFailed",
+            level(Error),
+            keyword(keyword::PNP),
+            str8("Irp", irp),
+            str8("Device", device),
+            win_ntstatus("Status", &status),
+        );
+    }
+}
+
+/// The name of an `IRP_MJ_PNP` minor function (wdm.h).
+const fn pnp_minor_name(minor: u8) -> &'static str {
+    match minor {
+        0x00 => "IRP_MN_START_DEVICE",
+        0x01 => "IRP_MN_QUERY_REMOVE_DEVICE",
+        0x02 => "IRP_MN_REMOVE_DEVICE",
+        0x03 => "IRP_MN_CANCEL_REMOVE_DEVICE",
+        0x04 => "IRP_MN_STOP_DEVICE",
+        0x05 => "IRP_MN_QUERY_STOP_DEVICE",
+        0x06 => "IRP_MN_CANCEL_STOP_DEVICE",
+        0x07 => "IRP_MN_QUERY_DEVICE_RELATIONS",
+        0x08 => "IRP_MN_QUERY_INTERFACE",
+        0x09 => "IRP_MN_QUERY_CAPABILITIES",
+        0x0A => "IRP_MN_QUERY_RESOURCES",
+        0x0B => "IRP_MN_QUERY_RESOURCE_REQUIREMENTS",
+        0x0C => "IRP_MN_QUERY_DEVICE_TEXT",
+        0x0D => "IRP_MN_FILTER_RESOURCE_REQUIREMENTS",
+        0x0F => "IRP_MN_READ_CONFIG",
+        0x10 => "IRP_MN_WRITE_CONFIG",
+        0x11 => "IRP_MN_EJECT",
+        0x12 => "IRP_MN_SET_LOCK",
+        0x13 => "IRP_MN_QUERY_ID",
+        0x14 => "IRP_MN_QUERY_PNP_DEVICE_STATE",
+        0x15 => "IRP_MN_QUERY_BUS_INFORMATION",
+        0x16 => "IRP_MN_DEVICE_USAGE_NOTIFICATION",
+        0x17 => "IRP_MN_SURPRISE_REMOVAL",
+        0x19 => "IRP_MN_DEVICE_ENUMERATED",
+        _ => "IRP_MJ_PNP",
+    }
 }
 
 /// What the core reported ([`crate::ports::RegisterPort::report`]), as an

@@ -42,7 +42,7 @@ use crate::copy::VectorUnit;
 use crate::device::DeviceSetup;
 use crate::fifo::{FilledSlot, SlotFifo, MAX_SLOTS};
 use crate::format::{validate_data_format, VideoFormat};
-use crate::ports::{FrameCompletion, KsPinPort};
+use crate::ports::{FrameCompletion, KsPinPort, PinEvent};
 use crate::state::{KsState, StateCell};
 use crate::stats::{DroppedFramesCurrent, PinStats, StatsSnapshot};
 use capdma_interface::mode::DmaMode;
@@ -459,6 +459,7 @@ impl<K: KsPinPort> CapturePin<K> {
         // from the previous run: give them back before the ring restarts.
         self.drain_slots();
         if let Err(status) = self.bus.start_channel(&format.channel_format()) {
+            self.port.report(PinEvent::ChannelStartFailed { status });
             return status;
         }
         if self.mode == DmaMode::CommonBuffer {
@@ -468,10 +469,12 @@ impl<K: KsPinPort> CapturePin<K> {
                 Err(status) => {
                     let _ = self.bus.stop_channel();
                     self.drain_slots();
+                    self.port.report(PinEvent::ChannelStartFailed { status });
                     return status;
                 }
             }
         }
+        self.port.report(PinEvent::ChannelStarted { format: format.channel_format() });
         self.state.set(KsState::Run);
         self.port.attempt_processing(true);
         STATUS_SUCCESS
@@ -483,6 +486,7 @@ impl<K: KsPinPort> CapturePin<K> {
         self.state.set(KsState::Pause);
         // Errors ignored: stopping must not fail, and a removed device has stopped.
         let outcome = self.bus.stop_channel();
+        self.port.report(PinEvent::ChannelStopped);
         match self.mode {
             DmaMode::CommonBuffer => {
                 self.drain_slots();
@@ -522,7 +526,7 @@ impl<K: KsPinPort> CapturePin<K> {
         if item.status == capdma_interface::status::STATUS_CANCELLED {
             self.stats.cancelled();
         } else {
-            self.stats.dropped();
+            self.dropped_frame();
         }
     }
 
@@ -557,6 +561,7 @@ impl<K: KsPinPort> CapturePin<K> {
         format: Option<&VideoFormat>,
     ) -> FrameCompletion {
         self.stats.delivered(data_used);
+        self.port.report(PinEvent::FrameDelivered { picture_number: frame_number, bytes: data_used });
         FrameCompletion {
             data_used,
             presentation_time: timestamp,
@@ -564,6 +569,21 @@ impl<K: KsPinPort> CapturePin<K> {
             picture_number: i64::from(frame_number),
             drop_count: i64::try_from(self.stats.drop_count()).unwrap_or(i64::MAX),
             discontinuity: self.stats.take_discontinuity(),
+        }
+    }
+
+    /// A frame the pin drops: counted and reported.
+    pub(crate) fn dropped_frame(&self) {
+        let total = self.stats.dropped();
+        self.port.report(PinEvent::DroppedByDriver { total });
+    }
+
+    /// The frame number of a good completion: a gap since the last one is
+    /// counted and reported as frames dropped by the board.
+    pub(crate) fn board_frame_number(&self, frame_number: u32) {
+        let frames = self.stats.note_frame_number(frame_number);
+        if frames != 0 {
+            self.port.report(PinEvent::DroppedByBoard { frames });
         }
     }
 

@@ -407,6 +407,34 @@ fn cb_process_copies_with_stride_drops_without_frame_and_returns_in_order() {
 }
 
 #[test]
+fn the_pin_reports_start_frames_drops_by_board_and_driver_and_stop() {
+    use crate::ports::PinEvent;
+    let (bus, port) = (FakeBus::common_buffer(4, 64 * 1024), FakePort::default());
+    let pin = cb_running(&bus, &port, 2);
+    assert_eq!(*port.reports.borrow(), [PinEvent::ChannelStarted { format: cb_format().channel_format() }]);
+    port.reports.borrow_mut().clear();
+    // Frame numbers 0, 1, 3: the board never delivered 2; the application
+    // has two buffers, so the third slot is dropped by the driver.
+    bus.fill_slot(0, 4, 200, 1, STATUS_SUCCESS, 0);
+    bus.fill_slot(1, 4, 200, 2, STATUS_SUCCESS, 1);
+    bus.fill_slot(2, 4, 200, 3, STATUS_SUCCESS, 3);
+    assert_eq!(*port.reports.borrow(), [PinEvent::DroppedByBoard { frames: 1 }], "the gap is seen on completion");
+    port.reports.borrow_mut().clear();
+    assert_eq!(pin.process(), STATUS_PENDING);
+    assert_eq!(
+        *port.reports.borrow(),
+        [
+            PinEvent::FrameDelivered { picture_number: 0, bytes: 928 },
+            PinEvent::FrameDelivered { picture_number: 1, bytes: 928 },
+            PinEvent::DroppedByDriver { total: 1 },
+        ]
+    );
+    port.reports.borrow_mut().clear();
+    assert_eq!(pin.as_ref().set_state(KsState::Pause), STATUS_SUCCESS);
+    assert_eq!(*port.reports.borrow(), [PinEvent::ChannelStopped]);
+}
+
+#[test]
 fn cb_error_slots_are_returned_and_not_delivered() {
     let (bus, port) = (FakeBus::common_buffer(4, 64 * 1024), FakePort::default());
     let pin = cb_running(&bus, &port, 1);

@@ -8,7 +8,7 @@ use crate::ks_format::{
     KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY, KSSTREAM_HEADER_OPTIONSF_DURATIONVALID, KSSTREAM_HEADER_OPTIONSF_TIMEVALID,
 };
 use capdma_interface::status::NtStatus;
-use capdma_interface::table::SgElement;
+use capdma_interface::table::{ChannelFormat, SgElement};
 
 /// An IRQL value (`KIRQL`).
 pub type Irql = u8;
@@ -62,6 +62,48 @@ impl FrameCompletion {
         let discontinuity = if self.discontinuity { KSSTREAM_HEADER_OPTIONSF_DATADISCONTINUITY } else { 0 };
         times | discontinuity
     }
+}
+
+/// Something the pin's core observed that a driver engineer wants in a
+/// trace (the glue writes each as an ETW event, docs/tracing.md),
+/// reported through [`KsPinPort::report`] as it happens, from `Process`,
+/// the completion callback (`DISPATCH_LEVEL`) or a state change: a report
+/// must not block, allocate or call back into the pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinEvent {
+    /// The pin went to `KSSTATE_RUN`: the bus started the channel with `format`.
+    ChannelStarted {
+        /// The format the channel runs with.
+        format: ChannelFormat,
+    },
+    /// `StartChannel` (or the common-buffer ring check after it) failed
+    /// with `status`; the pin stays paused.
+    ChannelStartFailed {
+        /// The error.
+        status: NtStatus,
+    },
+    /// The pin left `KSSTATE_RUN`: the channel was stopped.
+    ChannelStopped,
+    /// A frame was delivered: `picture_number` (the board's frame number),
+    /// `bytes` of it (`DataUsed`). Per frame: the report must be cheap.
+    FrameDelivered {
+        /// `KS_FRAME_INFO.PictureNumber`.
+        picture_number: u32,
+        /// `DataUsed`, bytes.
+        bytes: u32,
+    },
+    /// The pin dropped a frame (no buffer, a damaged completion, a copy that
+    /// failed): `total` frames dropped by the driver so far.
+    DroppedByDriver {
+        /// Frames the pin dropped since the pin was created.
+        total: u64,
+    },
+    /// The board's frame numbers jumped: `frames` frames the board never
+    /// delivered (dropped by the board).
+    DroppedByBoard {
+        /// Frames missing in this gap.
+        frames: u32,
+    },
 }
 
 /// A capture pin's queue, seen through its stream pointers.
@@ -123,6 +165,12 @@ pub trait KsPinPort {
     fn acquire_processing_mutex(&self) {}
     /// `KsPinReleaseProcessingMutex(Pin)`.
     fn release_processing_mutex(&self) {}
+    /// The core's reporting hook: `event` just happened (see [`PinEvent`]
+    /// for where it may come from and what a report may not do). The glue
+    /// traces it (ETW); the default ignores it.
+    fn report(&self, event: PinEvent) {
+        let _ = event;
+    }
 }
 
 #[cfg(test)]

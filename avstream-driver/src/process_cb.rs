@@ -43,7 +43,7 @@ impl<K: KsPinPort> CapturePin<K> {
             return;
         }
         match completion.status {
-            STATUS_SUCCESS => self.stats.note_frame_number(completion.frame_number),
+            STATUS_SUCCESS => self.board_frame_number(completion.frame_number),
             STATUS_CANCELLED => {}
             _ => self.stats.skip_frame_number(),
         }
@@ -85,16 +85,16 @@ impl<K: KsPinPort> CapturePin<K> {
         let valid = |s: &&[u8]| written >= needed && s.len() >= needed && len != usize::MAX;
         let Some(src) = ring.slot(item.slot).filter(valid) else {
             self.stats.bad_completion();
-            self.stats.dropped();
+            self.dropped_frame();
             return;
         };
         let Some(leading) = self.port.leading_edge() else {
-            self.stats.dropped();
+            self.dropped_frame();
             return;
         };
         let offset = self.port.offset_out(leading);
         if offset.data.is_null() || offset.remaining < image || self.port.frame_extent(leading) < image {
-            self.stats.dropped();
+            self.dropped_frame();
             self.port.complete_frame(leading, &self.empty_completion(item.frame_number));
             self.port.advance_offsets_and_unlock(leading, 0, true);
             return;
@@ -113,7 +113,7 @@ impl<K: KsPinPort> CapturePin<K> {
             self.port.advance_offsets_and_unlock(leading, image, true);
         } else {
             self.stats.bad_completion();
-            self.stats.dropped();
+            self.dropped_frame();
             self.port.complete_frame(leading, &self.empty_completion(item.frame_number));
             self.port.advance_offsets_and_unlock(leading, 0, true);
         }

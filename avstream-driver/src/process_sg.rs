@@ -81,7 +81,7 @@ impl<K: KsPinPort> CapturePin<K> {
 
     /// Completes the leading edge's frame empty and ejects it.
     fn drop_leading(&self, leading: K::StreamPointer) -> Next {
-        self.stats.dropped();
+        self.dropped_frame();
         self.port.complete_frame(leading, &self.empty_completion(0));
         match self.port.advance_offsets(leading, 0, true) {
             Ok(()) => Next::Continue,
@@ -165,10 +165,10 @@ impl<K: KsPinPort> CapturePin<K> {
         let frame = match completion.status {
             STATUS_SUCCESS => {
                 let bytes = completion.bytes_written;
-                self.stats.note_frame_number(completion.frame_number);
+                self.board_frame_number(completion.frame_number);
                 if bytes == 0 || bytes > self.port.frame_extent(clone) {
                     self.stats.bad_completion();
-                    self.stats.dropped();
+                    self.dropped_frame();
                     self.empty_completion(completion.frame_number)
                 } else {
                     let format = self.format();
@@ -181,7 +181,7 @@ impl<K: KsPinPort> CapturePin<K> {
             }
             _ => {
                 self.stats.skip_frame_number();
-                self.stats.dropped();
+                self.dropped_frame();
                 self.empty_completion(completion.frame_number)
             }
         };

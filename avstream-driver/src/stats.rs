@@ -160,16 +160,20 @@ impl PinStats {
     /// the expected one as board drops. Gaps of 2^31 or more (or a counter
     /// that went backwards, e.g. after a channel reset) resynchronise
     /// without counting. Called from the completion path only.
-    pub(crate) fn note_frame_number(&self, frame_number: u32) {
+    /// Returns the frames counted as board drops by this one (0 when none).
+    pub(crate) fn note_frame_number(&self, frame_number: u32) -> u32 {
         let expected = self.expected_frame.load(Ordering::Relaxed);
+        let mut dropped = 0;
         if expected & EXPECTED_VALID != 0 {
             let want = u32::try_from(expected & u64::from(u32::MAX)).unwrap_or(0);
             let gap = frame_number.wrapping_sub(want);
             if gap != 0 && gap < 1 << 31 {
                 add(&self.board_dropped, u64::from(gap));
+                dropped = gap;
             }
         }
         self.expected_frame.store(EXPECTED_VALID | u64::from(frame_number.wrapping_add(1)), Ordering::Relaxed);
+        dropped
     }
 
     /// A frame completed with an error: it takes the expected frame number
@@ -201,9 +205,10 @@ impl PinStats {
         add(&self.bytes_delivered, u64::from(data_used));
     }
 
-    /// A frame dropped by the pin.
-    pub(crate) fn dropped(&self) {
+    /// A frame dropped by the pin; returns the pin's drops so far.
+    pub(crate) fn dropped(&self) -> u64 {
         add(&self.frames_dropped, 1);
+        self.frames_dropped.load(Ordering::Relaxed)
     }
 
     /// A frame cancelled by a stop.

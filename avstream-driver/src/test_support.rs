@@ -393,6 +393,8 @@ pub struct FakePort {
     pub mutex_acquired: Cell<u32>,
     /// Byte mode (`OffsetOut.Data`, common-buffer pins) instead of mappings.
     pub byte_mode: Cell<bool>,
+    /// What the pin reported through `KsPinPort::report`, in order.
+    pub reports: RefCell<Vec<crate::ports::PinEvent>>,
 }
 
 impl FakePort {
@@ -472,6 +474,10 @@ impl FakePort {
 
 impl KsPinPort for &FakePort {
     type StreamPointer = Ptr;
+
+    fn report(&self, event: crate::ports::PinEvent) {
+        self.reports.borrow_mut().push(event);
+    }
 
     fn leading_edge(&self) -> Option<Ptr> {
         if self.leading.get() < self.frames.borrow().len() {

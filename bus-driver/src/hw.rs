@@ -10,12 +10,23 @@ use core::sync::atomic::{fence, Ordering};
 pub(crate) struct ChannelRegs<'a, R: RegisterPort> {
     regs: &'a R,
     base: u32,
+    ch: u32,
 }
 
 impl<'a, R: RegisterPort> ChannelRegs<'a, R> {
     /// The block of channel `ch` (`ch < MAX_CHANNELS`, checked by the callers).
     pub fn new(regs: &'a R, ch: u32) -> Self {
-        Self { regs, base: channel_base(ch) }
+        Self { regs, base: channel_base(ch), ch }
+    }
+
+    /// The channel number.
+    pub const fn channel(&self) -> u32 {
+        self.ch
+    }
+
+    /// [`RegisterPort::report`] on the board's port.
+    pub fn report(&self, event: crate::ports::CoreEvent) {
+        self.regs.report(event);
     }
 
     /// `READ_REGISTER_ULONG(base + offset)`.

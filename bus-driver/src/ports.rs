@@ -2,6 +2,7 @@
 //!
 //! The Windows glue implements them with wdk-sys; `capdma-sim` implements
 //! them with the simulated machine, which checks the IRQL and DMA rules.
+use crate::channel::RecordFault;
 use core::ffi::c_void;
 
 /// An IRQL value (`KIRQL`): 0 `PASSIVE_LEVEL`, 2 `DISPATCH_LEVEL`, higher is device IRQL.
@@ -11,6 +12,63 @@ pub const PASSIVE_LEVEL: Irql = 0;
 /// `DISPATCH_LEVEL`.
 pub const DISPATCH_LEVEL: Irql = 2;
 
+/// Why the core resets a channel's engine ([`CoreEvent::EngineReset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetCause {
+    /// The board reported a value the range checks refused.
+    RefusedValue(RecordFault),
+    /// An error interrupt, with the engine halted (`STATUS_HALTED`).
+    ErrorInterrupt,
+    /// The watchdog: the channel owed a completion and made none for more
+    /// than `WATCHDOG_FRAME_INTERVALS` frame intervals.
+    Watchdog,
+}
+
+impl ResetCause {
+    /// A short stable name (`"refused-value"`, `"error-interrupt"`,
+    /// `"watchdog"`), as the trace events carry it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RefusedValue(_) => "refused-value",
+            Self::ErrorInterrupt => "error-interrupt",
+            Self::Watchdog => "watchdog",
+        }
+    }
+}
+
+/// Something the core observed that a driver engineer wants in a trace
+/// (the glue writes each as an ETW event, docs/tracing.md). Reported
+/// through [`RegisterPort::report`] as it happens, at the IRQL of the path
+/// that saw it (up to `DISPATCH_LEVEL`, under the channel's spin lock): a
+/// report must not block, allocate or call back into the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoreEvent {
+    /// The board reported a completion record (or a `CQ_PRODUCER`) that
+    /// the range checks refused; the channel is reset next.
+    ValueRefused {
+        /// The channel, 0-based.
+        channel: u32,
+        /// What was wrong with it.
+        fault: RecordFault,
+    },
+    /// The core resets channel `channel`'s engine (`CTRL_RESET`) because of `cause`.
+    EngineReset {
+        /// The channel, 0-based.
+        channel: u32,
+        /// Why.
+        cause: ResetCause,
+    },
+    /// The board's `DROPPED_FRAMES` counter advanced by `frames` since the
+    /// core last read it (frames the board had no buffer for).
+    DroppedByBoard {
+        /// The channel, 0-based.
+        channel: u32,
+        /// Frames dropped since the last report.
+        frames: u32,
+    },
+}
+
 /// BAR0 register access: `READ_REGISTER_ULONG` / `WRITE_REGISTER_ULONG` on
 /// the `MmMapIoSpaceEx` mapping of BAR0. Callable at any IRQL.
 pub trait RegisterPort {
@@ -18,6 +76,14 @@ pub trait RegisterPort {
     fn read32(&self, offset: u32) -> u32;
     /// Writes the 32-bit register at byte `offset` of BAR0.
     fn write32(&self, offset: u32, value: u32);
+    /// The core's reporting hook: `event` just happened (see [`CoreEvent`]
+    /// for the IRQL and what a report may not do). It lives on this port
+    /// because it is the one every core path holds — the channel engine,
+    /// under its spin lock, has only the registers. The glue traces it
+    /// (ETW); the default ignores it.
+    fn report(&self, event: CoreEvent) {
+        let _ = event;
+    }
 }
 
 /// A physically contiguous common buffer (`AllocateCommonBuffer`).

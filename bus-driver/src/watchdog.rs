@@ -11,7 +11,7 @@
 //! virtual time.
 use crate::channel::ChannelState;
 use crate::device::{BusDevice, DeviceState};
-use crate::ports::{BusPlatform, RegisterPort};
+use crate::ports::{BusPlatform, CoreEvent, RegisterPort, ResetCause};
 use capdma_interface::status::STATUS_IO_DEVICE_ERROR;
 
 /// Frame intervals without a completion, while the board owes one, after
@@ -44,6 +44,7 @@ impl ChannelState {
             return false;
         }
         self.stats.watchdog_resets = self.stats.watchdog_resets.saturating_add(1);
+        regs.report(CoreEvent::EngineReset { channel: ch, cause: ResetCause::Watchdog });
         self.reset_engine(regs, ch, STATUS_IO_DEVICE_ERROR);
         self.last_progress = Some(now);
         true

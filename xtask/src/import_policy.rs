@@ -81,6 +81,13 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             ("ntoskrnl.exe", "KeGetCurrentIrql"),
             ("ntoskrnl.exe", "KeRaiseIrqlToDpcLevel"),
             ("ntoskrnl.exe", "KeLowerIrql"),
+            // ETW TraceLogging (docs/tracing.md): the provider registered in
+            // DriverEntry with its traits, events written, unregistered in
+            // DriverUnload.
+            ("ntoskrnl.exe", "EtwRegister"),
+            ("ntoskrnl.exe", "EtwSetInformation"),
+            ("ntoskrnl.exe", "EtwWriteTransfer"),
+            ("ntoskrnl.exe", "EtwUnregister"),
         ],
     ),
     (
@@ -122,6 +129,13 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             // The core's spin locks at DISPATCH_LEVEL, IRQL through the kernel.
             ("ntoskrnl.exe", "KeRaiseIrqlToDpcLevel"),
             ("ntoskrnl.exe", "KeLowerIrql"),
+            // ETW TraceLogging (docs/tracing.md): the provider registered in
+            // DriverEntry with its traits, events written, unregistered in
+            // DriverUnload.
+            ("ntoskrnl.exe", "EtwRegister"),
+            ("ntoskrnl.exe", "EtwSetInformation"),
+            ("ntoskrnl.exe", "EtwWriteTransfer"),
+            ("ntoskrnl.exe", "EtwUnregister"),
         ],
     ),
     (

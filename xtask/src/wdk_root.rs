@@ -9,8 +9,9 @@
 //! Include/<ver>/um      -> mingw include/
 //! Lib/<ver>/km/x64/      ntoskrnl.lib hal.lib wmilib.lib ks.lib (llvm-dlltool
 //!                        from .def files listed out of mingw's lib*.a with
-//!                        nm, plus the shim's exports), and an empty
-//!                        BufferOverflowFastFailK.lib
+//!                        nm, plus the shim's exports), an empty
+//!                        BufferOverflowFastFailK.lib, and rpcrt4.lib
+//!                        (UuidCreate only, for the tracelogging crate)
 //! defs/                  the .def files, for reference
 //! ```
 
@@ -32,7 +33,7 @@ use crate::wdk_shim;
 pub const SDK_VERSION: &str = "10.0.22621.0";
 
 /// Bump when the layout or the generation changes.
-const LAYOUT_REVISION: u32 = 1;
+const LAYOUT_REVISION: u32 = 3;
 
 /// An empty `ar` archive: the kernel's `/GS` helpers are unused by Rust.
 const EMPTY_ARCHIVE: &[u8] = b"!<arch>\n";
@@ -150,6 +151,22 @@ fn import_libraries(tc: &Toolchain, root: &Path) -> Result<()> {
     }
     fs::write(lib_dir.join("BufferOverflowFastFailK.lib"), EMPTY_ARCHIVE)
         .context("cannot write BufferOverflowFastFailK.lib")?;
+    // The `tracelogging` crate's `Guid::new` (user mode's `UuidCreate`,
+    // under `#[link(name = "rpcrt4")]`) is compiled into its rlib although
+    // the drivers never call it, and lld-link resolves every symbol before
+    // it drops unreferenced code: it needs an `rpcrt4.lib` naming
+    // `UuidCreate`. The function is dropped with `/OPT:REF`, so nothing is
+    // imported from `rpcrt4.dll`; the PE check refuses the image if it ever is.
+    let mut rpcrt4 = std::collections::BTreeMap::new();
+    rpcrt4.insert("UuidCreate".to_owned(), ExportKind::Function);
+    let def_path = def_dir.join("rpcrt4.def");
+    fs::write(&def_path, def_file::render("rpcrt4.dll", &rpcrt4))
+        .with_context(|| format!("cannot write {}", def_path.display()))?;
+    run(Command::new(&tc.llvm_dlltool)
+        .args(["-m", "i386:x86-64", "-d"])
+        .arg(&def_path)
+        .arg("-l")
+        .arg(lib_dir.join("rpcrt4.lib")))?;
     Ok(())
 }
 

@@ -40,12 +40,20 @@ NTKERNELAPI PVOID NTAPI MmMapIoSpaceEx(
     PHYSICAL_ADDRESS PhysicalAddress,
     SIZE_T NumberOfBytes,
     ULONG Protect);
+
+/* Windows 10 and later (wdm.h); the tracelogging crate sets its provider
+ * traits with it. InformationClass is an EVENT_INFO_CLASS, an enum. */
+NTKERNELAPI NTSTATUS NTAPI EtwSetInformation(
+    REGHANDLE RegHandle,
+    ULONG InformationClass,
+    PVOID EventInformation,
+    ULONG InformationLength);
 ";
 
 /// Exports added to an import library: `(library stem, symbols)`. Every
 /// function declared in [`SHIM_HEADER`] must be listed here.
 pub const EXTRA_EXPORTS: &[(&str, &[&str])] =
-    &[("ntoskrnl", &["ExAllocatePool2", "MmMapIoSpaceEx"])];
+    &[("ntoskrnl", &["ExAllocatePool2", "MmMapIoSpaceEx", "EtwSetInformation"])];
 
 /// The wrapper that replaces `km/wdm.h`: mingw's header, then the shim.
 pub fn wdm_wrapper(mingw_wdm_h: &str) -> String {

@@ -28,6 +28,7 @@ use crate::device::{device_start, DeviceSetup};
 use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
 use capdma_interface::status::{NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_SUPPORTED, STATUS_SUCCESS};
 use capdma_interface::table::CapdmaBusInterface;
+use capdma_interface::ModeReason;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::mem::{size_of, MaybeUninit};
@@ -157,6 +158,19 @@ unsafe extern "C" fn free_context(data: *mut c_void) {
 
 /// `AVStrMiniDeviceAdd`: allocates the device context. PASSIVE.
 pub unsafe extern "C" fn add(device: PKSDEVICE) -> NTSTATUS {
+    // SAFETY: the caller's guarantees, passed on.
+    let status = unsafe { add_inner(device) };
+    if !super::ddi::nt_success(status) {
+        super::trace::failure(super::trace::Area::Pnp, "AVStrMiniDeviceAdd", status);
+    }
+    status
+}
+
+/// [`add`] before its failure is traced.
+///
+/// # Safety
+/// As [`add`].
+unsafe fn add_inner(device: PKSDEVICE) -> NTSTATUS {
     let memory = ddi::allocate(size_of::<DeviceContext>());
     if memory.is_null() {
         return STATUS_INSUFFICIENT_RESOURCES;
@@ -363,6 +377,24 @@ unsafe fn create_filter_factory(device: PKSDEVICE, pnp: &mut PnpState, setup: &D
 /// start, releases it).
 pub unsafe extern "C" fn start(
     device: PKSDEVICE,
+    irp: PIRP,
+    translated: PCM_RESOURCE_LIST,
+    untranslated: PCM_RESOURCE_LIST,
+) -> NTSTATUS {
+    // SAFETY: the caller's guarantees, passed on.
+    let status = unsafe { start_inner(device, irp, translated, untranslated) };
+    if !super::ddi::nt_success(status) {
+        super::trace::failure(super::trace::Area::Pnp, "AVStrMiniDeviceStart", status);
+    }
+    status
+}
+
+/// [`start`] before its failure is traced.
+///
+/// # Safety
+/// As [`start`].
+unsafe fn start_inner(
+    device: PKSDEVICE,
     _irp: PIRP,
     _translated: PCM_RESOURCE_LIST,
     _untranslated: PCM_RESOURCE_LIST,
@@ -425,6 +457,7 @@ pub unsafe extern "C" fn start(
         Some(_) => STATUS_DEVICE_CONFIGURATION_ERROR,
     };
     if nt_success(status) && !context.removed.load(Ordering::Acquire) {
+        super::trace::device_start(bus.channel(), setup.mode.name(), setup.reason.map_or("unknown", ModeReason::describe));
         context.locked(|p| *p = Some(PinResources { bus, setup }));
     }
     status
@@ -433,6 +466,7 @@ pub unsafe extern "C" fn start(
 /// `AVStrMiniDeviceStop` (`IRP_MN_STOP_DEVICE`): no new pins until the next
 /// Start. The bus reference and the filter factory stay. PASSIVE.
 pub unsafe extern "C" fn stop(device: PKSDEVICE, _irp: PIRP) {
+    super::trace::device_stop("AVStrMiniDeviceStop");
     // SAFETY: KS passes the live device whose Add succeeded.
     if let Some(context) = unsafe { context(device) } {
         context.locked(|p| *p = None);
@@ -443,6 +477,7 @@ pub unsafe extern "C" fn stop(device: PKSDEVICE, _irp: PIRP) {
 /// pins see the bus's `STATUS_DEVICE_REMOVED` and stop; the bus reference is
 /// released at Remove. PASSIVE.
 pub unsafe extern "C" fn surprise_removal(device: PKSDEVICE, _irp: PIRP) {
+    super::trace::surprise_removal();
     // SAFETY: KS passes the live device whose Add succeeded.
     if let Some(context) = unsafe { context(device) } {
         context.removed.store(true, Ordering::Release);
@@ -455,6 +490,7 @@ pub unsafe extern "C" fn surprise_removal(device: PKSDEVICE, _irp: PIRP) {
 /// (the `PnP` manager removes a device only after its last handle is
 /// closed), so no `BusChannel` is used afterwards. PASSIVE.
 pub unsafe extern "C" fn remove(device: PKSDEVICE, _irp: PIRP) {
+    super::trace::device_stop("AVStrMiniDeviceRemove");
     // SAFETY: KS passes the live device whose Add succeeded.
     let Some(context) = (unsafe { context(device) }) else {
         return;

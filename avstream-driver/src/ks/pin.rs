@@ -152,7 +152,20 @@ unsafe fn edit_framing(pin: PKSPIN, frame_size: ULONG) -> NTSTATUS {
 /// format (which `set_data_format` already accepted), in this device's
 /// mode, edits the pin's framing for the format, and stores the pin in
 /// `KSPIN.Context`. PASSIVE, filter control mutex held.
-pub unsafe extern "C" fn create(pin: PKSPIN, _irp: PIRP) -> NTSTATUS {
+pub unsafe extern "C" fn create(pin: PKSPIN, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the caller's guarantees, passed on.
+    let status = unsafe { create_inner(pin, irp) };
+    if !super::ddi::nt_success(status) {
+        super::trace::failure(super::trace::Area::Streaming, "AVStrMiniPinCreate", status);
+    }
+    status
+}
+
+/// [`create`] before its failure is traced.
+///
+/// # Safety
+/// As [`create`].
+unsafe fn create_inner(pin: PKSPIN, _irp: PIRP) -> NTSTATUS {
     // SAFETY: KS passes the live pin being created.
     let Some(resources) = (unsafe { resources_of(pin) }) else {
         return STATUS_DEVICE_NOT_READY;
@@ -181,7 +194,7 @@ pub unsafe extern "C" fn create(pin: PKSPIN, _irp: PIRP) -> NTSTATUS {
     let object = memory.cast::<KsCapturePin>();
     // SAFETY: fresh pool memory of the pin's size and alignment (asserted).
     unsafe {
-        object.write(CapturePin::new(KsPort::new(pin, flags), resources.bus, &resources.setup, VectorUnit::Sse2));
+        object.write(CapturePin::new(KsPort::new(pin, flags, resources.bus.channel()), resources.bus, &resources.setup, VectorUnit::Sse2));
     }
     // SAFETY: initialised just above; not yet shared.
     let status = match unsafe { &*object }.set_data_format(bytes) {
@@ -225,6 +238,25 @@ pub unsafe extern "C" fn close(pin: PKSPIN, _irp: PIRP) -> NTSTATUS {
 /// `CapturePin::set_data_format` (`KSSTATE_STOP` only) and the pin's
 /// framing follows the new size. PASSIVE.
 pub unsafe extern "C" fn set_data_format(
+    pin: PKSPIN,
+    old_format: PKSDATAFORMAT,
+    old_attribute_list: PKSMULTIPLE_ITEM,
+    data_range: *const KSDATARANGE,
+    attribute_range: *const KSATTRIBUTE_LIST,
+) -> NTSTATUS {
+    // SAFETY: the caller's guarantees, passed on.
+    let status = unsafe { set_data_format_inner(pin, old_format, old_attribute_list, data_range, attribute_range) };
+    if !super::ddi::nt_success(status) {
+        super::trace::failure(super::trace::Area::Streaming, "AVStrMiniPinSetDataFormat", status);
+    }
+    status
+}
+
+/// [`set_data_format`] before its failure is traced.
+///
+/// # Safety
+/// As [`set_data_format`].
+unsafe fn set_data_format_inner(
     pin: PKSPIN,
     old_format: PKSDATAFORMAT,
     _old_attribute_list: PKSMULTIPLE_ITEM,
@@ -271,6 +303,19 @@ pub unsafe extern "C" fn set_data_format(
 /// `AVStrMiniPinSetDeviceState(Pin, ToState, FromState)`:
 /// `CapturePin::set_device_state`. PASSIVE, filter control mutex held.
 pub unsafe extern "C" fn set_device_state(pin: PKSPIN, to: KSSTATE::Type, from: KSSTATE::Type) -> NTSTATUS {
+    // SAFETY: the caller's guarantees, passed on.
+    let status = unsafe { set_device_state_inner(pin, to, from) };
+    if !super::ddi::nt_success(status) {
+        super::trace::failure(super::trace::Area::Streaming, "AVStrMiniPinSetDeviceState", status);
+    }
+    status
+}
+
+/// [`set_device_state`] before its failure is traced.
+///
+/// # Safety
+/// As [`set_device_state`].
+unsafe fn set_device_state_inner(pin: PKSPIN, to: KSSTATE::Type, from: KSSTATE::Type) -> NTSTATUS {
     let state = |raw: KSSTATE::Type| u32::try_from(raw).ok().and_then(KsState::from_raw);
     let (Some(to), Some(from)) = (state(to), state(from)) else {
         return STATUS_INVALID_PARAMETER;
@@ -354,12 +399,14 @@ pub unsafe extern "C" fn intersect(
 /// (both `sizeof(KSPROPERTY_DROPPEDFRAMES_CURRENT_S)`). PASSIVE.
 pub unsafe extern "C" fn dropped_frames_current(irp: PIRP, request: PKSIDENTIFIER, data: *mut c_void) -> NTSTATUS {
     if request.is_null() || data.is_null() {
+        super::trace::failure(super::trace::Area::Streaming, "KSPROPERTY_DROPPEDFRAMES_CURRENT", STATUS_INVALID_PARAMETER);
         return STATUS_INVALID_PARAMETER;
     }
     // SAFETY: KS passes the property IRP of one of our pins.
     let pin = unsafe { KsGetPinFromIrp(irp) };
     // SAFETY: the IRP's pin is live for the IRP.
     let Some(object) = (unsafe { capture_pin(pin) }) else {
+        super::trace::failure(super::trace::Area::Streaming, "KSPROPERTY_DROPPEDFRAMES_CURRENT", STATUS_INVALID_DEVICE_REQUEST);
         return STATUS_INVALID_DEVICE_REQUEST;
     };
     // SAFETY: the request is at least a KSPROPERTY (MinProperty), read by value.

@@ -9,7 +9,7 @@ use super::bindings::{
 use super::ddi::{self, nt_success};
 use super::descriptors::ulong_size_of;
 use crate::ks_format::KS_VIDEO_FLAG_FRAME;
-use crate::ports::{FrameCompletion, Irql, KsPinPort, StreamOffset};
+use crate::ports::{FrameCompletion, Irql, KsPinPort, PinEvent, StreamOffset};
 use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER};
 use capdma_interface::table::SgElement;
 use core::mem::size_of;
@@ -22,12 +22,14 @@ pub struct KsPort {
     /// The pin has `KSPIN_FLAG_GENERATE_MAPPINGS`: `OffsetOut` holds
     /// `KSMAPPING`s, else bytes.
     mappings: bool,
+    /// The bus channel the pin streams from (named in its trace events).
+    channel: u32,
 }
 
 impl KsPort {
-    /// The port of `pin`, whose descriptor has `pin_flags`.
-    pub fn new(pin: PKSPIN, pin_flags: u32) -> Self {
-        Self { pin, mappings: pin_flags & crate::ks_format::KSPIN_FLAG_GENERATE_MAPPINGS != 0 }
+    /// The port of `pin`, whose descriptor has `pin_flags`, streaming from `channel`.
+    pub fn new(pin: PKSPIN, pin_flags: u32, channel: u32) -> Self {
+        Self { pin, mappings: pin_flags & crate::ks_format::KSPIN_FLAG_GENERATE_MAPPINGS != 0, channel }
     }
 }
 
@@ -47,6 +49,11 @@ const fn boolean(value: bool) -> u8 {
 // allows (`<= DISPATCH_LEVEL`; the processing mutex at PASSIVE).
 impl KsPinPort for KsPort {
     type StreamPointer = PKSSTREAM_POINTER;
+
+    /// The core's report, written as an ETW event (`super::trace::pin_event`).
+    fn report(&self, event: PinEvent) {
+        super::trace::pin_event(self.channel, event);
+    }
 
     fn leading_edge(&self) -> Option<PKSSTREAM_POINTER> {
         // SAFETY: see the impl comment.

@@ -27,7 +27,7 @@
 //! At the end of the pass `CQ_CONSUMER` is written.
 use super::{Callback, ChannelResources, ChannelState, Delivery, Pass, RecordFault};
 use crate::hw::{poll_reset, program_and_run, reset_channel, ChannelRegs, ResetOutcome};
-use crate::ports::RegisterPort;
+use crate::ports::{CoreEvent, RegisterPort, ResetCause};
 use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, CQ_STATUS_OK};
 use capdma_interface::regs::{channel, global, STATUS_HALTED};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS};
@@ -109,6 +109,7 @@ impl ChannelState {
                 // the engine now running.
                 if core::mem::take(&mut self.error_pending) && cr.read(channel::STATUS) & STATUS_HALTED != 0 {
                     self.stats.board_errors = self.stats.board_errors.saturating_add(1);
+                    regs.report(CoreEvent::EngineReset { channel: ch, cause: ResetCause::ErrorInterrupt });
                     self.reset_engine(regs, ch, STATUS_IO_DEVICE_ERROR);
                 } else {
                     self.pass.over = true;
@@ -202,6 +203,8 @@ impl ChannelState {
     fn fault<R: RegisterPort>(&mut self, regs: &R, ch: u32, fault: RecordFault) {
         self.stats.bad_records = self.stats.bad_records.saturating_add(1);
         self.stats.last_fault = Some(fault);
+        regs.report(CoreEvent::ValueRefused { channel: ch, fault });
+        regs.report(CoreEvent::EngineReset { channel: ch, cause: ResetCause::RefusedValue(fault) });
         self.reset_engine(regs, ch, STATUS_IO_DEVICE_ERROR);
     }
 

@@ -15,7 +15,7 @@ pub mod slots;
 
 use crate::dma_buffer::DmaBuffer;
 use crate::hw::{program_and_run, reset_channel, ChannelRegs, ResetOutcome};
-use crate::ports::RegisterPort;
+use crate::ports::{CoreEvent, RegisterPort};
 use capdma_interface::regs::channel;
 use capdma_interface::status::NtStatus;
 use capdma_interface::table::{Completion, PfnCompletion};
@@ -260,9 +260,12 @@ impl ChannelState {
             return;
         }
         let now = cr.read(channel::DROPPED_FRAMES);
-        self.stats.dropped_by_board =
-            self.stats.dropped_by_board.saturating_add(u64::from(now.wrapping_sub(self.dropped_baseline)));
+        let frames = now.wrapping_sub(self.dropped_baseline);
+        self.stats.dropped_by_board = self.stats.dropped_by_board.saturating_add(u64::from(frames));
         self.dropped_baseline = now;
+        if frames != 0 {
+            cr.report(CoreEvent::DroppedByBoard { channel: cr.channel(), frames });
+        }
     }
 
     /// `StartChannel` after validation: resets the bookkeeping, programs the

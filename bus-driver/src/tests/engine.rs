@@ -1,7 +1,7 @@
 //! ISR, DPC, the S/G and slot engines, resets, the watchdog, removal.
 use super::{frame, running_cb, running_sg, statuses, yuy2, Harness, Iface, Recorder, FRAME};
 use crate::channel::RecordFault;
-use crate::ports::DISPATCH_LEVEL;
+use crate::ports::{CoreEvent, ResetCause, DISPATCH_LEVEL};
 use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
 use capdma_interface::regs::{channel, global, int_done, int_error, CTRL_RUN, CTRL_SG_MODE};
 use capdma_interface::status::{
@@ -141,6 +141,14 @@ fn assert_reset_and_restarted(h: &Harness, iface: &Iface, rec: &Recorder, fault:
     let stats = h.dev.channel_stats(0).unwrap();
     assert_eq!((stats.bad_records, stats.resets), (1, 1));
     assert_eq!(stats.last_fault, Some(fault));
+    // The core reported the refused value, then the reset with its cause.
+    assert_eq!(
+        *h.m.reports.borrow(),
+        [
+            CoreEvent::ValueRefused { channel: 0, fault },
+            CoreEvent::EngineReset { channel: 0, cause: ResetCause::RefusedValue(fault) }
+        ]
+    );
     // Restarted with the same format: reprogrammed and running, counters from 0.
     assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE);
     assert_eq!(h.m.ch_reg(0, channel::LINE_PITCH), 128);
@@ -229,6 +237,7 @@ fn board_error_interrupt_resets_and_restarts_the_channel() {
     assert_eq!(statuses(&rec.take()), vec![(1, STATUS_SUCCESS), (2, STATUS_IO_DEVICE_ERROR)]);
     let stats = h.dev.channel_stats(0).unwrap();
     assert_eq!((stats.board_errors, stats.resets, stats.bad_records), (1, 1, 0));
+    assert_eq!(*h.m.reports.borrow(), [CoreEvent::EngineReset { channel: 0, cause: ResetCause::ErrorInterrupt }]);
     assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE);
 }
 
@@ -322,6 +331,7 @@ fn watchdog_resets_a_stalled_channel_after_four_frame_intervals() {
     assert_eq!(statuses(&rec.take()), vec![(1, STATUS_IO_DEVICE_ERROR)]);
     let stats = h.dev.channel_stats(0).unwrap();
     assert_eq!((stats.watchdog_resets, stats.resets), (1, 1));
+    assert_eq!(*h.m.reports.borrow(), [CoreEvent::EngineReset { channel: 0, cause: ResetCause::Watchdog }]);
     assert_eq!(h.m.ch_reg(0, channel::CTRL), CTRL_RUN | CTRL_SG_MODE);
     // A frame that completes keeps the watchdog quiet.
     iface.program(0, 2, &frame(2));
@@ -342,6 +352,9 @@ fn dropped_frames_are_accumulated_across_resets() {
     h.interrupt(1);
     assert_eq!(h.dev.channel_stats(0).unwrap().resets, 1);
     assert_eq!(h.dev.channel_stats(0).unwrap().dropped_by_board, 7);
+    // Each look that found new drops reported them, once.
+    let drops: Vec<_> = h.m.reports.borrow().iter().filter(|e| matches!(e, CoreEvent::DroppedByBoard { .. })).copied().collect();
+    assert_eq!(drops, [CoreEvent::DroppedByBoard { channel: 0, frames: 5 }, CoreEvent::DroppedByBoard { channel: 0, frames: 2 }]);
     h.m.set_ch_reg(0, channel::DROPPED_FRAMES, 9);
     assert_eq!(h.dev.channel_stats(0).unwrap().dropped_by_board, 9);
 }

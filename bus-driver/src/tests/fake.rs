@@ -6,7 +6,7 @@
 //!
 //! Not the simulated machine (that is `capdma-sim`); just enough to drive
 //! the core deterministically and to observe what it does.
-use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort, DISPATCH_LEVEL};
+use crate::ports::{BusPlatform, CommonBuffer, CoreEvent, DeviceDescription, DmaAdapterPort, Irql, RegisterPort, DISPATCH_LEVEL};
 use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, CQ_STATUS_OK, DESC_END_OF_FRAME};
 use capdma_interface::regs::{
     channel, channel_base, global, int_done, int_error, Caps, BAR0_BYTES, BOARD_ID, CTRL_RESET, CTRL_RUN, STATUS_RUNNING,
@@ -46,6 +46,8 @@ pub struct Machine {
     pub accesses: Cell<usize>,
     pub writes: RefCell<Vec<(u32, u32)>>,
     pub events: RefCell<Vec<Event>>,
+    /// What the core reported through `RegisterPort::report`, in order.
+    pub reports: RefCell<Vec<CoreEvent>>,
     allocations: RefCell<BTreeMap<u64, Allocation>>,
     next_logical: Cell<u64>,
     next_adapter: Cell<u32>,
@@ -189,6 +191,10 @@ impl Machine {
 pub struct FakeRegs(pub Rc<Machine>);
 
 impl RegisterPort for FakeRegs {
+    fn report(&self, event: CoreEvent) {
+        self.0.reports.borrow_mut().push(event);
+    }
+
     fn read32(&self, offset: u32) -> u32 {
         let m = &self.0;
         m.accesses.set(m.accesses.get() + 1);
@@ -307,6 +313,7 @@ impl FakePlatform {
             accesses: Cell::new(0),
             writes: RefCell::new(Vec::new()),
             events: RefCell::new(Vec::new()),
+            reports: RefCell::new(Vec::new()),
             allocations: RefCell::new(BTreeMap::new()),
             next_logical: Cell::new(0x1_8000_0000),
             next_adapter: Cell::new(1),

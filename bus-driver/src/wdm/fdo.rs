@@ -160,6 +160,7 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pci_pdo: PDEVICE_OBJ
     };
     if !NT_SUCCESS(status) {
         wdk::println!("capdma_bus: IoCreateDevice failed {status:#x}");
+        super::trace::failure(super::trace::Area::Pnp, "AddDevice: IoCreateDevice", status);
         return status;
     }
     // SAFETY: IoCreateDevice succeeded: `fdo` is valid and its extension
@@ -172,6 +173,7 @@ pub unsafe extern "C" fn add_device(driver: PDRIVER_OBJECT, pci_pdo: PDEVICE_OBJ
     if lower.is_null() {
         // SAFETY: the FDO was created above and is attached to nothing.
         unsafe { IoDeleteDevice(fdo) };
+        super::trace::failure(super::trace::Area::Pnp, "AddDevice: IoAttachDeviceToDeviceStack", STATUS_NO_SUCH_DEVICE);
         return STATUS_NO_SUCH_DEVICE;
     }
     // SAFETY: still exclusively ours; `lower` is valid while attached.

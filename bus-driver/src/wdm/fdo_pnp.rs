@@ -27,6 +27,7 @@ use super::isr_dpc;
 use super::pdo::{create_child, delete_child, PdoExtension};
 use super::power;
 use super::registry::read_start_values;
+use super::trace::{self, Area};
 use crate::config::StartConfig;
 use crate::pnp::children::{self, device_relations_bytes, merged_relations_count, on_parent_removal, ParentRemoval};
 use crate::pnp::resources::{select_resources, CmResourceListReader, SelectedResources};
@@ -110,6 +111,7 @@ unsafe fn start(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     // SAFETY: we own the IRP; `lower` is below us.
     let status = unsafe { forward_and_wait(ext.lower, irp) };
     if !nt_success(status) {
+        trace::failure(Area::Pnp, "IRP_MN_START_DEVICE: lower drivers", status);
         // SAFETY: the IRP is ours again; it carries the lower status.
         return unsafe { complete_untouched(irp) };
     }
@@ -124,6 +126,7 @@ unsafe fn start(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
         Ok(()) => STATUS_SUCCESS,
         Err(status) => {
             wdk::println!("capdma_bus: start failed {status:#x}");
+            trace::failure(Area::Pnp, "IRP_MN_START_DEVICE", status);
             status
         }
     };
@@ -168,6 +171,7 @@ unsafe fn start_hardware(ext: &FdoExtension, translated: PCM_RESOURCE_LIST) -> R
         Ok(config) => config,
         Err(error) => {
             wdk::println!("capdma_bus: registry: {error}");
+            trace::failure(Area::Pnp, "start: registry values", error.status());
             bar0.unmap();
             return Err(error.status());
         }
@@ -175,15 +179,18 @@ unsafe fn start_hardware(ext: &FdoExtension, translated: PCM_RESOURCE_LIST) -> R
     let decision = match ext.bus.start(&config) {
         Ok(decision) => decision,
         Err(status) => {
+            trace::failure(Area::Dma, "start: BusDevice::start", status);
             bar0.unmap();
             return Err(status);
         }
     };
     if let Err(status) = isr_dpc::connect(ext, selected.interrupt) {
+        trace::failure(Area::Pnp, "start: IoConnectInterruptEx", status);
         let _ = release_hardware(ext, Release::Everything);
         return Err(status);
     }
     if let Err(status) = ext.pnp.apply(PnpEvent::Start) {
+        trace::failure(Area::Pnp, "start: PnP state", status);
         let _ = release_hardware(ext, Release::Everything);
         return Err(status);
     }
@@ -195,6 +202,7 @@ unsafe fn start_hardware(ext: &FdoExtension, translated: PCM_RESOURCE_LIST) -> R
         decision.mode.name(),
         decision.reason
     );
+    trace::device_start(decision.mode.name(), decision.reason.describe(), ext.bus.channel_count(), ext.bus.info().map_or(0, |i| i.map_registers));
     // SAFETY: a live FDO extension at PASSIVE_LEVEL.
     unsafe { enumerate_children(ext) };
     Ok(())
@@ -237,7 +245,10 @@ unsafe fn enumerate_children(ext: &FdoExtension) {
                     unsafe { delete_child(pdo) };
                 }
             }
-            Err(status) => wdk::println!("capdma_bus: channel {channel}: child PDO not created ({status:#x})"),
+            Err(status) => {
+                wdk::println!("capdma_bus: channel {channel}: child PDO not created ({status:#x})");
+                trace::failure(Area::Pnp, "child PDO: IoCreateDevice", status);
+            }
         }
     }
     ext.with_children(|table| {
@@ -250,6 +261,11 @@ unsafe fn enumerate_children(ext: &FdoExtension) {
             }
         }
     });
+    trace::children_enumerated(
+        ext.bus.channel_count(),
+        children::iter(plan.create).count().try_into().unwrap_or(u32::MAX),
+        children::iter(plan.report_missing).count().try_into().unwrap_or(u32::MAX),
+    );
     if plan.changes() {
         // SAFETY: the PCI PDO of this stack.
         unsafe { IoInvalidateDeviceRelations(ext.pci_pdo, _DEVICE_RELATION_TYPE::BusRelations) };
@@ -332,6 +348,7 @@ unsafe fn cancel(ext: &FdoExtension, irp: PIRP, event: PnpEvent) -> NTSTATUS {
 /// # Safety
 /// As [`dispatch`].
 unsafe fn stop(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
+    trace::device_stop("IRP_MN_STOP_DEVICE");
     let _ = ext.pnp.apply(PnpEvent::Stop);
     let _ = release_hardware(ext, fdo_release(PnpEvent::Stop));
     // SAFETY: we own the IRP.
@@ -345,6 +362,7 @@ unsafe fn stop(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 /// # Safety
 /// As [`dispatch`].
 unsafe fn surprise_removal(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
+    trace::surprise_removal();
     let _ = ext.pnp.apply(PnpEvent::SurpriseRemoval);
     ext.bus.surprise_remove();
     let _ = release_hardware(ext, fdo_release(PnpEvent::SurpriseRemoval));
@@ -361,6 +379,7 @@ unsafe fn surprise_removal(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 /// # Safety
 /// As [`dispatch`]; the remove lock is held for this IRP.
 unsafe fn remove(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
+    trace::device_stop("IRP_MN_REMOVE_DEVICE");
     let _ = ext.pnp.apply(PnpEvent::Remove);
     // SAFETY: acquired by `dispatch` with this tag.
     unsafe { release_remove_lock_and_wait(ext.remove_lock(), irp) };

@@ -110,6 +110,7 @@ unsafe extern "C" fn watchdog_dpc(_dpc: PKDPC, context: PVOID, _a1: PVOID, _a2: 
     let reset = ext.bus.watchdog(now_100ns());
     if reset > 0 {
         wdk::println!("capdma_bus: watchdog reset {reset} channel(s)");
+        super::trace::watchdog_fired(reset);
     }
 }
 

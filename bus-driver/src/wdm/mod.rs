@@ -19,6 +19,7 @@
 //! | `power.rs` | `IRP_MJ_POWER`, `IRP_MJ_SYSTEM_CONTROL`, other majors |
 //! | `irp.rs` | passing, forwarding and sending IRPs; the remove lock |
 //! | `ddi.rs` | wdm.h macros and inline functions written in Rust |
+//! | `trace.rs` | ETW `TraceLogging`: the `Capdma.Bus` provider and its events (docs/tracing.md) |
 //!
 //! See `docs/ddi.md` for every DDI called here, what the simulated machine
 //! models of it, and which test covers it.
@@ -35,6 +36,7 @@ mod pdo_pnp;
 mod platform;
 mod power;
 mod registry;
+pub mod trace;
 
 // The panic handler of the image (a panic is a bugcheck: KeBugCheckEx).
 use wdk_panic as _;

@@ -83,6 +83,9 @@ pub unsafe fn dispatch(ext: &PdoExtension, irp: PIRP) -> NTSTATUS {
         _ => None,
     };
     if let Some(status) = simple {
+        if !capdma_interface::status::nt_success(status) {
+            super::trace::failure(super::trace::Area::Pnp, "child PnP state change", status);
+        }
         // SAFETY: we own the IRP.
         return unsafe { complete_request(irp, status, 0) };
     }

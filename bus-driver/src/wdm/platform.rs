@@ -3,7 +3,7 @@
 use super::ddi::{current_irql, lower_irql, raise_to_dispatch, BOOLEAN_FALSE, BOOLEAN_TRUE};
 use crate::pnp::resources::highest_ram_address;
 use crate::pnp::window::RegisterWindow;
-use crate::ports::{BusPlatform, CommonBuffer, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
+use crate::ports::{BusPlatform, CommonBuffer, CoreEvent, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use wdk_sys::ntddk::{ExFreePool, IoGetDmaAdapter, MmGetPhysicalMemoryRanges, MmMapIoSpaceEx, MmUnmapIoSpace};
@@ -100,6 +100,11 @@ impl RegisterPort for Bar0 {
             // SAFETY: as in `read32`.
             unsafe { core::ptr::write_volatile(register, value) };
         });
+    }
+
+    /// The core's report, written as an ETW event (`super::trace::core_event`).
+    fn report(&self, event: CoreEvent) {
+        super::trace::core_event(event);
     }
 }
 

@@ -134,15 +134,22 @@ unsafe fn pass_power_down(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
 /// # Safety
 /// Called by the I/O manager with a device of this driver and an IRP it owns.
 pub unsafe extern "C" fn dispatch_power(device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the IRP is ours until the handler gives it away; its current
+    // location is read before that.
+    let stack = unsafe { current_stack(irp) };
+    // SAFETY: the IRP's current location, valid while we own the IRP.
+    let minor = unsafe { (*stack).MinorFunction };
     // SAFETY: a device object of this driver.
-    match unsafe { extension(device) } {
+    let (kind, status) = match unsafe { extension(device) } {
         // SAFETY: we own the IRP and hand it on or complete it once.
-        Some(Extension::Fdo(ext)) => unsafe { fdo_power(ext, irp) },
+        Some(Extension::Fdo(ext)) => ("FDO", unsafe { fdo_power(ext, irp) }),
         // SAFETY: as above; `device` is the PDO.
-        Some(Extension::Pdo(_)) => unsafe { pdo_power(device, irp) },
+        Some(Extension::Pdo(_)) => ("PDO", unsafe { pdo_power(device, irp) }),
         // SAFETY: we own the IRP.
-        None => unsafe { complete_request(irp, STATUS_INVALID_DEVICE_REQUEST, 0) },
-    }
+        None => ("?", unsafe { complete_request(irp, STATUS_INVALID_DEVICE_REQUEST, 0) }),
+    };
+    super::trace::irp_failed(true, minor, kind, status);
+    status
 }
 
 /// The FDO's `IRP_MJ_POWER` (see the module table). The remove lock is
@@ -162,7 +169,11 @@ unsafe fn fdo_power(ext: &FdoExtension, irp: PIRP) -> NTSTATUS {
     let request = unsafe { power_request(irp) };
     match request {
         // SAFETY: we own the IRP; the lock is released by its completion.
-        PowerRequest::SetSystem(_) => unsafe { system_set_power(ext, irp) },
+        PowerRequest::SetSystem(raw) => {
+            super::trace::power_transition("system", raw, 0);
+            // SAFETY: as above.
+            unsafe { system_set_power(ext, irp) }
+        }
         PowerRequest::SetDevice(raw) => match DevicePowerState::from_raw(raw) {
             Some(target) if device_power_action(target) == DevicePowerAction::PassDownThenRestore => {
                 // SAFETY: we own the IRP; the lock is released by its completion.
@@ -220,6 +231,7 @@ fn device_power_down(ext: &FdoExtension, target: DevicePowerState) {
         isr_dpc::flush_dpcs();
     }
     wdk::println!("capdma_bus: leaving D0 ({target:?}): {stopped} channel(s) stopped");
+    super::trace::power_transition("device", target.raw(), stopped);
 }
 
 /// To D0: `IoCopyCurrentIrpStackLocationToNext`, [`device_power_up_done`]
@@ -258,6 +270,7 @@ unsafe extern "C" fn device_power_up_done(_device: PDEVICE_OBJECT, irp: PIRP, co
         // SAFETY: this FDO; D0 is allowed at DISPATCH_LEVEL.
         unsafe { set_device_power_state(ext.self_device, DevicePowerState::D0) };
         wdk::println!("capdma_bus: back in D0: {restarted} channel(s) restarted");
+        super::trace::power_transition("device", DevicePowerState::D0.raw(), restarted);
     } else {
         // The board was not powered: without this the core would stay out
         // of D0 for ever (StartChannel answering STATUS_DEVICE_NOT_READY).
@@ -268,6 +281,7 @@ unsafe extern "C" fn device_power_up_done(_device: PDEVICE_OBJECT, irp: PIRP, co
         // SAFETY: a valid IRP.
         let status = unsafe { irp_status(irp) };
         wdk::println!("capdma_bus: ERROR: D0 IRP failed {status:#x}: board marked gone");
+        super::trace::failure(super::trace::Area::Power, "D0 IRP (lower drivers)", status);
     }
     // SAFETY: acquired by `fdo_power` with this IRP as the tag; `ext` is not
     // used afterwards.
@@ -336,6 +350,7 @@ unsafe extern "C" fn system_set_power_done(_device: PDEVICE_OBJECT, irp: PIRP, c
         }
         ext.system_irp.store(null_mut(), Ordering::Release);
         wdk::println!("capdma_bus: PoRequestPowerIrp({target:?}) failed {requested:#x}");
+        super::trace::failure(super::trace::Area::Power, "PoRequestPowerIrp", requested);
     }
     // SAFETY: acquired by `fdo_power` with this IRP as the tag; `ext` is not
     // used afterwards.
@@ -368,6 +383,7 @@ unsafe extern "C" fn device_irp_requested_done(
             // SAFETY: the state requested (a device state).
             let raw = unsafe { state.DeviceState };
             wdk::println!("capdma_bus: device set-power IRP to {raw} failed {status:#x}");
+            super::trace::failure(super::trace::Area::Power, "device set-power IRP", status);
         }
     }
     if system_irp.is_null() {

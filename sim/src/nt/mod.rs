@@ -19,6 +19,7 @@
 )]
 #![allow(clippy::unnecessary_wraps, reason = "every DDI has the DdiFn signature, whether or not it can fail")]
 
+pub mod etw;
 pub mod hal;
 pub mod io;
 pub mod irql;
@@ -91,7 +92,7 @@ enum StubTarget {
 
 /// Every DDI the emulated kernel implements, by file.
 fn all_ddis() -> impl Iterator<Item = &'static Ddi> {
-    [irql::DDIS, pool::DDIS, rtl::DDIS, io::DDIS, ke::DDIS, hal::DDIS].into_iter().flatten()
+    [irql::DDIS, pool::DDIS, rtl::DDIS, io::DDIS, ke::DDIS, hal::DDIS, etw::DDIS].into_iter().flatten()
 }
 
 /// A line of debug output (`DbgPrint`), stamped.
@@ -127,6 +128,8 @@ pub struct Nt {
     pub ke: ke::KeState,
     /// The hardware's state ([`hal`]).
     pub hal: hal::HalState,
+    /// ETW: the trace session, provider registrations, decoded events ([`etw`]).
+    pub etw: etw::EtwState,
     stubs: Vec<StubTarget>,
 }
 
@@ -150,6 +153,7 @@ impl Nt {
             io: io::IoState::default(),
             ke: ke::KeState::default(),
             hal: hal::HalState::default(),
+            etw: etw::EtwState::default(),
             stubs: Vec::new(),
         }
     }

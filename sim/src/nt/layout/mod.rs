@@ -8,6 +8,7 @@
 pub mod dma;
 #[allow(clippy::module_inception, reason = "layout::irp::irp is the IRP itself among the I/O structures")]
 pub mod irp;
+pub mod etw;
 
 /// `DRIVER_OBJECT` (wdm.h).
 pub mod driver_object {

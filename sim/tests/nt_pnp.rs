@@ -19,7 +19,7 @@ use capdma_sim::board::{Board, BoardConfig};
 use capdma_sim::nt::{hal, ke};
 use capdma_sim::nt::layout::irp::{bus_interface_standard, device_relations, interface, mj, mn, stack, status};
 use capdma_sim::nt::layout::{device_object, do_flags};
-use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources};
+use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources, S0, S3};
 use capdma_sim::nt::system::System;
 use capdma_winvm::kvm_available;
 
@@ -209,4 +209,47 @@ fn the_whole_life_with_msi() {
 #[test]
 fn the_whole_life_with_filters_above_and_below() {
     whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 1);
+}
+
+/// Starts the image on a line interrupt, with its children.
+fn started() -> Option<(System, Pnp)> {
+    let (mut sys, mut pnp) = loaded(0)?;
+    let st = pnp.start(&mut sys, &StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR)).expect("start");
+    assert_eq!(st, status::SUCCESS);
+    Some((sys, pnp))
+}
+
+#[test]
+fn sleep_and_wake_turn_each_s_irp_into_a_d_irp() {
+    let Some((mut sys, mut pnp)) = started() else { return };
+    let fdo = pnp.fdo.expect("the FDO");
+    // DEVICE_POWER_STATE: PowerDeviceD0 = 1, PowerDeviceD3 = 4.
+    assert_eq!(pnp.set_system_power(&mut sys, S3).expect("S3"), status::SUCCESS);
+    assert_eq!(sys.nt.io.device_power.get(&fdo), Some(&4), "the power policy owner went to D3 (PoSetPowerState)");
+    assert_eq!(pnp.set_system_power(&mut sys, S0).expect("S0"), status::SUCCESS);
+    assert_eq!(sys.nt.io.device_power.get(&fdo), Some(&1), "and back to D0");
+    assert_eq!(pnp.remove(&mut sys).expect("remove"), status::SUCCESS);
+    unload_clean(&mut sys, &mut pnp);
+}
+
+#[test]
+fn surprise_removal_then_removal_and_unload_are_clean() {
+    let Some((mut sys, mut pnp)) = started() else { return };
+    pnp.surprise_remove(&mut sys).expect("surprise removal");
+    let surprise: Vec<u64> = pnp.sent.iter().filter(|s| s.minor == mn::SURPRISE_REMOVAL).map(|s| s.target).collect();
+    assert_eq!(surprise.len(), pnp.children.len() + 1, "down every child stack, then the bus");
+    assert_eq!(pnp.remove(&mut sys).expect("remove"), status::SUCCESS);
+    unload_clean(&mut sys, &mut pnp);
+}
+
+#[test]
+fn a_rebalance_stops_and_restarts_the_device() {
+    let Some((mut sys, mut pnp)) = started() else { return };
+    assert_eq!(pnp.stop(&mut sys).expect("query-stop/stop"), status::SUCCESS);
+    let minors: Vec<u8> = pnp.sent.iter().rev().take(2).map(|s| s.minor).collect();
+    assert_eq!(minors, [mn::STOP_DEVICE, mn::QUERY_STOP_DEVICE]);
+    let st = pnp.start(&mut sys, &StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR)).expect("restart");
+    assert_eq!(st, status::SUCCESS);
+    assert_eq!(pnp.remove(&mut sys).expect("remove"), status::SUCCESS);
+    unload_clean(&mut sys, &mut pnp);
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use capdma_interface::guid::{GUID_BUS_INTERFACE_STANDARD, GUID_CAPDMA_BUS_INTERFACE};
 use capdma_interface::table::{CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION};
 use capdma_sim::board::{Board, BoardConfig};
-use capdma_sim::nt::{hal, ke};
+use capdma_sim::nt::{etw, hal, ke};
 use capdma_sim::nt::layout::irp::{bus_interface_standard, device_relations, interface, mj, mn, stack, status};
 use capdma_sim::nt::layout::{device_object, do_flags};
 use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources, S0, S3};
@@ -43,6 +43,11 @@ fn image() -> Option<PathBuf> {
 /// line the dispatcher samples, and the PnP manager with `lower` filters
 /// below the FDO.
 fn loaded(lower: usize) -> Option<(System, Pnp)> {
+    loaded_with_board(lower).map(|(sys, pnp, _)| (sys, pnp))
+}
+
+/// As [`loaded`], with the board.
+fn loaded_with_board(lower: usize) -> Option<(System, Pnp, Board)> {
     let path = image()?;
     let mut sys = System::boot().expect("boot");
     let board = Board::new(BoardConfig::legacy(), &sys.memory).expect("board");
@@ -58,7 +63,7 @@ fn loaded(lower: usize) -> Option<(System, Pnp)> {
         pnp.add_filter(&mut sys).expect("filter");
     }
     assert_eq!(pnp.add_device(&mut sys, &driver).expect("AddDevice"), status::SUCCESS);
-    Some((sys, pnp))
+    Some((sys, pnp, board))
 }
 
 /// Where the board's BAR0 is, and its length.
@@ -157,8 +162,9 @@ fn unload_clean(sys: &mut System, pnp: &mut Pnp) {
 
 /// Start with `resources`, then the children, a query of the capdma
 /// interface on each, removal (children first) and unload, all clean.
-fn whole_life(resources: &StartResources, filters: usize) {
+fn whole_life(resources: &StartResources, filters: usize, pend_start: bool) {
     let Some((mut sys, mut pnp)) = loaded(filters) else { return };
+    sys.nt.io.pend_pci_start = pend_start;
     let st = pnp.start(&mut sys, resources).expect("start");
     assert_eq!(st, status::SUCCESS, "IRP_MN_START_DEVICE");
     let channels = BoardConfig::legacy().channels as usize;
@@ -198,17 +204,22 @@ fn whole_life(resources: &StartResources, filters: usize) {
 
 #[test]
 fn the_whole_life_with_a_line_interrupt() {
-    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 0);
+    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 0, false);
 }
 
 #[test]
 fn the_whole_life_with_msi() {
-    whole_life(&StartResources::bar0_msi(BAR0, BAR0_LEN, 6, MSI_VECTOR), 0);
+    whole_life(&StartResources::bar0_msi(BAR0, BAR0_LEN, 6, MSI_VECTOR), 0, false);
 }
 
 #[test]
 fn the_whole_life_with_filters_above_and_below() {
-    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 1);
+    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 1, false);
+}
+
+#[test]
+fn the_whole_life_when_the_pci_pdo_completes_start_asynchronously() {
+    whole_life(&StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR), 0, true);
 }
 
 /// Starts the image on a line interrupt, with its children.
@@ -252,4 +263,62 @@ fn a_rebalance_stops_and_restarts_the_device() {
     assert_eq!(st, status::SUCCESS);
     assert_eq!(pnp.remove(&mut sys).expect("remove"), status::SUCCESS);
     unload_clean(&mut sys, &mut pnp);
+}
+
+/// Imports of the bus image a clean life does not call, and why.
+const NOT_CALLED_ON_A_CLEAN_RUN: &[(&str, &str)] = &[
+    ("KeBugCheckEx", "the image bugchecks only on an internal error"),
+    ("KeInsertQueueDpc", "queued by the ISR when it claims a completion: the streaming runs call it"),
+];
+
+#[test]
+fn a_full_life_executes_every_import_of_the_bus_image() {
+    let Some((mut sys, mut pnp, board)) = loaded_with_board(0) else { return };
+    // The harder paths: START pended by the PCI PDO (forward and wait), an
+    // ETW session listening to every event.
+    sys.nt.io.pend_pci_start = true;
+    let System { machine, nt, .. } = &mut sys;
+    etw::start_session(nt, machine, &etw::EtwSession::everything()).expect("ETW session");
+    let st = pnp.start(&mut sys, &StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR)).expect("start");
+    assert_eq!(st, status::SUCCESS);
+    assert!(
+        sys.nt.etw.records.iter().any(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart"),
+        "the device start was traced: {:?}",
+        sys.nt.etw.records.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    // A spurious assertion of the shared line: the image's ISR runs at its
+    // DIRQL, finds nothing of its board's, and returns FALSE.
+    board.inject_now(capdma_sim::board::BoardFault::SpuriousInterrupt);
+    let System { machine, nt, .. } = &mut sys;
+    nt.run_pending(machine).expect("the ISR");
+    assert!(nt.ke.stats.isr_calls > 0, "the ISR ran");
+    let child = pnp.children[0].pdo;
+    // A child forwards BUS_INTERFACE_STANDARD to the parent stack
+    // (IoGetAttachedDeviceReference, IoBuildSynchronousFsdRequest).
+    let (st, iface) = pnp.query_interface(&mut sys, child, &GUID_BUS_INTERFACE_STANDARD, 64, 1).expect("query");
+    assert_eq!(st, status::SUCCESS);
+    let context = sys.machine.read_u64(iface + interface::CONTEXT).unwrap();
+    let dereference = sys.machine.read_u64(iface + interface::INTERFACE_DEREFERENCE).unwrap();
+    let System { machine, nt, .. } = &mut sys;
+    machine.call(nt, dereference, &[context]).unwrap();
+    assert_eq!(pnp.set_system_power(&mut sys, S3).expect("S3"), status::SUCCESS);
+    assert_eq!(pnp.set_system_power(&mut sys, S0).expect("S0"), status::SUCCESS);
+    // Virtual time passes: the watchdog timer fires.
+    let later = sys.nt.time + 20_000_000;
+    let System { machine, nt, .. } = &mut sys;
+    nt.advance_time(machine, later).expect("time");
+    assert_eq!(pnp.stop(&mut sys).expect("stop"), status::SUCCESS);
+    assert_eq!(pnp.start(&mut sys, &StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR)).expect("restart"), status::SUCCESS);
+    pnp.surprise_remove(&mut sys).expect("surprise removal");
+    assert_eq!(pnp.remove(&mut sys).expect("remove"), status::SUCCESS);
+    let imports: Vec<String> = sys.machine.images()[0].imports.iter().map(|(_, s)| s.clone()).collect();
+    let calls = sys.nt.calls_by_ddi.clone();
+    unload_clean(&mut sys, &mut pnp);
+    let calls_after = &sys.nt.calls_by_ddi;
+    let uncalled: Vec<&String> = imports
+        .iter()
+        .filter(|s| !calls.contains_key(s.as_str()) && !calls_after.contains_key(s.as_str()))
+        .filter(|s| !NOT_CALLED_ON_A_CLEAN_RUN.iter().any(|(n, _)| n == s))
+        .collect();
+    assert!(uncalled.is_empty(), "imports the life never called: {uncalled:?}");
 }

@@ -110,6 +110,15 @@ pub(crate) const WAIT_MAX_IRQL: u8 = APC_LEVEL;
 /// This area's state in the emulated kernel.
 #[derive(Debug, Default)]
 pub struct IoState {
+    /// IRPs an emulated bus driver answered with `STATUS_PENDING`, to be
+    /// completed (with the status given) the next time pending work runs
+    /// ([`complete_deferred`]): as a real bus driver may complete from its
+    /// DPC or another thread, so the driver above must wait.
+    pub deferred: Vec<(u64, u32)>,
+    /// Whether the emulated PCI PDO answers `IRP_MN_START_DEVICE` with
+    /// `STATUS_PENDING` and completes it later (exercising the function
+    /// driver's forward-and-wait path), or completes it at once.
+    pub pend_pci_start: bool,
     /// Device objects by address (deleted ones stay until their memory is freed).
     pub devices: BTreeMap<u64, device::DeviceRecord>,
     /// References drivers took on objects that are not device objects
@@ -202,6 +211,24 @@ impl IoState {
         }
         out
     }
+}
+
+/// Completes the IRPs in [`IoState::deferred`] at `DISPATCH_LEVEL`, as a
+/// bus driver's DPC would (completion routines then run at that IRQL).
+///
+/// # Errors
+/// A bugcheck or host failure from the completion routines.
+pub fn complete_deferred(nt: &mut Nt, m: &mut Machine) -> Result<(), Stop> {
+    while !nt.io.deferred.is_empty() {
+        let (irp_va, status) = nt.io.deferred.remove(0);
+        let old = nt.irql;
+        nt.irql = old.max(DISPATCH_LEVEL);
+        m.write_u32(irp_va + super::layout::irp::irp::STATUS, status)?;
+        let result = irp::complete_request(nt, m, irp_va);
+        nt.irql = old;
+        result?;
+    }
+    Ok(())
 }
 
 impl Nt {

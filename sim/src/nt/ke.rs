@@ -488,6 +488,7 @@ impl Nt {
     /// # Errors
     /// A bugcheck or host error from an ISR or DPC.
     pub fn run_pending(&mut self, m: &mut Machine) -> Result<(), Stop> {
+        super::io::complete_deferred(self, m)?;
         drain(self, m, true)
     }
 

@@ -122,6 +122,8 @@ pub struct Nt {
     pub trace: Vec<TraceLine>,
     /// DDI calls made, by the image.
     pub ddi_calls: u64,
+    /// Calls per imported DDI, by name (what a run executed of each image's imports).
+    pub calls_by_ddi: std::collections::BTreeMap<&'static str, u64>,
     /// The I/O manager's state ([`io`]).
     pub io: io::IoState,
     /// The dispatcher's state ([`ke`]).
@@ -150,6 +152,7 @@ impl Nt {
             pool: pool::Pool::default(),
             trace: Vec::new(),
             ddi_calls: 0,
+            calls_by_ddi: std::collections::BTreeMap::new(),
             io: io::IoState::default(),
             ke: ke::KeState::default(),
             hal: hal::HalState::default(),
@@ -221,6 +224,7 @@ impl Kernel for Nt {
         self.ddi_calls += 1;
         match target {
             StubTarget::Ddi(ddi) => {
+                *self.calls_by_ddi.entry(ddi.name).or_default() += 1;
                 self.check_irql(m, ddi.name, ddi.max_irql);
                 (ddi.run)(self, m)
             }

@@ -39,7 +39,7 @@ use capdma_winvm::{Machine, Stop};
 use super::io::device::{attach, create_device, delete_device, dereference, detach, reference, top_of_stack};
 use super::io::irp::{call_driver, complete_request, location_va, make_irp, IrpOrigin, IrpResult};
 use super::layout::irp::{
-    bus_interface_standard, cm, device_capabilities, device_relations, interface, irp, mj, mn, pnp_bus_information,
+    bus_interface_standard, cm, device_capabilities, device_relations, interface, irp, mj, mn, pnp_bus_information, sl,
     stack, status,
 };
 use super::layout::{device_object, do_flags, driver_extension, driver_object};
@@ -1010,6 +1010,14 @@ fn pci_dispatch(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop
     let (vendor, dev_id, subsys, rev, slot) =
         (m.read_u16(ext)?, m.read_u16(ext + 2)?, m.read_u32(ext + 4)?, m.read_u8(ext + 8)?, m.read_u32(ext + 12)?);
     match minor {
+        mn::START_DEVICE if nt.io.pend_pci_start => {
+            // IoMarkIrpPending, STATUS_PENDING; completed with success when
+            // pending work next runs (the driver's wait lets it).
+            let control = m.read_u8(location + stack::CONTROL)?;
+            m.write_u8(location + stack::CONTROL, control | sl::PENDING_RETURNED)?;
+            nt.io.deferred.push((irp_va, status::SUCCESS));
+            Ok(u64::from(status::PENDING))
+        }
         mn::START_DEVICE
         | mn::QUERY_STOP_DEVICE
         | mn::CANCEL_STOP_DEVICE

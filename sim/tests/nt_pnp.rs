@@ -321,4 +321,8 @@ fn a_full_life_executes_every_import_of_the_bus_image() {
         .filter(|s| !NOT_CALLED_ON_A_CLEAN_RUN.iter().any(|(n, _)| n == s))
         .collect();
     assert!(uncalled.is_empty(), "imports the life never called: {uncalled:?}");
+    // docs/ddi.md says, per import, where it is emulated and what runs it.
+    let ddi = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/ddi.md")).expect("docs/ddi.md");
+    let undocumented: Vec<&String> = imports.iter().filter(|s| !ddi.contains(&format!("| `{s}` |"))).collect();
+    assert!(undocumented.is_empty(), "imports missing from docs/ddi.md's executed table: {undocumented:?}");
 }

@@ -281,11 +281,11 @@ fn a_full_life_executes_every_import_of_the_bus_image() {
     etw::start_session(nt, machine, &etw::EtwSession::everything()).expect("ETW session");
     let st = pnp.start(&mut sys, &StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR)).expect("start");
     assert_eq!(st, status::SUCCESS);
-    assert!(
-        sys.nt.etw.records.iter().any(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart"),
-        "the device start was traced: {:?}",
-        sys.nt.etw.records.iter().map(ToString::to_string).collect::<Vec<_>>()
-    );
+    let start = sys.nt.etw.records.iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart");
+    let start = start.unwrap_or_else(|| panic!("no DeviceStart: {:?}", sys.nt.etw.records.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    // The legacy board has no scatter/gather: the mode event says so.
+    assert_eq!(start.field("Mode"), Some(&etw::Value::Str("common-buffer".into())), "{start}");
+    assert!(matches!(start.field("Reason"), Some(etw::Value::Str(r)) if !r.is_empty()), "{start}");
     // A spurious assertion of the shared line: the image's ISR runs at its
     // DIRQL, finds nothing of its board's, and returns FALSE.
     board.inject_now(capdma_sim::board::BoardFault::SpuriousInterrupt);

@@ -70,13 +70,24 @@ pub fn tag_text(tag: u32) -> String {
 /// `PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag)`
 /// ("ExAllocatePool2 function"): zeroed unless `POOL_FLAG_UNINITIALIZED`;
 /// callers at or below `DISPATCH_LEVEL` for non-paged and at or below
-/// `APC_LEVEL` for paged pool; the tag must not be zero (Verifier: 0xC2,
-/// parameter 0x9B). NULL on failure.
+/// `APC_LEVEL` for paged pool (Verifier: 0xC4, parameter 0x01, "the driver
+/// attempted to allocate paged memory with IRQL > APC_LEVEL"); the tag
+/// must not be zero (Verifier: 0xC2, parameter 0x9B). NULL on failure.
 fn ex_allocate_pool2(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [flags, bytes, tag] = m.args::<3>()?;
     let tag = (tag & 0xFFFF_FFFF) as u32;
     if flags & POOL_FLAG_PAGED != 0 {
-        nt.check_irql(m, "ExAllocatePool2(POOL_FLAG_PAGED)", APC_LEVEL);
+        let irql = nt.irql;
+        nt.verifier.checks += 1;
+        if irql > APC_LEVEL {
+            nt.violation(
+                m,
+                "IRQL_TOO_HIGH",
+                0xC4,
+                Some(0x01),
+                format!("ExAllocatePool2(POOL_FLAG_PAGED, {bytes}) at IRQL {irql}; paged pool needs IRQL <= APC_LEVEL"),
+            );
+        }
     }
     if tag == 0 {
         nt.violation(m, "POOL_ZERO_TAG", 0xC2, Some(0x9B), "ExAllocatePool2 with a tag of zero".into());

@@ -119,7 +119,7 @@ pub const STACK_BYTES: u64 = 64 * 1024;
 /// The machine.
 pub struct Machine {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
     vcpu: VcpuFd,
     mem: GuestMemory,
     space: AddressSpace,
@@ -191,7 +191,7 @@ impl Machine {
         space.needs_flush = false;
         Ok(Self {
             _kvm: kvm,
-            _vm: vm,
+            vm,
             vcpu,
             mem,
             space,
@@ -785,11 +785,37 @@ impl Machine {
         Ok(())
     }
 
-    /// Reloads CR3 so the guest sees unmapped or weakened pages (no page is
-    /// global, so this flushes every translation).
+    /// Makes the guest see unmapped or weakened pages. Reloading CR3
+    /// (`KVM_SET_SREGS`) is not enough: the host edits the guest's page
+    /// tables behind KVM's back, and a shadow-paging backend (`kvm_pvm`
+    /// here) keeps the shadow entries of pages the guest already touched,
+    /// so a use after free would go unnoticed. Removing and re-adding the
+    /// memory slot that holds the page tables makes KVM drop every shadow
+    /// page built from them; the guest then faults in fresh translations.
+    /// (A few milliseconds: it happens only when a mapping was removed or
+    /// weakened, at most once per guest entry.)
     fn flush_tlb(&mut self) -> Result<(), Stop> {
         let sregs = self.vcpu.get_sregs().map_err(|e| kvm_err("GET_SREGS", e))?;
         self.vcpu.set_sregs(&sregs).map_err(|e| kvm_err("SET_SREGS", e))?;
+        let tables = self.space.cr3();
+        let host_base = self.mem.host_base() as u64;
+        if let Some((slot, range)) = self.mem.ram().iter().enumerate().find(|(_, r)| r.contains(tables, PAGE_SIZE)) {
+            let slot = u32::try_from(slot).map_err(|e| kvm_err("slot", e))?;
+            for memory_size in [0, range.len] {
+                let region = kvm_userspace_memory_region {
+                    slot,
+                    flags: 0,
+                    guest_phys_addr: range.gpa,
+                    memory_size,
+                    userspace_addr: host_base + range.gpa,
+                };
+                // SAFETY: the region `Machine::new` registered for this
+                // slot (removed, then the same again): the host range is
+                // valid for as long as the memory, owned by this machine,
+                // lives; the vCPU is not running.
+                unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| kvm_err("SET_USER_MEMORY_REGION", e))?;
+            }
+        }
         self.space.needs_flush = false;
         Ok(())
     }

@@ -83,6 +83,17 @@ pub trait Kernel {
         Ok(())
     }
 
+    /// The guest faulted on `va` (a write when `write`) at `rip`, and the
+    /// run stops: the kernel's memory manager may name the bug check, as
+    /// Windows' does from what it knows of the address (freed special pool
+    /// is 0xD5 `DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL`), as `(code, name,
+    /// parameters)`. `None` (the default) leaves the machine's own: 0xD1
+    /// `DRIVER_IRQL_NOT_LESS_OR_EQUAL` at `DISPATCH_LEVEL` or above, 0x50
+    /// `PAGE_FAULT_IN_NONPAGED_AREA` below.
+    fn page_fault(&self, _va: u64, _write: bool, _rip: u64) -> Option<(u32, &'static str, [u64; 4])> {
+        None
+    }
+
     /// Called when a preemption kick ([`Machine::set_preemption`]) stopped
     /// the guest at an arbitrary instruction of its own code (CPL3): the
     /// same delivery as [`Kernel::at_exit`] by default.
@@ -860,7 +871,9 @@ impl Machine {
         let (code, name, parameters) = match vector {
             14 => {
                 let write = error_code.unwrap_or(0) & 2 != 0;
-                if irql >= 2 {
+                if let Some(named) = kernel.page_fault(sregs.cr2, write, rip) {
+                    named
+                } else if irql >= 2 {
                     (0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL", [sregs.cr2, u64::from(irql), u64::from(write), rip])
                 } else {
                     (0x50, "PAGE_FAULT_IN_NONPAGED_AREA", [sregs.cr2, u64::from(write), rip, 0])

@@ -252,4 +252,8 @@ impl Kernel for Nt {
     fn at_exit(&mut self, m: &mut Machine) -> Result<(), Stop> {
         ke::deliver(self, m)
     }
+
+    fn page_fault(&self, va: u64, write: bool, rip: u64) -> Option<(u32, &'static str, [u64; 4])> {
+        pool::freed_special_fault(&self.pool, va, write, rip)
+    }
 }

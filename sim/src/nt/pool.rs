@@ -4,7 +4,8 @@
 //! Every allocation gets pages of its own, with the block placed at the end
 //! of the last page so that an overrun runs into the unmapped guard page
 //! after it (special pool, "verify end"). A free unmaps the pages, so a use
-//! after free faults. Findings: a zero tag, a free of something never
+//! after free faults, and the fault is bug check 0xD5
+//! ([`freed_special_fault`]). Findings: a zero tag, a free of something never
 //! allocated or already freed, a tag that does not match, and (at unload)
 //! every allocation still live.
 
@@ -59,6 +60,11 @@ pub struct Pool {
     pub fail_at: Option<u64>,
     /// Allocations failed on purpose.
     pub failed: u64,
+    /// Freed special pool: first page → pages, of every pool block freed
+    /// and of every IRP freed after its completion (I/O verification
+    /// allocates IRPs from special pool). Their addresses are never reused,
+    /// so a touch there is a use after free ([`freed_special_fault`]).
+    pub freed_special: BTreeMap<u64, u64>,
 }
 
 /// The tag as text (`'Cdma'`).
@@ -137,7 +143,20 @@ fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> R
     nt.pool.live.remove(&va);
     nt.pool.freed.insert(va, block.tag);
     m.free_own_pages(block.pages_va, block.pages)?;
+    nt.pool.freed_special.insert(block.pages_va, block.pages);
     Ok(0)
+}
+
+/// The bug check for a guest fault on `va` (a write when `write`) at
+/// `rip`, when `va` lies in freed special pool: 0xD5
+/// `DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL` (parameters: the address
+/// referenced, 0 read / 1 write, the address that referenced it, 0; "Bug
+/// Check 0xD5" page). `None` for any other address.
+#[must_use]
+pub fn freed_special_fault(pool: &Pool, va: u64, write: bool, rip: u64) -> Option<(u32, &'static str, [u64; 4])> {
+    let (start, pages) = pool.freed_special.range(..=va).next_back()?;
+    (va < start.saturating_add(pages.saturating_mul(4096)))
+        .then_some((0xD5, "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL", [va, u64::from(write), rip, 0]))
 }
 
 /// `VOID ExFreePool(PVOID P)` ("ExFreePool function").

@@ -346,6 +346,20 @@ impl Machine {
         self.map_frames(&frames, protection)
     }
 
+    /// Maps `frames` at `va` onward (page-aligned, each page unmapped):
+    /// pages a kernel took out with [`Machine::unmap`] put back where they
+    /// were (pageable memory paged in again).
+    ///
+    /// # Errors
+    /// [`Stop::Host`] when `va` is not page-aligned or already mapped, or no
+    /// frame is left for a page table.
+    pub fn map_frames_at(&mut self, va: u64, frames: &[u64], protection: Protection) -> Result<(), Stop> {
+        for (i, frame) in frames.iter().enumerate() {
+            self.space.map(&mut self.mem, va + i as u64 * PAGE_SIZE, *frame, protection)?;
+        }
+        Ok(())
+    }
+
     /// Unmaps `pages` pages at `va`; returns their frames.
     ///
     /// # Errors

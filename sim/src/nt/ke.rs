@@ -670,6 +670,7 @@ fn run_isrs(nt: &mut Nt, m: &mut Machine, vector: u32) -> Result<(), Stop> {
         nt.irql = interrupt.synchronize_irql;
         nt.ke.held_locks.insert(key, old);
         nt.ke.stats.isr_calls += 1;
+        super::pool::sync_pageable(nt, m)?;
         let result = match interrupt.message {
             Some(id) => m.call(nt, interrupt.routine, &[object, interrupt.context, u64::from(id)])?,
             None => m.call(nt, interrupt.routine, &[object, interrupt.context])?,
@@ -719,6 +720,7 @@ fn run_dpc(nt: &mut Nt, m: &mut Machine, dpc: u64) -> Result<(), Stop> {
     let old = nt.irql;
     nt.irql = DISPATCH_LEVEL;
     nt.ke.stats.dpc_runs += 1;
+    super::pool::sync_pageable(nt, m)?;
     m.call(nt, routine, &[dpc, context, a1, a2])?;
     let now = nt.irql;
     nt.verifier.checks += 1;

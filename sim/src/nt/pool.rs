@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use capdma_winvm::{Machine, Stop};
+use capdma_winvm::{Machine, Protection, Stop};
 
 use super::{Ddi, Module, Nt, APC_LEVEL, DISPATCH_LEVEL};
 
@@ -65,6 +65,12 @@ pub struct Pool {
     /// allocates IRPs from special pool). Their addresses are never reused,
     /// so a touch there is a use after free ([`freed_special_fault`]).
     pub freed_special: BTreeMap<u64, u64>,
+    /// Paged-pool blocks paged out while the IRQL is `DISPATCH_LEVEL` or
+    /// above ([`sync_pageable`]): first page → their frames.
+    pub trimmed: BTreeMap<u64, Vec<u64>>,
+    /// Keep paged pool resident at every IRQL (no trimming): off by
+    /// default, as under Driver Verifier's IRQL checking.
+    pub pageable_always_resident: bool,
 }
 
 /// The tag as text (`'Cdma'`).
@@ -142,9 +148,45 @@ fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> R
     super::ke::check_free(nt, m, va, block.bytes);
     nt.pool.live.remove(&va);
     nt.pool.freed.insert(va, block.tag);
+    if let Some(frames) = nt.pool.trimmed.remove(&block.pages_va) {
+        m.map_frames_at(block.pages_va, &frames, Protection::READ_WRITE)?;
+    }
     m.free_own_pages(block.pages_va, block.pages)?;
     nt.pool.freed_special.insert(block.pages_va, block.pages);
     Ok(0)
+}
+
+/// Pageable memory as Driver Verifier's IRQL checking keeps it ("IRQL
+/// checking": pageable memory is trimmed at every raise to
+/// `DISPATCH_LEVEL` or above, so a driver that touches it there faults at
+/// once instead of when the page happens to be out): at `DISPATCH_LEVEL`
+/// or above every paged-pool block is unmapped (its frames kept), and a
+/// guest touch faults — bug check 0xD1 `DRIVER_IRQL_NOT_LESS_OR_EQUAL`;
+/// below, the blocks are mapped back where they were. Called whenever the
+/// guest is about to run at a new IRQL (every exit back to it, a CR8
+/// write, an ISR or DPC call).
+///
+/// # Errors
+/// [`Stop::Host`] when the page tables cannot be written.
+pub fn sync_pageable(nt: &mut Nt, m: &mut Machine) -> Result<(), Stop> {
+    if nt.irql >= DISPATCH_LEVEL && !nt.pool.pageable_always_resident {
+        let out: Vec<(u64, u64)> = nt
+            .pool
+            .live
+            .values()
+            .filter(|b| b.flags & POOL_FLAG_PAGED != 0 && !nt.pool.trimmed.contains_key(&b.pages_va))
+            .map(|b| (b.pages_va, b.pages))
+            .collect();
+        for (va, pages) in out {
+            let frames = m.unmap(va, pages)?;
+            nt.pool.trimmed.insert(va, frames);
+        }
+    } else if nt.irql < DISPATCH_LEVEL && !nt.pool.trimmed.is_empty() {
+        for (va, frames) in std::mem::take(&mut nt.pool.trimmed) {
+            m.map_frames_at(va, &frames, Protection::READ_WRITE)?;
+        }
+    }
+    Ok(())
 }
 
 /// The bug check for a guest fault on `va` (a write when `write`) at

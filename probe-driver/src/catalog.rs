@@ -238,8 +238,8 @@ pub const PROBES: &[Probe] = &[
         export: "ProbePdoChangesUnhandledIrp",
         arguments: &[Argument::Fdo, Argument::Irp],
         rule: Rule::Irp,
-        mistake: "a PDO completes a Plug and Play IRP it does not handle \
-                  (IRP_MN_QUERY_LEGACY_BUS_INFORMATION) with a changed IoStatus.Status",
+        mistake: "a PDO completes a Plug and Play IRP it does not understand \
+                  (minor function 0xFF, Verifier's IRP_MN_BOGUS) with a changed IoStatus.Status",
         bug_check: Some(bug(0xC9, C9, Some(0x213))),
         detected: Detected::InCall,
     },

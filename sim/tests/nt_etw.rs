@@ -215,6 +215,10 @@ fn register_at_dispatch_level_is_irql_too_high() {
 #[test]
 fn event_data_in_paged_pool_at_dispatch_level_is_a_finding() {
     let Some(mut s) = system() else { return };
+    // The test (the host) writes the event into paged pool at
+    // DISPATCH_LEVEL: keep it resident (no IRQL-checking trim), so that
+    // what is checked is EtwWriteTransfer's own finding.
+    s.nt.pool.pageable_always_resident = true;
     s.nt.etw.session = Some(EtwSession::everything());
     let (handle, _) = register(&mut s);
     assert_eq!(set_traits(&mut s, handle), 0);

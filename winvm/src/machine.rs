@@ -83,6 +83,17 @@ pub trait Kernel {
         Ok(())
     }
 
+    /// The guest faulted on `va` (a write when `write`) at `rip`, and the
+    /// run stops: the kernel's memory manager may name the bug check, as
+    /// Windows' does from what it knows of the address (freed special pool
+    /// is 0xD5 `DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL`), as `(code, name,
+    /// parameters)`. `None` (the default) leaves the machine's own: 0xD1
+    /// `DRIVER_IRQL_NOT_LESS_OR_EQUAL` at `DISPATCH_LEVEL` or above, 0x50
+    /// `PAGE_FAULT_IN_NONPAGED_AREA` below.
+    fn page_fault(&self, _va: u64, _write: bool, _rip: u64) -> Option<(u32, &'static str, [u64; 4])> {
+        None
+    }
+
     /// Called when a preemption kick ([`Machine::set_preemption`]) stopped
     /// the guest at an arbitrary instruction of its own code (CPL3): the
     /// same delivery as [`Kernel::at_exit`] by default.
@@ -119,7 +130,7 @@ pub const STACK_BYTES: u64 = 64 * 1024;
 /// The machine.
 pub struct Machine {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
     vcpu: VcpuFd,
     mem: GuestMemory,
     space: AddressSpace,
@@ -191,7 +202,7 @@ impl Machine {
         space.needs_flush = false;
         Ok(Self {
             _kvm: kvm,
-            _vm: vm,
+            vm,
             vcpu,
             mem,
             space,
@@ -333,6 +344,20 @@ impl Machine {
     pub fn map_physical(&mut self, gpa: u64, len: u64, protection: Protection) -> Result<u64, Stop> {
         let frames: Vec<u64> = (0..len.div_ceil(PAGE_SIZE)).map(|i| gpa + i * PAGE_SIZE).collect();
         self.map_frames(&frames, protection)
+    }
+
+    /// Maps `frames` at `va` onward (page-aligned, each page unmapped):
+    /// pages a kernel took out with [`Machine::unmap`] put back where they
+    /// were (pageable memory paged in again).
+    ///
+    /// # Errors
+    /// [`Stop::Host`] when `va` is not page-aligned or already mapped, or no
+    /// frame is left for a page table.
+    pub fn map_frames_at(&mut self, va: u64, frames: &[u64], protection: Protection) -> Result<(), Stop> {
+        for (i, frame) in frames.iter().enumerate() {
+            self.space.map(&mut self.mem, va + i as u64 * PAGE_SIZE, *frame, protection)?;
+        }
+        Ok(())
     }
 
     /// Unmaps `pages` pages at `va`; returns their frames.
@@ -785,11 +810,37 @@ impl Machine {
         Ok(())
     }
 
-    /// Reloads CR3 so the guest sees unmapped or weakened pages (no page is
-    /// global, so this flushes every translation).
+    /// Makes the guest see unmapped or weakened pages. Reloading CR3
+    /// (`KVM_SET_SREGS`) is not enough: the host edits the guest's page
+    /// tables behind KVM's back, and a shadow-paging backend (`kvm_pvm`
+    /// here) keeps the shadow entries of pages the guest already touched,
+    /// so a use after free would go unnoticed. Removing and re-adding the
+    /// memory slot that holds the page tables makes KVM drop every shadow
+    /// page built from them; the guest then faults in fresh translations.
+    /// (A few milliseconds: it happens only when a mapping was removed or
+    /// weakened, at most once per guest entry.)
     fn flush_tlb(&mut self) -> Result<(), Stop> {
         let sregs = self.vcpu.get_sregs().map_err(|e| kvm_err("GET_SREGS", e))?;
         self.vcpu.set_sregs(&sregs).map_err(|e| kvm_err("SET_SREGS", e))?;
+        let tables = self.space.cr3();
+        let host_base = self.mem.host_base() as u64;
+        if let Some((slot, range)) = self.mem.ram().iter().enumerate().find(|(_, r)| r.contains(tables, PAGE_SIZE)) {
+            let slot = u32::try_from(slot).map_err(|e| kvm_err("slot", e))?;
+            for memory_size in [0, range.len] {
+                let region = kvm_userspace_memory_region {
+                    slot,
+                    flags: 0,
+                    guest_phys_addr: range.gpa,
+                    memory_size,
+                    userspace_addr: host_base + range.gpa,
+                };
+                // SAFETY: the region `Machine::new` registered for this
+                // slot (removed, then the same again): the host range is
+                // valid for as long as the memory, owned by this machine,
+                // lives; the vCPU is not running.
+                unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| kvm_err("SET_USER_MEMORY_REGION", e))?;
+            }
+        }
         self.space.needs_flush = false;
         Ok(())
     }
@@ -834,7 +885,9 @@ impl Machine {
         let (code, name, parameters) = match vector {
             14 => {
                 let write = error_code.unwrap_or(0) & 2 != 0;
-                if irql >= 2 {
+                if let Some(named) = kernel.page_fault(sregs.cr2, write, rip) {
+                    named
+                } else if irql >= 2 {
                     (0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL", [sregs.cr2, u64::from(irql), u64::from(write), rip])
                 } else {
                     (0x50, "PAGE_FAULT_IN_NONPAGED_AREA", [sregs.cr2, u64::from(write), rip, 0])

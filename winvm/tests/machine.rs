@@ -182,6 +182,28 @@ fn a_null_dereference_is_a_bugcheck_report() {
     assert!(m.call(&mut k, f, &[0]).is_err());
 }
 
+/// A page the guest has touched, then unmapped by the host (a free),
+/// faults at the next touch: the host's page-table edit reaches the
+/// guest's translations (a shadow-paging KVM keeps stale ones unless told).
+#[test]
+fn a_page_touched_then_freed_faults_at_the_next_touch() {
+    let Some(mut m) = machine() else { return };
+    let page = m.alloc_own_pages(1, Protection::READ_WRITE).unwrap();
+    // f(va): *va = 7; return *va
+    let f = code(&mut m, |a| {
+        a.mov(qword_ptr(rcx), 7).unwrap();
+        a.mov(rax, qword_ptr(rcx)).unwrap();
+        a.ret().unwrap();
+    });
+    let mut k = TestKernel::default();
+    for _ in 0..3 {
+        assert_eq!(m.call(&mut k, f, &[page]).unwrap(), 7, "the live page, touched (and cached) by the guest");
+    }
+    m.free_own_pages(page, 1).unwrap();
+    let Err(Stop::Bugcheck(report)) = m.call(&mut k, f, &[page]) else { panic!("a freed page was still reachable") };
+    assert_eq!((report.code, report.cr2), (0x50, Some(page)), "{report}");
+}
+
 /// Counts preemptions and, at each, calls a guest routine that clobbers
 /// every volatile register (as an ISR may).
 #[derive(Default)]

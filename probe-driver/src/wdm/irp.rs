@@ -12,16 +12,20 @@ use capdma_interface::status::{
 };
 use core::ptr::null_mut;
 use core::sync::atomic::Ordering;
-use wdk_sys::ntddk::{IoDeleteDevice, IofCallDriver};
+use wdk_sys::ntddk::{IoDeleteDevice, IofCallDriver, IofCompleteRequest};
 use wdk_sys::{
     FILE_ANY_ACCESS, FILE_DEVICE_UNKNOWN, IO_STACK_LOCATION, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_PNP,
-    IRP_MN_QUERY_LEGACY_BUS_INFORMATION, METHOD_NEITHER, NTSTATUS, PDEVICE_OBJECT, PIRP, ULONG,
+    CCHAR, IO_NO_INCREMENT, METHOD_NEITHER, NTSTATUS, PDEVICE_OBJECT, PIRP, ULONG,
 };
 
 /// `CTL_CODE(FILE_DEVICE_UNKNOWN, function, METHOD_NEITHER, FILE_ANY_ACCESS)`.
 const fn control_code(function: ULONG) -> ULONG {
     (FILE_DEVICE_UNKNOWN << 16) | (FILE_ANY_ACCESS << 14) | (function << 2) | METHOD_NEITHER
 }
+
+/// A Plug and Play minor function wdm.h does not define (`0xFF`, Driver
+/// Verifier's `IRP_MN_BOGUS`): an IRP no driver understands.
+const MN_BOGUS: ULONG = 0xFF;
 
 /// The dispatch routine completes the IRP twice.
 const COMPLETE_TWICE: ULONG = control_code(0x800);
@@ -83,8 +87,12 @@ pub unsafe fn dispatch(ext: &ProbeExtension, irp: PIRP) -> NTSTATUS {
             // SAFETY: our IRP, completed once here.
             unsafe { complete(irp, STATUS_SUCCESS) };
             // SAFETY: NOT SAFE, on purpose: the second completion of the
-            // same IRP (the mistake the kernel must report).
-            unsafe { complete(irp, STATUS_SUCCESS) }
+            // same IRP (the mistake the kernel must report). `IoStatus` is
+            // not written first: that would be a touch after completion, a
+            // mistake of its own (ProbeTouchIrpAfterCompletion) that the
+            // kernel would stop at before this one.
+            unsafe { IofCompleteRequest(irp, CCHAR::try_from(IO_NO_INCREMENT).unwrap_or(0)) };
+            STATUS_SUCCESS
         }
         TOUCH_AFTER_COMPLETION => {
             // SAFETY: our IRP, completed once.
@@ -261,11 +269,12 @@ pub unsafe extern "system" fn probe_call_driver_no_stack_location(device: PDEVIC
 
 /// **Breaks: a PDO completes an IRP it does not handle with `IoStatus`
 /// untouched.** Creates a child PDO (a device object of the probe attached
-/// to nothing), sends it `irp` as `IRP_MJ_PNP` /
-/// `IRP_MN_QUERY_LEGACY_BUS_INFORMATION` with `IoStatus.Status` set to
-/// `STATUS_NOT_SUPPORTED` (as every Plug and Play IRP starts), whose
-/// dispatch routine completes it with `STATUS_UNSUCCESSFUL`, then deletes
-/// the child.
+/// to nothing), sends it `irp` as `IRP_MJ_PNP` with a minor function no
+/// driver understands ([`MN_BOGUS`], what Driver Verifier itself sends to
+/// check this) and `IoStatus.Status` set to `STATUS_NOT_SUPPORTED` (as every
+/// Plug and Play IRP starts), whose dispatch routine completes it with
+/// `STATUS_UNSUCCESSFUL`, then deletes the child. (A defined minor function
+/// would prove nothing: a bus driver may fail one it handles.)
 ///
 /// Driver Verifier (I/O verification): bug check 0xC9
 /// (`DRIVER_VERIFIER_IOMANAGER_VIOLATION`), I/O error 0x213: the status of an
@@ -296,7 +305,7 @@ pub unsafe extern "system" fn probe_pdo_changes_unhandled_irp(device: PDEVICE_OB
     let io_status = unsafe { &mut (*irp).IoStatus };
     io_status.__bindgen_anon_1.Status = STATUS_NOT_SUPPORTED;
     // SAFETY: the child is valid; the IRP has a free stack location.
-    let status = unsafe { send(child, irp, IRP_MJ_PNP, IRP_MN_QUERY_LEGACY_BUS_INFORMATION, 0) };
+    let status = unsafe { send(child, irp, IRP_MJ_PNP, MN_BOGUS, 0) };
     // SAFETY: created above, attached to nothing, no IRP left in it (its
     // dispatch routine completed the only one).
     unsafe { IoDeleteDevice(child) };

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use capdma_winvm::{Machine, Stop};
 
 use super::verifier::Finding;
-use super::{Ddi, Module, Nt, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
+use super::{Ddi, Module, Nt, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
 
 /// The DDIs of this file.
 pub const DDIS: &[Ddi] = &[
@@ -103,9 +103,6 @@ pub const DDIS: &[Ddi] = &[
     Ddi { module: Module::Ntoskrnl, name: "ZwQueryValueKey", max_irql: PASSIVE_LEVEL, run: registry::zw_query_value_key },
     Ddi { module: Module::Ntoskrnl, name: "ZwClose", max_irql: PASSIVE_LEVEL, run: registry::zw_close },
 ];
-
-/// `KeWaitForSingleObject` with a non-zero timeout needs `<= APC_LEVEL`.
-pub(crate) const WAIT_MAX_IRQL: u8 = APC_LEVEL;
 
 /// This area's state in the emulated kernel.
 #[derive(Debug, Default)]

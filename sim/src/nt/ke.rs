@@ -130,6 +130,10 @@ pub struct Dpc {
     pub context: u64,
     /// Where it is queued, if it is.
     pub queued: Option<Queue>,
+    /// Queued since the last `KeFlushQueuedDpcs`: on a multiprocessor
+    /// machine it may still be queued on, or running on, another processor
+    /// even after it ran here, until a flush (checked at unload).
+    pub unflushed: bool,
     /// `symbol+offset` of the `KeInitializeDpc` caller.
     pub caller: String,
 }
@@ -428,7 +432,10 @@ pub fn check_free(nt: &mut Nt, m: &Machine, va: u64, len: u64) -> usize {
 
 /// The code at `[start, start + len)` is being unloaded: every queued DPC,
 /// set timer and connected interrupt whose routine or object lies there is
-/// a finding — `UNLOAD_DPC_QUEUED` / `UNLOAD_TIMER_SET` (0xC7
+/// a finding, and so is a DPC queued since the last `KeFlushQueuedDpcs`
+/// even if it ran here ("KeFlushQueuedDpcs function": a driver calls it
+/// before unloading, as the DPC may still be queued or running on another
+/// processor) — `UNLOAD_DPC_QUEUED`, `UNLOAD_DPC_NOT_FLUSHED` / `UNLOAD_TIMER_SET` (0xC7
 /// `TIMER_OR_DPC_INVALID`, parameter 1 = 0x0 timer object / 0x1 DPC object
 /// / 0x2 DPC routine in the range) and `UNLOAD_INTERRUPT_CONNECTED` (0xCE
 /// `DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS`, parameter 1 =
@@ -446,6 +453,24 @@ pub fn check_unload(nt: &mut Nt, m: &Machine, start: u64, len: u64) -> usize {
                 0xC7,
                 Some(p1),
                 format!("unloading {start:#x}+{len:#x} with the DPC {dpc:#x} (routine {}) still queued", m.describe(routine)),
+            );
+            found += 1;
+        }
+    }
+    let unflushed: Vec<(u64, u64)> =
+        nt.ke.dpcs.iter().filter(|(_, d)| d.queued.is_none() && d.unflushed).map(|(dpc, d)| (*dpc, d.routine)).collect();
+    for (dpc, routine) in unflushed {
+        if inside(dpc) || inside(routine) {
+            let p1 = if inside(dpc) { 0x1 } else { 0x2 };
+            nt.violation(
+                m,
+                "UNLOAD_DPC_NOT_FLUSHED",
+                0xC7,
+                Some(p1),
+                format!(
+                    "unloading {start:#x}+{len:#x}: the DPC {dpc:#x} (routine {}) was queued and never flushed (KeFlushQueuedDpcs): on another processor it may still be queued or running",
+                    m.describe(routine)
+                ),
             );
             found += 1;
         }
@@ -646,6 +671,7 @@ fn run_isrs(nt: &mut Nt, m: &mut Machine, vector: u32) -> Result<(), Stop> {
         nt.irql = interrupt.synchronize_irql;
         nt.ke.held_locks.insert(key, old);
         nt.ke.stats.isr_calls += 1;
+        super::pool::sync_pageable(nt, m)?;
         let result = match interrupt.message {
             Some(id) => m.call(nt, interrupt.routine, &[object, interrupt.context, u64::from(id)])?,
             None => m.call(nt, interrupt.routine, &[object, interrupt.context])?,
@@ -695,6 +721,7 @@ fn run_dpc(nt: &mut Nt, m: &mut Machine, dpc: u64) -> Result<(), Stop> {
     let old = nt.irql;
     nt.irql = DISPATCH_LEVEL;
     nt.ke.stats.dpc_runs += 1;
+    super::pool::sync_pageable(nt, m)?;
     m.call(nt, routine, &[dpc, context, a1, a2])?;
     let now = nt.irql;
     nt.verifier.checks += 1;
@@ -721,6 +748,7 @@ fn queue_dpc(nt: &mut Nt, m: &mut Machine, dpc: u64, a1: u64, a2: u64, queue: Qu
         return Ok(false);
     }
     d.queued = Some(queue);
+    d.unflushed = true;
     nt.ke.dpc_queue.push_back(dpc);
     if nt.ke.dpc_data == 0 {
         nt.ke.dpc_data = nt.alloc_kernel(m, 64)?;
@@ -764,7 +792,7 @@ fn ke_initialize_dpc(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     m.write_u8(dpc + kdpc::IMPORTANCE, MEDIUM_IMPORTANCE)?;
     m.write_u64(dpc + kdpc::DEFERRED_ROUTINE, routine)?;
     m.write_u64(dpc + kdpc::DEFERRED_CONTEXT, context)?;
-    nt.ke.dpcs.insert(dpc, Dpc { routine, context, queued: None, caller: caller(m) });
+    nt.ke.dpcs.insert(dpc, Dpc { routine, context, queued: None, unflushed: false, caller: caller(m) });
     Ok(0)
 }
 
@@ -789,6 +817,9 @@ fn ke_insert_queue_dpc(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 /// (here: this processor's and those a cancelled timer left on another).
 fn ke_flush_queued_dpcs(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     drain(nt, m, true)?;
+    for dpc in nt.ke.dpcs.values_mut().filter(|d| d.queued.is_none()) {
+        dpc.unflushed = false;
+    }
     Ok(0)
 }
 

@@ -248,12 +248,17 @@ impl Kernel for Nt {
         self.irql
     }
 
-    fn set_irql_by_cr8(&mut self, _m: &mut Machine, irql: u8) -> Result<(), Stop> {
+    fn set_irql_by_cr8(&mut self, m: &mut Machine, irql: u8) -> Result<(), Stop> {
         self.irql = irql;
-        Ok(())
+        pool::sync_pageable(self, m)
     }
 
     fn at_exit(&mut self, m: &mut Machine) -> Result<(), Stop> {
-        ke::deliver(self, m)
+        ke::deliver(self, m)?;
+        pool::sync_pageable(self, m)
+    }
+
+    fn page_fault(&self, va: u64, write: bool, rip: u64) -> Option<(u32, &'static str, [u64; 4])> {
+        pool::freed_special_fault(&self.pool, va, write, rip)
     }
 }

@@ -839,7 +839,9 @@ impl Pnp {
     /// `DriverUnload` of the function driver at `PASSIVE_LEVEL`, which
     /// Windows calls only once all its device objects are deleted (a driver
     /// object with devices left is the finding `UNLOAD_WITH_DEVICES` and
-    /// `DriverUnload` is not called).
+    /// `DriverUnload` is not called); then the image is gone, and what
+    /// still points into it is a finding ([`ke::check_unload`]: DPCs,
+    /// timers, interrupts; [`super::etw::check_unload`]: ETW providers).
     ///
     /// # Errors
     /// A bugcheck or host failure from the driver.
@@ -857,6 +859,13 @@ impl Pnp {
             nt.irql = PASSIVE_LEVEL;
             m.call(nt, unload, &[driver.driver_object])?;
         }
+        // The image's code and data go now: whatever still points into them
+        // (a queued or unflushed DPC, a set timer, a connected ISR, an ETW
+        // provider) is what Verifier stops for at unload.
+        let start = m.read_u64(driver.driver_object + driver_object::DRIVER_START)?;
+        let size = u64::from(m.read_u32(driver.driver_object + driver_object::DRIVER_SIZE)?);
+        ke::check_unload(nt, m, start, size);
+        super::etw::check_unload(nt, m, &driver.name);
         Ok(())
     }
 

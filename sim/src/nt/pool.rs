@@ -4,13 +4,14 @@
 //! Every allocation gets pages of its own, with the block placed at the end
 //! of the last page so that an overrun runs into the unmapped guard page
 //! after it (special pool, "verify end"). A free unmaps the pages, so a use
-//! after free faults. Findings: a zero tag, a free of something never
+//! after free faults, and the fault is bug check 0xD5
+//! ([`freed_special_fault`]). Findings: a zero tag, a free of something never
 //! allocated or already freed, a tag that does not match, and (at unload)
 //! every allocation still live.
 
 use std::collections::BTreeMap;
 
-use capdma_winvm::{Machine, Stop};
+use capdma_winvm::{Machine, Protection, Stop};
 
 use super::{Ddi, Module, Nt, APC_LEVEL, DISPATCH_LEVEL};
 
@@ -59,6 +60,17 @@ pub struct Pool {
     pub fail_at: Option<u64>,
     /// Allocations failed on purpose.
     pub failed: u64,
+    /// Freed special pool: first page → pages, of every pool block freed
+    /// and of every IRP freed after its completion (I/O verification
+    /// allocates IRPs from special pool). Their addresses are never reused,
+    /// so a touch there is a use after free ([`freed_special_fault`]).
+    pub freed_special: BTreeMap<u64, u64>,
+    /// Paged-pool blocks paged out while the IRQL is `DISPATCH_LEVEL` or
+    /// above ([`sync_pageable`]): first page → their frames.
+    pub trimmed: BTreeMap<u64, Vec<u64>>,
+    /// Keep paged pool resident at every IRQL (no trimming): off by
+    /// default, as under Driver Verifier's IRQL checking.
+    pub pageable_always_resident: bool,
 }
 
 /// The tag as text (`'Cdma'`).
@@ -70,13 +82,24 @@ pub fn tag_text(tag: u32) -> String {
 /// `PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag)`
 /// ("ExAllocatePool2 function"): zeroed unless `POOL_FLAG_UNINITIALIZED`;
 /// callers at or below `DISPATCH_LEVEL` for non-paged and at or below
-/// `APC_LEVEL` for paged pool; the tag must not be zero (Verifier: 0xC2,
-/// parameter 0x9B). NULL on failure.
+/// `APC_LEVEL` for paged pool (Verifier: 0xC4, parameter 0x01, "the driver
+/// attempted to allocate paged memory with IRQL > APC_LEVEL"); the tag
+/// must not be zero (Verifier: 0xC2, parameter 0x9B). NULL on failure.
 fn ex_allocate_pool2(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [flags, bytes, tag] = m.args::<3>()?;
     let tag = (tag & 0xFFFF_FFFF) as u32;
     if flags & POOL_FLAG_PAGED != 0 {
-        nt.check_irql(m, "ExAllocatePool2(POOL_FLAG_PAGED)", APC_LEVEL);
+        let irql = nt.irql;
+        nt.verifier.checks += 1;
+        if irql > APC_LEVEL {
+            nt.violation(
+                m,
+                "IRQL_TOO_HIGH",
+                0xC4,
+                Some(0x01),
+                format!("ExAllocatePool2(POOL_FLAG_PAGED, {bytes}) at IRQL {irql}; paged pool needs IRQL <= APC_LEVEL"),
+            );
+        }
     }
     if tag == 0 {
         nt.violation(m, "POOL_ZERO_TAG", 0xC2, Some(0x9B), "ExAllocatePool2 with a tag of zero".into());
@@ -125,8 +148,57 @@ fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> R
     super::ke::check_free(nt, m, va, block.bytes);
     nt.pool.live.remove(&va);
     nt.pool.freed.insert(va, block.tag);
+    if let Some(frames) = nt.pool.trimmed.remove(&block.pages_va) {
+        m.map_frames_at(block.pages_va, &frames, Protection::READ_WRITE)?;
+    }
     m.free_own_pages(block.pages_va, block.pages)?;
+    nt.pool.freed_special.insert(block.pages_va, block.pages);
     Ok(0)
+}
+
+/// Pageable memory as Driver Verifier's IRQL checking keeps it ("IRQL
+/// checking": pageable memory is trimmed at every raise to
+/// `DISPATCH_LEVEL` or above, so a driver that touches it there faults at
+/// once instead of when the page happens to be out): at `DISPATCH_LEVEL`
+/// or above every paged-pool block is unmapped (its frames kept), and a
+/// guest touch faults — bug check 0xD1 `DRIVER_IRQL_NOT_LESS_OR_EQUAL`;
+/// below, the blocks are mapped back where they were. Called whenever the
+/// guest is about to run at a new IRQL (every exit back to it, a CR8
+/// write, an ISR or DPC call).
+///
+/// # Errors
+/// [`Stop::Host`] when the page tables cannot be written.
+pub fn sync_pageable(nt: &mut Nt, m: &mut Machine) -> Result<(), Stop> {
+    if nt.irql >= DISPATCH_LEVEL && !nt.pool.pageable_always_resident {
+        let out: Vec<(u64, u64)> = nt
+            .pool
+            .live
+            .values()
+            .filter(|b| b.flags & POOL_FLAG_PAGED != 0 && !nt.pool.trimmed.contains_key(&b.pages_va))
+            .map(|b| (b.pages_va, b.pages))
+            .collect();
+        for (va, pages) in out {
+            let frames = m.unmap(va, pages)?;
+            nt.pool.trimmed.insert(va, frames);
+        }
+    } else if nt.irql < DISPATCH_LEVEL && !nt.pool.trimmed.is_empty() {
+        for (va, frames) in std::mem::take(&mut nt.pool.trimmed) {
+            m.map_frames_at(va, &frames, Protection::READ_WRITE)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bug check for a guest fault on `va` (a write when `write`) at
+/// `rip`, when `va` lies in freed special pool: 0xD5
+/// `DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL` (parameters: the address
+/// referenced, 0 read / 1 write, the address that referenced it, 0; "Bug
+/// Check 0xD5" page). `None` for any other address.
+#[must_use]
+pub fn freed_special_fault(pool: &Pool, va: u64, write: bool, rip: u64) -> Option<(u32, &'static str, [u64; 4])> {
+    let (start, pages) = pool.freed_special.range(..=va).next_back()?;
+    (va < start.saturating_add(pages.saturating_mul(4096)))
+        .then_some((0xD5, "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL", [va, u64::from(write), rip, 0]))
 }
 
 /// `VOID ExFreePool(PVOID P)` ("ExFreePool function").

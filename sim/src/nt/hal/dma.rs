@@ -12,8 +12,8 @@
 //! | rule | bug check, parameter 1 | when |
 //! |---|---|---|
 //! | `DMA_ADAPTER_PUT_WITH_COMMON_BUFFERS` | 0xE6, 0x07 | `PutDmaAdapter` while common buffers are allocated |
-//! | `DMA_ADAPTER_PUT_TWICE` | 0xE6 | `PutDmaAdapter` of an adapter already put |
-//! | `DMA_ADAPTER_USED_AFTER_PUT` | 0xE6 | any operation on an adapter already put |
+//! | `DMA_ADAPTER_PUT_TWICE` | 0xE6, 0x18 | `PutDmaAdapter` of an adapter already put |
+//! | `DMA_ADAPTER_USED_AFTER_PUT` | 0xE6, 0x18 | any operation on an adapter already put |
 //! | `DMA_INVALID_ADAPTER` | 0xE6 | an operation given a pointer `IoGetDmaAdapter` never returned |
 //! | `DMA_COMMON_BUFFER_FREED_TWICE` | 0xE6, 0x03 | `FreeCommonBuffer` of a buffer already freed |
 //! | `DMA_COMMON_BUFFER_NOT_ALLOCATED` | 0xE6, 0x03 | `FreeCommonBuffer` of an address that is no common buffer of the adapter |
@@ -302,7 +302,7 @@ fn live_adapter(nt: &mut Nt, m: &Machine, va: u64, op: &str) -> bool {
             false
         }
         Some(true) => {
-            nt.violation(m, "DMA_ADAPTER_USED_AFTER_PUT", 0xE6, None, format!("{op} on DMA adapter {va:#x} after PutDmaAdapter"));
+            nt.violation(m, "DMA_ADAPTER_USED_AFTER_PUT", 0xE6, Some(0x18), format!("{op} on DMA adapter {va:#x} after PutDmaAdapter"));
             false
         }
         Some(false) => {
@@ -446,7 +446,7 @@ fn put_dma_adapter(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
         return Ok(0);
     };
     if adapter.put {
-        nt.violation(m, "DMA_ADAPTER_PUT_TWICE", 0xE6, None, format!("PutDmaAdapter({adapter_va:#x}): already put"));
+        nt.violation(m, "DMA_ADAPTER_PUT_TWICE", 0xE6, Some(0x18), format!("PutDmaAdapter({adapter_va:#x}): already put"));
         return Ok(0);
     }
     let outstanding = adapter.common_buffers.len();

@@ -532,8 +532,8 @@ pub fn complete_request(nt: &mut Nt, m: &mut Machine, irp_va: u64) -> Result<(),
 
 /// The end of an IRP's completion: `UserIosb` gets `IoStatus`, `UserEvent`
 /// is signalled, a power request's callback is called (with the IRP's
-/// `IoStatus`), and the IRP is freed; its result stays in
-/// [`super::IoState::completed`].
+/// `IoStatus`), and the IRP is freed (special pool: a later touch is bug
+/// check 0xD5); its result stays in [`super::IoState::completed`].
 ///
 /// # Errors
 /// A bugcheck (a bad status block or event address, a fault in the
@@ -564,5 +564,7 @@ pub fn finish(nt: &mut Nt, m: &mut Machine, irp_va: u64) -> Result<(), Stop> {
     nt.io.irps.remove(&irp_va);
     nt.io.completed.insert(irp_va, result);
     m.free_own_pages(record.pages_va, record.pages)?;
+    // A touch after this is a use of freed special pool (0xD5).
+    nt.pool.freed_special.insert(record.pages_va, record.pages);
     Ok(())
 }

@@ -13,7 +13,8 @@ use capdma_winvm::{Machine, Stop};
 
 use super::super::layout::irp::{kevent, remove_lock, status};
 use super::super::Nt;
-use super::{low32, low8, ret, WAIT_MAX_IRQL};
+use super::super::DISPATCH_LEVEL;
+use super::{low32, low8, ret};
 
 /// Writes an initialized event (`KeInitializeEvent`) at `va`.
 ///
@@ -97,13 +98,27 @@ pub fn wait_forever(nt: &mut Nt, m: &mut Machine, event: u64, what: &str, rule: 
 /// when signalled (a synchronization event is reset); with a zero timeout,
 /// `STATUS_TIMEOUT` at once; with another timeout, `STATUS_TIMEOUT` after
 /// pending work ran and virtual time moved by the (relative, negative)
-/// timeout; with none, see [`wait_forever`]. IRQL: `<= DISPATCH_LEVEL`, and
-/// `<= APC_LEVEL` unless the timeout is zero (0xC4 `IRQL_TOO_HIGH`).
+/// timeout; with none, see [`wait_forever`]. IRQL: `<= DISPATCH_LEVEL`
+/// (0xC4 `IRQL_TOO_HIGH`), and `<= APC_LEVEL` unless the timeout is zero:
+/// at `DISPATCH_LEVEL` a NULL timeout is `IRQL_TOO_HIGH` with 0xC4's
+/// parameter 0x121 and a non-zero one the same with 0x122 (0xC4 page).
 pub(crate) fn ke_wait_for_single_object(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [object, _reason, _mode, _alertable, timeout] = m.args::<5>()?;
+    let timeout_va = timeout;
     let timeout = if timeout == 0 { None } else { Some(m.read_u64(timeout)?.cast_signed()) };
-    if timeout != Some(0) {
-        nt.check_irql(m, "KeWaitForSingleObject (non-zero timeout)", WAIT_MAX_IRQL);
+    let irql = nt.irql;
+    nt.verifier.checks += 1;
+    // Above DISPATCH_LEVEL the table's IRQL check (and Verifier's 0x120)
+    // applies; at DISPATCH_LEVEL only a zero timeout is allowed.
+    if irql == DISPATCH_LEVEL && timeout != Some(0) {
+        let (p1, what) = if timeout.is_none() { (0x121, "no timeout (NULL)") } else { (0x122, "a non-zero timeout") };
+        nt.violation(
+            m,
+            "IRQL_TOO_HIGH",
+            0xC4,
+            Some(p1),
+            format!("KeWaitForSingleObject({object:#x}) at DISPATCH_LEVEL with {what} (timeout at {timeout_va:#x}); only a zero timeout is allowed above APC_LEVEL"),
+        );
     }
     let kind = m.read_u8(object + kevent::TYPE)?;
     nt.verifier.checks += 1;
@@ -230,7 +245,10 @@ fn release(nt: &mut Nt, m: &Machine, lock: u64, tag: u64, ddi: &str) -> Result<(
                 m,
                 "REMOVE_LOCK_RELEASE_NOT_ACQUIRED",
                 0xC4,
-                None,
+                // 0xD5: the IoReleaseRemoveLock tag matches no
+                // IoAcquireRemoveLock tag; 0xD6: the same for
+                // IoReleaseRemoveLockAndWait (0xC4 page).
+                Some(if ddi.contains("AndWait") { 0xD6 } else { 0xD5 }),
                 format!("{ddi}({lock:#x}, tag {tag:#x}): no acquisition with this tag is held"),
             );
             return Ok(());

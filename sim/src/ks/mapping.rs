@@ -10,17 +10,24 @@
 //!   As `GetScatterGatherList` does on a machine with DMA remapping, the
 //!   frame's pages are mapped at a fresh logical range of the adapter's
 //!   domain (so the list is one element of contiguous logical addresses,
-//!   split at `MaxMappingByteCount` by KS), one map register per page, at
-//!   most the `NumberOfMapRegisters` `IoGetDmaAdapter` granted in use at
-//!   once; `PutScatterGatherList` unmaps them. ("`GetScatterGatherList`
-//!   routine (wdm.h)", "`IoGetDmaAdapter` function (wdm.h)".)
+//!   split at `MaxMappingByteCount` by KS), one map register per page; a
+//!   transfer needing more map registers than the `NumberOfMapRegisters`
+//!   `IoGetDmaAdapter` granted is refused with `STATUS_INSUFFICIENT_RESOURCES`,
+//!   as the `GetScatterGatherList` page says. The translation lives in the
+//!   IOMMU's page table, so transfers do not compete for a pool of map
+//!   registers (no bounce buffers). `PutScatterGatherList` unmaps them.
+//!   ("`PGET_SCATTER_GATHER_LIST` callback function (wdm.h)",
+//!   "`IoGetDmaAdapter` function (wdm.h)".)
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::rc::Rc;
 
-use capdma_interface::status::{NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER};
+use capdma_interface::status::{
+    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER,
+};
 use capdma_interface::table::SgElement;
 
 use crate::dma::adapter::{ScatterGatherList, SgListId, SimDmaAdapter};
@@ -46,7 +53,9 @@ impl MappingSource {
     /// other pointer.
     #[must_use]
     pub fn from_raw(raw: *mut c_void) -> Option<Self> {
-        SimDmaAdapter::from_raw(raw).map(Self::Adapter).or_else(|| DomainMapper::from_raw(raw).map(Self::Domain))
+        SimDmaAdapter::from_raw(raw)
+            .map(Self::Adapter)
+            .or_else(|| DomainMapper::from_raw(raw).map(Self::Domain))
     }
 
     /// `GetScatterGatherList` for a device-to-memory transfer into the
@@ -57,7 +66,11 @@ impl MappingSource {
     /// not free now (KS waits and retries); `STATUS_INVALID_PARAMETER` for
     /// memory that is not one live allocation; `STATUS_INVALID_DEVICE_REQUEST`
     /// on an adapter already put.
-    pub fn get_scatter_gather_list(&self, va: *mut u8, bytes: usize) -> Result<ScatterGatherList, NtStatus> {
+    pub fn get_scatter_gather_list(
+        &self,
+        va: *mut u8,
+        bytes: usize,
+    ) -> Result<ScatterGatherList, NtStatus> {
         match self {
             Self::Adapter(a) => a.get_scatter_gather_list(va, bytes),
             Self::Domain(d) => d.get_scatter_gather_list(va, bytes),
@@ -95,6 +108,8 @@ struct Inner {
     map_registers: u32,
     in_use: Cell<u32>,
     put: Cell<bool>,
+    /// A transfer larger than the grant was refused (reported once).
+    refused: Cell<bool>,
     next_list: Cell<u64>,
     lists: RefCell<BTreeMap<u64, LiveList>>,
 }
@@ -117,7 +132,12 @@ impl DomainMapper {
     /// registered for [`MappingSource::from_raw`] until [`DomainMapper::retire`].
     /// Returns the raw pointer that stands for it.
     #[must_use]
-    pub fn register(adapter: u64, domain: DmaDomain, map_registers: u32, memory: &PhysicalMemory) -> *mut c_void {
+    pub fn register(
+        adapter: u64,
+        domain: DmaDomain,
+        map_registers: u32,
+        memory: &PhysicalMemory,
+    ) -> *mut c_void {
         let mapper = Self {
             inner: Rc::new(Inner {
                 adapter,
@@ -127,6 +147,7 @@ impl DomainMapper {
                 map_registers,
                 in_use: Cell::new(0),
                 put: Cell::new(false),
+                refused: Cell::new(false),
                 next_list: Cell::new(0),
                 lists: RefCell::new(BTreeMap::new()),
             }),
@@ -180,34 +201,65 @@ impl DomainMapper {
             .collect()
     }
 
-    /// Map registers held by live lists.
+    /// Map registers held by live lists (pages mapped).
     #[must_use]
     pub fn map_registers_in_use(&self) -> u32 {
         self.inner.in_use.get()
     }
 
-    fn get_scatter_gather_list(&self, va: *mut u8, bytes: usize) -> Result<ScatterGatherList, NtStatus> {
+    fn get_scatter_gather_list(
+        &self,
+        va: *mut u8,
+        bytes: usize,
+    ) -> Result<ScatterGatherList, NtStatus> {
         let inner = &*self.inner;
         if inner.put.get() {
-            inner.violations.push(ViolationKind::Dma, format!("GetScatterGatherList on DMA adapter {:#x} after PutDmaAdapter", inner.adapter));
+            inner.violations.push(
+                ViolationKind::Dma,
+                format!(
+                    "GetScatterGatherList on DMA adapter {:#x} after PutDmaAdapter",
+                    inner.adapter
+                ),
+            );
             return Err(STATUS_INVALID_DEVICE_REQUEST);
         }
-        let Some((alloc, offset)) = inner.memory.allocation_at(va).filter(|(a, o)| bytes > 0 && o + bytes <= a.bytes) else {
-            inner.violations.push(ViolationKind::Dma, format!("GetScatterGatherList on {va:p} ({bytes} bytes): not one live allocation"));
+        let Some((alloc, offset)) = inner
+            .memory
+            .allocation_at(va)
+            .filter(|(a, o)| bytes > 0 && o + bytes <= a.bytes)
+        else {
+            inner.violations.push(
+                ViolationKind::Dma,
+                format!("GetScatterGatherList on {va:p} ({bytes} bytes): not one live allocation"),
+            );
             return Err(STATUS_INVALID_PARAMETER);
         };
         let first = offset / PAGE_SIZE;
         let last = (offset + bytes - 1) / PAGE_SIZE;
         let pages = &alloc.page_addresses[first..=last];
         let need = u32::try_from(pages.len()).unwrap_or(u32::MAX);
-        if inner.in_use.get().saturating_add(need) > inner.map_registers {
+        if need > inner.map_registers {
+            if !inner.refused.replace(true) {
+                inner.violations.push(
+                ViolationKind::Dma,
+                format!(
+                    "GetScatterGatherList of {bytes} bytes on DMA adapter {:#x} needs {need} map registers, more than the {} IoGetDmaAdapter granted",
+                        inner.adapter, inner.map_registers
+                    ),
+                );
+            }
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
         let id = inner.next_list.get() + 1;
         inner.next_list.set(id);
         let label = format!("S/G list #{id} of DMA adapter {:#x}", inner.adapter);
         let in_page = (offset % PAGE_SIZE) as u64;
-        let Some(logical) = inner.domain.map(pages, in_page + bytes as u64, RangeKind::ScatterGather, &label) else {
+        let Some(logical) = inner.domain.map(
+            pages,
+            in_page + bytes as u64,
+            RangeKind::ScatterGather,
+            &label,
+        ) else {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         };
         // The machine-wide checker is keyed by physical address: the same
@@ -217,25 +269,45 @@ impl DomainMapper {
         let mut start = in_page;
         for &page in pages {
             let n = (PAGE - start).min(left);
-            ranges.push(inner.memory.iommu().register(page + start, n, RangeKind::ScatterGather, &label));
+            ranges.push(inner.memory.iommu().register(
+                page + start,
+                n,
+                RangeKind::ScatterGather,
+                &label,
+            ));
             left -= n;
             start = 0;
         }
         inner.in_use.set(inner.in_use.get() + need);
-        inner.lists.borrow_mut().insert(id, LiveList { logical, pages: need, ranges });
+        inner.lists.borrow_mut().insert(
+            id,
+            LiveList {
+                logical,
+                pages: need,
+                ranges,
+            },
+        );
         Ok(ScatterGatherList {
             id: SgListId(id),
             adapter: inner.adapter,
             va,
             bytes,
-            elements: vec![SgElement { logical_address: logical + in_page, byte_count: u32::try_from(bytes).unwrap_or(u32::MAX), alignment: 0 }],
+            elements: vec![SgElement {
+                logical_address: logical + in_page,
+                byte_count: u32::try_from(bytes).unwrap_or(u32::MAX),
+                alignment: 0,
+            }],
             bounced: Vec::new(),
         })
     }
 
     fn put_scatter_gather_list(&self, list: &ScatterGatherList) {
         let inner = &*self.inner;
-        let live = if list.adapter == inner.adapter { inner.lists.borrow_mut().remove(&list.id.0) } else { None };
+        let live = if list.adapter == inner.adapter {
+            inner.lists.borrow_mut().remove(&list.id.0)
+        } else {
+            None
+        };
         let Some(live) = live else {
             inner.violations.push(
                 ViolationKind::Dma,
@@ -244,12 +316,20 @@ impl DomainMapper {
             return;
         };
         if inner.domain.unmap(live.logical).is_none() {
-            inner.violations.push(ViolationKind::Dma, format!("S/G list #{}: logical {:#x} was not mapped", list.id.0, live.logical));
+            inner.violations.push(
+                ViolationKind::Dma,
+                format!(
+                    "S/G list #{}: logical {:#x} was not mapped",
+                    list.id.0, live.logical
+                ),
+            );
         }
         for r in live.ranges {
             inner.memory.iommu().unregister(r);
         }
-        inner.in_use.set(inner.in_use.get().saturating_sub(live.pages));
+        inner
+            .in_use
+            .set(inner.in_use.get().saturating_sub(live.pages));
     }
 }
 
@@ -261,7 +341,12 @@ mod tests {
     fn rig(map_registers: u32) -> (PhysicalMemory, DmaDomain, *mut c_void) {
         let memory = PhysicalMemory::new(MemoryConfig::default(), Violations::new());
         let domain = DmaDomain::new("test domain", 64 << 30, 4 << 30);
-        let raw = DomainMapper::register(0xFFFF_F800_0000_1000, domain.clone(), map_registers, &memory);
+        let raw = DomainMapper::register(
+            0xFFFF_F800_0000_1000,
+            domain.clone(),
+            map_registers,
+            &memory,
+        );
         (memory, domain, raw)
     }
 
@@ -274,7 +359,10 @@ mod tests {
         let list = source.get_scatter_gather_list(va, 3 * PAGE_SIZE).unwrap();
         assert_eq!(list.elements.len(), 1);
         let e = list.elements[0];
-        assert!(e.logical_address >= 64 << 30, "a logical address of the domain");
+        assert!(
+            e.logical_address >= 64 << 30,
+            "a logical address of the domain"
+        );
         assert_eq!(e.logical_address % PAGE, 100);
         // The device writes across page boundaries; the bytes land in the
         // scattered pages behind the host view.
@@ -283,28 +371,59 @@ mod tests {
         // SAFETY: `va` + 3 pages lies inside the live 5-page allocation.
         let seen = unsafe { std::slice::from_raw_parts(va, data.len()) };
         assert_eq!(seen, &data[..]);
-        let Some(MappingSource::Domain(d)) = MappingSource::from_raw(raw) else { panic!("domain mapper") };
-        assert_eq!(d.map_registers_in_use(), 4, "100 bytes in, 3 pages long: 4 pages");
+        let Some(MappingSource::Domain(d)) = MappingSource::from_raw(raw) else {
+            panic!("domain mapper")
+        };
+        assert_eq!(
+            d.map_registers_in_use(),
+            4,
+            "100 bytes in, 3 pages long: 4 pages"
+        );
         source.put_scatter_gather_list(&list);
         assert_eq!(d.map_registers_in_use(), 0);
-        assert!(domain.dma_write(&memory, e.logical_address, &[1]).is_err(), "unmapped after the put");
+        assert!(
+            domain.dma_write(&memory, e.logical_address, &[1]).is_err(),
+            "unmapped after the put"
+        );
         assert!(d.retire().is_empty());
         assert!(MappingSource::from_raw(raw).is_none(), "retired");
         memory.free(alloc.id);
-        assert!(memory.violations().is_empty(), "{:?}", memory.violations().list());
+        assert!(
+            memory.violations().is_empty(),
+            "{:?}",
+            memory.violations().list()
+        );
     }
 
     #[test]
-    fn map_registers_bound_what_is_mapped_at_once() {
+    fn a_transfer_larger_than_the_grant_is_refused_and_transfers_do_not_compete() {
         let (memory, _domain, raw) = rig(4);
         let source = MappingSource::from_raw(raw).unwrap();
         let alloc = memory.allocate_scattered(8 * PAGE_SIZE, "frames").unwrap();
-        let a = source.get_scatter_gather_list(alloc.va, 3 * PAGE_SIZE).unwrap();
-        let more = source.get_scatter_gather_list(alloc.va.wrapping_add(4 * PAGE_SIZE), 2 * PAGE_SIZE);
-        assert_eq!(more.unwrap_err(), STATUS_INSUFFICIENT_RESOURCES, "3 + 2 pages > 4 map registers");
+        let a = source
+            .get_scatter_gather_list(alloc.va, 3 * PAGE_SIZE)
+            .unwrap();
+        // 3 + 2 pages live at once: each transfer is within the grant.
+        let b = source
+            .get_scatter_gather_list(alloc.va.wrapping_add(4 * PAGE_SIZE), 2 * PAGE_SIZE)
+            .unwrap();
+        assert!(memory.violations().is_empty());
+        let big = source.get_scatter_gather_list(alloc.va, 5 * PAGE_SIZE);
+        assert_eq!(
+            big.unwrap_err(),
+            STATUS_INSUFFICIENT_RESOURCES,
+            "5 pages > 4 map registers"
+        );
+        assert_eq!(
+            memory.violations().count(ViolationKind::Dma),
+            1,
+            "and said why"
+        );
         source.put_scatter_gather_list(&a);
-        let b = source.get_scatter_gather_list(alloc.va.wrapping_add(4 * PAGE_SIZE), 2 * PAGE_SIZE).unwrap();
-        let MappingSource::Domain(d) = &source else { panic!() };
+        let MappingSource::Domain(d) = &source else {
+            panic!()
+        };
+        assert_eq!(d.map_registers_in_use(), 2);
         assert_eq!(d.retire().len(), 1, "the list not put is reported");
         source.put_scatter_gather_list(&b);
         memory.free(alloc.id);

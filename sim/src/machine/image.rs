@@ -90,8 +90,13 @@ pub struct ImageReport {
     pub cr8_traps: u64,
     /// VM exits (stub calls, MMIO, traps, returns to the host).
     pub vm_exits: u64,
-    /// VM exits per frame delivered (all channels).
+    /// VM exits per frame delivered (all channels), the whole life
+    /// (boot, start, teardown and unload included).
     pub vm_exits_per_frame: f64,
+    /// VM exits while streaming ([`super::Machine::run`]: captures,
+    /// interrupts, DPCs, completions, `Process` calls, the watchdog) per
+    /// frame delivered.
+    pub vm_exits_per_frame_streaming: f64,
     /// MMIO accesses to the boards' registers.
     pub mmio: u64,
     /// The image's ISR calls.
@@ -126,6 +131,8 @@ pub(super) struct ImageWorld {
     /// Findings already copied into the machine's violations.
     pub(super) findings_seen: usize,
     pub(super) unloaded: bool,
+    /// VM exits during [`super::Machine::run`] so far.
+    pub(super) streaming_exits: u64,
 }
 
 fn image_error(message: String) -> ConfigError {
@@ -193,6 +200,7 @@ impl ImageWorld {
             bugchecks: 0,
             findings_seen: 0,
             unloaded: false,
+            streaming_exits: 0,
         })
     }
 
@@ -332,7 +340,7 @@ impl ImageWorld {
         let counts = self.sys.machine.counts();
         let nt = &self.sys.nt;
         #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-        let per_frame = if frames_delivered == 0 { 0.0 } else { counts.exits as f64 / frames_delivered as f64 };
+        let per = |exits: u64| if frames_delivered == 0 { 0.0 } else { exits as f64 / frames_delivered as f64 };
         ImageReport {
             path: self.path.display().to_string(),
             sha256: self.sha256.clone(),
@@ -342,7 +350,8 @@ impl ImageWorld {
             bugchecks: self.bugchecks,
             cr8_traps: counts.cr8_traps,
             vm_exits: counts.exits,
-            vm_exits_per_frame: per_frame,
+            vm_exits_per_frame: per(counts.exits),
+            vm_exits_per_frame_streaming: per(self.streaming_exits),
             mmio: counts.mmio,
             isr_calls: nt.ke.stats.isr_calls,
             dpc_runs: nt.ke.stats.dpc_runs,

@@ -114,8 +114,8 @@ impl RunReport {
             );
             let _ = writeln!(
                 out,
-                "  VM exits: {} ({:.1} per frame; {} MMIO), ISR calls {}, DPC runs {}",
-                i.vm_exits, i.vm_exits_per_frame, i.mmio, i.isr_calls, i.dpc_runs
+                "  VM exits: {} ({:.1} per frame streaming, {:.1} with start and teardown; {} MMIO), ISR calls {}, DPC runs {}",
+                i.vm_exits, i.vm_exits_per_frame_streaming, i.vm_exits_per_frame, i.mmio, i.isr_calls, i.dpc_runs
             );
         } else {
             let _ = writeln!(out, "drivers: {}", self.drivers);

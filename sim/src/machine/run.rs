@@ -91,7 +91,11 @@ impl Machine {
     /// With the bus image, its kernel is active throughout and catches up
     /// with the machine's time at every event.
     pub fn run(&mut self, hooks: &mut RunHooks<'_>) {
+        let before = self.image.as_ref().map(|w| w.sys.machine.counts().exits);
         self.in_image(|m| m.run_events(hooks));
+        if let (Some(world), Some(before)) = (self.image.as_mut(), before) {
+            world.streaming_exits += world.sys.machine.counts().exits.saturating_sub(before);
+        }
     }
 
     fn run_events(&mut self, hooks: &mut RunHooks<'_>) {

@@ -433,8 +433,9 @@ impl super::Machine {
         use capdma_interface::status::STATUS_DEVICE_REMOVED;
         for card in 0..self.cards.len() {
             let board = self.cards[card].board.clone();
-            let Some(world) = self.image.as_mut() else {
-                return Err(self.driver_error(format!("card {card}: bus image"), STATUS_DEVICE_REMOVED));
+            let Some(world) = self.image.as_mut().filter(|w| !w.unloaded && !w.stopped) else {
+                // The image was unloaded (or its kernel stopped): a new machine is needed.
+                return Err(self.driver_error(format!("card {card}: bus image (unloaded or stopped)"), STATUS_DEVICE_REMOVED));
             };
             let started = world.start_card(card, &board);
             world.collect_findings(&self.violations);

@@ -214,3 +214,32 @@ fn a_missing_image_is_a_clear_error_naming_the_build() {
     let out = sim(&["stream", "--bus-image", "/x.sys", "--frames", "2"]);
     assert_eq!(out.status.code(), Some(2), "--bus-image without --drivers bus-image");
 }
+
+#[test]
+fn a_reference_never_dropped_fails_the_run() {
+    use capdma_avstream::bus_client::BusClient;
+    use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
+    let Some(path) = image() else { return };
+    let mut m = Machine::new(config(path, BoardKind::Legacy)).expect("machine");
+    m.start().expect("start");
+    m.run(&mut RunHooks::default());
+    // A second client on channel 0's stack takes a reference and never gives it back.
+    let fdo = m.avstream_fdo(0, 0).unwrap();
+    let status = m.in_driver_context(|m| {
+        let mut answer = BusClient::query_buffer();
+        // SAFETY: `answer` is a live local of `Size` bytes.
+        let irp = unsafe {
+            m.tree().query_interface(fdo, Some(GUID_CAPDMA_BUS_INTERFACE), answer.header.size, answer.header.version, (&raw mut answer).cast())
+        };
+        irp.status
+    });
+    assert_eq!(status, 0, "the image's child answered through the tree");
+    m.teardown();
+    let report = m.report();
+    assert!(!report.passed());
+    assert!(
+        report.violations.iter().any(|v| v.contains("card 0 channel 0: 1 capdma interface reference(s) of the bus image never dropped")),
+        "{:?}",
+        report.violations
+    );
+}

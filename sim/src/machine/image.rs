@@ -416,6 +416,15 @@ impl super::Machine {
         result
     }
 
+    /// Runs `f` in the drivers' context: with the bus image, its kernel is
+    /// active, so host code in `f` may call the image's interface (a query
+    /// sent down a child's stack in [`super::Machine::tree`], a table's
+    /// routines); a stop of the kernel inside is recorded. With the cores,
+    /// just `f`.
+    pub fn in_driver_context<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.in_image(f)
+    }
+
     /// The kernel catches up with the machine's time `now` (100-ns units):
     /// timers due by then expire (the bus's watchdog), and whatever is
     /// pending is delivered — the image's ISR for a board asserting the
@@ -514,6 +523,18 @@ impl super::Machine {
             }
             if !world.stopped {
                 world.drop_references(card);
+            }
+            // Every reference the host side took through a table (the
+            // query's own, the AVStream devices') must be back by now.
+            for (ch, iface) in world.cards[card].interfaces.iter().enumerate() {
+                let (taken, dropped) = iface.references();
+                let held = (1 + taken).saturating_sub(dropped);
+                if held != 0 {
+                    self.violations.push(
+                        ViolationKind::Leak,
+                        format!("card {card} channel {ch}: {held} capdma interface reference(s) of the bus image never dropped"),
+                    );
+                }
             }
             if let Some(stop) = active::take_stop() {
                 world.stopped_by(&self.violations, "the interface dereference", &stop);

@@ -4,7 +4,8 @@ use super::faults::{BoardFault, Corruption, OVERSIZED_BYTE_COUNT};
 use super::registers::ChannelRegs;
 use super::source::FrameSource;
 use super::{Board, BoardConfig, BoardKind, BoardState, ChannelStats};
-use crate::memory::{PhysicalMemory, FOUR_GIB};
+use super::DmaPort;
+use crate::memory::FOUR_GIB;
 use crate::pattern::{Pattern, PAD_BYTE};
 use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, CQ_STATUS_OK, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
@@ -325,7 +326,7 @@ impl BoardState {
         None
     }
 
-    fn capture(&mut self, memory: &PhysicalMemory, ch: u32, now_100ns: u64) -> (CaptureOutcome, Option<String>) {
+    fn capture(&mut self, memory: &DmaPort, ch: u32, now_100ns: u64) -> (CaptureOutcome, Option<String>) {
         let (apply, keep): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.pending).into_iter().partition(|f| f.channel().is_none_or(|c| c == ch));
         self.pending = keep;
@@ -459,7 +460,7 @@ struct SgLimits {
 /// S/G mode: fetches the frame's descriptors from `RING_CONSUMER` on and
 /// writes the frame through them. Returns (descriptors consumed, tag).
 fn capture_sg(
-    memory: &PhysicalMemory,
+    memory: &DmaPort,
     ch: u32,
     r: &ChannelRegs,
     run: &RunConfig,
@@ -556,7 +557,7 @@ fn capture_sg(
 
 /// Common-buffer mode: writes the frame into slot `RING_CONSUMER % entries`.
 fn capture_cb(
-    memory: &PhysicalMemory,
+    memory: &DmaPort,
     r: &ChannelRegs,
     run: &RunConfig,
     line_buf: &mut Vec<u8>,
@@ -582,7 +583,7 @@ impl Board {
         let burst = self.state.borrow_mut().channels.get_mut(ch).and_then(|c| c.burst.take());
         if let Some(Burst::At { address, bytes }) = burst {
             // A refused write is recorded by the checker (a DMA violation).
-            let _ = self.memory.dma_write(address, &vec![BURST_BYTE; bytes as usize]);
+            let _ = self.dma_port().dma_write(address, &vec![BURST_BYTE; bytes as usize]);
         }
     }
 
@@ -593,7 +594,7 @@ impl Board {
         let Some(Burst::Descriptor { ring_base, entry }) = pending else { return };
         let mut raw = [0u8; ENTRY_BYTES as usize];
         let resolved = self
-            .memory
+            .dma_port()
             .dma_read(ring_base + u64::from(entry) * ENTRY_BYTES, &mut raw)
             .ok()
             .and_then(|()| SgDescriptor::read_from_bytes(&raw[..]).ok())
@@ -655,7 +656,8 @@ impl Board {
     /// `int_error`.
     #[allow(clippy::must_use_candidate, reason = "capturing is the effect; the outcome is informational")]
     pub fn capture_frame(&self, channel: u32, now_100ns: u64) -> CaptureOutcome {
-        let (outcome, problem) = self.state.borrow_mut().capture(&self.memory, channel, now_100ns);
+        let port = self.dma_port();
+        let (outcome, problem) = self.state.borrow_mut().capture(&port, channel, now_100ns);
         if let Some(p) = problem {
             self.violation(p);
         }
@@ -670,7 +672,7 @@ mod tests {
     use crate::board::{BoardConfig, BoardFault};
     use crate::dma::{AdapterConfig, SimDmaAdapter};
     use crate::irql::IrqlTracker;
-    use crate::memory::{MemoryConfig, PAGE_SIZE};
+    use crate::memory::{MemoryConfig, PhysicalMemory, PAGE_SIZE};
     use crate::pattern::read_header;
     use crate::violations::{ViolationKind, Violations};
     use capdma_bus::ports::{CommonBuffer, DeviceDescription, DmaAdapterPort, RegisterPort};

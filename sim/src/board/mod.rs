@@ -7,7 +7,10 @@
 //! capability). The board is a bus master: every descriptor fetch, frame
 //! write and completion record goes through
 //! [`PhysicalMemory::dma_read`]/[`PhysicalMemory::dma_write`], so touching
-//! memory that is not mapped is caught by the IOMMU checker.
+//! memory that is not mapped is caught by the IOMMU checker. Behind a
+//! DMA-remapping domain ([`Board::set_dma_domain`]) the addresses the
+//! driver programs are logical addresses of that domain, translated page
+//! by page before they reach memory ([`DmaDomain::dma_write`]).
 //!
 //! The machine drives it: it calls [`Board::capture_frame`] at every frame
 //! time of a running channel (every `FRAME_INTERVAL` × 100 ns) and polls
@@ -26,7 +29,8 @@ pub use engine::{CaptureOutcome, DropReason};
 pub use faults::{BoardFault, OVERSIZED_BYTE_COUNT};
 pub use source::FrameSource;
 
-use crate::memory::PhysicalMemory;
+use crate::dma::DmaDomain;
+use crate::memory::{MemoryError, PhysicalMemory};
 use crate::pattern::Pattern;
 use crate::violations::{ViolationKind, Violations};
 use capdma_bus::ports::RegisterPort;
@@ -184,8 +188,37 @@ pub(crate) struct BoardState {
     pub(crate) bar0_mapped: bool,
     pub(crate) spurious: u32,
     pub(crate) pending: Vec<BoardFault>,
+    /// The DMA-remapping domain the board's bus addresses go through
+    /// (`None`: bus addresses are physical addresses).
+    pub(crate) dma_domain: Option<DmaDomain>,
     pub(crate) channels: Vec<engine::Channel>,
     pub(crate) stats: BoardStats,
+}
+
+/// The board's path to memory as a bus master: physical addresses, or
+/// logical addresses of a DMA-remapping domain.
+#[derive(Clone, Debug)]
+pub(crate) struct DmaPort {
+    memory: PhysicalMemory,
+    domain: Option<DmaDomain>,
+}
+
+impl DmaPort {
+    /// The board writes `data` at bus address `address`.
+    pub(crate) fn dma_write(&self, address: u64, data: &[u8]) -> Result<(), MemoryError> {
+        match &self.domain {
+            Some(domain) => domain.dma_write(&self.memory, address, data),
+            None => self.memory.dma_write(address, data),
+        }
+    }
+
+    /// The board reads `buf.len()` bytes at bus address `address`.
+    pub(crate) fn dma_read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        match &self.domain {
+            Some(domain) => domain.dma_read(&self.memory, address, buf),
+            None => self.memory.dma_read(address, buf),
+        }
+    }
 }
 
 /// The simulated board (a cheap `Clone` handle).
@@ -213,12 +246,35 @@ impl Board {
                 bar0_mapped: true,
                 spurious: 0,
                 pending: Vec::new(),
+                dma_domain: None,
                 channels,
                 stats: BoardStats::default(),
             })),
             memory: memory.clone(),
             violations: memory.violations().clone(),
         })
+    }
+
+    /// Puts the board behind the DMA-remapping domain `domain` (the domain
+    /// of the DMA adapter its driver got from `IoGetDmaAdapter`; see
+    /// `nt::hal::adapter_domain`): from now on every descriptor fetch,
+    /// frame write and completion record addresses a *logical* address,
+    /// translated by the domain ([`DmaDomain::dma_write`]); an address the
+    /// domain does not map is a DMA fault, as on a machine with DMA
+    /// remapping. `None` goes back to physical bus addresses.
+    pub fn set_dma_domain(&self, domain: Option<DmaDomain>) {
+        self.state.borrow_mut().dma_domain = domain;
+    }
+
+    /// The DMA-remapping domain the board is behind, if any.
+    #[must_use]
+    pub fn dma_domain(&self) -> Option<DmaDomain> {
+        self.state.borrow().dma_domain.clone()
+    }
+
+    /// The board's path to memory as it is now.
+    pub(crate) fn dma_port(&self) -> DmaPort {
+        DmaPort { memory: self.memory.clone(), domain: self.state.borrow().dma_domain.clone() }
     }
 
     /// The configuration.

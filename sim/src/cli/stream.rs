@@ -8,7 +8,7 @@ use std::rc::Rc;
 use capdma_bus::config::DmaModeOverride;
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 use capdma_sim::board::BoardKind;
-use capdma_sim::machine::{self, MachineConfig, RunError, RunHooks};
+use capdma_sim::machine::{self, Drivers, MachineConfig, RunError, RunHooks};
 use capdma_sim::pattern::snapshot_png;
 use capdma_sim::y4m::{read_y4m_file, Y4mWriter};
 use clap::{value_parser, Args, ValueEnum};
@@ -34,6 +34,15 @@ enum ModeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DriversArg {
+    /// The drivers' portable cores on the host (the bus core and the AVStream core).
+    Cores,
+    /// The real `capdma_bus.sys` in the emulated Windows kernel on KVM (built
+    /// by `cargo xtask windows`), the AVStream core on the host calling it.
+    BusImage,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
     /// Packed 4:2:2.
     Yuy2,
@@ -47,6 +56,12 @@ enum FormatArg {
 #[derive(Args)]
 #[command(after_help = super::EXIT_STATUS_HELP)]
 pub struct StreamArgs {
+    /// Which bus driver runs.
+    #[arg(long, value_enum, default_value = "cores")]
+    drivers: DriversArg,
+    /// The bus image for `--drivers bus-image` (default: `target/windows/release/capdma_bus.sys` of this workspace).
+    #[arg(long, value_name = "FILE.sys")]
+    bus_image: Option<PathBuf>,
     /// The board model.
     #[arg(long, value_enum, default_value = "legacy")]
     board: BoardArg,
@@ -89,9 +104,12 @@ pub struct StreamArgs {
     /// Buffer alignment the board needs, bytes (a power of two up to 1 MiB).
     #[arg(long, value_parser = parse_alignment)]
     alignment: Option<u32>,
-    /// Map registers `IoGetDmaAdapter` grants.
-    #[arg(long, default_value_t = 64)]
-    map_registers: u32,
+    /// Map registers `IoGetDmaAdapter` grants [default: 64]. With
+    /// `--drivers bus-image` the HAL grants what the adapter's
+    /// `MaximumLength` needs (one per page, a mapping in the DMA-remapping
+    /// domain takes one per page), at most this many when given.
+    #[arg(long)]
+    map_registers: Option<u32>,
     /// Slots in the common-buffer ring (the `SlotCount` registry value).
     #[arg(long, default_value_t = 4)]
     slots: u32,
@@ -193,7 +211,13 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
     config.dma32 = args.dma32;
     config.high_memory = args.high_memory;
     config.alignment = args.alignment;
-    config.map_registers = args.map_registers;
+    config.map_registers = args.map_registers.unwrap_or(64);
+    if let DriversArg::BusImage = args.drivers {
+        let path = args.bus_image.clone().unwrap_or_else(machine::image::default_image_path);
+        config.drivers = Drivers::BusImage { path, map_register_limit: args.map_registers };
+    } else if args.bus_image.is_some() {
+        return Err(Outcome::Usage("--bus-image needs --drivers bus-image".into()));
+    }
     config.slot_count = args.slots;
     config.seed = args.seed;
     // A clip's own format or rate can be outside what the machine takes.

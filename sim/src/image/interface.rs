@@ -13,7 +13,7 @@
 
 use core::ffi::c_void;
 use core::mem::{size_of, size_of_val};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_INVALID_PARAMETER};
 use capdma_interface::table::{
@@ -81,6 +81,8 @@ pub struct ImageInterface {
     /// Boxed so each keeps its address (the guest holds it) as the list grows.
     #[allow(clippy::vec_box, reason = "the guest holds each callback's address")]
     callbacks: RefCell<Vec<Box<Callback>>>,
+    /// `InterfaceReference` / `InterfaceDereference` calls made through the host table.
+    references: Cell<(u64, u64)>,
 }
 
 impl ImageInterface {
@@ -89,7 +91,20 @@ impl ImageInterface {
     /// # Errors
     /// A bugcheck when the table is not mapped.
     pub fn new(m: &Machine, table_va: u64, translate_adapter: AdapterTranslation) -> Result<Box<Self>, Stop> {
-        Ok(Box::new(Self { guest: GuestTable::read(m, table_va)?, translate_adapter, callbacks: RefCell::new(Vec::new()) }))
+        Ok(Box::new(Self {
+            guest: GuestTable::read(m, table_va)?,
+            translate_adapter,
+            callbacks: RefCell::new(Vec::new()),
+            references: Cell::new((0, 0)),
+        }))
+    }
+
+    /// `(InterfaceReference calls, InterfaceDereference calls)` made
+    /// through the host table so far: with the reference the query that
+    /// filled the table took, the host side holds `1 + taken - dropped`.
+    #[must_use]
+    pub fn references(&self) -> (u64, u64) {
+        self.references.get()
     }
 
     /// The guest table as read.
@@ -164,12 +179,16 @@ fn call(m: &mut Machine, nt: &mut Nt, iface: &ImageInterface, index: usize, args
 unsafe extern "system" fn reference(context: *mut c_void) {
     // SAFETY: the table's contract: `context` is its own Context.
     let iface = unsafe { interface(context) };
+    let (taken, dropped) = iface.references.get();
+    iface.references.set((taken + 1, dropped));
     active::with(|m, nt| call(m, nt, iface, REFERENCE, &[]));
 }
 
 unsafe extern "system" fn dereference(context: *mut c_void) {
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
+    let (taken, dropped) = iface.references.get();
+    iface.references.set((taken, dropped + 1));
     active::with(|m, nt| call(m, nt, iface, DEREFERENCE, &[]));
 }
 

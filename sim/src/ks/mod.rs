@@ -25,11 +25,18 @@
 //!   it at `PASSIVE_LEVEL`. The model also asks for one when a frame arrives,
 //!   unless the pin was created with `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`.
 //!
+//! * The registered adapter ([`MappingSource`]) is the simulator's
+//!   [`crate::dma::SimDmaAdapter`] (physical addresses) or, with the bus
+//!   image, the emulated kernel's adapter through its DMA-remapping domain
+//!   ([`DomainMapper`]: logical addresses, map registers as granted).
+//!
 //! Misuse (a deleted pointer used again, a clone never deleted, a DDI at the
 //! wrong IRQL, advancing past a frame's end) is recorded as a violation.
+mod mapping;
 mod pin;
 mod queue;
 
+pub use mapping::{DomainMapper, MappingSource};
 pub use pin::{CompletedFrame, PinFlags, SimKsPin, SimMapping, StreamPointerHandle};
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use capdma_avstream::ports::{FrameCompletion, Irql, KsPinPort, StreamOffset};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_NOT_READY, STATUS_INVALID_PARAMETER};
 
 use super::queue::{Frame, Position, Queue};
-use crate::dma::adapter::{split_mappings, ScatterGatherList, SimDmaAdapter};
+use super::mapping::MappingSource;
+use crate::dma::adapter::{split_mappings, ScatterGatherList};
 use crate::irql::IrqlTracker;
 use crate::violations::{ViolationKind, Violations};
 
@@ -21,8 +22,9 @@ const LEADING_EDGE: StreamPointerHandle = StreamPointerHandle(0);
 /// Mapping mode: the adapter registered with `KsDeviceRegisterAdapterObject`.
 #[derive(Clone)]
 pub struct SimMapping {
-    /// The bus's adapter (found from the raw `PDMA_ADAPTER` the child registered).
-    pub adapter: SimDmaAdapter,
+    /// The bus's adapter (found from the raw `PDMA_ADAPTER` the child
+    /// registered: [`MappingSource::from_raw`]).
+    pub adapter: MappingSource,
     /// `MaxMappingByteCount`, bytes.
     pub max_mapping_byte_count: u32,
 }

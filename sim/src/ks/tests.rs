@@ -89,7 +89,7 @@ fn mapping_mode_generates_mappings_no_larger_than_max_mapping_byte_count() {
     let w = world();
     let description = DeviceDescription { scatter_gather: true, dma64: true, maximum_length: 1 << 20 };
     let adapter = SimDmaAdapter::new(description, AdapterConfig::default(), &w.memory, &w.irql);
-    let mapping = SimMapping { adapter: adapter.clone(), max_mapping_byte_count: 1000 };
+    let mapping = SimMapping { adapter: crate::ks::MappingSource::Adapter(adapter.clone()), max_mapping_byte_count: 1000 };
     let flags = PinFlags { generate_mappings: true, do_not_initiate_processing: false };
     let pin = SimKsPin::new(flags, Some(mapping), w.irql.clone(), w.violations.clone());
     pin.set_running(true);

@@ -30,16 +30,29 @@ impl Machine {
         self.cards.get(card as usize).map(|c| &c.board)
     }
 
-    /// Card 0's bus driver device.
+    /// Card 0's bus driver device (the core).
+    ///
+    /// # Panics
+    /// When the machine runs the bus image (`--drivers bus-image`): it has
+    /// no core; see [`Machine::bus_of`].
     #[must_use]
     pub fn bus(&self) -> &BusDevice<SimBusPlatform> {
-        &self.cards[0].bus
+        self.bus_of(0).expect("the machine runs the bus core (not the image)")
     }
 
-    /// Card `card`'s bus driver device.
+    /// Card `card`'s bus driver device (the core); `None` for no such card
+    /// or a machine running the bus image.
     #[must_use]
     pub fn bus_of(&self, card: u32) -> Option<&BusDevice<SimBusPlatform>> {
-        self.cards.get(card as usize).map(|c| &*c.bus)
+        self.cards.get(card as usize).and_then(|c| c.bus.core()).map(|b| &**b)
+    }
+
+    /// What the emulated kernel did so far, when the machine runs the bus
+    /// image.
+    #[must_use]
+    pub fn image_report(&self) -> Option<super::ImageReport> {
+        let delivered = self.channels.iter().map(|r| r.report.frames_delivered).sum();
+        self.image.as_ref().map(|w| w.report(delivered))
     }
 
     /// The rules broken so far.

@@ -14,7 +14,8 @@ use capdma_bus::device::BusDevice;
 use capdma_bus::mode::ModeDecision;
 
 use super::actions::{Action, StatusRecord};
-use super::config::{ConfigError, MachineConfig};
+use super::config::{ConfigError, Drivers, MachineConfig};
+use super::image::ImageWorld;
 use super::events::Timeline;
 use super::platform::SimBusPlatform;
 use super::report::ChannelReport;
@@ -80,12 +81,30 @@ pub(super) struct ChildStack {
     pub(super) device: Rc<AvStreamDevice>,
 }
 
+/// A card's bus driver.
+pub(super) enum BusDriver {
+    /// The portable core on the host.
+    Core(Rc<BusDevice<SimBusPlatform>>),
+    /// The real image in the machine's emulated kernel ([`super::image`]).
+    Image,
+}
+
+impl BusDriver {
+    /// The core, when the card runs it.
+    pub(super) fn core(&self) -> Option<&Rc<BusDevice<SimBusPlatform>>> {
+        match self {
+            Self::Core(bus) => Some(bus),
+            Self::Image => None,
+        }
+    }
+}
+
 /// One capture card: its board, bus driver and Plug and Play stacks.
 #[allow(clippy::struct_excessive_bools, reason = "independent facts of the simulated glue: interrupt, timer, DPC, removal")]
 pub(super) struct Card {
     pub(super) index: u32,
     pub(super) board: Board,
-    pub(super) bus: Rc<BusDevice<SimBusPlatform>>,
+    pub(super) bus: BusDriver,
     pub(super) pci: PciFunction,
     pub(super) decision: Option<ModeDecision>,
     pub(super) interrupt_connected: bool,
@@ -93,6 +112,8 @@ pub(super) struct Card {
     pub(super) timer_armed: bool,
     pub(super) dpc_queued: bool,
     pub(super) pci_pdo: DeviceId,
+    /// The bus FDO in the machine's device tree (with the image: the PCI
+    /// PDO; the image's own FDO lives in the emulated kernel).
     pub(super) bus_fdo: DeviceId,
     pub(super) children: Vec<ChildStack>,
     /// Plug and Play removed the card (surprise removal handled).
@@ -123,6 +144,8 @@ pub struct Machine {
     pub(super) claimed_in_a_row: u32,
     pub(super) interrupts_unclaimed: u64,
     pub(super) started: Instant,
+    /// The emulated kernel with the bus image (`--drivers bus-image`).
+    pub(super) image: Option<Box<ImageWorld>>,
 }
 
 /// The seed of card `card`'s board (card 0: the configured seed), so the
@@ -152,10 +175,14 @@ fn board_config(config: &MachineConfig, card: u32) -> BoardConfig {
 impl Machine {
     /// Builds the machine (memory, boards, the PCI functions with the bus
     /// driver's `BusDevice` each, and their Plug and Play bus stacks with
-    /// the configured filters) without starting anything.
+    /// the configured filters) without starting anything. With
+    /// [`Drivers::BusImage`] the bus stacks are the image's, in an emulated
+    /// kernel booted over the machine's memory (`DriverEntry` and
+    /// `AddDevice` run here).
     ///
     /// # Errors
-    /// [`RunError::Config`] for a configuration the machine cannot build.
+    /// [`RunError::Config`] for a configuration the machine cannot build,
+    /// or a bus image that is not built or cannot be loaded.
     pub fn new(config: MachineConfig) -> Result<Self, RunError> {
         config.validate()?;
         let violations = Violations::new();
@@ -171,6 +198,10 @@ impl Machine {
         );
         let tree = DeviceTree::new(&irql, &violations);
         let software_pdo = tree.create_pdo("ROOT\\SYSTEM\\0000 (software PDO)", DeviceKind::SoftwarePdo);
+        let image_path = match &config.drivers {
+            Drivers::BusImage { path, .. } => Some(path.clone()),
+            Drivers::Cores => None,
+        };
         let mut cards = Vec::new();
         for card in 0..config.cards {
             let board = Board::new(board_config(&config, card), &memory).map_err(|e| ConfigError(e.0))?;
@@ -181,12 +212,18 @@ impl Machine {
             }
             let adapter_config = AdapterConfig { map_registers: config.map_registers, merge_adjacent: true };
             let pci = PciFunction::new(format!("card {card} PCI function"), &memory, &irql, adapter_config);
-            let platform = SimBusPlatform::with_pci(board.clone(), memory.clone(), irql.clone(), pci.clone());
-            let bus = Rc::new(BusDevice::new(platform));
             let pci_pdo = tree.create_pdo(format!("card {card} PCI PDO"), DeviceKind::PciPdo(pci.clone()));
-            attach_filters(&tree, &config.stack.below_bus, pci_pdo, &format!("card {card} bus lower filter"));
-            let bus_fdo = tree.attach(format!("card {card} bus FDO"), DeviceKind::BusFdo(Rc::clone(&bus)), pci_pdo);
-            attach_filters(&tree, &config.stack.above_bus, pci_pdo, &format!("card {card} bus upper filter"));
+            let (bus, bus_fdo) = if image_path.is_some() {
+                // The image's bus stack (and its filters) is built in the kernel.
+                (BusDriver::Image, pci_pdo)
+            } else {
+                let platform = SimBusPlatform::with_pci(board.clone(), memory.clone(), irql.clone(), pci.clone());
+                let bus = Rc::new(BusDevice::new(platform));
+                attach_filters(&tree, &config.stack.below_bus, pci_pdo, &format!("card {card} bus lower filter"));
+                let bus_fdo = tree.attach(format!("card {card} bus FDO"), DeviceKind::BusFdo(Rc::clone(&bus)), pci_pdo);
+                attach_filters(&tree, &config.stack.above_bus, pci_pdo, &format!("card {card} bus upper filter"));
+                (BusDriver::Core(bus), bus_fdo)
+            };
             cards.push(Card {
                 index: card,
                 board,
@@ -204,7 +241,15 @@ impl Machine {
                 isr_unclaimed: 0,
             });
         }
+        let image = match &image_path {
+            Some(path) => {
+                let boards: Vec<Board> = cards.iter().map(|c| c.board.clone()).collect();
+                Some(Box::new(ImageWorld::boot(&config, path, &memory, &boards)?))
+            }
+            None => None,
+        };
         Ok(Self {
+            image,
             config,
             violations,
             irql,

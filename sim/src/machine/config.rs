@@ -1,5 +1,6 @@
 //! What a run of the simulated machine is made of.
 use std::fmt;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use capdma_bus::config::DmaModeOverride;
@@ -67,6 +68,40 @@ pub struct MachineConfig {
     pub descriptor_ring_entries: Option<u32>,
     /// The `CompletionQueueEntries` registry value; `None`: the driver's default.
     pub cq_entries: Option<u32>,
+    /// Which bus driver runs: the portable core on the host, or the real
+    /// image in the emulated kernel.
+    pub drivers: Drivers,
+}
+
+/// Which bus driver a machine runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Drivers {
+    /// The bus driver's portable core (`capdma_bus::device::BusDevice`) on
+    /// the host, with the simulator's DMA adapter.
+    #[default]
+    Cores,
+    /// The real `capdma_bus.sys` at `path`, run in the emulated Windows
+    /// kernel (`crate::nt`) on KVM, with the AVStream core on the host
+    /// calling its query interface.
+    BusImage {
+        /// The image (`cargo xtask windows` builds it).
+        path: PathBuf,
+        /// The most map registers the HAL grants one adapter
+        /// (`IoGetDmaAdapter` grants what `MaximumLength` needs, up to
+        /// this); `None`: the HAL's own limit.
+        map_register_limit: Option<u32>,
+    },
+}
+
+impl Drivers {
+    /// `cores` or `bus-image`.
+    #[must_use]
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Cores => "cores",
+            Self::BusImage { .. } => "bus-image",
+        }
+    }
 }
 
 impl Default for MachineConfig {
@@ -97,6 +132,7 @@ impl Default for MachineConfig {
             contiguous_failure: None,
             descriptor_ring_entries: None,
             cq_entries: None,
+            drivers: Drivers::Cores,
         }
     }
 }
@@ -124,6 +160,15 @@ impl MachineConfig {
     #[must_use]
     pub fn stride_bytes(&self) -> u32 {
         self.stride.unwrap_or_else(|| self.line_bytes())
+    }
+
+    /// The HAL's map-register limit of a bus-image run (see [`Drivers::BusImage`]).
+    #[must_use]
+    pub fn image_map_registers(&self) -> Option<u32> {
+        match &self.drivers {
+            Drivers::BusImage { map_register_limit, .. } => *map_register_limit,
+            Drivers::Cores => None,
+        }
     }
 
     /// The frame interval in 100-ns units.

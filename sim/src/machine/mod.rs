@@ -26,6 +26,9 @@
 //!   seen ([`StatusRecord`]).
 //! - `removal.rs`: Plug and Play removal (surprise and orderly), the bus
 //!   FDO's release, and [`Machine::teardown`] with the leak checks.
+//! - `image.rs`: the bus driver as the real image in the emulated kernel
+//!   (`--drivers bus-image`): booting it, its cards' bus stacks, their
+//!   start, removal and unload, and its report.
 //! - `teardown.rs`: the glue steps of a bus FDO's teardown, driven by the
 //!   bus core and checked ([`TeardownStep`]).
 //! - `report.rs`: the account of a run ([`RunReport`], [`Machine::report`]).
@@ -35,6 +38,7 @@ mod app;
 pub mod build;
 pub mod config;
 pub mod events;
+pub mod image;
 pub mod platform;
 mod removal;
 pub mod report;
@@ -44,7 +48,8 @@ pub mod teardown;
 
 pub use actions::{surprise_removal_actions, Action, StatusRecord};
 pub use build::{ChannelLog, Machine};
-pub use config::{ConfigError, MachineConfig};
+pub use config::{ConfigError, Drivers, MachineConfig};
+pub use image::ImageReport;
 pub use report::{ChannelReport, RunReport};
 pub use run::{run, RunError, RunHooks};
 pub use teardown::TeardownStep;

@@ -4,8 +4,6 @@
 //! after), the bus FDO's release through the core's teardown sequence
 //! (with the glue steps of `teardown.rs`), and [`Machine::teardown`]: pins
 //! closed, every card removed, then the leak checks.
-use std::rc::Rc;
-
 use capdma_avstream::bus_client::BusClient;
 use capdma_bus::pnp::state::Release;
 use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
@@ -23,12 +21,15 @@ impl Machine {
         if c.removed {
             return;
         }
+        let Some(bus) = c.bus.core().cloned() else {
+            self.image_removal_unsupported(card as usize, "surprise removal", now);
+            return;
+        };
         // IRP_MN_SURPRISE_REMOVAL: the children first (the AVStream core has
         // nothing to do: KS fails new requests), then the bus FDO: the core
         // stops the engines and the glue gives up the interrupt (a DPC
         // already queued still runs), the watchdog and BAR0; the common
         // buffers and the adapter wait for the removal.
-        let bus = Rc::clone(&c.bus);
         bus.surprise_remove();
         let _ = self.release_card(card as usize, Release::Hardware, now);
         // The application sees its reads fail and closes the pins.
@@ -60,15 +61,25 @@ impl Machine {
         self.cards[card as usize].removed = true;
     }
 
+    /// A removal mid-run the machine does not drive through the bus image
+    /// yet (the emulated kernel's `Pnp` has it; the machine's actions do
+    /// not): recorded as `STATUS_NOT_SUPPORTED` and as a violation, so a
+    /// run that asks for it cannot pass.
+    fn image_removal_unsupported(&mut self, card: usize, what: &str, _now: u64) {
+        self.record_status(format!("card {card}: {what} (bus image)"), capdma_interface::status::STATUS_NOT_SUPPORTED);
+        self.violations.push(ViolationKind::Api, format!("card {card}: {what} mid-run is not driven through the bus image by the machine"));
+    }
+
     /// The bus core's teardown sequence (`BusDevice::release_hardware`) on
     /// card `card` with the machine's glue steps ([`SimTeardown`]: interrupt,
     /// watchdog timer and DPCs, BAR0), each checked; returns the interface
     /// references leaked (see `capdma_bus::teardown`).
     fn release_card(&mut self, card: usize, release: Release, now: u64) -> u32 {
         let c = &self.cards[card];
+        let Some(bus) = c.bus.core() else { return 0 };
         let port = SimTeardown::new(
             c.index,
-            &c.bus,
+            bus,
             &c.board,
             &self.irql,
             &self.violations,
@@ -77,7 +88,7 @@ impl Machine {
             c.timer_armed,
             c.dpc_queued,
         );
-        let leaked = c.bus.release_hardware(release, &port);
+        let leaked = bus.release_hardware(release, &port);
         if release != Release::Nothing {
             port.check_order();
         }
@@ -98,6 +109,10 @@ impl Machine {
     /// is recorded (`when` is appended to the descriptions). Returns whether
     /// the card was removed.
     pub(super) fn request_removal(&mut self, card: usize, now: u64, when: &str) -> bool {
+        if self.cards[card].bus.core().is_none() {
+            self.image_removal_unsupported(card, "orderly removal", now);
+            return false;
+        }
         let children = self.cards[card].children.clone();
         let mut queried = Vec::new();
         let mut vetoed = false;
@@ -161,7 +176,7 @@ impl Machine {
                 format!("card {card}: {leaked} capdma interface reference(s) still held at the bus's IRP_MN_REMOVE_DEVICE by {who} (a child must drop its reference in its own IRP_MN_REMOVE_DEVICE); the bus tore down anyway"),
             );
         }
-        let bus = Rc::clone(&self.cards[card].bus);
+        let Some(bus) = self.cards[card].bus.core().cloned() else { return };
         for run in self.channels.iter_mut().filter(|r| r.card as usize == card) {
             if let Some(stats) = bus.channel_stats(run.index) {
                 run.report.channel_resets = stats.resets;
@@ -180,6 +195,10 @@ impl Machine {
     /// common buffers freed, adapter put, BAR0 unmapped). A veto here is a
     /// violation (nothing is open any more); the card is removed anyway.
     pub fn teardown(&mut self) {
+        if self.runs_image() {
+            self.teardown_image();
+            return;
+        }
         let now = self.timeline.now();
         let mut hooks = RunHooks::default();
         for i in 0..self.channels.len() {
@@ -207,10 +226,11 @@ impl Machine {
                 self.violations.push(ViolationKind::Leak, leak);
             }
             card.pci.forget_put_adapters();
-            if card.bus.reference_count() != 0 {
+            let references = card.bus.core().map_or(0, |bus| bus.reference_count());
+            if references != 0 {
                 self.violations.push(
                     ViolationKind::Leak,
-                    format!("card {}: {} capdma interface reference(s) never dropped", card.index, card.bus.reference_count()),
+                    format!("card {}: {references} capdma interface reference(s) never dropped", card.index),
                 );
             }
         }

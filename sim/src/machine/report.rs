@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::build::Machine;
+use super::image::ImageReport;
 
 /// One channel's account of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -55,6 +56,11 @@ pub struct RunReport {
     /// Interrupts of the (shared) line no capdma ISR claimed (another
     /// device's, or spurious): each ISR returned `FALSE`.
     pub interrupts_unclaimed: u64,
+    /// Which bus driver ran: `cores` or `bus-image`.
+    pub drivers: String,
+    /// With `bus-image`: the image and what the emulated kernel did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReport>,
 }
 
 impl RunReport {
@@ -99,6 +105,21 @@ impl RunReport {
                 let _ = writeln!(out, "  - {v}");
             }
         }
+        if let Some(i) = &self.image {
+            let _ = writeln!(out, "drivers: {} ({}, sha256 {})", self.drivers, i.path, i.sha256);
+            let _ = writeln!(
+                out,
+                "  emulated kernel: {} DDI calls, {} Verifier checks, {} findings, {} bugchecks, {} CR8 traps",
+                i.ddi_calls, i.verifier_checks, i.findings, i.bugchecks, i.cr8_traps
+            );
+            let _ = writeln!(
+                out,
+                "  VM exits: {} ({:.1} per frame streaming, {:.1} with start and teardown; {} MMIO), ISR calls {}, DPC runs {}",
+                i.vm_exits, i.vm_exits_per_frame_streaming, i.vm_exits_per_frame, i.mmio, i.isr_calls, i.dpc_runs
+            );
+        } else {
+            let _ = writeln!(out, "drivers: {}", self.drivers);
+        }
         let _ = writeln!(out, "time: {:.3} s simulated in {:.3} s wall", self.sim_time_s, self.wall_s);
         let _ = write!(out, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
         out
@@ -117,15 +138,21 @@ impl Machine {
                 r.frames_dropped = r.frames_captured.saturating_sub(r.frames_delivered);
                 r
             })
-            .collect();
+            .collect::<Vec<ChannelReport>>();
+        let image = self.image_report();
         RunReport {
             channels,
             violations: self.violations.list(),
             #[allow(clippy::cast_precision_loss, reason = "virtual time stays far below 2^52 × 100 ns")]
             sim_time_s: self.timeline.now() as f64 / 1e7,
             wall_s: self.started.elapsed().as_secs_f64(),
-            interrupts_claimed: self.cards.iter().map(|c| c.isr_claimed).sum(),
-            interrupts_unclaimed: self.interrupts_unclaimed,
+            interrupts_claimed: image.as_ref().map_or_else(
+                || self.cards.iter().map(|c| c.isr_claimed).sum(),
+                |i| self.image.as_ref().map_or(0, |w| i.isr_calls.saturating_sub(w.sys.nt.ke.stats.unclaimed)),
+            ),
+            interrupts_unclaimed: self.image.as_ref().map_or(self.interrupts_unclaimed, |w| w.sys.nt.ke.stats.unclaimed),
+            drivers: self.config.drivers.name().to_string(),
+            image,
         }
     }
 }

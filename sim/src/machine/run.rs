@@ -7,8 +7,6 @@
 //! DPCs, the watchdog timer), the `PASSIVE_LEVEL` work after each event,
 //! why a run cannot take place ([`RunError`]), the callbacks a front end
 //! hangs on it ([`RunHooks`]), and [`run`], the whole job.
-use std::rc::Rc;
-
 use capdma_interface::status::{status_name, NtStatus};
 
 use super::build::Machine;
@@ -90,13 +88,24 @@ pub struct RunHooks<'a> {
 
 impl Machine {
     /// Runs until every channel captured its frames and the pipeline drained.
+    /// With the bus image, its kernel is active throughout and catches up
+    /// with the machine's time at every event.
     pub fn run(&mut self, hooks: &mut RunHooks<'_>) {
+        let before = self.image.as_ref().map(|w| w.sys.machine.counts().exits);
+        self.in_image(|m| m.run_events(hooks));
+        if let (Some(world), Some(before)) = (self.image.as_mut(), before) {
+            world.streaming_exits += world.sys.machine.counts().exits.saturating_sub(before);
+        }
+    }
+
+    fn run_events(&mut self, hooks: &mut RunHooks<'_>) {
         let interval = self.config.frame_interval_100ns();
         let total = u64::from(self.config.frames) * self.channels.len() as u64;
         let end = self.run_start + interval * (u64::from(self.config.frames) + DRAIN_INTERVALS);
         let mut captured = 0u64;
         while let Some(event) = self.timeline.pop_next() {
             let now = self.timeline.now();
+            self.image_deliver(now);
             match event {
                 Event::Capture { card, channel } => {
                     if self.capture(card, channel, now) {
@@ -109,10 +118,12 @@ impl Machine {
                 Event::Interrupt => self.interrupt(now),
                 Event::Dpc { card } => self.dpc(card, now),
                 Event::Watchdog => {
+                    // The cores' watchdog timers (the image's fires in its kernel).
                     for card in 0..self.cards.len() {
+                        let Some(bus) = self.cards[card].bus.core().cloned() else { continue };
                         if self.cards[card].timer_armed {
                             let old = self.irql.enter_dpc();
-                            self.cards[card].bus.watchdog(i64::try_from(now).unwrap_or(i64::MAX));
+                            bus.watchdog(i64::try_from(now).unwrap_or(i64::MAX));
                             self.irql.leave_dpc(old);
                         }
                     }
@@ -161,9 +172,13 @@ impl Machine {
         self.cards.iter().any(|c| c.interrupt_connected && c.board.interrupt_pending())
     }
 
-    /// Schedules the ISRs if the line is asserted.
+    /// Schedules the ISRs if the line is asserted. With the bus image the
+    /// kernel's dispatcher samples the line and runs the image's ISR (and
+    /// what it queues) now.
     pub(super) fn after_device_activity(&mut self, now: u64) {
-        if self.line_asserted() {
+        if self.runs_image() {
+            self.image_deliver(now);
+        } else if self.line_asserted() {
             self.timeline.schedule(now + INTERRUPT_LATENCY, Event::Interrupt);
         }
     }
@@ -181,7 +196,7 @@ impl Machine {
                 continue;
             }
             let old = self.irql.enter_isr(DEVICE);
-            let mine = self.cards[card].bus.isr();
+            let mine = self.cards[card].bus.core().is_some_and(|bus| bus.isr());
             self.irql.leave_isr(old);
             let c = &mut self.cards[card];
             if mine {
@@ -223,7 +238,7 @@ impl Machine {
     fn dpc(&mut self, card: u32, now: u64) {
         let Some(c) = self.cards.get_mut(card as usize) else { return };
         c.dpc_queued = false;
-        let bus = Rc::clone(&c.bus);
+        let Some(bus) = c.bus.core().cloned() else { return };
         let old = self.irql.enter_dpc();
         bus.dpc(i64::try_from(now).unwrap_or(i64::MAX));
         self.irql.leave_dpc(old);

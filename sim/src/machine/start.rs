@@ -24,8 +24,7 @@ use super::config::ConfigError;
 use super::events::Event;
 use super::report::ChannelReport;
 use super::run::{RunError, RunHooks, WATCHDOG_PERIOD};
-use crate::dma::adapter::SimDmaAdapter;
-use crate::ks::{PinFlags, SimKsPin, SimMapping};
+use crate::ks::{MappingSource, PinFlags, SimKsPin, SimMapping};
 use crate::pattern::Pattern;
 use crate::pnp::{AvStreamDevice, DeviceKind};
 
@@ -52,21 +51,18 @@ impl Machine {
             descriptor_ring_entries: self.config.descriptor_ring_entries.unwrap_or(StartConfig::DEFAULT.descriptor_ring_entries),
             cq_entries: self.config.cq_entries.unwrap_or(StartConfig::DEFAULT.cq_entries),
         };
-        for card in 0..self.cards.len() {
-            // MmMapIoSpaceEx, then the core's start; a failed start unmaps BAR0 again.
-            self.cards[card].board.set_bar0_mapped(true);
-            let result = self.cards[card].bus.start(&start);
-            if result.is_err() {
-                self.cards[card].board.set_bar0_mapped(false);
-            }
-            let decision = result.map_err(|s| self.driver_error(format!("card {card}: bus IRP_MN_START_DEVICE"), s))?;
-            let c = &mut self.cards[card];
-            c.decision = Some(decision);
-            c.interrupt_connected = true;
-            c.timer_armed = true;
-            c.removed = false;
-            self.enumerate_children(card);
+        if self.runs_image() {
+            self.start_image_buses()?;
+        } else {
+            self.start_core_buses(&start)?;
         }
+        self.in_image(Self::start_children)
+    }
+
+    /// The AVStream side of every child (with the image's kernel active
+    /// when it runs: the AVStream core calls the image's interface), then
+    /// the first `Process` calls and the first frame times.
+    fn start_children(&mut self) -> Result<(), RunError> {
         for card in 0..self.config.cards {
             for ch in 0..self.config.channels {
                 let run = self.start_child(card, ch)?;
@@ -82,11 +78,33 @@ impl Machine {
         Ok(())
     }
 
+    /// `IRP_MN_START_DEVICE` of every card's bus core, and its children.
+    fn start_core_buses(&mut self, start: &StartConfig) -> Result<(), RunError> {
+        for card in 0..self.cards.len() {
+            let Some(bus) = self.cards[card].bus.core().cloned() else { continue };
+            // MmMapIoSpaceEx, then the core's start; a failed start unmaps BAR0 again.
+            self.cards[card].board.set_bar0_mapped(true);
+            let result = bus.start(start);
+            if result.is_err() {
+                self.cards[card].board.set_bar0_mapped(false);
+            }
+            let decision = result.map_err(|s| self.driver_error(format!("card {card}: bus IRP_MN_START_DEVICE"), s))?;
+            let c = &mut self.cards[card];
+            c.decision = Some(decision);
+            c.interrupt_connected = true;
+            c.timer_armed = true;
+            c.removed = false;
+            self.enumerate_children(card);
+        }
+        Ok(())
+    }
+
     /// `IRP_MN_QUERY_DEVICE_RELATIONS` (`BusRelations`) of a card: one child
     /// PDO per channel and the AVStream stack over it (once: the children
     /// stay present across start/stop cycles).
     fn enumerate_children(&mut self, card: usize) {
         let c = &self.cards[card];
+        let Some(bus) = c.bus.core() else { return };
         if !c.children.is_empty() {
             return;
         }
@@ -94,7 +112,7 @@ impl Machine {
         for ch in 0..self.config.channels {
             let pdo = self.tree.create_pdo(
                 format!("card {card} child PDO CAPDMA\\Channel {ch}"),
-                DeviceKind::ChildPdo { bus: Rc::clone(&c.bus), channel: ch, parent_fdo: c.bus_fdo },
+                DeviceKind::ChildPdo { bus: Rc::clone(bus), channel: ch, parent_fdo: c.bus_fdo },
             );
             attach_filters(&self.tree, &self.config.stack.below_avstream, pdo, &format!("card {card} channel {ch} lower filter"));
             let name = format!("card {card} channel {ch} AVStream FDO");
@@ -142,7 +160,7 @@ impl Machine {
         };
         // KsDeviceRegisterAdapterObject: KS finds the adapter from the raw PDMA_ADAPTER.
         let mapping = setup.adapter.and_then(|reg| {
-            SimDmaAdapter::from_raw(reg.adapter)
+            MappingSource::from_raw(reg.adapter)
                 .map(|adapter| SimMapping { adapter, max_mapping_byte_count: reg.max_mapping_byte_count })
         });
         let flags = PinFlags {
@@ -245,7 +263,7 @@ impl Machine {
         let _ = run.device.release_interface();
     }
 
-    fn driver_error(&self, step: impl Into<String>, status: NtStatus) -> RunError {
+    pub(super) fn driver_error(&self, step: impl Into<String>, status: NtStatus) -> RunError {
         RunError::Driver { step: step.into(), status, report: Box::new(self.report()) }
     }
 }

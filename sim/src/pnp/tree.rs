@@ -62,6 +62,19 @@ pub enum DeviceKind {
         /// The bus FDO whose stack standard-interface queries are forwarded to.
         parent_fdo: DeviceId,
     },
+    /// A child PDO the bus *image* enumerated, as the machine's tree sees
+    /// it: `IRP_MN_QUERY_INTERFACE` for `GUID_CAPDMA_BUS_INTERFACE` is
+    /// answered with `table`, the host table of thunks into the image's
+    /// own interface (`crate::image::interface`), taking a reference
+    /// through the image's `InterfaceReference`. Other interfaces are
+    /// completed untouched (the image's child forwards them to its parent
+    /// in the emulated kernel, not in this tree).
+    ImageChildPdo {
+        /// The host table of the image's interface for this child.
+        table: CapdmaBusInterface,
+        /// The channel the child stands for.
+        channel: u32,
+    },
     /// `capdma_avstream.sys`'s FDO (`AVStream` passes the Plug and Play IRPs
     /// it does not handle down, as `KsDefaultDispatchPnp` does); the removal
     /// IRPs are judged by its [`AvStreamDevice`].
@@ -75,7 +88,7 @@ pub enum DeviceKind {
 
 impl DeviceKind {
     fn is_pdo(&self) -> bool {
-        matches!(self, Self::PciPdo(_) | Self::ChildPdo { .. } | Self::SoftwarePdo)
+        matches!(self, Self::PciPdo(_) | Self::ChildPdo { .. } | Self::ImageChildPdo { .. } | Self::SoftwarePdo)
     }
 
     fn label(&self) -> &'static str {
@@ -83,12 +96,45 @@ impl DeviceKind {
             Self::PciPdo(_) => "PCI PDO",
             Self::BusFdo(_) => "bus FDO",
             Self::ChildPdo { .. } => "child PDO",
+            Self::ImageChildPdo { .. } => "child PDO (bus image)",
             Self::AvStreamFdo(_) => "AVStream FDO",
             Self::Filter(FilterKind::PassThrough) => "filter (pass-through)",
             Self::Filter(FilterKind::FailsUnknownQueryInterface) => "filter (fails unknown query-interface)",
             Self::SoftwarePdo => "software PDO",
         }
     }
+}
+
+/// `IRP_MN_QUERY_INTERFACE` for `GUID_CAPDMA_BUS_INTERFACE` on a bus
+/// image's child: negotiates `size`/`version` as the bus does
+/// (`capdma_interface::negotiate`), copies the negotiated part of `table`
+/// into `out` and takes one reference through the table's own
+/// `InterfaceReference` (a call into the image). Returns the status the
+/// negotiation gave (`STATUS_INVALID_PARAMETER` for a null `out`).
+///
+/// # Safety
+/// `out` is null or points to `size` writable bytes; `table`'s context is
+/// alive and the image's kernel active (`crate::image::active`).
+unsafe fn answer_image_interface(table: &CapdmaBusInterface, size: u16, version: u16, out: *mut c_void) -> NtStatus {
+    if out.is_null() {
+        return capdma_interface::status::STATUS_INVALID_PARAMETER;
+    }
+    let negotiated = match capdma_interface::negotiate::negotiate(size, version, table.header.version) {
+        Ok(n) => n,
+        Err(status) => return status,
+    };
+    let mut answer = *table;
+    answer.header.size = negotiated.size;
+    answer.header.version = negotiated.version;
+    let bytes = usize::from(negotiated.size).min(size_of::<CapdmaBusInterface>());
+    // SAFETY: `out` holds `size >= negotiated.size >= bytes` bytes (the
+    // caller's contract, checked by the negotiation); `answer` is a local.
+    unsafe { std::ptr::copy_nonoverlapping((&raw const answer).cast::<u8>(), out.cast::<u8>(), bytes) };
+    if let Some(reference) = answer.header.interface_reference {
+        // SAFETY: the table's own context (the caller's contract).
+        unsafe { reference(answer.header.context) };
+    }
+    STATUS_SUCCESS
 }
 
 struct DeviceObject {
@@ -302,6 +348,14 @@ impl DeviceTree {
             (DeviceKind::ChildPdo { bus, parent_fdo, .. }, PnpMinor::QueryInterface(q)) => {
                 self.child_pdo_query_interface(&bus, parent_fdo, q, irp)
             }
+            (DeviceKind::ImageChildPdo { table, .. }, PnpMinor::QueryInterface(q)) => {
+                if route_child_query_interface(q.interface_type.as_ref()) == ChildInterfaceRoute::CapdmaBus {
+                    // SAFETY: the sender's `Interface` buffer holds `Size`
+                    // writable bytes (the IRP_MN_QUERY_INTERFACE contract).
+                    irp.status = unsafe { answer_image_interface(&table, q.size, q.version, q.interface) };
+                }
+                irp.status
+            }
             (DeviceKind::PciPdo(pci), PnpMinor::QueryInterface(q)) => {
                 if q.interface_type == Some(GUID_BUS_INTERFACE_STANDARD) {
                     // SAFETY: the sender's `Interface` buffer holds `Size` writable
@@ -313,7 +367,7 @@ impl DeviceTree {
             }
             (DeviceKind::SoftwarePdo, PnpMinor::QueryInterface(_)) => irp.status,
             (
-                DeviceKind::ChildPdo { .. } | DeviceKind::PciPdo(_) | DeviceKind::SoftwarePdo,
+                DeviceKind::ChildPdo { .. } | DeviceKind::ImageChildPdo { .. } | DeviceKind::PciPdo(_) | DeviceKind::SoftwarePdo,
                 PnpMinor::QueryRemoveDevice | PnpMinor::CancelRemoveDevice | PnpMinor::RemoveDevice,
             ) => {
                 // A child PDO that is still present survives its removal

@@ -83,6 +83,13 @@ pub struct ImageInterface {
     callbacks: RefCell<Vec<Box<Callback>>>,
     /// `InterfaceReference` / `InterfaceDereference` calls made through the host table.
     references: Cell<(u64, u64)>,
+    /// Kernel-owned guest pages for the in/out structures of a call, one
+    /// area per nesting depth (a thunk may be entered again from a host
+    /// callback the guest calls): kept for the interface's life, since
+    /// unmapping flushes the guest's translations, which is slow.
+    scratch: RefCell<Vec<(u64, u64)>>,
+    /// Thunk calls in progress on this interface.
+    depth: Cell<usize>,
 }
 
 impl ImageInterface {
@@ -96,6 +103,8 @@ impl ImageInterface {
             translate_adapter,
             callbacks: RefCell::new(Vec::new()),
             references: Cell::new((0, 0)),
+            scratch: RefCell::new(Vec::new()),
+            depth: Cell::new(0),
         }))
     }
 
@@ -147,21 +156,44 @@ unsafe fn interface<'a>(context: *mut c_void) -> &'a ImageInterface {
     unsafe { &*context.cast::<ImageInterface>() }
 }
 
-/// Guest memory for a call's in/out structures, freed when dropped... by
-/// the caller (`free`), since freeing needs the machine.
-struct Scratch {
+/// Smallest scratch area, bytes: enough for the element list of a 4K frame
+/// in 4 KiB pages (2025 `SgElement`s), so areas are rarely regrown.
+const SCRATCH_MIN_BYTES: u64 = 64 * 1024;
+
+/// Guest memory for one call's in/out structures: the interface's area
+/// for the current nesting depth, grown when too small; given back to the
+/// depth (not unmapped) by [`Scratch::free`].
+struct Scratch<'a> {
+    iface: &'a ImageInterface,
     va: u64,
-    pages: u64,
 }
 
-impl Scratch {
-    fn new(nt: &mut Nt, m: &mut Machine, bytes: u64) -> Result<Self, Stop> {
-        let pages = bytes.div_ceil(4096).max(1);
-        Ok(Self { va: nt.alloc_kernel(m, pages * 4096)?, pages })
+impl<'a> Scratch<'a> {
+    fn new(iface: &'a ImageInterface, nt: &mut Nt, m: &mut Machine, bytes: u64) -> Result<Self, Stop> {
+        let depth = iface.depth.get();
+        let mut areas = iface.scratch.borrow_mut();
+        let fits = areas.get(depth).is_some_and(|(_, pages)| pages * 4096 >= bytes);
+        if !fits {
+            let pages = bytes.max(SCRATCH_MIN_BYTES).div_ceil(4096);
+            let va = nt.alloc_kernel(m, pages * 4096)?;
+            if let Some(old) = areas.get_mut(depth) {
+                let (old_va, old_pages) = std::mem::replace(old, (va, pages));
+                m.free_own_pages(old_va, old_pages)?;
+            } else {
+                areas.push((va, pages));
+            }
+        }
+        let va = areas[depth].0;
+        iface.depth.set(depth + 1);
+        Ok(Self { iface, va })
     }
 
-    fn free(self, m: &mut Machine) -> Result<(), Stop> {
-        m.free_own_pages(self.va, self.pages)
+    /// Gives the area back to its depth. (Takes the machine to keep the
+    /// call sites' shape; nothing is unmapped.)
+    #[allow(clippy::unnecessary_wraps, reason = "call sites propagate with `?` as for every guest access")]
+    fn free(self, _m: &mut Machine) -> Result<(), Stop> {
+        self.iface.depth.set(self.iface.depth.get().saturating_sub(1));
+        Ok(())
     }
 }
 
@@ -217,7 +249,7 @@ unsafe extern "system" fn get_dma_config(context: *mut c_void, channel: u32, con
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
     let answer = active::with(|m, nt| {
-        let scratch = Scratch::new(nt, m, size_of::<DmaConfig>() as u64)?;
+        let scratch = Scratch::new(iface, nt, m, size_of::<DmaConfig>() as u64)?;
         let st = status(call(m, nt, iface, GET_DMA_CONFIG, &[u64::from(channel), scratch.va])?);
         let value: DmaConfig = get(m, scratch.va)?;
         scratch.free(m)?;
@@ -242,7 +274,7 @@ unsafe extern "system" fn get_dma_adapter(
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
     let answer = active::with(|m, nt| {
-        let scratch = Scratch::new(nt, m, 16)?;
+        let scratch = Scratch::new(iface, nt, m, 16)?;
         let st = status(call(m, nt, iface, GET_DMA_ADAPTER, &[u64::from(channel), scratch.va, scratch.va + 8, scratch.va + 12])?);
         let guest_adapter = m.read_u64(scratch.va)?;
         let max = m.read_u32(scratch.va + 8)?;
@@ -282,7 +314,7 @@ unsafe extern "system" fn program_frame(
     };
     active::with(|m, nt| {
         let bytes = size_of_val(list) as u64;
-        let scratch = Scratch::new(nt, m, bytes)?;
+        let scratch = Scratch::new(iface, nt, m, bytes)?;
         for (i, e) in list.iter().enumerate() {
             put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e)?;
         }
@@ -316,7 +348,7 @@ unsafe extern "system" fn get_slot_ring(context: *mut c_void, channel: u32, ring
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
     let answer = active::with(|m, nt| {
-        let scratch = Scratch::new(nt, m, size_of::<SlotRing>() as u64)?;
+        let scratch = Scratch::new(iface, nt, m, size_of::<SlotRing>() as u64)?;
         let st = status(call(m, nt, iface, GET_SLOT_RING, &[u64::from(channel), scratch.va])?);
         let base = m.read_u64(scratch.va)?;
         let base_logical = m.read_u64(scratch.va + 8)?;
@@ -357,7 +389,7 @@ unsafe extern "system" fn start_channel(context: *mut c_void, channel: u32, form
         Some(unsafe { format.read() })
     };
     active::with(|m, nt| {
-        let scratch = Scratch::new(nt, m, size_of::<ChannelFormat>() as u64)?;
+        let scratch = Scratch::new(iface, nt, m, size_of::<ChannelFormat>() as u64)?;
         let pointer = match format {
             Some(f) => {
                 put(m, scratch.va, &f)?;

@@ -4,7 +4,8 @@
 //! Every figure is the median over the runs of each run's median, followed
 //! by the range of the runs' medians in brackets; the header names the
 //! machine, the date and the load, and the goals of issue 10 are checked
-//! against the medians.
+//! against the medians. Then the share of one core the driver's path
+//! costs, the S/G programming cost, and every method's GB/s.
 use super::{BenchReport, CopyCase};
 use std::fmt::Write;
 
@@ -111,6 +112,8 @@ fn write_markdown(out: &mut String, report: &BenchReport) -> std::fmt::Result {
         )?;
     }
     writeln!(out)?;
+    write_costs(out, report)?;
+    writeln!(out)?;
     write!(out, "| method | destination |")?;
     for c in &report.cases {
         write!(out, " {} |", c.name)?;
@@ -127,4 +130,29 @@ fn write_markdown(out: &mut String, report: &BenchReport) -> std::fmt::Result {
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// The share of one core (median speed) and the S/G programming cost, one
+/// line each.
+fn write_costs(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    let shares: Vec<String> = report.core_share.iter().map(|c| format!("{} {:.1} %", c.workload, c.share_median * 100.0)).collect();
+    writeln!(out, "Share of one core on the driver's path (median speed): {}.", shares.join(", "))?;
+    writeln!(out)?;
+    let frames: Vec<String> = report
+        .sg
+        .frames
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {:.0} elements page by page ({:.2} us), {:.0} with physically adjacent pages merged ({:.2} us)",
+                f.frame,
+                f.elements_unmerged.mean,
+                f.ns_per_frame_unmerged / 1e3,
+                f.elements_merged.mean,
+                f.ns_per_frame_merged / 1e3
+            )
+        })
+        .collect();
+    let per_element = report.sg.frames.first().map_or(0.0, |f| f.ns_per_element.median);
+    writeln!(out, "S/G mode instead: {per_element:.2} ns per element to program; {}.", frames.join("; "))
 }

@@ -130,6 +130,7 @@ fn runs_are_folded_into_medians_and_ranges() {
         let verdict = if case.driver_vs_limit >= 0.90 { "met" } else { "missed by" };
         assert!(markdown.contains(&format!("* {}: vs limit {:.3}, {verdict}", case.name, case.driver_vs_limit)), "{markdown}");
     }
+    assert!(markdown.contains("Share of one core on the driver's path") && markdown.contains("ns per element to program"), "{markdown}");
     let svg = render_svg(&report).expect("the plot renders");
     assert!(svg.starts_with("<svg") && svg.contains("130x24 NV12") && svg.contains("scattered limit"), "{svg}");
 }

@@ -43,6 +43,11 @@ pub fn render_svg(report: &BenchReport) -> Result<String, String> {
     Ok(svg)
 }
 
+/// The first whitespace-separated word of `text` (the 1-minute load average).
+fn first_word(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("?")
+}
+
 fn color(index: usize) -> RGBColor {
     let c = Palette99::pick(index).to_rgba();
     RGBColor(c.0, c.1, c.2)
@@ -51,9 +56,16 @@ fn color(index: usize) -> RGBColor {
 fn draw_bars(report: &BenchReport, methods: &[&str], y_max: f64, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String> {
     let groups = report.cases.len();
     let s = &report.settings;
-    let caption = format!("capdma copy: GB/s per method ({} run(s), median of run medians; bars: run range), {}", s.runs, report.machine.cpu_model);
+    let day = report.started.get(..10).unwrap_or(&report.started);
+    let caption = format!(
+        "capdma copy, GB/s per method: {} run(s), median of the run medians, whiskers: their range; {}, {day}, load {} -> {}",
+        s.runs,
+        report.machine.cpu_model,
+        first_word(&s.load_average.0),
+        first_word(&s.load_average.1)
+    );
     let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 17))
+        .caption(caption, ("sans-serif", 15))
         .margin(12)
         .x_label_area_size(8)
         .y_label_area_size(55)

@@ -60,12 +60,13 @@
 //! In the driver the destination is an application frame buffer mapped
 //! into system space: 4 KiB pages, physically scattered. A streaming copy
 //! writes a new page every 4 KiB (about every 250 ns at 16 GB/s), and every
-//! first store into a page misses the TLB. A missed load is overlapped with
-//! the loads after it; the non-temporal store stream is not: it waits for
-//! the page walk, and under a hypervisor the walk is two-dimensional (guest
-//! page tables, each level translated through the host's), so its cost
-//! depends on where the pages lie. That is where the old gap to a
-//! contiguous destination came from: the same routine reached 0.85-0.92 of
+//! first store into a page misses the TLB. Our reading of the figures
+//! below: a missed load is overlapped with the loads after it, but the
+//! non-temporal store stream waits for the page walk, and under a
+//! hypervisor the walk is two-dimensional (guest page tables, each level
+//! translated through the host's), so its cost depends on where the pages
+//! lie and on what else the machine is doing. That is where the old gap to a
+//! contiguous destination came from: the same routine reached 0.87-0.92 of
 //! itself writing to the benchmark's linearly mapped ring (issue 10).
 //!
 //! A software prefetch that misses the TLB walks the page tables, and it
@@ -73,7 +74,8 @@
 //! copy prefetches the first line of the page [`PAGE_LOOKAHEAD`] pages on;
 //! when the stores get there the translation is in the TLB. The price is
 //! one extra line read per 4 KiB page (1.6 % of the stream), which the
-//! stores then overwrite: `PREFETCHNTA`, so the line is not kept. Measured
+//! stores then overwrite: `PREFETCHNTA`, so the line pollutes the caches as
+//! little as the core allows. Measured
 //! on the development machine (AMD EPYC family 25 model 17, Zen 4, under
 //! KVM; 200-round interleaved runs at load averages of 2-9; all GB/s ratios
 //! below are medians of the benchmark's interleaved rounds, see
@@ -103,12 +105,13 @@
 //! # Store width
 //!
 //! Measured the same way, with the page lookahead on, 32-byte `VMOVNTDQ`
-//! stores ran at 0.86-0.98 of 16-byte `MOVNTDQ` ones (about 0.92 typical), and 64-byte AVX-512
-//! stores no better than 32-byte ones (tried without the lookahead; the
-//! 32-byte and 64-byte streams tied). Without the lookahead the 32-byte
-//! streams were ahead (up to 6 %, the issue's reporter saw 5-11 %): fewer,
-//! wider stores wait less often on a page walk; once the walks are out of
-//! the way the narrower stream is the faster one on this core. So
+//! stores ran at 0.86-1.00 of 16-byte `MOVNTDQ` ones (about 0.93
+//! typical), and 64-byte AVX-512 stores were no better than 32-byte ones
+//! (tried without the lookahead, where the two tied). Without the lookahead
+//! the 32-byte streams were ahead, by 6-15 % (the issue's reporter saw
+//! 5-11 %): fewer, wider stores wait less often on a page walk; once the
+//! walks are out of the way the narrower stream is as fast or faster on
+//! this core. So
 //! [`VectorUnit::Avx2`] streams with 16-byte stores unless
 //! [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept so the
 //! benchmark can show the difference on every machine it runs on). The

@@ -82,8 +82,10 @@
 //! `docs/benchmark.md` for the recorded runs):
 //!
 //! * into the scattered pages, no lookahead ran at 0.81-0.86 of a lookahead
-//!   of 2 (1080p YUY2, 1080p NV12, 2160p YUY2), and with the lookahead the
-//!   scattered destination is as fast as the contiguous one (0.98-1.02);
+//!   of 2 (1080p YUY2, 1080p NV12, 2160p YUY2; 0.64-0.73 in a run at load
+//!   7-14: the busier the machine, the dearer a walk), and with the
+//!   lookahead the scattered destination is as fast as the contiguous one
+//!   (0.98-1.02);
 //! * the distance does not matter much once it is at least one page:
 //!   lookaheads of 1, 2, 3, 4 and 8 pages were within 4 % of each other, in
 //!   no consistent order. 2 leaves one page of slack for a faster core or a
@@ -108,11 +110,10 @@
 //! stores ran at 0.86-1.00 of 16-byte `MOVNTDQ` ones (about 0.93
 //! typical), and 64-byte AVX-512 stores were no better than 32-byte ones
 //! (tried without the lookahead, where the two tied). Without the lookahead
-//! the 32-byte streams were ahead, by 6-15 % (the reporter saw
-//! 5-11 %): fewer, wider stores wait less often on a page walk; once the
-//! walks are out of the way the narrower stream is as fast or faster on
-//! this core. So
-//! [`VectorUnit::Avx2`] streams with 16-byte stores unless
+//! the 32-byte streams tied at low load and were ahead by 6-15 % on a busy
+//! machine (the reporter saw 5-11 %): fewer, wider stores wait less
+//! often on a page walk; once the walks are out of the way the narrower
+//! stream is as fast or faster on this core. So [`VectorUnit::Avx2`] streams with 16-byte stores unless
 //! [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept so the
 //! benchmark can show the difference on every machine it runs on). The
 //! consequence for the driver: `Sse2` is the fastest unit, and it needs no

@@ -27,6 +27,11 @@
 //!   ordinary-store tail; one `SFENCE` ends the frame, so the frame is
 //!   globally visible, ordered before the stores that complete it, when the
 //!   routine returns.
+//! * The body is written in destination order, one destination page at a
+//!   time, and each page starts with one `PREFETCHNTA` of the page
+//!   [`PAGE_LOOKAHEAD`] pages further on (inside the frame), so that page's
+//!   address translation is done before the stores reach it (see Page
+//!   lookahead).
 //! * Other architectures take the ordinary path whatever the unit.
 //!
 //! # The threshold
@@ -50,21 +55,71 @@
 //! that away. Tests and benchmarks pass their own threshold to
 //! [`copy_frame_tuned`].
 //!
+//! # Page lookahead
+//!
+//! In the driver the destination is an application frame buffer mapped
+//! into system space: 4 KiB pages, physically scattered. A streaming copy
+//! writes a new page every 4 KiB (about every 250 ns at 16 GB/s), and every
+//! first store into a page misses the TLB. Our reading of the figures
+//! below: a missed load is overlapped with the loads after it, but the
+//! non-temporal store stream waits for the page walk, and under a
+//! hypervisor the walk is two-dimensional (guest page tables, each level
+//! translated through the host's), so its cost depends on where the pages
+//! lie and on what else the machine is doing. That is where the old gap to a
+//! contiguous destination came from: the same routine reached 0.87-0.92 of
+//! itself writing to the benchmark's linearly mapped ring (issue 10).
+//!
+//! A software prefetch that misses the TLB walks the page tables, and it
+//! retires without waiting. So at the start of each destination page the
+//! copy prefetches the first line of the page [`PAGE_LOOKAHEAD`] pages on;
+//! when the stores get there the translation is in the TLB. The price is
+//! one extra line read per 4 KiB page (1.6 % of the stream), which the
+//! stores then overwrite: `PREFETCHNTA`, so the line pollutes the caches as
+//! little as the core allows. Measured
+//! on the development machine (AMD EPYC family 25 model 17, Zen 4, under
+//! KVM; 200-round interleaved runs at load averages of 2-9; all GB/s ratios
+//! below are medians of the benchmark's interleaved rounds, see
+//! `docs/benchmark.md` for the recorded runs):
+//!
+//! * into the scattered pages, no lookahead ran at 0.81-0.86 of a lookahead
+//!   of 2 (1080p YUY2, 1080p NV12, 2160p YUY2; 0.64-0.73 in a run at load
+//!   7-14: the busier the machine, the dearer a walk), and with the
+//!   lookahead the scattered destination is as fast as the contiguous one
+//!   (0.98-1.02);
+//! * the distance does not matter much once it is at least one page:
+//!   lookaheads of 1, 2, 3, 4 and 8 pages were within 4 % of each other, in
+//!   no consistent order. 2 leaves one page of slack for a faster core or a
+//!   slower walk;
+//! * `PREFETCHNTA`, `PREFETCHT0` and `PREFETCHW` did equally well (within
+//!   2 %); `PREFETCHT2` gained a fraction of what they gained (8-9 %
+//!   against 20-50 % in the same runs), and a plain load of the next page
+//!   somewhat less than the prefetches. `PREFETCHW` is not in the x86-64
+//!   baseline; `PREFETCHNTA` is;
+//! * prefetching the *source* gained nothing beyond the noise (512 and 1024
+//!   bytes ahead in the stream: within ±4 %), and warming the source's pages
+//!   ahead like the destination's lost up to 12 % on NV12: the hardware
+//!   prefetchers already follow the source, which in the driver is one
+//!   physically contiguous common buffer;
+//! * copying in destination order is what the routine did already (a
+//!   frame's destination lines are in ascending order, and the slot is read
+//!   in the same order).
+//!
 //! # Store width
 //!
-//! A streamed copy of cold data is bound by memory, not by the width of the
-//! registers: every variant reads and writes the same cache lines. On the
-//! development machine (Zen 4 under KVM) 16-byte `MOVNTDQ` streams were
-//! never slower than 32-byte `VMOVNTDQ` ones: alone, in a paired A/B, the
-//! two tie within noise; in the benchmark's mix of methods (where copies
-//! with ordinary stores leave dirty lines behind, as other code does on a
-//! real system) the 32-byte streams ran 0-21 % slower (`docs/benchmark.md`). For a memory-bound copy Intel cores show no
-//! width effect either. So [`VectorUnit::Avx2`] streams with 16-byte stores
-//! unless [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept for
-//! machines where they win, and so the benchmark can show the difference).
-//! A consequence for the driver: for frames at or above the threshold,
-//! `Sse2` is as fast as `Avx2`, and `Sse2` needs no
-//! `KeSaveExtendedProcessorState`.
+//! Measured the same way, with the page lookahead on, 32-byte `VMOVNTDQ`
+//! stores ran at 0.86-1.00 of 16-byte `MOVNTDQ` ones (about 0.93
+//! typical), and 64-byte AVX-512 stores were no better than 32-byte ones
+//! (tried without the lookahead, where the two tied). Without the lookahead
+//! the 32-byte streams tied at low load and were ahead by 6-15 % on a busy
+//! machine (the issue's reporter saw 5-11 %): fewer, wider stores wait less
+//! often on a page walk; once the walks are out of the way the narrower
+//! stream is as fast or faster on this core. So [`VectorUnit::Avx2`] streams with 16-byte stores unless
+//! [`CopyTuning::avx2_wide_stores`] asks for 32-byte ones (kept so the
+//! benchmark can show the difference on every machine it runs on). The
+//! consequence for the driver: `Sse2` is the fastest unit, and it needs no
+//! `KeSaveExtendedProcessorState`, so the AVStream image passes
+//! [`VectorUnit::Sse2`] and saves no extended state. `Scalar` (`MOVNTI`)
+//! with the lookahead came within 0-3 % of it.
 //!
 //! # AVX2 detection without `std`
 //!
@@ -146,6 +201,11 @@ fn extent(lines: u32, line_bytes: u32, pitch: u32) -> Result<usize, NtStatus> {
 /// Why 256 KiB: see the module documentation.
 pub const NON_TEMPORAL_THRESHOLD: usize = 256 * 1024;
 
+/// Destination pages (4 KiB) between the page [`copy_frame`]'s stores are
+/// writing and the page whose address translation it warms ahead of them.
+/// Why 2: see the module documentation (Page lookahead).
+pub const PAGE_LOOKAHEAD: usize = 2;
+
 /// Knobs of [`copy_frame_tuned`]. None changes the bytes written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyTuning {
@@ -156,11 +216,16 @@ pub struct CopyTuning {
     /// `VMOVNTDQ` instead of 16-byte `MOVNTDQ`. Off by default: see the
     /// module documentation (Store width).
     pub avx2_wide_stores: bool,
+    /// Pages ahead of the non-temporal store stream whose address
+    /// translation is warmed with one `PREFETCHNTA` each; `0`: none. See
+    /// the module documentation (Page lookahead). [`PAGE_LOOKAHEAD`] by
+    /// default.
+    pub page_lookahead: usize,
 }
 
 impl CopyTuning {
     /// The tuning [`copy_frame`] uses.
-    pub const DEFAULT: Self = Self { non_temporal_threshold: NON_TEMPORAL_THRESHOLD, avx2_wide_stores: false };
+    pub const DEFAULT: Self = Self { non_temporal_threshold: NON_TEMPORAL_THRESHOLD, avx2_wide_stores: false, page_lookahead: PAGE_LOOKAHEAD };
 }
 
 impl Default for CopyTuning {
@@ -238,7 +303,7 @@ pub fn copy_frame_tuned(
     // line `i < lines` spans `i * pitch .. i * pitch + line_bytes`, inside
     // the extent, which the checks above proved both slices hold. `dst` is
     // a unique borrow, so the buffers do not overlap.
-    unsafe { copy_planned(dst.as_mut_ptr(), src.as_ptr(), &plan, effective_unit(unit), streamed, tuning.avx2_wide_stores) };
+    unsafe { copy_planned(dst.as_mut_ptr(), src.as_ptr(), &plan, effective_unit(unit), streamed, tuning) };
     Ok(bytes)
 }
 
@@ -269,28 +334,30 @@ impl Plan {
 }
 
 /// Runs `plan` with `unit` (already resolved by [`effective_unit`]);
-/// `wide`: 32-byte stores for `Avx2`.
+/// `streamed`: non-temporal stores, with `tuning`'s store width and page
+/// lookahead.
 ///
 /// # Safety
 /// Line `i < plan.lines` spans `src + i * src_pitch .. + line` (readable)
 /// and `dst + i * dst_pitch .. + line` (writable); the buffers do not
 /// overlap; `unit` is `Avx2` only when the CPU has AVX2.
-unsafe fn copy_planned(dst: *mut u8, src: *const u8, plan: &Plan, unit: VectorUnit, streamed: bool, wide: bool) {
+unsafe fn copy_planned(dst: *mut u8, src: *const u8, plan: &Plan, unit: VectorUnit, streamed: bool, tuning: &CopyTuning) {
     #[cfg(target_arch = "x86_64")]
     if streamed {
+        let (wide, ahead) = (tuning.avx2_wide_stores, tuning.page_lookahead);
         match unit {
             // SAFETY: forwarded from the caller; `effective_unit` chose
             // `Avx2` only when `avx2_usable()`, and the caller of
             // `copy_frame` saved the YMM state (the `VectorUnit` contract).
-            VectorUnit::Avx2 if wide => unsafe { x86::frame_nt_avx2(dst, src, plan) },
+            VectorUnit::Avx2 if wide => unsafe { x86::frame_nt_avx2(dst, src, plan, ahead) },
             // SAFETY: forwarded from the caller; SSE2 is x86-64 baseline.
-            VectorUnit::Avx2 | VectorUnit::Sse2 => unsafe { x86::frame_nt_sse2(dst, src, plan) },
+            VectorUnit::Avx2 | VectorUnit::Sse2 => unsafe { x86::frame_nt_sse2(dst, src, plan, ahead) },
             // SAFETY: forwarded from the caller; MOVNTI is x86-64 baseline.
-            VectorUnit::Scalar => unsafe { x86::frame_nt_gpr(dst, src, plan) },
+            VectorUnit::Scalar => unsafe { x86::frame_nt_gpr(dst, src, plan, ahead) },
         }
         return;
     }
-    let _ = (unit, streamed, wide);
+    let _ = (unit, streamed, tuning);
     for i in 0..plan.lines {
         // SAFETY: line `i` is inside both buffers (caller); `i * pitch` is
         // below the extent, so neither product overflows.
@@ -346,7 +413,7 @@ mod tests {
         let mut dst = [7u8; 8];
         for g in [geometry(0, 10, 10, 10), geometry(4, 0, 0, 2)] {
             for unit in [VectorUnit::Scalar, VectorUnit::Sse2, VectorUnit::Avx2] {
-                let t = CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true };
+                let t = CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true, page_lookahead: PAGE_LOOKAHEAD };
                 assert_eq!(copy_frame_tuned(&mut dst, &[], &g, unit, &t), Ok(0));
             }
         }
@@ -380,13 +447,15 @@ mod proptests {
     use proptest::prelude::*;
 
     const UNITS: [VectorUnit; 3] = [VectorUnit::Scalar, VectorUnit::Sse2, VectorUnit::Avx2];
-    /// Always stream (both store widths), the default (`None`: through
-    /// `copy_frame`), never stream.
-    const TUNINGS: [Option<CopyTuning>; 4] = [
-        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: false }),
-        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true }),
+    /// Always stream (both store widths; page lookahead off, default,
+    /// long), the default (`None`: through `copy_frame`), never stream.
+    const TUNINGS: [Option<CopyTuning>; 6] = [
+        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: false, page_lookahead: PAGE_LOOKAHEAD }),
+        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true, page_lookahead: PAGE_LOOKAHEAD }),
+        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: false, page_lookahead: 0 }),
+        Some(CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true, page_lookahead: 7 }),
         None,
-        Some(CopyTuning { non_temporal_threshold: usize::MAX, avx2_wide_stores: false }),
+        Some(CopyTuning { non_temporal_threshold: usize::MAX, avx2_wide_stores: false, page_lookahead: PAGE_LOOKAHEAD }),
     ];
 
     /// The obvious byte loop.
@@ -514,7 +583,7 @@ mod proptests {
             let dst_len = if which == 0 { dst_need } else { dst_need.saturating_sub(dst_short + 1) };
             let src = vec![0x5Au8; src_len];
             let mut dst = vec![0xC3u8; dst_len];
-            let t = CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true };
+            let t = CopyTuning { non_temporal_threshold: 0, avx2_wide_stores: true, page_lookahead: PAGE_LOOKAHEAD };
             prop_assert_eq!(copy_frame_tuned(&mut dst, &src, &g, UNITS[unit], &t), Err(STATUS_BUFFER_TOO_SMALL));
             prop_assert!(dst.iter().all(|&b| b == 0xC3));
         }

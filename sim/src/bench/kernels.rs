@@ -1,9 +1,13 @@
 //! The copies the driver's path is compared with, and the byte checks.
 //!
-//! The reference limit is written here, independently of the driver's
+//! The reference copies are written here, independently of the driver's
 //! routine: one contiguous run, 128 bytes per iteration, unaligned loads and
 //! non-temporal stores — 32-byte AVX2 stores where the CPU has AVX2 (the
-//! `limit` method), 16-byte SSE2 stores (`limit_sse2`) — and one `SFENCE`.
+//! `ref_avx2` methods), 16-byte SSE2 stores (`ref_sse2`) — and one `SFENCE`;
+//! optionally with a page lookahead of their own (`ref_sse2_lookahead`: at
+//! each destination page boundary, one `PREFETCHNTA` of the page
+//! [`REFERENCE_LOOKAHEAD`] pages further on, inside the run), so the limits
+//! do not depend on the driver's routine for that trick either.
 use capdma_avstream::copy::CopyGeometry;
 
 /// Which instruction set [`limit_copy`] uses on this host (`wide`: AVX2 if present).
@@ -24,10 +28,14 @@ pub fn limit_unit(wide: bool) -> &'static str {
     }
 }
 
+/// Pages ahead of the stores that `ref_sse2_lookahead` warms.
+pub const REFERENCE_LOOKAHEAD: usize = 2;
+
 /// Copies `src` to `dst` (same length) with non-temporal stores, 32 bytes
-/// wide when `wide` and the CPU has AVX2, else 16 bytes wide. Falls back to
-/// `copy_from_slice` off x86-64.
-pub fn limit_copy(dst: &mut [u8], src: &[u8], wide: bool) {
+/// wide when `wide` and the CPU has AVX2, else 16 bytes wide; with
+/// `lookahead` pages of translation warming (0: none; SSE2 only). Falls
+/// back to `copy_from_slice` off x86-64.
+pub fn limit_copy(dst: &mut [u8], src: &[u8], wide: bool, lookahead: usize) {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
     #[cfg(target_arch = "x86_64")]
@@ -41,13 +49,13 @@ pub fn limit_copy(dst: &mut [u8], src: &[u8], wide: bool) {
             unsafe { x86::stream_avx2(dst[head..].as_mut_ptr(), src[head..].as_ptr(), body) };
         } else {
             // SAFETY: as above, without AVX2 (SSE2 is baseline).
-            unsafe { x86::stream_sse2(dst[head..].as_mut_ptr(), src[head..].as_ptr(), body) };
+            unsafe { x86::stream_sse2(dst[head..].as_mut_ptr(), src[head..].as_ptr(), body, lookahead) };
         }
         dst[head + body..].copy_from_slice(&src[head + body..]);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = wide;
+        let _ = (wide, lookahead);
         dst.copy_from_slice(src);
     }
 }
@@ -88,7 +96,9 @@ pub fn check_run(dst: &[u8], src: &[u8], poison: u8) -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::{__m128i, __m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_loadu_si128, _mm_prefetch, _mm_sfence, _mm_stream_si128, _MM_HINT_NTA,
+    };
 
     /// Streams `n` bytes (a multiple of 128) from `src` to `dst`, then `SFENCE`.
     ///
@@ -113,15 +123,25 @@ mod x86 {
         _mm_sfence();
     }
 
-    /// As [`stream_avx2`] with SSE2.
+    /// As [`stream_avx2`] with SSE2; with `lookahead > 0`, each 128 bytes
+    /// that start a destination page first prefetch (`PREFETCHNTA`) the
+    /// start of the page `lookahead` pages on, when it is inside the run.
     ///
     /// # Safety
     /// `src..src + n` readable, `dst..dst + n` writable and 16-byte aligned,
     /// not overlapping.
     #[expect(clippy::cast_ptr_alignment, reason = "unaligned loads; aligned destination")]
-    pub unsafe fn stream_sse2(dst: *mut u8, src: *const u8, n: usize) {
+    pub unsafe fn stream_sse2(dst: *mut u8, src: *const u8, n: usize, lookahead: usize) {
+        const PAGE: usize = 4096;
+        let ahead = lookahead.saturating_mul(PAGE);
         let mut off = 0;
         while off + 128 <= n {
+            let at = dst.addr() + off;
+            if lookahead > 0 && at % PAGE < 128 && (at - at % PAGE).saturating_add(ahead) < dst.addr() + n {
+                let target = dst.wrapping_add(off).wrapping_sub(at % PAGE).wrapping_add(ahead);
+                // SAFETY: a prefetch is a hint; it never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_NTA>(target.cast::<i8>()) };
+            }
             let s = src.wrapping_add(off).cast::<__m128i>();
             let d = dst.wrapping_add(off).cast::<__m128i>();
             for k in 0..8 {
@@ -145,9 +165,9 @@ mod tests {
     fn limit_copy_copies_any_length_and_alignment() {
         let src: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         for (off, n) in [(0, 0), (1, 5), (3, 127), (5, 128), (17, 1000), (31, 4960)] {
-            for wide in [false, true] {
+            for (wide, lookahead) in [(false, 0), (true, 0), (false, 1), (false, 2)] {
                 let mut dst = vec![0u8; 5000];
-                limit_copy(&mut dst[off..off + n], &src[..n], wide);
+                limit_copy(&mut dst[off..off + n], &src[..n], wide, lookahead);
                 assert_eq!(&dst[off..off + n], &src[..n]);
                 assert!(dst[..off].iter().chain(&dst[off + n..]).all(|&b| b == 0));
             }

@@ -1,26 +1,36 @@
 //! `capdma-sim bench`: how fast the common-buffer copy is on this machine,
 //! against what the machine allows, and what S/G programming costs.
 //!
-//! [`run`] measures, in one process:
+//! [`run`] measures, in one process, [`BenchOptions::runs`] times over:
 //!
 //! * **copy methods**, for 1080p YUY2, 1080p NV12 and 2160p YUY2 frames
 //!   (slot line pitch = line bytes rounded up to 256, frame stride = line
-//!   bytes, as in common-buffer mode):
-//!   * `limit`: the reference limit, a non-temporal AVX2 copy (32-byte
-//!     stores; SSE2 without AVX2) of the frame's bytes between contiguous
-//!     buffers; `limit_sse2`: the same with 16-byte stores;
+//!   bytes, as in common-buffer mode), each into one of two destinations:
+//!   a **contiguous** ring (one linear mapping of a page pool) and a ring of
+//!   **scattered 4 KiB pages**, the driver's frame buffers (see [`region`]
+//!   for how that is modelled and why):
+//!   * `ref_avx2`, `ref_sse2`, `ref_sse2_lookahead`: reference
+//!     non-temporal copies of the frame's bytes as one run (32-byte AVX2
+//!     stores, 16-byte SSE2 stores, and SSE2 with a page lookahead of their
+//!     own; [`kernels`]), into each destination;
 //!   * `copy_from_slice`: the naive stride-aware copy, line by line;
 //!   * `driver`: the driver's path, `copy_frame` with the best
-//!     [`VectorUnit`] (AVX2 when present), into a frame buffer of scattered
-//!     4 KiB pages (see [`region`] for how that is modelled and why);
-//!   * `driver_contiguous`, `driver_wide`, `driver_scalar`,
-//!     `driver_temporal`: the same routine into a contiguous buffer (the
-//!     limit's destination), with 32-byte AVX2 stores, with general-purpose
-//!     registers only, and with non-temporal stores disabled — to show where
-//!     the time goes;
+//!     [`VectorUnit`] and its default tuning, into the scattered pages;
+//!     `driver_contiguous`: the same call into the contiguous ring;
+//!   * `driver_wide`, `driver_no_lookahead`, `driver_wide_no_lookahead`,
+//!     `driver_scalar`, `driver_temporal`: the same routine with 32-byte
+//!     AVX2 stores, without the page lookahead, with neither, with
+//!     general-purpose registers only, and with ordinary stores — to show
+//!     what each choice is worth;
+//! * **two limits per run and frame size**: the best median of the
+//!   non-temporal methods into the contiguous ring (`limit`, the machine's
+//!   copy limit) and the best into the scattered pages (`scattered_limit`,
+//!   the best anything achieved into the driver's kind of destination); the
+//!   driver's path is reported against both;
 //! * **cold data**: slots and frames rotate through rings of at least
 //!   [`BenchOptions::ring_factor`] × the last-level cache (read from sysfs),
-//!   so every copy reads and writes memory that is not in any cache;
+//!   so every copy reads and writes memory that is not in any cache; each
+//!   run builds its rings anew (a new physical placement);
 //! * **fairness**: the methods run round-robin, one copy each per round, in
 //!   an order shuffled every round (seeded). A mere rotation would keep each
 //!   method behind the same predecessor every round, and a method behind
@@ -32,15 +42,21 @@
 //!   after the frame included;
 //! * the **share of one core** that 1080p60, 2160p60 and 4 × 1080p60 cost on
 //!   the driver's path;
-//! * the **S/G programming cost** (see [`sg`]).
+//! * the **S/G programming cost** (see [`sg`]), once.
 //!
-//! The whole-stack throughput in virtual time needs the simulated machine:
-//! [`BenchReport::stack`] is left `None` for the caller to fill.
+//! Figures over runs: each run gives a median per method; the report's
+//! figure is the median of those, with their range. The whole-stack
+//! throughput in virtual time needs the simulated machine:
+//! [`BenchReport::stack`] is left `None` for the caller to fill, and so is
+//! [`BenchReport::image`] (the AVStream image's own copy, once it runs in
+//! the emulated kernel).
 #![allow(clippy::cast_precision_loss, reason = "benchmark figures: counts far below 2^53 converted to f64")]
 
 mod kernels;
 mod machine;
+mod markdown;
 mod placement;
+mod plot;
 mod region;
 mod sg;
 mod stats;
@@ -48,12 +64,14 @@ mod stack;
 mod table;
 
 pub use machine::MachineInfo;
+pub use markdown::render_markdown;
+pub use plot::render_svg;
 pub use sg::{SgCost, SgFrameCost};
 pub use stats::Summary;
 pub use stack::measure_stack;
 pub use table::render_table;
 
-use capdma_avstream::copy::{copy_frame_tuned, effective_unit, CopyGeometry, CopyTuning, VectorUnit, NON_TEMPORAL_THRESHOLD};
+use capdma_avstream::copy::{copy_frame_tuned, effective_unit, CopyGeometry, CopyTuning, VectorUnit, NON_TEMPORAL_THRESHOLD, PAGE_LOOKAHEAD};
 
 use capdma_interface::format::PixelFormat;
 use placement::PAGE;
@@ -77,20 +95,24 @@ pub struct BenchOptions {
     /// A tiny configuration (small frames, 4 MiB rings, a few samples) for
     /// tests and smoke runs: its numbers mean nothing.
     pub quick: bool,
-    /// Timed rounds per frame size (each round times every method once);
-    /// `None`: 600 (quick: 5).
+    /// Timed rounds per frame size and run (each round times every method
+    /// once); `None`: 600 (quick: 5).
     pub samples: Option<usize>,
     /// Untimed copies per method before the rounds; `None`: 8 (quick: 2).
     pub warmup: Option<usize>,
     /// Rings hold at least this many times the last-level cache (default 8).
     pub ring_factor: usize,
-    /// Seed of the page placement and the data patterns.
+    /// Seed of the page placement and the data patterns (run `k` uses
+    /// `seed + k` for its placement).
     pub seed: u64,
+    /// Independent runs (new rings each); figures are medians over runs.
+    /// At least 1 (default 1).
+    pub runs: usize,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { quick: false, samples: None, warmup: None, ring_factor: 8, seed: 0xCAFD_BE4C }
+        Self { quick: false, samples: None, warmup: None, ring_factor: 8, seed: 0xCAFD_BE4C, runs: 1 }
     }
 }
 
@@ -102,11 +124,13 @@ impl BenchOptions {
     }
 }
 
-/// Everything one run measured. `serde` gives the `--json` form.
+/// Everything one invocation measured. `serde` gives the `--json` form.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     /// The host.
     pub machine: MachineInfo,
+    /// When the measurement started (UTC, RFC 3339, seconds).
+    pub started: String,
     /// How the run was set up.
     pub settings: Settings,
     /// One entry per frame size.
@@ -118,10 +142,38 @@ pub struct BenchReport {
     /// Whole-stack throughput in virtual time, per DMA mode: filled by the
     /// CLI from the simulated machine; `run` leaves it `None`.
     pub stack: Option<StackThroughput>,
+    /// The product's own cost (issue 10, item 4): the AVStream image's
+    /// `Process` copy timed inside the emulated kernel next to the host
+    /// routine, and the main job's wall time per frame with `--drivers
+    /// images` next to `--drivers cores`. `None` until the image runs in the
+    /// emulated kernel; nothing fills it yet.
+    pub image: Option<ImageCost>,
     /// `true` when every byte check of every method passed.
     pub checks_passed: bool,
     /// Wall-clock seconds of the run.
     pub elapsed_seconds: f64,
+}
+
+/// The product's own cost (see [`BenchReport::image`]); the place for issue
+/// 10's item 4. Goals: `image_vs_host` within 5 % of 1, `images_vs_cores`
+/// at most 2.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImageCost {
+    /// The frame the copies are timed on (`"1080p YUY2"`).
+    pub case: String,
+    /// Nanoseconds per frame of the image's `Process` copy in the emulated
+    /// kernel (native execution).
+    pub image_copy_ns_per_frame: f64,
+    /// Nanoseconds per frame of the host routine on the same frame.
+    pub host_copy_ns_per_frame: f64,
+    /// `image_copy_ns_per_frame / host_copy_ns_per_frame`.
+    pub image_vs_host: f64,
+    /// Wall seconds per frame of the main job with `--drivers images`.
+    pub images_wall_per_frame: f64,
+    /// Wall seconds per frame of the main job with `--drivers cores`.
+    pub cores_wall_per_frame: f64,
+    /// `images_wall_per_frame / cores_wall_per_frame`.
+    pub images_vs_cores: f64,
 }
 
 /// How the run was set up.
@@ -129,9 +181,11 @@ pub struct BenchReport {
 pub struct Settings {
     /// The quick configuration was used (numbers not meaningful).
     pub quick: bool,
-    /// Timed rounds per frame size.
+    /// Independent runs.
+    pub runs: usize,
+    /// Timed rounds per frame size and run.
     pub samples: usize,
-    /// Untimed warm-up copies per method and frame size.
+    /// Untimed warm-up copies per method, frame size and run.
     pub warmup: usize,
     /// Bytes of each ring (source slots; each destination ring).
     pub ring_bytes: usize,
@@ -139,22 +193,25 @@ pub struct Settings {
     pub ring_over_llc: f64,
     /// `copy_frame`'s non-temporal threshold, bytes.
     pub non_temporal_threshold: usize,
+    /// `copy_frame`'s page lookahead, pages.
+    pub page_lookahead: usize,
     /// The unit `driver` ran with (`effective_unit(Avx2)`).
     pub driver_unit: String,
-    /// The instruction set of `limit`.
-    pub limit_unit: String,
+    /// The instruction set of `ref_avx2`.
+    pub reference_unit: String,
     /// Backing of the source ring (the common buffer's slots).
     pub source_memory: String,
     /// Backing of the contiguous destination ring.
     pub contiguous_memory: String,
-    /// Backing of the scattered destination ring (the frame buffers).
+    /// Backing of the scattered destination ring (the frame buffers), first run.
     pub scattered_memory: String,
     /// Why the scattered ring could not be built (the driver's destination
     /// was then a contiguous ring too); `None` when it was.
     pub scattered_fallback: Option<String>,
-    /// Fraction of virtually consecutive page pairs that are physically
-    /// adjacent, per ring (`None` when `/proc/self/pagemap` hides frames).
-    pub physical_adjacency: PhysicalAdjacency,
+    /// Per run: fraction of virtually consecutive page pairs that are
+    /// physically adjacent, per ring (`None` when `/proc/self/pagemap`
+    /// hides frames).
+    pub physical_adjacency: Vec<PhysicalAdjacency>,
     /// `/proc/loadavg` when the run started and when it ended (other work on
     /// the machine makes the numbers noisy).
     pub load_average: (String, String),
@@ -196,27 +253,59 @@ pub struct CopyCase {
     pub streamed: bool,
     /// Per method.
     pub methods: Vec<MethodResult>,
-    /// Median GB/s of `driver` over median GB/s of `limit`.
+    /// The machine's copy limit: per run, the best median GB/s of the
+    /// non-temporal methods into the contiguous ring.
+    pub limit: Limit,
+    /// The limit of the driver's kind of destination: per run, the best
+    /// median GB/s of the non-temporal methods into the scattered pages
+    /// (the driver's path included).
+    pub scattered_limit: Limit,
+    /// `driver` over `limit`: the median over runs of each run's ratio of
+    /// medians.
     pub driver_vs_limit: f64,
-    /// Median GB/s of `driver` over the better median of `limit` and
-    /// `limit_sse2` (the fastest contiguous copy measured).
-    pub driver_vs_best_limit: f64,
-    /// The same ratio taken round by round (both measured in the same round).
+    /// `driver` over `scattered_limit`, likewise (at most 1: the driver is
+    /// one of the candidates).
+    pub driver_vs_scattered_limit: f64,
+    /// Each run's `driver / limit`.
+    pub driver_vs_limit_by_run: Vec<f64>,
+    /// Each run's `driver / scattered_limit`.
+    pub driver_vs_scattered_limit_by_run: Vec<f64>,
+    /// `driver / limit` taken round by round (both copies of the same
+    /// round, the run's limit method), over all runs.
     pub driver_vs_limit_by_round: Summary,
+}
+
+/// A limit: the best method per run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Limit {
+    /// Median over runs of `gbps_by_run`.
+    pub gbps: f64,
+    /// Each run's best median GB/s.
+    pub gbps_by_run: Vec<f64>,
+    /// The method that achieved it, per run.
+    pub method_by_run: Vec<String>,
 }
 
 /// One copy method's figures for one frame size.
 #[derive(Clone, Debug, Serialize)]
 pub struct MethodResult {
-    /// Identifier: `limit`, `copy_from_slice`, `driver`, ...
+    /// Identifier: `ref_avx2`, `copy_from_slice`, `driver`, ...
     pub method: String,
     /// What it does.
     pub description: String,
     /// `"contiguous"` or `"scattered pages"`.
     pub destination: String,
-    /// GB/s (10^9 bytes per second) over the timed samples.
+    /// Whether it streams with non-temporal stores (a limit candidate).
+    pub non_temporal: bool,
+    /// GB/s (10^9 bytes per second): the median over runs of each run's
+    /// median (the figure the tables show).
+    pub gbps_median: f64,
+    /// Each run's median GB/s.
+    pub gbps_by_run: Vec<f64>,
+    /// GB/s over every timed sample of every run (its `median` is not
+    /// `gbps_median` when there are several runs).
     pub gbps: Summary,
-    /// Nanoseconds per frame over the timed samples.
+    /// Nanoseconds per frame over every timed sample of every run.
     pub ns_per_frame: Summary,
     /// Byte checks run.
     pub checks: usize,
@@ -275,8 +364,9 @@ pub struct ModeThroughput {
     pub wall_seconds: f64,
     /// `frames / wall_seconds`: how fast the whole simulated stack runs.
     pub frames_per_wall_second: f64,
-    /// Frames per second the measured copy limit (`limit`, median) allows
-    /// for this format: the ceiling of common-buffer mode on this machine.
+    /// Frames per second the measured copy limit (`limit`, median over
+    /// runs) allows for this format: the ceiling of common-buffer mode on
+    /// this machine.
     pub copy_limit_fps: f64,
 }
 
@@ -329,8 +419,8 @@ fn cases(quick: bool) -> Vec<CaseSpec> {
 /// How a method copies.
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    /// [`kernels::limit_copy`], wide stores or not.
-    Limit(bool),
+    /// [`kernels::limit_copy`]: wide stores or not, page lookahead.
+    Reference { wide: bool, lookahead: usize },
     SliceCopy,
     Driver(VectorUnit, CopyTuning),
 }
@@ -351,17 +441,46 @@ struct Method {
     dst: Dst,
 }
 
+impl Method {
+    /// Whether the method streams with non-temporal stores (for frames of
+    /// the benchmark's sizes), so it is a candidate for the limits.
+    fn non_temporal(&self) -> bool {
+        match self.op {
+            Op::Reference { .. } => true,
+            Op::SliceCopy => false,
+            Op::Driver(_, tuning) => tuning.non_temporal_threshold < usize::MAX,
+        }
+    }
+}
+
 fn methods(best: VectorUnit) -> Vec<Method> {
     let m = |id, description: String, op, dst| Method { id, description, op, dst };
     let wide = CopyTuning { avx2_wide_stores: true, ..DEFAULT_TUNING };
+    let no_lookahead = CopyTuning { page_lookahead: 0, ..DEFAULT_TUNING };
+    let wide_no_lookahead = CopyTuning { avx2_wide_stores: true, page_lookahead: 0, ..DEFAULT_TUNING };
     let temporal = CopyTuning { non_temporal_threshold: usize::MAX, ..DEFAULT_TUNING };
+    let reference = |wide| Op::Reference { wide, lookahead: 0 };
+    let reference_ahead = Op::Reference { wide: false, lookahead: kernels::REFERENCE_LOOKAHEAD };
+    let (ref_wide, ref_narrow) = (kernels::limit_unit(true), kernels::limit_unit(false));
+    let ahead = kernels::REFERENCE_LOOKAHEAD;
     vec![
-        m("limit", format!("reference limit: one contiguous non-temporal {} copy", kernels::limit_unit(true)), Op::Limit(true), Dst::Contiguous),
-        m("limit_sse2", format!("the same with {} stores", kernels::limit_unit(false)), Op::Limit(false), Dst::Contiguous),
+        m("ref_avx2", format!("reference: the frame's bytes as one run, non-temporal {ref_wide} stores"), reference(true), Dst::Contiguous),
+        m("ref_sse2", format!("reference with {ref_narrow} (16-byte) stores"), reference(false), Dst::Contiguous),
+        m("ref_sse2_lookahead", format!("ref_sse2 with its own {ahead}-page lookahead"), reference_ahead, Dst::Contiguous),
         m("copy_from_slice", "copy_from_slice line by line".into(), Op::SliceCopy, Dst::Contiguous),
-        m("driver", format!("copy_frame({best:?}), default tuning"), Op::Driver(best, DEFAULT_TUNING), Dst::Scattered),
-        m("driver_contiguous", format!("copy_frame({best:?}) into a contiguous buffer"), Op::Driver(best, DEFAULT_TUNING), Dst::Contiguous),
+        m("driver_contiguous", format!("copy_frame({best:?}) into the contiguous ring"), Op::Driver(best, DEFAULT_TUNING), Dst::Contiguous),
+        m("ref_avx2_scattered", "ref_avx2 into the scattered pages".into(), reference(true), Dst::Scattered),
+        m("ref_sse2_scattered", "ref_sse2 into the scattered pages".into(), reference(false), Dst::Scattered),
+        m("ref_sse2_lookahead_scattered", "ref_sse2_lookahead into the scattered pages".into(), reference_ahead, Dst::Scattered),
+        m("driver", format!("the driver's path: copy_frame({best:?}), default tuning"), Op::Driver(best, DEFAULT_TUNING), Dst::Scattered),
         m("driver_wide", format!("copy_frame({best:?}), 32-byte stores"), Op::Driver(best, wide), Dst::Scattered),
+        m("driver_no_lookahead", format!("copy_frame({best:?}), no page lookahead"), Op::Driver(best, no_lookahead), Dst::Scattered),
+        m(
+            "driver_wide_no_lookahead",
+            format!("copy_frame({best:?}), 32-byte stores, no page lookahead"),
+            Op::Driver(best, wide_no_lookahead),
+            Dst::Scattered,
+        ),
         m("driver_scalar", "copy_frame(Scalar): MOVNTI".into(), Op::Driver(VectorUnit::Scalar, DEFAULT_TUNING), Dst::Scattered),
         m("driver_temporal", format!("copy_frame({best:?}), ordinary stores only"), Op::Driver(best, temporal), Dst::Scattered),
     ]
@@ -459,7 +578,7 @@ fn copy_once(method: &Method, g: &CopyGeometry, rings: &mut Rings, layout: &Layo
     let dst = &mut region.bytes_mut()[frame * layout.span..(frame + 1) * layout.span];
     let t = Instant::now();
     match method.op {
-        Op::Limit(wide) => kernels::limit_copy(&mut dst[..frame_bytes], &src[..frame_bytes], wide),
+        Op::Reference { wide, lookahead } => kernels::limit_copy(&mut dst[..frame_bytes], &src[..frame_bytes], wide, lookahead),
         Op::SliceCopy => kernels::slice_copy(dst, src, g),
         Op::Driver(unit, tuning) => {
             copy_frame_tuned(dst, src, g, unit, &tuning).map_err(|s| format!("copy_frame failed: {s:#x}"))?;
@@ -475,7 +594,7 @@ fn check_once(method: &Method, g: &CopyGeometry, rings: &Rings, layout: &Layout,
     let src = &rings.src.bytes()[at.slot * layout.slot..at.slot * layout.slot + src_extent];
     let dst = &rings.destination(at.dst).bytes()[at.frame * layout.span..(at.frame + 1) * layout.span];
     Ok(match method.op {
-        Op::Limit(_) => kernels::check_run(dst, &src[..g.lines as usize * g.line_bytes as usize], POISON),
+        Op::Reference { .. } => kernels::check_run(dst, &src[..g.lines as usize * g.line_bytes as usize], POISON),
         Op::SliceCopy | Op::Driver(..) => kernels::check_lines(dst, src, g, POISON),
     })
 }
@@ -504,19 +623,30 @@ fn gbps_of(bytes: usize, ns: &[f64]) -> Vec<f64> {
     ns.iter().map(|&t| bytes as f64 / t.max(1e-3)).collect()
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark ([`run_with_progress`] without a progress callback).
+///
+/// # Errors
+/// As [`run_with_progress`].
+pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
+    run_with_progress(options, &mut |_, _| {})
+}
+
+/// Runs the benchmark; `progress(done, total)` is called after every timed
+/// round (and each warm-up) with the steps done so far and in all.
 ///
 /// # Errors
 /// Memory could not be mapped, or a copy returned an error (a bug). A
 /// failed byte check is not an error: it shows in the report
 /// ([`BenchReport::checks_passed`], per method `check_failures`).
-pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
-    let started = Instant::now();
+pub fn run_with_progress(options: &BenchOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchReport, String> {
+    let started_at = Instant::now();
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let load_before = load_average();
     let machine = machine::machine_info();
     let specs = cases(options.quick);
     let samples = options.samples.unwrap_or(if options.quick { 5 } else { 600 }).max(1);
     let warmup = options.warmup.unwrap_or(if options.quick { 2 } else { 8 }).max(1);
+    let runs = options.runs.max(1);
 
     let geometries = specs.iter().map(CaseSpec::geometry).collect::<Result<Vec<_>, _>>()?;
     let largest = geometries.iter().map(|g| g.src_extent().unwrap_or(0).max(g.dst_extent().unwrap_or(0))).max().unwrap_or(0);
@@ -526,24 +656,32 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         machine.llc_bytes.saturating_mul(options.ring_factor.max(1)).max(8 * largest)
     };
 
-    let src = Region::contiguous(ring_bytes);
-    let contiguous = Region::contiguous(ring_bytes);
-    let (scattered, scattered_fallback) = match Region::scattered(ring_bytes, options.seed) {
-        Ok(r) => (r, None),
-        Err(why) => (Region::contiguous(ring_bytes), Some(why)),
-    };
-    let mut rings = Rings { src, contiguous, scattered };
-    fill_pattern(rings.src.bytes_mut(), options.seed);
-
     let best = effective_unit(VectorUnit::Avx2);
     let methods = methods(best);
-    let mut cases_out = Vec::new();
-    let mut all_passed = true;
-    for (spec, g) in specs.iter().zip(&geometries) {
-        let case = run_case(spec, g, &methods, &mut rings, Schedule { samples, warmup, seed: options.seed })?;
-        all_passed &= case.methods.iter().all(|m| m.check_failures == 0);
-        cases_out.push(case);
+    let total = (runs * specs.len() * (samples + 1)) as u64;
+    let mut done = 0u64;
+    let mut tick = |n: usize| {
+        done += n as u64;
+        progress(done, total);
+    };
+    let mut measured: Vec<Vec<CaseRun>> = (0..specs.len()).map(|_| Vec::with_capacity(runs)).collect();
+    let mut adjacency_by_run = Vec::with_capacity(runs);
+    let mut memory = None;
+    for run in 0..runs {
+        let seed = options.seed.wrapping_add(run as u64);
+        let (mut rings, fallback) = make_rings(ring_bytes, seed);
+        adjacency_by_run.push(PhysicalAdjacency {
+            source: adjacency(&rings.src),
+            contiguous: adjacency(&rings.contiguous),
+            scattered: adjacency(&rings.scattered),
+        });
+        for (case_runs, g) in measured.iter_mut().zip(&geometries) {
+            case_runs.push(run_case(g, &methods, &mut rings, Schedule { samples, warmup, seed }, &mut tick)?);
+        }
+        memory.get_or_insert((rings.src.model().to_owned(), rings.contiguous.model().to_owned(), rings.scattered.model().to_owned(), fallback));
     }
+    let cases_out: Vec<CopyCase> = specs.iter().zip(&geometries).zip(&measured).map(|((spec, g), runs)| summarize_case(spec, g, &methods, runs)).collect();
+    let all_passed = cases_out.iter().all(|c| c.methods.iter().all(|m| m.check_failures == 0));
 
     let core_share = core_share(&cases_out);
     let sg_sizes: Vec<(String, usize)> = specs
@@ -562,36 +700,52 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let (sg_frames, sg_samples) = if options.quick { (4, 3) } else { (64, 40) };
     let sg = sg::measure(&sg_sizes, sg_frames, sg_samples, options.seed, &host_runs)?;
 
+    let (source_memory, contiguous_memory, scattered_memory, scattered_fallback) = memory.unwrap_or_default();
     let settings = Settings {
         quick: options.quick,
+        runs,
         samples,
         warmup,
         ring_bytes,
         ring_over_llc: ratio(ring_bytes as u64, machine.llc_bytes as u64),
         non_temporal_threshold: NON_TEMPORAL_THRESHOLD,
+        page_lookahead: PAGE_LOOKAHEAD,
         driver_unit: format!("{best:?}"),
-        limit_unit: kernels::limit_unit(true).to_owned(),
-        source_memory: rings.src.model().to_owned(),
-        contiguous_memory: rings.contiguous.model().to_owned(),
-        scattered_memory: rings.scattered.model().to_owned(),
+        reference_unit: kernels::limit_unit(true).to_owned(),
+        source_memory,
+        contiguous_memory,
+        scattered_memory,
         scattered_fallback,
-        physical_adjacency: PhysicalAdjacency {
-            source: adjacency(&rings.src),
-            contiguous: adjacency(&rings.contiguous),
-            scattered: adjacency(&rings.scattered),
-        },
+        physical_adjacency: adjacency_by_run,
         load_average: (load_before, load_average()),
     };
     Ok(BenchReport {
         machine,
+        started,
         settings,
         cases: cases_out,
         core_share,
         sg,
         stack: None,
+        image: None,
         checks_passed: all_passed,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
+        elapsed_seconds: started_at.elapsed().as_secs_f64(),
     })
+}
+
+/// Builds one run's rings: a source ring filled with a seeded pattern, a
+/// contiguous destination ring, and a scattered one (a contiguous ring
+/// instead, with the reason, when the host refuses the mapping).
+fn make_rings(ring_bytes: usize, seed: u64) -> (Rings, Option<String>) {
+    let src = Region::contiguous(ring_bytes);
+    let contiguous = Region::contiguous(ring_bytes);
+    let (scattered, fallback) = match Region::scattered(ring_bytes, seed) {
+        Ok(r) => (r, None),
+        Err(why) => (Region::contiguous(ring_bytes), Some(why)),
+    };
+    let mut rings = Rings { src, contiguous, scattered };
+    fill_pattern(rings.src.bytes_mut(), seed);
+    (rings, fallback)
 }
 
 /// How many copies of each method, and the seed of the round order.
@@ -602,12 +756,19 @@ struct Schedule {
     seed: u64,
 }
 
-fn run_case(spec: &CaseSpec, g: &CopyGeometry, methods: &[Method], rings: &mut Rings, schedule: Schedule) -> Result<CopyCase, String> {
+/// One run's raw figures for one frame size.
+struct CaseRun {
+    /// Per method: nanoseconds of each timed round.
+    ns: Vec<Vec<f64>>,
+    /// Per method: (byte checks, failures).
+    checks: Vec<(usize, usize)>,
+}
+
+fn run_case(g: &CopyGeometry, methods: &[Method], rings: &mut Rings, schedule: Schedule, tick: &mut dyn FnMut(usize)) -> Result<CaseRun, String> {
     let Schedule { samples, warmup, seed } = schedule;
     let layout = Layout::new(g, rings)?;
     rings.contiguous.bytes_mut().fill(POISON);
     rings.scattered.bytes_mut().fill(POISON);
-    let frame_bytes = g.lines as usize * g.line_bytes as usize;
     let mut cursor = Cursor::default();
     let mut checks = vec![(0usize, 0usize); methods.len()];
     let mut record = |i: usize, ok: bool| {
@@ -624,6 +785,7 @@ fn run_case(spec: &CaseSpec, g: &CopyGeometry, methods: &[Method], rings: &mut R
             record(i, check_once(m, g, rings, &layout, at)?);
         }
     }
+    tick(1);
 
     let mut ns = vec![Vec::with_capacity(samples); methods.len()];
     let mut order: Vec<usize> = (0..methods.len()).collect();
@@ -637,32 +799,69 @@ fn run_case(spec: &CaseSpec, g: &CopyGeometry, methods: &[Method], rings: &mut R
                 record(i, check_once(&methods[i], g, rings, &layout, at)?);
             }
         }
+        tick(1);
     }
+    Ok(CaseRun { ns, checks })
+}
 
+/// The median of `values` (0 for none).
+fn median(values: &[f64]) -> f64 {
+    stats::summarize(values).median
+}
+
+/// The best method among `candidates` (indices) by median GB/s in each run:
+/// the [`Limit`] and, per run, the index of its method.
+fn best_of(candidates: &[usize], methods: &[Method], medians: &[Vec<f64>]) -> (Limit, Vec<usize>) {
+    let runs = medians.first().map_or(0, Vec::len);
+    let winners: Vec<usize> = (0..runs)
+        .map(|r| candidates.iter().copied().max_by(|&a, &b| medians[a][r].total_cmp(&medians[b][r])).unwrap_or(0))
+        .collect();
+    let gbps_by_run: Vec<f64> = winners.iter().enumerate().map(|(r, &w)| medians[w][r]).collect();
+    let limit = Limit { gbps: median(&gbps_by_run), method_by_run: winners.iter().map(|&w| methods[w].id.to_owned()).collect(), gbps_by_run };
+    (limit, winners)
+}
+
+/// Folds the runs of one frame size into its [`CopyCase`].
+fn summarize_case(spec: &CaseSpec, g: &CopyGeometry, methods: &[Method], runs: &[CaseRun]) -> CopyCase {
+    let frame_bytes = g.lines as usize * g.line_bytes as usize;
+    // Per method, per run: the median GB/s.
+    let medians: Vec<Vec<f64>> = (0..methods.len()).map(|i| runs.iter().map(|r| median(&gbps_of(frame_bytes, &r.ns[i]))).collect()).collect();
     let results: Vec<MethodResult> = methods
         .iter()
-        .zip(&ns)
-        .zip(&checks)
-        .map(|((m, t), &(checks, check_failures))| MethodResult {
-            method: m.id.to_owned(),
-            description: m.description.clone(),
-            destination: match m.dst {
-                Dst::Contiguous => "contiguous".into(),
-                Dst::Scattered => "scattered pages".into(),
-            },
-            gbps: stats::summarize(&gbps_of(frame_bytes, t)),
-            ns_per_frame: stats::summarize(t),
-            checks,
-            check_failures,
+        .enumerate()
+        .map(|(i, m)| {
+            let ns: Vec<f64> = runs.iter().flat_map(|r| r.ns[i].iter().copied()).collect();
+            let (checks, check_failures) = runs.iter().fold((0, 0), |(c, f), r| (c + r.checks[i].0, f + r.checks[i].1));
+            MethodResult {
+                method: m.id.to_owned(),
+                description: m.description.clone(),
+                destination: match m.dst {
+                    Dst::Contiguous => "contiguous".into(),
+                    Dst::Scattered => "scattered pages".into(),
+                },
+                non_temporal: m.non_temporal(),
+                gbps_median: median(&medians[i]),
+                gbps_by_run: medians[i].clone(),
+                gbps: stats::summarize(&gbps_of(frame_bytes, &ns)),
+                ns_per_frame: stats::summarize(&ns),
+                checks,
+                check_failures,
+            }
         })
         .collect();
-    let index = |id: &str| methods.iter().position(|m| m.id == id).unwrap_or(0);
-    let (limit, limit_sse2, driver) = (index("limit"), index("limit_sse2"), index("driver"));
-    let by_round: Vec<f64> = ns[limit].iter().zip(&ns[driver]).map(|(l, d)| l / d.max(1e-3)).collect();
-    let driver_vs_limit = results[driver].gbps.median / results[limit].gbps.median.max(1e-12);
-    let best_limit = results[limit].gbps.median.max(results[limit_sse2].gbps.median);
-    let driver_vs_best_limit = results[driver].gbps.median / best_limit.max(1e-12);
-    Ok(CopyCase {
+    let candidates = |dst: Dst| -> Vec<usize> { (0..methods.len()).filter(|&i| methods[i].dst == dst && methods[i].non_temporal()).collect() };
+    let (limit, limit_winners) = best_of(&candidates(Dst::Contiguous), methods, &medians);
+    let (scattered_limit, _) = best_of(&candidates(Dst::Scattered), methods, &medians);
+    let driver = methods.iter().position(|m| m.id == "driver").unwrap_or(0);
+    let vs = |l: &Limit| -> Vec<f64> { medians[driver].iter().zip(&l.gbps_by_run).map(|(d, l)| d / l.max(1e-12)).collect() };
+    let driver_vs_limit_by_run = vs(&limit);
+    let driver_vs_scattered_limit_by_run = vs(&scattered_limit);
+    let by_round: Vec<f64> = runs
+        .iter()
+        .zip(&limit_winners)
+        .flat_map(|(r, &w)| r.ns[w].iter().zip(&r.ns[driver]).map(|(l, d)| l / d.max(1e-3)).collect::<Vec<_>>())
+        .collect();
+    CopyCase {
         name: spec.name.clone(),
         format: spec.format.name().to_owned(),
         width: spec.width,
@@ -674,10 +873,14 @@ fn run_case(spec: &CaseSpec, g: &CopyGeometry, methods: &[Method], rings: &mut R
         frame_bytes,
         streamed: frame_bytes >= NON_TEMPORAL_THRESHOLD,
         methods: results,
-        driver_vs_limit,
-        driver_vs_best_limit,
+        limit,
+        scattered_limit,
+        driver_vs_limit: median(&driver_vs_limit_by_run),
+        driver_vs_scattered_limit: median(&driver_vs_scattered_limit_by_run),
+        driver_vs_limit_by_run,
+        driver_vs_scattered_limit_by_run,
         driver_vs_limit_by_round: stats::summarize(&by_round),
-    })
+    }
 }
 
 /// Share of one core on the driver's path: 1080p60 (each format),
@@ -698,7 +901,7 @@ fn core_share(cases: &[CopyCase]) -> Vec<CoreShare> {
             streams,
             fps,
             bytes_per_second,
-            share_median: share(driver.gbps.median),
+            share_median: share(driver.gbps_median),
             share_p95: share(driver.gbps.p05),
         });
     }
@@ -714,58 +917,4 @@ pub fn render_json(report: &BenchReport) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quick_run_checks_bytes_and_reports_consistently() {
-        let report = run(&BenchOptions::quick()).expect("quick bench runs");
-        assert!(report.checks_passed, "byte checks failed: {report:#?}");
-        assert_eq!(report.cases.len(), 3);
-        assert!(report.stack.is_none(), "the stack figures are the caller's");
-        let ids = ["limit", "limit_sse2", "copy_from_slice", "driver", "driver_contiguous", "driver_wide", "driver_scalar", "driver_temporal"];
-        for case in &report.cases {
-            assert_eq!(case.frame_bytes, case.lines as usize * case.line_bytes as usize);
-            assert_eq!(case.src_pitch % SLOT_LINE_ALIGN, 0);
-            assert!(case.src_pitch >= case.line_bytes && case.dst_stride == case.line_bytes);
-            assert_eq!(case.methods.iter().map(|m| m.method.as_str()).collect::<Vec<_>>(), ids);
-            for m in &case.methods {
-                // Warm-up check, rounds 0 and 8k, the last round.
-                let expected = 1 + (0..report.settings.samples).filter(|r| r % CHECK_EVERY == 0 || r + 1 == report.settings.samples).count();
-                assert_eq!((m.checks, m.check_failures), (expected, 0), "{} {}", case.name, m.method);
-                assert_eq!(m.gbps.count, report.settings.samples);
-                assert!(m.gbps.min > 0.0 && m.gbps.min <= m.gbps.median && m.gbps.median <= m.gbps.max);
-                // GB/s and ns per frame describe the same samples.
-                let from_ns = case.frame_bytes as f64 / m.ns_per_frame.median;
-                assert!((from_ns - m.gbps.median).abs() <= 1e-9 * from_ns, "odd sample count: same median sample");
-            }
-            let limit = &case.methods[0];
-            let driver = &case.methods[3];
-            assert!((case.driver_vs_limit - driver.gbps.median / limit.gbps.median).abs() < 1e-12);
-            let best = limit.gbps.median.max(case.methods[1].gbps.median);
-            assert!((case.driver_vs_best_limit - driver.gbps.median / best).abs() < 1e-12);
-            assert!(case.driver_vs_best_limit <= case.driver_vs_limit);
-            assert_eq!(case.driver_vs_limit_by_round.count, report.settings.samples);
-            assert_eq!(case.streamed, case.frame_bytes >= NON_TEMPORAL_THRESHOLD);
-        }
-        assert!(report.cases.iter().any(|c| c.streamed), "the quick run exercises the streamed path");
-        assert_eq!(report.core_share.len(), 4);
-        let one = &report.core_share[0];
-        let four = &report.core_share[3];
-        assert_eq!((one.streams, four.streams), (1, 4));
-        assert!((four.share_median - 4.0 * one.share_median).abs() < 1e-9 * four.share_median.max(1.0));
-        assert!(one.share_p95 >= one.share_median);
-        let c0 = &report.cases[0];
-        let expect = 60.0 * c0.frame_bytes as f64 / (c0.methods[3].gbps.median * 1e9);
-        assert!((one.share_median - expect).abs() < 1e-12);
-        for f in &report.sg.frames {
-            assert!(f.elements_merged.max <= f.elements_unmerged.min);
-            assert!((f.elements_unmerged.min - f.frame_bytes.div_ceil(PAGE) as f64).abs() < 0.5);
-            assert!(f.ns_per_element.median > 0.0);
-        }
-        let json = render_json(&report).unwrap();
-        assert!(json.contains("\"driver_vs_limit\"") && json.contains("\"stack\": null"));
-        let table = render_table(&report);
-        assert!(table.contains("driver") && table.contains("96x16 YUY2"));
-    }
-}
+mod tests;

@@ -21,7 +21,7 @@ pub fn measure_stack(report: &BenchReport, frames: u32) -> Result<StackThroughpu
     // The limit's GB/s of the 1080p YUY2 case (the quick configuration has
     // only small frames: then the first case's, named in the description).
     let case = report.cases.iter().find(|c| c.name == CASE).or_else(|| report.cases.first());
-    let limit_gbps = case.and_then(|c| c.methods.iter().find(|m| m.method == "limit")).map_or(0.0, |m| m.gbps.median);
+    let limit_gbps = case.map_or(0.0, |c| c.limit.gbps);
     let limit_case = case.map_or("no case", |c| c.name.as_str());
     let frame_bytes = 1920.0 * 1080.0 * 2.0;
     let copy_limit_fps = limit_gbps * 1e9 / frame_bytes;

@@ -30,26 +30,50 @@ fn write_report(out: &mut String, report: &BenchReport) -> std::fmt::Result {
     write_cases(out, report)?;
     write_core_share(out, report)?;
     write_sg(out, report)?;
+    write_image(out, report)?;
     write_stack(out, report)
+}
+
+fn write_image(out: &mut String, report: &BenchReport) -> std::fmt::Result {
+    writeln!(out)?;
+    match &report.image {
+        None => writeln!(
+            out,
+            "the AVStream image's own copy (emulated kernel): not measured; needs the image running in the emulated kernel (issue 10, item 4)"
+        ),
+        Some(i) => writeln!(
+            out,
+            "the AVStream image's own copy, {}: {:.1} us/frame in the emulated kernel vs {:.1} us/frame on the host ({:.3}); --drivers images {:.2} ms/frame vs cores {:.2} ms/frame ({:.2} x)",
+            i.case,
+            i.image_copy_ns_per_frame / 1e3,
+            i.host_copy_ns_per_frame / 1e3,
+            i.image_vs_host,
+            i.images_wall_per_frame * 1e3,
+            i.cores_wall_per_frame * 1e3,
+            i.images_vs_cores
+        ),
+    }
 }
 
 fn write_setup(out: &mut String, report: &BenchReport) -> std::fmt::Result {
     let m = &report.machine;
     let s = &report.settings;
-    writeln!(out, "capdma copy benchmark{}", if s.quick { " (quick configuration: numbers not meaningful)" } else { "" })?;
+    writeln!(out, "capdma copy benchmark{}, started {}", if s.quick { " (quick configuration: numbers not meaningful)" } else { "" }, report.started)?;
     let family = m.cpu_family_model.map(|(f, md)| format!(" (family {f}, model {md})")).unwrap_or_default();
     writeln!(out, "CPU: {}{family}, {} logical CPUs, AVX2: {}", m.cpu_model, m.logical_cpus, if m.avx2 { "yes" } else { "no" })?;
     writeln!(
         out,
-        "LLC: {} (L{}, {}); rings {} each ({:.1} x LLC); {} rounds, warm-up {}; non-temporal threshold {}",
+        "LLC: {} (L{}, {}); rings {} each ({:.1} x LLC); {} run(s) of {} rounds, warm-up {}; non-temporal threshold {}, page lookahead {}",
         mib(m.llc_bytes),
         m.llc_level,
         m.llc_source,
         mib(s.ring_bytes),
         s.ring_over_llc,
+        s.runs,
         s.samples,
         s.warmup,
-        mib(s.non_temporal_threshold)
+        mib(s.non_temporal_threshold),
+        s.page_lookahead
     )?;
     writeln!(out, "load average: start {}, end {}; THP: {}", s.load_average.0, s.load_average.1, m.transparent_hugepages.as_deref().unwrap_or("n/a"))?;
     writeln!(out, "slots and contiguous destinations: {}", s.source_memory)?;
@@ -57,14 +81,27 @@ fn write_setup(out: &mut String, report: &BenchReport) -> std::fmt::Result {
     if let Some(why) = &s.scattered_fallback {
         writeln!(out, "  (scattered mapping unavailable: {why})")?;
     }
-    let a = &s.physical_adjacency;
-    writeln!(
-        out,
-        "physically adjacent consecutive pages: slots {}, contiguous {}, frame buffers {}",
-        percent(a.source),
-        percent(a.contiguous),
-        percent(a.scattered)
-    )
+    for (run, a) in s.physical_adjacency.iter().enumerate() {
+        writeln!(
+            out,
+            "physically adjacent consecutive pages, run {}: slots {}, contiguous {}, frame buffers {}",
+            run + 1,
+            percent(a.source),
+            percent(a.contiguous),
+            percent(a.scattered)
+        )?;
+    }
+    Ok(())
+}
+
+/// `a-b`: the range of `values` (`-` for fewer than two).
+fn range(values: &[f64]) -> String {
+    if values.len() < 2 {
+        return "-".to_owned();
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}-{max:.2}")
 }
 
 fn write_cases(out: &mut String, report: &BenchReport) -> std::fmt::Result {
@@ -81,27 +118,46 @@ fn write_cases(out: &mut String, report: &BenchReport) -> std::fmt::Result {
             c.frame_bytes as f64 / 1e6,
             if c.streamed { "streamed" } else { "ordinary stores" }
         )?;
-        writeln!(out, "  {:<18} {:<16} {:>8} {:>8} {:>8} {:>9} {:>8}  {:>7}", "method", "destination", "GB/s med", "min", "max", "us/frame", "x limit", "checks")?;
-        let limit = c.methods.first().map_or(1.0, |l| l.gbps.median.max(1e-12));
+        writeln!(
+            out,
+            "  {:<28} {:<16} {:>8} {:>11} {:>7} {:>7} {:>9} {:>7} {:>7}  {:>7}",
+            "method", "destination", "GB/s", "run range", "min", "max", "us/frame", "x limit", "x scat.", "checks"
+        )?;
         for mr in &c.methods {
             writeln!(
                 out,
-                "  {:<18} {:<16} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.3}  {:>7}",
+                "  {:<28} {:<16} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>9.1} {:>7.3} {:>7.3}  {:>7}",
                 mr.method,
                 mr.destination,
-                mr.gbps.median,
+                mr.gbps_median,
+                range(&mr.gbps_by_run),
                 mr.gbps.min,
                 mr.gbps.max,
                 mr.ns_per_frame.median / 1e3,
-                mr.gbps.median / limit,
+                mr.gbps_median / c.limit.gbps.max(1e-12),
+                mr.gbps_median / c.scattered_limit.gbps.max(1e-12),
                 format!("{}/{}", mr.checks - mr.check_failures, mr.checks)
             )?;
         }
+        writeln!(
+            out,
+            "  limit (best non-temporal, contiguous): {:.2} GB/s ({}); scattered limit (best into the scattered pages): {:.2} GB/s ({})",
+            c.limit.gbps,
+            c.limit.method_by_run.join(", "),
+            c.scattered_limit.gbps,
+            c.scattered_limit.method_by_run.join(", ")
+        )?;
         let b = &c.driver_vs_limit_by_round;
         writeln!(
             out,
-            "  driver / limit: {:.3} (round by round: median {:.3}, p05-p95 {:.3}-{:.3}); driver / best limit: {:.3}",
-            c.driver_vs_limit, b.median, b.p05, b.p95, c.driver_vs_best_limit
+            "  driver / limit: {:.3} (runs {}; round by round: median {:.3}, p05-p95 {:.3}-{:.3}); driver / scattered limit: {:.3} (runs {})",
+            c.driver_vs_limit,
+            range(&c.driver_vs_limit_by_run),
+            b.median,
+            b.p05,
+            b.p95,
+            c.driver_vs_scattered_limit,
+            range(&c.driver_vs_scattered_limit_by_run)
         )?;
     }
     Ok(())

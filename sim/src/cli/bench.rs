@@ -1,8 +1,9 @@
 //! `capdma-sim bench`: the common-buffer copy against the memory limit.
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use capdma_sim::bench::{measure_stack, render_table, run as run_bench, BenchOptions};
+use capdma_sim::bench::{measure_stack, render_markdown, render_svg, render_table, run_with_progress, BenchOptions};
 use clap::builder::RangedU64ValueParser;
 use clap::Args;
 
@@ -15,32 +16,48 @@ pub struct BenchArgs {
     /// A tiny configuration for smoke tests (its numbers mean nothing).
     #[arg(long)]
     quick: bool,
-    /// Timed rounds per frame size, 1..=100000.
+    /// Timed rounds per frame size and run, 1..=100000.
     #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     samples: Option<usize>,
+    /// Independent runs (new rings each); figures are medians over the runs, with their range.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    runs: u16,
     /// Seed of page placement and data.
     #[arg(long, default_value_t = 0xCAFD_BE4C)]
     seed: u64,
     /// Print one JSON object instead of the table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     json: bool,
+    /// Print the Markdown tables of README.md and docs/benchmark.md instead of the table.
+    #[arg(long)]
+    markdown: bool,
+    /// Also write an SVG plot of GB/s per method and frame size, with both limits, to FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 /// Runs `capdma-sim bench`: exit 0 when every copy method wrote the right
 /// bytes, 1 when one did not or the run could not be made, 2 on a usage
 /// error.
 pub fn run(args: &BenchArgs) -> ExitCode {
-    let options = BenchOptions { quick: args.quick, samples: args.samples, seed: args.seed, ..BenchOptions::default() };
-    // Progress on stderr (a terminal only): the phase and the time in it.
-    let bar = progress(2, "{spinner} {pos}/{len} {msg} ({elapsed})");
+    let options = BenchOptions {
+        quick: args.quick,
+        samples: args.samples,
+        seed: args.seed,
+        runs: usize::from(args.runs),
+        ..BenchOptions::default()
+    };
+    // Progress on stderr (a terminal only): the timed rounds, then the stack.
+    let bar = progress(0, "{spinner} [{bar:40}] {pos}/{len} rounds ({eta} left) {msg}");
     bar.enable_steady_tick(Duration::from_millis(200));
-    bar.set_message("timing the copy methods");
-    let measured = run_bench(&options).and_then(|mut report| {
-        bar.inc(1);
+    let mut on_round = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let measured = run_with_progress(&options, &mut on_round).and_then(|mut report| {
         bar.set_message("streaming through the whole stack");
         let frames = if args.quick { 30 } else { 300 };
         report.stack = Some(measure_stack(&report, frames)?);
-        bar.inc(1);
         Ok(report)
     });
     bar.finish_and_clear();
@@ -48,10 +65,18 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         Ok(report) => report,
         Err(e) => return Outcome::Error(format!("bench: {e}")).exit(),
     };
+    if let Some(path) = &args.svg {
+        let written = render_svg(&report).and_then(|svg| std::fs::write(path, svg).map_err(|e| format!("--svg {}: {e}", path.display())));
+        if let Err(e) = written {
+            return Outcome::Error(format!("bench: {e}")).exit();
+        }
+    }
     if args.json {
         if let Err(e) = print_json("bench", report.checks_passed, None, &report) {
             return Outcome::Error(e).exit();
         }
+    } else if args.markdown {
+        print_line(&render_markdown(&report));
     } else {
         print_line(&render_table(&report));
     }

@@ -1,0 +1,136 @@
+//! The quick configuration end to end: byte checks, the report's internal
+//! consistency, both limits, several runs, and every rendering.
+use super::*;
+
+const IDS: [&str; 14] = [
+    "ref_avx2",
+    "ref_sse2",
+    "ref_sse2_lookahead",
+    "copy_from_slice",
+    "driver_contiguous",
+    "ref_avx2_scattered",
+    "ref_sse2_scattered",
+    "ref_sse2_lookahead_scattered",
+    "driver",
+    "driver_wide",
+    "driver_no_lookahead",
+    "driver_wide_no_lookahead",
+    "driver_scalar",
+    "driver_temporal",
+];
+
+fn method<'a>(case: &'a CopyCase, id: &str) -> &'a MethodResult {
+    case.methods.iter().find(|m| m.method == id).unwrap_or_else(|| panic!("{id} missing"))
+}
+
+#[test]
+fn quick_run_checks_bytes_and_reports_consistently() {
+    let mut calls = Vec::new();
+    let report = run_with_progress(&BenchOptions::quick(), &mut |done, total| calls.push((done, total))).expect("quick bench runs");
+    assert!(report.checks_passed, "byte checks failed: {report:#?}");
+    assert_eq!(report.cases.len(), 3);
+    assert!(report.stack.is_none(), "the stack figures are the caller's");
+    assert!(report.image.is_none(), "nothing measures the image yet");
+    assert!(report.started.ends_with('Z') && report.started.len() == 20, "{}", report.started);
+    let samples = report.settings.samples;
+    assert_eq!(report.settings.runs, 1);
+    assert_eq!(report.settings.physical_adjacency.len(), 1);
+    // One step per warm-up and per round, counted up to the total.
+    let total = (3 * (samples + 1)) as u64;
+    assert_eq!(calls.len() as u64, total);
+    assert!(calls.iter().enumerate().all(|(i, &(done, t))| done == i as u64 + 1 && t == total));
+    for case in &report.cases {
+        assert_eq!(case.frame_bytes, case.lines as usize * case.line_bytes as usize);
+        assert_eq!(case.src_pitch % SLOT_LINE_ALIGN, 0);
+        assert!(case.src_pitch >= case.line_bytes && case.dst_stride == case.line_bytes);
+        assert_eq!(case.methods.iter().map(|m| m.method.as_str()).collect::<Vec<_>>(), IDS);
+        for m in &case.methods {
+            // Warm-up check, rounds 0 and 8k, the last round.
+            let expected = 1 + (0..samples).filter(|r| r % CHECK_EVERY == 0 || r + 1 == samples).count();
+            assert_eq!((m.checks, m.check_failures), (expected, 0), "{} {}", case.name, m.method);
+            assert_eq!(m.gbps.count, samples);
+            assert!(m.gbps.min > 0.0 && m.gbps.min <= m.gbps.median && m.gbps.median <= m.gbps.max);
+            // One run: the figure is that run's median.
+            assert_eq!(m.gbps_by_run.len(), 1);
+            assert!((m.gbps_median - m.gbps.median).abs() <= 1e-12 * m.gbps.median);
+            // GB/s and ns per frame describe the same samples.
+            let from_ns = case.frame_bytes as f64 / m.ns_per_frame.median;
+            assert!((from_ns - m.gbps.median).abs() <= 1e-9 * from_ns, "odd sample count: same median sample");
+            assert_eq!(m.non_temporal, !matches!(m.method.as_str(), "copy_from_slice" | "driver_temporal"));
+        }
+        let driver = method(case, "driver");
+        // The limits are the best non-temporal method of each destination.
+        for (limit, destination) in [(&case.limit, "contiguous"), (&case.scattered_limit, "scattered pages")] {
+            let best = case.methods.iter().filter(|m| m.destination == destination && m.non_temporal).map(|m| m.gbps_median).fold(0.0, f64::max);
+            assert!((limit.gbps - best).abs() < 1e-12, "{destination}");
+            let winner = method(case, &limit.method_by_run[0]);
+            assert_eq!(winner.destination, destination);
+        }
+        assert!((case.driver_vs_limit - driver.gbps_median / case.limit.gbps).abs() < 1e-12);
+        assert!((case.driver_vs_scattered_limit - driver.gbps_median / case.scattered_limit.gbps).abs() < 1e-12);
+        assert!(case.driver_vs_scattered_limit <= 1.0, "the driver is a candidate of its own limit");
+        assert_eq!(case.driver_vs_limit_by_round.count, samples);
+        assert_eq!(case.streamed, case.frame_bytes >= NON_TEMPORAL_THRESHOLD);
+    }
+    assert!(report.cases.iter().any(|c| c.streamed), "the quick run exercises the streamed path");
+    assert_eq!(report.core_share.len(), 4);
+    let one = &report.core_share[0];
+    let four = &report.core_share[3];
+    assert_eq!((one.streams, four.streams), (1, 4));
+    assert!((four.share_median - 4.0 * one.share_median).abs() < 1e-9 * four.share_median.max(1.0));
+    assert!(one.share_p95 >= one.share_median);
+    let c0 = &report.cases[0];
+    let expect = 60.0 * c0.frame_bytes as f64 / (method(c0, "driver").gbps_median * 1e9);
+    assert!((one.share_median - expect).abs() < 1e-12);
+    for f in &report.sg.frames {
+        assert!(f.elements_merged.max <= f.elements_unmerged.min);
+        assert!((f.elements_unmerged.min - f.frame_bytes.div_ceil(PAGE) as f64).abs() < 0.5);
+        assert!(f.ns_per_element.median > 0.0);
+    }
+    let json = render_json(&report).unwrap();
+    for field in ["\"driver_vs_limit\"", "\"driver_vs_scattered_limit\"", "\"stack\": null", "\"image\": null"] {
+        assert!(json.contains(field), "{field}");
+    }
+    let table = render_table(&report);
+    assert!(table.contains("driver") && table.contains("96x16 YUY2") && table.contains("scattered limit"));
+}
+
+#[test]
+fn runs_are_folded_into_medians_and_ranges() {
+    let options = BenchOptions { runs: 3, samples: Some(3), ..BenchOptions::quick() };
+    let report = run(&options).expect("quick bench runs");
+    assert!(report.checks_passed);
+    assert_eq!(report.settings.runs, 3);
+    assert_eq!(report.settings.physical_adjacency.len(), 3);
+    for case in &report.cases {
+        for m in &case.methods {
+            assert_eq!(m.gbps_by_run.len(), 3);
+            assert_eq!(m.gbps.count, 9, "samples of all runs pooled");
+            let mut sorted = m.gbps_by_run.clone();
+            sorted.sort_by(f64::total_cmp);
+            assert!((m.gbps_median - sorted[1]).abs() < 1e-12, "median of the three run medians");
+        }
+        assert_eq!(case.limit.gbps_by_run.len(), 3);
+        assert_eq!(case.limit.method_by_run.len(), 3);
+        for r in 0..3 {
+            let best = case.methods.iter().filter(|m| m.destination == "contiguous" && m.non_temporal).map(|m| m.gbps_by_run[r]).fold(0.0, f64::max);
+            assert!((case.limit.gbps_by_run[r] - best).abs() < 1e-12);
+            let driver = method(case, "driver").gbps_by_run[r];
+            assert!((case.driver_vs_limit_by_run[r] - driver / best).abs() < 1e-12);
+        }
+        let mut ratios = case.driver_vs_scattered_limit_by_run.clone();
+        ratios.sort_by(f64::total_cmp);
+        assert!((case.driver_vs_scattered_limit - ratios[1]).abs() < 1e-12);
+        assert_eq!(case.driver_vs_limit_by_round.count, 9);
+    }
+    let markdown = render_markdown(&report);
+    assert!(markdown.starts_with("`capdma-sim bench --runs 3 --markdown`"), "{markdown}");
+    assert!(markdown.contains("| 96x16 YUY2 (0.00 MB) |") && markdown.contains("| `driver` | scattered pages |"), "{markdown}");
+    for case in &report.cases {
+        let verdict = if case.driver_vs_limit >= 0.90 { "met" } else { "missed by" };
+        assert!(markdown.contains(&format!("* {}: vs limit {:.3}, {verdict}", case.name, case.driver_vs_limit)), "{markdown}");
+    }
+    assert!(markdown.contains("Share of one core on the driver's path") && markdown.contains("ns per element to program"), "{markdown}");
+    let svg = render_svg(&report).expect("the plot renders");
+    assert!(svg.starts_with("<svg") && svg.contains("130x24 NV12") && svg.contains("scattered limit"), "{svg}");
+}

@@ -50,6 +50,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     // Progress on stderr (a terminal only): the timed rounds, then the stack.
     let bar = progress(0, "{spinner} [{bar:40}] {pos}/{len} rounds ({eta} left) {msg}");
     bar.enable_steady_tick(Duration::from_millis(200));
+    bar.set_message("timing the copy methods");
     let mut on_round = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);

@@ -326,3 +326,54 @@ fn a_full_life_executes_every_import_of_the_bus_image() {
     let undocumented: Vec<&String> = imports.iter().filter(|s| !ddi.contains(&format!("| `{s}` |"))).collect();
     assert!(undocumented.is_empty(), "imports missing from docs/ddi.md's executed table: {undocumented:?}");
 }
+
+/// Driver Verifier's low resources simulation on the bus image: each of its
+/// allocations (pool, device objects, the DMA adapter, common buffers)
+/// fails in turn; the image must fail what it cannot do with an error
+/// status, never crash, and leave nothing behind once removed and unloaded.
+fn low_resources(what: &str, fail: fn(&mut System, u64), injected: fn(&System) -> u64, limit: u64) {
+    let mut failed_somewhere = false;
+    for index in 0..limit {
+        let Some(path) = image() else { return };
+        let mut sys = System::boot().expect("boot");
+        let board = Board::new(BoardConfig::legacy(), &sys.memory).expect("board");
+        hal::attach_bar(&mut sys.nt, BAR0, BAR0_BYTES, Box::new(board.clone())).expect("BAR0");
+        ke::attach_source(&mut sys.nt, LINE_VECTOR, Box::new(move || board.interrupt_pending()));
+        fail(&mut sys, index);
+        let driver = sys.load_driver(&path).expect("load");
+        assert_eq!(driver.status, 0, "DriverEntry allocates nothing that can fail here");
+        let mut pnp = Pnp::new(&mut sys, PciIdentity::default()).expect("pnp");
+        let added = pnp.add_device(&mut sys, &driver).expect("AddDevice ran");
+        if added == status::SUCCESS {
+            let started = pnp.start(&mut sys, &StartResources::bar0_line(BAR0, BAR0_LEN, 11, 5, LINE_VECTOR)).expect("start ran");
+            failed_somewhere |= started != status::SUCCESS || pnp.children.iter().any(|c| c.start_status != Some(status::SUCCESS));
+            assert_eq!(pnp.remove(&mut sys).expect("remove ran"), status::SUCCESS, "{what} #{index}");
+        } else {
+            failed_somewhere = true;
+        }
+        assert!(injected(&sys) <= 1, "one injected failure per run");
+        failed_somewhere |= injected(&sys) == 1 && added != status::SUCCESS;
+        unload_clean(&mut sys, &mut pnp);
+    }
+    assert!(failed_somewhere, "no {what} failure made any step fail: the injection never hit");
+}
+
+#[test]
+fn low_resources_each_pool_allocation_fails_in_turn() {
+    low_resources("pool allocation", |sys, i| sys.nt.pool.fail_at = Some(i), |sys| sys.nt.pool.failed, 12);
+}
+
+#[test]
+fn low_resources_the_device_objects_fail() {
+    low_resources("IoCreateDevice", |sys, i| sys.nt.io.fail_create_device_at = Some(i), |_| 0, 3);
+}
+
+#[test]
+fn low_resources_the_dma_adapter_fails() {
+    low_resources("IoGetDmaAdapter", |sys, i| sys.nt.hal.dma.fail_adapter_at = Some(i), |sys| sys.nt.hal.dma.failed, 1);
+}
+
+#[test]
+fn low_resources_each_common_buffer_fails_in_turn() {
+    low_resources("AllocateCommonBuffer", |sys, i| sys.nt.hal.dma.fail_common_buffer_at = Some(i), |sys| sys.nt.hal.dma.failed, 6);
+}

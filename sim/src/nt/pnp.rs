@@ -580,10 +580,25 @@ impl Pnp {
             let r = self.send(sys, pdo, mj::PNP, mn::QUERY_ID, 0, |m, l| m.write_u32(l + stack::QUERY_ID_TYPE, id_type))?;
             let text = if status::nt_success(r.status) && r.information != 0 { take_multi_sz(sys, r.information)? } else { Vec::new() };
             if id_type == 0 {
+                // A PDO must handle BusQueryDeviceID: success with an ID. A
+                // PDO that handled it and failed (no memory for the string,
+                // under low resources) is not a violation: the PnP manager
+                // gives the device up. Unhandled (STATUS_NOT_SUPPORTED, the
+                // status left as sent) or success without an ID is.
+                let handled_and_failed = !status::nt_success(r.status) && r.status != status::NOT_SUPPORTED;
                 let m = &sys.machine;
-                sys.nt.io_check(m, status::nt_success(r.status) && !text.is_empty(), "PDO_NO_DEVICE_ID", 0x22A, || {
+                let ok = handled_and_failed || (status::nt_success(r.status) && !text.is_empty());
+                sys.nt.io_check(m, ok, "PDO_NO_DEVICE_ID", 0x22A, || {
                     format!("child PDO {pdo:#x} did not answer IRP_MN_QUERY_ID(BusQueryDeviceID): {:#x}", r.status)
                 });
+                if handled_and_failed {
+                    // Enumeration of this child fails: no further IRPs, no
+                    // start; the device is removed with its parent.
+                    if let Some(child) = self.child_mut(pdo) {
+                        child.start_status = Some(r.status);
+                    }
+                    return Ok(());
+                }
             }
             ids.push(text);
         }

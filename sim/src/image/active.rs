@@ -26,10 +26,15 @@ thread_local! {
 
 /// Runs `f` with `m` and `nt` active; restores what was active before.
 pub fn enter<R>(m: &mut Machine, nt: &mut Nt, f: impl FnOnce() -> R) -> R {
-    let previous = ACTIVE.with(|a| a.replace(Some((std::ptr::from_mut(m), std::ptr::from_mut(nt)))));
-    let result = f();
-    ACTIVE.with(|a| a.set(previous));
-    result
+    /// Puts back what was active, also when `f` unwinds.
+    struct Restore(Option<(*mut Machine, *mut Nt)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTIVE.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTIVE.with(|a| a.replace(Some((std::ptr::from_mut(m), std::ptr::from_mut(nt))))));
+    f()
 }
 
 /// Runs `f` on the active machine and kernel; `None` when none is active

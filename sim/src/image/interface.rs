@@ -162,7 +162,7 @@ const SCRATCH_MIN_BYTES: u64 = 64 * 1024;
 
 /// Guest memory for one call's in/out structures: the interface's area
 /// for the current nesting depth, grown when too small; given back to the
-/// depth (not unmapped) by [`Scratch::free`].
+/// depth (not unmapped) when dropped, also when the call fails.
 struct Scratch<'a> {
     iface: &'a ImageInterface,
     va: u64,
@@ -187,13 +187,11 @@ impl<'a> Scratch<'a> {
         iface.depth.set(depth + 1);
         Ok(Self { iface, va })
     }
+}
 
-    /// Gives the area back to its depth. (Takes the machine to keep the
-    /// call sites' shape; nothing is unmapped.)
-    #[allow(clippy::unnecessary_wraps, reason = "call sites propagate with `?` as for every guest access")]
-    fn free(self, _m: &mut Machine) -> Result<(), Stop> {
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
         self.iface.depth.set(self.iface.depth.get().saturating_sub(1));
-        Ok(())
     }
 }
 
@@ -225,15 +223,23 @@ unsafe extern "system" fn dereference(context: *mut c_void) {
 }
 
 /// Copies a `T` (plain data) into guest memory.
-fn put<T: Copy>(m: &Machine, va: u64, value: &T) -> Result<(), Stop> {
-    // SAFETY: `T` is a `Copy` `repr(C)` interface structure; viewing its
-    // bytes is sound (no padding is read as anything but bytes).
+///
+/// # Safety
+/// `T` is a `repr(C)` structure of integers with no padding (the interface's
+/// `SgElement`, `ChannelFormat`): all its bytes are initialised.
+unsafe fn put<T: Copy>(m: &Machine, va: u64, value: &T) -> Result<(), Stop> {
+    // SAFETY: the caller guarantees `T` has no padding, so every byte of
+    // `value` is initialised; the slice covers exactly `value`.
     let bytes = unsafe { std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>()) };
     m.write(va, bytes)
 }
 
 /// Reads a `T` (plain data whose every bit pattern is valid) from guest memory.
-fn get<T: Copy + Default>(m: &Machine, va: u64) -> Result<T, Stop> {
+///
+/// # Safety
+/// `T` is a `repr(C)` structure of integers (the interface's `DmaConfig`):
+/// every bit pattern is a valid value.
+unsafe fn get<T: Copy + Default>(m: &Machine, va: u64) -> Result<T, Stop> {
     let mut value = T::default();
     // SAFETY: `T` is a `repr(C)` interface structure of integers, for which
     // any bytes are a valid value; the slice covers exactly `value`.
@@ -251,8 +257,8 @@ unsafe extern "system" fn get_dma_config(context: *mut c_void, channel: u32, con
     let answer = active::with(|m, nt| {
         let scratch = Scratch::new(iface, nt, m, size_of::<DmaConfig>() as u64)?;
         let st = status(call(m, nt, iface, GET_DMA_CONFIG, &[u64::from(channel), scratch.va])?);
-        let value: DmaConfig = get(m, scratch.va)?;
-        scratch.free(m)?;
+        // SAFETY: DmaConfig is ten u32s.
+        let value: DmaConfig = unsafe { get(m, scratch.va) }?;
         Ok((st, value))
     });
     let Some((st, value)) = answer else { return STATUS_DEVICE_REMOVED };
@@ -279,7 +285,6 @@ unsafe extern "system" fn get_dma_adapter(
         let guest_adapter = m.read_u64(scratch.va)?;
         let max = m.read_u32(scratch.va + 8)?;
         let registers = m.read_u32(scratch.va + 12)?;
-        scratch.free(m)?;
         let host = if guest_adapter == 0 { Some(std::ptr::null_mut()) } else { (iface.translate_adapter)(nt, guest_adapter) };
         Ok((st, host, max, registers))
     });
@@ -316,10 +321,10 @@ unsafe extern "system" fn program_frame(
         let bytes = size_of_val(list) as u64;
         let scratch = Scratch::new(iface, nt, m, bytes)?;
         for (i, e) in list.iter().enumerate() {
-            put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e)?;
+            // SAFETY: SgElement is a u64 and two u32s, no padding.
+            unsafe { put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e) }?;
         }
         let st = status(call(m, nt, iface, PROGRAM_FRAME, &[u64::from(channel), u64::from(tag), scratch.va, u64::from(element_count)])?);
-        scratch.free(m)?;
         Ok(st)
     })
     .unwrap_or(STATUS_DEVICE_REMOVED)
@@ -356,7 +361,6 @@ unsafe extern "system" fn get_slot_ring(context: *mut c_void, channel: u32, ring
         let slot_stride = m.read_u32(scratch.va + 20)?;
         let slot_bytes = m.read_u32(scratch.va + 24)?;
         let line_pitch = m.read_u32(scratch.va + 28)?;
-        scratch.free(m)?;
         let len = u64::from(slot_count) * u64::from(slot_stride);
         let host = if base == 0 { Some(std::ptr::null_mut()) } else { host_view(m, base, len) };
         Ok((st, host, SlotRing { base: std::ptr::null_mut(), base_logical, slot_count, slot_stride, slot_bytes, line_pitch }))
@@ -392,13 +396,13 @@ unsafe extern "system" fn start_channel(context: *mut c_void, channel: u32, form
         let scratch = Scratch::new(iface, nt, m, size_of::<ChannelFormat>() as u64)?;
         let pointer = match format {
             Some(f) => {
-                put(m, scratch.va, &f)?;
+                // SAFETY: ChannelFormat is six u32s.
+                unsafe { put(m, scratch.va, &f) }?;
                 scratch.va
             }
             None => 0,
         };
         let st = status(call(m, nt, iface, START_CHANNEL, &[u64::from(channel), pointer])?);
-        scratch.free(m)?;
         Ok(st)
     })
     .unwrap_or(STATUS_DEVICE_REMOVED)
@@ -449,10 +453,11 @@ unsafe extern "system" fn register_completion(
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
     let host = callback.map(|callback| {
-        let boxed = Box::new(Callback { callback, context: callback_context });
-        let address = std::ptr::from_ref::<Callback>(&boxed) as u64;
-        iface.callbacks.borrow_mut().push(boxed);
-        address
+        // Stored first; the address the guest keeps is taken from the
+        // stored box, which never moves again.
+        let mut callbacks = iface.callbacks.borrow_mut();
+        callbacks.push(Box::new(Callback { callback, context: callback_context }));
+        callbacks.last().map_or(0, |stored| std::ptr::from_ref::<Callback>(stored) as u64)
     });
     active::with(|m, nt| {
         let (routine, guest_context) = match host {

@@ -257,9 +257,11 @@ impl ImageWorld {
             if st != 0 {
                 return Ok((st, Vec::new()));
             }
-            let iface = ImageInterface::new(&self.sys.machine, table, translate_adapter)?;
-            tables.push(iface.host_table());
-            c.interfaces.push(iface);
+            // Stored first, then the table (whose Context points at it) is
+            // taken from the stored box: the pointer outlives no move.
+            c.interfaces.push(ImageInterface::new(&self.sys.machine, table, translate_adapter)?);
+            let stored = c.interfaces.last().ok_or_else(|| Stop::Host("interface list".into()))?;
+            tables.push(stored.host_table());
         }
         Ok((0, tables))
     }

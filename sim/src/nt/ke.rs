@@ -1218,6 +1218,9 @@ fn io_disconnect_interrupt_ex(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop>
                 None,
                 format!("IoDisconnectInterruptEx({context:#x}) while the interrupt spin lock of {object:#x} is held"),
             );
+            // Left connected: freeing an object whose lock is held would
+            // leave the held lock and its raised IRQL behind.
+            return Ok(0);
         }
     }
     for object in &connection.objects {

@@ -124,6 +124,13 @@ fn ex_allocate_pool2(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 }
 
 fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> Result<u64, Stop> {
+    if let Some(block) = nt.pool.live.get(&va) {
+        // Paged pool is freed at or below APC_LEVEL (0xC4, parameter 0x11).
+        if block.flags & POOL_FLAG_PAGED != 0 && nt.irql > APC_LEVEL {
+            let irql = nt.irql;
+            nt.violation(m, "IRQL_TOO_HIGH", 0xC4, Some(0x11), format!("{ddi}({va:#x}) of paged pool at IRQL {irql}"));
+        }
+    }
     let Some(block) = nt.pool.live.get(&va).cloned() else {
         if nt.pool.freed.contains_key(&va) {
             nt.violation(m, "POOL_DOUBLE_FREE", 0xC2, Some(0x7), format!("{ddi}({va:#x}): already freed"));

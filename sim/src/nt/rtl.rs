@@ -137,13 +137,25 @@ fn dbg_print(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     Ok(0)
 }
 
+/// Bytes `memcpy` moves per step.
+const CHUNK: u64 = 4096;
+
 /// `void *memcpy(void *dest, const void *src, size_t count)` (also
 /// `memmove`: the copy goes through a host buffer, so overlap is safe).
 fn memcpy(_nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [dest, src, count] = m.args::<3>()?;
-    let mut buf = vec![0u8; usize::try_from(count).map_err(|e| Stop::Host(e.to_string()))?];
-    m.read(src, &mut buf)?;
-    m.write(dest, &buf)?;
+    // In page-sized chunks, so a wild count faults on the first unmapped
+    // page (a bugcheck) instead of asking the host for that much memory;
+    // backwards when the destination overlaps above the source (memmove).
+    let mut buf = [0u8; CHUNK as usize];
+    let chunks = count.div_ceil(CHUNK);
+    for i in 0..chunks {
+        let k = if dest > src && dest < src.wrapping_add(count) { chunks - 1 - i } else { i };
+        let at = k * CHUNK;
+        let n = (count - at).min(CHUNK) as usize;
+        m.read(src.wrapping_add(at), &mut buf[..n])?;
+        m.write(dest.wrapping_add(at), &buf[..n])?;
+    }
     Ok(dest)
 }
 

@@ -47,8 +47,12 @@ pub(crate) fn ke_initialize_event(nt: &mut Nt, m: &mut Machine) -> Result<u64, S
 /// `LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait)`
 /// ("KeSetEvent function (wdm.h)"): signals the event; returns its previous
 /// state. `<= DISPATCH_LEVEL`.
-pub(crate) fn ke_set_event(_nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
-    let event = m.arg(0)?;
+pub(crate) fn ke_set_event(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [event, _increment, wait] = m.args::<3>()?;
+    // "Wait: TRUE ... the caller must be running at IRQL <= APC_LEVEL" (KeSetEvent page).
+    if wait & 0xFF != 0 {
+        nt.check_irql(m, "KeSetEvent(Wait = TRUE)", super::super::APC_LEVEL);
+    }
     let previous = m.read_u32(event + kevent::SIGNAL_STATE)?;
     m.write_u32(event + kevent::SIGNAL_STATE, 1)?;
     Ok(u64::from(previous))

@@ -1,5 +1,5 @@
 //! DDI contracts checked and tripped one by one: paged pool freed above
-//! APC_LEVEL, `KeSetEvent(Wait = TRUE)` above APC_LEVEL, and a `memcpy`
+//! `APC_LEVEL`, `KeSetEvent(Wait = TRUE)` above `APC_LEVEL`, and a `memcpy`
 //! with a wild count (a bugcheck on the first unmapped page, not a host
 //! allocation of that size). Needs `/dev/kvm`.
 

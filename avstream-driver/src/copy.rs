@@ -67,7 +67,7 @@
 //! translated through the host's), so its cost depends on where the pages
 //! lie and on what else the machine is doing. That is where the old gap to a
 //! contiguous destination came from: the same routine reached 0.87-0.92 of
-//! itself writing to the benchmark's linearly mapped ring (issue 10).
+//! itself writing to the benchmark's linearly mapped ring.
 //!
 //! A software prefetch that misses the TLB walks the page tables, and it
 //! retires without waiting. So at the start of each destination page the

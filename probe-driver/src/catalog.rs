@@ -38,7 +38,7 @@ pub enum Argument {
     InterruptIrql,
 }
 
-/// The family of rules (issue 8, item 4) a probe breaks.
+/// The family of rules a probe breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
     /// The IRQL a DDI requires; raises and lowers in the right direction.

@@ -3,7 +3,7 @@
 //!
 //! Every figure is the median over the runs of each run's median, followed
 //! by the range of the runs' medians in brackets; the header names the
-//! machine, the date and the load, and the goals of issue 10 are checked
+//! machine, the date and the load, and the goals (≥ 0.90 of the contiguous limit, ≥ 0.95 of the scattered one) are checked
 //! against the medians. Then the share of one core the driver's path
 //! costs, the S/G programming cost, and every method's GB/s.
 use super::{BenchReport, CopyCase};

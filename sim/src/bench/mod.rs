@@ -142,7 +142,7 @@ pub struct BenchReport {
     /// Whole-stack throughput in virtual time, per DMA mode: filled by the
     /// CLI from the simulated machine; `run` leaves it `None`.
     pub stack: Option<StackThroughput>,
-    /// The product's own cost (issue 10, item 4): the AVStream image's
+    /// The product's own cost: the AVStream image's
     /// `Process` copy timed inside the emulated kernel next to the host
     /// routine, and the main job's wall time per frame with `--drivers
     /// images` next to `--drivers cores`. `None` until the image runs in the

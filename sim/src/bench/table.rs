@@ -39,7 +39,7 @@ fn write_image(out: &mut String, report: &BenchReport) -> std::fmt::Result {
     match &report.image {
         None => writeln!(
             out,
-            "the AVStream image's own copy (emulated kernel): not measured; needs the image running in the emulated kernel (issue 10, item 4)"
+            "the AVStream image's own copy (emulated kernel): not measured; needs the image running in the emulated kernel"
         ),
         Some(i) => writeln!(
             out,

@@ -8,8 +8,9 @@
 //!
 //! Sources: "Driver Verifier" and its option pages (IRQL checking, pool
 //! tracking, special pool, I/O verification, DMA verification, low
-//! resources simulation) and the bug check pages 0xA, 0x44, 0xC2, 0xC4,
-//! 0xC9, 0xCE, 0xD1 and 0xE6 in the Windows driver documentation.
+//! resources simulation) and the bug check pages the findings name: 0x18,
+//! 0x35, 0x44, 0xC2, 0xC4, 0xC7, 0xC8, 0xC9, 0xCA, 0xCE, 0xD1, 0xD5 and
+//! 0xE6 in the Windows driver documentation.
 
 use std::fmt;
 

@@ -1,4 +1,5 @@
-//! DDI contracts checked and tripped one by one: paged pool freed above
+//! DDI contracts checked and tripped one by one: a zero-byte pool
+//! allocation, paged pool freed above
 //! `APC_LEVEL`, `KeSetEvent(Wait = TRUE)` above `APC_LEVEL`, and a `memcpy`
 //! with a wild count (a bugcheck on the first unmapped page, not a host
 //! allocation of that size). Needs `/dev/kvm`.
@@ -71,4 +72,13 @@ fn memmove_copies_overlapping_ranges_correctly() {
     let mut out = vec![0u8; 9000];
     s.machine.read(buffer + 100, &mut out).unwrap();
     assert_eq!(out, data);
+}
+
+#[test]
+fn a_zero_byte_pool_allocation_is_a_finding() {
+    let Some(mut s) = system() else { return };
+    let tag = u64::from(u32::from_le_bytes(*b"Test"));
+    assert_eq!(ddi(&mut s, "ExAllocatePool2", &[0x40, 0, tag]).unwrap(), 0, "NULL");
+    let f = s.nt.verifier.findings.iter().find(|f| f.rule == "POOL_ZERO_BYTES").expect("finding");
+    assert_eq!((f.bugcheck, f.parameter1), (0xC4, Some(0)));
 }

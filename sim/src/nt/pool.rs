@@ -104,6 +104,10 @@ fn ex_allocate_pool2(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     if tag == 0 {
         nt.violation(m, "POOL_ZERO_TAG", 0xC2, Some(0x9B), "ExAllocatePool2 with a tag of zero".into());
     }
+    if bytes == 0 {
+        // Driver Verifier: "the driver requested a zero-byte pool allocation" (0xC4, 0x00).
+        nt.violation(m, "POOL_ZERO_BYTES", 0xC4, Some(0x00), "ExAllocatePool2 of zero bytes".into());
+    }
     let index = nt.pool.allocations;
     nt.pool.allocations += 1;
     if nt.pool.fail_at == Some(index) || bytes == 0 || bytes > (1 << 30) {

@@ -887,10 +887,21 @@ impl Machine {
                 let write = error_code.unwrap_or(0) & 2 != 0;
                 if let Some(named) = kernel.page_fault(sregs.cr2, write, rip) {
                     named
-                } else if irql >= 2 {
-                    (0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL", [sregs.cr2, u64::from(irql), u64::from(write), rip])
                 } else {
-                    (0x50, "PAGE_FAULT_IN_NONPAGED_AREA", [sregs.cr2, u64::from(write), rip, 0])
+                    // The access kind as each bug check page encodes it:
+                    // 0xD1 parameter 3 is 0 read, 1 write, 8 execute; 0x50
+                    // parameter 2 is 0 read, 2 write, 0x10 execute.
+                    let execute = error_code.unwrap_or(0) & 0x10 != 0;
+                    let (d1, p50) = match (execute, write) {
+                        (true, _) => (8, 0x10),
+                        (false, true) => (1, 2),
+                        (false, false) => (0, 0),
+                    };
+                    if irql >= 2 {
+                        (0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL", [sregs.cr2, u64::from(irql), d1, rip])
+                    } else {
+                        (0x50, "PAGE_FAULT_IN_NONPAGED_AREA", [sregs.cr2, p50, rip, 0])
+                    }
                 }
             }
             0x29 => (0x139, "KERNEL_SECURITY_CHECK_FAILURE", [gpr[1], 0, 0, 0]),

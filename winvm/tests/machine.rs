@@ -275,3 +275,22 @@ fn preemption_at_arbitrary_instructions_preserves_the_interrupted_code() {
     assert!(k.offered > 0, "no kick landed in the guest loop");
     assert_eq!(m.counts().preemptions, k.offered);
 }
+
+#[test]
+fn page_fault_parameters_say_read_write_or_execute() {
+    for (kind, expected) in [("read", 0u64), ("write", 2), ("execute", 0x10)] {
+        let Some(mut m) = machine() else { return };
+        let f = code(&mut m, |a| {
+            match kind {
+                "read" => a.mov(rax, qword_ptr(rcx)).unwrap(),
+                "write" => a.mov(qword_ptr(rcx), rax).unwrap(),
+                _ => a.call(rcx).unwrap(),
+            }
+            a.ret().unwrap();
+        });
+        let mut k = TestKernel::default();
+        let Err(Stop::Bugcheck(report)) = m.call(&mut k, f, &[0x40]) else { panic!("no bugcheck") };
+        assert_eq!(report.code, 0x50, "{report}");
+        assert_eq!(report.parameters[1], expected, "{kind}: {report}");
+    }
+}

@@ -22,7 +22,7 @@ impl Machine {
             return;
         }
         let Some(bus) = c.bus.core().cloned() else {
-            self.image_removal_unsupported(card as usize, "surprise removal", now);
+            self.image_surprise_removal(card as usize, now, hooks);
             return;
         };
         // IRP_MN_SURPRISE_REMOVAL: the children first (the AVStream core has

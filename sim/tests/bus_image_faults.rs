@@ -48,6 +48,7 @@ const BUS_ROWS: &[&str] = &[
     "surprise-removal/sg",
     "surprise-removal/cb",
     "map-registers/too-few",
+    "remove-while-referenced",
 ];
 
 fn describe(row: &FaultRow) -> String {

@@ -542,6 +542,55 @@ impl super::Machine {
         self.cards[card].removed = true;
     }
 
+    /// Windows' orderly removal of card `card` through the image (a user
+    /// disabling it), with the kernel in hand (not inside
+    /// [`Self::in_image`]): `IRP_MN_QUERY_REMOVE_DEVICE` down each AVStream
+    /// stack (vetoed with `STATUS_DEVICE_BUSY` while a pin is open); a veto
+    /// ends it with `IRP_MN_CANCEL_REMOVE_DEVICE` to every stack queried and
+    /// the image is never asked. Without one, `IRP_MN_REMOVE_DEVICE` to the
+    /// AVStream stacks (each drops its interface reference into the image),
+    /// then the kernel's removal of the image's children and bus
+    /// ([`Self::remove_image_card`]: its own query-remove first). Statuses
+    /// are recorded (`when` appended). Returns whether the card was removed.
+    pub(super) fn image_request_removal(&mut self, card: usize, when: &str) -> bool {
+        let vetoed = self.in_image(|m| {
+            let children = m.cards[card].children.clone();
+            let mut queried = Vec::new();
+            let mut vetoed = false;
+            for (ch, child) in children.iter().enumerate() {
+                let irp = m.tree.query_remove(child.fdo);
+                queried.push(child.fdo);
+                m.record_status(format!("card {card} channel {ch}: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack){when}"), irp.status);
+                if !capdma_interface::status::nt_success(irp.status) {
+                    vetoed = true;
+                    break;
+                }
+            }
+            if vetoed {
+                for device in queried {
+                    let irp = m.tree.cancel_remove(device);
+                    if !capdma_interface::status::nt_success(irp.status) {
+                        let name = m.tree.name(device);
+                        m.violations.push(ViolationKind::Pnp, format!("{name}: IRP_MN_CANCEL_REMOVE_DEVICE failed: {:#010X}", irp.status.cast_unsigned()));
+                    }
+                }
+                return true;
+            }
+            for (ch, child) in children.iter().enumerate() {
+                let irp = m.tree.remove_device(child.fdo);
+                m.record_status(format!("card {card} channel {ch}: IRP_MN_REMOVE_DEVICE (AVStream stack)"), irp.status);
+            }
+            false
+        });
+        if vetoed {
+            return false;
+        }
+        let Some(mut world) = self.image.take() else { return false };
+        self.remove_image_card(&mut world, card, when);
+        self.image = Some(world);
+        true
+    }
+
     /// Plug and Play's surprise removal of card `card` through the image,
     /// in Windows' order (its board already vanished):
     /// `IRP_MN_SURPRISE_REMOVAL` down each of the image's child PDOs and

@@ -61,15 +61,6 @@ impl Machine {
         self.cards[card as usize].removed = true;
     }
 
-    /// A removal mid-run the machine does not drive through the bus image
-    /// yet (the emulated kernel's `Pnp` has it; the machine's actions do
-    /// not): recorded as `STATUS_NOT_SUPPORTED` and as a violation, so a
-    /// run that asks for it cannot pass.
-    fn image_removal_unsupported(&mut self, card: usize, what: &str, _now: u64) {
-        self.record_status(format!("card {card}: {what} (bus image)"), capdma_interface::status::STATUS_NOT_SUPPORTED);
-        self.violations.push(ViolationKind::Api, format!("card {card}: {what} mid-run is not driven through the bus image by the machine"));
-    }
-
     /// The bus core's teardown sequence (`BusDevice::release_hardware`) on
     /// card `card` with the machine's glue steps ([`SimTeardown`]: interrupt,
     /// watchdog timer and DPCs, BAR0), each checked; returns the interface
@@ -110,8 +101,7 @@ impl Machine {
     /// the card was removed.
     pub(super) fn request_removal(&mut self, card: usize, now: u64, when: &str) -> bool {
         if self.cards[card].bus.core().is_none() {
-            self.image_removal_unsupported(card, "orderly removal", now);
-            return false;
+            return self.image_request_removal(card, when);
         }
         let children = self.cards[card].children.clone();
         let mut queried = Vec::new();

@@ -158,10 +158,14 @@ impl Machine {
     }
 
     /// Action `index` drives the image's PnP manager, which needs the
-    /// kernel itself (not only its active context): a surprise removal of
-    /// a machine running the bus image.
+    /// kernel itself (not only its active context): a surprise or orderly
+    /// removal of a machine running the bus image.
     fn needs_kernel(&self, index: u32) -> bool {
-        self.runs_image() && matches!(self.actions.get(index as usize), Some(super::Action::SurpriseRemoval { .. }))
+        self.runs_image()
+            && matches!(
+                self.actions.get(index as usize),
+                Some(super::Action::SurpriseRemoval { .. } | super::Action::RequestRemoval { .. })
+            )
     }
 
     /// A board's frame time on `channel`. Returns whether a frame time was spent.

@@ -3,11 +3,12 @@
 //! recovery, statuses, no violation, no leak); the tests add what a reader
 //! should see at a glance. A failure prints the replay command.
 use capdma_sim::faults::{row_names, run_row, FaultRow, ROWS};
+use capdma_sim::machine::Drivers;
 
 const SEED: u64 = 7;
 
 fn holds(name: &str) -> FaultRow {
-    let row = run_row(name, SEED).unwrap_or_else(|| panic!("no row {name}"));
+    let row = run_row(name, &Drivers::Cores, SEED).unwrap_or_else(|| panic!("no row {name}"));
     assert!(
         row.holds,
         "{name} does not hold: {:#?}\nviolations: {:#?}\nleaks: {:#?}\nreplay: capdma-sim faults --only {name} --seed {SEED}",
@@ -66,7 +67,7 @@ fn the_matrix_covers_every_fault_of_the_issue() {
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), names.len(), "row names are unique");
-    assert!(run_row("no-such-fault", 1).is_none());
+    assert!(run_row("no-such-fault", &Drivers::Cores, 1).is_none());
 }
 
 #[test]
@@ -237,7 +238,7 @@ fn ten_thousand_start_stop_cycles_leak_nothing() {
 fn short_rows_hold_for_more_seeds() {
     for seed in [1, 2, 3] {
         for spec in ROWS.iter().filter(|s| s.name != "start-stop-10000") {
-            let row = (spec.run)(spec, seed);
+            let row = (spec.run)(spec, &Drivers::Cores, seed);
             assert!(row.holds, "{} seed {seed}: {:#?}", row.name, row.failures());
         }
     }

@@ -4,17 +4,36 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use capdma_sim::faults::{self, FaultRow};
+use capdma_sim::machine::{self, Drivers};
 use clap::builder::PossibleValuesParser;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::{print_json, print_line, progress, Outcome};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DriversArg {
+    /// The drivers' portable cores on the host: every row.
+    Cores,
+    /// The real `capdma_bus.sys` in the emulated Windows kernel on KVM (built
+    /// by `cargo xtask windows`): the rows whose subject is the bus driver,
+    /// the others listed as not applicable with the reason.
+    BusImage,
+}
 
 /// `capdma-sim faults` arguments.
 #[derive(Args)]
 #[command(after_help = super::EXIT_STATUS_HELP)]
 pub struct FaultsArgs {
+    /// Which bus driver the rows run.
+    #[arg(long, value_enum, default_value = "cores")]
+    drivers: DriversArg,
+    /// The bus image for `--drivers bus-image` (default: `target/windows/release/capdma_bus.sys` of this workspace).
+    #[arg(long, value_name = "FILE.sys")]
+    bus_image: Option<PathBuf>,
     /// Run only this row (`dma-error/sg`), or every mode of a fault (`dma-error`); `--list` names them.
     #[arg(long, value_name = "NAME", value_parser = row_names(), hide_possible_values = true)]
     only: Option<String>,
@@ -43,9 +62,11 @@ fn row_names() -> PossibleValuesParser {
 /// The `--json` object's own fields.
 #[derive(Serialize)]
 struct FaultsReport<'a> {
+    drivers: &'static str,
     seed: u64,
     rows_total: usize,
     rows_failed: usize,
+    rows_not_applicable: usize,
     rows: &'a [FaultRow],
 }
 
@@ -53,6 +74,9 @@ const HEADER: [&str; 7] = ["fault", "delivered", "verified", "recovered", "viola
 const WIDTHS: [usize; 7] = [31, 9, 8, 9, 10, 5, 6];
 
 fn cells(row: &FaultRow) -> [String; 7] {
+    if row.not_applicable.is_some() {
+        return [row.name.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "n/a".into()];
+    }
     [
         row.name.clone(),
         row.frames_delivered.to_string(),
@@ -60,7 +84,14 @@ fn cells(row: &FaultRow) -> [String; 7] {
         if row.recovered { "yes" } else { "no" }.to_string(),
         row.violations.len().to_string(),
         row.leaks.len().to_string(),
-        if row.holds { "holds" } else { "FAILS" }.to_string(),
+        if row.not_applicable.is_some() {
+            "n/a"
+        } else if row.holds {
+            "holds"
+        } else {
+            "FAILS"
+        }
+        .to_string(),
     ]
 }
 
@@ -73,6 +104,10 @@ fn line(values: &[String; 7]) -> String {
 }
 
 fn print_details(row: &FaultRow, verbose: bool) {
+    if let Some(why) = &row.not_applicable {
+        print_line(&format!("    not applicable to --drivers {}: {why}", row.drivers));
+        return;
+    }
     if row.holds && !verbose {
         return;
     }
@@ -92,9 +127,23 @@ fn print_details(row: &FaultRow, verbose: bool) {
 /// Runs `capdma-sim faults`: exit 0 only when every row holds, 1 when one
 /// does not, 2 on a usage error.
 pub fn run(args: &FaultsArgs) -> ExitCode {
+    let drivers = match args.drivers {
+        DriversArg::Cores if args.bus_image.is_some() => {
+            return Outcome::Usage("--bus-image needs --drivers bus-image".into()).exit();
+        }
+        DriversArg::Cores => Drivers::Cores,
+        DriversArg::BusImage => Drivers::BusImage {
+            path: args.bus_image.clone().unwrap_or_else(machine::image::default_image_path),
+            map_register_limit: None,
+        },
+    };
     if args.list {
         for spec in faults::ROWS {
-            print_line(&format!("{:<31}  {}", spec.name, spec.expectation));
+            let with = match (&drivers, faults::not_with_image(spec.name)) {
+                (Drivers::BusImage { .. }, Some(why)) => format!("not applicable: {why}"),
+                _ => spec.expectation.to_string(),
+            };
+            print_line(&format!("{:<31}  {with}", spec.name));
         }
         return ExitCode::SUCCESS;
     }
@@ -108,7 +157,7 @@ pub fn run(args: &FaultsArgs) -> ExitCode {
     let bar = progress(names.len() as u64, "{spinner} [{bar:30}] {pos}/{len} rows, {elapsed}: {msg}");
     bar.enable_steady_tick(Duration::from_millis(100));
     bar.set_message(names.first().copied().unwrap_or_default());
-    let rows = faults::run_matrix(only, args.seed, |row| {
+    let rows = faults::run_matrix(only, &drivers, args.seed, |row| {
         if table {
             bar.suspend(|| {
                 print_line(&line(&cells(row)));
@@ -121,14 +170,29 @@ pub fn run(args: &FaultsArgs) -> ExitCode {
     });
     bar.finish_and_clear();
     let failed = rows.iter().filter(|r| !r.holds).count();
+    let not_applicable = rows.iter().filter(|r| r.not_applicable.is_some()).count();
     if args.json {
-        let report = FaultsReport { seed: args.seed, rows_total: rows.len(), rows_failed: failed, rows: &rows };
+        let report = FaultsReport {
+            drivers: drivers.name(),
+            seed: args.seed,
+            rows_total: rows.len(),
+            rows_failed: failed,
+            rows_not_applicable: not_applicable,
+            rows: &rows,
+        };
         if let Err(e) = print_json("faults", failed == 0, None, &report) {
             return Outcome::Error(e).exit();
         }
     } else {
         let wall: f64 = rows.iter().map(|r| r.wall_s).sum();
-        print_line(&format!("{} rows, {} hold, {failed} fail (seed {}, {wall:.1} s)", rows.len(), rows.len() - failed, args.seed));
+        let ran = rows.len() - not_applicable;
+        print_line(&format!(
+            "{} rows, {} hold, {failed} fail, {not_applicable} not applicable (drivers {}, seed {}, {wall:.1} s)",
+            rows.len(),
+            ran - failed,
+            drivers.name(),
+            args.seed
+        ));
     }
     Outcome::from_passed(failed == 0).exit()
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use capdma_bus::config::DmaModeOverride;
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 use capdma_sim::board::BoardKind;
-use capdma_sim::machine::{self, Drivers, MachineConfig, RunError, RunHooks};
+use capdma_sim::machine::{self, Drivers, MachineConfig, RunError, RunHooks, RunReport};
 use capdma_sim::pattern::snapshot_png;
 use capdma_sim::y4m::{read_y4m_file, Y4mWriter};
 use clap::{value_parser, Args, ValueEnum};
@@ -55,6 +55,7 @@ enum FormatArg {
 /// adapter's grant (`--map-registers`) take what the drivers must cope with.
 #[derive(Args)]
 #[command(after_help = super::EXIT_STATUS_HELP)]
+#[allow(clippy::struct_excessive_bools, reason = "each is an independent command-line flag")]
 pub struct StreamArgs {
     /// Which bus driver runs.
     #[arg(long, value_enum, default_value = "cores")]
@@ -128,6 +129,11 @@ pub struct StreamArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
+    /// With `--drivers bus-image`: print the image's ETW events (decoded
+    /// `TraceLogging`, with their virtual time), one line each after the
+    /// summary, or as the JSON's `trace` array.
+    #[arg(long)]
+    trace: bool,
 }
 
 /// `WxH`, each side 1 up to the format limit (4096x2160).
@@ -217,6 +223,8 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
         config.drivers = Drivers::BusImage { path, map_register_limit: args.map_registers };
     } else if args.bus_image.is_some() {
         return Err(Outcome::Usage("--bus-image needs --drivers bus-image".into()));
+    } else if args.trace {
+        return Err(Outcome::Usage("--trace needs --drivers bus-image (the cores write no ETW events)".into()));
     }
     config.slot_count = args.slots;
     config.seed = args.seed;
@@ -266,12 +274,21 @@ fn stream(args: &StreamArgs, config: MachineConfig) -> Result<Outcome, Outcome> 
     let mut hooks = RunHooks { progress: Some(&mut on_progress), frame_sink: Some(&mut sink) };
     let result = machine::run(config, &mut hooks);
     bar.finish_and_clear();
+    let keep_trace = |mut report: RunReport| {
+        if !args.trace {
+            report.trace = None;
+        }
+        report
+    };
     let report = match result {
-        Ok(report) => report,
+        Ok(report) => keep_trace(report),
         Err(RunError::Driver { step, status, report }) => {
-            let error = RunError::Driver { step, status, report: report.clone() }.to_string();
+            let report = keep_trace(*report);
+            let error = RunError::Driver { step, status, report: Box::new(report.clone()) }.to_string();
             if args.json {
-                print_json("stream", false, Some(&error), &*report).map_err(Outcome::Error)?;
+                print_json("stream", false, Some(&error), &report).map_err(Outcome::Error)?;
+            } else {
+                print_trace(&report);
             }
             return Err(Outcome::Error(error));
         }
@@ -291,8 +308,18 @@ fn stream(args: &StreamArgs, config: MachineConfig) -> Result<Outcome, Outcome> 
         print_json("stream", report.passed(), None, &report).map_err(Outcome::Error)?;
     } else {
         print_line(&report.summary());
+        print_trace(&report);
     }
     Ok(Outcome::from_passed(report.passed()))
+}
+
+/// The image's ETW events, one line each (`--trace`), when the report kept them.
+fn print_trace(report: &RunReport) {
+    let Some(trace) = &report.trace else { return };
+    print_line(&format!("trace: {} ETW event(s) of the bus image (seconds of virtual time)", trace.len()));
+    for event in trace {
+        print_line(&format!("  {}", event.line));
+    }
 }
 
 /// `capdma-sim stream`: exit 0 when every channel delivered and every

@@ -19,12 +19,20 @@
 //!
 //! Every row is replayable by name and seed:
 //! `capdma-sim faults --only NAME --seed N`.
+//!
+//! With `--drivers bus-image` ([`Drivers::BusImage`]) the rows whose subject
+//! is the bus driver run through the real `capdma_bus.sys` in the emulated
+//! kernel, judged the same way plus zero Driver Verifier findings and zero
+//! bugchecks (both are violations of the run); what the image counted
+//! (resets, refused records) is read from its ETW trace. The other rows are
+//! listed as not applicable with the reason ([`not_with_image`]).
 mod rows;
 
 use serde::Serialize;
 
 use crate::board::BoardKind;
-pub use rows::ROWS;
+use crate::machine::Drivers;
+pub use rows::{not_with_image, NOT_WITH_IMAGE, ROWS};
 
 /// One named expectation of a row and whether it held.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -40,6 +48,11 @@ pub struct Check {
 pub struct FaultRow {
     /// The row's name (`fault/mode`), what `--only` takes.
     pub name: String,
+    /// The drivers it ran with (`cores`, `bus-image`).
+    pub drivers: String,
+    /// Why the row does not apply to these drivers (it did not run, and
+    /// counts neither as holding nor as failing); `None`: it ran.
+    pub not_applicable: Option<String>,
     /// The seed it ran with.
     pub seed: u64,
     /// What the row injects and expects, in one line.
@@ -88,8 +101,8 @@ pub struct RowSpec {
     pub board: BoardKind,
     /// One line: the fault and what must happen.
     pub expectation: &'static str,
-    /// Runs the row with a seed.
-    pub run: fn(&RowSpec, u64) -> FaultRow,
+    /// Runs the row with the drivers and a seed.
+    pub run: fn(&RowSpec, &Drivers, u64) -> FaultRow,
 }
 
 impl RowSpec {
@@ -101,22 +114,50 @@ impl RowSpec {
     }
 }
 
-/// Runs the rows `only` selects (all with `None`) with `seed`, calling
-/// `each` after every row. Returns the rows in matrix order.
-pub fn run_matrix(only: Option<&str>, seed: u64, mut each: impl FnMut(&FaultRow)) -> Vec<FaultRow> {
+/// Runs the rows `only` selects (all with `None`) with `drivers` and
+/// `seed`, calling `each` after every row. Returns the rows in matrix order;
+/// a row that does not apply to the drivers is returned unrun, with the
+/// reason ([`FaultRow::not_applicable`]).
+pub fn run_matrix(only: Option<&str>, drivers: &Drivers, seed: u64, mut each: impl FnMut(&FaultRow)) -> Vec<FaultRow> {
     let mut out = Vec::new();
     for spec in ROWS.iter().filter(|s| only.is_none_or(|f| s.matches(f))) {
-        let row = (spec.run)(spec, seed);
+        let row = run_spec(spec, drivers, seed);
         each(&row);
         out.push(row);
     }
     out
 }
 
-/// Runs the row named `name` (exactly) with `seed`.
+/// Runs one row, or returns it unrun when it does not apply to `drivers`.
+fn run_spec(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    if let (Drivers::BusImage { .. }, Some(why)) = (drivers, not_with_image(spec.name)) {
+        return FaultRow {
+            name: spec.name.to_string(),
+            drivers: drivers.name().to_string(),
+            not_applicable: Some(why.to_string()),
+            seed,
+            expectation: spec.expectation.to_string(),
+            frames_captured: 0,
+            frames_delivered: 0,
+            frames_verified: 0,
+            frames_corrupt: 0,
+            recovered: false,
+            violations: Vec::new(),
+            leaks: Vec::new(),
+            expected_violations: Vec::new(),
+            statuses: Vec::new(),
+            checks: Vec::new(),
+            holds: true,
+            wall_s: 0.0,
+        };
+    }
+    (spec.run)(spec, drivers, seed)
+}
+
+/// Runs the row named `name` (exactly) with `drivers` and `seed`.
 #[must_use]
-pub fn run_row(name: &str, seed: u64) -> Option<FaultRow> {
-    ROWS.iter().find(|s| s.name == name).map(|spec| (spec.run)(spec, seed))
+pub fn run_row(name: &str, drivers: &Drivers, seed: u64) -> Option<FaultRow> {
+    ROWS.iter().find(|s| s.name == name).map(|spec| run_spec(spec, drivers, seed))
 }
 
 /// The names of every row, in matrix order.

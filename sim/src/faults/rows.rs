@@ -17,7 +17,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Check, FaultRow, RowSpec};
 use crate::board::{BoardFault, BoardKind, CaptureOutcome};
-use crate::machine::{Action, ChannelLog, Machine, MachineConfig, RunError, RunHooks};
+use crate::machine::{Action, ChannelLog, Drivers, Machine, MachineConfig, RunError, RunHooks};
+use crate::nt::etw::Value;
 use crate::memory::ContiguousFailure;
 use crate::violations::ViolationKind;
 
@@ -56,9 +57,29 @@ pub static ROWS: &[RowSpec] = &[
     RowSpec { name: "start-stop-10000", board: SG, expectation: "10000 device start/stream/stop cycles (half S/G, half common-buffer), tiny frames: zero leaks, every frame verified", run: start_stop_cycles },
 ];
 
+/// The rows that do not run with the bus image (`--drivers bus-image`),
+/// each with the reason; every other row runs through the image.
+pub static NOT_WITH_IMAGE: &[(&str, &str)] = &[
+    ("stop-start", "its subject is the AVStream pin's KS state machine (the AVStream core, the same with either bus), not the bus driver"),
+    ("pin-out-of-order", "its subject is the AVStream pin's KS state machine (the AVStream core, the same with either bus), not the bus driver"),
+    ("app-starved", "its subject is the application and the AVStream core's queue (the board counts the drops), not the bus driver"),
+    ("map-registers/scarce", "its subject is the KS model waiting for map registers on the AVStream side, not the bus driver"),
+    ("remove-leaked-reference", "needs a deliberately buggy AVStream child keeping the image's interface past its removal; not built for the image yet"),
+    ("alloc-smaller-ring", "its fault is the machine's contiguous-allocation failure by count, and with the image the emulated kernel's own allocations come out of the same memory (the count would land elsewhere); the image's allocation failures are the emulated kernel's low-resources mode (sim/tests/nt_io.rs), not this row yet"),
+    ("alloc-fails", "its fault is the machine's contiguous-allocation failure, which with the image also fails the emulated kernel's own allocations before DriverEntry; the image's allocation failures are the emulated kernel's low-resources mode (sim/tests/nt_io.rs), not this row yet"),
+    ("start-stop-10000", "each machine loads the image once and unloads it at its teardown: 10000 start/stop cycles would need the image's stop/start (IRP_MN_STOP_DEVICE) driven by the machine, not yet"),
+];
+
+/// Why row `name` does not run with the bus image, if it does not.
+#[must_use]
+pub fn not_with_image(name: &str) -> Option<&'static str> {
+    NOT_WITH_IMAGE.iter().find(|(n, _)| name == *n || name.split('/').next() == Some(n)).map(|(_, why)| *why)
+}
+
 /// A row being built.
 struct Ctx {
     name: &'static str,
+    drivers: Drivers,
     expectation: &'static str,
     board: BoardKind,
     seed: u64,
@@ -82,11 +103,12 @@ struct Totals {
 }
 
 impl Ctx {
-    fn new(spec: &RowSpec, seed: u64) -> Self {
+    fn new(spec: &RowSpec, drivers: &Drivers, seed: u64) -> Self {
         // Rows differ by name too, so one seed varies every row differently.
         let salt = spec.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         Self {
             name: spec.name,
+            drivers: drivers.clone(),
             expectation: spec.expectation,
             board: spec.board,
             seed,
@@ -98,6 +120,11 @@ impl Ctx {
             started: Instant::now(),
             extra: Totals::default(),
         }
+    }
+
+    /// The stream every row starts from ([`base`]) with the row's drivers.
+    fn base(&self) -> MachineConfig {
+        MachineConfig { drivers: self.drivers.clone(), ..base(self.board, self.seed) }
     }
 
     /// A number in `lo..hi`.
@@ -152,6 +179,14 @@ impl Ctx {
             let seen = expected_violations.iter().any(|v| v.contains(e));
             self.checks.push(Check { what: format!("reported on purpose: \"{e}\" ({})", if seen { "seen" } else { "missing" }), ok: seen });
         }
+        if let Some(image) = machine.and_then(Machine::image_report) {
+            self.check(
+                format!("the emulated kernel: no Driver Verifier finding ({}), no bugcheck ({})", image.findings, image.bugchecks),
+                image.findings == 0 && image.bugchecks == 0,
+            );
+        } else if matches!(self.drivers, Drivers::BusImage { .. }) {
+            self.check("the row ran the bus image", false);
+        }
         self.check(format!("no corrupt frame delivered as good ({} corrupt)", t.corrupt), t.corrupt == 0);
         self.check(format!("every delivered frame verified ({} of {})", t.verified, t.delivered), t.verified == t.delivered);
         self.check(format!("no violation ({})", violations.len()), violations.is_empty());
@@ -162,6 +197,8 @@ impl Ctx {
         let holds = self.checks.iter().all(|c| c.ok);
         FaultRow {
             name: self.name.to_string(),
+            drivers: self.drivers.name().to_string(),
+            not_applicable: None,
             seed: self.seed,
             expectation: self.expectation.to_string(),
             frames_captured: t.captured,
@@ -206,8 +243,68 @@ fn log(m: &Machine, card: u32, channel: u32) -> ChannelLog {
     m.channel_log(card, channel).unwrap_or_default()
 }
 
+/// What the bus driver counted on a channel: the core's own counters, or
+/// for the bus image what its trace says ([`image_stats`]).
 fn bus_stats(m: &Machine, card: u32, channel: u32) -> ChannelStats {
+    if matches!(m.config().drivers, Drivers::BusImage { .. }) {
+        return image_stats(m, channel);
+    }
     m.bus_of(card).and_then(|b| b.channel_stats(channel)).unwrap_or_default()
+}
+
+/// The bus image's counters of `channel` as its ETW events tell them (the
+/// image's `ChannelStats` live in the guest; its trace is how a driver
+/// engineer sees them): `ValueRefused` (a refused record: `bad_records`,
+/// `last_fault`), `EngineReset` (`resets`; cause `error-interrupt` also
+/// `board_errors`), `WatchdogReset` (`resets` and `watchdog_resets`),
+/// `DroppedByBoard` (`dropped_by_board`). The events do not name the card:
+/// the rows that use this run one card, or judge all cards together.
+fn image_stats(m: &Machine, channel: u32) -> ChannelStats {
+    let mut stats = ChannelStats::default();
+    for r in m.image_trace().iter().filter(|r| r.provider == "Capdma.Bus") {
+        if r.field("Channel") != Some(&Value::UInt(u64::from(channel))) {
+            continue;
+        }
+        match r.event.as_str() {
+            "ValueRefused" => {
+                stats.bad_records += 1;
+                stats.last_fault = match r.field("Fault") {
+                    Some(Value::Str(f)) => record_fault_named(f),
+                    _ => None,
+                };
+            }
+            "EngineReset" => {
+                stats.resets += 1;
+                if r.field("Cause") == Some(&Value::Str("error-interrupt".into())) {
+                    stats.board_errors += 1;
+                }
+            }
+            "WatchdogReset" => {
+                stats.resets += 1;
+                stats.watchdog_resets += 1;
+            }
+            "DroppedByBoard" => {
+                if let Some(Value::UInt(n)) = r.field("Frames") {
+                    stats.dropped_by_board += n;
+                }
+            }
+            _ => {}
+        }
+    }
+    stats
+}
+
+/// The [`RecordFault`] a `ValueRefused` event names (the image's trace names).
+fn record_fault_named(name: &str) -> Option<RecordFault> {
+    Some(match name {
+        "cq-overrun" => RecordFault::CqOverrun,
+        "index-out-of-range" => RecordFault::IndexOutOfRange,
+        "unexpected-index" => RecordFault::Unexpected,
+        "tag-mismatch" => RecordFault::TagMismatch,
+        "byte-count-too-large" => RecordFault::ByteCountTooLarge,
+        "bad-status" => RecordFault::BadStatus,
+        _ => return None,
+    })
 }
 
 fn delivered_after(log: &ChannelLog, t: u64) -> usize {
@@ -227,10 +324,10 @@ fn names(statuses: &[NtStatus]) -> String {
     statuses.iter().map(|s| status_name(*s)).collect::<Vec<_>>().join(", ")
 }
 
-fn dma_error(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn dma_error(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(10, 30);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -250,10 +347,10 @@ fn dma_error(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn hang(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn hang(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(5, 25);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -275,10 +372,10 @@ fn hang(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn spurious(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn spurious(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let n = ctx.pick(30, 51);
-    let config = MachineConfig { cards: 2, ..base(ctx.board, seed) };
+    let config = MachineConfig { cards: 2, ..ctx.base() };
     let mut m = match started(config) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
@@ -302,12 +399,12 @@ fn spurious(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn storm(spec: &RowSpec, seed: u64) -> FaultRow {
+fn storm(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
     const SPURIOUS: u32 = 10_000;
     const BITS: u32 = 2_000;
-    let mut ctx = Ctx::new(spec, seed);
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(5, 20);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -338,10 +435,10 @@ fn storm(spec: &RowSpec, seed: u64) -> FaultRow {
 
 /// A damaged completion record at frame k: refused with `expected`, the
 /// channel reset, frame k never delivered, the stream resumes.
-fn record_fault(spec: &RowSpec, seed: u64, fault: BoardFault, expected: RecordFault) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn record_fault(spec: &RowSpec, drivers: &Drivers, seed: u64, fault: BoardFault, expected: RecordFault) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(10, 30);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -367,22 +464,22 @@ fn record_fault(spec: &RowSpec, seed: u64, fault: BoardFault, expected: RecordFa
     ctx.finish(Some(&m))
 }
 
-fn bad_slot_index(spec: &RowSpec, seed: u64) -> FaultRow {
-    record_fault(spec, seed, BoardFault::BadSlotIndex { channel: 0 }, RecordFault::IndexOutOfRange)
+fn bad_slot_index(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    record_fault(spec, drivers, seed, BoardFault::BadSlotIndex { channel: 0 }, RecordFault::IndexOutOfRange)
 }
 
-fn bad_descriptor_index(spec: &RowSpec, seed: u64) -> FaultRow {
-    record_fault(spec, seed, BoardFault::BadDescriptorIndex { channel: 0 }, RecordFault::Unexpected)
+fn bad_descriptor_index(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    record_fault(spec, drivers, seed, BoardFault::BadDescriptorIndex { channel: 0 }, RecordFault::Unexpected)
 }
 
-fn oversized_length(spec: &RowSpec, seed: u64) -> FaultRow {
-    record_fault(spec, seed, BoardFault::OversizedLength { channel: 0 }, RecordFault::ByteCountTooLarge)
+fn oversized_length(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    record_fault(spec, drivers, seed, BoardFault::OversizedLength { channel: 0 }, RecordFault::ByteCountTooLarge)
 }
 
-fn surprise_removal(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn surprise_removal(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(10, 30);
-    let config = MachineConfig { cards: 2, channels: 2, ..base(ctx.board, seed) };
+    let config = MachineConfig { cards: 2, channels: 2, ..ctx.base() };
     let mut m = match started(config) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
@@ -403,7 +500,18 @@ fn surprise_removal(spec: &RowSpec, seed: u64) -> FaultRow {
     let stop = status_of(&m, "card 0 channel 0: KS state to Stop");
     ctx.check(format!("the pin stopped after the board vanished ({})", names(&stop)), stop == [STATUS_SUCCESS]);
     let qi = status_of(&m, "after surprise removal");
-    ctx.check(format!("the interface is refused after removal ({})", names(&qi)), qi == [STATUS_DEVICE_REMOVED]);
+    let image = matches!(ctx.drivers, Drivers::BusImage { .. });
+    if image {
+        // The image's child PDO answers for itself (its PnP state no longer
+        // serves interfaces): any error status refuses.
+        let shown: Vec<String> = qi.iter().map(|s| format!("{} {:#010X}", status_name(*s), s.cast_unsigned())).collect();
+        ctx.check(
+            format!("the image's child PDO refuses the interface after removal ({})", shown.join(", ")),
+            qi.len() == 1 && !capdma_interface::status::nt_success(qi[0]),
+        );
+    } else {
+        ctx.check(format!("the interface is refused after removal ({})", names(&qi)), qi == [STATUS_DEVICE_REMOVED]);
+    }
     for (i, trace) in logs.iter().take(2).enumerate() {
         let late = delivered_after(trace, gone);
         ctx.check(format!("card 0 channel {i}: nothing delivered after the board vanished ({late})"), late == 0);
@@ -415,8 +523,25 @@ fn surprise_removal(spec: &RowSpec, seed: u64) -> FaultRow {
             trace.ks_completed == trace.ks_submitted && trace.ks_queued == 0 && trace.ks_live_clones == 0,
         );
     }
-    let card0 = m.bus_of(0).map(|b| (b.reference_count(), b.state()));
-    ctx.check(format!("card 0's bus released and stopped ({card0:?})"), card0 == Some((0, capdma_bus::DeviceState::Stopped)));
+    if image {
+        // The image's own account: it saw IRP_MN_SURPRISE_REMOVAL (its
+        // trace), then the removal went through with every interface
+        // reference back (a reference held would be a leak of the row).
+        let surprised = status_of(&m, "card 0: IRP_MN_SURPRISE_REMOVAL (bus image)");
+        let traced = m.image_trace().iter().filter(|r| r.provider == "Capdma.Bus" && r.event == "SurpriseRemoval").count();
+        let removed = status_of(&m, "card 0: bus image IRP_MN_REMOVE_DEVICE (surprise-removed)");
+        ctx.check(
+            format!(
+                "card 0's bus image surprise-removed ({}, {traced} SurpriseRemoval event(s)) then removed ({})",
+                names(&surprised),
+                names(&removed)
+            ),
+            surprised == [STATUS_SUCCESS] && traced == 1 && removed == [STATUS_SUCCESS],
+        );
+    } else {
+        let card0 = m.bus_of(0).map(|b| (b.reference_count(), b.state()));
+        ctx.check(format!("card 0's bus released and stopped ({card0:?})"), card0 == Some((0, capdma_bus::DeviceState::Stopped)));
+    }
     let report = m.report();
     let card1: Vec<_> = report.channels.iter().filter(|c| c.card == 1).collect();
     let lost: u64 = card1.iter().map(|c| c.frames_captured - c.frames_delivered).sum();
@@ -428,10 +553,10 @@ fn surprise_removal(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn stop_start(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn stop_start(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(6, 14);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -456,10 +581,10 @@ fn stop_start(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn out_of_order(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn out_of_order(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(6, 20);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -493,11 +618,11 @@ fn out_of_order(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn alloc_smaller_ring(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn alloc_smaller_ring(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     // The channel's first contiguous allocation is its completion queue,
     // the second its slot ring: that one fails once.
-    let config = MachineConfig { slot_count: 8, contiguous_failure: Some(ContiguousFailure::Nth(2)), ..base(ctx.board, seed) };
+    let config = MachineConfig { slot_count: 8, contiguous_failure: Some(ContiguousFailure::Nth(2)), ..ctx.base() };
     let mut m = match started(config) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
@@ -515,9 +640,9 @@ fn alloc_smaller_ring(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn alloc_fails(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
-    let config = MachineConfig { contiguous_failure: Some(ContiguousFailure::Always), ..base(ctx.board, seed) };
+fn alloc_fails(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
+    let config = MachineConfig { contiguous_failure: Some(ContiguousFailure::Always), ..ctx.base() };
     let mut m = match Machine::new(config) {
         Ok(m) => m,
         Err(e) => return ctx.broken(format!("machine: {e}")),
@@ -554,11 +679,11 @@ fn alloc_fails(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn app_starved(spec: &RowSpec, seed: u64) -> FaultRow {
+fn app_starved(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
     const HELD: u32 = 20;
-    let mut ctx = Ctx::new(spec, seed);
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(8, 16);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -585,14 +710,18 @@ fn app_starved(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn map_registers_config(board: BoardKind, seed: u64, map_registers: u32) -> MachineConfig {
-    MachineConfig { dma32: true, high_memory: true, mode: DmaModeOverride::ScatterGather, map_registers, ..base(board, seed) }
+fn map_registers_config(ctx: &Ctx, map_registers: u32) -> MachineConfig {
+    let drivers = match &ctx.drivers {
+        Drivers::BusImage { path, .. } => Drivers::BusImage { path: path.clone(), map_register_limit: Some(map_registers) },
+        Drivers::Cores => Drivers::Cores,
+    };
+    MachineConfig { dma32: true, high_memory: true, mode: DmaModeOverride::ScatterGather, map_registers, drivers, ..ctx.base() }
 }
 
-fn map_registers_scarce(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn map_registers_scarce(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     // 160x120 YUY2 is 38400 bytes: 10 pages; the board's largest frame is 15.
-    let mut m = match started(map_registers_config(ctx.board, seed, 16)) {
+    let mut m = match started(map_registers_config(&ctx, 16)) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -608,19 +737,34 @@ fn map_registers_scarce(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn map_registers_too_few(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
-    let mut m = match started(map_registers_config(ctx.board, seed, 4)) {
+fn map_registers_too_few(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
+    let mut m = match started(map_registers_config(&ctx, 4)) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
-    let decision = m.bus().decision();
-    let stated = decision.map_or("none", |d| d.reason.describe());
-    ctx.statuses.push(format!("mode {:?}: {stated}", decision.map(|d| d.mode)));
-    ctx.check(
-        format!("common-buffer fallback, reason stated ({decision:?})"),
-        decision.is_some_and(|d| d.mode == DmaMode::CommonBuffer && d.reason == ModeReason::AddressLimitNoMapRegisters),
-    );
+    if matches!(ctx.drivers, Drivers::BusImage { .. }) {
+        // The image states its decision in its DeviceStart event.
+        let start = m.image_trace().iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart").cloned();
+        let text = |name: &str| match start.as_ref().and_then(|r| r.field(name)) {
+            Some(Value::Str(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let (mode, reason) = (text("Mode"), text("Reason"));
+        ctx.statuses.push(format!("DeviceStart Mode={mode:?} Reason={reason:?}"));
+        ctx.check(
+            format!("common-buffer fallback, reason stated in DeviceStart (Mode={mode:?}, Reason={reason:?})"),
+            mode == DmaMode::CommonBuffer.name() && reason == ModeReason::AddressLimitNoMapRegisters.describe(),
+        );
+    } else {
+        let decision = m.bus().decision();
+        let stated = decision.map_or("none", |d| d.reason.describe());
+        ctx.statuses.push(format!("mode {:?}: {stated}", decision.map(|d| d.mode)));
+        ctx.check(
+            format!("common-buffer fallback, reason stated ({decision:?})"),
+            decision.is_some_and(|d| d.mode == DmaMode::CommonBuffer && d.reason == ModeReason::AddressLimitNoMapRegisters),
+        );
+    }
     m.run(&mut RunHooks::default());
     m.teardown();
     let c = m.report().channels.first().cloned().unwrap_or_default();
@@ -631,14 +775,21 @@ fn map_registers_too_few(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn remove_while_referenced(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
+fn remove_while_referenced(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let k = ctx.pick(5, 40);
-    let mut m = match started(base(ctx.board, seed)) {
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
-    let refs = m.bus().reference_count();
+    let image = matches!(ctx.drivers, Drivers::BusImage { .. });
+    // The image's count lives in the guest: the AVStream device holding
+    // its interface is the reference that matters here.
+    let refs = if image {
+        u32::from(m.avstream_device(0, 0).is_some_and(|d| d.holds_interface()))
+    } else {
+        m.bus().reference_count()
+    };
     let at = m.frame_time(k) + interval(&m) / 2;
     m.schedule(at, Action::RequestRemoval { card: 0 });
     m.run(&mut RunHooks::default());
@@ -662,20 +813,42 @@ fn remove_while_referenced(spec: &RowSpec, seed: u64) -> FaultRow {
         .filter(|s| s.at_100ns > at && (s.what.contains("QUERY_REMOVE") || s.what.contains("IRP_MN_REMOVE_DEVICE")))
         .map(|s| (s.what.clone(), s.status))
         .collect();
-    let expected = [
-        "card 0 channel 0: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack) at teardown",
-        "card 0: IRP_MN_QUERY_REMOVE_DEVICE (bus stack) at teardown",
-        "card 0 channel 0: IRP_MN_REMOVE_DEVICE (AVStream stack)",
-        "card 0: IRP_MN_REMOVE_DEVICE (bus FDO)",
-    ];
+    // With the image, its PnP manager sends the bus stack's query and
+    // removal (children first) in one step, recorded as one status.
+    let expected: &[&str] = if image {
+        &[
+            "card 0 channel 0: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack) at teardown",
+            "card 0 channel 0: IRP_MN_REMOVE_DEVICE (AVStream stack)",
+            "card 0: bus image IRP_MN_REMOVE_DEVICE",
+        ]
+    } else {
+        &[
+            "card 0 channel 0: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack) at teardown",
+            "card 0: IRP_MN_QUERY_REMOVE_DEVICE (bus stack) at teardown",
+            "card 0 channel 0: IRP_MN_REMOVE_DEVICE (AVStream stack)",
+            "card 0: IRP_MN_REMOVE_DEVICE (bus FDO)",
+        ]
+    };
     let in_order = order.len() == expected.len()
         && order.iter().zip(expected).all(|((what, status), e)| what == e && *status == STATUS_SUCCESS);
     ctx.check(format!("after the pin closed: {order:?} (expected {expected:?}, all STATUS_SUCCESS)"), in_order);
-    let bus = m.bus();
-    ctx.check(
-        format!("the bus was removed with no reference left ({} references, {:?})", bus.reference_count(), bus.state()),
-        bus.reference_count() == 0 && bus.state() == capdma_bus::DeviceState::Stopped,
-    );
+    if image {
+        // Its trace: one stop, by the removal; every interface reference
+        // back is the row's leak check.
+        let stops: Vec<String> = m
+            .image_trace()
+            .iter()
+            .filter(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStop")
+            .map(|r| r.field("Why").map(ToString::to_string).unwrap_or_default())
+            .collect();
+        ctx.check(format!("the bus image stopped once, by the removal ({stops:?})"), stops == ["\"IRP_MN_REMOVE_DEVICE\""]);
+    } else {
+        let bus = m.bus();
+        ctx.check(
+            format!("the bus was removed with no reference left ({} references, {:?})", bus.reference_count(), bus.state()),
+            bus.reference_count() == 0 && bus.state() == capdma_bus::DeviceState::Stopped,
+        );
+    }
     let c = m.report().channels.first().cloned().unwrap_or_default();
     ctx.recovered(
         format!("the vetoed removal left the stream alone ({} of {} delivered) and the removal went through", c.frames_delivered, c.frames_captured),
@@ -684,9 +857,9 @@ fn remove_while_referenced(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn remove_leaked_reference(spec: &RowSpec, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, seed);
-    let mut m = match started(base(ctx.board, seed)) {
+fn remove_leaked_reference(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
+    let mut m = match started(ctx.base()) {
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
@@ -723,9 +896,9 @@ fn remove_leaked_reference(spec: &RowSpec, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
-fn start_stop_cycles(spec: &RowSpec, seed: u64) -> FaultRow {
+fn start_stop_cycles(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
     const CYCLES: u32 = 10_000;
-    let mut ctx = Ctx::new(spec, seed);
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let mut done = 0u32;
     let mut failure = None;
     let mut totals = Totals::default();

@@ -14,6 +14,7 @@ use super::platform::SimBusPlatform;
 use crate::board::Board;
 use crate::irql::IrqlTracker;
 use crate::memory::PhysicalMemory;
+use crate::nt::etw::EtwRecord;
 use crate::pnp::{AvStreamDevice, DeviceId, DeviceTree, PciFunction};
 use crate::violations::Violations;
 
@@ -53,6 +54,15 @@ impl Machine {
     pub fn image_report(&self) -> Option<super::ImageReport> {
         let delivered = self.channels.iter().map(|r| r.report.frames_delivered).sum();
         self.image.as_ref().map(|w| w.report(delivered))
+    }
+
+    /// The bus image's ETW events so far, decoded, in order, each with its
+    /// virtual time (100-ns units): the trace session the machine starts
+    /// before `DriverEntry` records every level and keyword. Empty for a
+    /// machine running the cores.
+    #[must_use]
+    pub fn image_trace(&self) -> &[EtwRecord] {
+        self.image.as_ref().map_or(&[], |w| w.sys.nt.etw.records.as_slice())
     }
 
     /// The rules broken so far.

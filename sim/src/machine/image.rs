@@ -18,6 +18,9 @@
 //! * run: the image's ISR and DPCs run when the dispatcher delivers them
 //!   (after every event, with the kernel's time kept at the machine's
 //!   virtual time: its watchdog timer fires in virtual time too);
+//! * trace: an ETW session (every provider, level and keyword) runs from
+//!   before `DriverEntry`, so the image's `TraceLogging` events are recorded,
+//!   decoded, with their virtual time ([`super::Machine::image_trace`]);
 //! * teardown: the pins closed, the AVStream stacks removed (their
 //!   references dropped), the image's children and bus removed
 //!   (`IRP_MN_QUERY_REMOVE_DEVICE`/`IRP_MN_REMOVE_DEVICE`, children first),
@@ -32,6 +35,7 @@ use capdma_bus::config::{
     DmaModeOverride, REG_CQ_ENTRIES, REG_DESCRIPTOR_RING_ENTRIES, REG_DMA_MODE, REG_MAX_MAPPING_BYTE_COUNT, REG_SLOT_COUNT,
 };
 use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
+use capdma_interface::status::STATUS_SUCCESS;
 use capdma_interface::table::{CapdmaBusInterface, CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION};
 use capdma_winvm::{kvm_available, Stop};
 use serde::Serialize;
@@ -43,6 +47,7 @@ use crate::image::active;
 use crate::image::interface::ImageInterface;
 use crate::ks::DomainMapper;
 use crate::memory::PhysicalMemory;
+use crate::nt::etw::{self, EtwSession};
 use crate::nt::io::registry::RegValue;
 use crate::nt::pnp::{PciIdentity, Pnp, StartResources};
 use crate::nt::system::System;
@@ -170,6 +175,12 @@ impl ImageWorld {
         if let Some(limit) = config.image_map_registers() {
             sys.nt.hal.dma.map_register_limit = limit;
         }
+        // A trace session for every provider, level and keyword, started
+        // before DriverEntry so the image's provider is enabled as it
+        // registers: its events are the bus's own account of the run
+        // (resets, refused values, removal) that `--trace` prints and the
+        // fault matrix judges by.
+        etw::start_session(&mut sys.nt, &mut sys.machine, &EtwSession::everything()).map_err(|e| stop("ETW session", e))?;
         let driver = sys.load_driver(path).map_err(|e| stop("load", e))?;
         if driver.status != 0 {
             return Err(image_error(format!("bus image: DriverEntry returned {:#010X}", driver.status)));
@@ -492,6 +503,170 @@ impl super::Machine {
         self.cards[card].children = children;
     }
 
+    /// The image's side of removing card `card` once its AVStream stacks
+    /// are removed: the machine's own query references dropped (every
+    /// reference taken through a table must then be back: a leak
+    /// otherwise), then the kernel's removal of the bus stack
+    /// (`IRP_MN_QUERY_REMOVE_DEVICE`/`IRP_MN_REMOVE_DEVICE`, children first;
+    /// after a surprise removal the queries are skipped, as Windows skips
+    /// them). The status is recorded as `card N: bus image
+    /// IRP_MN_REMOVE_DEVICE{when}`; a veto is a violation.
+    fn remove_image_card(&mut self, world: &mut ImageWorld, card: usize, when: &str) {
+        if !world.stopped {
+            world.drop_references(card);
+        }
+        for (ch, iface) in world.cards[card].interfaces.iter().enumerate() {
+            let (taken, dropped) = iface.references();
+            let held = (1 + taken).saturating_sub(dropped);
+            if held != 0 {
+                self.violations.push(
+                    ViolationKind::Leak,
+                    format!("card {card} channel {ch}: {held} capdma interface reference(s) of the bus image never dropped"),
+                );
+            }
+        }
+        if let Some(stop) = active::take_stop() {
+            world.stopped_by(&self.violations, "the interface dereference", &stop);
+        }
+        let board = self.cards[card].board.clone();
+        if !world.stopped {
+            match world.remove_card(card, &board, &self.violations) {
+                Ok(st) => {
+                    self.record_status(format!("card {card}: bus image IRP_MN_REMOVE_DEVICE{when}"), NtStatusBits(st).into());
+                    if st != 0 {
+                        self.violations.push(ViolationKind::Pnp, format!("card {card}: the bus image vetoed its removal ({st:#010X})"));
+                    }
+                }
+                Err(stop) => world.stopped_by(&self.violations, "IRP_MN_REMOVE_DEVICE", &stop),
+            }
+        }
+        world.collect_findings(&self.violations);
+        self.cards[card].removed = true;
+    }
+
+    /// Windows' orderly removal of card `card` through the image (a user
+    /// disabling it), with the kernel in hand (not inside
+    /// [`Self::in_image`]): `IRP_MN_QUERY_REMOVE_DEVICE` down each AVStream
+    /// stack (vetoed with `STATUS_DEVICE_BUSY` while a pin is open); a veto
+    /// ends it with `IRP_MN_CANCEL_REMOVE_DEVICE` to every stack queried and
+    /// the image is never asked. Without one, `IRP_MN_REMOVE_DEVICE` to the
+    /// AVStream stacks (each drops its interface reference into the image),
+    /// then the kernel's removal of the image's children and bus
+    /// ([`Self::remove_image_card`]: its own query-remove first). Statuses
+    /// are recorded (`when` appended). Returns whether the card was removed.
+    pub(super) fn image_request_removal(&mut self, card: usize, when: &str) -> bool {
+        let vetoed = self.in_image(|m| {
+            let children = m.cards[card].children.clone();
+            let mut queried = Vec::new();
+            let mut vetoed = false;
+            for (ch, child) in children.iter().enumerate() {
+                let irp = m.tree.query_remove(child.fdo);
+                queried.push(child.fdo);
+                m.record_status(format!("card {card} channel {ch}: IRP_MN_QUERY_REMOVE_DEVICE (AVStream stack){when}"), irp.status);
+                if !capdma_interface::status::nt_success(irp.status) {
+                    vetoed = true;
+                    break;
+                }
+            }
+            if vetoed {
+                for device in queried {
+                    let irp = m.tree.cancel_remove(device);
+                    if !capdma_interface::status::nt_success(irp.status) {
+                        let name = m.tree.name(device);
+                        m.violations.push(ViolationKind::Pnp, format!("{name}: IRP_MN_CANCEL_REMOVE_DEVICE failed: {:#010X}", irp.status.cast_unsigned()));
+                    }
+                }
+                return true;
+            }
+            for (ch, child) in children.iter().enumerate() {
+                let irp = m.tree.remove_device(child.fdo);
+                m.record_status(format!("card {card} channel {ch}: IRP_MN_REMOVE_DEVICE (AVStream stack)"), irp.status);
+            }
+            false
+        });
+        if vetoed {
+            return false;
+        }
+        let Some(mut world) = self.image.take() else { return false };
+        self.remove_image_card(&mut world, card, when);
+        self.image = Some(world);
+        true
+    }
+
+    /// Plug and Play's surprise removal of card `card` through the image,
+    /// in Windows' order (its board already vanished):
+    /// `IRP_MN_SURPRISE_REMOVAL` down each of the image's child PDOs and
+    /// then the bus stack (the image releases its hardware: interrupt,
+    /// watchdog, DPCs, BAR0); the application sees its reads fail and closes
+    /// its pins on the card (the AVStream core stops its channels through
+    /// the image's interface); a child asking the image's PDO for the
+    /// interface now must be refused (the status is recorded as `card N:
+    /// IRP_MN_QUERY_INTERFACE after surprise removal`); then
+    /// `IRP_MN_REMOVE_DEVICE` of the AVStream stacks (each drops its
+    /// interface reference into the image) and, with the handles closed,
+    /// of the image's children and bus ([`Self::remove_image_card`]).
+    pub(super) fn image_surprise_removal(&mut self, card: usize, now: u64, hooks: &mut super::RunHooks<'_>) {
+        use capdma_interface::status::STATUS_DEVICE_REMOVED;
+        let Some(mut world) = self.image.take() else { return };
+        if !world.stopped {
+            let c = &mut world.cards[card];
+            let surprised = c.pnp.surprise_remove(&mut world.sys);
+            world.collect_findings(&self.violations);
+            match surprised {
+                Ok(()) => self.record_status(format!("card {card}: IRP_MN_SURPRISE_REMOVAL (bus image)"), STATUS_SUCCESS),
+                Err(stop) => world.stopped_by(&self.violations, "IRP_MN_SURPRISE_REMOVAL", &stop),
+            }
+        }
+        self.image = Some(world);
+        self.in_image(|m| {
+            for i in 0..m.channels.len() {
+                if m.channels[i].card as usize == card {
+                    m.close_channel(i, now, hooks);
+                }
+            }
+            m.image_deliver(now);
+        });
+        let Some(mut world) = self.image.take() else { return };
+        if world.stopped {
+            self.record_status(format!("card {card}: IRP_MN_QUERY_INTERFACE after surprise removal"), STATUS_DEVICE_REMOVED);
+        } else {
+            let c = &mut world.cards[card];
+            if let Some(pdo) = c.pnp.children.first().map(|child| child.pdo) {
+                let asked = c.pnp.query_interface(
+                    &mut world.sys,
+                    pdo,
+                    &GUID_CAPDMA_BUS_INTERFACE,
+                    CAPDMA_BUS_INTERFACE_SIZE_V1,
+                    CAPDMA_BUS_INTERFACE_VERSION,
+                );
+                world.collect_findings(&self.violations);
+                match asked {
+                    Ok((st, _)) => {
+                        let status: capdma_interface::status::NtStatus = NtStatusBits(st).into();
+                        if capdma_interface::status::nt_success(status) {
+                            self.violations.push(
+                                ViolationKind::Pnp,
+                                format!("card {card}: the bus image served the capdma interface after surprise removal"),
+                            );
+                        }
+                        self.record_status(format!("card {card}: IRP_MN_QUERY_INTERFACE after surprise removal"), status);
+                    }
+                    Err(stop) => world.stopped_by(&self.violations, "IRP_MN_QUERY_INTERFACE", &stop),
+                }
+            }
+        }
+        self.image = Some(world);
+        self.in_image(|m| {
+            for (ch, child) in m.cards[card].children.clone().iter().enumerate() {
+                let irp = m.tree.remove_device(child.fdo);
+                m.record_status(format!("card {card} channel {ch}: IRP_MN_REMOVE_DEVICE (AVStream stack)"), irp.status);
+            }
+        });
+        let Some(mut world) = self.image.take() else { return };
+        self.remove_image_card(&mut world, card, " (surprise-removed)");
+        self.image = Some(world);
+    }
+
     /// The end of a bus-image machine, in Windows' order: the application
     /// closes its pins; per card the AVStream stacks are queried and
     /// removed (each drops its interface reference into the image), the
@@ -520,40 +695,9 @@ impl super::Machine {
         });
         let Some(mut world) = self.image.take() else { return };
         for card in 0..self.cards.len() {
-            if self.cards[card].removed {
-                continue;
+            if !self.cards[card].removed {
+                self.remove_image_card(&mut world, card, "");
             }
-            if !world.stopped {
-                world.drop_references(card);
-            }
-            // Every reference the host side took through a table (the
-            // query's own, the AVStream devices') must be back by now.
-            for (ch, iface) in world.cards[card].interfaces.iter().enumerate() {
-                let (taken, dropped) = iface.references();
-                let held = (1 + taken).saturating_sub(dropped);
-                if held != 0 {
-                    self.violations.push(
-                        ViolationKind::Leak,
-                        format!("card {card} channel {ch}: {held} capdma interface reference(s) of the bus image never dropped"),
-                    );
-                }
-            }
-            if let Some(stop) = active::take_stop() {
-                world.stopped_by(&self.violations, "the interface dereference", &stop);
-            }
-            let board = self.cards[card].board.clone();
-            if !world.stopped {
-                match world.remove_card(card, &board, &self.violations) {
-                    Ok(st) => {
-                        self.record_status(format!("card {card}: bus image IRP_MN_REMOVE_DEVICE"), NtStatusBits(st).into());
-                        if st != 0 {
-                            self.violations.push(ViolationKind::Pnp, format!("card {card}: the bus image vetoed its removal at teardown ({st:#010X})"));
-                        }
-                    }
-                    Err(stop) => world.stopped_by(&self.violations, "IRP_MN_REMOVE_DEVICE", &stop),
-                }
-            }
-            self.cards[card].removed = true;
         }
         if !world.stopped {
             if let Err(stop) = world.unload(&self.violations) {

@@ -50,6 +50,6 @@ pub use actions::{surprise_removal_actions, Action, StatusRecord};
 pub use build::{ChannelLog, Machine};
 pub use config::{ConfigError, Drivers, MachineConfig};
 pub use image::ImageReport;
-pub use report::{ChannelReport, RunReport};
+pub use report::{ChannelReport, RunReport, TraceEvent, TraceField};
 pub use run::{run, RunError, RunHooks};
 pub use teardown::TeardownStep;

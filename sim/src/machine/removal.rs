@@ -22,7 +22,7 @@ impl Machine {
             return;
         }
         let Some(bus) = c.bus.core().cloned() else {
-            self.image_removal_unsupported(card as usize, "surprise removal", now);
+            self.image_surprise_removal(card as usize, now, hooks);
             return;
         };
         // IRP_MN_SURPRISE_REMOVAL: the children first (the AVStream core has
@@ -59,15 +59,6 @@ impl Machine {
         self.remove_children(card as usize);
         self.remove_card(card as usize, now);
         self.cards[card as usize].removed = true;
-    }
-
-    /// A removal mid-run the machine does not drive through the bus image
-    /// yet (the emulated kernel's `Pnp` has it; the machine's actions do
-    /// not): recorded as `STATUS_NOT_SUPPORTED` and as a violation, so a
-    /// run that asks for it cannot pass.
-    fn image_removal_unsupported(&mut self, card: usize, what: &str, _now: u64) {
-        self.record_status(format!("card {card}: {what} (bus image)"), capdma_interface::status::STATUS_NOT_SUPPORTED);
-        self.violations.push(ViolationKind::Api, format!("card {card}: {what} mid-run is not driven through the bus image by the machine"));
     }
 
     /// The bus core's teardown sequence (`BusDevice::release_hardware`) on
@@ -110,8 +101,7 @@ impl Machine {
     /// the card was removed.
     pub(super) fn request_removal(&mut self, card: usize, now: u64, when: &str) -> bool {
         if self.cards[card].bus.core().is_none() {
-            self.image_removal_unsupported(card, "orderly removal", now);
-            return false;
+            return self.image_request_removal(card, when);
         }
         let children = self.cards[card].children.clone();
         let mut queried = Vec::new();

@@ -4,6 +4,62 @@ use serde::Serialize;
 
 use super::build::Machine;
 use super::image::ImageReport;
+use crate::nt::etw::{level_name, EtwRecord};
+
+/// One field of a [`TraceEvent`]: its name and its value as a trace
+/// consumer shows it (`tracefmt`-like: numbers in decimal, hex values and
+/// NTSTATUS in hexadecimal, text quoted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceField {
+    /// The field name (`Mode`, `Channel`, ...).
+    pub name: String,
+    /// The value, formatted.
+    pub value: String,
+}
+
+/// One ETW event the bus image wrote, decoded from its `TraceLogging`
+/// self-description ([`crate::nt::etw::decode_event`]), with its virtual
+/// time. docs/tracing.md lists the events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    /// Virtual time of the write, 100-ns units since the machine started.
+    pub time_100ns: u64,
+    /// The provider's name (`Capdma.Bus`).
+    pub provider: String,
+    /// The event's name (`DeviceStart`, `EngineReset`, ...).
+    pub event: String,
+    /// The level's name (`critical`, `error`, `warning`, `info`, `verbose`).
+    pub level: String,
+    /// The event's keyword bits.
+    pub keyword: u64,
+    /// The fields in order.
+    pub fields: Vec<TraceField>,
+    /// The whole event on one line, as `--trace` prints it:
+    /// `seconds.micros provider/event [level kw=0x..] Name=value ...`.
+    pub line: String,
+}
+
+impl From<&EtwRecord> for TraceEvent {
+    fn from(r: &EtwRecord) -> Self {
+        Self {
+            time_100ns: r.time,
+            provider: r.provider.clone(),
+            event: r.event.clone(),
+            level: level_name(r.level).to_string(),
+            keyword: r.keyword,
+            fields: r.fields.iter().map(|f| TraceField { name: f.name.clone(), value: f.value.to_string() }).collect(),
+            line: r.to_string(),
+        }
+    }
+}
+
+impl TraceEvent {
+    /// The value of field `name`, formatted, if the event has one.
+    #[must_use]
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|f| f.name == name).map(|f| f.value.as_str())
+    }
+}
 
 /// One channel's account of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -61,6 +117,12 @@ pub struct RunReport {
     /// With `bus-image`: the image and what the emulated kernel did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageReport>,
+    /// With `bus-image`: the image's ETW events in order (the machine's
+    /// trace session runs from before `DriverEntry`); `None` with the cores,
+    /// or when the front end does not ask for them (`capdma-sim stream`
+    /// without `--trace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<TraceEvent>>,
 }
 
 impl RunReport {
@@ -152,6 +214,7 @@ impl Machine {
             ),
             interrupts_unclaimed: self.image.as_ref().map_or(self.interrupts_unclaimed, |w| w.sys.nt.ke.stats.unclaimed),
             drivers: self.config.drivers.name().to_string(),
+            trace: image.as_ref().map(|_| self.image_trace().iter().map(TraceEvent::from).collect()),
             image,
         }
     }

@@ -92,26 +92,38 @@ impl Machine {
     /// with the machine's time at every event.
     pub fn run(&mut self, hooks: &mut RunHooks<'_>) {
         let before = self.image.as_ref().map(|w| w.sys.machine.counts().exits);
-        self.in_image(|m| m.run_events(hooks));
+        let mut captured = 0u64;
+        // An action that needs the image's kernel itself (its PnP manager:
+        // a surprise removal) stops the loop, runs with the kernel in hand,
+        // and the loop goes on where it stopped.
+        while let Some((index, now)) = self.in_image(|m| m.run_events(hooks, &mut captured)) {
+            self.act(index, now, hooks);
+            self.in_image(|m| {
+                m.passive_work(now, hooks);
+                m.settle_boards();
+            });
+        }
         if let (Some(world), Some(before)) = (self.image.as_mut(), before) {
             world.streaming_exits += world.sys.machine.counts().exits.saturating_sub(before);
         }
     }
 
-    fn run_events(&mut self, hooks: &mut RunHooks<'_>) {
+    /// The event loop; returns `(action, now)` when it stopped for an
+    /// action that must run outside the image's kernel context
+    /// ([`Self::needs_kernel`]), `None` when the run is over.
+    fn run_events(&mut self, hooks: &mut RunHooks<'_>, captured: &mut u64) -> Option<(u32, u64)> {
         let interval = self.config.frame_interval_100ns();
         let total = u64::from(self.config.frames) * self.channels.len() as u64;
         let end = self.run_start + interval * (u64::from(self.config.frames) + DRAIN_INTERVALS);
-        let mut captured = 0u64;
         while let Some(event) = self.timeline.pop_next() {
             let now = self.timeline.now();
             self.image_deliver(now);
             match event {
                 Event::Capture { card, channel } => {
                     if self.capture(card, channel, now) {
-                        captured += 1;
+                        *captured += 1;
                         if let Some(progress) = hooks.progress.as_mut() {
-                            progress(captured, total);
+                            progress(*captured, total);
                         }
                     }
                 }
@@ -133,6 +145,7 @@ impl Machine {
                     }
                 }
                 Event::AppRequeue { card, channel, buffer } => self.requeue(card, channel, buffer),
+                Event::Action { index } if self.needs_kernel(index) => return Some((index, now)),
                 Event::Action { index } => self.act(index, now, hooks),
             }
             self.passive_work(now, hooks);
@@ -141,6 +154,18 @@ impl Machine {
                 break;
             }
         }
+        None
+    }
+
+    /// Action `index` drives the image's PnP manager, which needs the
+    /// kernel itself (not only its active context): a surprise or orderly
+    /// removal of a machine running the bus image.
+    fn needs_kernel(&self, index: u32) -> bool {
+        self.runs_image()
+            && matches!(
+                self.actions.get(index as usize),
+                Some(super::Action::SurpriseRemoval { .. } | super::Action::RequestRemoval { .. })
+            )
     }
 
     /// A board's frame time on `channel`. Returns whether a frame time was spent.

@@ -80,6 +80,18 @@ fn both_modes_stream_through_the_image_with_every_frame_verified() {
 }
 
 #[test]
+fn both_modes_stream_clean_with_the_image_preempted_at_arbitrary_instructions() {
+    let Some(path) = image() else { return };
+    for board in [BoardKind::Legacy, BoardKind::ScatterGather] {
+        let config = MachineConfig { frames: 30, preemption_us: Some(50), ..config(path.clone(), board) };
+        let report = machine::run(config, &mut RunHooks::default()).expect("the run");
+        assert_clean(&report, "preempted");
+        let image = report.image.as_ref().unwrap();
+        assert!(image.preemptions > 0, "no kick landed in the image's code: {image:?}");
+    }
+}
+
+#[test]
 fn the_board_is_programmed_with_logical_addresses_of_the_adapters_domain() {
     let Some(path) = image() else { return };
     let mut m = Machine::new(config(path, BoardKind::ScatterGather)).expect("machine");

@@ -74,7 +74,8 @@ impl KickTimer {
         Ok(kick)
     }
 
-    /// Arms the next kick after a seeded interval (uniform in 0.5..1.5 of the mean).
+    /// Arms the next kick after a seeded interval (uniform in 0.5..1.5 of
+    /// the mean), then every mean interval until re-armed.
     pub(crate) fn rearm(&mut self) {
         // xorshift64*: the schedule only needs to be reproducible from the seed.
         self.state ^= self.state >> 12;
@@ -82,8 +83,14 @@ impl KickTimer {
         self.state ^= self.state >> 27;
         let draw = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.mean_ns.max(1);
         let ns = self.mean_ns / 2 + draw;
+        // Periodic at the mean as well: a kick that lands while the host
+        // runs (not in KVM_RUN) is lost, and the timer must keep going.
+        let period = libc::timespec {
+            tv_sec: i64::try_from(self.mean_ns / 1_000_000_000).unwrap_or(i64::MAX),
+            tv_nsec: i64::try_from(self.mean_ns % 1_000_000_000).unwrap_or(0),
+        };
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_interval: period,
             it_value: libc::timespec {
                 tv_sec: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
                 tv_nsec: i64::try_from(ns % 1_000_000_000).unwrap_or(0),

@@ -63,6 +63,11 @@ pub struct StreamArgs {
     /// The bus image for `--drivers bus-image` (default: `target/windows/release/capdma_bus.sys` of this workspace).
     #[arg(long, value_name = "FILE.sys")]
     bus_image: Option<PathBuf>,
+    /// With `--drivers bus-image`: preempt the image at arbitrary
+    /// instructions, a seeded host timer kick every N microseconds on
+    /// average (1..=1000000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    preempt_us: Option<u64>,
     /// The board model.
     #[arg(long, value_enum, default_value = "legacy")]
     board: BoardArg,
@@ -223,9 +228,12 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
         config.drivers = Drivers::BusImage { path, map_register_limit: args.map_registers };
     } else if args.bus_image.is_some() {
         return Err(Outcome::Usage("--bus-image needs --drivers bus-image".into()));
+    } else if args.preempt_us.is_some() {
+        return Err(Outcome::Usage("--preempt-us needs --drivers bus-image".into()));
     } else if args.trace {
         return Err(Outcome::Usage("--trace needs --drivers bus-image (the cores write no ETW events)".into()));
     }
+    config.preemption_us = args.preempt_us;
     config.slot_count = args.slots;
     config.seed = args.seed;
     // A clip's own format or rate can be outside what the machine takes.

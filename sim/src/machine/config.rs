@@ -71,6 +71,11 @@ pub struct MachineConfig {
     /// Which bus driver runs: the portable core on the host, or the real
     /// image in the emulated kernel.
     pub drivers: Drivers,
+    /// With the bus image: preempt the guest at arbitrary instructions, a
+    /// host timer kick on average every this many microseconds (seeded by
+    /// `seed`), so the image's ISR and DPCs also land in the middle of its
+    /// other code; `None`: delivery at VM exits only.
+    pub preemption_us: Option<u64>,
 }
 
 /// Which bus driver a machine runs.
@@ -133,6 +138,7 @@ impl Default for MachineConfig {
             descriptor_ring_entries: None,
             cq_entries: None,
             drivers: Drivers::Cores,
+            preemption_us: None,
         }
     }
 }

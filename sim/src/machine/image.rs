@@ -93,6 +93,8 @@ pub struct ImageReport {
     pub bugchecks: u64,
     /// CR8 accesses the image made that trapped and were emulated.
     pub cr8_traps: u64,
+    /// Preemption kicks that landed in the image's code (`--preempt-us`).
+    pub preemptions: u64,
     /// VM exits (stub calls, MMIO, traps, returns to the host).
     pub vm_exits: u64,
     /// VM exits per frame delivered (all channels), the whole life
@@ -172,6 +174,10 @@ impl ImageWorld {
         }
         let line: Vec<Board> = boards.to_vec();
         ke::attach_source(&mut sys.nt, LINE_VECTOR, Box::new(move || line.iter().any(Board::interrupt_pending)));
+        if let Some(mean_interval_us) = config.preemption_us {
+            let preemption = capdma_winvm::Preemption { mean_interval_us, seed: config.seed };
+            sys.machine.set_preemption(Some(preemption)).map_err(|e| stop("preemption timer", e))?;
+        }
         if let Some(limit) = config.image_map_registers() {
             sys.nt.hal.dma.map_register_limit = limit;
         }
@@ -362,6 +368,7 @@ impl ImageWorld {
             findings: nt.verifier.findings.len() as u64,
             bugchecks: self.bugchecks,
             cr8_traps: counts.cr8_traps,
+            preemptions: counts.preemptions,
             vm_exits: counts.exits,
             vm_exits_per_frame: per(counts.exits),
             vm_exits_per_frame_streaming: per(self.streaming_exits),

@@ -171,8 +171,13 @@ impl RunReport {
             let _ = writeln!(out, "drivers: {} ({}, sha256 {})", self.drivers, i.path, i.sha256);
             let _ = writeln!(
                 out,
-                "  emulated kernel: {} DDI calls, {} Verifier checks, {} findings, {} bugchecks, {} CR8 traps",
-                i.ddi_calls, i.verifier_checks, i.findings, i.bugchecks, i.cr8_traps
+                "  emulated kernel: {} DDI calls, {} Verifier checks, {} findings, {} bugchecks, {} CR8 traps{}",
+                i.ddi_calls,
+                i.verifier_checks,
+                i.findings,
+                i.bugchecks,
+                i.cr8_traps,
+                if i.preemptions > 0 { format!(", {} preemptions", i.preemptions) } else { String::new() }
             );
             let _ = writeln!(
                 out,

@@ -7,28 +7,19 @@
 //! Needs `/dev/kvm` and the image (`cargo xtask windows`); says which is
 //! missing and passes vacuously only outside CI.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
 use capdma_sim::faults::{not_with_image, run_matrix, run_row, FaultRow, ROWS};
-use capdma_sim::machine::{self, Drivers};
-use capdma_winvm::kvm_available;
+use capdma_sim::machine::Drivers;
 
 const SEED: u64 = 5;
 
 /// The bus-image drivers, or `None` (reason printed) outside CI.
 fn image() -> Option<Drivers> {
-    let path: PathBuf = machine::image::default_image_path();
-    let why = if let Err(why) = kvm_available() {
-        why
-    } else if !path.exists() {
-        format!("{} not built (cargo xtask windows)", path.display())
-    } else {
-        return Some(Drivers::BusImage { path, map_register_limit: None });
-    };
-    assert!(std::env::var_os("CI").is_none(), "CI must run the bus image tests: {why}");
-    eprintln!("skipped: {why}");
-    None
+    let path = support::image("capdma_bus")?;
+    Some(Drivers::BusImage { path, map_register_limit: None })
 }
 
 /// The rows the bus image must run: the faults whose subject is the bus.

@@ -6,6 +6,8 @@
 //! Needs `/dev/kvm` and the image (`cargo xtask windows`); says which is
 //! missing and passes vacuously only outside CI.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -13,22 +15,11 @@ use capdma_bus::config::DmaModeOverride;
 use capdma_interface::format::PixelFormat;
 use capdma_sim::board::BoardKind;
 use capdma_sim::machine::{self, Drivers, Machine, MachineConfig, RunHooks, RunReport};
-use capdma_winvm::kvm_available;
 use sha2::{Digest, Sha256};
 
 /// The bus image, or `None` (reason printed) outside CI.
 fn image() -> Option<PathBuf> {
-    let path = machine::image::default_image_path();
-    let why = if let Err(why) = kvm_available() {
-        why
-    } else if !path.exists() {
-        format!("{} not built (cargo xtask windows)", path.display())
-    } else {
-        return Some(path);
-    };
-    assert!(std::env::var_os("CI").is_none(), "CI must run the bus image tests: {why}");
-    eprintln!("skipped: {why}");
-    None
+    support::image("capdma_bus")
 }
 
 /// A small bus-image configuration: 320x240 YUY2, 12 frames.

@@ -7,26 +7,17 @@
 //! Needs `/dev/kvm` and the image (`cargo xtask windows`); says which is
 //! missing and passes vacuously only outside CI.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use capdma_sim::board::{BoardFault, BoardKind};
-use capdma_sim::machine::{self, Action, Drivers, Machine, MachineConfig, RunHooks, RunReport, TraceEvent};
-use capdma_winvm::kvm_available;
+use capdma_sim::machine::{Action, Drivers, Machine, MachineConfig, RunHooks, RunReport, TraceEvent};
 
 /// The bus image, or `None` (reason printed) outside CI.
 fn image() -> Option<PathBuf> {
-    let path = machine::image::default_image_path();
-    let why = if let Err(why) = kvm_available() {
-        why
-    } else if !path.exists() {
-        format!("{} not built (cargo xtask windows)", path.display())
-    } else {
-        return Some(path);
-    };
-    assert!(std::env::var_os("CI").is_none(), "CI must run the bus image tests: {why}");
-    eprintln!("skipped: {why}");
-    None
+    support::image("capdma_bus")
 }
 
 fn config(path: PathBuf, board: BoardKind) -> MachineConfig {

@@ -7,6 +7,8 @@
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and their parameters")]
 #![allow(clippy::cast_possible_truncation, reason = "test buffers are a few bytes long")]
 
+mod support;
+
 use capdma_sim::nt::etw::{self, EtwSession, Guid, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER};
 use capdma_sim::nt::pool::POOL_FLAG_PAGED;
 use capdma_sim::nt::system::System;
@@ -15,12 +17,7 @@ use capdma_winvm::{Machine, Stop};
 
 /// A booted system, or `None` (skipped outside CI) without `/dev/kvm`.
 fn system() -> Option<System> {
-    if let Err(why) = capdma_winvm::kvm_available() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test, but: {why}");
-        eprintln!("SKIPPED (not in CI): {why}");
-        return None;
-    }
-    Some(System::boot().expect("boot"))
+    support::system()
 }
 
 fn stub(s: &mut System, name: &str) -> u64 {

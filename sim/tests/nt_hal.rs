@@ -6,6 +6,8 @@
 //! test says so and passes vacuously, except in CI (`CI` set), where a
 //! missing KVM fails.
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -20,19 +22,14 @@ use capdma_sim::nt::layout::dma::{
 use capdma_sim::nt::system::System;
 use capdma_sim::nt::DISPATCH_LEVEL;
 use capdma_sim::violations::Violations;
-use capdma_winvm::{kvm_available, Protection, Stop};
+use capdma_winvm::{Protection, Stop};
 
 const PAGE: u64 = 4096;
 /// Where the tests put a BAR: in the PCI hole, outside the 256 MiB of RAM.
 const BAR_GPA: u64 = 0xE000_0000;
 
 fn system() -> Option<System> {
-    if let Err(why) = kvm_available() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have KVM: {why}");
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(System::boot().expect("boot"))
+    support::system()
 }
 
 fn stub(s: &mut System, name: &str) -> u64 {

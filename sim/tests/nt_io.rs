@@ -7,23 +7,20 @@
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and constants by the dozen, as in sim/src/nt")]
 #![allow(clippy::cast_possible_truncation, reason = "layout offsets and sizes are small constants, used as displacements")]
 
+mod support;
+
 use capdma_sim::nt::io::irp::location_va;
 use capdma_sim::nt::io::registry::RegValue;
 use capdma_sim::nt::layout::irp::{io_status_block, irp, kevent, mj, mn, remove_lock, sl, stack, status};
 use capdma_sim::nt::layout::{device_object, do_flags, driver_object};
 use capdma_sim::nt::system::{write_unicode_string, System};
 use capdma_sim::nt::DISPATCH_LEVEL;
-use capdma_winvm::{kvm_available, Protection, Stop};
+use capdma_winvm::{Protection, Stop};
 use iced_x86::code_asm::*;
 
 /// A booted system, or `None` (with the reason printed) without KVM outside CI.
 fn system() -> Option<System> {
-    if let Err(why) = kvm_available() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have KVM: {why}");
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(System::boot().expect("boot"))
+    support::system()
 }
 
 /// The test's view of a system: DDIs by name, code, drivers, devices.

@@ -4,6 +4,8 @@
 //! test that trips each Driver Verifier check. Needs `/dev/kvm`: says so
 //! and passes vacuously only outside CI.
 
+mod support;
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use capdma_sim::nt::layout::ke::{
 };
 use capdma_sim::nt::system::System;
 use capdma_sim::nt::{Nt, DISPATCH_LEVEL, PASSIVE_LEVEL};
-use capdma_winvm::{kvm_available, Machine, Protection, Stop};
+use capdma_winvm::{Machine, Protection, Stop};
 use iced_x86::code_asm::*;
 
 /// Offsets in a recorder's log page.
@@ -38,12 +40,7 @@ fn at(log: u64, offset: i32) -> u64 {
 
 /// A booted system, or `None` (with the reason printed) without KVM outside CI.
 fn system() -> Option<System> {
-    if let Err(why) = kvm_available() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have KVM: {why}");
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(System::boot().expect("boot"))
+    support::system()
 }
 
 /// What a recorder routine does besides recording.

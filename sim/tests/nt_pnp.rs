@@ -11,6 +11,8 @@
 
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and constants, as in sim/src/nt")]
 
+mod support;
+
 use std::path::PathBuf;
 
 use capdma_interface::guid::{GUID_BUS_INTERFACE_STANDARD, GUID_CAPDMA_BUS_INTERFACE};
@@ -21,21 +23,10 @@ use capdma_sim::nt::layout::irp::{bus_interface_standard, device_relations, inte
 use capdma_sim::nt::layout::{device_object, do_flags};
 use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources, S0, S3};
 use capdma_sim::nt::system::System;
-use capdma_winvm::kvm_available;
 
 /// The bus image, or `None` (reason printed) outside CI.
 fn image() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/windows/release/capdma_bus.sys");
-    let why = if let Err(why) = kvm_available() {
-        why
-    } else if !path.exists() {
-        format!("{} not built (cargo xtask windows)", path.display())
-    } else {
-        return Some(path);
-    };
-    assert!(std::env::var_os("CI").is_none(), "CI must run the image tests: {why}");
-    eprintln!("skipped: {why}");
-    None
+    support::image("capdma_bus")
 }
 
 /// A system with the bus driver loaded (every import implemented: the

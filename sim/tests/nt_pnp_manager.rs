@@ -8,21 +8,18 @@
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and constants, as in sim/src/nt")]
 #![allow(clippy::unnecessary_wraps, reason = "host routines have the HostFn signature")]
 
+mod support;
+
 use capdma_sim::nt::layout::irp::{device_relations, irp, mj, mn, pnp_bus_information, stack, status};
 use capdma_sim::nt::layout::{device_object, do_flags, driver_extension, driver_object};
 use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources, S0, S3};
 use capdma_sim::nt::pool::POOL_FLAG_PAGED;
 use capdma_sim::nt::system::{Driver, System};
 use capdma_sim::nt::{HostFn, Nt, DISPATCH_LEVEL};
-use capdma_winvm::{kvm_available, Machine, Stop};
+use capdma_winvm::{Machine, Stop};
 
 fn system() -> Option<System> {
-    if let Err(why) = kvm_available() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have KVM: {why}");
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(System::boot().expect("boot"))
+    support::system()
 }
 
 /// Calls a DDI through its stub.

@@ -20,6 +20,8 @@
 
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and constants, as in sim/src/nt")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use capdma_probe::{Argument, Detected, Probe, Rule, PROBES};
@@ -31,7 +33,7 @@ use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources};
 use capdma_sim::nt::system::{Driver, System};
 use capdma_sim::nt::verifier::Finding;
 use capdma_sim::nt::{hal, ke};
-use capdma_winvm::{kvm_available, Stop};
+use capdma_winvm::Stop;
 
 /// Where the board's BAR0 is, and its length.
 const BAR0: u64 = 0xE000_0000;
@@ -46,17 +48,7 @@ const ADAPTER_MAXIMUM_LENGTH: u32 = 64 * 1024;
 
 /// The probe image, or `None` (reason printed) outside CI.
 fn image() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/windows/release/capdma_probe.sys");
-    let why = if let Err(why) = kvm_available() {
-        why
-    } else if !path.exists() {
-        format!("{} not built (cargo xtask windows)", path.display())
-    } else {
-        return Some(path);
-    };
-    assert!(std::env::var_os("CI").is_none(), "CI must run the probe tests: {why}");
-    eprintln!("skipped: {why}");
-    None
+    support::image("capdma_probe")
 }
 
 /// A booted system with the probe image loaded and the PnP manager's PCI

@@ -1,0 +1,43 @@
+//! What the tests that run the emulated kernel or the built images need:
+//! `/dev/kvm` and the images. Outside CI a missing prerequisite skips the
+//! test with the reason printed; in CI (`CI` set) it fails the test, so
+//! these tests can never be skipped there.
+#![allow(dead_code, reason = "each test file uses the part it needs")]
+
+use std::path::PathBuf;
+
+use capdma_sim::machine;
+use capdma_sim::nt::system::System;
+
+/// Skips (outside CI) or fails (in CI) for `why`.
+pub fn unavailable<T>(why: &str) -> Option<T> {
+    assert!(std::env::var_os("CI").is_none(), "CI must run this test, but: {why}");
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// `/dev/kvm` usable.
+pub fn kvm() -> Option<()> {
+    match capdma_winvm::kvm_available() {
+        Ok(()) => Some(()),
+        Err(why) => unavailable(&why),
+    }
+}
+
+/// A booted system (the VM over a fresh simulated memory, a kernel at boot).
+pub fn system() -> Option<System> {
+    kvm()?;
+    Some(System::boot().expect("boot"))
+}
+
+/// The release image `name` (`capdma_bus`, `capdma_probe`) that `cargo
+/// xtask windows` builds, next to the bus image's default path, with KVM.
+pub fn image(name: &str) -> Option<PathBuf> {
+    kvm()?;
+    let path = machine::image::default_image_path().with_file_name(format!("{name}.sys"));
+    if path.exists() {
+        Some(path)
+    } else {
+        unavailable(&format!("{} not built (cargo xtask windows)", path.display()))
+    }
+}

@@ -79,3 +79,16 @@ fn a_zero_byte_pool_allocation_is_a_finding() {
     let f = s.nt.verifier.findings.iter().find(|f| f.rule == "POOL_ZERO_BYTES").expect("finding");
     assert_eq!((f.bugcheck, f.parameter1), (0xC4, Some(0)));
 }
+
+#[test]
+fn a_bad_pointer_handed_to_a_ddi_at_dispatch_level_is_0xa() {
+    let Some(mut s) = system() else { return };
+    let result = ddi(&mut s, "memset", &[0x1000, 0, 16]);
+    let Err(Stop::Bugcheck(report)) = result else { panic!("no bugcheck: {result:?}") };
+    assert_eq!((report.code, report.irql), (0x50, 0), "{report}");
+    let Some(mut s) = system() else { return };
+    s.nt.irql = 2;
+    let result = ddi(&mut s, "memset", &[0x1000, 0, 16]);
+    let Err(Stop::Bugcheck(report)) = result else { panic!("no bugcheck: {result:?}") };
+    assert_eq!((report.code, report.irql, report.parameters[2]), (0xA, 2, 1), "{report}");
+}

@@ -148,6 +148,9 @@ pub struct Machine {
     /// machine stopped, e.g. `KeBugCheckEx`).
     pending_stop: Option<Stop>,
     kick: Option<KickTimer>,
+    /// The kernel's IRQL when the stub call in progress began (what a
+    /// fault inside that DDI is judged at).
+    stub_irql: u8,
 }
 
 fn kvm_err(what: &str, e: impl std::fmt::Display) -> Stop {
@@ -218,6 +221,7 @@ impl Machine {
             kuser_frame,
             pending_stop: None,
             kick: None,
+            stub_irql: 0,
         })
     }
 
@@ -735,6 +739,7 @@ impl Machine {
                     self.complete_io()?;
                     self.counts.stub_calls += 1;
                     self.note_stack()?;
+                    self.stub_irql = kernel.irql();
                     let value = kernel.stub_called(self, index)?;
                     if let Some(stop) = self.pending_stop.take() {
                         return Err(stop);
@@ -989,15 +994,24 @@ impl Machine {
         let gpr = gprs(&regs);
         let mut frame = FrameRegisters { gpr, rip: regs.rip };
         let stack = self.stack_walk(&mut frame);
+        let irql = self.stub_irql;
+        // As a fault in the kernel on the driver's behalf: at or above
+        // DISPATCH_LEVEL 0xA (parameter 3: 0 read, 1 write), else 0x50
+        // (parameter 2: 0 read, 2 write).
+        let (code, name, parameters) = if irql >= 2 {
+            (0xA, "IRQL_NOT_LESS_OR_EQUAL (in a DDI, on an address the driver passed)", [va, u64::from(irql), u64::from(write), regs.rip])
+        } else {
+            (0x50, "PAGE_FAULT_IN_NONPAGED_AREA (in a DDI, on an address the driver passed)", [va, if write { 2 } else { 0 }, regs.rip, 0])
+        };
         Stop::Bugcheck(Box::new(BugcheckReport {
-            code: 0x50,
-            name: "PAGE_FAULT_IN_NONPAGED_AREA (in a DDI, on an address the driver passed)".into(),
-            parameters: [va, u64::from(write), regs.rip, 0],
+            code,
+            name: name.into(),
+            parameters,
             vector: None,
             error_code: None,
             cr2: Some(va),
             rip: regs.rip,
-            irql: 0,
+            irql,
             stack,
             registers: gpr,
         }))

@@ -12,34 +12,14 @@ mod support;
 use capdma_sim::nt::etw::{self, EtwSession, Guid, Value};
 use capdma_sim::nt::layout::etw::{event_data_descriptor, event_descriptor};
 use capdma_sim::nt::Nt;
-use capdma_winvm::{GuestMemory, Machine, Protection, RamRange, Stop};
+use capdma_winvm::{Machine, Protection, Stop};
 
-const RAM: usize = 64 << 20;
 /// `Capdma.Bus`'s GUID, derived from its name (docs/tracing.md).
 const BUS_GUID: &str = "5f28a29c-c847-512c-0ce0-1679b3de36f7";
 /// `Capdma.AVStream`'s GUID, derived from its name (docs/tracing.md).
 const AVSTREAM_GUID: &str = "64957db3-5f33-54d1-22b1-1473e7afc2b6";
 /// `STATUS_INSUFFICIENT_RESOURCES`.
 const STATUS_INSUFFICIENT_RESOURCES: u32 = 0xC000_009A;
-
-fn machine() -> Option<Machine> {
-    support::kvm()?;
-    // SAFETY: a fresh anonymous mapping, owned by the machine for the test.
-    let base = unsafe {
-        libc::mmap(core::ptr::null_mut(), RAM, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-    };
-    assert_ne!(base, libc::MAP_FAILED);
-    // SAFETY: the mapping above, never unmapped.
-    let mem = unsafe { GuestMemory::new(base.cast(), vec![RamRange { gpa: 0, len: RAM as u64 }], RamRange { gpa: 1 << 20, len: 48 << 20 }) };
-    Some(Machine::new(mem).expect("machine"))
-}
-
-/// The host side of an import the emulated kernel does not have yet.
-fn refuse(_: &mut Nt, m: &mut Machine, _: u64) -> Result<u64, Stop> {
-    let caller = m.caller().map(|c| m.describe(c)).unwrap_or_default();
-    Err(Stop::Host(format!("an import this test does not provide was called from {caller}")))
-}
-
 /// A stand-in for `KsInitializeDriver` (ks.sys is not emulated): returns
 /// the status in its context, touching nothing.
 #[allow(clippy::unnecessary_wraps, reason = "the HostFn signature")]
@@ -53,7 +33,7 @@ fn ks_initialize_driver(_: &mut Nt, _: &mut Machine, status: u64) -> Result<u64,
 /// object and `DriverEntry`'s status.
 fn load(name: &str, session: EtwSession, ks_status: u32) -> Option<(Machine, Nt, u64, u32)> {
     let path = support::image(name)?;
-    let mut m = machine()?;
+    let mut m = support::machine()?;
     let mut k = Nt::new();
     k.etw.session = Some(session);
     let entry = m
@@ -61,7 +41,7 @@ fn load(name: &str, session: EtwSession, ks_status: u32) -> Option<(Machine, Nt,
             if symbol == "KsInitializeDriver" {
                 return k.host_function(m, symbol, ks_initialize_driver, u64::from(ks_status), 0).ok();
             }
-            k.resolve(m, module, symbol).or_else(|| k.host_function(m, symbol, refuse, 0, 15).ok())
+            k.resolve(m, module, symbol).or_else(|| k.host_function(m, symbol, support::refuse, 0, 15).ok())
         })
         .expect("loaded")
         .entry;
@@ -145,16 +125,6 @@ fn avstream_driver_entry_traces_its_load_and_its_failure() {
     assert_eq!(failure.field("Status"), Some(&Value::NtStatus(STATUS_INSUFFICIENT_RESOURCES)));
     assert!(k.etw.live_of("capdma_avstream").next().is_none(), "unregistered on failure");
 }
-
-/// The value bindgen asserted for `(structure, field)` (`field` empty: the size).
-fn asserted(types: &str, structure: &str, field: &str) -> Option<u64> {
-    let needle =
-        if field.is_empty() { format!("size_of::<{structure}>()-") } else { format!("offset_of!({structure},{field})-") };
-    let at = types.find(&needle)? + needle.len();
-    let digits: String = types[at..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
 #[test]
 fn the_etw_layouts_match_the_headers() {
     let Some(types) = support::wdk_sys_types() else { return };
@@ -174,6 +144,6 @@ fn the_etw_layouts_match_the_headers() {
         ("_EVENT_DATA_DESCRIPTOR", "Reserved", event_data_descriptor::RESERVED),
     ];
     for (structure, field, ours) in checks {
-        assert_eq!(asserted(&types, structure, field), Some(ours), "{structure}::{field}");
+        assert_eq!(support::asserted(&types, structure, field), Some(ours), "{structure}::{field}");
     }
 }

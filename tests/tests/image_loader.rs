@@ -7,32 +7,11 @@
 mod support;
 
 use capdma_sim::nt::Nt;
-use capdma_winvm::{GuestMemory, Machine, RamRange, Stop};
-
-const RAM: usize = 64 << 20;
-
-fn machine() -> Option<Machine> {
-    support::kvm()?;
-    // SAFETY: a fresh anonymous mapping, owned by the machine for the test.
-    let base = unsafe {
-        libc::mmap(core::ptr::null_mut(), RAM, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-    };
-    assert_ne!(base, libc::MAP_FAILED);
-    // SAFETY: the mapping above, never unmapped.
-    let mem = unsafe { GuestMemory::new(base.cast(), vec![RamRange { gpa: 0, len: RAM as u64 }], RamRange { gpa: 1 << 20, len: 48 << 20 }) };
-    Some(Machine::new(mem).expect("machine"))
-}
-
-/// The host side of an import the emulated kernel does not have yet.
-fn refuse(_: &mut Nt, m: &mut Machine, _: u64) -> Result<u64, Stop> {
-    let caller = m.caller().map(|c| m.describe(c)).unwrap_or_default();
-    Err(Stop::Host(format!("an import this test does not provide was called from {caller}")))
-}
-
+use capdma_winvm::{Machine, Stop};
 #[test]
 fn an_image_with_an_unimplemented_import_is_refused_with_the_list() {
     let Some(path) = support::image("capdma_bus") else { return };
-    let Some(mut m) = machine() else { return };
+    let Some(mut m) = support::machine() else { return };
     let result = m.load_image(&path, &mut |m, _module, symbol| {
         (!matches!(symbol, "IoCreateDevice" | "IoDeleteDevice")).then(|| m.add_stub(symbol).map(|(_, va)| va).ok()).flatten()
     });
@@ -47,11 +26,11 @@ fn an_image_with_an_unimplemented_import_is_refused_with_the_list() {
 /// fail the call) and runs its `DriverEntry`.
 fn bus_after_driver_entry() -> Option<(Machine, Nt, u64)> {
     let path = support::image("capdma_bus")?;
-    let mut m = machine()?;
+    let mut m = support::machine()?;
     let mut k = Nt::new();
     let entry = m
         .load_image(&path, &mut |m, module, symbol| {
-            k.resolve(m, module, symbol).or_else(|| k.host_function(m, symbol, refuse, 0, 15).ok())
+            k.resolve(m, module, symbol).or_else(|| k.host_function(m, symbol, support::refuse, 0, 15).ok())
         })
         .expect("loaded")
         .entry;

@@ -43,26 +43,13 @@ const CHECKS: &[(&str, &str, u64)] = &[
     ("_UNICODE_STRING", "MaximumLength", unicode_string::MAXIMUM_LENGTH),
     ("_UNICODE_STRING", "Buffer", unicode_string::BUFFER),
 ];
-
-/// The value bindgen asserted for `(structure, field)` (`field` empty: the size).
-fn asserted(types: &str, structure: &str, field: &str) -> Option<u64> {
-    let needle = if field.is_empty() {
-        format!("size_of::<{structure}>()-")
-    } else {
-        format!("offset_of!({structure},{field})-")
-    };
-    let at = types.find(&needle)? + needle.len();
-    let digits: String = types[at..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
 #[test]
 fn every_layout_constant_matches_the_headers() {
     let Some(types) = support::wdk_sys_types() else { return };
     let types: String = types.chars().filter(|c| !c.is_whitespace()).collect();
     let mut wrong = Vec::new();
     for (structure, field, ours) in CHECKS {
-        match asserted(&types, structure, field) {
+        match support::asserted(&types, structure, field) {
             Some(theirs) if theirs == *ours => {}
             other => wrong.push(format!("{structure}::{field}: ours {ours}, headers {other:?}")),
         }
@@ -73,6 +60,6 @@ fn every_layout_constant_matches_the_headers() {
 #[test]
 fn the_comparison_sees_a_wrong_offset() {
     let types = "[\"Offsetoffield:_X::F\",][::core::mem::offset_of!(_X,F)-48usize];";
-    assert_eq!(asserted(types, "_X", "F"), Some(48));
-    assert_eq!(asserted(types, "_X", "G"), None);
+    assert_eq!(support::asserted(types, "_X", "F"), Some(48));
+    assert_eq!(support::asserted(types, "_X", "G"), None);
 }

@@ -6,6 +6,12 @@
 
 use std::path::PathBuf;
 
+use capdma_sim::nt::Nt;
+use capdma_winvm::{GuestMemory, Machine, RamRange, Stop};
+
+/// Guest RAM of [`machine`], bytes.
+const RAM: usize = 64 << 20;
+
 /// The workspace root.
 #[must_use]
 pub fn workspace() -> PathBuf {
@@ -52,4 +58,40 @@ pub fn wdk_sys_types() -> Option<String> {
         Some(path) => Some(std::fs::read_to_string(path).expect("readable types.rs")),
         None => unavailable(&format!("no wdk-sys types.rs under {}: run `cargo xtask windows` first", build.display())),
     }
+}
+
+/// A bare machine (64 MiB of anonymous guest RAM, 48 MiB of it the
+/// machine's own frames), or `None` without KVM (outside CI).
+#[must_use]
+pub fn machine() -> Option<Machine> {
+    kvm()?;
+    // SAFETY: a fresh anonymous mapping, owned by the machine for the test.
+    let base = unsafe {
+        libc::mmap(core::ptr::null_mut(), RAM, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    // SAFETY: the mapping above, never unmapped.
+    let mem = unsafe { GuestMemory::new(base.cast(), vec![RamRange { gpa: 0, len: RAM as u64 }], RamRange { gpa: 1 << 20, len: 48 << 20 }) };
+    Some(Machine::new(mem).expect("machine"))
+}
+
+/// The host side of an import the emulated kernel does not have yet: the
+/// call stops the run, naming its caller.
+///
+/// # Errors
+/// Always: [`Stop::Host`].
+pub fn refuse(_: &mut Nt, m: &mut Machine, _: u64) -> Result<u64, Stop> {
+    let caller = m.caller().map(|c| m.describe(c)).unwrap_or_default();
+    Err(Stop::Host(format!("an import this test does not provide was called from {caller}")))
+}
+
+/// The value bindgen asserted for `(structure, field)` (`field` empty: the
+/// size) in `types`, the layout assertions with whitespace removed.
+#[must_use]
+pub fn asserted(types: &str, structure: &str, field: &str) -> Option<u64> {
+    let needle =
+        if field.is_empty() { format!("size_of::<{structure}>()-") } else { format!("offset_of!({structure},{field})-") };
+    let at = types.find(&needle)? + needle.len();
+    let digits: String = types[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }

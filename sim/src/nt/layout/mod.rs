@@ -108,3 +108,4 @@ pub mod do_flags {
 }
 
 pub mod ke;
+pub mod ks;

@@ -40,6 +40,9 @@ enum DriversArg {
     /// The real `capdma_bus.sys` in the emulated Windows kernel on KVM (built
     /// by `cargo xtask windows`), the AVStream core on the host calling it.
     BusImage,
+    /// Both real images, `capdma_avstream.sys` over `capdma_bus.sys`, in the
+    /// emulated Windows kernel with its emulated `ks.sys`, on KVM.
+    Images,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -60,9 +63,12 @@ pub struct StreamArgs {
     /// Which bus driver runs.
     #[arg(long, value_enum, default_value = "cores")]
     drivers: DriversArg,
-    /// The bus image for `--drivers bus-image` (default: `target/windows/release/capdma_bus.sys` of this workspace).
+    /// The bus image for `--drivers bus-image` or `images` (default: `target/windows/release/capdma_bus.sys` of this workspace).
     #[arg(long, value_name = "FILE.sys")]
     bus_image: Option<PathBuf>,
+    /// The AVStream image for `--drivers images` (default: `target/windows/release/capdma_avstream.sys` of this workspace).
+    #[arg(long, value_name = "FILE.sys")]
+    avstream_image: Option<PathBuf>,
     /// With `--drivers bus-image`: preempt the image at arbitrary
     /// instructions, a seeded host timer kick every N microseconds on
     /// average (1..=1000000).
@@ -223,15 +229,26 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
     config.high_memory = args.high_memory;
     config.alignment = args.alignment;
     config.map_registers = args.map_registers.unwrap_or(64);
-    if let DriversArg::BusImage = args.drivers {
-        let path = args.bus_image.clone().unwrap_or_else(machine::image::default_image_path);
-        config.drivers = Drivers::BusImage { path, map_register_limit: args.map_registers };
-    } else if args.bus_image.is_some() {
-        return Err(Outcome::Usage("--bus-image needs --drivers bus-image".into()));
-    } else if args.preempt_us.is_some() {
-        return Err(Outcome::Usage("--preempt-us needs --drivers bus-image".into()));
-    } else if args.trace {
-        return Err(Outcome::Usage("--trace needs --drivers bus-image (the cores write no ETW events)".into()));
+    let bus = || args.bus_image.clone().unwrap_or_else(machine::image::default_image_path);
+    match args.drivers {
+        DriversArg::BusImage => config.drivers = Drivers::BusImage { path: bus(), map_register_limit: args.map_registers },
+        DriversArg::Images => {
+            let avstream = args.avstream_image.clone().unwrap_or_else(machine::image::default_avstream_image_path);
+            config.drivers = Drivers::Images { bus: bus(), avstream, map_register_limit: args.map_registers };
+        }
+        DriversArg::Cores if args.bus_image.is_some() => {
+            return Err(Outcome::Usage("--bus-image needs --drivers bus-image or images".into()));
+        }
+        DriversArg::Cores if args.preempt_us.is_some() => {
+            return Err(Outcome::Usage("--preempt-us needs --drivers bus-image or images".into()));
+        }
+        DriversArg::Cores if args.trace => {
+            return Err(Outcome::Usage("--trace needs --drivers bus-image or images (the cores write no ETW events)".into()));
+        }
+        DriversArg::Cores => {}
+    }
+    if args.avstream_image.is_some() && !matches!(args.drivers, DriversArg::Images) {
+        return Err(Outcome::Usage("--avstream-image needs --drivers images".into()));
     }
     config.preemption_us = args.preempt_us;
     config.slot_count = args.slots;

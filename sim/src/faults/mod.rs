@@ -130,7 +130,7 @@ pub fn run_matrix(only: Option<&str>, drivers: &Drivers, seed: u64, mut each: im
 
 /// Runs one row, or returns it unrun when it does not apply to `drivers`.
 fn run_spec(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
-    if let (Drivers::BusImage { .. }, Some(why)) = (drivers, not_with_image(spec.name)) {
+    if let (Some(_), Some(why)) = (drivers.bus_image(), not_with_image(spec.name)) {
         return FaultRow {
             name: spec.name.to_string(),
             drivers: drivers.name().to_string(),

@@ -184,7 +184,7 @@ impl Ctx {
                 format!("the emulated kernel: no Driver Verifier finding ({}), no bugcheck ({})", image.findings, image.bugchecks),
                 image.findings == 0 && image.bugchecks == 0,
             );
-        } else if matches!(self.drivers, Drivers::BusImage { .. }) {
+        } else if self.drivers.bus_image().is_some() {
             self.check("the row ran the bus image", false);
         }
         self.check(format!("no corrupt frame delivered as good ({} corrupt)", t.corrupt), t.corrupt == 0);
@@ -246,7 +246,7 @@ fn log(m: &Machine, card: u32, channel: u32) -> ChannelLog {
 /// What the bus driver counted on a channel: the core's own counters, or
 /// for the bus image what its trace says ([`image_stats`]).
 fn bus_stats(m: &Machine, card: u32, channel: u32) -> ChannelStats {
-    if matches!(m.config().drivers, Drivers::BusImage { .. }) {
+    if m.config().drivers.bus_image().is_some() {
         return image_stats(m, channel);
     }
     m.bus_of(card).and_then(|b| b.channel_stats(channel)).unwrap_or_default()
@@ -500,7 +500,7 @@ fn surprise_removal(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
     let stop = status_of(&m, "card 0 channel 0: KS state to Stop");
     ctx.check(format!("the pin stopped after the board vanished ({})", names(&stop)), stop == [STATUS_SUCCESS]);
     let qi = status_of(&m, "after surprise removal");
-    let image = matches!(ctx.drivers, Drivers::BusImage { .. });
+    let image = ctx.drivers.bus_image().is_some();
     if image {
         // The image's child PDO answers for itself (its PnP state no longer
         // serves interfaces): any error status refuses.
@@ -711,10 +711,7 @@ fn app_starved(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
 }
 
 fn map_registers_config(ctx: &Ctx, map_registers: u32) -> MachineConfig {
-    let drivers = match &ctx.drivers {
-        Drivers::BusImage { path, .. } => Drivers::BusImage { path: path.clone(), map_register_limit: Some(map_registers) },
-        Drivers::Cores => Drivers::Cores,
-    };
+    let drivers = ctx.drivers.with_map_register_limit(map_registers);
     MachineConfig { dma32: true, high_memory: true, mode: DmaModeOverride::ScatterGather, map_registers, drivers, ..ctx.base() }
 }
 
@@ -743,7 +740,7 @@ fn map_registers_too_few(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultR
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
-    if matches!(ctx.drivers, Drivers::BusImage { .. }) {
+    if ctx.drivers.bus_image().is_some() {
         // The image states its decision in its DeviceStart event.
         let start = m.image_trace().iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart").cloned();
         let text = |name: &str| match start.as_ref().and_then(|r| r.field(name)) {
@@ -782,7 +779,7 @@ fn remove_while_referenced(spec: &RowSpec, drivers: &Drivers, seed: u64) -> Faul
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
-    let image = matches!(ctx.drivers, Drivers::BusImage { .. });
+    let image = ctx.drivers.bus_image().is_some();
     // The image's count lives in the guest: the AVStream device holding
     // its interface is the reference that matters here.
     let refs = if image {

@@ -37,7 +37,7 @@ mod pin;
 mod queue;
 
 pub use mapping::{DomainMapper, MappingSource};
-pub use pin::{CompletedFrame, PinFlags, SimKsPin, SimMapping, StreamPointerHandle};
+pub use pin::{CompletedFrame, KsStats, PinFlags, PointerView, SimKsPin, SimMapping, StreamPointerHandle};
 
 #[cfg(test)]
 mod tests;

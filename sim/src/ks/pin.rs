@@ -38,6 +38,23 @@ pub struct PinFlags {
     pub do_not_initiate_processing: bool,
 }
 
+/// What a stream pointer stands on ([`SimKsPin::view`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PointerView<'a> {
+    /// The application's buffer identifier.
+    pub buffer_id: u64,
+    /// The frame's sequence number in the queue (arrival order).
+    pub seq: u64,
+    /// Bytes (byte mode) or mappings (mapping mode) advanced over.
+    pub offset: u32,
+    /// `FrameExtent`, bytes.
+    pub bytes: u32,
+    /// Mapping mode: the frame's `KSMAPPING`s (empty in byte mode).
+    pub mappings: &'a [capdma_interface::table::SgElement],
+    /// The pin generates mappings (`OffsetOut` counts mappings).
+    pub generate_mappings: bool,
+}
+
 /// A frame handed back to the application (its read IRP completed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompletedFrame {
@@ -211,6 +228,41 @@ impl SimKsPin {
     #[must_use]
     pub fn stats(&self) -> KsStats {
         self.state.borrow().stats
+    }
+
+    /// What `pointer` stands on, for a kernel that mirrors it in guest
+    /// memory (the emulated `ks.sys`): `f` gets `None` for a pointer that is
+    /// not live and locked.
+    pub fn view<R>(&self, pointer: StreamPointerHandle, f: impl FnOnce(Option<PointerView<'_>>) -> R) -> R {
+        let Some(position) = self.position(pointer) else { return f(None) };
+        let s = self.state.borrow();
+        let Some(frame) = s.queue.frame(position.seq) else { return f(None) };
+        f(Some(PointerView {
+            buffer_id: frame.buffer_id,
+            seq: frame.seq,
+            offset: position.offset,
+            bytes: frame.bytes,
+            mappings: &frame.mappings,
+            generate_mappings: s.flags.generate_mappings,
+        }))
+    }
+
+    /// Frames queued at or ahead of the leading edge (what `Process` could
+    /// still work on).
+    #[must_use]
+    pub fn frames_at_or_ahead_of_leading_edge(&self) -> usize {
+        let s = self.state.borrow();
+        let leading = s.queue.leading.seq;
+        s.queue.frames.iter().filter(|f| f.seq >= leading).count()
+    }
+
+    /// The leading edge's position (frame sequence number, offset), the
+    /// clones alive and the frames completed: changes to any of them are
+    /// progress.
+    #[must_use]
+    pub fn progress_mark(&self) -> (u64, u32, usize, u64) {
+        let s = self.state.borrow();
+        (s.queue.leading.seq, s.queue.leading.offset, s.queue.clones.len(), s.stats.completed)
     }
 
     fn ddi(&self, name: &str) {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use capdma_avstream::format::VideoFormat;
 use capdma_avstream::state::KsState;
-use capdma_interface::status::{status_name, STATUS_SUCCESS};
+use capdma_interface::status::{status_name, NtStatus, STATUS_SUCCESS};
 
 use super::build::Machine;
 use super::events::Event;
@@ -20,6 +20,13 @@ use crate::violations::ViolationKind;
 
 impl Machine {
     pub(super) fn take_completed(&mut self, i: usize, now: u64, hooks: &mut RunHooks<'_>) {
+        if self.channels[i].image_pin.is_some() {
+            // The emulated KS hands them back with what the image wrote in their headers.
+            for done in self.image_completed(i) {
+                self.deliver(i, done, now, hooks);
+            }
+            return;
+        }
         while let Some(done) = self.channels[i].ks.take_completed() {
             self.deliver(i, done, now, hooks);
         }
@@ -62,7 +69,7 @@ impl Machine {
                 run.report.frames_corrupt += 1;
             }
         }
-        if done.cancelled || run.pin.is_none() || run.app_hold {
+        if done.cancelled || (run.pin.is_none() && run.image_pin.is_none()) || run.app_hold {
             return;
         }
         let at = now.max(run.app_busy_until) + hold;
@@ -79,11 +86,19 @@ impl Machine {
             return;
         }
         run.requeue_scheduled[b] = false;
-        let stopped = run.pin.as_ref().is_none_or(|p| p.state() == KsState::Stop);
+        let stopped = match (&run.pin, &run.image_pin) {
+            (Some(p), _) => p.state() == KsState::Stop,
+            (None, Some(_)) => false,
+            (None, None) => true,
+        };
         if !run.with_app[b] || run.app_hold || stopped {
             return;
         }
         run.with_app[b] = false;
+        if run.image_pin.is_some() {
+            self.image_submit(i, buffer);
+            return;
+        }
         run.ks.submit(u64::from(buffer), run.buffers[b].va, run.format.image_bytes);
     }
 
@@ -112,8 +127,19 @@ impl Machine {
             }
             self.record_status(format!("card {card} channel {ch}: pin closed (KSSTATE_STOP)"), status);
         }
-        self.channels[i].ks.set_running(false);
-        self.channels[i].ks.flush_on_stop();
+        if self.channels[i].image_pin.is_some() {
+            // KS walks the pin to KSSTATE_STOP (its queue flushed back),
+            // then the image's Close; the frames come back first.
+            let status = self.image_close_keeping_completions(i, now, hooks);
+            let status = NtStatus::from_ne_bytes(status.to_ne_bytes());
+            if status != STATUS_SUCCESS {
+                self.violations.push(ViolationKind::Ks, format!("card {card} channel {ch}: closing the image's pin failed: {}", status_name(status)));
+            }
+            self.record_status(format!("card {card} channel {ch}: pin closed (KSSTATE_STOP, IRP_MJ_CLOSE)"), status);
+        } else {
+            self.channels[i].ks.set_running(false);
+            self.channels[i].ks.flush_on_stop();
+        }
         self.take_completed(i, now, hooks);
         if let Some(pin) = pin.as_ref() {
             let stats = pin.stats();

@@ -14,7 +14,7 @@ use capdma_bus::device::BusDevice;
 use capdma_bus::mode::ModeDecision;
 
 use super::actions::{Action, StatusRecord};
-use super::config::{ConfigError, Drivers, MachineConfig};
+use super::config::{ConfigError, MachineConfig};
 use super::image::ImageWorld;
 use super::events::Timeline;
 use super::platform::SimBusPlatform;
@@ -56,6 +56,10 @@ pub(super) struct ChannelRun {
     pub(super) index: u32,
     pub(super) ks: SimKsPin,
     pub(super) pin: Option<Pin<Box<CapturePin<SimKsPin>>>>,
+    /// With the AVStream image (`--drivers images`): the filter and the pin
+    /// the application opened in the emulated `ks.sys` (then `pin` is
+    /// `None` and `ks` is the emulated KS's queue of the pin).
+    pub(super) image_pin: Option<(u64, crate::nt::ks::PinHandle)>,
     /// The AVStream device on the channel's child PDO (holds the interface).
     pub(super) device: Rc<AvStreamDevice>,
     pub(super) format: VideoFormat,
@@ -116,6 +120,10 @@ pub(super) struct Card {
     /// PDO; the image's own FDO lives in the emulated kernel).
     pub(super) bus_fdo: DeviceId,
     pub(super) children: Vec<ChildStack>,
+    /// With the AVStream image: the guest addresses of the bus image's
+    /// child PDOs, in channel order (their AVStream stacks live in the
+    /// emulated kernel, not in the machine's device tree).
+    pub(super) image_children: Vec<u64>,
     /// Plug and Play removed the card (surprise removal handled).
     pub(super) removed: bool,
     pub(super) isr_claimed: u64,
@@ -198,10 +206,7 @@ impl Machine {
         );
         let tree = DeviceTree::new(&irql, &violations);
         let software_pdo = tree.create_pdo("ROOT\\SYSTEM\\0000 (software PDO)", DeviceKind::SoftwarePdo);
-        let image_path = match &config.drivers {
-            Drivers::BusImage { path, .. } => Some(path.clone()),
-            Drivers::Cores => None,
-        };
+        let image_path = config.drivers.bus_image().cloned();
         let mut cards = Vec::new();
         for card in 0..config.cards {
             let board = Board::new(board_config(&config, card), &memory).map_err(|e| ConfigError(e.0))?;
@@ -236,6 +241,7 @@ impl Machine {
                 pci_pdo,
                 bus_fdo,
                 children: Vec::new(),
+                image_children: Vec::new(),
                 removed: false,
                 isr_claimed: 0,
                 isr_unclaimed: 0,
@@ -272,7 +278,7 @@ impl Machine {
 
 impl Drop for Machine {
     fn drop(&mut self) {
-        if self.channels.iter().any(|r| r.pin.is_some() || r.device.holds_interface()) {
+        if self.channels.iter().any(|r| r.pin.is_some() || r.image_pin.is_some() || r.device.holds_interface()) {
             self.teardown();
         }
     }

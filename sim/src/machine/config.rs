@@ -96,15 +96,68 @@ pub enum Drivers {
         /// this); `None`: the HAL's own limit.
         map_register_limit: Option<u32>,
     },
+    /// Both real images: `capdma_bus.sys` at `bus` and
+    /// `capdma_avstream.sys` at `avstream` over it, in the emulated
+    /// Windows kernel with its emulated `ks.sys` (`crate::nt::ks`); the
+    /// application opens a filter and a pin on each channel's KS device.
+    Images {
+        /// The bus image.
+        bus: PathBuf,
+        /// The AVStream image.
+        avstream: PathBuf,
+        /// As for [`Drivers::BusImage`].
+        map_register_limit: Option<u32>,
+    },
 }
 
 impl Drivers {
-    /// `cores` or `bus-image`.
+    /// `cores`, `bus-image` or `images`.
     #[must_use]
     pub const fn name(&self) -> &'static str {
         match self {
             Self::Cores => "cores",
             Self::BusImage { .. } => "bus-image",
+            Self::Images { .. } => "images",
+        }
+    }
+
+    /// The bus image that runs, when one does.
+    #[must_use]
+    pub fn bus_image(&self) -> Option<&PathBuf> {
+        match self {
+            Self::Cores => None,
+            Self::BusImage { path, .. } => Some(path),
+            Self::Images { bus, .. } => Some(bus),
+        }
+    }
+
+    /// The AVStream image that runs, when one does.
+    #[must_use]
+    pub fn avstream_image(&self) -> Option<&PathBuf> {
+        match self {
+            Self::Images { avstream, .. } => Some(avstream),
+            _ => None,
+        }
+    }
+
+    /// The map-register limit of the emulated HAL, when set.
+    #[must_use]
+    pub fn map_register_limit(&self) -> Option<u32> {
+        match self {
+            Self::Cores => None,
+            Self::BusImage { map_register_limit, .. } | Self::Images { map_register_limit, .. } => *map_register_limit,
+        }
+    }
+
+    /// The same drivers with the HAL granting at most `limit` map registers.
+    #[must_use]
+    pub fn with_map_register_limit(&self, limit: u32) -> Self {
+        match self {
+            Self::Cores => Self::Cores,
+            Self::BusImage { path, .. } => Self::BusImage { path: path.clone(), map_register_limit: Some(limit) },
+            Self::Images { bus, avstream, .. } => {
+                Self::Images { bus: bus.clone(), avstream: avstream.clone(), map_register_limit: Some(limit) }
+            }
         }
     }
 }
@@ -171,10 +224,7 @@ impl MachineConfig {
     /// The HAL's map-register limit of a bus-image run (see [`Drivers::BusImage`]).
     #[must_use]
     pub fn image_map_registers(&self) -> Option<u32> {
-        match &self.drivers {
-            Drivers::BusImage { map_register_limit, .. } => *map_register_limit,
-            Drivers::Cores => None,
-        }
+        self.drivers.map_register_limit()
     }
 
     /// The frame interval in 100-ns units.

@@ -76,6 +76,17 @@ pub fn default_image_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_IMAGE)
 }
 
+/// Where the AVStream image is built by `cargo xtask windows`, relative to
+/// the workspace root.
+pub const DEFAULT_AVSTREAM_IMAGE: &str = "target/windows/release/capdma_avstream.sys";
+
+/// The default AVStream image: [`DEFAULT_AVSTREAM_IMAGE`] under the
+/// workspace this simulator was built in.
+#[must_use]
+pub fn default_avstream_image_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_AVSTREAM_IMAGE)
+}
+
 /// What the emulated kernel did during a `--drivers bus-image` run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ImageReport {
@@ -110,6 +121,15 @@ pub struct ImageReport {
     pub isr_calls: u64,
     /// The image's DPC runs.
     pub dpc_runs: u64,
+    /// The AVStream image run (`--drivers images`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avstream_path: Option<String>,
+    /// Its SHA-256, lower-case hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avstream_sha256: Option<String>,
+    /// What the emulated `ks.sys` did (`--drivers images`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ks: Option<crate::nt::ks::KsCounters>,
 }
 
 /// One card's bus stack in the emulated kernel.
@@ -140,6 +160,8 @@ pub(super) struct ImageWorld {
     pub(super) unloaded: bool,
     /// VM exits during [`super::Machine::run`] so far.
     pub(super) streaming_exits: u64,
+    /// The AVStream image (`--drivers images`): its path, SHA-256 and driver object.
+    pub(super) avstream: Option<(PathBuf, String, crate::nt::system::Driver)>,
 }
 
 fn image_error(message: String) -> ConfigError {
@@ -156,15 +178,12 @@ impl ImageWorld {
     /// A [`ConfigError`] when the image is not built (naming `cargo xtask
     /// windows`), KVM is not usable, or the kernel stops while loading.
     pub(super) fn boot(config: &MachineConfig, path: &Path, memory: &PhysicalMemory, boards: &[Board]) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            image_error(format!("the bus image {} cannot be read ({e}): build it with `cargo xtask windows`", path.display()))
-        })?;
-        kvm_available().map_err(|e| image_error(format!("--drivers bus-image needs KVM: {e}")))?;
-        let sha256 = Sha256::digest(&bytes).iter().fold(String::new(), |mut s, b| {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{b:02x}");
-            s
-        });
+        let sha256 = image_digest(path, "bus")?;
+        let avstream_digest = match config.drivers.avstream_image() {
+            Some(avstream) => Some((avstream.clone(), image_digest(avstream, "AVStream")?)),
+            None => None,
+        };
+        kvm_available().map_err(|e| image_error(format!("--drivers {} needs KVM: {e}", config.drivers.name())))?;
         let stop = |what: &str, e: Stop| image_error(format!("bus image: {what}: {e}"));
         let mut sys = System::boot_on(memory.clone()).map_err(|e| stop("boot", e))?;
         for (n, board) in boards.iter().enumerate() {
@@ -191,10 +210,23 @@ impl ImageWorld {
         if driver.status != 0 {
             return Err(image_error(format!("bus image: DriverEntry returned {:#010X}", driver.status)));
         }
+        let avstream = match avstream_digest {
+            Some((avstream_path, digest)) => {
+                let loaded = sys.load_driver(&avstream_path).map_err(|e| stop("AVStream image load", e))?;
+                if loaded.status != 0 {
+                    return Err(image_error(format!("AVStream image: DriverEntry returned {:#010X}", loaded.status)));
+                }
+                let canonical = std::fs::canonicalize(&avstream_path).unwrap_or(avstream_path);
+                Some((canonical, digest, loaded))
+            }
+            None => None,
+        };
         let mut cards = Vec::new();
         for n in 0..boards.len() {
             let identity = PciIdentity { slot: u32::try_from(n).unwrap_or(0), ..PciIdentity::default() };
             let mut pnp = Pnp::new(&mut sys, identity).map_err(|e| stop("PCI PDO", e))?;
+            // CAPDMA\Channel matches capdma_avstream.inf: its AddDevice runs on each child.
+            pnp.child_driver = avstream.as_ref().map(|(_, _, d)| d.clone());
             for _ in &config.stack.below_bus {
                 pnp.add_filter(&mut sys).map_err(|e| stop("lower filter", e))?;
             }
@@ -218,6 +250,7 @@ impl ImageWorld {
             findings_seen: 0,
             unloaded: false,
             streaming_exits: 0,
+            avstream,
         })
     }
 
@@ -263,6 +296,10 @@ impl ImageWorld {
         let pdos: Vec<u64> = c.pnp.children.iter().map(|child| child.pdo).collect();
         let mut tables = Vec::new();
         c.interfaces.clear();
+        if self.avstream.is_some() {
+            // The AVStream image asked for the interface itself, at its Start.
+            return Ok((0, Vec::new()));
+        }
         for pdo in pdos {
             let (st, table) = c.pnp.query_interface(
                 &mut self.sys,
@@ -329,6 +366,11 @@ impl ImageWorld {
             return Ok(());
         }
         self.unloaded = true;
+        if let Some((_, _, avstream)) = self.avstream.clone() {
+            // The AVStream image goes first: its devices went with the children.
+            let mut pnp = Pnp { driver: Some(avstream), ..Pnp::default() };
+            pnp.unload(&mut self.sys)?;
+        }
         if let Some(first) = self.cards.first_mut() {
             first.pnp.unload(&mut self.sys)?;
         }
@@ -375,8 +417,26 @@ impl ImageWorld {
             mmio: counts.mmio,
             isr_calls: nt.ke.stats.isr_calls,
             dpc_runs: nt.ke.stats.dpc_runs,
+            avstream_path: self.avstream.as_ref().map(|(p, _, _)| p.display().to_string()),
+            avstream_sha256: self.avstream.as_ref().map(|(_, d, _)| d.clone()),
+            ks: self.avstream.as_ref().map(|_| nt.ks.stats),
         }
     }
+}
+
+/// The SHA-256 (lower-case hex) of the image at `path`.
+///
+/// # Errors
+/// A [`ConfigError`] naming `cargo xtask windows` when it cannot be read.
+fn image_digest(path: &Path, what: &str) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        image_error(format!("the {what} image {} cannot be read ({e}): build it with `cargo xtask windows`", path.display()))
+    })?;
+    Ok(Sha256::digest(&bytes).iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 /// Guest-physical address of card `card`'s BAR0.
@@ -415,7 +475,7 @@ fn translate_adapter(_nt: &Nt, guest: u64) -> Option<*mut std::ffi::c_void> {
 impl super::Machine {
     /// The machine runs the bus image.
     pub(super) fn runs_image(&self) -> bool {
-        matches!(self.config.drivers, super::Drivers::BusImage { .. })
+        self.config.drivers.bus_image().is_some()
     }
 
     /// Runs `f` with the image's kernel active (host code in `f` may call
@@ -480,7 +540,12 @@ impl super::Machine {
                 }
             };
             self.cards[card].removed = false;
-            self.enumerate_image_children(card, &tables);
+            if world.avstream.is_some() {
+                let pdos: Vec<u64> = world.cards[card].pnp.children.iter().filter(|c| !c.removed).map(|c| c.pdo).collect();
+                self.cards[card].image_children = pdos;
+            } else {
+                self.enumerate_image_children(card, &tables);
+            }
         }
         Ok(())
     }

@@ -39,6 +39,7 @@ pub mod build;
 pub mod config;
 pub mod events;
 pub mod image;
+mod image_pins;
 pub mod platform;
 mod removal;
 pub mod report;

@@ -273,6 +273,8 @@ impl Machine {
     /// What runs at `PASSIVE_LEVEL` after an event: the `Process` calls KS
     /// owes, then the application taking its completed frames.
     pub(super) fn passive_work(&mut self, now: u64, hooks: &mut RunHooks<'_>) {
+        // With the AVStream image, the emulated KS decides the Process calls.
+        self.image_process();
         for i in 0..self.channels.len() {
             let mut calls = 0;
             loop {

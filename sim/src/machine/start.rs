@@ -65,7 +65,7 @@ impl Machine {
     fn start_children(&mut self) -> Result<(), RunError> {
         for card in 0..self.config.cards {
             for ch in 0..self.config.channels {
-                let run = self.start_child(card, ch)?;
+                let run = if self.runs_avstream_image() { self.start_image_child(card, ch)? } else { self.start_child(card, ch)? };
                 self.channels.push(run);
             }
         }
@@ -177,6 +177,7 @@ impl Machine {
             index: ch,
             ks,
             pin: None,
+            image_pin: None,
             device: Rc::clone(&stack.device),
             format: VideoFormat::default_for(c.format),
             pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: ch, seed: card_seed(c.seed, card) },
@@ -233,7 +234,7 @@ impl Machine {
     /// The format the application asks for, unchecked: the stride from
     /// `--stride` (or the line), the image at that stride (saturating, so
     /// an overflow reaches the driver as a size it must refuse).
-    fn requested_format(&self) -> VideoFormat {
+    pub(super) fn requested_format(&self) -> VideoFormat {
         let c = &self.config;
         let stride = c.stride_bytes();
         let lines = c.format.lines(c.height).unwrap_or(u32::MAX);

@@ -24,6 +24,7 @@ pub mod hal;
 pub mod io;
 pub mod irql;
 pub mod ke;
+pub mod ks;
 pub mod layout;
 pub mod pnp;
 pub mod pool;
@@ -51,6 +52,8 @@ pub enum Module {
     Ntoskrnl,
     /// `hal.dll`.
     Hal,
+    /// `ks.sys`.
+    Ks,
 }
 
 impl Module {
@@ -59,6 +62,7 @@ impl Module {
         match self {
             Self::Ntoskrnl => name == "ntoskrnl.exe",
             Self::Hal => name == "hal.dll",
+            Self::Ks => name == "ks.sys",
         }
     }
 }
@@ -92,7 +96,7 @@ enum StubTarget {
 
 /// Every DDI the emulated kernel implements, by file.
 fn all_ddis() -> impl Iterator<Item = &'static Ddi> {
-    [irql::DDIS, pool::DDIS, rtl::DDIS, io::DDIS, ke::DDIS, hal::DDIS, etw::DDIS].into_iter().flatten()
+    [irql::DDIS, pool::DDIS, rtl::DDIS, io::DDIS, ke::DDIS, hal::DDIS, etw::DDIS, ks::DDIS].into_iter().flatten()
 }
 
 /// A line of debug output (`DbgPrint`), stamped.
@@ -132,6 +136,8 @@ pub struct Nt {
     pub hal: hal::HalState,
     /// ETW: the trace session, provider registrations, decoded events ([`etw`]).
     pub etw: etw::EtwState,
+    /// The emulated `ks.sys` ([`ks`]).
+    pub ks: ks::KsState,
     stubs: Vec<StubTarget>,
 }
 
@@ -157,6 +163,7 @@ impl Nt {
             ke: ke::KeState::default(),
             hal: hal::HalState::default(),
             etw: etw::EtwState::default(),
+            ks: ks::KsState::default(),
             stubs: Vec::new(),
         }
     }

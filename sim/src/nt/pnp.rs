@@ -286,6 +286,9 @@ pub struct Child {
     pub surprise_removed: bool,
     /// `IRP_MN_REMOVE_DEVICE` was sent.
     pub removed: bool,
+    /// The function driver's FDO on it (what [`Pnp::child_driver`]'s
+    /// `AddDevice` attached), when there is one.
+    pub fdo: Option<u64>,
 }
 
 /// One IRP the manager sent, and how it ended.
@@ -334,6 +337,11 @@ pub struct Pnp {
     /// Handles open on a stack (by the PDO it was opened through): a
     /// removal is vetoed for them after the query went through every stack.
     pub open_handles: Vec<u64>,
+    /// The function driver of the children (the INF match of their
+    /// hardware IDs: `capdma_avstream` for `CAPDMA\Channel`): its
+    /// `AddDevice` is called on each new child PDO before the child is
+    /// started. `None`: the children are started raw.
+    pub child_driver: Option<Driver>,
 }
 
 /// `STATUS_DEVICE_BUSY` (ntstatus.h): the veto for open handles.
@@ -422,6 +430,16 @@ impl Pnp {
             });
         }
         Ok(status)
+    }
+
+    /// `AddDevice(DriverObject, pdo)` of `driver` at `PASSIVE_LEVEL`, as for
+    /// the board's PDO ([`Pnp::add_device`]) but for any PDO (a child).
+    /// Returns its status and the device it attached, if any.
+    ///
+    /// # Errors
+    /// A bugcheck or host failure from the driver.
+    pub fn add_device_on(&mut self, sys: &mut System, driver: &Driver, pdo: u64) -> Result<(u32, Option<u64>), Stop> {
+        add_device_on(sys, driver, pdo)
     }
 
     /// Sends a `major`/`minor` IRP to the top of the stack `target` is in,
@@ -628,6 +646,19 @@ impl Pnp {
             let r = self.simple(sys, pdo, minor)?;
             if status::nt_success(r.status) && r.information != 0 {
                 free_pool(sys, r.information)?;
+            }
+        }
+        if let Some(driver) = self.child_driver.clone() {
+            let (status, fdo) = add_device_on(sys, &driver, pdo)?;
+            if let Some(child) = self.child_mut(pdo) {
+                child.fdo = fdo;
+            }
+            if !status::nt_success(status) {
+                // The device has no function driver: not started (Device Manager's code 31).
+                if let Some(child) = self.child_mut(pdo) {
+                    child.start_status = Some(status);
+                }
+                return Ok(());
             }
         }
         let start = self.simple(sys, pdo, mn::START_DEVICE)?;
@@ -919,6 +950,27 @@ impl Pnp {
         }
         Ok(())
     }
+}
+
+/// `AddDevice(DriverObject, pdo)` of `driver` at `PASSIVE_LEVEL`; the device
+/// it attached must have `DO_DEVICE_INITIALIZING` cleared (0xC9 0x243).
+/// Returns the status and the new top of the stack, if it changed.
+fn add_device_on(sys: &mut System, driver: &Driver, pdo: u64) -> Result<(u32, Option<u64>), Stop> {
+    let System { machine: m, nt, .. } = sys;
+    let extension = m.read_u64(driver.driver_object + driver_object::DRIVER_EXTENSION)?;
+    let add_device = m.read_u64(extension + driver_extension::ADD_DEVICE)?;
+    let before = top_of_stack(m, pdo)?;
+    nt.irql = PASSIVE_LEVEL;
+    let status = (m.call(nt, add_device, &[driver.driver_object, pdo])? & 0xFFFF_FFFF) as u32;
+    let top = top_of_stack(m, pdo)?;
+    if status::nt_success(status) && top != before {
+        let flags = m.read_u32(top + device_object::FLAGS)?;
+        nt.io_check(m, flags & do_flags::DEVICE_INITIALIZING == 0, "DEVICE_INITIALIZING_NOT_CLEARED", 0x243, || {
+            format!("AddDevice of {} left DO_DEVICE_INITIALIZING set on {top:#x}", driver.name)
+        });
+        return Ok((status, Some(top)));
+    }
+    Ok((status, None))
 }
 
 /// Reads a `DEVICE_RELATIONS` and frees it.

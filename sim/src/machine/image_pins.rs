@@ -1,0 +1,196 @@
+//! The application's side of a channel through the AVStream image
+//! (`--drivers images`): on each channel's KS device (made by the emulated
+//! `ks.sys` on the bus image's child PDO) it opens a filter, asks the pin's
+//! intersect handler for a format (`KSPROPERTY_PIN_DATAINTERSECTION`),
+//! creates the capture pin with the format it wants, queues its buffers
+//! (stream headers with a `KS_FRAME_INFO`, as a video client sends them)
+//! and walks the pin to `KSSTATE_RUN`; frames come back through the
+//! emulated KS with what the image wrote in their stream headers; at the
+//! end it closes the pin and the filter.
+use capdma_avstream::format::{build_data_format, data_range};
+use capdma_interface::mode::DmaMode;
+use capdma_interface::status::{NtStatus, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED};
+use zerocopy::IntoBytes;
+
+use super::build::{card_seed, ChannelLog, ChannelRun, Machine};
+use super::config::ConfigError;
+use super::report::ChannelReport;
+use super::run::RunError;
+use crate::image::active;
+use crate::ks::CompletedFrame;
+use crate::memory::Allocation;
+use crate::nt::ks::pin::{self as ks_pin, KSPIN_FLAG_GENERATE_MAPPINGS, KSSTATE_RUN};
+use crate::nt::ks::{self, AppBuffer, PinHandle};
+use crate::nt::layout::ks::{ks_frame_info, ksstream_header};
+use crate::pattern::Pattern;
+use crate::pnp::AvStreamDevice;
+
+/// `KSSTREAM_HEADER.Size` the application sends: the header and a
+/// `KS_FRAME_INFO` (what a video capture client sends).
+pub const VIDEO_HEADER_SIZE: u32 = (ksstream_header::SIZE + ks_frame_info::SIZE) as u32;
+
+/// What opening a channel's pin in the emulated KS gave.
+struct Opened {
+    filter: u64,
+    pin: PinHandle,
+    queue: crate::ks::SimKsPin,
+    flags: u32,
+}
+
+/// A step of opening a pin that failed, and its status.
+struct Refused {
+    step: &'static str,
+    status: u32,
+}
+
+impl Machine {
+    /// The machine runs the AVStream image too.
+    pub(super) fn runs_avstream_image(&self) -> bool {
+        self.config.drivers.avstream_image().is_some()
+    }
+
+    /// The application's pin on channel `ch` of card `card` through the
+    /// AVStream image (with the image's kernel active).
+    pub(super) fn start_image_child(&mut self, card: u32, ch: u32) -> Result<ChannelRun, RunError> {
+        let what = |step: &str| format!("card {card} channel {ch}: {step}");
+        let Some(pdo) = self.cards.get(card as usize).and_then(|c| c.image_children.get(ch as usize).copied()) else {
+            return Err(self.driver_error(what("child enumeration"), STATUS_DEVICE_NOT_READY));
+        };
+        let format = self.requested_format();
+        let mut allocations: Vec<Allocation> = Vec::new();
+        for i in 0..self.config.app_buffers {
+            let owner = format!("application buffer {i} of card {card} channel {ch}");
+            match self.memory.allocate_scattered(format.image_bytes as usize, &owner) {
+                Ok(alloc) => allocations.push(alloc),
+                Err(e) => {
+                    for a in allocations {
+                        self.memory.free(a.id);
+                    }
+                    return Err(RunError::Config(ConfigError(format!("application buffers: {e}"))));
+                }
+            }
+        }
+        let buffers: Vec<AppBuffer> =
+            allocations.iter().map(|a| AppBuffer { host_va: a.va, bytes: format.image_bytes, pages: a.page_addresses.clone() }).collect();
+        let caller_range = data_range(self.config.format).as_bytes().to_vec();
+        let wanted = build_data_format(&format).as_bytes().to_vec();
+        let count = u32::try_from(buffers.len()).unwrap_or(0);
+        let opened = active::with(|m, nt| {
+            let Some(device) = ks::device_on(nt, pdo) else {
+                return Ok(Err(Refused { step: "AVStream device (AddDevice on the child PDO)", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
+            };
+            let filter = match ks_pin::open_filter(nt, m, device)? {
+                Ok(filter) => filter,
+                Err(status) => return Ok(Err(Refused { step: "filter creation", status })),
+            };
+            if let Err(status) = ks_pin::data_intersection(nt, m, filter, 0, &caller_range)? {
+                ks_pin::close_filter(nt, m, filter)?;
+                return Ok(Err(Refused { step: "KSPROPERTY_PIN_DATAINTERSECTION", status }));
+            }
+            let pin = match ks_pin::create_pin(nt, m, filter, 0, &wanted, buffers, VIDEO_HEADER_SIZE)? {
+                Ok(pin) => pin,
+                Err(status) => {
+                    ks_pin::close_filter(nt, m, filter)?;
+                    return Ok(Err(Refused { step: "pin creation (SetDataFormat, Create)", status }));
+                }
+            };
+            for b in 0..count {
+                ks_pin::submit(nt, m, pin, b)?;
+            }
+            let status = ks_pin::set_state(nt, m, pin, KSSTATE_RUN)?;
+            if status != 0 {
+                ks_pin::close_pin(nt, m, pin)?;
+                ks_pin::close_filter(nt, m, filter)?;
+                return Ok(Err(Refused { step: "KSSTATE_RUN", status }));
+            }
+            let flags = nt.ks.pins.get(&pin.0).map_or(0, |p| p.flags);
+            let Some(queue) = ks_pin::queue(nt, pin) else {
+                return Ok(Err(Refused { step: "pin creation", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
+            };
+            Ok(Ok(Opened { filter, pin, queue, flags }))
+        });
+        let opened = match opened {
+            Some(Ok(opened)) => opened,
+            refused => {
+                for a in allocations {
+                    self.memory.free(a.id);
+                }
+                let (step, status) = match refused {
+                    Some(Err(r)) => (r.step, NtStatus::from_ne_bytes(r.status.to_ne_bytes())),
+                    _ => ("the emulated kernel (stopped)", STATUS_DEVICE_REMOVED),
+                };
+                return Err(self.driver_error(what(step), status));
+            }
+        };
+        let mode = if opened.flags & KSPIN_FLAG_GENERATE_MAPPINGS != 0 { DmaMode::ScatterGather } else { DmaMode::CommonBuffer };
+        let c = &self.config;
+        let n = allocations.len();
+        let device = std::rc::Rc::new(AvStreamDevice::new(format!("card {card} channel {ch} AVStream (image)")));
+        device.set_pin_open(true);
+        Ok(ChannelRun {
+            card,
+            index: ch,
+            ks: opened.queue,
+            pin: None,
+            image_pin: Some((opened.filter, opened.pin)),
+            device,
+            format,
+            pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: ch, seed: card_seed(c.seed, card) },
+            buffers: allocations,
+            with_app: vec![false; n],
+            requeue_scheduled: vec![false; n],
+            app_hold: false,
+            app_busy_until: 0,
+            captures: 0,
+            report: ChannelReport {
+                card,
+                channel: ch,
+                mode: mode.name().to_string(),
+                mode_reason: "chosen by the AVStream image (its DeviceStart event, --trace)".to_string(),
+                ..ChannelReport::default()
+            },
+            log: ChannelLog::default(),
+        })
+    }
+
+    /// The frames the emulated KS completed on channel `i`'s image pin.
+    pub(super) fn image_completed(&self, i: usize) -> Vec<CompletedFrame> {
+        let Some((_, pin)) = self.channels[i].image_pin else { return Vec::new() };
+        active::with(|m, nt| ks_pin::take_completed(nt, m, pin)).unwrap_or_default()
+    }
+
+    /// The application queues buffer `buffer` of channel `i` again on its image pin.
+    pub(super) fn image_submit(&self, i: usize, buffer: u32) {
+        if let Some((_, pin)) = self.channels[i].image_pin {
+            let _ = active::with(|m, nt| ks_pin::submit(nt, m, pin, buffer));
+        }
+    }
+
+    /// The emulated KS's worker: the `Process` calls it owes (at `PASSIVE_LEVEL`).
+    pub(super) fn image_process(&self) {
+        if self.runs_avstream_image() {
+            let _ = active::with(|m, nt| if m.is_dead() { Ok(()) } else { ks::run_workers(nt, m) });
+        }
+    }
+
+    /// Closes channel `i`'s image pin and filter (the frames KS completes
+    /// on the way to `KSSTATE_STOP` are delivered to the application
+    /// first); returns the close status (`STATUS_DEVICE_REMOVED` when the
+    /// kernel stopped).
+    pub(super) fn image_close_keeping_completions(&mut self, i: usize, now: u64, hooks: &mut super::RunHooks<'_>) -> u32 {
+        let Some((filter, pin)) = self.channels[i].image_pin else { return 0 };
+        let stopped = active::with(|m, nt| ks_pin::set_state(nt, m, pin, crate::nt::ks::pin::KSSTATE_STOP));
+        self.take_completed(i, now, hooks);
+        self.channels[i].image_pin = None;
+        let closed = active::with(|m, nt| {
+            let status = ks_pin::close_pin(nt, m, pin)?;
+            ks_pin::close_filter(nt, m, filter)?;
+            Ok(status)
+        });
+        match (stopped, closed) {
+            (Some(0), Some(status)) => status,
+            (Some(status), Some(_)) => status,
+            _ => STATUS_DEVICE_REMOVED.cast_unsigned(),
+        }
+    }
+}

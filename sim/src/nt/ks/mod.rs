@@ -1,0 +1,127 @@
+//! The emulated `ks.sys`: the kernel-streaming class driver AVStream
+//! minidrivers link against, as its DDI reference pages and the "AVStream
+//! Overview" guide describe it, run on the host around the image.
+//!
+//! What a minidriver sees of it lives in guest memory with the layouts of
+//! `ks.h` ([`super::layout::ks`]): the `KSDEVICE`, `KSFILTERFACTORY`,
+//! `KSFILTER`, `KSPIN`, each `KSSTREAM_POINTER`, the stream headers with
+//! their `KS_FRAME_INFO`, the `KSMAPPING` tables and the frames' data
+//! mapped at system addresses over the application's scattered pages. The
+//! host keeps a record of each object to check what the DDI pages require
+//! (the IRQL, the device mutex around `KsCreateFilterFactory`, stream
+//! pointers used once deleted, the processing mutex not taken twice, a
+//! `Process` that makes no progress).
+//!
+//! One concern per file:
+//! * [`driver`]: `KsInitializeDriver`, AVStream's `AddDevice` and its
+//!   dispatch of the PnP IRPs to the minidriver's `KSDEVICE_DISPATCH`;
+//! * [`device`]: `KSDEVICE` (`KsAcquireDevice`/`KsReleaseDevice`,
+//!   `KsGetDevice`), object bags (`KsAddItemToObjectBag`, `_KsEdit`),
+//!   `KsDeviceRegisterAdapterObject`, `KsCreateFilterFactory`;
+//! * [`pin`]: what an application does through a filter handle (filter and
+//!   pin creation through the pin's intersect handler, `SetDataFormat`,
+//!   `SetDeviceState` step by step, the dropped-frames property, close) and
+//!   the processing mutex;
+//! * [`stream`]: the queue — frames submitted, stream pointers
+//!   (`KsPinGetLeadingEdgeStreamPointer`, clones, unlock, advance, delete),
+//!   mapping generation, and when AVStream calls `Process`.
+
+pub mod device;
+pub mod driver;
+pub mod pin;
+pub mod stream;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Ddi, Module, DISPATCH_LEVEL, PASSIVE_LEVEL};
+
+pub use driver::device_on;
+pub use pin::{AppBuffer, PinHandle};
+pub use stream::run_workers;
+
+/// The DDIs `ks.sys` exports that the emulated kernel implements, each with
+/// the highest IRQL its reference page allows.
+pub const DDIS: &[Ddi] = &[
+    Ddi { module: Module::Ks, name: "KsInitializeDriver", max_irql: PASSIVE_LEVEL, run: driver::ks_initialize_driver },
+    Ddi { module: Module::Ks, name: "KsAcquireDevice", max_irql: PASSIVE_LEVEL, run: device::ks_acquire_device },
+    Ddi { module: Module::Ks, name: "KsReleaseDevice", max_irql: PASSIVE_LEVEL, run: device::ks_release_device },
+    Ddi { module: Module::Ks, name: "KsGetDevice", max_irql: DISPATCH_LEVEL, run: device::ks_get_device },
+    Ddi { module: Module::Ks, name: "KsAddItemToObjectBag", max_irql: PASSIVE_LEVEL, run: device::ks_add_item_to_object_bag },
+    Ddi { module: Module::Ks, name: "_KsEdit", max_irql: PASSIVE_LEVEL, run: device::ks_edit },
+    Ddi { module: Module::Ks, name: "KsCreateFilterFactory", max_irql: PASSIVE_LEVEL, run: device::ks_create_filter_factory },
+    Ddi {
+        module: Module::Ks,
+        name: "KsDeviceRegisterAdapterObject",
+        max_irql: PASSIVE_LEVEL,
+        run: device::ks_device_register_adapter_object,
+    },
+    Ddi { module: Module::Ks, name: "KsGetPinFromIrp", max_irql: DISPATCH_LEVEL, run: pin::ks_get_pin_from_irp },
+    Ddi { module: Module::Ks, name: "KsPinAcquireProcessingMutex", max_irql: PASSIVE_LEVEL, run: pin::ks_pin_acquire_processing_mutex },
+    Ddi { module: Module::Ks, name: "KsPinReleaseProcessingMutex", max_irql: PASSIVE_LEVEL, run: pin::ks_pin_release_processing_mutex },
+    Ddi { module: Module::Ks, name: "KsPinAttemptProcessing", max_irql: DISPATCH_LEVEL, run: stream::ks_pin_attempt_processing },
+    Ddi {
+        module: Module::Ks,
+        name: "KsPinGetLeadingEdgeStreamPointer",
+        max_irql: DISPATCH_LEVEL,
+        run: stream::ks_pin_get_leading_edge_stream_pointer,
+    },
+    Ddi { module: Module::Ks, name: "KsStreamPointerClone", max_irql: DISPATCH_LEVEL, run: stream::ks_stream_pointer_clone },
+    Ddi { module: Module::Ks, name: "KsStreamPointerDelete", max_irql: DISPATCH_LEVEL, run: stream::ks_stream_pointer_delete },
+    Ddi { module: Module::Ks, name: "KsStreamPointerUnlock", max_irql: DISPATCH_LEVEL, run: stream::ks_stream_pointer_unlock },
+    Ddi {
+        module: Module::Ks,
+        name: "KsStreamPointerAdvanceOffsets",
+        max_irql: DISPATCH_LEVEL,
+        run: stream::ks_stream_pointer_advance_offsets,
+    },
+    Ddi {
+        module: Module::Ks,
+        name: "KsStreamPointerAdvanceOffsetsAndUnlock",
+        max_irql: DISPATCH_LEVEL,
+        run: stream::ks_stream_pointer_advance_offsets_and_unlock,
+    },
+];
+
+/// The emulated `ks.sys`'s state.
+#[derive(Default)]
+pub struct KsState {
+    /// Drivers that called `KsInitializeDriver`: driver object → its `KSDEVICE_DESCRIPTOR`.
+    pub drivers: BTreeMap<u64, u64>,
+    /// `KSDEVICE`s by address.
+    pub devices: BTreeMap<u64, device::KsDeviceRecord>,
+    /// Object bags by handle.
+    pub bags: BTreeMap<u64, device::Bag>,
+    /// Filter factories by address: the `KSDEVICE` they belong to.
+    pub factories: BTreeMap<u64, u64>,
+    /// Filters by address: (the factory, the `KSDEVICE`).
+    pub filters: BTreeMap<u64, (u64, u64)>,
+    /// Pins by `KSPIN` address.
+    pub pins: BTreeMap<u64, pin::KsPinRecord>,
+    /// IRPs handed to a pin's handlers (property requests, create, close), for `KsGetPinFromIrp`.
+    pub irp_pins: BTreeMap<u64, u64>,
+    /// Stream pointers by `KSSTREAM_POINTER` address: the pin and the queue's handle.
+    pub pointers: BTreeMap<u64, stream::PointerRecord>,
+    /// Deleted clones' `KSSTREAM_POINTER` slots, for reuse (poisoned).
+    pub free_pointers: Vec<u64>,
+    /// IRPs forwarded down synchronously whose completion came back.
+    pub forwarded_done: BTreeSet<u64>,
+    /// The host function addresses made once (by name).
+    pub host_functions: BTreeMap<&'static str, u64>,
+    /// Counters.
+    pub stats: KsCounters,
+}
+
+/// Counters of the emulated `ks.sys`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KsCounters {
+    /// `Process` calls made.
+    pub process_calls: u64,
+    /// `Process` calls made inside `KsPinAttemptProcessing(FALSE)`.
+    pub process_calls_synchronous: u64,
+    /// `KsPinAttemptProcessing` calls.
+    pub attempts: u64,
+    /// Frames the application submitted.
+    pub frames_submitted: u64,
+    /// Stream pointer clones made.
+    pub clones: u64,
+}

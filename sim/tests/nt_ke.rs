@@ -1,8 +1,9 @@
 //! The emulated kernel's dispatcher (`sim/src/nt/ke.rs`) driven from guest
-//! code: DPCs, timers in virtual time, line and message interrupts, the
-//! interrupt spin lock, delivery as a uniprocessor Windows does it, and a
-//! test that trips each Driver Verifier check. Needs `/dev/kvm`: says so
-//! and passes vacuously only outside CI.
+//! code: DPCs, timers in virtual time, delays (`KeDelayExecutionThread`),
+//! line and message interrupts, the interrupt spin lock, delivery as a
+//! uniprocessor Windows does it, and a test that trips each Driver
+//! Verifier check. Needs `/dev/kvm`: says so and passes vacuously only
+//! outside CI.
 
 mod support;
 
@@ -805,6 +806,86 @@ fn unloading_after_cancel_flush_and_disconnect_is_clean() {
     let (nt, m) = (&mut t.sys.nt, &t.sys.machine);
     assert_eq!(ke::check_unload(nt, m, routine, 4096) + ke::check_unload(nt, m, isr, 4096), 0);
     t.assert_clean();
+}
+
+// ------------------------------------------------------------------ delays
+
+/// `KeDelayExecutionThread(KernelMode, FALSE, &interval)`; its status.
+fn delay(t: &mut T, interval: i64) -> u64 {
+    let p = t.page();
+    t.m().write_u64(p, interval.cast_unsigned()).unwrap();
+    t.call("KeDelayExecutionThread", &[0, 0, p])
+}
+
+#[test]
+fn a_delay_lets_its_relative_interval_pass_in_virtual_time() {
+    let Some(mut t) = T::new() else { return };
+    t.advance(12_345);
+    assert_eq!(delay(&mut t, -10_000), 0, "STATUS_SUCCESS");
+    assert_eq!(t.nt().time, 22_345, "1 ms later");
+    assert_eq!(delay(&mut t, -1), 0);
+    assert_eq!(t.nt().time, 22_346, "100 ns later");
+    assert_eq!(delay(&mut t, 0), 0);
+    assert_eq!(t.nt().time, 22_346, "a zero interval only yields");
+    t.assert_clean();
+}
+
+#[test]
+fn a_delay_runs_what_falls_due_during_it_at_its_due_time() {
+    let Some(mut t) = T::new() else { return };
+    t.nt().ke.cancel_race = false;
+    let (dpc, log, _) = t.dpc(Rec::default(), 0);
+    let timer = t.page();
+    t.call("KeInitializeTimerEx", &[timer, 0]);
+    t.call("KeSetTimerEx", &[timer, (-50_000_i64).cast_unsigned(), 0, dpc]);
+    delay(&mut t, -20_000);
+    assert_eq!(t.count(log), 0, "due at 5 ms; 2 ms passed");
+    delay(&mut t, -100_000);
+    assert_eq!(t.count(log), 1, "expired during the delay and its DPC ran");
+    assert_eq!(t.u64_at(at(log, LOG_R8)), 50_000, "at its due time, not at the end of the delay");
+    assert_eq!(t.m().read_u32(timer + 4).unwrap(), 1, "signaled");
+    assert_eq!(t.nt().time, 120_000);
+    // A periodic 1 ms timer: every period that ends during a 10 ms delay.
+    let (dpc, log, _) = t.dpc(Rec::default(), 0);
+    t.call("KeSetTimerEx", &[timer, (-10_000_i64).cast_unsigned(), 1, dpc]);
+    delay(&mut t, -100_000);
+    assert_eq!(t.count(log), 10, "at 13, 14, ..., 22 ms");
+    assert_eq!(t.u64_at(at(log, LOG_R8)), 220_000, "the last at the end of the delay");
+    t.call("KeCancelTimer", &[timer]);
+    t.assert_clean();
+}
+
+#[test]
+fn an_absolute_delay_is_system_time_and_one_already_past_returns_at_once() {
+    let Some(mut t) = T::new() else { return };
+    t.advance(100_000);
+    let at_30_ms = i64::try_from(ke::SYSTEM_TIME_AT_BOOT + 300_000).unwrap();
+    assert_eq!(delay(&mut t, at_30_ms), 0);
+    assert_eq!(t.nt().time, 300_000);
+    assert_eq!(delay(&mut t, at_30_ms - 100_000), 0);
+    assert_eq!(t.nt().time, 300_000, "20 ms is past: no time passes");
+    t.assert_clean();
+}
+
+#[test]
+fn a_delay_above_apc_level_is_caught() {
+    let Some(mut t) = T::new() else { return };
+    t.call("KfRaiseIrql", &[1]);
+    delay(&mut t, -10_000);
+    t.assert_clean();
+    t.call("KfRaiseIrql", &[u64::from(DISPATCH_LEVEL)]);
+    delay(&mut t, -10_000);
+    let f = t.found("IRQL_TOO_HIGH").expect("IRQL_TOO_HIGH");
+    assert_eq!(f.bugcheck, 0xC4);
+    assert!(f.detail.contains("KeDelayExecutionThread"), "{f}");
+}
+
+#[test]
+fn a_delay_with_a_null_interval_faults() {
+    let Some(mut t) = T::new() else { return };
+    let result = t.try_call("KeDelayExecutionThread", &[0, 0, 0]);
+    let Err(Stop::Bugcheck(report)) = result else { panic!("no bugcheck: {result:?}") };
+    assert_eq!((report.code, report.irql), (0x50, PASSIVE_LEVEL), "{report}");
 }
 
 // ------------------------------------------------------------------ the image

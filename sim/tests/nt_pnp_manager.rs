@@ -2,7 +2,9 @@
 //! whose routines are host functions calling the DDIs through their stubs
 //! (as guest code does): start, enumeration and the IRPs a new child gets,
 //! query-remove with and without a veto, removal children first, surprise
-//! removal, system sleep and wake, unload and the end-of-run leak checks.
+//! removal, system sleep and wake, unload and the end-of-run leak checks;
+//! `IoGetDeviceProperty(DevicePropertyAddress)` answering what each PDO
+//! reported to `IRP_MN_QUERY_CAPABILITIES`.
 //! Needs `/dev/kvm`; says so and passes vacuously only outside CI.
 
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and constants, as in sim/src/nt")]
@@ -10,7 +12,8 @@
 
 mod support;
 
-use capdma_sim::nt::layout::irp::{device_relations, irp, mj, mn, pnp_bus_information, stack, status};
+use capdma_sim::nt::io::device::DEVICE_PROPERTY_ADDRESS;
+use capdma_sim::nt::layout::irp::{device_capabilities, device_relations, irp, mj, mn, pnp_bus_information, stack, status};
 use capdma_sim::nt::layout::{device_object, do_flags, driver_extension, driver_object};
 use capdma_sim::nt::pnp::{Pnp, PciIdentity, StartResources, S0, S3};
 use capdma_sim::nt::pool::POOL_FLAG_PAGED;
@@ -47,6 +50,8 @@ const REPORT_FDO: u64 = 32;
 const MUTE_CHILDREN: u64 = 64;
 /// Behaviour: allocate pool at start and never free it.
 const LEAK_POOL: u64 = 128;
+/// Behaviour: the children answer IRP_MN_QUERY_CAPABILITIES without an Address (left at 0xFFFFFFFF).
+const NO_ADDRESS: u64 = 256;
 /// At +8 of a child PDO's extension (where an FDO keeps its child count).
 const CHILD_MARK: u64 = 0xC41D_C41D;
 
@@ -217,7 +222,10 @@ fn toy_child(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
         }
         mn::QUERY_CAPABILITIES => {
             let caps = m.read_u64(l + stack::CAPABILITIES)?;
-            m.write_u32(caps + 8, u32::try_from(index).unwrap_or(u32::MAX))?;
+            if m.read_u64(child_ext + 16)? & NO_ADDRESS == 0 {
+                // The child's address on the toy bus: 0x10 + its index.
+                m.write_u32(caps + device_capabilities::ADDRESS, u32::try_from(0x10 + index).unwrap_or(u32::MAX))?;
+            }
             complete(nt, m, irp_va, 0, None)
         }
         mn::QUERY_BUS_INFORMATION => {
@@ -564,4 +572,114 @@ fn a_stop_is_queried_then_done_and_the_device_restarts() {
     let minors: Vec<u8> = pnp.sent[first..].iter().filter(|s| s.target == pnp.pci_pdo).map(|s| s.minor).collect();
     assert_eq!(minors[..3], [mn::QUERY_STOP_DEVICE, mn::STOP_DEVICE, mn::START_DEVICE]);
     assert_clean(&sys);
+}
+
+// ------------------------------------------------------------------ IoGetDeviceProperty
+
+/// What [`device_property`] presets its outputs to.
+const SENTINEL: u32 = 0x5A5A_5A5A;
+/// `DevicePropertyDeviceDescription` and `DevicePropertyUINumber`: not emulated.
+const NOT_EMULATED: [u32; 2] = [0, 17];
+
+/// `IoGetDeviceProperty(device, property, length, buffer, result)` with
+/// `buffer` and `result` in fresh kernel memory preset to [`SENTINEL`];
+/// returns (status, `*buffer`, `*result`).
+fn device_property(sys: &mut System, device: u64, property: u32, length: u32) -> (u32, u32, u32) {
+    let System { machine: m, nt, .. } = sys;
+    let out = nt.alloc_kernel(m, 16).unwrap();
+    m.write_u32(out, SENTINEL).unwrap();
+    m.write_u32(out + 8, SENTINEL).unwrap();
+    let st = ddi(nt, m, "IoGetDeviceProperty", &[device, property.into(), length.into(), out, out + 8]).unwrap();
+    (u32::try_from(st).unwrap(), m.read_u32(out).unwrap(), m.read_u32(out + 8).unwrap())
+}
+
+#[test]
+fn io_get_device_property_answers_the_address_each_pdo_reported() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    for (i, child) in pnp.children.clone().iter().enumerate() {
+        let expected = 0x10 + u32::try_from(i).unwrap();
+        assert_eq!(child.capabilities.address, expected);
+        assert_eq!(device_property(&mut sys, child.pdo, DEVICE_PROPERTY_ADDRESS, 4), (status::SUCCESS, expected, 4));
+        assert_eq!(device_property(&mut sys, child.pdo, DEVICE_PROPERTY_ADDRESS, 64), (status::SUCCESS, expected, 4), "a larger buffer");
+    }
+    // The emulated PCI bus driver reports (device << 16) | function.
+    let slot = PciIdentity::default().slot;
+    assert_eq!(device_property(&mut sys, pnp.pci_pdo, DEVICE_PROPERTY_ADDRESS, 4), (status::SUCCESS, slot << 16, 4));
+    assert_clean(&sys);
+}
+
+#[test]
+fn io_get_device_property_with_a_buffer_too_small_gives_the_size_needed() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let child = pnp.children[0].pdo;
+    for length in [0, 3] {
+        assert_eq!(device_property(&mut sys, child, DEVICE_PROPERTY_ADDRESS, length), (status::BUFFER_TOO_SMALL, SENTINEL, 4), "{length} bytes");
+    }
+    assert_clean(&sys);
+}
+
+#[test]
+fn io_get_device_property_without_an_address_reported_is_not_found() {
+    // Answered without an Address (0xFFFFFFFF as sent), or never answered.
+    for behaviour in [NO_ADDRESS, MUTE_CHILDREN] {
+        let Some((mut sys, mut pnp)) = toy(behaviour) else { return };
+        start(&mut sys, &mut pnp);
+        let child = pnp.children[0].pdo;
+        assert_eq!(
+            device_property(&mut sys, child, DEVICE_PROPERTY_ADDRESS, 4),
+            (status::OBJECT_NAME_NOT_FOUND, SENTINEL, SENTINEL),
+            "behaviour {behaviour}"
+        );
+        assert!(!sys.nt.verifier.found("DEVICE_PROPERTY_NOT_PDO"));
+    }
+}
+
+#[test]
+fn io_get_device_property_of_a_property_not_emulated_is_invalid_parameter_2() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let child = pnp.children[0].pdo;
+    for property in NOT_EMULATED {
+        assert_eq!(device_property(&mut sys, child, property, 64), (status::INVALID_PARAMETER_2, SENTINEL, SENTINEL), "{property}");
+    }
+    assert_clean(&sys);
+}
+
+#[test]
+fn io_get_device_property_of_a_device_that_is_not_a_pdo_is_found() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let fdo = pnp.fdo.expect("the toy's FDO");
+    assert_eq!(device_property(&mut sys, fdo, DEVICE_PROPERTY_ADDRESS, 4), (status::INVALID_DEVICE_REQUEST, SENTINEL, SENTINEL));
+    let f = sys.nt.verifier.findings.iter().find(|f| f.rule == "DEVICE_PROPERTY_NOT_PDO").expect("finding");
+    assert_eq!((f.bugcheck, f.parameter1), (0xCA, Some(0x2)));
+    let findings = sys.nt.verifier.findings.len();
+    let not_a_device = sys.nt.alloc_kernel(&mut sys.machine, 4096).unwrap();
+    assert_eq!(device_property(&mut sys, not_a_device, DEVICE_PROPERTY_ADDRESS, 4).0, status::INVALID_DEVICE_REQUEST);
+    assert_eq!(sys.nt.verifier.findings.len(), findings + 1, "random memory is not a PDO either");
+}
+
+#[test]
+fn io_get_device_property_above_passive_level_is_found() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let child = pnp.children[0].pdo;
+    sys.nt.irql = 1;
+    device_property(&mut sys, child, DEVICE_PROPERTY_ADDRESS, 4);
+    let f = sys.nt.verifier.findings.iter().find(|f| f.rule == "IRQL_TOO_HIGH").expect("IRQL_TOO_HIGH");
+    assert!(f.detail.contains("IoGetDeviceProperty"), "{f}");
+}
+
+#[test]
+fn io_get_device_property_writes_through_the_callers_pointers() {
+    let Some((mut sys, mut pnp)) = toy(0) else { return };
+    start(&mut sys, &mut pnp);
+    let child = pnp.children[0].pdo;
+    let System { machine: m, nt, .. } = &mut sys;
+    let out = nt.alloc_kernel(m, 16).unwrap();
+    let result = ddi(nt, m, "IoGetDeviceProperty", &[child, DEVICE_PROPERTY_ADDRESS.into(), 4, out, 0]);
+    let Err(Stop::Bugcheck(report)) = result else { panic!("a NULL ResultLength must fault: {result:?}") };
+    assert_eq!(report.code, 0x50, "{report}");
 }

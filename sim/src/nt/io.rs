@@ -1,5 +1,6 @@
-//! I/O manager: device objects and stacks, object references, IRPs
-//! (`IofCallDriver`, `IofCompleteRequest` with completion routines,
+//! I/O manager: device objects and stacks, object references, device
+//! properties (`IoGetDeviceProperty`), IRPs (`IofCallDriver`,
+//! `IofCompleteRequest` with completion routines,
 //! `IoBuildSynchronousFsdRequest`), events and waits, remove locks, a small
 //! registry, and the power manager's `PoCallDriver` / `PoRequestPowerIrp` /
 //! `PoSetPowerState`; `IoInvalidateDeviceRelations` is queued for the Plug
@@ -12,8 +13,8 @@
 //! leaks at the end of a run ([`IoState::leaks`]).
 //!
 //! One concern per file: [`device`] (device objects, attachment, object
-//! references), [`irp`] (IRPs and their checks), [`sync`] (events, waits
-//! and remove locks), [`registry`] (`IoOpenDeviceRegistryKey`,
+//! references, device properties), [`irp`] (IRPs and their checks),
+//! [`sync`] (events, waits and remove locks), [`registry`] (`IoOpenDeviceRegistryKey`,
 //! `ZwQueryValueKey`, `ZwClose`), [`power`] (`Po*`).
 
 pub mod device;
@@ -53,6 +54,7 @@ pub const DDIS: &[Ddi] = &[
         max_irql: DISPATCH_LEVEL,
         run: device::obf_dereference_object,
     },
+    Ddi { module: Module::Ntoskrnl, name: "IoGetDeviceProperty", max_irql: PASSIVE_LEVEL, run: device::io_get_device_property },
     Ddi {
         module: Module::Ntoskrnl,
         name: "IoInvalidateDeviceRelations",

@@ -1,4 +1,5 @@
-//! Kernel dispatcher: DPCs, timers in virtual time, interrupts
+//! Kernel dispatcher: DPCs, timers in virtual time, the thread's delays
+//! (`KeDelayExecutionThread`: virtual time passes), interrupts
 //! (`IoConnectInterruptEx`, the ISR at its DIRQL, interrupt spin locks),
 //! and the delivery of pending ISRs and DPCs when the IRQL allows, as a
 //! uniprocessor Windows does it.
@@ -55,7 +56,7 @@ use super::layout::ke::{
     io_interrupt_message_info as imi, io_interrupt_message_info_entry as imie, kdpc, ktimer, line_based, message_based,
 };
 use super::pool::POOL_FLAG_PAGED;
-use super::{Ddi, Module, Nt, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
+use super::{Ddi, Module, Nt, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
 
 /// The DDIs of this file.
 pub const DDIS: &[Ddi] = &[
@@ -65,6 +66,7 @@ pub const DDIS: &[Ddi] = &[
     Ddi { module: Module::Ntoskrnl, name: "KeInitializeTimerEx", max_irql: DISPATCH_LEVEL, run: ke_initialize_timer_ex },
     Ddi { module: Module::Ntoskrnl, name: "KeSetTimerEx", max_irql: DISPATCH_LEVEL, run: ke_set_timer_ex },
     Ddi { module: Module::Ntoskrnl, name: "KeCancelTimer", max_irql: DISPATCH_LEVEL, run: ke_cancel_timer },
+    Ddi { module: Module::Ntoskrnl, name: "KeDelayExecutionThread", max_irql: APC_LEVEL, run: ke_delay_execution_thread },
     Ddi { module: Module::Ntoskrnl, name: "IoConnectInterruptEx", max_irql: PASSIVE_LEVEL, run: io_connect_interrupt_ex },
     Ddi { module: Module::Ntoskrnl, name: "IoDisconnectInterruptEx", max_irql: PASSIVE_LEVEL, run: io_disconnect_interrupt_ex },
     Ddi { module: Module::Ntoskrnl, name: "KeAcquireInterruptSpinLock", max_irql: HIGH_LEVEL, run: ke_acquire_interrupt_spin_lock },
@@ -919,6 +921,33 @@ fn ke_cancel_timer(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
         }
     }
     Ok(1)
+}
+
+// ------------------------------------------------------------------ delays
+
+/// `NTSTATUS KeDelayExecutionThread(KPROCESSOR_MODE WaitMode, BOOLEAN
+/// Alertable, PLARGE_INTEGER Interval)` ("KeDelayExecutionThread function
+/// (wdm.h)"): `<= APC_LEVEL` (`IRQL_TOO_HIGH`, 0xC4, from the table); puts
+/// the calling thread to sleep for `*Interval`, 100-ns units: negative is
+/// relative to now, positive is an absolute system time (the sleep ends at
+/// once when that is not in the future; [`SYSTEM_TIME_AT_BOOT`] is the
+/// system time at virtual time 0). The one processor has nothing else to
+/// run meanwhile, so virtual time advances to the end of the sleep with
+/// [`Nt::advance_time`]: timers falling due expire at their due time and
+/// their DPCs, pending interrupts and queued DPCs run. `STATUS_SUCCESS`
+/// (the emulated kernel delivers no APCs, so an alertable sleep is never
+/// cut short with `STATUS_ALERTED` or `STATUS_USER_APC`). `Interval` is
+/// read through the machine: NULL or a bad pointer bugchecks as on Windows.
+fn ke_delay_execution_thread(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [_mode, _alertable, interval] = m.args::<3>()?;
+    let interval = m.read_u64(interval)?.cast_signed();
+    let until = if interval < 0 {
+        nt.time.saturating_add(interval.unsigned_abs())
+    } else {
+        interval.unsigned_abs().saturating_sub(SYSTEM_TIME_AT_BOOT).max(nt.time)
+    };
+    nt.advance_time(m, until)?;
+    Ok(u64::from(STATUS_SUCCESS))
 }
 
 // ------------------------------------------------------------------ interrupts

@@ -36,7 +36,7 @@
 use capdma_interface::guid::{Guid, GUID_BUS_INTERFACE_STANDARD};
 use capdma_winvm::{Machine, Stop};
 
-use super::io::device::{attach, create_device, delete_device, dereference, detach, reference, top_of_stack};
+use super::io::device::{attach, create_device, delete_device, dereference, detach, record_capabilities, reference, top_of_stack};
 use super::io::irp::{call_driver, complete_request, location_va, make_irp, IrpOrigin, IrpResult};
 use super::layout::irp::{
     bus_interface_standard, cm, device_capabilities, device_relations, interface, irp, mj, mn, pnp_bus_information, sl,
@@ -692,7 +692,9 @@ impl Pnp {
 
     /// `IRP_MN_QUERY_CAPABILITIES` to `target`'s stack with a
     /// `DEVICE_CAPABILITIES` set up as Windows does (`Size`, `Version` 1,
-    /// `Address` and `UINumber` −1); the answer, when it succeeded.
+    /// `Address` and `UINumber` −1); the answer, when it succeeded. A
+    /// successful answer's `Address` is recorded for the PDO `target`
+    /// (what `IoGetDeviceProperty(DevicePropertyAddress)` returns).
     ///
     /// # Errors
     /// A bugcheck or host failure from the drivers.
@@ -721,6 +723,9 @@ impl Pnp {
         } else {
             None
         };
+        if let Some(caps) = &out {
+            record_capabilities(&mut sys.nt, target, caps.address);
+        }
         if self.children.iter().any(|c| c.pdo == target) {
             sys.nt.io_check(m, r.status != status::NOT_SUPPORTED, "PDO_NO_CAPABILITIES", 0x22A, || {
                 format!("child PDO {target:#x} did not answer IRP_MN_QUERY_CAPABILITIES")

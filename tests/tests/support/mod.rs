@@ -45,19 +45,39 @@ pub fn kvm() -> Option<()> {
     }
 }
 
+/// The file `out/<file>` a build script of `package` wrote in the Windows
+/// build (`target/windows/cargo/.../build/<package>-<hash>/out/`; the
+/// newest when several builds left one), read; skips or fails as
+/// [`unavailable`] when there is none.
+fn windows_build_output(package: &str, file: &str) -> Option<String> {
+    let build = workspace().join("target/windows/cargo/x86_64-pc-windows-msvc/release/build");
+    let prefix = format!("{package}-");
+    let found = std::fs::read_dir(&build).ok().and_then(|dirs| {
+        dirs.filter_map(Result::ok)
+            .filter(|d| d.file_name().to_string_lossy().strip_prefix(&prefix).is_some_and(|hash| !hash.contains('-')))
+            .map(|d| d.path().join("out").join(file))
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .max()
+            .map(|(_, p)| p)
+    });
+    match found {
+        Some(path) => Some(std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))),
+        None => unavailable(&format!("no {package} {file} under {}: run `cargo xtask windows` first", build.display())),
+    }
+}
+
 /// The layout assertions bindgen wrote for wdk-sys in the Windows build.
 #[must_use]
 pub fn wdk_sys_types() -> Option<String> {
-    let build = workspace().join("target/windows/cargo/x86_64-pc-windows-msvc/release/build");
-    let found = std::fs::read_dir(&build).ok().and_then(|dirs| {
-        dirs.filter_map(Result::ok)
-            .map(|d| d.path().join("out/types.rs"))
-            .find(|p| p.parent().and_then(|o| o.parent()).is_some_and(|d| d.to_string_lossy().contains("wdk-sys-")) && p.is_file())
-    });
-    match found {
-        Some(path) => Some(std::fs::read_to_string(path).expect("readable types.rs")),
-        None => unavailable(&format!("no wdk-sys types.rs under {}: run `cargo xtask windows` first", build.display())),
-    }
+    windows_build_output("wdk-sys", "types.rs")
+}
+
+/// The KS bindings (ks.h, ksmedia.h) bindgen wrote for the AVStream crate
+/// in the Windows build (`capdma-avstream`'s `out/ks_bindings.rs`), with
+/// their layout assertions.
+#[must_use]
+pub fn ks_bindings() -> Option<String> {
+    windows_build_output("capdma-avstream", "ks_bindings.rs")
 }
 
 /// A bare machine (64 MiB of anonymous guest RAM, 48 MiB of it the
@@ -94,4 +114,22 @@ pub fn asserted(types: &str, structure: &str, field: &str) -> Option<u64> {
     let at = types.find(&needle)? + needle.len();
     let digits: String = types[at..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// How bindgen declared `name` in `types` (whitespace removed): whether it
+/// is a `union`, and its fields `(name, type)` in declaration order. `None`
+/// when it declares no such struct or union.
+#[must_use]
+pub fn declared(types: &str, name: &str) -> Option<(bool, Vec<(String, String)>)> {
+    let (union, at) = [(false, "struct"), (true, "union")].into_iter().find_map(|(union, kind)| {
+        let needle = format!("pub{kind}{name}{{");
+        Some((union, types.find(&needle)? + needle.len()))
+    })?;
+    let body = &types[at..at + types[at..].find('}')?];
+    let fields = body
+        .split(',')
+        .filter_map(|f| f.strip_prefix("pub")?.split_once(':'))
+        .map(|(field, ty)| (field.to_owned(), ty.to_owned()))
+        .collect();
+    Some((union, fields))
 }

@@ -13,6 +13,11 @@ use super::super::layout::{device_object, do_flags, driver_object, unicode_strin
 use super::super::Nt;
 use super::{low32, ret};
 
+/// `DevicePropertyAddress` (`DEVICE_REGISTRY_PROPERTY`, wdm.h).
+pub const DEVICE_PROPERTY_ADDRESS: u32 = 16;
+/// `DEVICE_CAPABILITIES.Address` when the bus driver supplies none.
+pub const ADDRESS_UNKNOWN: u32 = u32::MAX;
+
 /// `IO_TYPE_DEVICE`.
 pub const IO_TYPE_DEVICE: u16 = 3;
 /// `IO_TYPE_DEVICE_OBJECT_EXTENSION`.
@@ -46,6 +51,11 @@ pub struct DeviceRecord {
     pub freed: bool,
     /// `symbol+offset` of the `IoCreateDevice` caller (or the host's name for its own devices).
     pub created_by: String,
+    /// `DEVICE_CAPABILITIES.Address` of the last `IRP_MN_QUERY_CAPABILITIES`
+    /// this device (a PDO) answered with success to the PnP manager
+    /// ([`record_capabilities`]); `0xFFFFFFFF` (the value the manager sends)
+    /// when its bus driver gave none. `None` before any such answer.
+    pub address: Option<u32>,
 }
 
 impl DeviceRecord {
@@ -415,4 +425,72 @@ pub(crate) fn io_invalidate_device_relations(nt: &mut Nt, m: &mut Machine) -> Re
     }
     nt.io.invalidated.push((device, low32(kind)));
     Ok(0)
+}
+
+/// Whether `device` is a live PDO: a device object the I/O manager knows,
+/// not deleted, attached to nothing below it.
+fn is_pdo(nt: &Nt, device: u64) -> bool {
+    nt.io.devices.get(&device).is_some_and(|d| !d.deleted && d.lower.is_none())
+}
+
+/// The PnP manager's record of a PDO's answer to `IRP_MN_QUERY_CAPABILITIES`
+/// (what `IoGetDeviceProperty` reads): its `Address`, as answered
+/// (`0xFFFFFFFF`: none). A device the I/O manager does not know is ignored.
+pub fn record_capabilities(nt: &mut Nt, pdo: u64, address: u32) {
+    if let Some(d) = nt.io.devices.get_mut(&pdo) {
+        d.address = Some(address);
+    }
+}
+
+/// `NTSTATUS IoGetDeviceProperty(PDEVICE_OBJECT DeviceObject,
+/// DEVICE_REGISTRY_PROPERTY DeviceProperty, ULONG BufferLength, PVOID
+/// PropertyBuffer, PULONG ResultLength)` ("IoGetDeviceProperty function
+/// (wdm.h)"), `PASSIVE_LEVEL`. Emulated: `DevicePropertyAddress` (a
+/// `ULONG`, 4 bytes): the `DEVICE_CAPABILITIES.Address` the PDO last
+/// answered the PnP manager's `IRP_MN_QUERY_CAPABILITIES` with
+/// ([`record_capabilities`]). Returns:
+/// * `STATUS_SUCCESS`, `*ResultLength` = 4, the address in the buffer;
+/// * `STATUS_BUFFER_TOO_SMALL` when `BufferLength` < 4, `*ResultLength` = 4;
+/// * `STATUS_OBJECT_NAME_NOT_FOUND` when the bus driver never supplied an
+///   address (no successful answer, or `Address` left at `0xFFFFFFFF`);
+///   `*ResultLength` untouched;
+/// * `STATUS_INVALID_PARAMETER_2` for every other property: not emulated
+///   (the page's answer for a property the routine does not handle);
+/// * `STATUS_INVALID_DEVICE_REQUEST` when `DeviceObject` is not a PDO (an
+///   FDO, a deleted device object, anything else), which is also the
+///   finding `DEVICE_PROPERTY_NOT_PDO`: bug check 0xCA
+///   `PNP_DETECTED_FATAL_ERROR` parameter 1 = 0x2, "an API which requires
+///   a PDO" called with something else ("Bug Check 0xCA").
+///
+/// `ResultLength` and (when written) `PropertyBuffer` are written through
+/// the machine: a bad pointer bugchecks as it would on Windows.
+pub(crate) fn io_get_device_property(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [device, property, buffer_length, buffer, result_length] = m.args::<5>()?;
+    let property = low32(property);
+    nt.verifier.checks += 1;
+    if !is_pdo(nt, device) {
+        nt.violation(
+            m,
+            "DEVICE_PROPERTY_NOT_PDO",
+            0xCA,
+            Some(0x2),
+            format!("IoGetDeviceProperty({device:#x}, property {property}): not a PDO"),
+        );
+        return Ok(ret(status::INVALID_DEVICE_REQUEST));
+    }
+    if property != DEVICE_PROPERTY_ADDRESS {
+        return Ok(ret(status::INVALID_PARAMETER_2));
+    }
+    let address = nt.io.devices.get(&device).and_then(|d| d.address).filter(|a| *a != ADDRESS_UNKNOWN);
+    let Some(address) = address else {
+        return Ok(ret(status::OBJECT_NAME_NOT_FOUND));
+    };
+    // sizeof(ULONG).
+    let needed = 4;
+    m.write_u32(result_length, needed)?;
+    if low32(buffer_length) < needed {
+        return Ok(ret(status::BUFFER_TOO_SMALL));
+    }
+    m.write_u32(buffer, address)?;
+    Ok(ret(status::SUCCESS))
 }

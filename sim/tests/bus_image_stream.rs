@@ -138,10 +138,7 @@ fn the_configurations_of_stream_run_through_the_image() {
         })),
         ("sg, map registers capped at what a frame needs", Box::new(|c| {
             c.board = BoardKind::ScatterGather;
-            c.drivers = match std::mem::take(&mut c.drivers) {
-                Drivers::BusImage { path, .. } => Drivers::BusImage { path, map_register_limit: Some(64) },
-                Drivers::Cores => Drivers::Cores,
-            };
+            c.drivers = c.drivers.with_map_register_limit(64);
         })),
         ("two cards on the shared line", Box::new(|c| {
             c.cards = 2;

@@ -188,8 +188,7 @@ impl Machine {
             Ok(status)
         });
         match (stopped, closed) {
-            (Some(0), Some(status)) => status,
-            (Some(status), Some(_)) => status,
+            (Some(0), Some(status)) | (Some(status), Some(_)) => status,
             _ => STATUS_DEVICE_REMOVED.cast_unsigned(),
         }
     }

@@ -176,13 +176,11 @@ pub(crate) fn ks_get_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
         ks.pins.get(&object).map(|p| p.device)
     };
     nt.verifier.checks += 1;
-    match device {
-        Some(device) => Ok(device),
-        None => {
-            nt.violation(m, "KS_NOT_AN_AVSTREAM_OBJECT", 0xC4, None, format!("KsGetDevice({object:#x}): not an AVStream object"));
-            Ok(0)
-        }
+    if let Some(device) = device {
+        return Ok(device);
     }
+    nt.violation(m, "KS_NOT_AN_AVSTREAM_OBJECT", 0xC4, None, format!("KsGetDevice({object:#x}): not an AVStream object"));
+    Ok(0)
 }
 
 /// `NTSTATUS KsAddItemToObjectBag(KSOBJECT_BAG ObjectBag, PVOID Item,

@@ -83,6 +83,7 @@ pub struct BufferRecord {
 }
 
 /// One `KSPIN` and what the host keeps of it.
+#[allow(clippy::struct_excessive_bools, reason = "independent facts of AVStream's processing: mutex, in Process, owed, reported")]
 pub struct KsPinRecord {
     /// Its `KSDEVICE`.
     pub device: u64,

@@ -348,7 +348,8 @@ pub(crate) fn ks_pin_attempt_processing(nt: &mut Nt, m: &mut Machine) -> Result<
         return Ok(0);
     };
     record.owed = true;
-    let now = asynchronous & 0xFF == 0
+    let synchronous = asynchronous as u8 == 0;
+    let now = synchronous
         && nt.irql == PASSIVE_LEVEL
         && !record.in_process
         && !record.processing_mutex

@@ -22,6 +22,10 @@ enum DriversArg {
     /// by `cargo xtask windows`): the rows whose subject is the bus driver,
     /// the others listed as not applicable with the reason.
     BusImage,
+    /// Both real images (`capdma_avstream.sys` over `capdma_bus.sys`) in the
+    /// emulated Windows kernel with its emulated `ks.sys`: the rows that
+    /// apply, the others listed as not applicable with the reason.
+    Images,
 }
 
 /// `capdma-sim faults` arguments.
@@ -31,9 +35,12 @@ pub struct FaultsArgs {
     /// Which bus driver the rows run.
     #[arg(long, value_enum, default_value = "cores")]
     drivers: DriversArg,
-    /// The bus image for `--drivers bus-image` (default: `target/windows/release/capdma_bus.sys` of this workspace).
+    /// The bus image for `--drivers bus-image` or `images` (default: `target/windows/release/capdma_bus.sys` of this workspace).
     #[arg(long, value_name = "FILE.sys")]
     bus_image: Option<PathBuf>,
+    /// The AVStream image for `--drivers images` (default: `target/windows/release/capdma_avstream.sys` of this workspace).
+    #[arg(long, value_name = "FILE.sys")]
+    avstream_image: Option<PathBuf>,
     /// Run only this row (`dma-error/sg`), or every mode of a fault (`dma-error`); `--list` names them.
     #[arg(long, value_name = "NAME", value_parser = row_names(), hide_possible_values = true)]
     only: Option<String>,
@@ -129,19 +136,27 @@ fn print_details(row: &FaultRow, verbose: bool) {
 pub fn run(args: &FaultsArgs) -> ExitCode {
     let drivers = match args.drivers {
         DriversArg::Cores if args.bus_image.is_some() => {
-            return Outcome::Usage("--bus-image needs --drivers bus-image".into()).exit();
+            return Outcome::Usage("--bus-image needs --drivers bus-image or images".into()).exit();
+        }
+        _ if args.avstream_image.is_some() && !matches!(args.drivers, DriversArg::Images) => {
+            return Outcome::Usage("--avstream-image needs --drivers images".into()).exit();
         }
         DriversArg::Cores => Drivers::Cores,
         DriversArg::BusImage => Drivers::BusImage {
             path: args.bus_image.clone().unwrap_or_else(machine::image::default_image_path),
             map_register_limit: None,
         },
+        DriversArg::Images => Drivers::Images {
+            bus: args.bus_image.clone().unwrap_or_else(machine::image::default_image_path),
+            avstream: args.avstream_image.clone().unwrap_or_else(machine::image::default_avstream_image_path),
+            map_register_limit: None,
+        },
     };
     if args.list {
         for spec in faults::ROWS {
-            let with = match (&drivers, faults::not_with_image(spec.name)) {
-                (Drivers::BusImage { .. }, Some(why)) => format!("not applicable: {why}"),
-                _ => spec.expectation.to_string(),
+            let with = match faults::not_applicable(spec.name, &drivers) {
+                Some(why) => format!("not applicable: {why}"),
+                None => spec.expectation.to_string(),
             };
             print_line(&format!("{:<31}  {with}", spec.name));
         }

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::board::BoardKind;
 use crate::machine::Drivers;
-pub use rows::{not_with_image, NOT_WITH_IMAGE, ROWS};
+pub use rows::{not_applicable, not_with_image, NOT_WITH_IMAGE, NOT_WITH_IMAGES, ROWS};
 
 /// One named expectation of a row and whether it held.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -130,7 +130,7 @@ pub fn run_matrix(only: Option<&str>, drivers: &Drivers, seed: u64, mut each: im
 
 /// Runs one row, or returns it unrun when it does not apply to `drivers`.
 fn run_spec(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
-    if let (Some(_), Some(why)) = (drivers.bus_image(), not_with_image(spec.name)) {
+    if let Some(why) = not_applicable(spec.name, drivers) {
         return FaultRow {
             name: spec.name.to_string(),
             drivers: drivers.name().to_string(),

@@ -177,6 +177,11 @@ impl Machine {
                     self.schedule(now + period_100ns.max(1), next);
                 }
             }
+            Action::PinState { .. } | Action::PinTransition { .. } | Action::PinDeviceState { .. } | Action::PinSetFormat { .. }
+                if self.runs_avstream_image() =>
+            {
+                self.image_pin_action(&action, now, hooks);
+            }
             Action::PinState { card, channel, to } => {
                 self.pin_op(card, channel, now, hooks, &format!("KS state to {to:?}"), |pin| pin.set_state(to));
             }
@@ -241,17 +246,23 @@ impl Machine {
     /// After a pin went from `before` to `after`: KS stops or starts
     /// processing, a stopped pin's queue is flushed back to the application,
     /// a restarted one gets the application's buffers again.
-    fn settle_pin(&mut self, i: usize, before: KsState, after: KsState, now: u64, hooks: &mut RunHooks<'_>) {
+    pub(super) fn settle_pin(&mut self, i: usize, before: KsState, after: KsState, now: u64, hooks: &mut RunHooks<'_>) {
         let run = &self.channels[i];
-        if after != KsState::Run {
+        // With the AVStream image, the emulated KS keeps its own queue in step.
+        let image = run.image_pin.is_some();
+        if after != KsState::Run && !image {
             run.ks.set_running(false);
         }
         if after == KsState::Stop && before != KsState::Stop {
-            run.ks.flush_on_stop();
+            if !image {
+                run.ks.flush_on_stop();
+            }
             self.take_completed(i, now, hooks);
         }
         if after == KsState::Run && before != KsState::Run {
-            self.channels[i].ks.set_running(true);
+            if !image {
+                self.channels[i].ks.set_running(true);
+            }
             self.requeue_all_held(i, now);
         }
         if let Some(pin) = self.channels[i].pin.as_ref() {

@@ -80,15 +80,16 @@ impl Machine {
 
     pub(super) fn requeue(&mut self, card: u32, channel: u32, buffer: u32) {
         let Some(i) = self.channel_position(card, channel) else { return };
-        let run = &mut self.channels[i];
         let b = buffer as usize;
-        if b >= run.buffers.len() {
+        if b >= self.channels[i].buffers.len() {
             return;
         }
+        let image_stopped = self.channels[i].image_pin.is_some() && self.image_pin_stopped(i);
+        let run = &mut self.channels[i];
         run.requeue_scheduled[b] = false;
         let stopped = match (&run.pin, &run.image_pin) {
             (Some(p), _) => p.state() == KsState::Stop,
-            (None, Some(_)) => false,
+            (None, Some(_)) => image_stopped,
             (None, None) => true,
         };
         if !run.with_app[b] || run.app_hold || stopped {

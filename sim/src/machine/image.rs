@@ -627,6 +627,9 @@ impl super::Machine {
     /// ([`Self::remove_image_card`]: its own query-remove first). Statuses
     /// are recorded (`when` appended). Returns whether the card was removed.
     pub(super) fn image_request_removal(&mut self, card: usize, when: &str) -> bool {
+        if self.runs_avstream_image() {
+            return self.images_request_removal(card, when);
+        }
         let vetoed = self.in_image(|m| {
             let children = m.cards[card].children.clone();
             let mut queried = Vec::new();
@@ -663,6 +666,41 @@ impl super::Machine {
         self.remove_image_card(&mut world, card, when);
         self.image = Some(world);
         true
+    }
+
+    /// Windows' orderly removal of card `card` with both images: the
+    /// emulated PnP manager queries every AVStream stack and the bus stack
+    /// (children first) and vetoes with `STATUS_DEVICE_BUSY` while the
+    /// application has a filter open on a child (recorded as `card N:
+    /// IRP_MN_QUERY_REMOVE_DEVICE vetoed for open handles (AVStream stack)`,
+    /// the stacks get `IRP_MN_CANCEL_REMOVE_DEVICE`); otherwise it removes
+    /// them ([`Self::remove_image_card`]). Returns whether the card was removed.
+    fn images_request_removal(&mut self, card: usize, when: &str) -> bool {
+        let Some(mut world) = self.image.take() else { return false };
+        if world.stopped {
+            self.image = Some(world);
+            return false;
+        }
+        let board = self.cards[card].board.clone();
+        let removed = match world.remove_card(card, &board, &self.violations) {
+            Ok(0) => {
+                self.record_status(format!("card {card}: bus image IRP_MN_REMOVE_DEVICE{when}"), STATUS_SUCCESS);
+                self.cards[card].removed = true;
+                true
+            }
+            Ok(st) => {
+                let status = NtStatusBits(st).into();
+                self.record_status(format!("card {card}: IRP_MN_QUERY_REMOVE_DEVICE vetoed for open handles (AVStream stack){when}"), status);
+                false
+            }
+            Err(stop) => {
+                world.stopped_by(&self.violations, "IRP_MN_REMOVE_DEVICE", &stop);
+                false
+            }
+        };
+        world.collect_findings(&self.violations);
+        self.image = Some(world);
+        removed
     }
 
     /// Plug and Play's surprise removal of card `card` through the image,

@@ -4,7 +4,7 @@
 //! intersect handler for a format (`KSPROPERTY_PIN_DATAINTERSECTION`),
 //! creates the capture pin with the format it wants, queues its buffers
 //! (stream headers with a `KS_FRAME_INFO`, as a video client sends them)
-//! and walks the pin to `KSSTATE_RUN`; frames come back through the
+//! in `KSSTATE_PAUSE` and then runs the pin (`KSSTATE_RUN`); frames come back through the
 //! emulated KS with what the image wrote in their stream headers; at the
 //! end it closes the pin and the filter.
 use capdma_avstream::format::{build_data_format, data_range};
@@ -75,40 +75,7 @@ impl Machine {
         let caller_range = data_range(self.config.format).as_bytes().to_vec();
         let wanted = build_data_format(&format).as_bytes().to_vec();
         let count = u32::try_from(buffers.len()).unwrap_or(0);
-        let opened = active::with(|m, nt| {
-            let Some(device) = ks::device_on(nt, pdo) else {
-                return Ok(Err(Refused { step: "AVStream device (AddDevice on the child PDO)", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
-            };
-            let filter = match ks_pin::open_filter(nt, m, device)? {
-                Ok(filter) => filter,
-                Err(status) => return Ok(Err(Refused { step: "filter creation", status })),
-            };
-            if let Err(status) = ks_pin::data_intersection(nt, m, filter, 0, &caller_range)? {
-                ks_pin::close_filter(nt, m, filter)?;
-                return Ok(Err(Refused { step: "KSPROPERTY_PIN_DATAINTERSECTION", status }));
-            }
-            let pin = match ks_pin::create_pin(nt, m, filter, 0, &wanted, buffers, VIDEO_HEADER_SIZE)? {
-                Ok(pin) => pin,
-                Err(status) => {
-                    ks_pin::close_filter(nt, m, filter)?;
-                    return Ok(Err(Refused { step: "pin creation (SetDataFormat, Create)", status }));
-                }
-            };
-            for b in 0..count {
-                ks_pin::submit(nt, m, pin, b)?;
-            }
-            let status = ks_pin::set_state(nt, m, pin, KSSTATE_RUN)?;
-            if status != 0 {
-                ks_pin::close_pin(nt, m, pin)?;
-                ks_pin::close_filter(nt, m, filter)?;
-                return Ok(Err(Refused { step: "KSSTATE_RUN", status }));
-            }
-            let flags = nt.ks.pins.get(&pin.0).map_or(0, |p| p.flags);
-            let Some(queue) = ks_pin::queue(nt, pin) else {
-                return Ok(Err(Refused { step: "pin creation", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
-            };
-            Ok(Ok(Opened { filter, pin, queue, flags }))
-        });
+        let opened = active::with(|m, nt| open_channel_pin(nt, m, pdo, &caller_range, &wanted, buffers, count));
         let opened = match opened {
             Some(Ok(opened)) => opened,
             refused => {
@@ -166,6 +133,20 @@ impl Machine {
         }
     }
 
+    /// The application has the pin of `channel` of `card` open in the
+    /// emulated `ks.sys` (`--drivers images`).
+    #[must_use]
+    pub fn image_pin_open(&self, card: u32, channel: u32) -> bool {
+        self.channel_position(card, channel).is_some_and(|i| self.channels[i].image_pin.is_some())
+    }
+
+    /// Channel `i`'s image pin is in `KSSTATE_STOP` (or gone): the
+    /// application does not queue buffers on it.
+    pub(super) fn image_pin_stopped(&self, i: usize) -> bool {
+        let Some((_, pin)) = self.channels[i].image_pin else { return true };
+        active::with(|_, nt| Ok(ks_pin::state(nt, pin))).flatten().is_none_or(|s| s == crate::nt::ks::pin::KSSTATE_STOP)
+    }
+
     /// The emulated KS's worker: the `Process` calls it owes (at `PASSIVE_LEVEL`).
     pub(super) fn image_process(&self) {
         if self.runs_avstream_image() {
@@ -179,6 +160,11 @@ impl Machine {
     /// kernel stopped).
     pub(super) fn image_close_keeping_completions(&mut self, i: usize, now: u64, hooks: &mut super::RunHooks<'_>) -> u32 {
         let Some((filter, pin)) = self.channels[i].image_pin else { return 0 };
+        // What the application reads before it stops: the frames the driver
+        // dropped (KSPROPERTY_DROPPEDFRAMES_CURRENT, through the image's handler).
+        if let Some(Ok((_, drops, _))) = active::with(|m, nt| ks_pin::dropped_frames(nt, m, pin)) {
+            self.channels[i].report.driver_dropped = u64::try_from(drops).unwrap_or(0);
+        }
         let stopped = active::with(|m, nt| ks_pin::set_state(nt, m, pin, crate::nt::ks::pin::KSSTATE_STOP));
         self.take_completed(i, now, hooks);
         self.channels[i].image_pin = None;
@@ -192,4 +178,109 @@ impl Machine {
             _ => STATUS_DEVICE_REMOVED.cast_unsigned(),
         }
     }
+
+    /// A pin action of the fault matrix through the emulated KS and the
+    /// AVStream image: `PinState` as the application's state request (KS
+    /// walks the states), `PinDeviceState` as one `SetDeviceState` call
+    /// with exactly those states (what a class driver that does not walk
+    /// would send: the minidriver's guard is the subject), `PinTransition`
+    /// as one step (a jump refused before it reaches a driver, as the
+    /// cores' `CapturePin::transition` does), `PinSetFormat` as `KSPROPERTY_CONNECTION_DATAFORMAT` with
+    /// the current format. The status is recorded as for the cores.
+    pub(super) fn image_pin_action(&mut self, action: &super::Action, now: u64, hooks: &mut super::RunHooks<'_>) {
+        use super::Action;
+        use capdma_avstream::state::KsState;
+        let (Action::PinState { card, channel, .. }
+        | Action::PinTransition { card, channel, .. }
+        | Action::PinDeviceState { card, channel, .. }
+        | Action::PinSetFormat { card, channel }) = *action
+        else {
+            return;
+        };
+        let Some(i) = self.channel_position(card, channel) else { return };
+        let Some((_, pin)) = self.channels[i].image_pin else {
+            let status = STATUS_DEVICE_NOT_READY;
+            self.record_status(format!("card {card} channel {channel}: {action:?} (pin closed)"), status);
+            return;
+        };
+        let state_of = |raw: Option<u32>| raw.and_then(KsState::from_raw).unwrap_or(KsState::Stop);
+        let before = state_of(active::with(|_, nt| Ok(ks_pin::state(nt, pin))).flatten());
+        let format = build_data_format(&self.channels[i].format).as_bytes().to_vec();
+        let (what, status) = match *action {
+            Action::PinState { to, .. } => (format!("KS state to {to:?}"), active::with(|m, nt| ks_pin::set_state(nt, m, pin, to as u32))),
+            // One step, as the cores' `CapturePin::transition`: a jump is not
+            // a step (refused before any driver sees it), the same state is
+            // nothing to do, an adjacent one is one SetDeviceState.
+            Action::PinTransition { to, .. } => (format!("one KS step to {to:?}"), match (to as u32).abs_diff(before as u32) {
+                0 => Some(0),
+                1 => active::with(|m, nt| ks_pin::call_set_device_state(nt, m, pin, to as u32, before as u32)),
+                _ => Some(capdma_interface::status::STATUS_INVALID_DEVICE_REQUEST.cast_unsigned()),
+            }),
+            Action::PinDeviceState { to, from, .. } => (
+                format!("SetDeviceState({to:?}, from {from:?})"),
+                active::with(|m, nt| ks_pin::call_set_device_state(nt, m, pin, to as u32, from as u32)),
+            ),
+            _ => (format!("SetDataFormat in Some({before:?})"), active::with(|m, nt| ks_pin::set_data_format(nt, m, pin, &format))),
+        };
+        let status = status.map_or(STATUS_DEVICE_REMOVED, |s| NtStatus::from_ne_bytes(s.to_ne_bytes()));
+        let after = state_of(active::with(|_, nt| Ok(ks_pin::state(nt, pin))).flatten());
+        if matches!(action, Action::PinSetFormat { .. }) {
+            self.record_status(format!("card {card} channel {channel}: {what}"), status);
+        } else {
+            self.record_status(format!("card {card} channel {channel}: {what} in {before:?}"), status);
+        }
+        self.settle_pin(i, before, after, now, hooks);
+    }
+}
+
+/// What the application does on one channel's KS device (the device on
+/// the bus image's child PDO `pdo`): a filter, the data intersection with
+/// its range, the pin with the format it wants and its buffers, to
+/// `KSSTATE_PAUSE`, the buffers queued, to `KSSTATE_RUN`. A refusal closes
+/// what was opened.
+fn open_channel_pin(
+    nt: &mut crate::nt::Nt,
+    m: &mut capdma_winvm::Machine,
+    pdo: u64,
+    caller_range: &[u8],
+    wanted: &[u8],
+    buffers: Vec<AppBuffer>,
+    count: u32,
+) -> Result<Result<Opened, Refused>, capdma_winvm::Stop> {
+        let Some(device) = ks::device_on(nt, pdo) else {
+            return Ok(Err(Refused { step: "AVStream device (AddDevice on the child PDO)", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
+        };
+        let filter = match ks_pin::open_filter(nt, m, device)? {
+            Ok(filter) => filter,
+            Err(status) => return Ok(Err(Refused { step: "filter creation", status })),
+        };
+        if let Err(status) = ks_pin::data_intersection(nt, m, filter, 0, caller_range)? {
+            ks_pin::close_filter(nt, m, filter)?;
+            return Ok(Err(Refused { step: "KSPROPERTY_PIN_DATAINTERSECTION", status }));
+        }
+        let pin = match ks_pin::create_pin(nt, m, filter, 0, wanted, buffers, VIDEO_HEADER_SIZE)? {
+            Ok(pin) => pin,
+            Err(status) => {
+                ks_pin::close_filter(nt, m, filter)?;
+                return Ok(Err(Refused { step: "pin creation (SetDataFormat, Create)", status }));
+            }
+        };
+        // As a capture client does: to KSSTATE_PAUSE, the buffers queued, then KSSTATE_RUN.
+        let mut status = ks_pin::set_state(nt, m, pin, crate::nt::ks::pin::KSSTATE_PAUSE)?;
+        if status == 0 {
+            for b in 0..count {
+                ks_pin::submit(nt, m, pin, b)?;
+            }
+            status = ks_pin::set_state(nt, m, pin, KSSTATE_RUN)?;
+        }
+        if status != 0 {
+            ks_pin::close_pin(nt, m, pin)?;
+            ks_pin::close_filter(nt, m, filter)?;
+            return Ok(Err(Refused { step: "KSSTATE_RUN", status }));
+        }
+        let flags = nt.ks.pins.get(&pin.0).map_or(0, |p| p.flags);
+        let Some(queue) = ks_pin::queue(nt, pin) else {
+            return Ok(Err(Refused { step: "pin creation", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
+        };
+        Ok(Ok(Opened { filter, pin, queue, flags }))
 }

@@ -335,7 +335,8 @@ pub struct Pnp {
     /// The current system power state (`S0` after boot).
     pub system_power: u32,
     /// Handles open on a stack (by the PDO it was opened through): a
-    /// removal is vetoed for them after the query went through every stack.
+    /// removal is vetoed for them after the query went through every stack
+    /// (as for the filters open in the emulated `ks.sys` on a child's stack).
     pub open_handles: Vec<u64>,
     /// The function driver of the children (the INF match of their
     /// hardware IDs: `capdma_avstream` for `CAPDMA\Channel`): its
@@ -784,7 +785,8 @@ impl Pnp {
                     break;
                 }
             }
-            if veto.is_none() && queried.iter().any(|q| self.open_handles.contains(q)) {
+            let handles = |q: &u64| self.open_handles.contains(q) || super::ks::handles_open_on(&sys.nt, *q) > 0;
+            if veto.is_none() && queried.iter().any(handles) {
                 veto = Some(STATUS_DEVICE_BUSY);
             }
             if let Some(veto) = veto {

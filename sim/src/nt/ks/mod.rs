@@ -111,6 +111,14 @@ pub struct KsState {
     pub stats: KsCounters,
 }
 
+/// Handles open on the AVStream device on `pdo`'s stack (filters the
+/// application opened, each with its pins): what makes the PnP manager veto
+/// a removal of that stack.
+#[must_use]
+pub fn handles_open_on(nt: &super::Nt, pdo: u64) -> usize {
+    nt.ks.filters.values().filter(|(_, device)| nt.ks.devices.get(device).is_some_and(|d| d.pdo == pdo)).count()
+}
+
 /// Counters of the emulated `ks.sys`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KsCounters {

@@ -47,6 +47,8 @@ pub const KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY: u32 = 0x1_0000;
 const STATUS_NO_MATCH: u32 = 0xC000_0272;
 /// `STATUS_DEVICE_NOT_READY`.
 const STATUS_DEVICE_NOT_READY: u32 = 0xC000_00A3;
+/// `STATUS_INVALID_DEVICE_STATE` (ntstatus.h).
+const STATUS_INVALID_DEVICE_STATE: u32 = 0xC000_0184;
 /// `STATUS_NOT_FOUND`: no such property.
 const STATUS_NOT_FOUND: u32 = 0xC000_0225;
 
@@ -467,7 +469,9 @@ pub fn set_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32) -> Resul
 /// nothing at or ahead of the leading edge, or the pin asked for every
 /// arrival, and the pin is in a processing state, `Process` is owed (made
 /// by the next [`super::stream::run_workers`]). Returns `STATUS_PENDING`
-/// (the read is pending) or `STATUS_INVALID_PARAMETER` for an unknown buffer.
+/// (the read is pending), `STATUS_INVALID_DEVICE_STATE` on a pin in
+/// `KSSTATE_STOP` (nothing queued: a stopped pin has no queue to take it),
+/// or `STATUS_INVALID_PARAMETER` for an unknown buffer.
 ///
 /// # Errors
 /// A bugcheck writing the header.
@@ -475,6 +479,9 @@ pub fn submit(nt: &mut Nt, m: &mut Machine, pin: PinHandle, buffer: u32) -> Resu
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
     let Some(b) = record.buffers.get(buffer as usize).cloned() else { return Ok(status::INVALID_PARAMETER) };
     let (header_size, flags, state) = (record.header_size, record.flags, record.state);
+    if state == KSSTATE_STOP {
+        return Ok(STATUS_INVALID_DEVICE_STATE);
+    }
     let h = b.header_va;
     m.fill(h, header_size as usize, 0)?;
     m.write_u32(h + ksstream_header::SIZE_FIELD, header_size)?;
@@ -692,4 +699,81 @@ pub(crate) fn ks_pin_release_processing_mutex(nt: &mut Nt, m: &mut Machine) -> R
         _ => nt.violation(m, "KS_PROCESSING_MUTEX_NOT_HELD", 0xC4, None, format!("KsPinReleaseProcessingMutex({pin:#x}) without the mutex")),
     }
     Ok(0)
+}
+
+/// `SetDeviceState(Pin, To, From)` of the minidriver called once with
+/// exactly these states — what a class driver that does not walk the
+/// states one step at a time would send (AVStream itself never does: for
+/// the fault matrix's checks of the minidriver's own guard). On success KS
+/// records `To` as the pin's state (a stop flushes the queue, as in
+/// [`set_state`]). Returns the minidriver's status.
+///
+/// # Errors
+/// A bugcheck in the minidriver.
+pub fn call_set_device_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32, from: u32) -> Result<u32, Stop> {
+    let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
+    let dispatch = record.dispatch;
+    let callback = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::SET_DEVICE_STATE)? };
+    if callback == 0 {
+        return Ok(status::SUCCESS);
+    }
+    nt.irql = PASSIVE_LEVEL;
+    let st = low32(m.call(nt, callback, &[pin.0, u64::from(to), u64::from(from)])?);
+    if status::nt_success(st) {
+        m.write_u32(pin.0 + kspin::DEVICE_STATE, to)?;
+        if let Some(record) = nt.ks.pins.get_mut(&pin.0) {
+            record.state = to;
+            record.queue.set_running(to == KSSTATE_RUN);
+            if to == KSSTATE_STOP {
+                record.queue.flush_on_stop();
+                record.owed = false;
+            }
+            if super::stream::processes_in(record.flags, to) && record.queue.frames_at_or_ahead_of_leading_edge() > 0 {
+                record.owed = true;
+            }
+        }
+        super::stream::run_owed(nt, m, pin.0)?;
+    }
+    Ok(st)
+}
+
+/// `KSPROPERTY_CONNECTION_DATAFORMAT` (set) with `format`: checked against
+/// the pin's data ranges (`STATUS_NO_MATCH`), made the pin's
+/// `ConnectionFormat`, then the minidriver's `SetDataFormat(Pin, OldFormat,
+/// NULL, DataRange, NULL)`; on its failure the old format is the
+/// connection format again. Returns the status.
+///
+/// # Errors
+/// A bugcheck in the minidriver.
+pub fn set_data_format(nt: &mut Nt, m: &mut Machine, pin: PinHandle, format: &[u8]) -> Result<u32, Stop> {
+    let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
+    let dispatch = record.dispatch;
+    let descriptor = m.read_u64(pin.0 + kspin::DESCRIPTOR)?;
+    let ranges = data_ranges(m, descriptor)?;
+    let Some((range, _)) = ranges.iter().find(|(_, r)| guids_match(format, r)).cloned() else { return Ok(STATUS_NO_MATCH) };
+    if format.len() < ksdataformat::SIZE as usize || format.len() > 1024 {
+        return Ok(status::INVALID_PARAMETER);
+    }
+    // The old format stays readable at its place while the new one is
+    // written next to it (both in the pin's pages).
+    let old = m.read_u64(pin.0 + kspin::CONNECTION_FORMAT)?;
+    let new = if old == pin.0 + 0x400 { pin.0 + 0x800 } else { pin.0 + 0x400 };
+    m.write(new, format)?;
+    m.write_u64(pin.0 + kspin::CONNECTION_FORMAT, new)?;
+    let callback = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::SET_DATA_FORMAT)? };
+    let mut st = status::SUCCESS;
+    if callback != 0 {
+        nt.irql = PASSIVE_LEVEL;
+        st = low32(m.call(nt, callback, &[pin.0, old, 0, range, 0])?);
+    }
+    if !status::nt_success(st) {
+        m.write_u64(pin.0 + kspin::CONNECTION_FORMAT, old)?;
+    }
+    Ok(st)
+}
+
+/// The pin's `KSSTATE` as KS knows it.
+#[must_use]
+pub fn state(nt: &Nt, pin: PinHandle) -> Option<u32> {
+    nt.ks.pins.get(&pin.0).map(|p| p.state)
 }

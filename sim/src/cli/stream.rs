@@ -145,6 +145,11 @@ pub struct StreamArgs {
     /// summary, or as the JSON's `trace` array.
     #[arg(long)]
     trace: bool,
+    /// With an image: print its debug output (`DbgPrint`), each line with
+    /// its virtual time, IRQL and image, after the summary (or as the
+    /// JSON's `debug_output` array).
+    #[arg(long)]
+    verbose: bool,
 }
 
 /// `WxH`, each side 1 up to the format limit (4096x2160).
@@ -242,6 +247,9 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
         DriversArg::Cores if args.preempt_us.is_some() => {
             return Err(Outcome::Usage("--preempt-us needs --drivers bus-image or images".into()));
         }
+        DriversArg::Cores if args.verbose => {
+            return Err(Outcome::Usage("--verbose needs --drivers bus-image or images (the debug output is the images')".into()));
+        }
         DriversArg::Cores if args.trace => {
             return Err(Outcome::Usage("--trace needs --drivers bus-image or images (the cores write no ETW events)".into()));
         }
@@ -303,6 +311,9 @@ fn stream(args: &StreamArgs, config: MachineConfig) -> Result<Outcome, Outcome> 
         if !args.trace {
             report.trace = None;
         }
+        if !args.verbose {
+            report.debug_output = None;
+        }
         report
     };
     let report = match result {
@@ -314,6 +325,7 @@ fn stream(args: &StreamArgs, config: MachineConfig) -> Result<Outcome, Outcome> 
                 print_json("stream", false, Some(&error), &report).map_err(Outcome::Error)?;
             } else {
                 print_trace(&report);
+                print_debug_output(&report);
             }
             return Err(Outcome::Error(error));
         }
@@ -334,14 +346,24 @@ fn stream(args: &StreamArgs, config: MachineConfig) -> Result<Outcome, Outcome> 
     } else {
         print_line(&report.summary());
         print_trace(&report);
+        print_debug_output(&report);
     }
     Ok(Outcome::from_passed(report.passed()))
 }
 
-/// The image's ETW events, one line each (`--trace`), when the report kept them.
+/// The images' debug output (`--verbose`), when the report kept it.
+fn print_debug_output(report: &RunReport) {
+    let Some(lines) = &report.debug_output else { return };
+    print_line(&format!("debug output: {} line(s) of DbgPrint (seconds of virtual time, IRQL, image)", lines.len()));
+    for line in lines {
+        print_line(&format!("  {line}"));
+    }
+}
+
+/// The images' ETW events, one line each (`--trace`), when the report kept them.
 fn print_trace(report: &RunReport) {
     let Some(trace) = &report.trace else { return };
-    print_line(&format!("trace: {} ETW event(s) of the bus image (seconds of virtual time)", trace.len()));
+    print_line(&format!("trace: {} ETW event(s) of the image(s) (seconds of virtual time)", trace.len()));
     for event in trace {
         print_line(&format!("  {}", event.line));
     }

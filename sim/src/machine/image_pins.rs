@@ -90,6 +90,23 @@ impl Machine {
             }
         };
         let mode = if opened.flags & KSPIN_FLAG_GENERATE_MAPPINGS != 0 { DmaMode::ScatterGather } else { DmaMode::CommonBuffer };
+        // The image states its decision in its DeviceStart event (card n's
+        // children start after card n-1's).
+        let reason = active::with(|_, nt| {
+            use crate::nt::etw::Value;
+            let start = nt
+                .etw
+                .records
+                .iter()
+                .filter(|r| r.provider == "Capdma.AVStream" && r.event == "DeviceStart")
+                .filter(|r| matches!(r.field("Channel"), Some(Value::UInt(c)) if *c == u64::from(ch)))
+                .nth(card as usize);
+            Ok(match start.and_then(|r| r.field("Reason")) {
+                Some(Value::Str(reason)) => reason.clone(),
+                _ => "not stated (no DeviceStart event of the AVStream image)".to_string(),
+            })
+        })
+        .unwrap_or_default();
         let c = &self.config;
         let n = allocations.len();
         let device = std::rc::Rc::new(AvStreamDevice::new(format!("card {card} channel {ch} AVStream (image)")));
@@ -113,7 +130,7 @@ impl Machine {
                 card,
                 channel: ch,
                 mode: mode.name().to_string(),
-                mode_reason: "chosen by the AVStream image (its DeviceStart event, --trace)".to_string(),
+                mode_reason: reason,
                 ..ChannelReport::default()
             },
             log: ChannelLog::default(),

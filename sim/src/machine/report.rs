@@ -123,6 +123,12 @@ pub struct RunReport {
     /// without `--trace`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<Vec<TraceEvent>>,
+    /// With an image: its debug output (`DbgPrint`) in order, each line
+    /// stamped with virtual time (seconds), the IRQL and the image; `None`
+    /// with the cores, or when the front end does not ask for it
+    /// (`capdma-sim stream` without `--verbose`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_output: Option<Vec<String>>,
 }
 
 impl RunReport {
@@ -153,11 +159,16 @@ impl RunReport {
                 "  frames: {} captured, {} delivered, {} verified, {} dropped ({} by board, {} by driver), {} corrupt",
                 c.frames_captured, c.frames_delivered, c.frames_verified, c.frames_dropped, c.board_dropped, c.driver_dropped, c.frames_corrupt
             );
-            let _ = writeln!(
-                out,
-                "  bytes copied: {}, S/G elements: {}, channel resets: {}",
-                c.bytes_copied, c.sg_elements, c.channel_resets
-            );
+            if self.drivers == "images" {
+                // The pin's counters live inside the AVStream image.
+                let _ = writeln!(out, "  bytes copied, S/G elements, channel resets: counted inside the AVStream image (see --trace)");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  bytes copied: {}, S/G elements: {}, channel resets: {}",
+                    c.bytes_copied, c.sg_elements, c.channel_resets
+                );
+            }
         }
         if self.violations.is_empty() {
             let _ = writeln!(out, "violations: none");
@@ -169,6 +180,16 @@ impl RunReport {
         }
         if let Some(i) = &self.image {
             let _ = writeln!(out, "drivers: {} ({}, sha256 {})", self.drivers, i.path, i.sha256);
+            if let (Some(path), Some(sha256)) = (&i.avstream_path, &i.avstream_sha256) {
+                let _ = writeln!(out, "  and {path}, sha256 {sha256}");
+            }
+            if let Some(ks) = &i.ks {
+                let _ = writeln!(
+                    out,
+                    "  emulated ks.sys: {} frames submitted, {} Process calls ({} inside KsPinAttemptProcessing), {} attempts, {} clones",
+                    ks.frames_submitted, ks.process_calls, ks.process_calls_synchronous, ks.attempts, ks.clones
+                );
+            }
             let _ = writeln!(
                 out,
                 "  emulated kernel: {} DDI calls, {} Verifier checks, {} findings, {} bugchecks, {} CR8 traps{}",
@@ -220,6 +241,18 @@ impl Machine {
             interrupts_unclaimed: self.image.as_ref().map_or(self.interrupts_unclaimed, |w| w.sys.nt.ke.stats.unclaimed),
             drivers: self.config.drivers.name().to_string(),
             trace: image.as_ref().map(|_| self.image_trace().iter().map(TraceEvent::from).collect()),
+            debug_output: self.image.as_ref().map(|w| {
+                w.sys
+                    .nt
+                    .trace
+                    .iter()
+                    .map(|l| {
+                        #[allow(clippy::cast_precision_loss, reason = "virtual time stays far below 2^52 × 100 ns")]
+                        let seconds = l.time as f64 / 1e7;
+                        format!("{seconds:.7} IRQL {} {}: {}", l.irql, l.image, l.text)
+                    })
+                    .collect()
+            }),
             image,
         }
     }

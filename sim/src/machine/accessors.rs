@@ -65,6 +65,14 @@ impl Machine {
         self.image.as_ref().map_or(&[], |w| w.sys.nt.etw.records.as_slice())
     }
 
+    /// How many times the images called the emulated kernel's DDI `name`
+    /// (`KsDeviceRegisterAdapterObject`, `IoGetDmaAdapter`, ...) so far; 0
+    /// for a machine running the cores.
+    #[must_use]
+    pub fn image_ddi_calls(&self, name: &str) -> u64 {
+        self.image.as_ref().and_then(|w| w.sys.nt.calls_by_ddi.get(name).copied()).unwrap_or(0)
+    }
+
     /// The device stack on the emulated kernel's child PDO of card `card`'s
     /// channel `channel` (the bus image's child), bottom first: each device
     /// object as who created it (`symbol+offset` of the image's

@@ -243,6 +243,25 @@ fn filters_below_and_above_both_drivers_pass_everything_and_go_with_their_stacks
     assert!(m.report().violations.is_empty(), "{:?}", m.report().violations);
 }
 
+#[test]
+fn a_frame_larger_than_the_map_registers_granted_fails_the_run_with_that_violation_alone() {
+    let Some(drivers) = images() else { return };
+    // 320x240 YUY2 is 38 pages; the HAL grants 16: KS can never map a frame.
+    let config = MachineConfig { drivers: drivers.with_map_register_limit(16), ..config(&drivers, BoardKind::ScatterGather, PixelFormat::Yuy2) };
+    let report = run(config, "16 map registers");
+    assert!(!report.passed());
+    assert_eq!(report.channels[0].frames_delivered, 0);
+    assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+    assert!(report.violations[0].contains("more than the 16 IoGetDmaAdapter granted"), "{:?}", report.violations);
+    // The frame at the leading edge waits for map registers: KS does not
+    // call the pin's Process over and over meanwhile (its Process finds no
+    // leading edge and returns STATUS_SUCCESS, as a minidriver may).
+    let image = report.image.as_ref().expect("the kernel's account");
+    assert_eq!((image.findings, image.bugchecks), (0, 0), "{image:?}");
+    let ks = image.ks.expect("the emulated ks.sys's counters");
+    assert!(ks.process_calls <= ks.frames_submitted + ks.attempts + 1, "{ks:?}");
+}
+
 fn sim(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
 }

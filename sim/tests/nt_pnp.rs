@@ -51,7 +51,7 @@ fn loaded_with_board(lower: usize) -> Option<(System, Pnp, Board)> {
     assert_eq!(driver.status, 0, "DriverEntry");
     let mut pnp = Pnp::new(&mut sys, PciIdentity::default()).expect("pnp");
     for _ in 0..lower {
-        pnp.add_filter(&mut sys).expect("filter");
+        pnp.add_filter(&mut sys, pnp.pci_pdo).expect("filter");
     }
     assert_eq!(pnp.add_device(&mut sys, &driver).expect("AddDevice"), status::SUCCESS);
     Some((sys, pnp, board))
@@ -89,7 +89,7 @@ fn add_device_builds_the_stack_on_the_pci_pdo() {
 #[test]
 fn irps_before_start_reach_the_pci_pdo_through_filters() {
     let Some((mut sys, mut pnp)) = loaded(1) else { return };
-    let upper = pnp.add_filter(&mut sys).unwrap();
+    let upper = pnp.add_filter(&mut sys, pnp.pci_pdo).unwrap();
     let fdo = pnp.fdo.unwrap();
     assert_eq!(sys.machine.read_u64(fdo + device_object::ATTACHED_DEVICE).unwrap(), upper);
     assert_eq!(sys.machine.read_u8(upper + device_object::STACK_SIZE).unwrap(), 4);
@@ -125,7 +125,7 @@ fn irps_before_start_reach_the_pci_pdo_through_filters() {
 #[test]
 fn a_device_that_never_started_is_removed_and_the_driver_unloads_clean() {
     let Some((mut sys, mut pnp)) = loaded(1) else { return };
-    pnp.add_filter(&mut sys).unwrap();
+    pnp.add_filter(&mut sys, pnp.pci_pdo).unwrap();
     let fdo = pnp.fdo.unwrap();
     let st = pnp.remove(&mut sys).expect("remove");
     assert_eq!(st, status::SUCCESS);

@@ -177,6 +177,14 @@ impl SimKsPin {
         }
     }
 
+    /// The frame at the leading edge could not be mapped for want of map
+    /// registers (mapping mode) and has not been mapped since: until it is,
+    /// no frame is available to `Process`.
+    #[must_use]
+    pub fn waiting_for_map_registers(&self) -> bool {
+        self.state.borrow().waiting_for_map_registers
+    }
+
     /// Takes (and clears) a pending request for a `Process` call.
     #[must_use] 
     pub fn take_process_request(&self) -> bool {

@@ -65,6 +65,36 @@ impl Machine {
         self.image.as_ref().map_or(&[], |w| w.sys.nt.etw.records.as_slice())
     }
 
+    /// How many times the images called the emulated kernel's DDI `name`
+    /// (`KsDeviceRegisterAdapterObject`, `IoGetDmaAdapter`, ...) so far; 0
+    /// for a machine running the cores.
+    #[must_use]
+    pub fn image_ddi_calls(&self, name: &str) -> u64 {
+        self.image.as_ref().and_then(|w| w.sys.nt.calls_by_ddi.get(name).copied()).unwrap_or(0)
+    }
+
+    /// The device stack on the emulated kernel's child PDO of card `card`'s
+    /// channel `channel` (the bus image's child), bottom first: each device
+    /// object as who created it (`symbol+offset` of the image's
+    /// `IoCreateDevice` call, `ks.sys (KsCreateDevice)` for the AVStream
+    /// FDO, `filter` for a pass-through filter of [`MachineConfig::stack`]).
+    /// `None` for a machine running the cores, no such child, or a child
+    /// already removed.
+    #[must_use]
+    pub fn image_child_stack(&self, card: u32, channel: u32) -> Option<Vec<String>> {
+        let world = self.image.as_ref()?;
+        let child = world.cards.get(card as usize)?.pnp.children.iter().filter(|c| !c.removed).nth(channel as usize)?;
+        let devices = &world.sys.nt.io.devices;
+        let mut stack = Vec::new();
+        let mut device = Some(child.pdo);
+        while let Some(va) = device.filter(|_| stack.len() < 64) {
+            let record = devices.get(&va)?;
+            stack.push(record.created_by.clone());
+            device = devices.iter().find(|(_, d)| d.lower == Some(va) && !d.deleted).map(|(above, _)| *above);
+        }
+        Some(stack)
+    }
+
     /// The rules broken so far.
     #[must_use]
     pub fn violations(&self) -> &Violations {

@@ -128,7 +128,8 @@ impl Machine {
             }
             self.record_status(format!("card {card} channel {ch}: pin closed (KSSTATE_STOP)"), status);
         }
-        if self.channels[i].image_pin.is_some() {
+        let image_pin = self.channels[i].image_pin.is_some();
+        if image_pin {
             // KS walks the pin to KSSTATE_STOP (its queue flushed back),
             // then the image's Close; the frames come back first.
             let status = self.image_close_keeping_completions(i, now, hooks);
@@ -152,6 +153,11 @@ impl Machine {
         }
         drop(pin);
         let run = &mut self.channels[i];
+        if image_pin {
+            // The AVStream image's pin: what it programmed is the KS
+            // mappings the emulated ks.sys generated for it.
+            run.report.sg_elements = run.ks.stats().mappings;
+        }
         if run.ks.live_clones() != 0 {
             self.violations.push(
                 ViolationKind::Leak,

@@ -225,10 +225,18 @@ impl ImageWorld {
         for n in 0..boards.len() {
             let identity = PciIdentity { slot: u32::try_from(n).unwrap_or(0), ..PciIdentity::default() };
             let mut pnp = Pnp::new(&mut sys, identity).map_err(|e| stop("PCI PDO", e))?;
-            // CAPDMA\Channel matches capdma_avstream.inf: its AddDevice runs on each child.
-            pnp.child_driver = avstream.as_ref().map(|(_, _, d)| d.clone());
+            // CAPDMA\Channel matches capdma_avstream.inf: its AddDevice runs
+            // on each child, between the configured lower and upper filters.
+            // (Without the AVStream image the children's stacks are the
+            // machine's: its tree has their filters.)
+            if let Some((_, _, child_driver)) = &avstream {
+                pnp.child_driver = Some(child_driver.clone());
+                pnp.child_lower_filters = filter_count(&config.stack.below_avstream);
+                pnp.child_upper_filters = filter_count(&config.stack.above_avstream);
+            }
+            let pci_pdo = pnp.pci_pdo;
             for _ in &config.stack.below_bus {
-                pnp.add_filter(&mut sys).map_err(|e| stop("lower filter", e))?;
+                pnp.add_filter(&mut sys, pci_pdo).map_err(|e| stop("lower filter", e))?;
             }
             set_registry(&mut sys.nt, pnp.pci_pdo, config);
             let st = pnp.add_device(&mut sys, &driver).map_err(|e| stop("AddDevice", e))?;
@@ -236,7 +244,7 @@ impl ImageWorld {
                 return Err(image_error(format!("bus image: AddDevice returned {st:#010X}")));
             }
             for _ in &config.stack.above_bus {
-                pnp.add_filter(&mut sys).map_err(|e| stop("upper filter", e))?;
+                pnp.add_filter(&mut sys, pci_pdo).map_err(|e| stop("upper filter", e))?;
             }
             cards.push(ImageCard { pnp, interfaces: Vec::new(), mapper: None, removed: false });
         }
@@ -378,11 +386,6 @@ impl ImageWorld {
             c.pnp.delete_own_devices(&mut self.sys)?;
         }
         // end_of_run records each leak as a finding (collected below).
-        let mut own = Vec::new();
-        for c in &self.cards {
-            own.push(c.pnp.pci_pdo);
-            own.extend(c.pnp.filters.iter().copied());
-        }
         if let Some(first) = self.cards.first_mut() {
             let _ = first.pnp.end_of_run(&mut self.sys);
         }
@@ -437,6 +440,11 @@ fn image_digest(path: &Path, what: &str) -> Result<String, ConfigError> {
         let _ = write!(s, "{b:02x}");
         s
     }))
+}
+
+/// The number of `filters` (the emulated kernel's filters all pass through).
+fn filter_count(filters: &[crate::pnp::FilterKind]) -> u32 {
+    u32::try_from(filters.len()).unwrap_or(u32::MAX)
 }
 
 /// Guest-physical address of card `card`'s BAR0.

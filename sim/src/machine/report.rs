@@ -85,7 +85,9 @@ pub struct ChannelReport {
     pub frames_corrupt: u64,
     /// Bytes the CPU copied from common buffer to frames.
     pub bytes_copied: u64,
-    /// S/G elements (KS mappings) programmed into the board.
+    /// S/G elements (KS mappings) programmed into the board (with the
+    /// AVStream image: the mappings the emulated `ks.sys` generated for
+    /// its pin, which it programs).
     pub sg_elements: u64,
     /// The board's own count of frames it had no buffer for.
     pub board_dropped: u64,

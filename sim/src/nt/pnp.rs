@@ -14,7 +14,9 @@
 //! * every IRP goes to the top of the stack with `IoStatus.Status` =
 //!   `STATUS_NOT_SUPPORTED`; a new child PDO gets `IRP_MN_DEVICE_ENUMERATED`,
 //!   the IDs, capabilities, texts, bus information, resources and
-//!   requirements, `IRP_MN_START_DEVICE` and the post-start queries;
+//!   requirements, its stack built (lower filters, the child driver's
+//!   `AddDevice`, upper filters), `IRP_MN_START_DEVICE` and the post-start
+//!   queries;
 //! * `IoInvalidateDeviceRelations` is served after the call that made it
 //!   returns ([`Pnp::poll`]), as a worker would;
 //! * removal: `IRP_MN_QUERY_REMOVE_DEVICE` to the children's stacks, then the
@@ -289,6 +291,11 @@ pub struct Child {
     /// The function driver's FDO on it (what [`Pnp::child_driver`]'s
     /// `AddDevice` attached), when there is one.
     pub fdo: Option<u64>,
+    /// The pass-through filters the manager added to its stack
+    /// ([`Pnp::child_lower_filters`] below the FDO, then
+    /// [`Pnp::child_upper_filters`] above it), bottom first. Each deletes
+    /// itself when `IRP_MN_REMOVE_DEVICE` passes through it.
+    pub filters: Vec<u64>,
 }
 
 /// One IRP the manager sent, and how it ended.
@@ -312,9 +319,11 @@ pub struct Pnp {
     pub pci_driver: u64,
     /// The board's PCI PDO.
     pub pci_pdo: u64,
-    /// The host's pass-through filter driver (for filters above and below the FDO).
+    /// The host's pass-through filter driver (for filters above and below
+    /// the FDO, and in the children's stacks).
     pub filter_driver: u64,
-    /// Filter device objects made, bottom first.
+    /// Filter device objects made in the board's stack, bottom first (a
+    /// child's are in its [`Child::filters`]).
     pub filters: Vec<u64>,
     /// The function driver's FDO (what its `AddDevice` attached), once added.
     pub fdo: Option<u64>,
@@ -343,6 +352,15 @@ pub struct Pnp {
     /// `AddDevice` is called on each new child PDO before the child is
     /// started. `None`: the children are started raw.
     pub child_driver: Option<Driver>,
+    /// Lower filters of every child's stack: pass-through filters the
+    /// manager adds on each new child PDO before [`Pnp::child_driver`]'s
+    /// `AddDevice` (a lower filter's `AddDevice` runs first, as for an INF's
+    /// `LowerFilters`). With no child driver they are added all the same.
+    pub child_lower_filters: u32,
+    /// Upper filters of every child's stack: pass-through filters added
+    /// above the child driver's FDO after its `AddDevice` succeeded (an
+    /// INF's `UpperFilters`); none when it failed or there is no child driver.
+    pub child_upper_filters: u32,
 }
 
 /// `STATUS_DEVICE_BUSY` (ntstatus.h): the veto for open handles.
@@ -389,22 +407,38 @@ impl Pnp {
         Ok(Self { pci_driver, pci_pdo, filter_driver, identity, system_power: S0, ..Self::default() })
     }
 
-    /// Adds a pass-through filter device object on top of the stack as it
-    /// is now (before [`Pnp::add_device`]: a lower filter; after: an upper
-    /// one), as a filter driver's `AddDevice` does. Returns it.
+    /// Adds a pass-through filter device object on top of the stack of
+    /// `pdo` as it is now — the board's PCI PDO (before [`Pnp::add_device`]:
+    /// a lower filter; after: an upper one) or a child PDO (before or after
+    /// its driver's `AddDevice`) —, as a filter driver's `AddDevice` does:
+    /// `IoCreateDevice` with the device type and characteristics of the
+    /// device it attaches to, `IoAttachDeviceToDeviceStack`, the lower
+    /// device's `DO_BUFFERED_IO`/`DO_DIRECT_IO`/`DO_POWER_PAGABLE` copied and
+    /// `DO_DEVICE_INITIALIZING` cleared. The filter passes every IRP down
+    /// and, on `IRP_MN_REMOVE_DEVICE`, detaches and deletes itself. It is
+    /// recorded in [`Pnp::filters`] (the PCI PDO's stack) or in the child's
+    /// [`Child::filters`]. Returns it.
     ///
     /// # Errors
     /// [`Stop::Host`] when the machine's frames are exhausted.
-    pub fn add_filter(&mut self, sys: &mut System) -> Result<u64, Stop> {
+    pub fn add_filter(&mut self, sys: &mut System, pdo: u64) -> Result<u64, Stop> {
         let System { machine: m, nt, .. } = sys;
-        let filter = create_device(nt, m, self.filter_driver, 16, None, FILE_DEVICE_BUS_EXTENDER, 0, false, "filter".into())?;
-        let lower = attach(nt, m, filter, self.pci_pdo)?;
+        let top = top_of_stack(m, pdo)?;
+        let device_type = m.read_u32(top + device_object::DEVICE_TYPE)?;
+        let characteristics = m.read_u32(top + device_object::CHARACTERISTICS)?;
+        let filter = create_device(nt, m, self.filter_driver, 16, None, device_type, characteristics, false, "filter".into())?;
+        let lower = attach(nt, m, filter, pdo)?;
         let ext = m.read_u64(filter + device_object::DEVICE_EXTENSION)?;
         m.write_u64(ext, lower)?;
+        let inherited = do_flags::BUFFERED_IO | do_flags::DIRECT_IO | do_flags::POWER_PAGABLE;
         let lower_flags = m.read_u32(lower + device_object::FLAGS)?;
         let flags = m.read_u32(filter + device_object::FLAGS)?;
-        m.write_u32(filter + device_object::FLAGS, (flags & !do_flags::DEVICE_INITIALIZING) | (lower_flags & do_flags::POWER_PAGABLE))?;
-        self.filters.push(filter);
+        m.write_u32(filter + device_object::FLAGS, (flags & !do_flags::DEVICE_INITIALIZING) | (lower_flags & inherited))?;
+        if pdo == self.pci_pdo {
+            self.filters.push(filter);
+        } else if let Some(child) = self.child_mut(pdo) {
+            child.filters.push(filter);
+        }
         Ok(filter)
     }
 
@@ -649,6 +683,9 @@ impl Pnp {
                 free_pool(sys, r.information)?;
             }
         }
+        for _ in 0..self.child_lower_filters {
+            self.add_filter(sys, pdo)?;
+        }
         if let Some(driver) = self.child_driver.clone() {
             let (status, fdo) = add_device_on(sys, &driver, pdo)?;
             if let Some(child) = self.child_mut(pdo) {
@@ -660,6 +697,9 @@ impl Pnp {
                     child.start_status = Some(status);
                 }
                 return Ok(());
+            }
+            for _ in 0..self.child_upper_filters {
+                self.add_filter(sys, pdo)?;
             }
         }
         let start = self.simple(sys, pdo, mn::START_DEVICE)?;

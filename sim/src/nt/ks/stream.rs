@@ -15,7 +15,9 @@
 //!   `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`), and only in a state
 //!   `Process` is called in;
 //! * after `STATUS_SUCCESS` AVStream calls again while frames are at or
-//!   ahead of the leading edge; after `STATUS_PENDING` (or an error) only
+//!   ahead of the leading edge — not while the one at the leading edge
+//!   waits for map registers (it is not available to `Process` until
+//!   mapped); after `STATUS_PENDING` (or an error) only
 //!   the minidriver's `KsPinAttemptProcessing` restarts it — nothing
 //!   restarts it on its own when map registers come back;
 //! * `KsPinAttemptProcessing(Pin, FALSE)` at `PASSIVE_LEVEL`, outside
@@ -414,7 +416,7 @@ fn call_process(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
     if st == status::SUCCESS {
         let progressed = record.queue.progress_mark() != mark;
         record.no_progress = if progressed { 0 } else { record.no_progress + 1 };
-        if record.queue.frames_at_or_ahead_of_leading_edge() > 0 {
+        if record.queue.frames_at_or_ahead_of_leading_edge() > 0 && !record.queue.waiting_for_map_registers() {
             record.owed = true;
         }
         if record.no_progress >= NO_PROGRESS_LIMIT {

@@ -41,8 +41,17 @@ pub struct AdapterRegistration {
     pub max_mapping_byte_count: u32,
     /// `MappingTableStride`: `sizeof(KSMAPPING)` = 16 bytes.
     pub mapping_table_stride: u32,
-    /// Map registers the adapter has (informational).
+    /// `NumberOfMapRegisters` `IoGetDmaAdapter` granted the bus (what
+    /// `IKsDeviceFunctions::RegisterAdapterObjectEx` is told).
     pub map_registers: u32,
+    /// The `DEVICE_DESCRIPTION` the bus got the adapter with, as the
+    /// child reconstructs it from `GetDmaConfig` for
+    /// `RegisterAdapterObjectEx` (the bus's `mode::device_description` in
+    /// S/G mode): `Dma64BitAddresses` when the board drives 64-bit
+    /// addresses.
+    pub dma64: bool,
+    /// Its `MaximumLength`: the largest frame, bytes.
+    pub maximum_length: u32,
 }
 
 /// The pin's allocator framing (`KSALLOCATOR_FRAMING_EX` via
@@ -152,6 +161,8 @@ pub fn device_start(client: &BusClient) -> Result<DeviceSetup, NtStatus> {
                 max_mapping_byte_count,
                 mapping_table_stride: KSMAPPING_SIZE,
                 map_registers: info.map_registers,
+                dma64: config.address_bits == 64,
+                maximum_length: config.max_frame_bytes,
             };
             (Some(registration), KSPIN_FLAG_GENERATE_MAPPINGS | KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY)
         }
@@ -187,6 +198,11 @@ mod tests {
         let a = setup.adapter.unwrap();
         assert_eq!(a.mapping_table_stride, 16);
         assert_eq!(a.max_mapping_byte_count, 64 * 1024, "capped at max_transfer");
+        // The description RegisterAdapterObjectEx gets: the bus's (a 64-bit
+        // board, the largest frame) and the map registers it was granted.
+        assert!(a.dma64, "the fake board drives 64-bit addresses");
+        assert_eq!(a.maximum_length, 4096 * 2 * 2160);
+        assert_eq!(a.map_registers, 16);
         assert_eq!(setup.pin_flags & KSPIN_FLAG_GENERATE_MAPPINGS, KSPIN_FLAG_GENERATE_MAPPINGS);
         assert_eq!(setup.pin_flags & KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, 0);
         assert_eq!(setup.framing.file_alignment, 63);

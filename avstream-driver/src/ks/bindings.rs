@@ -37,6 +37,15 @@ use wdk_sys::*;
 
 include!(concat!(env!("OUT_DIR"), "/ks_bindings.rs"));
 
+unsafe extern "C" {
+    /// `PUNKNOWN KsGetOuterUnknown(PVOID Object)` (ks.h): declared there only
+    /// when `IUnknown` is (`_UNKNOWN_H_`), which the kernel headers bindgen
+    /// reads do not define, so it is declared here with the generated
+    /// functions' linkage (`ks.lib`). The answer is the object's outer
+    /// `IUnknown` (a COM-style object: its first pointer is its vtable).
+    pub fn KsGetOuterUnknown(Object: PVOID) -> PVOID;
+}
+
 /// `DWORD` (minwindef.h), used by `KS_FRAME_INFO`; `windef.h` is not bound.
 pub type DWORD = ULONG;
 

@@ -4,7 +4,7 @@
 //! | dispatch | what it does |
 //! |---|---|
 //! | Add (`AVStrMiniDeviceAdd`) | allocates the [`DeviceContext`] (`ExAllocatePool2`), puts it in `KSDEVICE.Context` and in the device's object bag (`KsAddItemToObjectBag`: freed when the device object goes) |
-//! | Start (`AVStrMiniDeviceStart`) | `IoGetDeviceProperty(DevicePropertyAddress)` = the channel; `IRP_MN_QUERY_INTERFACE` for `GUID_CAPDMA_BUS_INTERFACE` down the stack → `BusClient::from_query`; the core's `device_start`; S/G: `KsDeviceRegisterAdapterObject`; first start: the descriptors and `KsCreateFilterFactory` |
+//! | Start (`AVStrMiniDeviceStart`) | `IoGetDeviceProperty(DevicePropertyAddress)` = the channel; `IRP_MN_QUERY_INTERFACE` for `GUID_CAPDMA_BUS_INTERFACE` down the stack → `BusClient::from_query`; the core's `device_start`; S/G: `IKsDeviceFunctions::RegisterAdapterObjectEx` (`adapter.rs`); first start: the descriptors and `KsCreateFilterFactory` |
 //! | Stop, `SurpriseRemoval` | no new pins; the bus reference stays until Remove |
 //! | Remove | `InterfaceDereference` (`BusClient::release`): every pin is closed by then |
 //!
@@ -18,7 +18,7 @@
 //! [`create_filter_factory`] brackets the call with `KsAcquireDevice` /
 //! `KsReleaseDevice`.
 use super::bindings::{
-    KsAcquireDevice, KsAddItemToObjectBag, KsCreateFilterFactory, KsDeviceRegisterAdapterObject, KsReleaseDevice,
+    KsAcquireDevice, KsAddItemToObjectBag, KsCreateFilterFactory, KsReleaseDevice,
     KSALLOCATOR_FRAMING_EX, KSFILTER_DESCRIPTOR, KSPIN_DESCRIPTOR_EX, PKSDEVICE, PKSFILTERFACTORY,
 };
 use super::ddi::{self, next_stack, nt_success};
@@ -366,8 +366,9 @@ unsafe fn create_filter_factory(device: PKSDEVICE, pnp: &mut PnpState, setup: &D
 ///    checked by `BusClient::from_query`), at the first start; kept across
 ///    restarts.
 /// 2. `device_start` (the core): `GetDmaConfig`, S/G `GetDmaAdapter`.
-/// 3. S/G: `KsDeviceRegisterAdapterObject(Device, adapter,
-///    MaxMappingByteCount, sizeof(KSMAPPING))`, at every start.
+/// 3. S/G: the adapter registered through
+///    `IKsDeviceFunctions::RegisterAdapterObjectEx` (`super::adapter`), at
+///    every start; its failure fails the start.
 /// 4. First start: the filter factory (`KsCreateFilterFactory` under
 ///    `KsAcquireDevice`/`KsReleaseDevice`); a restart must keep the pin's shape
 ///    (`DeviceSetup::can_restart_as`), else `STATUS_DEVICE_CONFIGURATION_ERROR`.
@@ -439,15 +440,12 @@ unsafe fn start_inner(
     };
     let bus = client.channel();
     if let Some(adapter) = setup.adapter {
-        // SAFETY: the adapter is the bus's, valid while the interface
-        // reference is held (until Remove, after every pin is gone).
-        unsafe {
-            KsDeviceRegisterAdapterObject(
-                device,
-                adapter.adapter.cast::<wdk_sys::_DMA_ADAPTER>(),
-                adapter.max_mapping_byte_count,
-                adapter.mapping_table_stride,
-            );
+        // SAFETY: in this device's Start; the adapter is the bus's, valid
+        // while the interface reference is held (until Remove, after every
+        // pin is gone).
+        let status = unsafe { super::adapter::register(device, &adapter) };
+        if !nt_success(status) {
+            return status;
         }
     }
     let status = match pnp.factory_setup {

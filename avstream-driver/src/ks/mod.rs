@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `bindings.rs` | the crate's own `ks.h`/`ksmedia.h` bindings (bindgen at build time) and their layout asserts |
 //! | `descriptors.rs` | device, filter and pin descriptors, data ranges, automation table |
+//! | `adapter.rs` | the DMA adapter registered through `IKsDeviceFunctions::RegisterAdapterObjectEx` |
 //! | `device.rs` | `KSDEVICE_DISPATCH`: Add, Start (bus interface, adapter, filter factory), Stop, `SurpriseRemoval`, Remove |
 //! | `pin.rs` | `KSPIN_DISPATCH`, the intersect handler, the dropped-frames property |
 //! | `port.rs` | the core's `KsPinPort` over `PKSPIN`/`PKSSTREAM_POINTER` |
@@ -17,6 +18,7 @@
 //! See `docs/ddi.md` (AVStream section) for every DDI called here, what the
 //! simulated machine models of it, and which test covers it.
 
+mod adapter;
 mod bindings;
 mod ddi;
 mod descriptors;

@@ -65,6 +65,14 @@ impl Machine {
         self.image.as_ref().map_or(&[], |w| w.sys.nt.etw.records.as_slice())
     }
 
+    /// With the AVStream image: the KS devices whose adapter came through
+    /// `IKsDeviceFunctions::RegisterAdapterObjectEx` (the entry point the
+    /// docs prescribe for 64-bit drivers) so far; 0 otherwise.
+    #[must_use]
+    pub fn image_adapters_registered_ex(&self) -> usize {
+        self.image.as_ref().map_or(0, |w| w.sys.nt.ks.devices.values().filter(|d| d.registered_ex).count())
+    }
+
     /// How many times the images called the emulated kernel's DDI `name`
     /// (`KsDeviceRegisterAdapterObject`, `IoGetDmaAdapter`, ...) so far; 0
     /// for a machine running the cores.

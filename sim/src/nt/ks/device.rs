@@ -42,6 +42,11 @@ pub struct KsDeviceRecord {
     pub factories: Vec<u64>,
     /// `IRP_MN_REMOVE_DEVICE` went through: the device is gone.
     pub deleted: bool,
+    /// Its COM-style interfaces (`KsGetOuterUnknown`), once asked for.
+    pub interfaces: Option<super::unknown::DeviceInterfaces>,
+    /// The adapter came through `IKsDeviceFunctions::RegisterAdapterObjectEx`
+    /// (not `KsDeviceRegisterAdapterObject`).
+    pub registered_ex: bool,
 }
 
 /// One object bag: the items and how each is freed.
@@ -102,8 +107,13 @@ fn pool_call(nt: &mut Nt, m: &mut Machine, name: &str, args: &[u64]) -> Result<u
 /// # Errors
 /// As [`free_bag`].
 pub fn remove_device(nt: &mut Nt, m: &mut Machine, ks_device: u64) -> Result<(), Stop> {
+    super::unknown::check_released(nt, m, ks_device);
     let Some(record) = nt.ks.devices.get_mut(&ks_device) else { return Ok(()) };
     record.deleted = true;
+    if let Some(i) = record.interfaces {
+        m.free_own_pages(i.page, 1)?;
+    }
+    let Some(record) = nt.ks.devices.get_mut(&ks_device) else { return Ok(()) };
     let (bag, factories) = (record.bag, std::mem::take(&mut record.factories));
     for factory in factories {
         nt.ks.factories.remove(&factory);

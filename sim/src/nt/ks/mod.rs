@@ -22,6 +22,8 @@
 //!   pin creation through the pin's intersect handler, `SetDataFormat`,
 //!   `SetDeviceState` step by step, the dropped-frames property, close) and
 //!   the processing mutex;
+//! * [`unknown`]: `KsGetOuterUnknown` and the device's
+//!   `IKsDeviceFunctions::RegisterAdapterObjectEx`;
 //! * [`stream`]: the queue — frames submitted, stream pointers
 //!   (`KsPinGetLeadingEdgeStreamPointer`, clones, unlock, advance, delete),
 //!   mapping generation, and when AVStream calls `Process`.
@@ -30,6 +32,7 @@ pub mod device;
 pub mod driver;
 pub mod pin;
 pub mod stream;
+pub mod unknown;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +58,7 @@ pub const DDIS: &[Ddi] = &[
         max_irql: PASSIVE_LEVEL,
         run: device::ks_device_register_adapter_object,
     },
+    Ddi { module: Module::Ks, name: "KsGetOuterUnknown", max_irql: PASSIVE_LEVEL, run: unknown::ks_get_outer_unknown },
     Ddi { module: Module::Ks, name: "KsGetPinFromIrp", max_irql: DISPATCH_LEVEL, run: pin::ks_get_pin_from_irp },
     Ddi { module: Module::Ks, name: "KsPinAcquireProcessingMutex", max_irql: PASSIVE_LEVEL, run: pin::ks_pin_acquire_processing_mutex },
     Ddi { module: Module::Ks, name: "KsPinReleaseProcessingMutex", max_irql: PASSIVE_LEVEL, run: pin::ks_pin_release_processing_mutex },

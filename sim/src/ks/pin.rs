@@ -36,6 +36,11 @@ pub struct PinFlags {
     pub generate_mappings: bool,
     /// `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`.
     pub do_not_initiate_processing: bool,
+    /// Frames go back to the application as soon as nothing references
+    /// them and the leading edge is past them, even before earlier frames
+    /// still held: AVStream's behaviour without `KSPIN_FLAG_ENFORCE_FIFO`
+    /// (the emulated `ks.sys` sets it so). `false`: strictly in queue order.
+    pub complete_out_of_order: bool,
 }
 
 /// What a stream pointer stands on ([`SimKsPin::view`]).
@@ -320,15 +325,23 @@ impl SimKsPin {
         }
     }
 
-    /// Completes, in order, every frame at the head of the queue that the
-    /// leading edge has passed and no clone references.
+    /// Completes every frame the leading edge has passed and no clone
+    /// references: from the head of the queue, in order, or (with
+    /// [`PinFlags::complete_out_of_order`]) wherever it is in the queue.
     fn complete_ready(&self) {
         let mut lists = Vec::new();
         {
             let mut s = self.state.borrow_mut();
-            while s.queue.frames.front().is_some_and(|f| f.passed && f.clones == 0) {
-                let Some(frame) = s.queue.frames.pop_front() else { break };
-                hand_back(&mut s, frame, false, &mut lists);
+            if s.flags.complete_out_of_order {
+                while let Some(at) = s.queue.frames.iter().position(|f| f.passed && f.clones == 0) {
+                    let Some(frame) = s.queue.frames.remove(at) else { break };
+                    hand_back(&mut s, frame, false, &mut lists);
+                }
+            } else {
+                while s.queue.frames.front().is_some_and(|f| f.passed && f.clones == 0) {
+                    let Some(frame) = s.queue.frames.pop_front() else { break };
+                    hand_back(&mut s, frame, false, &mut lists);
+                }
             }
             if !lists.is_empty() && s.waiting_for_map_registers {
                 // Map registers come back with the lists: KS retries processing.

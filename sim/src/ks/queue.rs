@@ -50,17 +50,16 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    /// The frame with sequence number `seq`, if still queued.
+    /// The frame with sequence number `seq`, if still queued (frames are in
+    /// sequence order; with out-of-order completion there may be gaps).
     pub fn frame(&self, seq: u64) -> Option<&Frame> {
-        let head = self.frames.front()?.seq;
-        let index = usize::try_from(seq.checked_sub(head)?).ok()?;
+        let index = self.frames.binary_search_by_key(&seq, |f| f.seq).ok()?;
         self.frames.get(index)
     }
 
     /// Mutable access to the frame with sequence number `seq`.
     pub fn frame_mut(&mut self, seq: u64) -> Option<&mut Frame> {
-        let head = self.frames.front()?.seq;
-        let index = usize::try_from(seq.checked_sub(head)?).ok()?;
+        let index = self.frames.binary_search_by_key(&seq, |f| f.seq).ok()?;
         self.frames.get_mut(index)
     }
 }

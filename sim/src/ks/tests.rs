@@ -85,12 +85,41 @@ fn a_clone_holds_its_frame_and_frames_complete_in_order() {
 }
 
 #[test]
+fn without_enforce_fifo_a_frame_goes_back_as_soon_as_nothing_holds_it() {
+    let w = world();
+    let flags = PinFlags { complete_out_of_order: true, ..PinFlags::default() };
+    let pin = SimKsPin::new(flags, None, w.irql.clone(), w.violations.clone());
+    pin.set_running(true);
+    let (a, b, c) = (buffer(&w, 4096), buffer(&w, 4096), buffer(&w, 4096));
+    pin.submit(1, a.va, 4096);
+    pin.submit(2, b.va, 4096);
+    let le = pin.leading_edge().unwrap();
+    let first = pin.clone_pointer(le).unwrap();
+    pin.advance_offsets(le, 4096, false).unwrap(); // onto frame 2
+    let second = pin.clone_pointer(le).unwrap();
+    assert!(pin.advance_offsets(le, 4096, false).is_err(), "past the last frame");
+    // Frame 2 finishes first and goes back first.
+    pin.delete(second);
+    assert_eq!(pin.take_completed().map(|f| f.buffer_id), Some(2), "out of order");
+    // The queue still finds frame 1 (a gap behind it) and a new frame 3.
+    pin.submit(3, c.va, 4096);
+    assert_eq!(pin.frame_extent(first), 4096);
+    pin.delete(first);
+    assert_eq!(pin.take_completed().map(|f| f.buffer_id), Some(1));
+    let le = pin.leading_edge().expect("frame 3 at the leading edge");
+    pin.advance_offsets_and_unlock(le, 4096, true);
+    assert_eq!(pin.take_completed().map(|f| f.buffer_id), Some(3));
+    assert_eq!((pin.queued_frames(), pin.live_clones()), (0, 0));
+    assert!(w.violations.is_empty(), "{:?}", w.violations.list());
+}
+
+#[test]
 fn mapping_mode_generates_mappings_no_larger_than_max_mapping_byte_count() {
     let w = world();
     let description = DeviceDescription { scatter_gather: true, dma64: true, maximum_length: 1 << 20 };
     let adapter = SimDmaAdapter::new(description, AdapterConfig::default(), &w.memory, &w.irql);
     let mapping = SimMapping { adapter: crate::ks::MappingSource::Adapter(adapter.clone()), max_mapping_byte_count: 1000 };
-    let flags = PinFlags { generate_mappings: true, do_not_initiate_processing: false };
+    let flags = PinFlags { generate_mappings: true, ..PinFlags::default() };
     let pin = SimKsPin::new(flags, Some(mapping), w.irql.clone(), w.violations.clone());
     pin.set_running(true);
     let b = buffer(&w, 3 * 4096);
@@ -137,7 +166,7 @@ fn misuse_is_recorded_not_ignored() {
 fn attempt_processing_requests_a_process_call_only_while_running() {
     let w = world();
     let pin = SimKsPin::new(
-        PinFlags { generate_mappings: false, do_not_initiate_processing: true },
+        PinFlags { do_not_initiate_processing: true, ..PinFlags::default() },
         None,
         w.irql.clone(),
         w.violations.clone(),

@@ -166,6 +166,8 @@ impl Machine {
         let flags = PinFlags {
             generate_mappings: setup.pin_flags & KSPIN_FLAG_GENERATE_MAPPINGS != 0,
             do_not_initiate_processing: setup.pin_flags & KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING != 0,
+            // The cores' KS model keeps queue order (the images' KS does not).
+            complete_out_of_order: false,
         };
         let ks = SimKsPin::new(flags, mapping, self.irql.clone(), self.violations.clone());
         let pin = Box::pin(CapturePin::new(ks.clone(), client.channel(), &setup, VectorUnit::Avx2));

@@ -38,6 +38,8 @@ pub const KSPIN_FLAG_DISPATCH_LEVEL_PROCESSING: u32 = 0x1;
 pub const KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING: u32 = 0x10;
 /// `KSPIN_FLAG_INITIATE_PROCESSING_ON_EVERY_ARRIVAL` (ks.h).
 pub const KSPIN_FLAG_INITIATE_PROCESSING_ON_EVERY_ARRIVAL: u32 = 0x20;
+/// `KSPIN_FLAG_ENFORCE_FIFO` (ks.h): frames go back to the client in queue order.
+pub const KSPIN_FLAG_ENFORCE_FIFO: u32 = 0x80;
 /// `KSPIN_FLAG_GENERATE_MAPPINGS` (ks.h).
 pub const KSPIN_FLAG_GENERATE_MAPPINGS: u32 = 0x100;
 /// `KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY` (ks.h).
@@ -318,6 +320,7 @@ pub fn create_pin(
         PinFlags {
             generate_mappings: flags & KSPIN_FLAG_GENERATE_MAPPINGS != 0,
             do_not_initiate_processing: flags & KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING != 0,
+            complete_out_of_order: flags & KSPIN_FLAG_ENFORCE_FIFO == 0,
         },
         mapping,
         crate::irql::IrqlTracker::new(violations.clone()),

@@ -6,7 +6,10 @@
 //! "KSPIN_DESCRIPTOR_EX structure (ks.h)": the processing flags).
 //!
 //! The frames, their order, the leading edge and the clones are the
-//! simulator's queue model ([`crate::ks::SimKsPin`]); this file keeps the
+//! simulator's queue model ([`crate::ks::SimKsPin`]; without
+//! `KSPIN_FLAG_ENFORCE_FIFO` a frame goes back to the application as soon as
+//! nothing references it and the leading edge is past it, out of queue
+//! order if need be); this file keeps the
 //! guest's view of it in step after every DDI and decides the `Process`
 //! calls:
 //! * a frame arriving owes a call only when it lands with nothing at or

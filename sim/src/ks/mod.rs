@@ -22,8 +22,12 @@
 //!   frame is completed to the application.
 //! * **Byte mode**: `OffsetOut.Data` is the frame's system virtual address.
 //! * `KsPinAttemptProcessing` asks for a `Process` call; the machine makes
-//!   it at `PASSIVE_LEVEL`. The model also asks for one when a frame arrives,
-//!   unless the pin was created with `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`.
+//!   it at `PASSIVE_LEVEL`. As AVStream, the model also asks for one when a
+//!   frame lands with nothing at or ahead of the leading edge (unless the
+//!   pin was created with `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`), and
+//!   again after a `Process` that returned `STATUS_SUCCESS` while frames
+//!   wait ([`SimKsPin::process_returned`]); after `STATUS_PENDING` only
+//!   `KsPinAttemptProcessing` restarts it — map registers coming back do not.
 //!
 //! * The registered adapter ([`MappingSource`]) is the simulator's
 //!   [`crate::dma::SimDmaAdapter`] (physical addresses) or, with the bus

@@ -153,6 +153,8 @@ impl SimKsPin {
     /// frame comes back from [`SimKsPin::take_completed`]).
     pub fn submit(&self, buffer_id: u64, va: *mut u8, bytes: u32) {
         let mut s = self.state.borrow_mut();
+        let leading = s.queue.leading.seq;
+        let nothing_ahead = !s.queue.frames.iter().any(|f| f.seq >= leading);
         let seq = s.queue.next_seq;
         s.queue.next_seq += 1;
         s.queue.frames.push_back(Frame {
@@ -167,7 +169,22 @@ impl SimKsPin {
             completion: None,
         });
         s.stats.submitted += 1;
-        if s.running && !s.flags.do_not_initiate_processing {
+        // AVStream's trigger: a frame landing with nothing at or ahead of
+        // the leading edge (a queue that had run dry) starts processing.
+        if s.running && !s.flags.do_not_initiate_processing && nothing_ahead {
+            s.process_requested = true;
+        }
+    }
+
+    /// What `Process` returned, as AVStream takes it: after `STATUS_SUCCESS`
+    /// it calls again while a frame is at or ahead of the leading edge (and
+    /// available: not waiting for map registers); after `STATUS_PENDING` or
+    /// an error only the minidriver's `KsPinAttemptProcessing` restarts it.
+    pub fn process_returned(&self, status: NtStatus) {
+        let mut s = self.state.borrow_mut();
+        let leading = s.queue.leading.seq;
+        let ahead = s.queue.frames.iter().any(|f| f.seq >= leading);
+        if status == capdma_interface::status::STATUS_SUCCESS && s.running && ahead && !s.waiting_for_map_registers {
             s.process_requested = true;
         }
     }
@@ -343,10 +360,8 @@ impl SimKsPin {
                     hand_back(&mut s, frame, false, &mut lists);
                 }
             }
-            if !lists.is_empty() && s.waiting_for_map_registers {
-                // Map registers come back with the lists: KS retries processing.
-                s.process_requested = true;
-            }
+            // Map registers coming back with the lists restart nothing: the
+            // minidriver's KsPinAttemptProcessing does (as with AVStream).
         }
         self.put_lists(lists);
     }

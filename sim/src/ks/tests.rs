@@ -180,3 +180,33 @@ fn attempt_processing_requests_a_process_call_only_while_running() {
     pin.attempt_processing(true);
     assert!(pin.take_process_request());
 }
+
+#[test]
+fn process_is_requested_as_avstream_does_not_on_every_arrival() {
+    use capdma_interface::status::{STATUS_PENDING, STATUS_SUCCESS};
+    let w = world();
+    let pin = byte_pin(&w);
+    assert!(pin.take_process_request(), "entering KSSTATE_RUN attempts processing");
+    let (a, b) = (buffer(&w, 4096), buffer(&w, 4096));
+    pin.submit(1, a.va, 4096);
+    assert!(pin.take_process_request(), "a frame landing in a dry queue starts processing");
+    pin.submit(2, b.va, 4096);
+    assert!(!pin.take_process_request(), "a frame behind another one does not");
+    // Process returned STATUS_PENDING: nothing calls it again by itself,
+    // not even a frame going back to the application.
+    pin.process_returned(STATUS_PENDING);
+    assert!(!pin.take_process_request());
+    let le = pin.leading_edge().unwrap();
+    pin.advance_offsets_and_unlock(le, 4096, true);
+    assert!(pin.take_completed().is_some());
+    assert!(!pin.take_process_request(), "only KsPinAttemptProcessing restarts it");
+    // STATUS_SUCCESS with a frame still waiting: AVStream calls again.
+    pin.process_returned(STATUS_SUCCESS);
+    assert!(pin.take_process_request());
+    let le = pin.leading_edge().unwrap();
+    pin.advance_offsets_and_unlock(le, 4096, true);
+    pin.process_returned(STATUS_SUCCESS);
+    assert!(!pin.take_process_request(), "nothing left: no call");
+    pin.attempt_processing(true);
+    assert!(pin.take_process_request());
+}

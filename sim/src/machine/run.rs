@@ -283,7 +283,8 @@ impl Machine {
                     break;
                 }
                 if let Some(pin) = run.pin.as_ref() {
-                    let _ = pin.process();
+                    let status = pin.process();
+                    run.ks.process_returned(status);
                 }
                 calls += 1;
                 if calls >= PROCESS_LOOP_LIMIT {

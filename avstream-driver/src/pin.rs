@@ -56,9 +56,10 @@ use core::marker::PhantomPinned;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-/// The board's line alignment in common-buffer slots, bytes: the slot line
-/// pitch is `line_bytes` rounded up to this (`docs/architecture.md` §1).
-pub const SLOT_LINE_ALIGN: u32 = 256;
+/// The board's line alignment in common-buffer slots, bytes (the
+/// contract's, `capdma_interface::regs`): the slot line pitch is
+/// `line_bytes` rounded up to this (`docs/architecture.md` §1).
+pub use capdma_interface::regs::SLOT_LINE_ALIGNMENT;
 
 /// How often `RegisterCompletion(NULL)` is retried while the bus answers
 /// `STATUS_DEVICE_BUSY` (a delivery in progress) at `ACQUIRE -> STOP`.
@@ -157,7 +158,7 @@ pub(crate) fn check_format_for(mode: DmaMode, config: &DmaConfig, format: &Video
     let fits = match mode {
         DmaMode::CommonBuffer => format
             .line_bytes()
-            .checked_next_multiple_of(SLOT_LINE_ALIGN)
+            .checked_next_multiple_of(SLOT_LINE_ALIGNMENT)
             .and_then(|pitch| format.pixel.frame_bytes(format.height, pitch))
             .is_some_and(|bytes| bytes <= config.slot_bytes),
         DmaMode::ScatterGather => config.max_frame_bytes == 0 || format.image_bytes <= config.max_frame_bytes,
@@ -306,7 +307,7 @@ impl<K: KsPinPort> CapturePin<K> {
 
     /// Whether the pin can stream `format` on this channel: common-buffer,
     /// the frame at the slot line pitch (line rounded up to
-    /// [`SLOT_LINE_ALIGN`]) must fit `slot_bytes`; S/G, the image must not
+    /// [`SLOT_LINE_ALIGNMENT`]) must fit `slot_bytes`; S/G, the image must not
     /// exceed `max_frame_bytes` (when the bus states one).
     ///
     /// # Errors

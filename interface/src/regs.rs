@@ -18,6 +18,13 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const BOARD_ID: u32 = 0xCA9D_0001;
 /// Most channels a board can have (`CAPS.CHANNELS` is 4 bits, capped here).
 pub const MAX_CHANNELS: usize = 8;
+/// Common-buffer mode: the board writes each line of a slot at a
+/// `LINE_PITCH` that is a multiple of this many bytes (a frame's line bytes
+/// rounded up to it), and refuses any other pitch; S/G mode has no such
+/// rule. The one definition: the bus core programs it, the AVStream core
+/// sizes slots with it, the simulated board and the benchmark follow it.
+pub const SLOT_LINE_ALIGNMENT: u32 = 256;
+
 /// Bytes of BAR0 the driver maps.
 #[allow(clippy::cast_possible_truncation, reason = "MAX_CHANNELS is 8")]
 pub const BAR0_BYTES: u32 = 0x100 + 0x80 * MAX_CHANNELS as u32;

@@ -5,9 +5,10 @@ use capdma_interface::status::{NtStatus, STATUS_INTEGER_OVERFLOW, STATUS_INVALID
 use capdma_interface::table::ChannelFormat;
 use capdma_interface::DmaMode;
 
-/// The board's line alignment in common-buffer slots, bytes: the slot line
-/// pitch is the line's bytes rounded up to this.
-pub const SLOT_LINE_ALIGNMENT: u32 = 256;
+/// The board's line alignment in common-buffer slots, bytes (the
+/// contract's, `capdma_interface::regs`): the slot line pitch is the
+/// line's bytes rounded up to this.
+pub use capdma_interface::regs::SLOT_LINE_ALIGNMENT;
 
 /// The geometry of a validated format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -86,8 +86,8 @@ const DEFAULT_TUNING: CopyTuning = CopyTuning::DEFAULT;
 const POISON: u8 = 0xA5;
 /// A timed round whose index is a multiple of this is byte-checked.
 const CHECK_EVERY: usize = 8;
-/// Slot line alignment of the board in common-buffer mode.
-const SLOT_LINE_ALIGN: u32 = 256;
+/// Slot line alignment of the board in common-buffer mode (the contract's).
+use capdma_interface::regs::SLOT_LINE_ALIGNMENT;
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -395,7 +395,7 @@ impl CaseSpec {
     fn geometry(&self) -> Result<CopyGeometry, String> {
         let line_bytes = self.format.line_bytes(self.width).ok_or("line bytes overflow")?;
         let lines = self.format.lines(self.height).ok_or("lines overflow")?;
-        let src_pitch = line_bytes.checked_next_multiple_of(SLOT_LINE_ALIGN).ok_or("pitch overflow")?;
+        let src_pitch = line_bytes.checked_next_multiple_of(SLOT_LINE_ALIGNMENT).ok_or("pitch overflow")?;
         Ok(CopyGeometry { lines, line_bytes, src_pitch, dst_pitch: line_bytes })
     }
 }

@@ -41,7 +41,7 @@ fn quick_run_checks_bytes_and_reports_consistently() {
     assert!(calls.iter().enumerate().all(|(i, &(done, t))| done == i as u64 + 1 && t == total));
     for case in &report.cases {
         assert_eq!(case.frame_bytes, case.lines as usize * case.line_bytes as usize);
-        assert_eq!(case.src_pitch % SLOT_LINE_ALIGN, 0);
+        assert_eq!(case.src_pitch % SLOT_LINE_ALIGNMENT, 0);
         assert!(case.src_pitch >= case.line_bytes && case.dst_stride == case.line_bytes);
         assert_eq!(case.methods.iter().map(|m| m.method.as_str()).collect::<Vec<_>>(), IDS);
         for m in &case.methods {

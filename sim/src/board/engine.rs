@@ -17,8 +17,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Bytes of one descriptor / completion record.
 const ENTRY_BYTES: u64 = 32;
-/// Line alignment of the slot line pitch in common-buffer mode, bytes.
-pub const SLOT_LINE_ALIGN: u32 = 256;
+use capdma_interface::regs::SLOT_LINE_ALIGNMENT;
 /// `STATUS` reads after a `CTRL_RESET` that caught a burst in flight before
 /// `STATUS_RUNNING` reads 0 (the first read lands the burst).
 pub const RESET_DRAIN_READS: u32 = 2;
@@ -216,8 +215,8 @@ fn validate(r: &ChannelRegs, config: &BoardConfig) -> Result<RunConfig, (u32, St
     if r.line_pitch < line_bytes {
         return bad(format!("LINE_PITCH {} below the line's {line_bytes} bytes", r.line_pitch));
     }
-    if !sg && !r.line_pitch.is_multiple_of(SLOT_LINE_ALIGN) {
-        return bad(format!("slot LINE_PITCH {} is not a multiple of {SLOT_LINE_ALIGN}", r.line_pitch));
+    if !sg && !r.line_pitch.is_multiple_of(SLOT_LINE_ALIGNMENT) {
+        return bad(format!("slot LINE_PITCH {} is not a multiple of {SLOT_LINE_ALIGNMENT}", r.line_pitch));
     }
     let Some(frame_bytes) = format.frame_bytes(height, r.line_pitch) else {
         return bad(format!("frame of {lines} lines at pitch {} overflows 32 bits", r.line_pitch));

@@ -1146,6 +1146,48 @@ fn stop_completes_the_frames_left_cancelled() {
 // ------------------------------------------------------------------ correct use: the queue
 
 #[test]
+fn data_used_is_written_when_the_leading_edge_leaves_a_frame() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let (filter, pin) = ks.open(3);
+    for b in 0..3 {
+        ks.submit(pin, b);
+    }
+    ks.set_state(pin, KSSTATE_RUN);
+    // 100 bytes, then the leading edge unlocked where it is: still on frame 0.
+    let sp = ks.leading_edge(pin);
+    let (data, count, remaining) = ks.offset_out(sp);
+    assert_eq!((count, remaining), (FRAME_BYTES, FRAME_BYTES));
+    assert_eq!(ks.m().read_u64(sp + ksstream_pointer::PIN).unwrap(), pin.0);
+    assert_eq!(ks.m().read_u64(sp + ksstream_pointer::STREAM_HEADER).unwrap(), ks.header(pin, 0));
+    assert_eq!(ks.m().read_u64(ks.header(pin, 0) + ksstream_header::DATA).unwrap(), data, "OffsetOut.Data is the frame's system address");
+    assert_eq!(low(ks.ddi("KsStreamPointerAdvanceOffsets", &[sp, 0, 100, 0])), status::SUCCESS);
+    assert_eq!(ks.offset_out(sp), (data + 100, FRAME_BYTES, FRAME_BYTES - 100));
+    ks.ddi("KsStreamPointerUnlock", &[sp, 0]);
+    assert_eq!(ks.data_used(pin, 0), 0, "not before the leading edge leaves the frame");
+    // Locked again on the same frame at the same offset; the rest of it ends the frame.
+    let sp = ks.leading_edge(pin);
+    assert_eq!(ks.offset_out(sp), (data + 100, FRAME_BYTES, FRAME_BYTES - 100));
+    ks.ddi("KsStreamPointerAdvanceOffsetsAndUnlock", &[sp, 0, u64::from(FRAME_BYTES - 100), 0]);
+    assert_eq!(ks.data_used(pin, 0), FRAME_BYTES);
+    // Frame 1: 300 bytes and ejected (KsStreamPointerUnlock(TRUE)).
+    let sp = ks.leading_edge(pin);
+    assert_eq!(ks.m().read_u64(sp + ksstream_pointer::STREAM_HEADER).unwrap(), ks.header(pin, 1));
+    ks.ddi("KsStreamPointerAdvanceOffsets", &[sp, 0, 300, 0]);
+    assert_eq!(ks.data_used(pin, 1), 0);
+    ks.ddi("KsStreamPointerUnlock", &[sp, 1]);
+    assert_eq!(ks.data_used(pin, 1), 300);
+    // Frame 2: 50 bytes with Eject in the advance itself.
+    let sp = ks.leading_edge(pin);
+    ks.ddi("KsStreamPointerAdvanceOffsetsAndUnlock", &[sp, 0, 50, 1]);
+    assert_eq!(ks.data_used(pin, 2), 50);
+    let used: Vec<(u64, Option<u32>)> = ks.completed(pin).iter().map(|f| (f.buffer_id, f.completion.map(|c| c.data_used))).collect();
+    assert_eq!(used, [(0, Some(FRAME_BYTES)), (1, Some(300)), (2, Some(50))]);
+    assert_eq!(ks.leading_edge(pin), 0, "no frame left");
+    ks.close(filter, pin);
+    ks.end_clean();
+}
+
+#[test]
 fn advancing_off_the_last_frame_is_device_not_ready() {
     let Some(mut ks) = Ks::started(Mini::default()) else { return };
     let (filter, pin) = ks.open(1);

@@ -275,7 +275,11 @@ fn left_frame(
     let leading = record.leading_edge_va;
     let is_leading = nt.ks.pointers.get(&leading).and_then(|r| r.handle) == Some(handle);
     if let (true, Some((buffer_id, seq, offset, mapping_bytes))) = (is_leading, before) {
-        let now = view_of(nt, pin, handle).map(|v| v.1);
+        // Where the leading edge stands now, locked or not: unlocking it
+        // where it is (`KsStreamPointerUnlock(FALSE)`, the unlock of
+        // `KsStreamPointerAdvanceOffsetsAndUnlock` within the frame) does
+        // not leave the frame.
+        let now = nt.ks.pins.get(&pin).map(|p| p.queue.progress_mark().0);
         if now != Some(seq) {
             let record = &nt.ks.pins[&pin];
             let advanced = offset.saturating_add(out_used);

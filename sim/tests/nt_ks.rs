@@ -312,6 +312,15 @@ fn process_clone(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Sto
     Ok(u64::from(status::SUCCESS))
 }
 
+/// `Process` that asks for another call (`KsPinAttemptProcessing`) and
+/// returns `STATUS_PENDING`, having done nothing.
+fn process_asks_again(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
+    let [pin] = m.args::<1>()?;
+    log(Event::Process(pin, nt.irql));
+    ddi(nt, m, "KsPinAttemptProcessing", &[pin, 1])?;
+    Ok(u64::from(status::PENDING))
+}
+
 /// `Process` that takes the processing mutex AVStream already holds for it.
 fn process_takes_the_mutex(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
     let [pin] = m.args::<1>()?;
@@ -1692,6 +1701,31 @@ fn a_process_that_makes_no_progress_is_found() {
     ks.ddi("KsPinAttemptProcessing", &[pin.0, 1]);
     ks.workers();
     assert_eq!(ks.rules().len(), 1);
+}
+
+#[test]
+fn a_process_that_finds_nothing_to_do_is_no_livelock() {
+    let Some(mut ks) = Ks::started(Mini::process(process_nothing, 0)) else { return };
+    let (filter, pin) = ks.open(1);
+    ks.set_state(pin, KSSTATE_RUN);
+    // A DPC asks for processing on every interrupt; the queue is empty and
+    // Process says STATUS_SUCCESS: nothing is owed after it, no livelock.
+    for _ in 0..=NO_PROGRESS_LIMIT {
+        ks.ddi("KsPinAttemptProcessing", &[pin.0, 0]);
+    }
+    assert_eq!(ks.process_calls(), u64::from(NO_PROGRESS_LIMIT) + 1);
+    ks.close(filter, pin);
+    ks.end_clean();
+}
+
+#[test]
+fn a_process_that_asks_for_itself_again_without_progress_is_found() {
+    let Some(mut ks) = Ks::started(Mini::process(process_asks_again, 0)) else { return };
+    let (_filter, pin) = ks.open(1);
+    ks.submit(pin, 0);
+    ks.set_state(pin, KSSTATE_RUN);
+    assert_eq!(ks.rules(), ["KS_PROCESS_NO_PROGRESS"]);
+    assert_eq!(ks.process_calls(), u64::from(NO_PROGRESS_LIMIT));
 }
 
 #[test]

@@ -1015,6 +1015,22 @@ fn ks_edit_copies_the_old_bytes_replaces_the_pointer_and_frees_the_old_item() {
 }
 
 #[test]
+fn ks_edit_of_an_item_of_the_bag_that_does_not_grow_changes_nothing() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let (bag, slot, item) = bag_item(&mut ks, 32);
+    let allocations = ks.sys.nt.pool.allocations;
+    // KsEdit (the same size) and a smaller size: the item is already the bag's own.
+    for new_size in [32, 16] {
+        assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, new_size, 32, TAG])), status::SUCCESS);
+        assert_eq!(ks.m().read_u64(slot).unwrap(), item, "NewSize {new_size}: the pointer is left as it was");
+    }
+    assert_eq!(ks.sys.nt.pool.allocations, allocations, "nothing allocated");
+    assert!(ks.sys.nt.pool.live.contains_key(&item), "nothing freed");
+    assert_eq!(ks.sys.nt.ks.bags[&bag].items.iter().filter(|i| i.0 == item).count(), 1);
+    ks.end_clean();
+}
+
+#[test]
 fn ks_edit_of_an_item_outside_the_bag_leaves_the_old_one_alone() {
     let Some(mut ks) = Ks::started(Mini::default()) else { return };
     let (bag, _, _) = bag_item(&mut ks, 8);

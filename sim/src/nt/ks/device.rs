@@ -201,10 +201,13 @@ pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<
 
 /// `NTSTATUS _KsEdit(KSOBJECT_BAG ObjectBag, PVOID* PointerToPointerToItem,
 /// ULONG NewSize, ULONG OldSize, ULONG Tag)` ("_KsEdit function (ks.h)";
-/// `PASSIVE_LEVEL`): a new item of `NewSize` bytes (non-paged pool, `Tag`)
-/// in the bag, holding the old item's first `min(OldSize, NewSize)` bytes
-/// (the rest zero); when the old item was in the bag it is removed and
-/// freed; `*PointerToPointerToItem` then points at the new item.
+/// `PASSIVE_LEVEL`): makes `*PointerToPointerToItem` an item of the bag.
+/// One already in the bag that does not grow (`NewSize <= OldSize`, as
+/// with the `KsEdit` macro) is left as it is. Otherwise a new item of
+/// `NewSize` bytes (non-paged pool, `Tag`) in the bag, holding the old
+/// item's first `min(OldSize, NewSize)` bytes (the rest zero); when the old
+/// item was in the bag it is removed and freed; `*PointerToPointerToItem`
+/// then points at the new item. `STATUS_SUCCESS`;
 /// `STATUS_INSUFFICIENT_RESOURCES` when the pool is out (the pointer and
 /// the old item are left as they were).
 pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
@@ -216,6 +219,10 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     }
     let old = m.read_u64(pointer)?;
     let (new_size, old_size) = (new_size & 0xFFFF_FFFF, old_size & 0xFFFF_FFFF);
+    let in_bag = old != 0 && nt.ks.bags.get(&bag).is_some_and(|b| b.items.iter().any(|(item, _)| *item == old));
+    if in_bag && new_size <= old_size {
+        return Ok(u64::from(status::SUCCESS));
+    }
     let new = pool_call(nt, m, "ExAllocatePool2", &[POOL_FLAG_NON_PAGED, new_size, tag & 0xFFFF_FFFF])?;
     if new == 0 {
         return Ok(u64::from(status::INSUFFICIENT_RESOURCES));

@@ -1031,6 +1031,44 @@ fn ks_edit_of_an_item_of_the_bag_that_does_not_grow_changes_nothing() {
 }
 
 #[test]
+fn an_item_in_two_bags_is_freed_once_with_the_last_of_them() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let (filter, pin) = ks.open(1);
+    let pin_bag = ks.m().read_u64(pin.0 + kspin::BAG).unwrap();
+    let device_bag = ks.m().read_u64(ks.device() + ksdevice::BAG).unwrap();
+    let free = ks.free_routine;
+    // One item in the pin's bag and the device's; another twice in the device's.
+    let shared = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    let twice = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    for (bag, item) in [(pin_bag, shared), (device_bag, shared), (device_bag, twice), (device_bag, twice)] {
+        assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, item, free])), status::SUCCESS);
+    }
+    // An item of the pin's bag that the device's holds too, edited larger in the pin's.
+    let edited = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    let slot = ks.memory(8);
+    ks.m().write_u64(slot, edited).unwrap();
+    for bag in [pin_bag, device_bag] {
+        assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, edited, free])), status::SUCCESS);
+    }
+    assert_eq!(low(ks.ddi("_KsEdit", &[pin_bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_ne!(ks.m().read_u64(slot).unwrap(), edited);
+    assert!(ks.sys.nt.pool.live.contains_key(&edited), "the device's bag still holds the old item");
+    // The pin goes: its bag lets go of both; the device's still holds them.
+    ks.close(filter, pin);
+    for item in [shared, edited] {
+        assert!(ks.sys.nt.pool.live.contains_key(&item), "{item:#x} is still in the device's bag");
+    }
+    assert!(!events().iter().any(|e| matches!(e, Event::Freed(_))), "{:?}", events());
+    let freed_before = events().len();
+    ks.end_clean();
+    let mut freed: Vec<u64> = events()[freed_before..].iter().filter_map(|e| if let Event::Freed(i) = e { Some(*i) } else { None }).collect();
+    freed.sort_unstable();
+    let mut expected = vec![shared, twice, edited];
+    expected.sort_unstable();
+    assert_eq!(freed, expected, "each freed once, by the device's bag");
+}
+
+#[test]
 fn ks_edit_of_an_item_outside_the_bag_leaves_the_old_one_alone() {
     let Some(mut ks) = Ks::started(Mini::default()) else { return };
     let (bag, _, _) = bag_item(&mut ks, 8);

@@ -64,17 +64,27 @@ pub fn new_bag(nt: &mut Nt, m: &mut Machine, owner: u64) -> Result<u64, Stop> {
     Ok(bag)
 }
 
-/// Frees a bag: every item, last added first, through its free routine
-/// (`ExFreePool` when it has none), at `PASSIVE_LEVEL`, then the handle.
+/// Frees a bag ("KsFreeObjectBag function (ks.h)"): every item, last added
+/// first, through its free routine (`ExFreePool` when it has none), unless
+/// another bag still holds it (an item is freed with the last bag that
+/// holds it; added twice to one bag, it is freed once), then the handle.
 ///
 /// # Errors
 /// A bugcheck from a free routine; [`Stop::Host`] when a page cannot be freed.
 pub fn free_bag(nt: &mut Nt, m: &mut Machine, bag: u64) -> Result<(), Stop> {
     let Some(record) = nt.ks.bags.remove(&bag) else { return Ok(()) };
-    for (item, free) in record.items.into_iter().rev() {
+    for (i, &(item, free)) in record.items.iter().enumerate().rev() {
+        if record.items[..i].iter().any(|(other, _)| *other == item) || in_a_bag(nt, item) {
+            continue;
+        }
         free_item(nt, m, item, free)?;
     }
     m.free_own_pages(bag, 1)
+}
+
+/// Whether a live bag holds `item`.
+fn in_a_bag(nt: &Nt, item: u64) -> bool {
+    nt.ks.bags.values().any(|b| b.items.iter().any(|(other, _)| *other == item))
 }
 
 /// Frees one bag item.
@@ -186,8 +196,9 @@ pub(crate) fn ks_get_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 /// `NTSTATUS KsAddItemToObjectBag(KSOBJECT_BAG ObjectBag, PVOID Item,
 /// PFNKSFREE Free)` ("KsAddItemToObjectBag function (ks.h)";
 /// `PASSIVE_LEVEL`): the item is freed with the bag (with `Free`, or
-/// `ExFreePool` when NULL). `STATUS_SUCCESS`; an unknown bag is the finding
-/// `KS_INVALID_OBJECT_BAG` and `STATUS_INVALID_PARAMETER`.
+/// `ExFreePool` when NULL), or with the last of the bags that hold it.
+/// `STATUS_SUCCESS`; an unknown bag is the finding `KS_INVALID_OBJECT_BAG`
+/// and `STATUS_INVALID_PARAMETER`.
 pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [bag, item, free] = m.args::<3>()?;
     nt.verifier.checks += 1;
@@ -206,7 +217,8 @@ pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<
 /// with the `KsEdit` macro) is left as it is. Otherwise a new item of
 /// `NewSize` bytes (non-paged pool, `Tag`) in the bag, holding the old
 /// item's first `min(OldSize, NewSize)` bytes (the rest zero); when the old
-/// item was in the bag it is removed and freed; `*PointerToPointerToItem`
+/// item was in the bag it leaves it, and is freed unless another bag still
+/// holds it; `*PointerToPointerToItem`
 /// then points at the new item. `STATUS_SUCCESS`;
 /// `STATUS_INSUFFICIENT_RESOURCES` when the pool is out (the pointer and
 /// the old item are left as they were).
@@ -238,7 +250,7 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let old_in_bag = record.items.iter().position(|(item, _)| *item == old && old != 0);
     let removed = old_in_bag.map(|i| record.items.remove(i));
     m.write_u64(pointer, new)?;
-    if let Some((item, free)) = removed {
+    if let Some((item, free)) = removed.filter(|(item, _)| !in_a_bag(nt, *item)) {
         free_item(nt, m, item, free)?;
     }
     Ok(u64::from(status::SUCCESS))

@@ -834,6 +834,7 @@ fn start_goes_down_the_stack_first_then_start_creates_the_factory_then_post_star
     assert_eq!(ks.m().read_u8(device + ksdevice::STARTED).unwrap(), 1);
     assert_eq!(ks.m().read_u64(factory + ksfilterfactory::FILTER_DESCRIPTOR).unwrap(), ks.filter_descriptor);
     assert_eq!(ks.sys.nt.ks.devices[&device].factories, [factory]);
+    assert!(!ks.sys.nt.ks.devices[&device].mutex_held, "released");
     ks.assert_clean();
 }
 
@@ -843,8 +844,10 @@ fn a_filter_factory_made_under_the_device_mutex_is_clean() {
     let (device, fdo, fd) = (ks.device(), ks.fdo(), ks.filter_descriptor);
     let out = ks.memory(8);
     ks.ddi("KsAcquireDevice", &[device]);
+    assert!(ks.sys.nt.ks.devices[&device].mutex_held);
     assert_eq!(low(ks.ddi("KsCreateFilterFactory", &[fdo, fd, 0, 0, 0, 0, 0, out])), status::SUCCESS);
     ks.ddi("KsReleaseDevice", &[device]);
+    assert!(!ks.sys.nt.ks.devices[&device].mutex_held);
     let factory = ks.m().read_u64(out).unwrap();
     assert_eq!(ks.sys.nt.ks.factories.get(&factory), Some(&device));
     // Not an AVStream FDO: refused, no factory.
@@ -1551,6 +1554,22 @@ fn releasing_the_device_mutex_not_held_is_found() {
     ks.ddi("KsReleaseDevice", &[device]);
     assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_NOT_HELD"]);
     assert_eq!(ks.found("KS_DEVICE_MUTEX_NOT_HELD").bugcheck, 0xC4);
+    assert!(!ks.sys.nt.ks.devices[&device].mutex_held);
+}
+
+#[test]
+fn taking_the_device_mutex_twice_is_found() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let device = ks.device();
+    ks.ddi("KsAcquireDevice", &[device]);
+    ks.assert_clean();
+    ks.ddi("KsAcquireDevice", &[device]);
+    assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK"], "the device mutex is not recursive");
+    // Held once: one release frees it, a second is the other finding.
+    ks.ddi("KsReleaseDevice", &[device]);
+    assert_eq!(ks.rules().len(), 1);
+    ks.ddi("KsReleaseDevice", &[device]);
+    assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK", "KS_DEVICE_MUTEX_NOT_HELD"]);
 }
 
 #[test]

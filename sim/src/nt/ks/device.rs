@@ -34,8 +34,8 @@ pub struct KsDeviceRecord {
     pub lower: u64,
     /// Its object bag.
     pub bag: u64,
-    /// `KsAcquireDevice` depth (the device mutex is held while > 0).
-    pub mutex_depth: u32,
+    /// The device mutex is held (`KsAcquireDevice` … `KsReleaseDevice`).
+    pub mutex_held: bool,
     /// The adapter registered for mapping generation.
     pub adapter: Option<AdapterRegistration>,
     /// Its filter factories.
@@ -138,13 +138,25 @@ fn live_device(nt: &mut Nt, m: &Machine, device: u64, ddi: &str) -> Option<u64> 
 
 /// `void KsAcquireDevice(PKSDEVICE Device)` ("KsAcquireDevice function
 /// (ks.h)"; `PASSIVE_LEVEL`): takes the device mutex (`KsCreateFilterFactory`
-/// and descriptor changes need it held).
+/// and descriptor changes need it held). The mutex is not taken
+/// recursively ("Device Mutex in AVStream"): taking it again while it is
+/// held would wait forever — the finding `KS_DEVICE_MUTEX_DEADLOCK` (it
+/// stays held, once).
 pub(crate) fn ks_acquire_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [device] = m.args::<1>()?;
-    if let Some(device) = live_device(nt, m, device, "KsAcquireDevice") {
-        if let Some(record) = nt.ks.devices.get_mut(&device) {
-            record.mutex_depth += 1;
-        }
+    let Some(device) = live_device(nt, m, device, "KsAcquireDevice") else { return Ok(0) };
+    let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_held);
+    nt.verifier.checks += 1;
+    if held {
+        nt.violation(
+            m,
+            "KS_DEVICE_MUTEX_DEADLOCK",
+            0xC4,
+            None,
+            format!("KsAcquireDevice({device:#x}) while the device mutex is held: it is not recursive, the thread would wait forever"),
+        );
+    } else if let Some(record) = nt.ks.devices.get_mut(&device) {
+        record.mutex_held = true;
     }
     Ok(0)
 }
@@ -156,11 +168,11 @@ pub(crate) fn ks_acquire_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Sto
 pub(crate) fn ks_release_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [device] = m.args::<1>()?;
     if let Some(device) = live_device(nt, m, device, "KsReleaseDevice") {
-        let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_depth > 0);
+        let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_held);
         nt.verifier.checks += 1;
         if held {
             if let Some(record) = nt.ks.devices.get_mut(&device) {
-                record.mutex_depth -= 1;
+                record.mutex_held = false;
             }
         } else {
             nt.violation(m, "KS_DEVICE_MUTEX_NOT_HELD", 0xC4, None, format!("KsReleaseDevice({device:#x}) without KsAcquireDevice"));
@@ -307,7 +319,7 @@ pub(crate) fn ks_create_filter_factory(nt: &mut Nt, m: &mut Machine) -> Result<u
     let Some(device) = nt.ks.devices.iter().find(|(_, d)| d.fdo == fdo && !d.deleted).map(|(va, _)| *va) else {
         return Ok(u64::from(status::INVALID_DEVICE_REQUEST));
     };
-    let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_depth > 0);
+    let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_held);
     nt.verifier.checks += 1;
     if !held {
         nt.violation(

@@ -24,6 +24,7 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use capdma_avstream::ks_format::{KSPROPERTY_DROPPEDFRAMES_CURRENT, PROPSETID_VIDCAP_DROPPEDFRAMES};
 use capdma_sim::ks::CompletedFrame;
@@ -1826,6 +1827,37 @@ fn ks_acquire_device_from_a_dpc_is_found() {
     ks.ddi_at(DISPATCH_LEVEL, "KsAcquireDevice", &[device]);
     assert_eq!(ks.rules(), ["IRQL_TOO_HIGH"]);
     assert!(ks.found("IRQL_TOO_HIGH").detail.contains("KsAcquireDevice"));
+}
+
+// ------------------------------------------------------------------ docs/ddi.md
+
+/// The AVStream image, or `None` (reason printed) outside CI.
+fn avstream_image() -> Option<PathBuf> {
+    support::image("capdma_avstream")
+}
+
+#[test]
+fn docs_ddi_md_lists_every_import_of_the_avstream_image_and_a_test_here_for_each_ks_one() {
+    let Some(path) = avstream_image() else { return };
+    let mut sys = System::boot().expect("boot");
+    sys.load_driver(&path).expect("the AVStream image loads: every import is emulated");
+    let image = sys.machine.images().iter().find(|i| i.name.contains("avstream")).expect("the image");
+    let ks_imports: Vec<String> = image.imports.iter().filter(|(module, _)| module.eq_ignore_ascii_case("ks.sys")).map(|(_, s)| s.clone()).collect();
+    assert!(!ks_imports.is_empty());
+    let docs = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/ddi.md")).expect("docs/ddi.md");
+    let undocumented: Vec<&String> = image.imports.iter().map(|(_, s)| s).filter(|s| !docs.contains(&format!("| `{s}` |"))).collect();
+    assert!(undocumented.is_empty(), "imports of the AVStream image missing from docs/ddi.md's executed table: {undocumented:?}");
+    let here = include_str!("nt_ks.rs");
+    for name in &ks_imports {
+        assert!(ks::DDIS.iter().any(|d| d.name == name), "{name} is not in nt::ks::DDIS");
+        let row = docs.lines().find(|l| l.starts_with(&format!("| `{name}` |"))).unwrap_or_else(|| panic!("no docs/ddi.md row for {name}"));
+        let (_, tests) = row.split_once("`sim/tests/nt_ks.rs`").unwrap_or_else(|| panic!("the row of {name} names no test of sim/tests/nt_ks.rs: {row}"));
+        let named: Vec<&str> = tests.split('`').skip(1).step_by(2).collect();
+        assert!(!named.is_empty(), "{row}");
+        for test in named {
+            assert!(here.contains(&format!("#[test]\nfn {test}()")), "the row of {name} names `{test}`, not a test here");
+        }
+    }
 }
 
 #[test]

@@ -34,8 +34,8 @@ pub struct KsDeviceRecord {
     pub lower: u64,
     /// Its object bag.
     pub bag: u64,
-    /// `KsAcquireDevice` depth (the device mutex is held while > 0).
-    pub mutex_depth: u32,
+    /// The device mutex is held (`KsAcquireDevice` … `KsReleaseDevice`).
+    pub mutex_held: bool,
     /// The adapter registered for mapping generation.
     pub adapter: Option<AdapterRegistration>,
     /// Its filter factories.
@@ -69,17 +69,27 @@ pub fn new_bag(nt: &mut Nt, m: &mut Machine, owner: u64) -> Result<u64, Stop> {
     Ok(bag)
 }
 
-/// Frees a bag: every item, last added first, through its free routine
-/// (`ExFreePool` when it has none), at `PASSIVE_LEVEL`, then the handle.
+/// Frees a bag ("KsFreeObjectBag function (ks.h)"): every item, last added
+/// first, through its free routine (`ExFreePool` when it has none), unless
+/// another bag still holds it (an item is freed with the last bag that
+/// holds it; added twice to one bag, it is freed once), then the handle.
 ///
 /// # Errors
 /// A bugcheck from a free routine; [`Stop::Host`] when a page cannot be freed.
 pub fn free_bag(nt: &mut Nt, m: &mut Machine, bag: u64) -> Result<(), Stop> {
     let Some(record) = nt.ks.bags.remove(&bag) else { return Ok(()) };
-    for (item, free) in record.items.into_iter().rev() {
+    for (i, &(item, free)) in record.items.iter().enumerate().rev() {
+        if record.items[..i].iter().any(|(other, _)| *other == item) || in_a_bag(nt, item) {
+            continue;
+        }
         free_item(nt, m, item, free)?;
     }
     m.free_own_pages(bag, 1)
+}
+
+/// Whether a live bag holds `item`.
+fn in_a_bag(nt: &Nt, item: u64) -> bool {
+    nt.ks.bags.values().any(|b| b.items.iter().any(|(other, _)| *other == item))
 }
 
 /// Frees one bag item.
@@ -138,13 +148,25 @@ fn live_device(nt: &mut Nt, m: &Machine, device: u64, ddi: &str) -> Option<u64> 
 
 /// `void KsAcquireDevice(PKSDEVICE Device)` ("KsAcquireDevice function
 /// (ks.h)"; `PASSIVE_LEVEL`): takes the device mutex (`KsCreateFilterFactory`
-/// and descriptor changes need it held).
+/// and descriptor changes need it held). The mutex is not taken
+/// recursively ("Device Mutex in AVStream"): taking it again while it is
+/// held would wait forever — the finding `KS_DEVICE_MUTEX_DEADLOCK` (it
+/// stays held, once).
 pub(crate) fn ks_acquire_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [device] = m.args::<1>()?;
-    if let Some(device) = live_device(nt, m, device, "KsAcquireDevice") {
-        if let Some(record) = nt.ks.devices.get_mut(&device) {
-            record.mutex_depth += 1;
-        }
+    let Some(device) = live_device(nt, m, device, "KsAcquireDevice") else { return Ok(0) };
+    let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_held);
+    nt.verifier.checks += 1;
+    if held {
+        nt.violation(
+            m,
+            "KS_DEVICE_MUTEX_DEADLOCK",
+            0xC4,
+            None,
+            format!("KsAcquireDevice({device:#x}) while the device mutex is held: it is not recursive, the thread would wait forever"),
+        );
+    } else if let Some(record) = nt.ks.devices.get_mut(&device) {
+        record.mutex_held = true;
     }
     Ok(0)
 }
@@ -156,11 +178,11 @@ pub(crate) fn ks_acquire_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Sto
 pub(crate) fn ks_release_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [device] = m.args::<1>()?;
     if let Some(device) = live_device(nt, m, device, "KsReleaseDevice") {
-        let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_depth > 0);
+        let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_held);
         nt.verifier.checks += 1;
         if held {
             if let Some(record) = nt.ks.devices.get_mut(&device) {
-                record.mutex_depth -= 1;
+                record.mutex_held = false;
             }
         } else {
             nt.violation(m, "KS_DEVICE_MUTEX_NOT_HELD", 0xC4, None, format!("KsReleaseDevice({device:#x}) without KsAcquireDevice"));
@@ -196,8 +218,9 @@ pub(crate) fn ks_get_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 /// `NTSTATUS KsAddItemToObjectBag(KSOBJECT_BAG ObjectBag, PVOID Item,
 /// PFNKSFREE Free)` ("KsAddItemToObjectBag function (ks.h)";
 /// `PASSIVE_LEVEL`): the item is freed with the bag (with `Free`, or
-/// `ExFreePool` when NULL). `STATUS_SUCCESS`; an unknown bag is the finding
-/// `KS_INVALID_OBJECT_BAG` and `STATUS_INVALID_PARAMETER`.
+/// `ExFreePool` when NULL), or with the last of the bags that hold it.
+/// `STATUS_SUCCESS`; an unknown bag is the finding `KS_INVALID_OBJECT_BAG`
+/// and `STATUS_INVALID_PARAMETER`.
 pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [bag, item, free] = m.args::<3>()?;
     nt.verifier.checks += 1;
@@ -211,10 +234,14 @@ pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<
 
 /// `NTSTATUS _KsEdit(KSOBJECT_BAG ObjectBag, PVOID* PointerToPointerToItem,
 /// ULONG NewSize, ULONG OldSize, ULONG Tag)` ("_KsEdit function (ks.h)";
-/// `PASSIVE_LEVEL`): a new item of `NewSize` bytes (non-paged pool, `Tag`)
-/// in the bag, holding the old item's first `min(OldSize, NewSize)` bytes
-/// (the rest zero); when the old item was in the bag it is removed and
-/// freed; `*PointerToPointerToItem` then points at the new item.
+/// `PASSIVE_LEVEL`): makes `*PointerToPointerToItem` an item of the bag.
+/// One already in the bag that does not grow (`NewSize <= OldSize`, as
+/// with the `KsEdit` macro) is left as it is. Otherwise a new item of
+/// `NewSize` bytes (non-paged pool, `Tag`) in the bag, holding the old
+/// item's first `min(OldSize, NewSize)` bytes (the rest zero); when the old
+/// item was in the bag it leaves it, and is freed unless another bag still
+/// holds it; `*PointerToPointerToItem`
+/// then points at the new item. `STATUS_SUCCESS`;
 /// `STATUS_INSUFFICIENT_RESOURCES` when the pool is out (the pointer and
 /// the old item are left as they were).
 pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
@@ -226,6 +253,10 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     }
     let old = m.read_u64(pointer)?;
     let (new_size, old_size) = (new_size & 0xFFFF_FFFF, old_size & 0xFFFF_FFFF);
+    let in_bag = old != 0 && nt.ks.bags.get(&bag).is_some_and(|b| b.items.iter().any(|(item, _)| *item == old));
+    if in_bag && new_size <= old_size {
+        return Ok(u64::from(status::SUCCESS));
+    }
     let new = pool_call(nt, m, "ExAllocatePool2", &[POOL_FLAG_NON_PAGED, new_size, tag & 0xFFFF_FFFF])?;
     if new == 0 {
         return Ok(u64::from(status::INSUFFICIENT_RESOURCES));
@@ -241,7 +272,7 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let old_in_bag = record.items.iter().position(|(item, _)| *item == old && old != 0);
     let removed = old_in_bag.map(|i| record.items.remove(i));
     m.write_u64(pointer, new)?;
-    if let Some((item, free)) = removed {
+    if let Some((item, free)) = removed.filter(|(item, _)| !in_a_bag(nt, *item)) {
         free_item(nt, m, item, free)?;
     }
     Ok(u64::from(status::SUCCESS))
@@ -298,7 +329,7 @@ pub(crate) fn ks_create_filter_factory(nt: &mut Nt, m: &mut Machine) -> Result<u
     let Some(device) = nt.ks.devices.iter().find(|(_, d)| d.fdo == fdo && !d.deleted).map(|(va, _)| *va) else {
         return Ok(u64::from(status::INVALID_DEVICE_REQUEST));
     };
-    let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_depth > 0);
+    let held = nt.ks.devices.get(&device).is_some_and(|d| d.mutex_held);
     nt.verifier.checks += 1;
     if !held {
         nt.violation(

@@ -8,9 +8,9 @@
 //! their `KS_FRAME_INFO`, the `KSMAPPING` tables and the frames' data
 //! mapped at system addresses over the application's scattered pages. The
 //! host keeps a record of each object to check what the DDI pages require
-//! (the IRQL, the device mutex around `KsCreateFilterFactory`, stream
-//! pointers used once deleted, the processing mutex not taken twice, a
-//! `Process` that makes no progress).
+//! (the IRQL, the device mutex around `KsCreateFilterFactory` and not
+//! taken twice, stream pointers used once deleted, the processing mutex
+//! not taken twice, a `Process` that makes no progress).
 //!
 //! One concern per file:
 //! * [`driver`]: `KsInitializeDriver`, AVStream's `AddDevice` and its

@@ -117,7 +117,7 @@ pub struct KsPinRecord {
     pub in_process: bool,
     /// A `Process` call is owed (made by the next worker pass).
     pub owed: bool,
-    /// `Process` calls in a row that returned `STATUS_SUCCESS` with nothing changed.
+    /// `Process` calls in a row, each owing the next, with nothing changed.
     pub no_progress: u32,
     /// The no-progress finding was recorded.
     pub livelock_reported: bool,

@@ -29,8 +29,12 @@
 //!   ([`run_workers`], which the machine runs at `PASSIVE_LEVEL`);
 //! * `Process` runs with the processing mutex held, at `PASSIVE_LEVEL`
 //!   (`DISPATCH_LEVEL` with `KSPIN_FLAG_DISPATCH_LEVEL_PROCESSING`);
-//! * a `Process` that returns `STATUS_SUCCESS` [`NO_PROGRESS_LIMIT`] times
-//!   in a row without the queue changing is the finding `KS_PROCESS_NO_PROGRESS`.
+//! * [`NO_PROGRESS_LIMIT`] `Process` calls in a row, each owing the next
+//!   (`STATUS_SUCCESS` with frames at or ahead of the leading edge, or
+//!   `KsPinAttemptProcessing` from inside `Process`), without the queue
+//!   changing are the finding `KS_PROCESS_NO_PROGRESS` (the calls stop
+//!   there); a call that owes none (nothing ahead, or `STATUS_PENDING`)
+//!   is no livelock.
 
 use capdma_avstream::ports::KsPinPort as _;
 use capdma_winvm::{Machine, Stop};
@@ -44,8 +48,8 @@ use super::pin::{
 };
 use crate::ks::StreamPointerHandle;
 
-/// `STATUS_SUCCESS` returns in a row, with nothing changed, before a
-/// `Process` is reported as making no progress.
+/// `Process` calls in a row, each owing the next and nothing changed,
+/// before a `Process` is reported as making no progress.
 pub const NO_PROGRESS_LIMIT: u32 = 1000;
 /// Bytes of one `KSSTREAM_POINTER` slot (the pointer and up to 192 bytes of clone context).
 const SLOT_BYTES: u64 = 256;
@@ -280,7 +284,11 @@ fn left_frame(
     let leading = record.leading_edge_va;
     let is_leading = nt.ks.pointers.get(&leading).and_then(|r| r.handle) == Some(handle);
     if let (true, Some((buffer_id, seq, offset, mapping_bytes))) = (is_leading, before) {
-        let now = view_of(nt, pin, handle).map(|v| v.1);
+        // Where the leading edge stands now, locked or not: unlocking it
+        // where it is (`KsStreamPointerUnlock(FALSE)`, the unlock of
+        // `KsStreamPointerAdvanceOffsetsAndUnlock` within the frame) does
+        // not leave the frame.
+        let now = nt.ks.pins.get(&pin).map(|p| p.queue.progress_mark().0);
         if now != Some(seq) {
             let record = &nt.ks.pins[&pin];
             let advanced = offset.saturating_add(out_used);
@@ -416,28 +424,30 @@ fn call_process(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
     let Some(record) = nt.ks.pins.get_mut(&pin) else { return Ok(()) };
     record.in_process = false;
     record.processing_mutex = false;
-    if st == status::SUCCESS {
-        let progressed = record.queue.progress_mark() != mark;
-        record.no_progress = if progressed { 0 } else { record.no_progress + 1 };
-        if record.queue.frames_at_or_ahead_of_leading_edge() > 0 && !record.queue.waiting_for_map_registers() {
-            record.owed = true;
+    if st == status::SUCCESS && record.queue.frames_at_or_ahead_of_leading_edge() > 0 && !record.queue.waiting_for_map_registers() {
+        record.owed = true;
+    }
+    // Owed now (STATUS_SUCCESS with frames ahead, or KsPinAttemptProcessing
+    // from inside Process), the next call comes at once: such calls in a
+    // row with nothing changed are a livelock. A call that owes none (the
+    // queue empty, or STATUS_PENDING) ends the run.
+    let progressed = record.queue.progress_mark() != mark;
+    record.no_progress = if progressed || !record.owed { 0 } else { record.no_progress + 1 };
+    if record.no_progress >= NO_PROGRESS_LIMIT {
+        record.owed = false;
+        if !record.livelock_reported {
+            record.livelock_reported = true;
+            nt.verifier.checks += 1;
+            nt.violation(
+                m,
+                "KS_PROCESS_NO_PROGRESS",
+                0xC4,
+                None,
+                format!(
+                    "Process of pin {pin:#x} was called {NO_PROGRESS_LIMIT} times in a row, each call owing the next (STATUS_SUCCESS with frames at or ahead of the leading edge, or KsPinAttemptProcessing from inside Process), without moving a stream pointer or completing a frame"
+                ),
+            );
         }
-        if record.no_progress >= NO_PROGRESS_LIMIT {
-            record.owed = false;
-            if !record.livelock_reported {
-                record.livelock_reported = true;
-                nt.verifier.checks += 1;
-                nt.violation(
-                    m,
-                    "KS_PROCESS_NO_PROGRESS",
-                    0xC4,
-                    None,
-                    format!("Process of pin {pin:#x} returned STATUS_SUCCESS {NO_PROGRESS_LIMIT} times in a row without moving a stream pointer or completing a frame"),
-                );
-            }
-        }
-    } else {
-        record.no_progress = 0;
     }
     Ok(())
 }

@@ -1286,14 +1286,16 @@ fn a_clone_holds_its_frame_until_it_is_deleted() {
     assert_eq!((count, remaining), (FRAME_BYTES, FRAME_BYTES));
     assert_eq!(ks.m().read_u64(ks.header(pin, 0) + ksstream_header::DATA).unwrap(), data);
     assert_eq!(ks.m().read_u64(made[0] + ksstream_pointer::CONTEXT).unwrap(), made[0] + ksstream_pointer::SIZE, "ContextSize bytes after it");
-    // The hardware filled frame 1 first: it waits for frame 0 (completion is in order).
+    // The hardware filled frame 1 first: without KSPIN_FLAG_ENFORCE_FIFO it
+    // goes back as soon as nothing holds it, ahead of frame 0.
     ks.m().write_u32(ks.header(pin, 1) + ksstream_header::DATA_USED, 1000).unwrap();
     ks.ddi_at(DISPATCH_LEVEL, "KsStreamPointerDelete", &[made[1]]);
-    assert!(ks.completed(pin).is_empty());
+    let first: Vec<(u64, Option<u32>)> = ks.completed(pin).iter().map(|f| (f.buffer_id, f.completion.map(|c| c.data_used))).collect();
+    assert_eq!(first, [(1, Some(1000))], "out of queue order");
     ks.m().write_u32(ks.header(pin, 0) + ksstream_header::DATA_USED, 2000).unwrap();
     ks.ddi_at(DISPATCH_LEVEL, "KsStreamPointerDelete", &[made[0]]);
     let used: Vec<(u64, Option<u32>)> = ks.completed(pin).iter().map(|f| (f.buffer_id, f.completion.map(|c| c.data_used))).collect();
-    assert_eq!(used, [(0, Some(2000)), (1, Some(1000))], "DataUsed as the minidriver wrote it through the clones");
+    assert_eq!(used, [(0, Some(2000))], "DataUsed as the minidriver wrote it through the clones");
     ks.close(filter, pin);
     ks.end_clean();
 }
@@ -1871,4 +1873,111 @@ fn advancing_past_the_end_of_a_frame_is_a_violation_of_the_queue() {
     let violations = ks.sys.memory.violations().list();
     assert!(violations.iter().any(|v| v.contains("past the end of the frame")), "{violations:?}");
     assert_eq!(ks.data_used(pin, 0), FRAME_BYTES, "DataUsed is at most the frame");
+}
+
+// ------------------------------------------------- IKsDeviceFunctions (x64 adapter registration)
+
+/// `IID_IKsDeviceFunctions` in guest memory.
+fn iid_in(ks: &mut Ks, iid: [u8; 16]) -> u64 {
+    let va = ks.memory(4096);
+    ks.m().write(va, &iid).unwrap();
+    va
+}
+
+/// Calls vtable entry `index` of the COM-style object `this` with `args` (after `this`).
+fn com(ks: &mut Ks, this: u64, index: u64, args: &[u64]) -> u64 {
+    let vtbl = ks.m().read_u64(this).unwrap();
+    let method = ks.m().read_u64(vtbl + 8 * index).unwrap();
+    let all: Vec<u64> = std::iter::once(this).chain(args.iter().copied()).collect();
+    let (nt, m) = ks.nt_m();
+    m.call(nt, method, &all).unwrap()
+}
+
+/// The device's `IKsDeviceFunctions` through `KsGetOuterUnknown` and `QueryInterface`.
+fn device_functions(ks: &mut Ks) -> u64 {
+    let device = ks.device();
+    let unknown = ks.ddi("KsGetOuterUnknown", &[device]);
+    assert_ne!(unknown, 0, "a KSDEVICE has an outer IUnknown");
+    let iid = iid_in(ks, capdma_sim::nt::ks::unknown::IID_IKS_DEVICE_FUNCTIONS);
+    let out = ks.memory(4096);
+    assert_eq!(low(com(ks, unknown, 0, &[iid, out])), status::SUCCESS, "QueryInterface(IID_IKsDeviceFunctions)");
+    ks.m().read_u64(out).unwrap()
+}
+
+/// A `DEVICE_DESCRIPTION` of an S/G bus master with 32-bit addresses (as `dma_adapter_on`'s).
+fn sg_description(ks: &mut Ks) -> u64 {
+    let dd = ks.memory(4096);
+    let m = ks.m();
+    m.write_u32(dd + device_description::VERSION, DEVICE_DESCRIPTION_VERSION2).unwrap();
+    m.write_u8(dd + device_description::MASTER, 1).unwrap();
+    m.write_u8(dd + device_description::SCATTER_GATHER, 1).unwrap();
+    m.write_u8(dd + device_description::DMA32_BIT_ADDRESSES, 1).unwrap();
+    m.write_u32(dd + device_description::MAXIMUM_LENGTH, 1 << 20).unwrap();
+    dd
+}
+
+#[test]
+fn register_adapter_object_ex_through_the_outer_unknown_registers_the_adapter() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let adapter = dma_adapter_on(&mut ks);
+    let functions = device_functions(&mut ks);
+    let dd = sg_description(&mut ks);
+    let granted = u64::from(ks.sys.nt.hal.dma.adapters[&adapter].map_registers);
+    assert_eq!(low(com(&mut ks, functions, 3, &[adapter, dd, granted, 4096, 16])), status::SUCCESS);
+    assert_eq!(com(&mut ks, functions, 2, &[]), 0, "Release: the QueryInterface reference back");
+    let device = ks.device();
+    let record = &ks.sys.nt.ks.devices[&device];
+    assert!(record.registered_ex);
+    assert_eq!(record.adapter.map(|a| (a.adapter, a.max_mapping_byte_count, a.mapping_table_stride)), Some((adapter, 4096, 16)));
+    // A filter or pin has no aggregated interfaces here; other pointers are not AVStream's.
+    assert_eq!(ks.ddi("KsGetOuterUnknown", &[factory()]), 0);
+    ks.assert_clean();
+    assert_eq!(ks.ddi("KsGetOuterUnknown", &[adapter]), 0);
+    ks.found("KS_NOT_AN_AVSTREAM_OBJECT");
+    put_adapter(&mut ks, adapter);
+}
+
+#[test]
+fn query_interface_for_an_unknown_interface_answers_nointerface_and_null() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let device = ks.device();
+    let unknown = ks.ddi("KsGetOuterUnknown", &[device]);
+    let iid = iid_in(&mut ks, [0x11; 16]);
+    let out = ks.memory(4096);
+    ks.m().write_u64(out, 0xDEAD).unwrap();
+    assert_eq!(low(com(&mut ks, unknown, 0, &[iid, out])), capdma_sim::nt::ks::unknown::STATUS_NOINTERFACE);
+    assert_eq!(ks.m().read_u64(out).unwrap(), 0);
+    ks.assert_clean();
+}
+
+#[test]
+fn a_description_that_does_not_match_the_adapter_is_found() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let adapter = dma_adapter_on(&mut ks);
+    let functions = device_functions(&mut ks);
+    let dd = sg_description(&mut ks);
+    let granted = u64::from(ks.sys.nt.hal.dma.adapters[&adapter].map_registers);
+    // More map registers than IoGetDmaAdapter granted, and 64-bit addresses the adapter was not made for.
+    ks.m().write_u8(dd + device_description::DMA64_BIT_ADDRESSES, 1).unwrap();
+    assert_eq!(low(com(&mut ks, functions, 3, &[adapter, dd, granted + 1, 4096, 16])), status::INVALID_PARAMETER);
+    let detail = ks.found("KS_INVALID_DEVICE_DESCRIPTION").detail.clone();
+    assert!(detail.contains("NumberOfMapRegisters") && detail.contains("Dma64BitAddresses"), "{detail}");
+    let device = ks.device();
+    assert!(!ks.sys.nt.ks.devices[&device].registered_ex, "nothing registered");
+    let _ = com(&mut ks, functions, 2, &[]);
+    put_adapter(&mut ks, adapter);
+}
+
+#[test]
+fn interface_references_released_too_often_or_never_are_found() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let functions = device_functions(&mut ks);
+    assert_eq!(com(&mut ks, functions, 2, &[]), 0);
+    ks.assert_clean();
+    let _ = com(&mut ks, functions, 2, &[]);
+    ks.found("KS_INTERFACE_RELEASED_TOO_OFTEN");
+    // A reference taken and never released: found when the device goes.
+    let _ = device_functions(&mut ks);
+    assert_eq!(ks.pnp.remove(&mut ks.sys).unwrap(), status::SUCCESS);
+    assert!(ks.found("KS_INTERFACE_NOT_RELEASED").detail.contains("1 interface reference"));
 }

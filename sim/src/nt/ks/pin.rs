@@ -49,8 +49,6 @@ pub const KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY: u32 = 0x1_0000;
 const STATUS_NO_MATCH: u32 = 0xC000_0272;
 /// `STATUS_DEVICE_NOT_READY`.
 const STATUS_DEVICE_NOT_READY: u32 = 0xC000_00A3;
-/// `STATUS_INVALID_DEVICE_STATE` (ntstatus.h).
-const STATUS_INVALID_DEVICE_STATE: u32 = 0xC000_0184;
 /// `STATUS_NOT_FOUND`: no such property.
 const STATUS_NOT_FOUND: u32 = 0xC000_0225;
 
@@ -472,9 +470,10 @@ pub fn set_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32) -> Resul
 /// nothing at or ahead of the leading edge, or the pin asked for every
 /// arrival, and the pin is in a processing state, `Process` is owed (made
 /// by the next [`super::stream::run_workers`]). Returns `STATUS_PENDING`
-/// (the read is pending), `STATUS_INVALID_DEVICE_STATE` on a pin in
-/// `KSSTATE_STOP` (nothing queued: a stopped pin has no queue to take it),
-/// or `STATUS_INVALID_PARAMETER` for an unknown buffer.
+/// (the read is pending) or `STATUS_INVALID_PARAMETER` for an unknown
+/// buffer. A frame queued in `KSSTATE_STOP` waits for a processing state
+/// (a capture client queues in `KSSTATE_PAUSE`); closing the pin hands it
+/// back cancelled.
 ///
 /// # Errors
 /// A bugcheck writing the header.
@@ -482,9 +481,6 @@ pub fn submit(nt: &mut Nt, m: &mut Machine, pin: PinHandle, buffer: u32) -> Resu
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
     let Some(b) = record.buffers.get(buffer as usize).cloned() else { return Ok(status::INVALID_PARAMETER) };
     let (header_size, flags, state) = (record.header_size, record.flags, record.state);
-    if state == KSSTATE_STOP {
-        return Ok(STATUS_INVALID_DEVICE_STATE);
-    }
     let h = b.header_va;
     m.fill(h, header_size as usize, 0)?;
     m.write_u32(h + ksstream_header::SIZE_FIELD, header_size)?;
@@ -631,6 +627,10 @@ pub fn close_pin(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<u32, St
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
     let dispatch = record.dispatch;
     let mut st = set_state(nt, m, pin, KSSTATE_STOP)?;
+    // Frames queued while the pin was stopped go back cancelled with the handle.
+    if let Some(record) = nt.ks.pins.get(&pin.0).filter(|r| r.queue.queued_frames() > 0) {
+        record.queue.flush_on_stop();
+    }
     let close = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::CLOSE)? };
     if close != 0 {
         let irp_va = kernel_irp(nt, m, mj::CLOSE, pin.0)?;

@@ -156,6 +156,19 @@ fn a_missing_image_is_the_reason_and_the_renderings_say_so() {
 }
 
 #[test]
+fn a_copy_estimate_from_noise_gets_no_verdict() {
+    let mut report = run(&BenchOptions { samples: Some(1), warmup: Some(1), ..BenchOptions::quick() }).expect("quick bench runs");
+    let copy = ImageCopy { guest_copy_vs_host: -0.2, guest_copy_best_vs_host: 0.5, ..ImageCopy::default() };
+    report.image = Some(ImageCost { copy, modes: vec![ImageWall { mode: "CommonBuffer".into(), images_vs_cores: 2.5, ..ImageWall::default() }], ..ImageCost::default() });
+    let table = render_table(&report);
+    assert!(table.contains("-0.200 x the host routine (no estimate: the difference is noise)") && table.contains("0.500 x (met)"), "{table}");
+    assert!(table.contains("2.50 (missed)"), "{table}");
+    let markdown = render_markdown(&report);
+    assert!(markdown.contains("-0.200, no estimate: the difference is noise") && markdown.contains("0.500, met"), "{markdown}");
+    assert!(markdown.contains("2.50, missed by 0.50"), "{markdown}");
+}
+
+#[test]
 fn the_images_cost_is_measured_and_consistent() {
     let (bus, avstream) = default_images();
     if let Some(why) = image_unavailable(&bus, &avstream) {

@@ -213,7 +213,7 @@ fn write_image(out: &mut String, report: &BenchReport) -> std::fmt::Result {
     let copy_us: Vec<f64> = c.guest_copy_ns_per_frame_by_run.iter().map(|ns| ns / 1e3).collect();
     writeln!(
         out,
-        "* The copy itself in the guest (its `KVM_RUN` time per frame against the same stream of {}, {:.1} us per frame with {:.1} VM exits): from the medians {} us per frame, {:.2} GB/s: {} of the host routine; from each stream's fastest call {:.1} us, {:.2} GB/s: {} (goal <= {GOAL_IMAGE_VS_HOST:.2}).",
+        "* The copy itself in the guest (its `KVM_RUN` time per frame against the same stream of {}, {:.1} us per frame with {:.1} VM exits): from the medians {} us per frame, {:.2} GB/s, against the host routine {}; from each stream's fastest call {:.1} us, {:.2} GB/s, {} (goal <= {GOAL_IMAGE_VS_HOST:.2}).",
         c.reference_case,
         c.reference_guest_ns_per_frame / 1e3,
         c.reference_vm_exits_per_frame,

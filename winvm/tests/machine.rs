@@ -89,7 +89,14 @@ fn a_host_call_returns_rax() {
     });
     let mut k = TestKernel::default();
     assert_eq!(m.call(&mut k, f, &[40, 2]).unwrap(), 42);
+    let (before, started) = (m.counts(), std::time::Instant::now());
     assert_eq!(m.call(&mut k, f, &[1, 2]).unwrap(), 3);
+    let (wall, after) = (started.elapsed(), m.counts());
+    // The call ran the guest (one KVM_RUN, ended by the return's exit);
+    // the time inside KVM_RUN is part of the call's.
+    assert_eq!(after.exits - before.exits, 1);
+    assert!(after.guest_ns > before.guest_ns);
+    assert!(u128::from(after.guest_ns - before.guest_ns) <= wall.as_nanos());
 }
 
 #[test]

@@ -47,11 +47,13 @@
 //! Figures over runs: each run gives a median per method; the report's
 //! figure is the median of those, with their range. The whole-stack
 //! throughput in virtual time needs the simulated machine:
-//! [`BenchReport::stack`] is left `None` for the caller to fill, and so is
-//! [`BenchReport::image`] (the AVStream image's own copy, once it runs in
-//! the emulated kernel).
+//! [`BenchReport::stack`] is left `None` for the caller to fill
+//! ([`measure_stack`]), and so is [`BenchReport::image`], the product's own
+//! cost: the AVStream image's `Process` copy in the emulated kernel and the
+//! main job through the images against the cores ([`measure_image`]).
 #![allow(clippy::cast_precision_loss, reason = "benchmark figures: counts far below 2^53 converted to f64")]
 
+mod image;
 mod kernels;
 mod machine;
 mod markdown;
@@ -63,6 +65,7 @@ mod stats;
 mod stack;
 mod table;
 
+pub use image::{default_images, image_unavailable, measure_image, DdiRate, ImageCopy, ImageCost, ImageWall, GOAL_IMAGES_VS_CORES, GOAL_IMAGE_VS_HOST};
 pub use machine::MachineInfo;
 pub use markdown::render_markdown;
 pub use plot::render_svg;
@@ -142,38 +145,19 @@ pub struct BenchReport {
     /// Whole-stack throughput in virtual time, per DMA mode: filled by the
     /// CLI from the simulated machine; `run` leaves it `None`.
     pub stack: Option<StackThroughput>,
-    /// The product's own cost: the AVStream image's
-    /// `Process` copy timed inside the emulated kernel next to the host
-    /// routine, and the main job's wall time per frame with `--drivers
-    /// images` next to `--drivers cores`. `None` until the image runs in the
-    /// emulated kernel; nothing fills it yet.
+    /// The product's own cost: the AVStream image's `Process` copy timed
+    /// inside the emulated kernel next to the host routine, and the main
+    /// job's wall time per frame with `--drivers images` next to `--drivers
+    /// cores` ([`measure_image`]). Filled by the CLI when the images are
+    /// built and KVM is usable; `run` leaves it `None`.
     pub image: Option<ImageCost>,
+    /// Why [`BenchReport::image`] was not measured (the images not built,
+    /// no usable `/dev/kvm`), when the CLI could not; `None` otherwise.
+    pub image_unavailable: Option<String>,
     /// `true` when every byte check of every method passed.
     pub checks_passed: bool,
     /// Wall-clock seconds of the run.
     pub elapsed_seconds: f64,
-}
-
-/// The product's own cost (see [`BenchReport::image`]); the place for issue
-/// 10's item 4. Goals: `image_vs_host` within 5 % of 1, `images_vs_cores`
-/// at most 2.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ImageCost {
-    /// The frame the copies are timed on (`"1080p YUY2"`).
-    pub case: String,
-    /// Nanoseconds per frame of the image's `Process` copy in the emulated
-    /// kernel (native execution).
-    pub image_copy_ns_per_frame: f64,
-    /// Nanoseconds per frame of the host routine on the same frame.
-    pub host_copy_ns_per_frame: f64,
-    /// `image_copy_ns_per_frame / host_copy_ns_per_frame`.
-    pub image_vs_host: f64,
-    /// Wall seconds per frame of the main job with `--drivers images`.
-    pub images_wall_per_frame: f64,
-    /// Wall seconds per frame of the main job with `--drivers cores`.
-    pub cores_wall_per_frame: f64,
-    /// `images_wall_per_frame / cores_wall_per_frame`.
-    pub images_vs_cores: f64,
 }
 
 /// How the run was set up.
@@ -728,6 +712,7 @@ pub fn run_with_progress(options: &BenchOptions, progress: &mut dyn FnMut(u64, u
         sg,
         stack: None,
         image: None,
+        image_unavailable: None,
         checks_passed: all_passed,
         elapsed_seconds: started_at.elapsed().as_secs_f64(),
     })

@@ -1,5 +1,7 @@
 //! The quick configuration end to end: byte checks, the report's internal
-//! consistency, both limits, several runs, and every rendering.
+//! consistency, both limits, several runs, every rendering, and the
+//! product's own cost through the images (when they are built and KVM is
+//! usable; in CI they must be). No test asserts a speed.
 use super::*;
 
 const IDS: [&str; 14] = [
@@ -30,7 +32,7 @@ fn quick_run_checks_bytes_and_reports_consistently() {
     assert!(report.checks_passed, "byte checks failed: {report:#?}");
     assert_eq!(report.cases.len(), 3);
     assert!(report.stack.is_none(), "the stack figures are the caller's");
-    assert!(report.image.is_none(), "nothing measures the image yet");
+    assert!(report.image.is_none() && report.image_unavailable.is_none(), "the image figures are the caller's");
     assert!(report.started.ends_with('Z') && report.started.len() == 20, "{}", report.started);
     let samples = report.settings.samples;
     assert_eq!(report.settings.runs, 1);
@@ -88,7 +90,7 @@ fn quick_run_checks_bytes_and_reports_consistently() {
         assert!(f.ns_per_element.median > 0.0);
     }
     let json = render_json(&report).unwrap();
-    for field in ["\"driver_vs_limit\"", "\"driver_vs_scattered_limit\"", "\"stack\": null", "\"image\": null"] {
+    for field in ["\"driver_vs_limit\"", "\"driver_vs_scattered_limit\"", "\"stack\": null", "\"image\": null", "\"image_unavailable\": null"] {
         assert!(json.contains(field), "{field}");
     }
     let table = render_table(&report);
@@ -133,4 +135,94 @@ fn runs_are_folded_into_medians_and_ranges() {
     assert!(markdown.contains("Share of one core on the driver's path") && markdown.contains("ns per element to program"), "{markdown}");
     let svg = render_svg(&report).expect("the plot renders");
     assert!(svg.starts_with("<svg") && svg.contains("130x24 NV12") && svg.contains("scattered limit"), "{svg}");
+}
+
+/// Asserts `a == b` up to rounding.
+fn close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0), "{what}: {a} != {b}");
+}
+
+#[test]
+fn a_missing_image_is_the_reason_and_the_renderings_say_so() {
+    let missing = std::path::Path::new("/nonexistent/capdma_avstream.sys");
+    let (bus, _) = default_images();
+    let why = image_unavailable(&bus, missing).or_else(|| image_unavailable(missing, missing)).expect("a missing image is a reason");
+    assert!(why.contains("not built") && why.contains("cargo xtask windows"), "{why}");
+    let mut report = run(&BenchOptions { samples: Some(1), warmup: Some(1), ..BenchOptions::quick() }).expect("quick bench runs");
+    report.image_unavailable = Some(why.clone());
+    assert!(render_table(&report).contains(&format!("not measured: {why}")));
+    assert!(render_markdown(&report).contains(&format!("not measured: {why}.")));
+    assert!(render_json(&report).unwrap().contains("\"image_unavailable\": \""));
+}
+
+#[test]
+fn a_copy_estimate_from_noise_gets_no_verdict() {
+    let mut report = run(&BenchOptions { samples: Some(1), warmup: Some(1), ..BenchOptions::quick() }).expect("quick bench runs");
+    let copy = ImageCopy { guest_copy_vs_host: -0.2, guest_copy_best_vs_host: 0.5, ..ImageCopy::default() };
+    report.image = Some(ImageCost { copy, modes: vec![ImageWall { mode: "CommonBuffer".into(), images_vs_cores: 2.5, ..ImageWall::default() }], ..ImageCost::default() });
+    let table = render_table(&report);
+    assert!(table.contains("-0.200 x the host routine (no estimate: the difference is noise)") && table.contains("0.500 x (met)"), "{table}");
+    assert!(table.contains("2.50 (missed)"), "{table}");
+    let markdown = render_markdown(&report);
+    assert!(markdown.contains("-0.200, no estimate: the difference is noise") && markdown.contains("0.500, met"), "{markdown}");
+    assert!(markdown.contains("2.50, missed by 0.50"), "{markdown}");
+}
+
+#[test]
+fn the_images_cost_is_measured_and_consistent() {
+    let (bus, avstream) = default_images();
+    if let Some(why) = image_unavailable(&bus, &avstream) {
+        assert!(std::env::var_os("CI").is_none(), "CI must run this test, but: {why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut report = run(&BenchOptions { samples: Some(3), ..BenchOptions::quick() }).expect("quick bench runs");
+    let frames = 6;
+    let cost = measure_image(&report, &bus, &avstream, frames).expect("the images stream");
+    assert_eq!((cost.runs, cost.frames), (1, frames));
+    let c = &cost.copy;
+    let case = report.cases.iter().find(|k| k.name == c.case).expect("the copy's case is a bench case");
+    assert_eq!((c.frame_bytes, case.width, case.height), (case.frame_bytes, 640, 240));
+    close(c.host_ns_per_frame, case.frame_bytes as f64 / method(case, "driver").gbps_median, "host ns per frame");
+    // One run of `frames` frames, every one copied by the image's Process.
+    assert_eq!(c.frames_by_run, [u64::from(frames)]);
+    assert!(c.process_calls_by_run[0] >= u64::from(frames) / 2 && c.process_wall_ns_by_run[0] > 0);
+    close(c.image_mean_ns_per_frame, c.process_wall_ns_by_run[0] as f64 / f64::from(frames), "mean per frame = total / frames");
+    close(c.image_ns_per_frame, c.image_ns_per_frame_by_run[0], "one run: its median");
+    close(c.image_vs_host, c.image_ns_per_frame / c.host_ns_per_frame, "image / host");
+    close(c.process_calls_per_frame, c.process_calls_by_run[0] as f64 / f64::from(frames), "calls per frame");
+    close(c.vm_exits_per_process_call * c.process_calls_per_frame, c.vm_exits_per_frame, "exits per call x calls = exits per frame");
+    // Each call returns to the host (an exit) and calls KS to find and advance its frame.
+    assert!(c.vm_exits_per_process_call >= 1.0 && c.vm_exits_per_frame > c.ddi_calls_per_frame);
+    close(c.ddi_calls_per_frame_by_name.iter().map(|d| d.per_frame).sum(), c.ddi_calls_per_frame, "the DDIs by name add up");
+    for ddi in ["KsPinGetLeadingEdgeStreamPointer", "KsStreamPointerAdvanceOffsetsAndUnlock"] {
+        assert!(c.ddi_calls_per_frame_by_name.iter().any(|d| d.ddi == ddi && d.per_frame >= 1.0), "{ddi}: {:?}", c.ddi_calls_per_frame_by_name);
+    }
+    assert!(c.ddi_calls_per_frame_by_name.windows(2).all(|w| w[0].per_frame >= w[1].per_frame), "most called first");
+    assert!(c.guest_share > 0.0 && c.guest_share <= 1.0 && c.exit_handling_ns_per_exit > 0.0);
+    assert!(c.image_ns_per_frame > 0.0 && c.guest_ns_per_frame > 0.0 && c.exit_handling_ns_per_frame > 0.0);
+    assert!(c.guest_ns_per_frame <= c.image_ns_per_frame, "KVM_RUN time is part of each call's");
+    assert_eq!((c.reference_case.as_str(), c.reference_frame_bytes), ("576x240 YUY2", 576 * 2 * 240));
+    assert!(c.reference_frame_bytes >= NON_TEMPORAL_THRESHOLD, "the reference frame is streamed too");
+    assert!(c.reference_guest_ns_per_frame > 0.0 && c.reference_vm_exits_per_frame >= 1.0);
+    // The copy's own time is a difference of two noisy figures: it exists.
+    assert_eq!(c.guest_copy_ns_per_frame_by_run.len(), 1);
+    assert!(c.guest_copy_ns_per_frame.is_finite() && c.guest_copy_best_ns_per_frame.is_finite());
+    close(c.guest_copy_vs_host, c.guest_copy_ns_per_frame / c.host_ns_per_frame, "guest copy / host");
+    close(c.guest_copy_gbps * c.guest_copy_ns_per_frame, c.frame_bytes as f64, "GB/s x ns = bytes");
+    assert_eq!(cost.modes.iter().map(|w| w.mode.as_str()).collect::<Vec<_>>(), ["ScatterGather", "CommonBuffer"]);
+    for w in &cost.modes {
+        assert!(w.cores_ms_per_frame > 0.0 && w.images_ms_per_frame > 0.0, "{w:?}");
+        assert!(w.cores_streaming_ms_per_frame > 0.0 && w.images_streaming_ms_per_frame > 0.0, "{w:?}");
+        assert!(w.cores_streaming_ms_per_frame <= w.cores_ms_per_frame && w.images_streaming_ms_per_frame <= w.images_ms_per_frame);
+        close(w.images_vs_cores, w.images_ms_per_frame / w.cores_ms_per_frame, "images / cores");
+        close(w.streaming_images_vs_cores, w.images_streaming_ms_per_frame / w.cores_streaming_ms_per_frame, "streaming images / cores");
+    }
+    report.image = Some(cost);
+    let table = render_table(&report);
+    assert!(table.contains("the AVStream image's Process, 640x240 YUY2") && table.contains("DDI calls per frame inside Process"), "{table}");
+    let markdown = render_markdown(&report);
+    assert!(markdown.contains("* The AVStream image's `Process`, 640x240 YUY2") && markdown.contains("* CommonBuffer: the whole job"), "{markdown}");
+    let json = render_json(&report).unwrap();
+    assert!(json.contains("\"image_vs_host\"") && json.contains("\"images_vs_cores\"") && json.contains("\"guest_copy_ns_per_frame\""));
 }

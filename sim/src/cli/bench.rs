@@ -1,9 +1,13 @@
-//! `capdma-sim bench`: the common-buffer copy against the memory limit.
+//! `capdma-sim bench`: the common-buffer copy against the memory limit, and
+//! the product's own cost (the images in the emulated kernel) when the
+//! images are built and KVM is usable.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use capdma_sim::bench::{measure_stack, render_markdown, render_svg, render_table, run_with_progress, BenchOptions};
+use capdma_sim::bench::{
+    default_images, image_unavailable, measure_image, measure_stack, render_markdown, render_svg, render_table, run_with_progress, BenchOptions,
+};
 use clap::builder::RangedU64ValueParser;
 use clap::Args;
 
@@ -34,6 +38,12 @@ pub struct BenchArgs {
     /// Also write an SVG plot of GB/s per method and frame size, with both limits, to FILE.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// The bus image for the product's own cost (default: `target/windows/release/capdma_bus.sys` of this workspace).
+    #[arg(long, value_name = "FILE.sys")]
+    bus_image: Option<PathBuf>,
+    /// The AVStream image for the product's own cost (default: `target/windows/release/capdma_avstream.sys` of this workspace).
+    #[arg(long, value_name = "FILE.sys")]
+    avstream_image: Option<PathBuf>,
 }
 
 /// Runs `capdma-sim bench`: exit 0 when every copy method wrote the right
@@ -59,6 +69,15 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         bar.set_message("streaming through the whole stack");
         let frames = if args.quick { 30 } else { 300 };
         report.stack = Some(measure_stack(&report, frames)?);
+        let (bus, avstream) = (args.bus_image.clone(), args.avstream_image.clone());
+        let (default_bus, default_avstream) = default_images();
+        let (bus, avstream) = (bus.unwrap_or(default_bus), avstream.unwrap_or(default_avstream));
+        report.image_unavailable = image_unavailable(&bus, &avstream);
+        if report.image_unavailable.is_none() {
+            bar.set_message("the images in the emulated kernel against the cores");
+            let frames = if args.quick { 20 } else { 300 };
+            report.image = Some(measure_image(&report, &bus, &avstream, frames)?);
+        }
         Ok(report)
     });
     bar.finish_and_clear();

@@ -81,6 +81,22 @@ impl Machine {
         self.image.as_ref().and_then(|w| w.sys.nt.calls_by_ddi.get(name).copied()).unwrap_or(0)
     }
 
+    /// The AVStream image's `Process` calls so far, each timed by the
+    /// emulated `ks.sys` (the first [`crate::nt::ks::PROCESS_SAMPLES_KEPT`]);
+    /// empty for a machine not running the AVStream image.
+    #[must_use]
+    pub fn image_process_samples(&self) -> &[crate::nt::ks::ProcessSample] {
+        self.image.as_ref().map_or(&[], |w| w.sys.nt.ks.process_samples.as_slice())
+    }
+
+    /// The DDI calls the AVStream image's `Process` calls made so far, by
+    /// name (`KsPinGetLeadingEdgeStreamPointer`, `memcpy`, ...); empty for
+    /// a machine not running the AVStream image.
+    #[must_use]
+    pub fn image_process_calls_by_ddi(&self) -> Vec<(&'static str, u64)> {
+        self.image.as_ref().map(|w| w.sys.nt.ks.process_calls_by_ddi.iter().map(|(n, c)| (*n, *c)).collect()).unwrap_or_default()
+    }
+
     /// The device stack on the emulated kernel's child PDO of card `card`'s
     /// channel `channel` (the bus image's child), bottom first: each device
     /// object as who created it (`symbol+offset` of the image's

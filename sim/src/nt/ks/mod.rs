@@ -113,6 +113,10 @@ pub struct KsState {
     pub host_functions: BTreeMap<&'static str, u64>,
     /// Counters.
     pub stats: KsCounters,
+    /// The first [`PROCESS_SAMPLES_KEPT`] `Process` calls, timed one by one.
+    pub process_samples: Vec<ProcessSample>,
+    /// DDI calls made inside `Process` calls, by name.
+    pub process_calls_by_ddi: BTreeMap<&'static str, u64>,
 }
 
 /// Handles open on the AVStream device on `pdo`'s stack (filters the
@@ -136,4 +140,39 @@ pub struct KsCounters {
     pub frames_submitted: u64,
     /// Stream pointer clones made.
     pub clones: u64,
+    /// Host wall-clock nanoseconds inside the `Process` calls (from
+    /// entering the guest to its return): the minidriver's code running
+    /// natively in the VM, every VM exit it causes and what the host does
+    /// at each (its DDI calls; interrupts and DPCs delivered there).
+    pub process_wall_ns: u64,
+    /// The part of `process_wall_ns` inside `KVM_RUN` (the guest's code and
+    /// the world switches; [`capdma_winvm::ExitCounts::guest_ns`]); the rest
+    /// is the host handling the exits.
+    pub process_guest_ns: u64,
+    /// VM exits during the `Process` calls (each call's return included).
+    pub process_vm_exits: u64,
+    /// DDI calls (imports and host routines) the `Process` calls made.
+    pub process_ddi_calls: u64,
+    /// Other host → guest calls nested in the `Process` calls (ISRs, DPCs
+    /// and callbacks delivered at their exits).
+    pub process_nested_calls: u64,
+    /// Frames completed back to the application during the `Process` calls.
+    pub process_frames_completed: u64,
 }
+
+/// One `Process` call as the emulated `ks.sys` timed it (see
+/// [`KsCounters::process_wall_ns`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessSample {
+    /// Host wall-clock nanoseconds of the call.
+    pub wall_ns: u64,
+    /// Of which inside `KVM_RUN`.
+    pub guest_ns: u64,
+    /// VM exits during the call (its return included).
+    pub vm_exits: u64,
+    /// Frames completed during the call.
+    pub frames_completed: u64,
+}
+
+/// `Process` calls kept in [`KsState::process_samples`] (the first ones).
+pub const PROCESS_SAMPLES_KEPT: usize = 100_000;

@@ -36,8 +36,11 @@
 //!   there); a call that owes none (nothing ahead, or `STATUS_PENDING`)
 //!   is no livelock.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use capdma_avstream::ports::KsPinPort as _;
-use capdma_winvm::{Machine, Stop};
+use capdma_winvm::{ExitCounts, Machine, Stop};
 
 use super::super::layout::irp::status;
 use super::super::layout::ks::{ksmapping, kspin_dispatch, ksstream_header, ksstream_pointer};
@@ -419,7 +422,10 @@ fn call_process(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
     let old = nt.irql;
     nt.irql = if flags & KSPIN_FLAG_DISPATCH_LEVEL_PROCESSING != 0 { DISPATCH_LEVEL } else { PASSIVE_LEVEL };
     nt.ks.stats.process_calls += 1;
+    let before = (m.counts(), nt.ddi_calls, nt.calls_by_ddi.clone(), mark.3);
+    let started = Instant::now();
     let st = low32(m.call(nt, process, &[pin])?);
+    account_process(nt, m, pin, started.elapsed(), before);
     nt.irql = old;
     let Some(record) = nt.ks.pins.get_mut(&pin) else { return Ok(()) };
     record.in_process = false;
@@ -450,4 +456,37 @@ fn call_process(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
         }
     }
     Ok(())
+}
+
+/// Adds one `Process` call to the counters ([`super::KsCounters`]'s
+/// `process_*`, [`super::KsState::process_samples`] and
+/// `process_calls_by_ddi`): `before` is the machine's exit counts, the DDI
+/// calls (all, and by name) and the pin's completed frames when it started.
+fn account_process(nt: &mut Nt, m: &Machine, pin: u64, elapsed: Duration, before: (ExitCounts, u64, BTreeMap<&'static str, u64>, u64)) {
+    let (counts, ddi_calls, by_ddi, completed) = before;
+    let after = m.counts();
+    let frames_completed = nt.ks.pins.get(&pin).map_or(0, |p| p.queue.progress_mark().3.saturating_sub(completed));
+    let sample = super::ProcessSample {
+        wall_ns: u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        guest_ns: after.guest_ns.saturating_sub(counts.guest_ns),
+        vm_exits: after.exits.saturating_sub(counts.exits),
+        frames_completed,
+    };
+    let stats = &mut nt.ks.stats;
+    stats.process_wall_ns += sample.wall_ns;
+    stats.process_guest_ns += sample.guest_ns;
+    stats.process_vm_exits += sample.vm_exits;
+    stats.process_ddi_calls += nt.ddi_calls.saturating_sub(ddi_calls);
+    // The call itself is one guest call; any more were nested in it.
+    stats.process_nested_calls += after.guest_calls.saturating_sub(counts.guest_calls).saturating_sub(1);
+    stats.process_frames_completed += frames_completed;
+    if nt.ks.process_samples.len() < super::PROCESS_SAMPLES_KEPT {
+        nt.ks.process_samples.push(sample);
+    }
+    for (name, calls) in &nt.calls_by_ddi {
+        let made = calls.saturating_sub(by_ddi.get(name).copied().unwrap_or(0));
+        if made > 0 {
+            *nt.ks.process_calls_by_ddi.entry(name).or_default() += made;
+        }
+    }
 }

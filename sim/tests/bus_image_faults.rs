@@ -40,6 +40,8 @@ const BUS_ROWS: &[&str] = &[
     "surprise-removal/cb",
     "map-registers/too-few",
     "remove-while-referenced",
+    "close-while-reset-hangs/images",
+    "surprise-removal-open-pins/images",
 ];
 
 fn describe(row: &FaultRow) -> String {

@@ -11,9 +11,26 @@
 mod support;
 
 use capdma_sim::faults::{not_applicable, run_matrix, run_row, FaultRow, NOT_WITH_IMAGES, ROWS};
-use capdma_sim::machine::Drivers;
+use capdma_sim::image::active;
+use capdma_sim::machine::{Drivers, Machine, MachineConfig};
 
 const SEED: u64 = 5;
+
+/// Rows that expose a driver bug not fixed yet, each with the only checks
+/// it may fail: the row must fail exactly there (a fixed driver makes it
+/// hold, and this entry must go).
+///
+/// `ksedit-fails/images`: the AVStream image's `SetDataFormat` on a
+/// created pin (`avstream-driver/src/ks/pin.rs`, `set_data_format_inner`)
+/// commits the new format in the core pin (`CapturePin::set_data_format`)
+/// before `edit_framing`'s `_KsEdit`s; when one fails it returns
+/// `STATUS_INSUFFICIENT_RESOURCES` and KS keeps the old connection format,
+/// but the core pin keeps the new one: the next `KSSTATE_RUN` starts the
+/// channel in the refused format (`ChannelStart` 80x60, frames of 9600
+/// bytes in the application's 160x120 buffers: delivered as good with the
+/// wrong size and content).
+const KNOWN_DRIVER_BUGS: &[(&str, &[&str])] =
+    &[("ksedit-fails/images", &["no corrupt frame delivered as good", "every delivered frame verified"])];
 
 /// Both images, or `None` (reason printed) outside CI.
 fn images() -> Option<Drivers> {
@@ -49,6 +66,12 @@ fn every_row_that_applies_holds_through_both_images() {
             continue;
         }
         ran += 1;
+        if let Some((_, allowed)) = KNOWN_DRIVER_BUGS.iter().find(|(name, _)| *name == row.name) {
+            let failures = row.failures();
+            assert!(!row.holds && row.frames_corrupt > 0, "{} holds now: the driver bug is fixed, remove it from KNOWN_DRIVER_BUGS\n{}", row.name, describe(row));
+            assert!(failures.iter().all(|f| allowed.iter().any(|a| f.starts_with(a))), "{} fails elsewhere too:\n{}", row.name, describe(row));
+            continue;
+        }
         assert!(row.holds, "{}", describe(row));
         assert!(row.recovered, "{}", describe(row));
         assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", describe(row));
@@ -62,7 +85,66 @@ fn every_row_that_applies_holds_through_both_images() {
     let listed = ROWS.iter().filter(|s| not_applicable(s.name, &drivers).is_some()).count();
     assert_eq!(skipped, listed);
     assert!(listed <= NOT_WITH_IMAGES.len() + 2, "a fault's modes share one entry");
-    assert!(ran >= 22, "{ran} rows ran through the images");
+    assert!(ran >= 27, "{ran} rows ran through the images");
+}
+
+/// The rows the images make possible check what they claim.
+#[test]
+fn the_image_rows_check_what_they_claim() {
+    let Some(drivers) = images() else { return };
+    // Every call of both images failed in turn, on both boards: some
+    // starts refused (with the step and status), some streams on.
+    let row = run_row("low-resources/images", &drivers, SEED).expect("the row");
+    assert!(row.holds, "{}", describe(&row));
+    let summary = &row.statuses[0];
+    assert!(summary.contains("calls failed in turn") && summary.contains("refused the start"), "{summary}");
+    assert!(row.statuses.iter().any(|s| s.contains("IRP_MN_START_DEVICE: STATUS_INSUFFICIENT_RESOURCES")), "{:#?}", row.statuses);
+    let kernel = row.checks.iter().find(|c| c.what.starts_with("the emulated kernel:")).expect("the kernel check");
+    assert!(kernel.ok && kernel.what.contains(" machines"), "every machine's kernel judged: {kernel:?}");
+    // _KsEdit failing: both refusals, KS keeping the old format.
+    let row = run_row("ksedit-fails/images", &drivers, SEED).expect("the row");
+    let refused = row.checks.iter().find(|c| c.what.starts_with("both changes with a _KsEdit failing")).expect("the check");
+    assert!(refused.ok, "{refused:?}");
+    // A close outlasting the bus's reset wait: the engine's reset stuck, then acknowledged.
+    let row = run_row("close-while-reset-hangs/images", &drivers, SEED).expect("the row");
+    assert!(row.holds, "{}", describe(&row));
+    assert!(row.statuses.iter().any(|s| s.contains("card 0 channel 0: pin closed (IRP_MJ_CLOSE): STATUS_SUCCESS")), "{:#?}", row.statuses);
+    // Plain headers: every frame identified by its time.
+    let row = run_row("plain-headers/images", &drivers, SEED).expect("the row");
+    assert!(row.holds, "{}", describe(&row));
+    assert!(row.checks.iter().any(|c| c.ok && c.what.contains("identified by its PresentationTime (60 of 60)")), "{:#?}", row.checks);
+    // Four pins open through a surprise removal.
+    let row = run_row("surprise-removal-open-pins/images", &drivers, SEED).expect("the row");
+    assert!(row.holds, "{}", describe(&row));
+    assert_eq!(row.checks.iter().filter(|c| c.what.contains("the pin closed in the removal")).count(), 4);
+}
+
+/// The emulated ks.sys puts each stream header at the end of its page,
+/// against the guard page after it: the byte past a plain
+/// `KSSTREAM_HEADER` (where a `KS_FRAME_INFO` would be) cannot be touched,
+/// and neither can the byte past a header with its `KS_FRAME_INFO`.
+#[test]
+fn stream_headers_sit_against_a_guard_page() {
+    let Some(drivers) = images() else { return };
+    for size in [56, 56 + 72] {
+        let config = MachineConfig { width: 64, height: 16, frames: 2, app_buffers: 2, stream_header_size: Some(size), drivers: drivers.clone(), ..MachineConfig::default() };
+        let mut m = Machine::new(config).expect("machine");
+        m.start().expect("start");
+        let headers = m.image_stream_headers();
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert!(headers.iter().all(|(s, guarded)| *s == size && *guarded), "{headers:?}");
+        // A write one byte past each header fails: the page after it is not mapped.
+        let past: Vec<bool> = m.in_driver_context(|_| {
+            active::with(|vm, nt| {
+                Ok(nt.ks.pins.values().flat_map(|p| p.buffers.iter().map(move |b| (p.header_size, b.header_va))).map(|(s, va)| vm.write(va + u64::from(s), &[0]).is_err()).collect())
+            })
+            .unwrap_or_default()
+        });
+        assert_eq!(past, [true, true], "header size {size}");
+        m.run(&mut capdma_sim::machine::RunHooks::default());
+        m.teardown();
+        assert!(m.violations().is_empty(), "{:?}", m.violations().list());
+    }
 }
 
 #[test]

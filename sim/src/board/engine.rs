@@ -112,8 +112,15 @@ pub(crate) struct Channel {
     line_buf: Vec<u8>,
     /// A burst a reset caught in flight, not landed yet.
     pub(crate) burst: Option<Burst>,
-    /// `STATUS` reads left before `STATUS_RUNNING` clears after such a reset.
+    /// `STATUS` reads left before `STATUS_RUNNING` clears after such a reset
+    /// (or after a stuck one: `u32::MAX` never counts down).
     pub(crate) drain_reads: u32,
+    /// [`BoardFault::ResetStuck`] armed: the next `CTRL_RESET` is not
+    /// acknowledged for this many `STATUS` reads.
+    pub(crate) reset_stuck: Option<u32>,
+    /// The last reset is stuck ([`BoardFault::ResetStuck`]): only
+    /// `STATUS` reads complete it, [`Board::settle`] does not.
+    pub(crate) stuck: bool,
 }
 
 impl Channel {
@@ -129,6 +136,8 @@ impl Channel {
             line_buf: Vec::new(),
             burst: None,
             drain_reads: 0,
+            reset_stuck: None,
+            stuck: false,
         }
     }
 
@@ -299,6 +308,7 @@ impl BoardState {
                 return Some(channel);
             }
             (BoardFault::Hang { .. }, Some(c)) => c.hung = true,
+            (BoardFault::ResetStuck { reads, .. }, Some(c)) => c.reset_stuck = Some(reads),
             (BoardFault::BadSlotIndex { .. }, Some(c)) => c.corrupt.push(Corruption::OutOfRangeIndex),
             (BoardFault::BadDescriptorIndex { .. }, Some(c)) => c.corrupt.push(Corruption::WrongIndex),
             (BoardFault::OversizedLength { .. }, Some(c)) => c.corrupt.push(Corruption::OversizedLength),
@@ -317,6 +327,7 @@ impl BoardState {
                 for c in &mut self.channels {
                     c.burst = None;
                     c.drain_reads = 0;
+                    c.stuck = false;
                 }
             }
             // A channel fault for a channel that does not exist or is not running.
@@ -605,19 +616,36 @@ impl Board {
 
     /// A `STATUS` read of channel `ch` after a reset that caught a burst in
     /// flight: the read flushes the posted reset, the burst lands, and after
-    /// [`RESET_DRAIN_READS`] reads `STATUS_RUNNING` clears.
+    /// [`RESET_DRAIN_READS`] reads `STATUS_RUNNING` clears. After a stuck
+    /// reset ([`BoardFault::ResetStuck`]) the read only counts down; the
+    /// read that acknowledges the reset lands the burst.
     pub(crate) fn status_read(&self, ch: usize) {
-        let draining = self.state.borrow().channels.get(ch).is_some_and(|c| c.drain_reads > 0 || c.burst.is_some());
+        let (draining, stuck) =
+            self.state.borrow().channels.get(ch).map_or((false, false), |c| (c.drain_reads > 0 || c.burst.is_some(), c.stuck));
         if !draining {
             return;
         }
-        self.land_burst(ch);
-        let mut s = self.state.borrow_mut();
-        if let Some(c) = s.channels.get_mut(ch) {
-            c.drain_reads = c.drain_reads.saturating_sub(1);
-            if c.drain_reads == 0 && c.run.is_none() {
-                c.regs.status &= !STATUS_RUNNING;
+        if !stuck {
+            self.land_burst(ch);
+        }
+        let acknowledged = {
+            let mut s = self.state.borrow_mut();
+            let Some(c) = s.channels.get_mut(ch) else { return };
+            if !(c.stuck && c.drain_reads == u32::MAX) {
+                c.drain_reads = c.drain_reads.saturating_sub(1);
             }
+            let done = c.drain_reads == 0 && c.run.is_none();
+            if done {
+                c.regs.status &= !STATUS_RUNNING;
+                if c.stuck {
+                    c.stats.resets_stuck_acknowledged += 1;
+                }
+                c.stuck = false;
+            }
+            done && stuck
+        };
+        if acknowledged {
+            self.land_burst(ch);
         }
     }
 
@@ -625,10 +653,15 @@ impl Board {
     /// such reset completes, whether or not the driver waited for it. The
     /// machine calls this after each event and at the end of its teardown,
     /// so a driver that handed memory back before the reset completed is
-    /// caught by the IOMMU checker (or by a corrupt frame).
+    /// caught by the IOMMU checker (or by a corrupt frame). A stuck reset
+    /// ([`BoardFault::ResetStuck`]) is left as it is: time does not unwedge
+    /// an engine.
     pub fn settle(&self) {
         let channels = self.state.borrow().channels.len();
         for ch in 0..channels {
+            if self.state.borrow().channels.get(ch).is_some_and(|c| c.stuck) {
+                continue;
+            }
             self.land_burst(ch);
             let mut s = self.state.borrow_mut();
             if let Some(c) = s.channels.get_mut(ch) {
@@ -953,6 +986,53 @@ mod tests {
         // A reset of an idle (or halted, or hung) engine is immediate.
         b.write32(ch(channel::CTRL), CTRL_RESET);
         assert_eq!(b.read32(ch(channel::STATUS)), 0);
+        a.free_common_buffer(cq);
+    }
+
+    /// [`BoardFault::ResetStuck`]: the next `CTRL_RESET` keeps
+    /// `STATUS_RUNNING` for exactly `reads` `STATUS` reads, time passing
+    /// ([`Board::settle`]) does not complete it, a second reset meanwhile
+    /// does not either, and the burst it caught lands only at the read
+    /// that acknowledges it; `reads: u32::MAX` never clears.
+    #[test]
+    fn a_stuck_reset_clears_only_after_its_reads() {
+        let r = rig(BoardConfig::legacy());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let (w, h, pitch, stride) = (16u32, 4u32, 256u32, 4096u32);
+        let ring = a.allocate_common_buffer(2 * stride as usize).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &Program { sg: false, width: w, height: h, pitch, entries: 2, stride }, &ring, &cq);
+        b.inject_now(BoardFault::ResetStuck { channel: 0, reads: 5 });
+        assert!(b.is_running(0), "armed only: the engine runs on");
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        b.settle();
+        assert!(b.is_running(0), "time alone does not acknowledge a stuck reset");
+        assert_eq!(b.capture_frame(0, 1), CaptureOutcome::NotRunning, "the wedged engine captures nothing");
+        let mut slot = vec![0u8; 4];
+        for read in 1..5 {
+            assert_eq!(b.read32(ch(channel::STATUS)), STATUS_RUNNING, "read {read} of 5");
+            m.read_physical(ring.logical, &mut slot).unwrap();
+            assert_eq!(slot, [0; 4], "the burst waits for the acknowledgement (read {read})");
+        }
+        // Another reset while stuck changes nothing.
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        assert!(b.is_running(0));
+        assert_eq!(b.read32(ch(channel::STATUS)), 0, "the fifth read acknowledges the reset");
+        let stats = b.channel_stats(0).unwrap();
+        assert_eq!((stats.resets_stuck, stats.resets_stuck_acknowledged), (1, 1));
+        m.read_physical(ring.logical, &mut slot).unwrap();
+        assert_eq!(slot, [BURST_BYTE; 4], "and lands the burst");
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        // Never: no number of reads clears it.
+        start(b, &Program { sg: false, width: w, height: h, pitch, entries: 2, stride }, &ring, &cq);
+        b.inject_now(BoardFault::ResetStuck { channel: 0, reads: u32::MAX });
+        b.write32(ch(channel::CTRL), CTRL_RESET);
+        for _ in 0..1000 {
+            assert_eq!(b.read32(ch(channel::STATUS)), STATUS_RUNNING);
+        }
+        b.settle();
+        assert!(b.is_running(0), "never acknowledged");
+        a.free_common_buffer(ring);
         a.free_common_buffer(cq);
     }
 

@@ -57,6 +57,21 @@ pub enum BoardFault {
     /// writes are ignored and nothing is captured. The line is asserted once
     /// more (the ISR then reads all ones).
     SurpriseRemoval,
+    /// The channel's engine does not acknowledge its next `CTRL_RESET`:
+    /// after it, `STATUS` keeps `STATUS_RUNNING` for the next `reads` reads
+    /// of `STATUS` (`u32::MAX`: never) while the engine writes nothing; a
+    /// burst the reset caught in flight lands only at the read that
+    /// acknowledges it. Time passing alone does not complete such a reset
+    /// ([`crate::board::Board::settle`] leaves it), unlike the short drain
+    /// of `capdma_interface::regs::RESET_POLL_READS`. More reads than
+    /// `RESET_POLL_READS` make the bus see the reset as not completed
+    /// (`StopChannel` answers `STATUS_PENDING`, the frames stay held).
+    ResetStuck {
+        /// The channel.
+        channel: u32,
+        /// `STATUS` reads before `STATUS_RUNNING` clears (`u32::MAX`: never).
+        reads: u32,
+    },
 }
 
 impl BoardFault {
@@ -68,7 +83,8 @@ impl BoardFault {
             | Self::Hang { channel }
             | Self::BadSlotIndex { channel }
             | Self::BadDescriptorIndex { channel }
-            | Self::OversizedLength { channel } => Some(channel),
+            | Self::OversizedLength { channel }
+            | Self::ResetStuck { channel, .. } => Some(channel),
             Self::SpuriousInterrupt | Self::InterruptStorm { .. } | Self::SurpriseRemoval => None,
         }
     }
@@ -85,13 +101,14 @@ impl BoardFault {
             Self::BadDescriptorIndex { .. } => "bad-descriptor-index",
             Self::OversizedLength { .. } => "oversized-length",
             Self::SurpriseRemoval => "surprise-removal",
+            Self::ResetStuck { .. } => "reset-stuck",
         }
     }
 
-    /// One fault of every kind (channel faults on `channel`, a storm of 16),
-    /// for fault matrices.
+    /// One fault of every kind (channel faults on `channel`, a storm of 16,
+    /// a reset stuck for 64 reads), for fault matrices.
     #[must_use]
-    pub const fn all(channel: u32) -> [Self; 8] {
+    pub const fn all(channel: u32) -> [Self; 9] {
         [
             Self::DmaError { channel },
             Self::Hang { channel },
@@ -101,6 +118,7 @@ impl BoardFault {
             Self::BadDescriptorIndex { channel },
             Self::OversizedLength { channel },
             Self::SurpriseRemoval,
+            Self::ResetStuck { channel, reads: 64 },
         ]
     }
 }

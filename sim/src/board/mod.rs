@@ -163,6 +163,10 @@ pub struct ChannelStats {
     pub halts: u64,
     /// Channel resets (`CTRL_RESET`, `GLOBAL_CTRL_RESET`).
     pub resets: u64,
+    /// Resets the engine did not acknowledge at once ([`BoardFault::ResetStuck`]).
+    pub resets_stuck: u64,
+    /// Of those, the ones it acknowledged later (`STATUS_RUNNING` cleared).
+    pub resets_stuck_acknowledged: u64,
 }
 
 /// Board-wide counters.

@@ -178,8 +178,19 @@ impl Channel {
             // reads 0. A burst in flight still lands, and until it has,
             // STATUS_RUNNING stays set (`capdma_interface::regs::RESET_POLL_READS`).
             let burst = self.burst.take().or_else(|| self.burst_in_flight());
+            // A stuck engine (armed now, or still stuck from the last reset)
+            // does not acknowledge this one either.
+            let stuck = self.reset_stuck.take().or_else(|| self.stuck.then_some(self.drain_reads));
             self.reset();
-            if burst.is_some() {
+            if let Some(reads) = stuck {
+                if !self.stuck {
+                    self.stats.resets_stuck += 1;
+                }
+                self.burst = burst;
+                self.stuck = true;
+                self.drain_reads = reads.max(1);
+                self.regs.status = STATUS_RUNNING;
+            } else if burst.is_some() {
                 self.burst = burst;
                 self.drain_reads = RESET_DRAIN_READS;
                 self.regs.status = STATUS_RUNNING;
@@ -195,6 +206,7 @@ impl Channel {
                     "channel {index}: CTRL_RUN before the reset completed (STATUS_RUNNING still set: the last frame's DMA is outstanding)"
                 ));
                 self.drain_reads = 0;
+                self.stuck = false;
             }
             if self.regs.status & STATUS_HALTED != 0 {
                 problems.push(format!("channel {index}: CTRL_RUN set while halted (reset the channel first)"));

@@ -127,7 +127,8 @@ fn print_details(row: &FaultRow, verbose: bool) {
         print_line(&format!("    - {v}"));
     }
     if !row.holds {
-        print_line(&format!("    replay: capdma-sim faults --only {} --seed {}", row.name, row.seed));
+        let drivers = if row.drivers == "cores" { String::new() } else { format!("--drivers {} ", row.drivers) };
+        print_line(&format!("    replay: capdma-sim faults {drivers}--only {} --seed {}", row.name, row.seed));
     }
 }
 

@@ -26,13 +26,20 @@
 //! bugchecks (both are violations of the run); what the image counted
 //! (resets, refused records) is read from its ETW trace. The other rows are
 //! listed as not applicable with the reason ([`not_with_image`]).
+//!
+//! With `--drivers images` both real images run, `capdma_avstream.sys` over
+//! `capdma_bus.sys`, with the emulated `ks.sys`; the rows named `…/images`
+//! are about that layer (the emulated kernel's low resources simulation,
+//! `_KsEdit`, stream headers, closes and removals through the emulated KS
+//! and PnP manager). Each driver's rows that cannot apply say why
+//! ([`not_applicable`]).
 mod rows;
 
 use serde::Serialize;
 
 use crate::board::BoardKind;
 use crate::machine::Drivers;
-pub use rows::{not_applicable, not_with_image, NOT_WITH_IMAGE, NOT_WITH_IMAGES, ROWS};
+pub use rows::{not_applicable, not_with_image, NOT_WITH_CORES, NOT_WITH_IMAGE, NOT_WITH_IMAGES, ROWS};
 
 /// One named expectation of a row and whether it held.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

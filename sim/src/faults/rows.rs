@@ -1,4 +1,6 @@
 //! The rows of the fault matrix and what each expects.
+mod images;
+
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -55,6 +57,19 @@ pub static ROWS: &[RowSpec] = &[
     RowSpec { name: "remove-while-referenced", board: CB, expectation: "removal requested while streaming: vetoed by the AVStream child (open pin, STATUS_DEVICE_BUSY), the bus not asked; after the pin closes: QUERY_REMOVE succeeds down the children then the bus, the children's REMOVE drops the interface, the bus's REMOVE frees everything", run: remove_while_referenced },
     RowSpec { name: "remove-leaked-reference", board: CB, expectation: "a buggy child keeps its interface reference past its own REMOVE: the bus's REMOVE tears down anyway (no crash), the leak is reported against the child, a late call is refused", run: remove_leaked_reference },
     RowSpec { name: "start-stop-10000", board: SG, expectation: "10000 device start/stream/stop cycles (half S/G, half common-buffer), tiny frames: zero leaks, every frame verified", run: start_stop_cycles },
+    RowSpec { name: "low-resources/images", board: SG, expectation: "Driver Verifier's low resources simulation fails each call of both images in turn (pool, device objects, IRPs, DMA adapter, common buffers; one machine each, 64x16 frames): every failure ends cleanly, the start refused with an error status or the stream on; no finding, bugcheck or leak", run: images::low_resources },
+    RowSpec { name: "ksedit-fails/images", board: SG, expectation: "_KsEdit fails (no pool) in a format change in KSSTATE_STOP, for the descriptor then for the framing: refused with STATUS_INSUFFICIENT_RESOURCES, KS and the pin keep the old format and stream in it; the same change unfailed is accepted", run: images::ksedit_fails },
+    RowSpec { name: "close-while-reset-hangs/images", board: SG, expectation: "a pin's handle closed as its engine stops acknowledging resets within the bus's 1000-read wait (acknowledged at the bus's next look): the close returns with every frame back only after the acknowledgement, no clone left; the other channel streams on", run: images::close_while_reset_hangs },
+    RowSpec { name: "plain-headers/images", board: SG, expectation: "the application sends plain KSSTREAM_HEADERs (no KS_FRAME_INFO), each against a guard page: nothing written past them, every frame identified by its PresentationTime and verified", run: images::plain_headers },
+    RowSpec { name: "surprise-removal-open-pins/images", board: SG, expectation: "card 0 of 2 (4 channels each) vanishes mid-stream with all 4 pins open: every frame completed or cancelled, every pin closes, the card removed; card 1 streams on", run: images::surprise_removal_open_pins },
+];
+
+/// The rows that do not run with the drivers' cores (`--drivers cores`),
+/// each with the reason.
+pub static NOT_WITH_CORES: &[(&str, &str)] = &[
+    ("low-resources", "its fault is the emulated kernel's low resources simulation (Driver Verifier's), which fails the images' calls into the kernel; the cores allocate from the simulator's memory model, whose failures are the alloc-fails and alloc-smaller-ring rows"),
+    ("ksedit-fails", "_KsEdit is the emulated ks.sys's, called by the AVStream image's SetDataFormat; the AVStream core on the host edits no KS descriptor"),
+    ("plain-headers", "the stream headers are the emulated ks.sys's and the AVStream image's (KSSTREAM_HEADER and KS_FRAME_INFO in guest memory); the host KS model hands the core its completions directly"),
 ];
 
 /// The rows that do not run with the bus image (`--drivers bus-image`),
@@ -68,6 +83,9 @@ pub static NOT_WITH_IMAGE: &[(&str, &str)] = &[
     ("alloc-smaller-ring", "its fault is the machine's contiguous-allocation failure by count, and with the image the emulated kernel's own allocations come out of the same memory (the count would land elsewhere); the image's allocation failures are the emulated kernel's low-resources mode (sim/tests/nt_io.rs), not this row yet"),
     ("alloc-fails", "its fault is the machine's contiguous-allocation failure, which with the image also fails the emulated kernel's own allocations before DriverEntry; the image's allocation failures are the emulated kernel's low-resources mode (sim/tests/nt_io.rs), not this row yet"),
     ("start-stop-10000", "each machine loads the image once and unloads it at its teardown: 10000 start/stop cycles would need the image's stop/start (IRP_MN_STOP_DEVICE) driven by the machine, not yet"),
+    ("low-resources", "it fails each call of both images in turn; with the bus image alone the AVStream side is the host core, which calls nothing in the emulated kernel (the bus image's own calls failing in turn are sim/tests/nt_pnp.rs's low-resources tests)"),
+    ("ksedit-fails", "_KsEdit is the emulated ks.sys's, called by the AVStream image's SetDataFormat; with the bus image alone the AVStream side is the host core, which edits no KS descriptor"),
+    ("plain-headers", "the stream headers are the emulated ks.sys's and the AVStream image's; with the bus image alone the host KS model hands the AVStream core its completions directly"),
 ];
 
 /// Why row `name` does not run with the bus image, if it does not.
@@ -81,8 +99,8 @@ pub fn not_with_image(name: &str) -> Option<&'static str> {
 pub static NOT_WITH_IMAGES: &[(&str, &str)] = &[
     ("map-registers/scarce", "the emulated HAL's adapters translate through a DMA-remapping domain, where transfers do not compete for a pool of map registers (only a transfer larger than the grant is refused), so KS never waits for them; the wait is the cores' adapter's (--drivers cores)"),
     ("remove-leaked-reference", "needs a deliberately buggy AVStream child keeping the bus image's interface past its removal; the real AVStream image releases it at IRP_MN_REMOVE_DEVICE (a buggy image is not built)"),
-    ("alloc-smaller-ring", "its fault is the machine's contiguous-allocation failure by count, and with the images the emulated kernel's own allocations come out of the same memory (the count would land elsewhere); the images' allocation failures are the emulated kernel's low-resources mode"),
-    ("alloc-fails", "its fault is the machine's contiguous-allocation failure, which with the images also fails the emulated kernel's own allocations before DriverEntry; the images' allocation failures are the emulated kernel's low-resources mode"),
+    ("alloc-smaller-ring", "its fault is the machine's contiguous-allocation failure by count, and with the images the emulated kernel's own allocations come out of the same memory (the count would land elsewhere); the images' allocation failures are the emulated kernel's low resources simulation, the low-resources/images row"),
+    ("alloc-fails", "its fault is the machine's contiguous-allocation failure, which with the images also fails the emulated kernel's own allocations before DriverEntry; the images' allocation failures are the emulated kernel's low resources simulation, the low-resources/images row"),
     ("start-stop-10000", "each machine loads the images once and unloads them at its teardown: 10000 start/stop cycles would need IRP_MN_STOP_DEVICE driven through both images by the machine, not yet"),
 ];
 
@@ -93,7 +111,7 @@ pub fn not_applicable(name: &str, drivers: &Drivers) -> Option<&'static str> {
         table.iter().find(|(n, _)| name == *n || name.split('/').next() == Some(n)).map(|(_, why)| *why)
     };
     match drivers {
-        Drivers::Cores => None,
+        Drivers::Cores => find(NOT_WITH_CORES),
         Drivers::BusImage { .. } => find(NOT_WITH_IMAGE),
         Drivers::Images { .. } => find(NOT_WITH_IMAGES),
     }
@@ -115,6 +133,13 @@ struct Ctx {
     started: Instant,
     /// Totals from machines already torn down (cycles).
     extra: Totals,
+    /// Violations (not leaks) of machines already torn down, each naming its machine.
+    extra_violations: Vec<String>,
+    /// Leaks of machines already torn down, each naming its machine.
+    extra_leaks: Vec<String>,
+    /// The emulated kernels of machines already torn down: (machines,
+    /// Driver Verifier findings, bugchecks), for a row of several machines.
+    kernels: Option<(u32, u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -142,12 +167,24 @@ impl Ctx {
             statuses: Vec::new(),
             started: Instant::now(),
             extra: Totals::default(),
+            extra_violations: Vec::new(),
+            extra_leaks: Vec::new(),
+            kernels: None,
         }
     }
 
     /// The stream every row starts from ([`base`]) with the row's drivers.
     fn base(&self) -> MachineConfig {
         MachineConfig { drivers: self.drivers.clone(), ..base(self.board, self.seed) }
+    }
+
+    /// Adds a torn-down machine's emulated kernel (if it ran one) to
+    /// [`Ctx::kernels`].
+    fn count_kernel(&mut self, m: &Machine) {
+        if let Some(image) = m.image_report() {
+            let (machines, findings, bugchecks) = self.kernels.unwrap_or_default();
+            self.kernels = Some((machines + 1, findings + image.findings, bugchecks + image.bugchecks));
+        }
     }
 
     /// A number in `lo..hi`.
@@ -174,8 +211,8 @@ impl Ctx {
     /// standard checks every row makes.
     fn finish(mut self, machine: Option<&Machine>) -> FaultRow {
         let mut t = self.extra;
-        let mut violations = Vec::new();
-        let mut leaks = Vec::new();
+        let mut violations = std::mem::take(&mut self.extra_violations);
+        let mut leaks = std::mem::take(&mut self.extra_leaks);
         let mut expected_violations = Vec::new();
         if let Some(m) = machine {
             let report = m.report();
@@ -206,6 +243,11 @@ impl Ctx {
             self.check(
                 format!("the emulated kernel: no Driver Verifier finding ({}), no bugcheck ({})", image.findings, image.bugchecks),
                 image.findings == 0 && image.bugchecks == 0,
+            );
+        } else if let Some((machines, findings, bugchecks)) = self.kernels {
+            self.check(
+                format!("the emulated kernel: no Driver Verifier finding ({findings}), no bugcheck ({bugchecks}) in {machines} machines"),
+                findings == 0 && bugchecks == 0 && machines > 0,
             );
         } else if self.drivers.bus_image().is_some() {
             self.check("the row ran the bus image", false);

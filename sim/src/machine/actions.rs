@@ -8,7 +8,7 @@
 //! comes.
 use std::pin::Pin;
 
-use capdma_avstream::format::build_data_format;
+use capdma_avstream::format::{build_data_format, VideoFormat};
 use capdma_avstream::pin::CapturePin;
 use capdma_avstream::state::KsState;
 use capdma_interface::status::{status_name, NtStatus, STATUS_DEVICE_NOT_READY, STATUS_SUCCESS};
@@ -19,6 +19,7 @@ use super::events::Event;
 use super::run::RunHooks;
 use crate::board::BoardFault;
 use crate::ks::SimKsPin;
+use crate::nt::verifier::LowResources;
 
 /// One scheduled action. Cards and channels are zero-based.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +91,42 @@ pub enum Action {
         card: u32,
         /// The channel.
         channel: u32,
+    },
+    /// The application asks for the pin's pixel format at another size,
+    /// `width`×`height` (its stride the line's bytes):
+    /// `KSPROPERTY_CONNECTION_DATAFORMAT`, the minidriver's
+    /// `SetDataFormat` (accepted only in `KSSTATE_STOP`); the status is
+    /// recorded, and only an accepted format becomes what the application
+    /// expects (its buffers stay: ask for a smaller size).
+    PinChangeFormat {
+        /// The card.
+        card: u32,
+        /// The channel.
+        channel: u32,
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixel rows.
+        height: u32,
+    },
+    /// The application closes the pin's handle without stopping it first
+    /// (`IRP_MJ_CLOSE`: KS walks it to `KSSTATE_STOP`, the minidriver's
+    /// `Close`, every frame comes back) and frees its buffers; the status
+    /// is recorded. The channel captures nothing more for the application.
+    PinClose {
+        /// The card.
+        card: u32,
+        /// The channel.
+        channel: u32,
+    },
+    /// Driver Verifier's low resources simulation in the emulated kernel
+    /// (`--drivers bus-image`, `images`): the `nth` call of `kind` from
+    /// now on (0: the next one) fails ([`Machine::image_low_resources`]).
+    /// Nothing with the cores.
+    ImageLowResources {
+        /// The kind of call.
+        kind: LowResources,
+        /// Which one from now on (0: the next).
+        nth: u64,
     },
     /// The application stops (`true`) or resumes (`false`) queueing its
     /// buffers again.
@@ -177,7 +214,11 @@ impl Machine {
                     self.schedule(now + period_100ns.max(1), next);
                 }
             }
-            Action::PinState { .. } | Action::PinTransition { .. } | Action::PinDeviceState { .. } | Action::PinSetFormat { .. }
+            Action::PinState { .. }
+            | Action::PinTransition { .. }
+            | Action::PinDeviceState { .. }
+            | Action::PinSetFormat { .. }
+            | Action::PinChangeFormat { .. }
                 if self.runs_avstream_image() =>
             {
                 self.image_pin_action(&action, now, hooks);
@@ -202,6 +243,29 @@ impl Machine {
                 };
                 let state = run.pin.as_ref().map(|p| p.state());
                 self.record_status(format!("card {card} channel {channel}: SetDataFormat in {state:?}"), status);
+            }
+            Action::PinChangeFormat { card, channel, width, height } => {
+                let Some(i) = self.channel_position(card, channel) else { return };
+                let wanted = self.format_sized(width, height);
+                let bytes = build_data_format(&wanted);
+                let run = &self.channels[i];
+                let status = match run.pin.as_ref() {
+                    Some(pin) => pin.set_data_format(bytes.as_bytes()).err().unwrap_or(STATUS_SUCCESS),
+                    None => STATUS_DEVICE_NOT_READY,
+                };
+                let state = run.pin.as_ref().map(|p| p.state());
+                if status == STATUS_SUCCESS {
+                    self.accept_format(i, wanted);
+                }
+                self.record_status(format!("card {card} channel {channel}: SetDataFormat to {width}x{height} in {state:?}"), status);
+            }
+            Action::PinClose { card, channel } => {
+                if let Some(i) = self.channel_position(card, channel) {
+                    self.close_channel_as(i, now, hooks, false);
+                }
+            }
+            Action::ImageLowResources { kind, nth } => {
+                let _ = self.image_low_resources(kind, nth);
             }
             Action::AppHold { card, channel, hold } => {
                 let Some(i) = self.channel_position(card, channel) else { return };
@@ -241,6 +305,31 @@ impl Machine {
         let after = pin.state();
         self.record_status(format!("card {card} channel {channel}: {what} in {before:?}"), status);
         self.settle_pin(i, before, after, now, hooks);
+    }
+
+    /// The application's format at `width`×`height`: the configured pixel
+    /// format and frame rate, the stride the line's bytes.
+    pub(super) fn format_sized(&self, width: u32, height: u32) -> VideoFormat {
+        let c = &self.config;
+        let stride = c.format.line_bytes(width).unwrap_or(u32::MAX);
+        let lines = c.format.lines(height).unwrap_or(u32::MAX);
+        VideoFormat {
+            pixel: c.format,
+            width,
+            height,
+            stride,
+            image_bytes: stride.saturating_mul(lines),
+            frame_interval: u32::try_from(c.frame_interval_100ns()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The driver accepted `format` for channel `i`: the application now
+    /// expects its frames in it (the same source at the new size).
+    pub(super) fn accept_format(&mut self, i: usize, format: VideoFormat) {
+        let run = &mut self.channels[i];
+        run.format = format;
+        run.pattern.width = format.width;
+        run.pattern.height = format.height;
     }
 
     /// After a pin went from `before` to `after`: KS stops or starts

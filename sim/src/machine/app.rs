@@ -34,7 +34,7 @@ impl Machine {
 
     /// The application receives a completed frame: verify, then requeue it
     /// after the time it holds frames.
-    fn deliver(&mut self, i: usize, done: CompletedFrame, now: u64, hooks: &mut RunHooks<'_>) {
+    pub(super) fn deliver(&mut self, i: usize, done: CompletedFrame, now: u64, hooks: &mut RunHooks<'_>) {
         let source = self.config.source.clone();
         let hold = self.config.app_hold_100ns;
         let run = &mut self.channels[i];
@@ -54,7 +54,14 @@ impl Machine {
             // SAFETY: the buffer is a live allocation of `bytes` bytes; nothing
             // writes it while the application holds it (the frame left the queue).
             let bytes = unsafe { std::slice::from_raw_parts(buffer.va, buffer.bytes) };
-            let frame_number = u32::try_from(completion.picture_number).unwrap_or(u32::MAX);
+            // Without a KS_FRAME_INFO (plain stream headers) there is no
+            // picture number: the frame is the capture whose time the
+            // driver wrote as its PresentationTime (none: it cannot verify).
+            let by_time = (completion.picture_number < 0)
+                .then(|| frame_captured_at(&run.log.captures, completion.presentation_time))
+                .flatten();
+            run.log.frames_by_time += u64::from(by_time.is_some());
+            let frame_number = u32::try_from(completion.picture_number).ok().or(by_time).unwrap_or(u32::MAX);
             run.log.delivered.push((now, frame_number));
             let ok = completion.data_used == run.format.image_bytes
                 && verify_frame(&run.pattern, source.as_ref(), &run.format, frame_number, bytes);
@@ -119,6 +126,13 @@ impl Machine {
     /// frees its buffers. The AVStream device keeps its interface reference
     /// until its own `IRP_MN_REMOVE_DEVICE`. Idempotent.
     pub(super) fn close_channel(&mut self, i: usize, now: u64, hooks: &mut RunHooks<'_>) {
+        self.close_channel_as(i, now, hooks, true);
+    }
+
+    /// [`Self::close_channel`]; with `stop_first` false the application
+    /// closes the image pin's handle without stopping it first
+    /// ([`Self::image_close_keeping_completions`]).
+    pub(super) fn close_channel_as(&mut self, i: usize, now: u64, hooks: &mut RunHooks<'_>, stop_first: bool) {
         let pin = self.channels[i].pin.take();
         let (card, ch) = (self.channels[i].card, self.channels[i].index);
         if let Some(pin) = pin.as_ref() {
@@ -132,12 +146,13 @@ impl Machine {
         if image_pin {
             // KS walks the pin to KSSTATE_STOP (its queue flushed back),
             // then the image's Close; the frames come back first.
-            let status = self.image_close_keeping_completions(i, now, hooks);
+            let status = self.image_close_keeping_completions(i, now, hooks, stop_first);
             let status = NtStatus::from_ne_bytes(status.to_ne_bytes());
             if status != STATUS_SUCCESS {
                 self.violations.push(ViolationKind::Ks, format!("card {card} channel {ch}: closing the image's pin failed: {}", status_name(status)));
             }
-            self.record_status(format!("card {card} channel {ch}: pin closed (KSSTATE_STOP, IRP_MJ_CLOSE)"), status);
+            let what = if stop_first { "pin closed (KSSTATE_STOP, IRP_MJ_CLOSE)" } else { "pin closed (IRP_MJ_CLOSE)" };
+            self.record_status(format!("card {card} channel {ch}: {what}"), status);
         } else {
             self.channels[i].ks.set_running(false);
             self.channels[i].ks.flush_on_stop();
@@ -178,6 +193,16 @@ impl Machine {
         run.with_app.clear();
         run.requeue_scheduled.clear();
     }
+}
+
+/// The board's frame number of the capture made at `time` (100-ns units,
+/// the clock the board stamps its records with), if one completed then.
+fn frame_captured_at(captures: &[(u64, crate::board::CaptureOutcome)], time: i64) -> Option<u32> {
+    let time = u64::try_from(time).ok()?;
+    captures.iter().find_map(|(at, outcome)| match outcome {
+        crate::board::CaptureOutcome::Completed { frame_number, .. } if *at == time => Some(*frame_number),
+        _ => None,
+    })
 }
 
 /// Whether `bytes` (a frame at `format.stride`) is frame `frame_number` of

@@ -48,6 +48,10 @@ pub struct ChannelLog {
     pub ks_queued: usize,
     /// Stream pointer clones alive.
     pub ks_live_clones: usize,
+    /// Good frames that came back without a picture number (plain
+    /// `KSSTREAM_HEADER`s: no `KS_FRAME_INFO`) and that the application
+    /// identified by their `PresentationTime` (the capture made then).
+    pub frames_by_time: u64,
 }
 
 /// One channel of the run: its child device, pin and application.

@@ -71,6 +71,14 @@ pub struct MachineConfig {
     /// Which bus driver runs: the portable core on the host, or the real
     /// image in the emulated kernel.
     pub drivers: Drivers,
+    /// With the AVStream image (`--drivers images`): `KSSTREAM_HEADER.Size`
+    /// of the stream headers the application sends, bytes (at least
+    /// `sizeof(KSSTREAM_HEADER)`, 56, at most a page); `None`: the header
+    /// and a `KS_FRAME_INFO`, as a video capture client sends them
+    /// ([`super::image_pins::VIDEO_HEADER_SIZE`]). Without a
+    /// `KS_FRAME_INFO` the application has no picture number and tells the
+    /// frames apart by their `PresentationTime`.
+    pub stream_header_size: Option<u32>,
     /// With the bus image: preempt the guest at arbitrary instructions, a
     /// host timer kick on average every this many microseconds (seeded by
     /// `seed`), so the image's ISR and DPCs also land in the middle of its
@@ -191,6 +199,7 @@ impl Default for MachineConfig {
             descriptor_ring_entries: None,
             cq_entries: None,
             drivers: Drivers::Cores,
+            stream_header_size: None,
             preemption_us: None,
         }
     }
@@ -265,6 +274,11 @@ impl MachineConfig {
         }
         if self.max_mapping_bytes == Some(0) {
             return err("--max-mapping-bytes must be at least 1".into());
+        }
+        if let Some(size) = self.stream_header_size {
+            if !(56..=4096).contains(&size) {
+                return err(format!("the stream header size must be 56 (sizeof(KSSTREAM_HEADER))..=4096 bytes, got {size}"));
+            }
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use crate::memory::Allocation;
 use crate::nt::ks::pin::{self as ks_pin, KSPIN_FLAG_GENERATE_MAPPINGS, KSSTATE_RUN};
 use crate::nt::ks::{self, AppBuffer, PinHandle};
 use crate::nt::layout::ks::{ks_frame_info, ksstream_header};
+use crate::nt::verifier::LowResources;
 use crate::pattern::Pattern;
 use crate::pnp::AvStreamDevice;
 
@@ -75,7 +76,8 @@ impl Machine {
         let caller_range = data_range(self.config.format).as_bytes().to_vec();
         let wanted = build_data_format(&format).as_bytes().to_vec();
         let count = u32::try_from(buffers.len()).unwrap_or(0);
-        let opened = active::with(|m, nt| open_channel_pin(nt, m, pdo, &caller_range, &wanted, buffers, count));
+        let header_size = self.config.stream_header_size.unwrap_or(VIDEO_HEADER_SIZE);
+        let opened = active::with(|m, nt| open_channel_pin(nt, m, pdo, &caller_range, &wanted, buffers, count, header_size));
         let opened = match opened {
             Some(Ok(opened)) => opened,
             refused => {
@@ -171,28 +173,50 @@ impl Machine {
         }
     }
 
-    /// Closes channel `i`'s image pin and filter (the frames KS completes
-    /// on the way to `KSSTATE_STOP` are delivered to the application
-    /// first); returns the close status (`STATUS_DEVICE_REMOVED` when the
-    /// kernel stopped).
-    pub(super) fn image_close_keeping_completions(&mut self, i: usize, now: u64, hooks: &mut super::RunHooks<'_>) -> u32 {
+    /// Closes channel `i`'s image pin and filter; the frames KS completes
+    /// on the way are delivered to the application. With `stop_first` the
+    /// application stops the pin itself first (`KSSTATE_STOP`, whose status
+    /// it sees) and the status is that stop's or else the close's; without,
+    /// it just closes the handle (`IRP_MJ_CLOSE`: KS walks the pin to
+    /// `KSSTATE_STOP` on its own, and what a step answered is recorded as
+    /// `card N channel M: KSSTATE_STOP at IRP_MJ_CLOSE`, the application
+    /// never sees it) and the status is the minidriver's `Close`'s.
+    /// `STATUS_DEVICE_REMOVED` when the kernel stopped.
+    pub(super) fn image_close_keeping_completions(
+        &mut self,
+        i: usize,
+        now: u64,
+        hooks: &mut super::RunHooks<'_>,
+        stop_first: bool,
+    ) -> u32 {
         let Some((filter, pin)) = self.channels[i].image_pin else { return 0 };
         // What the application reads before it stops: the frames the driver
         // dropped (KSPROPERTY_DROPPEDFRAMES_CURRENT, through the image's handler).
         if let Some(Ok((_, drops, _))) = active::with(|m, nt| ks_pin::dropped_frames(nt, m, pin)) {
             self.channels[i].report.driver_dropped = u64::try_from(drops).unwrap_or(0);
         }
-        let stopped = active::with(|m, nt| ks_pin::set_state(nt, m, pin, crate::nt::ks::pin::KSSTATE_STOP));
+        let stopped = if stop_first { active::with(|m, nt| ks_pin::set_state(nt, m, pin, crate::nt::ks::pin::KSSTATE_STOP)) } else { Some(0) };
         self.take_completed(i, now, hooks);
         self.channels[i].image_pin = None;
         let closed = active::with(|m, nt| {
-            let status = ks_pin::close_pin(nt, m, pin)?;
+            let closed = ks_pin::close_pin_collecting(nt, m, pin)?;
             ks_pin::close_filter(nt, m, filter)?;
-            Ok(status)
+            Ok(closed)
         });
-        match (stopped, closed) {
-            (Some(0), Some(status)) | (Some(status), Some(_)) => status,
-            _ => STATUS_DEVICE_REMOVED.cast_unsigned(),
+        let Some(closed) = closed else { return STATUS_DEVICE_REMOVED.cast_unsigned() };
+        for done in closed.completed {
+            self.deliver(i, done, now, hooks);
+        }
+        let (card, ch) = (self.channels[i].card, self.channels[i].index);
+        if !stop_first && closed.stop_status != 0 {
+            let status = NtStatus::from_ne_bytes(closed.stop_status.to_ne_bytes());
+            self.record_status(format!("card {card} channel {ch}: KSSTATE_STOP at IRP_MJ_CLOSE"), status);
+        }
+        match stopped {
+            Some(0) if stop_first && closed.stop_status != 0 => closed.stop_status,
+            Some(0) => closed.close_status,
+            Some(status) => status,
+            None => STATUS_DEVICE_REMOVED.cast_unsigned(),
         }
     }
 
@@ -203,14 +227,17 @@ impl Machine {
     /// would send: the minidriver's guard is the subject), `PinTransition`
     /// as one step (a jump refused before it reaches a driver, as the
     /// cores' `CapturePin::transition` does), `PinSetFormat` as `KSPROPERTY_CONNECTION_DATAFORMAT` with
-    /// the current format. The status is recorded as for the cores.
+    /// the current format, `PinChangeFormat` as the same with the new size
+    /// (the application's view follows only when it is accepted). The
+    /// status is recorded as for the cores.
     pub(super) fn image_pin_action(&mut self, action: &super::Action, now: u64, hooks: &mut super::RunHooks<'_>) {
         use super::Action;
         use capdma_avstream::state::KsState;
         let (Action::PinState { card, channel, .. }
         | Action::PinTransition { card, channel, .. }
         | Action::PinDeviceState { card, channel, .. }
-        | Action::PinSetFormat { card, channel }) = *action
+        | Action::PinSetFormat { card, channel }
+        | Action::PinChangeFormat { card, channel, .. }) = *action
         else {
             return;
         };
@@ -237,11 +264,21 @@ impl Machine {
                 format!("SetDeviceState({to:?}, from {from:?})"),
                 active::with(|m, nt| ks_pin::call_set_device_state(nt, m, pin, to as u32, from as u32)),
             ),
+            Action::PinChangeFormat { width, height, .. } => {
+                let wanted = self.format_sized(width, height);
+                let bytes = build_data_format(&wanted).as_bytes().to_vec();
+                let status = active::with(|m, nt| ks_pin::set_data_format(nt, m, pin, &bytes));
+                if status == Some(0) {
+                    self.accept_format(i, wanted);
+                }
+                let held = self.image_pin_format(card, channel).map_or_else(|| "unknown".to_string(), |(w, h)| format!("{w}x{h}"));
+                (format!("SetDataFormat to {width}x{height} in {before:?} (KS's connection format now {held})"), status)
+            }
             _ => (format!("SetDataFormat in Some({before:?})"), active::with(|m, nt| ks_pin::set_data_format(nt, m, pin, &format))),
         };
         let status = status.map_or(STATUS_DEVICE_REMOVED, |s| NtStatus::from_ne_bytes(s.to_ne_bytes()));
         let after = state_of(active::with(|_, nt| Ok(ks_pin::state(nt, pin))).flatten());
-        if matches!(action, Action::PinSetFormat { .. }) {
+        if matches!(action, Action::PinSetFormat { .. } | Action::PinChangeFormat { .. }) {
             self.record_status(format!("card {card} channel {channel}: {what}"), status);
         } else {
             self.record_status(format!("card {card} channel {channel}: {what} in {before:?}"), status);
@@ -252,9 +289,10 @@ impl Machine {
 
 /// What the application does on one channel's KS device (the device on
 /// the bus image's child PDO `pdo`): a filter, the data intersection with
-/// its range, the pin with the format it wants and its buffers, to
-/// `KSSTATE_PAUSE`, the buffers queued, to `KSSTATE_RUN`. A refusal closes
-/// what was opened.
+/// its range, the pin with the format it wants and its buffers (stream
+/// headers of `header_size` bytes), to `KSSTATE_PAUSE`, the buffers
+/// queued, to `KSSTATE_RUN`. A refusal closes what was opened.
+#[allow(clippy::too_many_arguments, reason = "what the application brings to the pin, each its own value")]
 fn open_channel_pin(
     nt: &mut crate::nt::Nt,
     m: &mut capdma_winvm::Machine,
@@ -263,6 +301,7 @@ fn open_channel_pin(
     wanted: &[u8],
     buffers: Vec<AppBuffer>,
     count: u32,
+    header_size: u32,
 ) -> Result<Result<Opened, Refused>, capdma_winvm::Stop> {
         let Some(device) = ks::device_on(nt, pdo) else {
             return Ok(Err(Refused { step: "AVStream device (AddDevice on the child PDO)", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
@@ -275,7 +314,7 @@ fn open_channel_pin(
             ks_pin::close_filter(nt, m, filter)?;
             return Ok(Err(Refused { step: "KSPROPERTY_PIN_DATAINTERSECTION", status }));
         }
-        let pin = match ks_pin::create_pin(nt, m, filter, 0, wanted, buffers, VIDEO_HEADER_SIZE)? {
+        let pin = match ks_pin::create_pin(nt, m, filter, 0, wanted, buffers, header_size)? {
             Ok(pin) => pin,
             Err(status) => {
                 ks_pin::close_filter(nt, m, filter)?;
@@ -300,4 +339,83 @@ fn open_channel_pin(
             return Ok(Err(Refused { step: "pin creation", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
         };
         Ok(Ok(Opened { filter, pin, queue, flags }))
+}
+
+impl Machine {
+    /// Runs `f` on the machine's emulated kernel: directly when the machine
+    /// holds it, through the active context inside [`Machine::in_image`]
+    /// (where it is lent out); `None` for a machine running the cores.
+    fn on_kernel<R>(&mut self, f: impl FnOnce(&mut capdma_winvm::Machine, &mut crate::nt::Nt) -> R) -> Option<R> {
+        if !self.runs_image() {
+            return None;
+        }
+        match self.image.as_mut() {
+            Some(world) => Some(f(&mut world.sys.machine, &mut world.sys.nt)),
+            None => active::with(|m, nt| Ok(f(m, nt))),
+        }
+    }
+
+    /// Driver Verifier's low resources simulation in the machine's emulated
+    /// kernel: the `nth` call of `kind` from now on (0: the next one) fails
+    /// ([`LowResources::fail_at`]; replaces an earlier one of the kind).
+    /// Returns the index failed (counted from boot); `None` for a machine
+    /// running the cores.
+    pub fn image_low_resources(&mut self, kind: LowResources, nth: u64) -> Option<u64> {
+        self.on_kernel(|_, nt| {
+            let index = kind.made(nt) + nth;
+            kind.fail_at(nt, index);
+            index
+        })
+    }
+
+    /// Who asked for each pool allocation the low resources simulation
+    /// failed (`symbol+offset` of the caller), in order; empty for a
+    /// machine running the cores.
+    pub fn image_pool_failures(&mut self) -> Vec<String> {
+        self.on_kernel(|_, nt| nt.pool.failed_callers.clone()).unwrap_or_default()
+    }
+
+    /// Calls of `kind` the images (and the emulated `ks.sys` for them) made
+    /// since boot; `None` for a machine running the cores.
+    pub fn image_calls(&mut self, kind: LowResources) -> Option<u64> {
+        self.on_kernel(|_, nt| kind.made(nt))
+    }
+
+    /// The kernel stream headers of the application's buffers on every open
+    /// image pin (`--drivers images`): for each, its `Size` and whether it
+    /// sits right against an unmapped guard page (its bytes mapped, the
+    /// first byte past its 8-aligned end not: a minidriver reading or
+    /// writing past `Size` faults). Empty for a machine without the
+    /// AVStream image.
+    pub fn image_stream_headers(&mut self) -> Vec<(u32, bool)> {
+        self.on_kernel(|m, nt| {
+            nt.ks
+                .pins
+                .values()
+                .flat_map(|p| p.buffers.iter().map(move |b| (p.header_size, b.header_va)))
+                .map(|(size, va)| {
+                    let end = va + u64::from(size).div_ceil(8) * 8;
+                    (size, m.is_mapped(va, u64::from(size)) && !m.is_mapped(end, 1))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The connection format (`KSPIN.ConnectionFormat`, as KS holds it) of
+    /// the open image pin of `channel` of `card`: width and height of its
+    /// `KS_VIDEOINFOHEADER`; `None` without such a pin.
+    pub fn image_pin_format(&mut self, card: u32, channel: u32) -> Option<(u32, u32)> {
+        let i = self.channel_position(card, channel)?;
+        let (_, pin) = self.channels[i].image_pin?;
+        self.on_kernel(|m, _| {
+            let format = m.read_u64(pin.0 + crate::nt::layout::ks::kspin::CONNECTION_FORMAT).ok()?;
+            let size = m.read_u32(format).ok()?;
+            let mut bytes = vec![0u8; usize::try_from(size.min(4096)).ok()?];
+            m.read(format, &mut bytes).ok()?;
+            let video = capdma_avstream::format::validate_data_format(&bytes).ok()?;
+            Some((video.width, video.height))
+        })
+        .flatten()
+    }
 }

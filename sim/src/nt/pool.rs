@@ -60,6 +60,9 @@ pub struct Pool {
     pub fail_at: Option<u64>,
     /// Allocations failed on purpose.
     pub failed: u64,
+    /// Who asked for each allocation failed on purpose (`symbol+offset`
+    /// of the caller, or the host code that called the stub), in order.
+    pub failed_callers: Vec<String>,
     /// Freed special pool: first page → pages, of every pool block freed
     /// and of every IRP freed after its completion (I/O verification
     /// allocates IRPs from special pool). Their addresses are never reused,
@@ -111,7 +114,11 @@ fn ex_allocate_pool2(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let index = nt.pool.allocations;
     nt.pool.allocations += 1;
     if nt.pool.fail_at == Some(index) || bytes == 0 || bytes > (1 << 30) {
-        nt.pool.failed += u64::from(nt.pool.fail_at == Some(index));
+        if nt.pool.fail_at == Some(index) {
+            nt.pool.failed += 1;
+            let caller = m.caller().map_or_else(|_| "?".into(), |c| m.describe(c));
+            nt.pool.failed_callers.push(caller);
+        }
         return Ok(0);
     }
     let pages = bytes.div_ceil(4096);

@@ -70,3 +70,71 @@ impl Verifier {
         self.findings.iter().any(|f| f.rule == rule)
     }
 }
+
+/// What Driver Verifier's low resources simulation fails, one kind of call
+/// at a time ("Low Resources Simulation": the driver must handle every
+/// allocation failing). Each kind counts its calls from boot, and one
+/// 0-based index of it can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LowResources {
+    /// `ExAllocatePool2`, including what the emulated `ks.sys` allocates
+    /// for a minidriver through it (`_KsEdit`): returns NULL.
+    Pool,
+    /// `IoCreateDevice` as the images call it (the bus image's FDO and
+    /// child PDOs): `STATUS_INSUFFICIENT_RESOURCES`.
+    DeviceObject,
+    /// IRPs a driver builds (`IoBuildSynchronousFsdRequest`,
+    /// `PoRequestPowerIrp`): NULL / `STATUS_INSUFFICIENT_RESOURCES`.
+    Irp,
+    /// `IoGetDmaAdapter`: NULL.
+    DmaAdapter,
+    /// `DMA_OPERATIONS.AllocateCommonBuffer`: NULL.
+    CommonBuffer,
+    /// `_KsEdit`: the pool allocation of its new item fails, so it returns
+    /// `STATUS_INSUFFICIENT_RESOURCES` (counted as a pool failure too).
+    KsEdit,
+}
+
+impl LowResources {
+    /// Every kind.
+    pub const ALL: [Self; 6] = [Self::Pool, Self::DeviceObject, Self::Irp, Self::DmaAdapter, Self::CommonBuffer, Self::KsEdit];
+
+    /// The call it fails, as the DDI is named.
+    #[must_use]
+    pub const fn ddi(self) -> &'static str {
+        match self {
+            Self::Pool => "ExAllocatePool2",
+            Self::DeviceObject => "IoCreateDevice",
+            Self::Irp => "IoBuildSynchronousFsdRequest/PoRequestPowerIrp",
+            Self::DmaAdapter => "IoGetDmaAdapter",
+            Self::CommonBuffer => "AllocateCommonBuffer",
+            Self::KsEdit => "_KsEdit",
+        }
+    }
+
+    /// Calls of this kind made since boot.
+    #[must_use]
+    pub const fn made(self, nt: &super::Nt) -> u64 {
+        match self {
+            Self::Pool => nt.pool.allocations,
+            Self::DeviceObject => nt.io.devices_made,
+            Self::Irp => nt.io.irps_made,
+            Self::DmaAdapter => nt.hal.dma.adapters_requested,
+            Self::CommonBuffer => nt.hal.dma.common_buffers_requested,
+            Self::KsEdit => nt.ks.edits,
+        }
+    }
+
+    /// Makes the call of this kind with the 0-based `index` (since boot)
+    /// fail; replaces the kind's earlier one.
+    pub fn fail_at(self, nt: &mut super::Nt, index: u64) {
+        match self {
+            Self::Pool => nt.pool.fail_at = Some(index),
+            Self::DeviceObject => nt.io.fail_create_device_at = Some(index),
+            Self::Irp => nt.io.fail_irp_at = Some(index),
+            Self::DmaAdapter => nt.hal.dma.fail_adapter_at = Some(index),
+            Self::CommonBuffer => nt.hal.dma.fail_common_buffer_at = Some(index),
+            Self::KsEdit => nt.ks.fail_edit_at = Some(index),
+        }
+    }
+}

@@ -243,7 +243,9 @@ pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<
 /// holds it; `*PointerToPointerToItem`
 /// then points at the new item. `STATUS_SUCCESS`;
 /// `STATUS_INSUFFICIENT_RESOURCES` when the pool is out (the pointer and
-/// the old item are left as they were).
+/// the old item are left as they were). The low resources simulation
+/// ([`super::KsState::fail_edit_at`]) fails the pool allocation of the call
+/// it names, through the pool's own injection (counted in `Pool::failed`).
 pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [bag, pointer, new_size, old_size, tag] = m.args::<5>()?;
     nt.verifier.checks += 1;
@@ -257,7 +259,19 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     if in_bag && new_size <= old_size {
         return Ok(u64::from(status::SUCCESS));
     }
+    let index = nt.ks.edits;
+    nt.ks.edits += 1;
+    let fail = nt.ks.fail_edit_at == Some(index);
+    // The pool's own injection fails exactly this allocation; an injection
+    // armed for a later one stays armed.
+    let armed = nt.pool.fail_at;
+    if fail {
+        nt.pool.fail_at = Some(nt.pool.allocations);
+    }
     let new = pool_call(nt, m, "ExAllocatePool2", &[POOL_FLAG_NON_PAGED, new_size, tag & 0xFFFF_FFFF])?;
+    if fail {
+        nt.pool.fail_at = armed;
+    }
     if new == 0 {
         return Ok(u64::from(status::INSUFFICIENT_RESOURCES));
     }

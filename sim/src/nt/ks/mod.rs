@@ -111,6 +111,11 @@ pub struct KsState {
     pub forwarded_done: BTreeSet<u64>,
     /// The host function addresses made once (by name).
     pub host_functions: BTreeMap<&'static str, u64>,
+    /// `_KsEdit` calls made (for the low resources simulation).
+    pub edits: u64,
+    /// Low resources simulation: the `_KsEdit` call with this 0-based
+    /// index fails (its pool allocation fails: `STATUS_INSUFFICIENT_RESOURCES`).
+    pub fail_edit_at: Option<u64>,
     /// Counters.
     pub stats: KsCounters,
     /// The first [`PROCESS_SAMPLES_KEPT`] `Process` calls, timed one by one.

@@ -74,7 +74,10 @@ pub struct BufferRecord {
     pub app: AppBuffer,
     /// The system address KS mapped it at (`MmGetSystemAddressForMdlSafe`).
     pub guest_va: u64,
-    /// Its kernel stream header (`KSSTREAM_HEADER` + extended header).
+    /// Its kernel stream header (`KSSTREAM_HEADER` + extended header, the
+    /// pin's `header_size` bytes), placed at the end of its own page so the
+    /// unmapped guard page after it faults a read or write past `Size`
+    /// ([`header_place`]).
     pub header_va: u64,
     /// Its `KSMAPPING` table, entries of the registered stride (mapping mode).
     pub table_va: u64,
@@ -266,7 +269,9 @@ pub fn data_intersection(nt: &mut Nt, m: &mut Machine, filter: u64, id: u32, cal
 /// is the answer (the pin is then gone). The application's `buffers` are
 /// mapped at system addresses and each gets a kernel stream header of
 /// `header_size` bytes (`sizeof(KSSTREAM_HEADER)`, or with a
-/// `KS_FRAME_INFO` after it). Mapping generation uses the adapter the
+/// `KS_FRAME_INFO` after it), against a guard page ([`header_place`]); a
+/// size below `sizeof(KSSTREAM_HEADER)` or above a page is
+/// `STATUS_INVALID_PARAMETER`. Mapping generation uses the adapter the
 /// device registered (`KsDeviceRegisterAdapterObject`).
 ///
 /// # Errors
@@ -288,6 +293,9 @@ pub fn create_pin(
         return Ok(Err(STATUS_NO_MATCH));
     };
     if format.len() < ksdataformat::SIZE as usize || format.len() > 2048 {
+        return Ok(Err(status::INVALID_PARAMETER));
+    }
+    if u64::from(header_size) < ksstream_header::SIZE || header_size > 4096 {
         return Ok(Err(status::INVALID_PARAMETER));
     }
     // The KSPIN, then the connection format in the same pages.
@@ -383,11 +391,24 @@ fn mapper_for(nt: &Nt, adapter: u64) -> Option<MappingSource> {
     MappingSource::from_raw(raw)
 }
 
+/// Where a stream header of `header_size` bytes sits in its page at
+/// `page`: as far toward the page's end as its 8-byte alignment allows
+/// (`KSSTREAM_HEADER` holds `LONGLONG`s), so the guard page every kernel
+/// range is followed by ([`capdma_winvm::layout`]) starts right after it,
+/// as special pool places a block ("verify end"): a minidriver that reads
+/// or writes past the header's `Size` — a `KS_FRAME_INFO` the client did
+/// not send — faults (bug check 0x50) instead of scribbling on KS's memory.
+#[must_use]
+pub fn header_place(page: u64, header_size: u32) -> u64 {
+    page + 4096 - u64::from(header_size.clamp(1, 4096)).div_ceil(8) * 8
+}
+
 /// Maps an application buffer at a system address and gives it a kernel
-/// stream header.
+/// stream header ([`header_place`]).
 fn add_buffer(nt: &mut Nt, m: &mut Machine, pin: u64, app: AppBuffer) -> Result<(), Stop> {
     let guest_va = m.map_frames(&app.pages, Protection::READ_WRITE)?;
-    let header_va = nt.alloc_kernel(m, 4096)?;
+    let header_size = nt.ks.pins.get(&pin).map_or(4096, |p| p.header_size);
+    let header_va = header_place(nt.alloc_kernel(m, 4096)?, header_size);
     if let Some(record) = nt.ks.pins.get_mut(&pin) {
         record.buffers.push(BufferRecord { app, guest_va, header_va, table_va: 0, table_capacity: 0, table_seq: None });
     }
@@ -407,7 +428,7 @@ fn discard_pin(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
     }
     for buffer in record.buffers {
         m.unmap(buffer.guest_va, u64::from(buffer.app.bytes).div_ceil(4096))?;
-        m.free_own_pages(buffer.header_va, 1)?;
+        m.free_own_pages(buffer.header_va & !0xFFF, 1)?;
         if buffer.table_va != 0 {
             m.free_own_pages(buffer.table_va, table_pages(buffer.table_capacity, record.mapping_stride))?;
         }
@@ -619,30 +640,64 @@ pub fn dropped_frames(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<Re
 /// The application closes the pin (`IRP_MJ_CLOSE`): AVStream takes it to
 /// `KSSTATE_STOP` (step by step), calls the minidriver's `Close(Pin,
 /// Irp)`, frees the pin's bag and what KS made for it. Returns `Close`'s
-/// status (or the failing state change's).
+/// status (or the failing state change's). The frames completed on the
+/// way are dropped: [`close_pin_collecting`] keeps them.
 ///
 /// # Errors
 /// A bugcheck in the minidriver.
 pub fn close_pin(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<u32, Stop> {
-    let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
+    let closed = close_pin_collecting(nt, m, pin)?;
+    Ok(if status::nt_success(closed.stop_status) { closed.close_status } else { closed.stop_status })
+}
+
+/// What closing a pin did ([`close_pin_collecting`]).
+#[derive(Clone, Debug, Default)]
+pub struct PinClosed {
+    /// The walk to `KSSTATE_STOP`'s status (a minidriver's failing
+    /// `SetDeviceState` ends the walk; the close goes on, as it must).
+    pub stop_status: u32,
+    /// `Close(Pin, Irp)`'s status: the `IRP_MJ_CLOSE`'s (`STATUS_SUCCESS`
+    /// for a pin without a `Close`).
+    pub close_status: u32,
+    /// The frames completed back to the application during the close, in
+    /// completion order, with their stream headers as
+    /// [`take_completed`] reads them.
+    pub completed: Vec<CompletedFrame>,
+}
+
+/// [`close_pin`], keeping what it did: the application closes the pin
+/// (`IRP_MJ_CLOSE`, which cannot fail: "all outstanding I/O requests have
+/// been completed or canceled" by then): AVStream walks it to
+/// `KSSTATE_STOP`, whatever each step answers; the minidriver's
+/// `Close(Pin, Irp)` runs (it may wait for its hardware, virtual time
+/// passing); every frame still in the queue is then completed, cancelled
+/// (a clone still alive is the `KSSTATE_STOP` violation of
+/// [`SimKsPin::flush_on_stop`]); the frames completed meanwhile are read
+/// and returned; then the pin's bag and what KS made for it are freed.
+///
+/// # Errors
+/// A bugcheck in the minidriver.
+pub fn close_pin_collecting(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<PinClosed, Stop> {
+    let Some(record) = nt.ks.pins.get(&pin.0) else {
+        return Ok(PinClosed { stop_status: status::INVALID_HANDLE, close_status: status::INVALID_HANDLE, completed: Vec::new() });
+    };
     let dispatch = record.dispatch;
-    let mut st = set_state(nt, m, pin, KSSTATE_STOP)?;
-    // Frames queued while the pin was stopped go back cancelled with the handle.
-    if let Some(record) = nt.ks.pins.get(&pin.0).filter(|r| r.queue.queued_frames() > 0) {
-        record.queue.flush_on_stop();
-    }
+    let stop_status = set_state(nt, m, pin, KSSTATE_STOP)?;
     let close = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::CLOSE)? };
+    let mut close_status = status::SUCCESS;
     if close != 0 {
         let irp_va = kernel_irp(nt, m, mj::CLOSE, pin.0)?;
         nt.irql = PASSIVE_LEVEL;
-        let closed = low32(m.call(nt, close, &[pin.0, irp_va])?);
-        end_irp(nt, m, irp_va, closed)?;
-        if status::nt_success(st) {
-            st = closed;
-        }
+        close_status = low32(m.call(nt, close, &[pin.0, irp_va])?);
+        end_irp(nt, m, irp_va, close_status)?;
     }
+    if let Some(record) = nt.ks.pins.get_mut(&pin.0) {
+        record.queue.flush_on_stop();
+        record.owed = false;
+    }
+    let completed = take_completed(nt, m, pin)?;
     discard_pin(nt, m, pin.0)?;
-    Ok(st)
+    Ok(PinClosed { stop_status, close_status, completed })
 }
 
 /// The pin's queue (for the machine's counts).

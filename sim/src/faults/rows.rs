@@ -97,6 +97,7 @@ pub fn not_with_image(name: &str) -> Option<&'static str> {
 /// The rows that do not run with both images (`--drivers images`), each
 /// with the reason.
 pub static NOT_WITH_IMAGES: &[(&str, &str)] = &[
+    ("ksedit-fails", "by _KsEdit's page an edit of an item already in the object bag that does not grow allocates nothing, so it cannot fail, and the AVStream image's format change edits only such items (its descriptor and framing copies made at pin creation); the failure the row injects never happens. The image's SetDataFormat commits the new format before those edits, which would leave the core on the refused format if one did fail (a latent ordering fault, noted for the driver)"),
     ("map-registers/scarce", "the emulated HAL's adapters translate through a DMA-remapping domain, where transfers do not compete for a pool of map registers (only a transfer larger than the grant is refused), so KS never waits for them; the wait is the cores' adapter's (--drivers cores)"),
     ("remove-leaked-reference", "needs a deliberately buggy AVStream child keeping the bus image's interface past its removal; the real AVStream image releases it at IRP_MN_REMOVE_DEVICE (a buggy image is not built)"),
     ("alloc-smaller-ring", "its fault is the machine's contiguous-allocation failure by count, and with the images the emulated kernel's own allocations come out of the same memory (the count would land elsewhere); the images' allocation failures are the emulated kernel's low resources simulation, the low-resources/images row"),

@@ -1,13 +1,15 @@
 //! `capdma-sim` as a user runs it: exit statuses, JSON, help, progress on a
 //! terminal, Y4M and PNG files.
+mod support;
+
 use std::fs::File;
 use std::io::Read as _;
 use std::os::fd::{FromRawFd as _, OwnedFd};
-use std::path::Path;
+
 use std::process::{Command, Output, Stdio};
 
 use capdma_interface::format::PixelFormat;
-use capdma_sim::y4m::{read_y4m_file, Y4mWriter};
+use capdma_sim::y4m::read_y4m_file;
 
 fn sim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
@@ -17,26 +19,13 @@ fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
 }
 
-/// A clip of `frames` frames whose bytes are a function of (frame, offset).
-fn write_clip(path: &Path, format: PixelFormat, width: u32, height: u32, frames: u32) {
-    let line = format.line_bytes(width).unwrap() as usize;
-    let bytes = line * format.lines(height).unwrap() as usize;
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = Y4mWriter::new(std::io::BufWriter::new(file), format, width, height, (30, 1)).unwrap();
-    for f in 0..frames {
-        let frame: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (f as usize * 97)).to_le_bytes()[0]).collect();
-        w.write_frame(&frame, line).unwrap();
-    }
-    w.finish().unwrap();
-}
-
 #[test]
 fn y4m_source_to_output_round_trip_is_bit_exact_in_both_modes() {
     let temp = temp_dir();
     let dir = temp.path();
     for (format, tag) in [(PixelFormat::Yuy2, "yuy2"), (PixelFormat::Nv12, "nv12")] {
         let input = dir.join(format!("in-{tag}.y4m"));
-        write_clip(&input, format, 160, 120, 12);
+        support::write_clip(&input, format, 160, 120, 12);
         for board in ["legacy", "sg"] {
             let output = dir.join(format!("out-{tag}-{board}.y4m"));
             let out = sim(&[

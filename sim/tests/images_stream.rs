@@ -10,14 +10,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use capdma_interface::format::PixelFormat;
 use capdma_sim::board::{BoardKind, CaptureOutcome};
 use capdma_sim::machine::{self, ChannelLog, Drivers, Machine, MachineConfig, RunHooks, RunReport};
 use capdma_sim::pnp::{FilterKind, StackLayout};
-use capdma_sim::y4m::{read_y4m_file, Y4mWriter};
+use capdma_sim::y4m::read_y4m_file;
 
 /// Both images, or `None` (reason printed) outside CI.
 fn images() -> Option<Drivers> {
@@ -270,19 +270,6 @@ fn sim(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
 }
 
-/// A clip of `frames` frames whose bytes are a function of (frame, offset).
-fn write_clip(path: &Path, format: PixelFormat, width: u32, height: u32, frames: u32) {
-    let line = format.line_bytes(width).unwrap() as usize;
-    let bytes = line * format.lines(height).unwrap() as usize;
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = Y4mWriter::new(std::io::BufWriter::new(file), format, width, height, (30, 1)).unwrap();
-    for f in 0..frames {
-        let frame: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (f as usize * 97)).to_le_bytes()[0]).collect();
-        w.write_frame(&frame, line).unwrap();
-    }
-    w.finish().unwrap();
-}
-
 #[test]
 fn a_y4m_clip_comes_back_bit_exact_through_both_images_in_both_modes() {
     if images().is_none() {
@@ -292,7 +279,7 @@ fn a_y4m_clip_comes_back_bit_exact_through_both_images_in_both_modes() {
     let dir: PathBuf = temp.path().to_path_buf();
     for (format, tag) in [(PixelFormat::Yuy2, "yuy2"), (PixelFormat::Nv12, "nv12")] {
         let input = dir.join(format!("in-{tag}.y4m"));
-        write_clip(&input, format, 160, 120, 12);
+        support::write_clip(&input, format, 160, 120, 12);
         for board in ["legacy", "sg"] {
             let output = dir.join(format!("out-{tag}-{board}.y4m"));
             let out = sim(&[

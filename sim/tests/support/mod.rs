@@ -1,7 +1,8 @@
 //! What the tests that run the emulated kernel or the built images need:
 //! `/dev/kvm` and the images. Outside CI a missing prerequisite skips the
 //! test with the reason printed; in CI (`CI` set) it fails the test, so
-//! these tests can never be skipped there.
+//! these tests can never be skipped there. Also the helpers more than one
+//! test file shares (a Y4M clip to capture).
 #![allow(dead_code, reason = "each test file uses the part it needs")]
 
 use std::path::PathBuf;
@@ -40,4 +41,19 @@ pub fn image(name: &str) -> Option<PathBuf> {
     } else {
         unavailable(&format!("{} not built (cargo xtask windows)", path.display()))
     }
+}
+
+/// Writes a Y4M clip of `frames` frames at `path` whose bytes are a
+/// function of (frame, offset), so a frame swapped, repeated or shifted no
+/// longer matches.
+pub fn write_clip(path: &std::path::Path, format: capdma_interface::format::PixelFormat, width: u32, height: u32, frames: u32) {
+    let line = format.line_bytes(width).unwrap() as usize;
+    let bytes = line * format.lines(height).unwrap() as usize;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = capdma_sim::y4m::Y4mWriter::new(std::io::BufWriter::new(file), format, width, height, (30, 1)).unwrap();
+    for f in 0..frames {
+        let frame: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (f as usize * 97)).to_le_bytes()[0]).collect();
+        w.write_frame(&frame, line).unwrap();
+    }
+    w.finish().unwrap();
 }

@@ -3,7 +3,7 @@
 //!
 //! | KS event | pin |
 //! |---|---|
-//! | `AVStrMiniPinSetDataFormat` | [`CapturePin::set_data_format`] (`KSSTATE_STOP` only) |
+//! | `AVStrMiniPinSetDataFormat` | [`CapturePin::change_data_format`] (`KSSTATE_STOP` only; committed after the glue's edits) |
 //! | `AVStrMiniPinSetDeviceState` | [`CapturePin::set_device_state`] (walks one step at a time) |
 //! | `AVStrMiniPinProcess` | [`CapturePin::process`] ([`crate::process_sg`], [`crate::process_cb`]) |
 //! | bus completion (DPC) | [`completion_thunk`] -> [`CapturePin::on_completion`] |
@@ -234,21 +234,47 @@ impl<K: KsPinPort> CapturePin<K> {
         self.engine.copies_frames()
     }
 
-    /// `AVStrMiniPinSetDataFormat`: validates `bytes` (a
-    /// `KS_DATAFORMAT_VIDEOINFOHEADER`, see [`crate::format`]) and makes it
-    /// the pin's format. Only in `KSSTATE_STOP`: the allocator framing and
-    /// buffers are committed at `STOP -> ACQUIRE`. PASSIVE.
+    /// `AVStrMiniPinSetDataFormat` without descriptor edits: validates
+    /// `bytes` (a `KS_DATAFORMAT_VIDEOINFOHEADER`, see [`crate::format`])
+    /// and makes it the pin's format ([`Self::change_data_format`] with no
+    /// edits). Only in `KSSTATE_STOP`. PASSIVE.
+    ///
+    /// # Errors
+    /// As [`Self::change_data_format`]. The previous format stays on error.
+    pub fn set_data_format(&self, bytes: &[u8]) -> Result<VideoFormat, NtStatus> {
+        self.change_data_format(bytes, |_| Ok(()))
+    }
+
+    /// `AVStrMiniPinSetDataFormat` of a created pin: validates `bytes` (a
+    /// `KS_DATAFORMAT_VIDEOINFOHEADER`, see [`crate::format`]) and checks it
+    /// against the channel ([`Self::check_format`]), then runs `edits` with
+    /// the new format (the glue's `_KsEdit`s of the pin's descriptor and
+    /// framing, which follow the frame size), and only when they succeed
+    /// makes it the pin's format. Only in `KSSTATE_STOP`: the allocator
+    /// framing and buffers are committed at `STOP -> ACQUIRE`. PASSIVE, and
+    /// serialised with the state changes (AVStream holds the filter control
+    /// mutex for both).
+    ///
+    /// The order is the contract's: a refused format change leaves KS with
+    /// the old connection format, so the pin must keep the old format too,
+    /// or its next `KSSTATE_RUN` would start the channel in the refused one.
     ///
     /// # Errors
     /// `STATUS_INVALID_DEVICE_REQUEST` in any other state; the errors of
     /// [`validate_data_format`]; `STATUS_INVALID_PARAMETER` from
-    /// [`Self::check_format`]. The previous format stays on error.
-    pub fn set_data_format(&self, bytes: &[u8]) -> Result<VideoFormat, NtStatus> {
+    /// [`Self::check_format`]; the error `edits` returns (then nothing is
+    /// changed in the pin). The previous format stays on error.
+    pub fn change_data_format(
+        &self,
+        bytes: &[u8],
+        edits: impl FnOnce(&VideoFormat) -> Result<(), NtStatus>,
+    ) -> Result<VideoFormat, NtStatus> {
         if self.state() != KsState::Stop {
             return Err(STATUS_INVALID_DEVICE_REQUEST);
         }
         let format = validate_data_format(bytes)?;
         self.check_format(&format)?;
+        edits(&format)?;
         self.locked(&self.format, |f| *f = Some(format));
         Ok(format)
     }

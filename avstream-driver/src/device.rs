@@ -161,7 +161,7 @@ pub fn device_start(client: &BusClient) -> Result<DeviceSetup, NtStatus> {
 mod tests {
     use super::*;
     use crate::ks_format::{KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, KSPIN_FLAG_GENERATE_MAPPINGS};
-    use crate::test_support::FakeBus;
+    use crate::tests::fake::FakeBus;
     use capdma_interface::format::PixelFormat;
 
     fn client(bus: &FakeBus) -> BusClient {

@@ -40,11 +40,7 @@ pub mod stats;
 #[cfg(target_os = "windows")]
 mod ks;
 #[cfg(test)]
-mod concurrency_tests;
-#[cfg(test)]
-mod pin_tests;
-#[cfg(test)]
-mod test_support;
+mod tests;
 
 pub use bus_client::{BusChannel, BusClient};
 pub use device::{device_start, DeviceSetup};

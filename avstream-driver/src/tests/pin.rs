@@ -7,7 +7,8 @@ use crate::device::device_start;
 use crate::format::{build_data_format, VideoFormat};
 use crate::pin::{completion_thunk, CapturePin};
 use crate::state::KsState;
-use crate::test_support::{slot_byte, yuy2, FakeBus, FakePort, Ptr};
+use super::fake::{slot_byte, FakeBus, FakePort, Ptr};
+use super::yuy2;
 use capdma_interface::format::PixelFormat;
 use capdma_interface::status::{
     STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,

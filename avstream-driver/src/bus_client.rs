@@ -375,7 +375,7 @@ impl BusClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::FakeBus;
+    use crate::tests::fake::FakeBus;
     use capdma_interface::status::STATUS_INVALID_DEVICE_REQUEST;
 
     #[test]

@@ -9,16 +9,18 @@
 //!
 //! Both modes add `KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY`: the channel runs
 //! only in `KSSTATE_RUN`, so there is nothing to do in `KSSTATE_PAUSE`.
+//!
+//! The mode's own part (the adapter, the flag, the format fit) is its
+//! engine's (`engine.rs`, and each mode's `device_setup` in
+//! [`crate::process_sg`] and [`crate::process_cb`]); this module does not ask which mode
+//! it is in.
 use crate::bus_client::BusClient;
-use crate::fifo::MAX_SLOTS;
+use crate::engine;
 use crate::format::{validate_data_format, VideoFormat};
-use crate::ks_format::{
-    KSMAPPING_SIZE, KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, KSPIN_FLAG_GENERATE_MAPPINGS,
-    KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY,
-};
+use crate::ks_format::KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY;
 use capdma_interface::format::{MAX_HEIGHT, MAX_WIDTH};
 use capdma_interface::mode::{DmaMode, ModeReason};
-use capdma_interface::status::{NtStatus, STATUS_IO_DEVICE_ERROR, STATUS_NOT_SUPPORTED};
+use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER, STATUS_IO_DEVICE_ERROR, STATUS_NOT_SUPPORTED};
 use capdma_interface::table::DmaConfig;
 use core::ffi::c_void;
 
@@ -98,7 +100,11 @@ impl DeviceSetup {
     /// # Errors
     /// `STATUS_INVALID_PARAMETER` when the frame does not fit the channel.
     pub fn check_format(&self, format: &VideoFormat) -> Result<(), NtStatus> {
-        crate::pin::check_format_for(self.mode, &self.config, format)
+        if engine::fits(self.mode, &self.config, format) {
+            Ok(())
+        } else {
+            Err(STATUS_INVALID_PARAMETER)
+        }
     }
 
     /// [`validate_data_format`] of `bytes`, then [`Self::check_format`]:
@@ -129,7 +135,7 @@ impl DeviceSetup {
 ///
 /// # Errors
 /// The bus's status when a call fails; `STATUS_NOT_SUPPORTED` for a mode
-/// this driver does not know or a ring of more than [`MAX_SLOTS`] slots;
+/// this driver does not know or a ring of more than [`crate::fifo::MAX_SLOTS`] slots;
 /// `STATUS_IO_DEVICE_ERROR` for an answer out of range (alignment not a
 /// power of two, channel beyond `channel_count`, zero slots, slot bytes,
 /// descriptors or `max_transfer`, a null adapter or a zero
@@ -146,43 +152,16 @@ pub fn device_start(client: &BusClient) -> Result<DeviceSetup, NtStatus> {
         frame_size: if config.max_frame_bytes == 0 { FALLBACK_MAX_FRAME_BYTES } else { config.max_frame_bytes },
         file_alignment: config.alignment - 1,
     };
-    let (adapter, pin_flags) = match mode {
-        DmaMode::ScatterGather => {
-            if config.max_transfer == 0 || config.descriptor_count == 0 {
-                return Err(STATUS_IO_DEVICE_ERROR);
-            }
-            let info = bus.get_dma_adapter()?;
-            let max_mapping_byte_count = info.max_mapping_byte_count.min(config.max_transfer);
-            if info.adapter.is_null() || max_mapping_byte_count == 0 {
-                return Err(STATUS_IO_DEVICE_ERROR);
-            }
-            let registration = AdapterRegistration {
-                adapter: info.adapter,
-                max_mapping_byte_count,
-                mapping_table_stride: KSMAPPING_SIZE,
-                map_registers: info.map_registers,
-                dma64: config.address_bits == 64,
-                maximum_length: config.max_frame_bytes,
-            };
-            (Some(registration), KSPIN_FLAG_GENERATE_MAPPINGS | KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY)
-        }
-        DmaMode::CommonBuffer => {
-            if config.slot_count == 0 || config.slot_bytes == 0 {
-                return Err(STATUS_IO_DEVICE_ERROR);
-            }
-            if config.slot_count > MAX_SLOTS {
-                return Err(STATUS_NOT_SUPPORTED);
-            }
-            (None, KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING | KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY)
-        }
-    };
+    let (adapter, engine_flags) = engine::device_setup(mode, &bus, &config)?;
+    let pin_flags = engine_flags | KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY;
     Ok(DeviceSetup { mode, reason: ModeReason::from_u32(config.reason), config, adapter, pin_flags, framing })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::FakeBus;
+    use crate::ks_format::{KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, KSPIN_FLAG_GENERATE_MAPPINGS};
+    use crate::tests::fake::FakeBus;
     use capdma_interface::format::PixelFormat;
 
     fn client(bus: &FakeBus) -> BusClient {

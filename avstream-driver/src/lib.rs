@@ -9,8 +9,11 @@
 //! * [`bus_client`]: the checked bus interface table and safe calls through it.
 //! * [`device`]: device start (mode, adapter registration, pin flags, framing).
 //! * [`state`]: `KSSTATE` and one-step transitions.
-//! * [`pin`]: the capture pin (format, states, Process, completion).
-//! * [`process_sg`], [`process_cb`]: Process and completion per DMA mode.
+//! * [`pin`]: the capture pin (format, states, Process, completion), the
+//!   same in both DMA modes.
+//! * `engine`: the pin's DMA engine, chosen once from the channel's mode;
+//!   [`process_sg`], [`process_cb`]: each mode's device start, format fit,
+//!   start/stop, Process and completion.
 //! * [`clones`], [`fifo`]: the fixed-size frame/slot bookkeeping.
 //! * [`stats`]: frame counters and `KSPROPERTY_DROPPEDFRAMES_CURRENT`.
 //! * [`copy`]: the slot -> frame copy.
@@ -23,6 +26,7 @@ pub mod bus_client;
 pub mod clones;
 pub mod copy;
 pub mod device;
+mod engine;
 pub mod fifo;
 pub mod format;
 pub mod ks_format;
@@ -36,11 +40,7 @@ pub mod stats;
 #[cfg(target_os = "windows")]
 mod ks;
 #[cfg(test)]
-mod concurrency_tests;
-#[cfg(test)]
-mod pin_tests;
-#[cfg(test)]
-mod test_support;
+mod tests;
 
 pub use bus_client::{BusChannel, BusClient};
 pub use device::{device_start, DeviceSetup};

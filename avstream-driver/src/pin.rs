@@ -3,7 +3,7 @@
 //!
 //! | KS event | pin |
 //! |---|---|
-//! | `AVStrMiniPinSetDataFormat` | [`CapturePin::set_data_format`] (`KSSTATE_STOP` only) |
+//! | `AVStrMiniPinSetDataFormat` | [`CapturePin::change_data_format`] (`KSSTATE_STOP` only; committed after the glue's edits) |
 //! | `AVStrMiniPinSetDeviceState` | [`CapturePin::set_device_state`] (walks one step at a time) |
 //! | `AVStrMiniPinProcess` | [`CapturePin::process`] ([`crate::process_sg`], [`crate::process_cb`]) |
 //! | bus completion (DPC) | [`completion_thunk`] -> [`CapturePin::on_completion`] |
@@ -36,21 +36,20 @@
 //! atomics, the SPSC slot FIFO, and two small spin locks (the clone table,
 //! the format/ring) taken at `DISPATCH_LEVEL` via the port and never held
 //! across a KS or bus call.
-use crate::bus_client::{BusChannel, StopOutcome};
-use crate::clones::CloneTable;
+use crate::bus_client::BusChannel;
 use crate::copy::VectorUnit;
 use crate::device::DeviceSetup;
-use crate::fifo::{FilledSlot, SlotFifo, MAX_SLOTS};
+use crate::engine::{self, PinEngine};
 use crate::format::{validate_data_format, VideoFormat};
 use crate::ports::{FrameCompletion, KsPinPort, PinEvent};
 use crate::state::{KsState, StateCell};
 use crate::stats::{DroppedFramesCurrent, PinStats, StatsSnapshot};
 use capdma_interface::mode::DmaMode;
 use capdma_interface::status::{
-    NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_IO_DEVICE_ERROR,
-    STATUS_PENDING, STATUS_SUCCESS,
+    NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_PENDING,
+    STATUS_SUCCESS,
 };
-use capdma_interface::table::{Completion, DmaConfig, PfnCompletion, SlotRing};
+use capdma_interface::table::{Completion, DmaConfig, PfnCompletion};
 use core::ffi::c_void;
 use core::marker::PhantomPinned;
 use core::pin::Pin;
@@ -64,77 +63,6 @@ pub use capdma_interface::regs::SLOT_LINE_ALIGNMENT;
 /// How often `RegisterCompletion(NULL)` is retried while the bus answers
 /// `STATUS_DEVICE_BUSY` (a delivery in progress) at `ACQUIRE -> STOP`.
 pub const UNREGISTER_RETRIES: u32 = 1 << 20;
-
-/// The common-buffer slot ring as checked at `PAUSE -> RUN`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RingView {
-    base: *mut u8,
-    slot_count: u32,
-    slot_stride: usize,
-    slot_bytes: usize,
-    /// Bytes between lines in a slot, for the running format.
-    pub(crate) line_pitch: u32,
-}
-
-impl RingView {
-    /// Checks what `GetSlotRing` answered against the format and the
-    /// configuration: non-null base, `1..=MAX_SLOTS` slots (as configured),
-    /// stride >= slot bytes, line pitch >= the line, the frame within a
-    /// slot, the ring within the address space.
-    fn check(ring: &SlotRing, format: &VideoFormat, config: &DmaConfig) -> Result<Self, NtStatus> {
-        let geometry = format.copy_geometry(ring.line_pitch);
-        let needed = geometry.src_extent().map_err(|_| STATUS_IO_DEVICE_ERROR)?;
-        let slot_bytes = usize::try_from(ring.slot_bytes).map_err(|_| STATUS_IO_DEVICE_ERROR)?;
-        let slot_stride = usize::try_from(ring.slot_stride).map_err(|_| STATUS_IO_DEVICE_ERROR)?;
-        let count = usize::try_from(ring.slot_count).map_err(|_| STATUS_IO_DEVICE_ERROR)?;
-        let total = slot_stride.checked_mul(count).ok_or(STATUS_IO_DEVICE_ERROR)?;
-        let ok = !ring.base.is_null()
-            && ring.slot_count != 0
-            && ring.slot_count <= MAX_SLOTS
-            && ring.slot_count == config.slot_count
-            && slot_stride >= slot_bytes
-            && needed <= slot_bytes
-            && (ring.base as usize).checked_add(total).is_some();
-        if !ok {
-            return Err(STATUS_IO_DEVICE_ERROR);
-        }
-        Ok(Self { base: ring.base, slot_count: ring.slot_count, slot_stride, slot_bytes, line_pitch: ring.line_pitch })
-    }
-
-    /// The bytes of slot `index` (`base + index * slot_stride`,
-    /// `slot_bytes` long), `None` for an index out of the ring.
-    ///
-    /// Valid to read while the channel runs and the slot is owned by the
-    /// child (completed to it and not yet returned): the caller's duty.
-    pub(crate) fn slot(&self, index: u32) -> Option<&[u8]> {
-        if index >= self.slot_count {
-            return None;
-        }
-        let offset = usize::try_from(index).ok()?.checked_mul(self.slot_stride)?;
-        let start = self.base.wrapping_add(offset);
-        // SAFETY: `check` verified the ring `[base, base + slot_count *
-        // slot_stride)` is within the address space and every slot's
-        // `slot_bytes <= slot_stride`; `index < slot_count`, so the range is
-        // inside the ring. The bus contract (`GetSlotRing`) keeps the ring
-        // mapped until the channel is stopped, and the pin only reads slots
-        // while running (Process is serialised with the stop by the
-        // processing mutex) and only slots the child owns, which the board
-        // does not write.
-        Some(unsafe { core::slice::from_raw_parts(start, self.slot_bytes) })
-    }
-}
-
-// SAFETY: the ring is a common buffer mapped in system space, readable from
-// any processor; `RingView` only hands out reads of it under the rules of
-// `slot`. (This makes `CapturePin<K>` `Send`/`Sync` when `K` and its
-// `StreamPointer` are.)
-unsafe impl Send for RingView {}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Shared {
-    format: Option<VideoFormat>,
-    ring: Option<RingView>,
-}
 
 fn unit_to_u8(unit: VectorUnit) -> u8 {
     match unit {
@@ -152,36 +80,15 @@ fn unit_from_u8(v: u8) -> VectorUnit {
     }
 }
 
-/// [`CapturePin::check_format`] of a pin on a channel in `mode` with `config`
-/// (also used before the pin exists: [`DeviceSetup::check_format`]).
-pub(crate) fn check_format_for(mode: DmaMode, config: &DmaConfig, format: &VideoFormat) -> Result<(), NtStatus> {
-    let fits = match mode {
-        DmaMode::CommonBuffer => format
-            .line_bytes()
-            .checked_next_multiple_of(SLOT_LINE_ALIGNMENT)
-            .and_then(|pitch| format.pixel.frame_bytes(format.height, pitch))
-            .is_some_and(|bytes| bytes <= config.slot_bytes),
-        DmaMode::ScatterGather => config.max_frame_bytes == 0 || format.image_bytes <= config.max_frame_bytes,
-    };
-    if fits {
-        Ok(())
-    } else {
-        Err(STATUS_INVALID_PARAMETER)
-    }
-}
-
 /// One capture pin of a capdma channel, generic over the KS port.
 pub struct CapturePin<K: KsPinPort> {
     pub(crate) port: K,
     pub(crate) bus: BusChannel,
-    mode: DmaMode,
     pub(crate) config: DmaConfig,
+    engine: PinEngine<K::StreamPointer>,
     state: StateCell,
     unit: AtomicU8,
-    shared: spin::Mutex<Shared>,
-    pub(crate) clones: spin::Mutex<CloneTable<K::StreamPointer>>,
-    pub(crate) fifo: SlotFifo,
-    pub(crate) producer: spin::Mutex<()>,
+    format: spin::Mutex<Option<VideoFormat>>,
     pub(crate) stats: PinStats,
     registered: AtomicBool,
     _pinned: PhantomPinned,
@@ -190,7 +97,7 @@ pub struct CapturePin<K: KsPinPort> {
 impl<K: KsPinPort> core::fmt::Debug for CapturePin<K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CapturePin")
-            .field("mode", &self.mode)
+            .field("mode", &self.mode())
             .field("state", &self.state.get())
             .field("format", &self.format())
             .field("stats", &self.stats.snapshot())
@@ -232,14 +139,11 @@ impl<K: KsPinPort> CapturePin<K> {
         Self {
             port,
             bus,
-            mode: setup.mode,
             config: setup.config,
+            engine: PinEngine::for_mode(setup.mode),
             state: StateCell::new(),
             unit: AtomicU8::new(unit_to_u8(unit)),
-            shared: spin::Mutex::new(Shared::default()),
-            clones: spin::Mutex::new(CloneTable::new()),
-            fifo: SlotFifo::new(),
-            producer: spin::Mutex::new(()),
+            format: spin::Mutex::new(None),
             stats: PinStats::new(),
             registered: AtomicBool::new(false),
             _pinned: PhantomPinned,
@@ -253,7 +157,7 @@ impl<K: KsPinPort> CapturePin<K> {
 
     /// The channel's DMA mode.
     pub fn mode(&self) -> DmaMode {
-        self.mode
+        self.engine.mode()
     }
 
     /// The current `KSSTATE`.
@@ -263,7 +167,7 @@ impl<K: KsPinPort> CapturePin<K> {
 
     /// The format set with [`Self::set_data_format`], if any.
     pub fn format(&self) -> Option<VideoFormat> {
-        self.locked(&self.shared, |s| s.format)
+        self.locked(&self.format, |f| *f)
     }
 
     /// The frame counters.
@@ -300,9 +204,11 @@ impl<K: KsPinPort> CapturePin<K> {
         result
     }
 
-    /// The running format and (common-buffer) ring, read together.
-    pub(crate) fn running_view(&self) -> (Option<VideoFormat>, Option<RingView>) {
-        self.locked(&self.shared, |s| (s.format, s.ring))
+    /// Whether filled slots are queued (common buffer), not yet processed
+    /// or given back.
+    #[cfg(test)]
+    pub(crate) fn has_queued_slots(&self) -> bool {
+        self.engine.has_queued_slots()
     }
 
     /// Whether the pin can stream `format` on this channel: common-buffer,
@@ -313,7 +219,11 @@ impl<K: KsPinPort> CapturePin<K> {
     /// # Errors
     /// `STATUS_INVALID_PARAMETER` when it does not fit.
     pub fn check_format(&self, format: &VideoFormat) -> Result<(), NtStatus> {
-        check_format_for(self.mode, &self.config, format)
+        if engine::fits(self.mode(), &self.config, format) {
+            Ok(())
+        } else {
+            Err(STATUS_INVALID_PARAMETER)
+        }
     }
 
     /// Whether the pin copies frames with the CPU in [`Self::process`]
@@ -321,25 +231,51 @@ impl<K: KsPinPort> CapturePin<K> {
     /// then is extended processor state worth saving around Process.
     #[must_use]
     pub fn copies_frames(&self) -> bool {
-        self.mode == DmaMode::CommonBuffer
+        self.engine.copies_frames()
     }
 
-    /// `AVStrMiniPinSetDataFormat`: validates `bytes` (a
-    /// `KS_DATAFORMAT_VIDEOINFOHEADER`, see [`crate::format`]) and makes it
-    /// the pin's format. Only in `KSSTATE_STOP`: the allocator framing and
-    /// buffers are committed at `STOP -> ACQUIRE`. PASSIVE.
+    /// `AVStrMiniPinSetDataFormat` without descriptor edits: validates
+    /// `bytes` (a `KS_DATAFORMAT_VIDEOINFOHEADER`, see [`crate::format`])
+    /// and makes it the pin's format ([`Self::change_data_format`] with no
+    /// edits). Only in `KSSTATE_STOP`. PASSIVE.
+    ///
+    /// # Errors
+    /// As [`Self::change_data_format`]. The previous format stays on error.
+    pub fn set_data_format(&self, bytes: &[u8]) -> Result<VideoFormat, NtStatus> {
+        self.change_data_format(bytes, |_| Ok(()))
+    }
+
+    /// `AVStrMiniPinSetDataFormat` of a created pin: validates `bytes` (a
+    /// `KS_DATAFORMAT_VIDEOINFOHEADER`, see [`crate::format`]) and checks it
+    /// against the channel ([`Self::check_format`]), then runs `edits` with
+    /// the new format (the glue's `_KsEdit`s of the pin's descriptor and
+    /// framing, which follow the frame size), and only when they succeed
+    /// makes it the pin's format. Only in `KSSTATE_STOP`: the allocator
+    /// framing and buffers are committed at `STOP -> ACQUIRE`. PASSIVE, and
+    /// serialised with the state changes (AVStream holds the filter control
+    /// mutex for both).
+    ///
+    /// The order is the contract's: a refused format change leaves KS with
+    /// the old connection format, so the pin must keep the old format too,
+    /// or its next `KSSTATE_RUN` would start the channel in the refused one.
     ///
     /// # Errors
     /// `STATUS_INVALID_DEVICE_REQUEST` in any other state; the errors of
     /// [`validate_data_format`]; `STATUS_INVALID_PARAMETER` from
-    /// [`Self::check_format`]. The previous format stays on error.
-    pub fn set_data_format(&self, bytes: &[u8]) -> Result<VideoFormat, NtStatus> {
+    /// [`Self::check_format`]; the error `edits` returns (then nothing is
+    /// changed in the pin). The previous format stays on error.
+    pub fn change_data_format(
+        &self,
+        bytes: &[u8],
+        edits: impl FnOnce(&VideoFormat) -> Result<(), NtStatus>,
+    ) -> Result<VideoFormat, NtStatus> {
         if self.state() != KsState::Stop {
             return Err(STATUS_INVALID_DEVICE_REQUEST);
         }
         let format = validate_data_format(bytes)?;
         self.check_format(&format)?;
-        self.locked(&self.shared, |s| s.format = Some(format));
+        edits(&format)?;
+        self.locked(&self.format, |f| *f = Some(format));
         Ok(format)
     }
 
@@ -458,22 +394,11 @@ impl<K: KsPinPort> CapturePin<K> {
         self.stats.reset_frame_numbers();
         // Slots completed after the last stop (a bus that delivered late) are
         // from the previous run: give them back before the ring restarts.
-        self.drain_slots();
-        if let Err(status) = self.bus.start_channel(&format.channel_format()) {
+        self.engine.drain(self);
+        let started = self.bus.start_channel(&format.channel_format()).and_then(|()| self.engine.started(self, &format));
+        if let Err(status) = started {
             self.port.report(PinEvent::ChannelStartFailed { status });
             return status;
-        }
-        if self.mode == DmaMode::CommonBuffer {
-            let ring = self.bus.get_slot_ring().and_then(|r| RingView::check(&r, &format, &self.config));
-            match ring {
-                Ok(ring) => self.locked(&self.shared, |s| s.ring = Some(ring)),
-                Err(status) => {
-                    let _ = self.bus.stop_channel();
-                    self.drain_slots();
-                    self.port.report(PinEvent::ChannelStartFailed { status });
-                    return status;
-                }
-            }
         }
         self.port.report(PinEvent::ChannelStarted { format: format.channel_format() });
         self.state.set(KsState::Run);
@@ -488,54 +413,8 @@ impl<K: KsPinPort> CapturePin<K> {
         // Errors ignored: stopping must not fail, and a removed device has stopped.
         let outcome = self.bus.stop_channel();
         self.port.report(PinEvent::ChannelStopped);
-        match self.mode {
-            DmaMode::CommonBuffer => {
-                self.drain_slots();
-                self.locked(&self.shared, |s| s.ring = None);
-            }
-            // The bus holds the posted frames until the engine's reset
-            // completes (the board may still write them): their clones stay
-            // until those completions arrive, never handed back early.
-            DmaMode::ScatterGather if outcome == Ok(StopOutcome::FramesHeld) => {}
-            DmaMode::ScatterGather => self.reclaim_clones(),
-        }
+        self.engine.stopped(self, outcome);
         self.port.release_processing_mutex();
-    }
-
-    /// Common-buffer: returns every queued slot to the bus, in order,
-    /// without delivering it (counted as cancelled: the pin is stopping).
-    fn drain_slots(&self) {
-        while let Some(item) = self.fifo.pop() {
-            self.stats.cancelled();
-            self.give_back(item.slot);
-        }
-    }
-
-    /// S/G: completes empty and deletes clones still in flight after
-    /// `StopChannel` (the bus should have cancelled them: counted as bad).
-    fn reclaim_clones(&self) {
-        while let Some(clone) = self.locked(&self.clones, CloneTable::take_any) {
-            self.stats.bad_completion();
-            self.port.complete_frame(clone, &self.empty_completion(0));
-            self.port.delete(clone);
-        }
-    }
-
-    /// Counts a slot or frame that is not delivered: `STATUS_CANCELLED` ->
-    /// cancelled, anything else -> dropped.
-    pub(crate) fn count_undelivered(&self, item: &FilledSlot) {
-        if item.status == capdma_interface::status::STATUS_CANCELLED {
-            self.stats.cancelled();
-        } else {
-            self.dropped_frame();
-        }
-    }
-
-    /// `ReturnSlot`, counting a refusal.
-    pub(crate) fn give_back(&self, slot: u32) {
-        if self.bus.return_slot(slot).is_err() {
-            self.stats.slot_return_failed();
-        }
     }
 
     /// What an undelivered frame gets: `DataUsed = 0`.
@@ -608,10 +487,7 @@ impl<K: KsPinPort> CapturePin<K> {
         if self.state() != KsState::Run {
             return STATUS_PENDING;
         }
-        match self.mode {
-            DmaMode::ScatterGather => self.process_sg(),
-            DmaMode::CommonBuffer => self.process_cb(unit),
-        }
+        self.engine.process(self, unit)
     }
 
     /// The bus's completion (the callback's body), `DISPATCH_LEVEL`. A
@@ -622,10 +498,7 @@ impl<K: KsPinPort> CapturePin<K> {
             self.stats.bad_completion();
             return;
         }
-        match self.mode {
-            DmaMode::ScatterGather => self.complete_sg(completion),
-            DmaMode::CommonBuffer => self.complete_cb(completion),
-        }
+        self.engine.complete(self, completion);
     }
 }
 
@@ -647,7 +520,7 @@ impl<K: KsPinPort> Drop for CapturePin<K> {
         while self.unregister(UNREGISTER_RETRIES) != STATUS_SUCCESS {
             self.port.wait_briefly();
         }
-        self.drain_slots();
+        self.engine.drain(self);
         self.state.set(KsState::Stop);
     }
 }

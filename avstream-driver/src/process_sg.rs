@@ -1,4 +1,18 @@
-//! Process and completion of a scatter/gather (packet-based DMA) pin.
+//! The scatter/gather (packet-based DMA) engine of a pin: its device start,
+//! format fit, Process, completion and stop (`SgEngine`, chosen once by
+//! `engine::PinEngine::for_mode`).
+//!
+//! **Device start:** `GetDmaAdapter`; the glue registers the adapter with
+//! `KsDeviceRegisterAdapterObject` and gives the pin
+//! `KSPIN_FLAG_GENERATE_MAPPINGS` (`device_setup`). A format fits when its
+//! image does not exceed `max_frame_bytes` (when the bus states one: `fits`).
+//!
+//! **Stop** (`RUN -> PAUSE`, after `StopChannel`): clones the bus failed to
+//! cancel are completed empty and deleted (counted as bad) — unless the bus
+//! holds the posted frames until the engine's reset completes
+//! (`StopOutcome::FramesHeld`): then their clones stay until those
+//! completions arrive, never handed back early.
+//!
 //!
 //! The pin has `KSPIN_FLAG_GENERATE_MAPPINGS`: KS gives each frame's
 //! `OffsetOut` as `KSMAPPING`s built with the registered adapter, split at
@@ -40,13 +54,58 @@
 //! status, or an impossible byte count, completes it with `DataUsed = 0`
 //! (cancelled or dropped, never delivered as good). Then the clone is
 //! deleted and `KsPinAttemptProcessing(TRUE)` called.
+use crate::bus_client::{BusChannel, StopOutcome};
 use crate::clones::CloneTable;
+use crate::device::AdapterRegistration;
+use crate::format::VideoFormat;
+use crate::ks_format::{KSMAPPING_SIZE, KSPIN_FLAG_GENERATE_MAPPINGS};
 use crate::pin::CapturePin;
 use crate::ports::KsPinPort;
 use capdma_interface::status::{
-    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_PENDING, STATUS_SUCCESS,
+    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,
+    STATUS_SUCCESS,
 };
-use capdma_interface::table::{Completion, CompletionKind};
+use capdma_interface::table::{Completion, CompletionKind, DmaConfig};
+
+/// Device start of an S/G channel: checks `max_transfer` and
+/// `descriptor_count` (nonzero), `GetDmaAdapter`, and answers what the glue
+/// registers with `KsDeviceRegisterAdapterObject` and the pin's own flag
+/// (`KSPIN_FLAG_GENERATE_MAPPINGS`). PASSIVE.
+///
+/// # Errors
+/// `GetDmaAdapter`'s status; `STATUS_IO_DEVICE_ERROR` for a zero
+/// `max_transfer` or `descriptor_count`, a null adapter or a zero
+/// `MaxMappingByteCount`.
+pub(crate) fn device_setup(bus: &BusChannel, config: &DmaConfig) -> Result<(Option<AdapterRegistration>, u32), NtStatus> {
+    if config.max_transfer == 0 || config.descriptor_count == 0 {
+        return Err(STATUS_IO_DEVICE_ERROR);
+    }
+    let info = bus.get_dma_adapter()?;
+    let max_mapping_byte_count = info.max_mapping_byte_count.min(config.max_transfer);
+    if info.adapter.is_null() || max_mapping_byte_count == 0 {
+        return Err(STATUS_IO_DEVICE_ERROR);
+    }
+    let registration = AdapterRegistration {
+        adapter: info.adapter,
+        max_mapping_byte_count,
+        mapping_table_stride: KSMAPPING_SIZE,
+        map_registers: info.map_registers,
+        dma64: config.address_bits == 64,
+        maximum_length: config.max_frame_bytes,
+    };
+    Ok((Some(registration), KSPIN_FLAG_GENERATE_MAPPINGS))
+}
+
+/// Whether an S/G channel with `config` can stream `format`: the image must
+/// not exceed `max_frame_bytes` (0: the bus states no limit).
+pub(crate) fn fits(config: &DmaConfig, format: &VideoFormat) -> bool {
+    config.max_frame_bytes == 0 || format.image_bytes <= config.max_frame_bytes
+}
+
+/// The S/G engine's state: the clones of the frames in flight, by tag.
+pub(crate) struct SgEngine<P: Copy> {
+    clones: spin::Mutex<CloneTable<P>>,
+}
 
 /// What to do after a frame at the leading edge was handled.
 enum Next {
@@ -56,21 +115,27 @@ enum Next {
     Return(NtStatus),
 }
 
-impl<K: KsPinPort> CapturePin<K> {
-    pub(crate) fn process_sg(&self) -> NtStatus {
-        let Some(format) = self.format() else {
+impl<P: Copy> SgEngine<P> {
+    /// No frame in flight.
+    pub(crate) fn new() -> Self {
+        Self { clones: spin::Mutex::new(CloneTable::new()) }
+    }
+
+    /// Process (see the module documentation).
+    pub(crate) fn process<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>) -> NtStatus {
+        let Some(format) = pin.format() else {
             return STATUS_PENDING;
         };
-        let Some(leading) = self.port.leading_edge() else {
+        let Some(leading) = pin.port.leading_edge() else {
             return STATUS_SUCCESS;
         };
         loop {
-            let offset = self.port.offset_out(leading);
-            let extent = self.port.frame_extent(leading);
+            let offset = pin.port.offset_out(leading);
+            let extent = pin.port.frame_extent(leading);
             let next = if offset.mappings.is_null() || offset.remaining == 0 || extent < format.image_bytes {
-                self.drop_leading(leading)
+                Self::drop_leading(pin, leading)
             } else {
-                self.post_frame(leading, offset.remaining)
+                self.post_frame(pin, leading, offset.remaining)
             };
             match next {
                 Next::Continue => {}
@@ -80,57 +145,57 @@ impl<K: KsPinPort> CapturePin<K> {
     }
 
     /// Completes the leading edge's frame empty and ejects it.
-    fn drop_leading(&self, leading: K::StreamPointer) -> Next {
-        self.dropped_frame();
-        self.port.complete_frame(leading, &self.empty_completion(0));
-        match self.port.advance_offsets(leading, 0, true) {
+    fn drop_leading<K: KsPinPort<StreamPointer = P>>(pin: &CapturePin<K>, leading: P) -> Next {
+        pin.dropped_frame();
+        pin.port.complete_frame(leading, &pin.empty_completion(0));
+        match pin.port.advance_offsets(leading, 0, true) {
             Ok(()) => Next::Continue,
             Err(_) => Next::Return(STATUS_SUCCESS),
         }
     }
 
-    fn post_frame(&self, leading: K::StreamPointer, mappings: u32) -> Next {
-        let Some(index) = self.locked(&self.clones, |t| t.free_index()) else {
-            self.port.unlock(leading, false);
+    fn post_frame<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>, leading: P, mappings: u32) -> Next {
+        let Some(index) = pin.locked(&self.clones, |t| t.free_index()) else {
+            pin.port.unlock(leading, false);
             return Next::Return(STATUS_PENDING);
         };
-        let Ok(clone) = self.port.clone_pointer(leading) else {
-            if self.locked(&self.clones, |t| t.in_flight()) > 0 {
-                self.port.unlock(leading, false);
+        let Ok(clone) = pin.port.clone_pointer(leading) else {
+            if pin.locked(&self.clones, |t| t.in_flight()) > 0 {
+                pin.port.unlock(leading, false);
                 return Next::Return(STATUS_PENDING);
             }
-            return self.drop_leading(leading);
+            return Self::drop_leading(pin, leading);
         };
         // `others`: frames in flight when this one joined them. Each of them
         // completes later (only its completion takes it out of the table)
         // and calls `KsPinAttemptProcessing`.
         let inserted =
-            self.locked(&self.clones, |t| t.insert(index, clone).map(|tag| (tag, t.in_flight().saturating_sub(1))));
+            pin.locked(&self.clones, |t| t.insert(index, clone).map(|tag| (tag, t.in_flight().saturating_sub(1))));
         let Some((tag, others)) = inserted else {
             // Only Process fills entries, and it found this one free.
-            self.port.delete(clone);
-            self.port.unlock(leading, false);
+            pin.port.delete(clone);
+            pin.port.unlock(leading, false);
             return Next::Return(STATUS_PENDING);
         };
-        let clone_offset = self.port.offset_out(clone);
+        let clone_offset = pin.port.offset_out(clone);
         let count = clone_offset.remaining.min(mappings);
         // SAFETY: `clone_offset.mappings` is the clone's `OffsetOut.Mappings`:
         // `Remaining` KSMAPPINGs (layout-identical to `SgElement`) that KS
         // keeps valid while the clone exists. The clone is in the table, so
         // only its completion deletes it, and there is no completion before
         // `ProgramFrame` has read the elements and posted the frame.
-        let posted = unsafe { self.bus.program_frame(tag, clone_offset.mappings, count) };
+        let posted = unsafe { pin.bus.program_frame(tag, clone_offset.mappings, count) };
         match posted {
             Ok(()) => {
-                self.stats.programmed(count);
-                match self.port.advance_offsets(leading, mappings, false) {
+                pin.stats.programmed(count);
+                match pin.port.advance_offsets(leading, mappings, false) {
                     Ok(()) => Next::Continue,
                     Err(_) => Next::Return(STATUS_SUCCESS),
                 }
             }
             Err(status) => {
-                if let Some(clone) = self.locked(&self.clones, |t| t.take(tag)) {
-                    self.port.delete(clone);
+                if let Some(clone) = pin.locked(&self.clones, |t| t.take(tag)) {
+                    pin.port.delete(clone);
                 }
                 match status {
                     // Ring full: wait for the frames that were in flight. Not
@@ -139,54 +204,76 @@ impl<K: KsPinPort> CapturePin<K> {
                     // would be dropped as one that never does (their
                     // completions asked for this Process to run again).
                     STATUS_DEVICE_BUSY if others > 0 => {
-                        self.port.unlock(leading, false);
+                        pin.port.unlock(leading, false);
                         Next::Return(STATUS_PENDING)
                     }
                     STATUS_DEVICE_NOT_READY => {
-                        self.port.unlock(leading, false);
+                        pin.port.unlock(leading, false);
                         Next::Return(STATUS_PENDING)
                     }
-                    _ => self.drop_leading(leading),
+                    _ => Self::drop_leading(pin, leading),
                 }
             }
         }
     }
 
-    pub(crate) fn complete_sg(&self, completion: &Completion) {
+    /// The completion of a frame (see the module documentation).
+    pub(crate) fn complete<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>, completion: &Completion) {
         if completion.kind != CompletionKind::Frame as u32 {
-            self.stats.bad_completion();
+            pin.stats.bad_completion();
             return;
         }
-        let Some(clone) = self.locked(&self.clones, |t: &mut CloneTable<K::StreamPointer>| t.take(completion.tag))
-        else {
-            self.stats.bad_completion();
+        let Some(clone) = pin.locked(&self.clones, |t| t.take(completion.tag)) else {
+            pin.stats.bad_completion();
             return;
         };
         let frame = match completion.status {
             STATUS_SUCCESS => {
                 let bytes = completion.bytes_written;
-                self.board_frame_number(completion.frame_number);
-                if bytes == 0 || bytes > self.port.frame_extent(clone) {
-                    self.stats.bad_completion();
-                    self.dropped_frame();
-                    self.empty_completion(completion.frame_number)
+                pin.board_frame_number(completion.frame_number);
+                if bytes == 0 || bytes > pin.port.frame_extent(clone) {
+                    pin.stats.bad_completion();
+                    pin.dropped_frame();
+                    pin.empty_completion(completion.frame_number)
                 } else {
-                    let format = self.format();
-                    self.good_completion(bytes, completion.frame_number, completion.timestamp, format.as_ref())
+                    let format = pin.format();
+                    pin.good_completion(bytes, completion.frame_number, completion.timestamp, format.as_ref())
                 }
             }
             STATUS_CANCELLED => {
-                self.stats.cancelled();
-                self.empty_completion(completion.frame_number)
+                pin.stats.cancelled();
+                pin.empty_completion(completion.frame_number)
             }
             _ => {
-                self.stats.skip_frame_number();
-                self.dropped_frame();
-                self.empty_completion(completion.frame_number)
+                pin.stats.skip_frame_number();
+                pin.dropped_frame();
+                pin.empty_completion(completion.frame_number)
             }
         };
-        self.port.complete_frame(clone, &frame);
-        self.port.delete(clone);
-        self.port.attempt_processing(true);
+        pin.port.complete_frame(clone, &frame);
+        pin.port.delete(clone);
+        pin.port.attempt_processing(true);
+    }
+
+    /// `RUN -> PAUSE` after `StopChannel` answered `outcome`: unless the bus
+    /// holds the posted frames (`FramesHeld`), completes empty and deletes
+    /// the clones still in flight (the bus should have cancelled them:
+    /// counted as bad).
+    pub(crate) fn stopped<K: KsPinPort<StreamPointer = P>>(
+        &self,
+        pin: &CapturePin<K>,
+        outcome: Result<StopOutcome, NtStatus>,
+    ) {
+        // The bus holds the posted frames until the engine's reset
+        // completes (the board may still write them): their clones stay
+        // until those completions arrive, never handed back early.
+        if outcome == Ok(StopOutcome::FramesHeld) {
+            return;
+        }
+        while let Some(clone) = pin.locked(&self.clones, CloneTable::take_any) {
+            pin.stats.bad_completion();
+            pin.port.complete_frame(clone, &pin.empty_completion(0));
+            pin.port.delete(clone);
+        }
     }
 }

@@ -235,8 +235,9 @@ pub unsafe extern "C" fn close(pin: PKSPIN, _irp: PIRP) -> NTSTATUS {
 /// `AVStrMiniPinSetDataFormat`: at pin creation (`OldFormat == NULL`,
 /// called before Create, `KSPIN.Context` not yet ours) the format is
 /// checked against the device (`DeviceSetup::validate_format`); later,
-/// `CapturePin::set_data_format` (`KSSTATE_STOP` only) and the pin's
-/// framing follows the new size. PASSIVE.
+/// `CapturePin::change_data_format` (`KSSTATE_STOP` only): the pin's
+/// framing is edited for the new size, and the core takes the format only
+/// when those edits succeeded. PASSIVE.
 pub unsafe extern "C" fn set_data_format(
     pin: PKSPIN,
     old_format: PKSDATAFORMAT,
@@ -282,17 +283,19 @@ unsafe fn set_data_format_inner(
         let Some(resources) = (unsafe { resources_of(pin) }) else {
             return STATUS_DEVICE_NOT_READY;
         };
-        match object.set_data_format(bytes) {
-            // The allocator is made at STOP -> ACQUIRE: give it the new size.
+        // The allocator is made at STOP -> ACQUIRE: its framing follows the
+        // new size. The core commits the format only once the edits
+        // succeeded: a refused change leaves KS on the old connection
+        // format, and the pin must stay on it too.
+        object.change_data_format(bytes, |format| {
             // SAFETY: the pin's own descriptor copy (`_KsEdit` keeps an item
             // already in the bag), edited under the filter control mutex
             // AVStream holds for SetDataFormat.
-            Ok(format) => match unsafe { edit_framing(pin, resources.setup.framing_for(&format).frame_size) } {
-                status if nt_success(status) => Ok(format),
+            match unsafe { edit_framing(pin, resources.setup.framing_for(format).frame_size) } {
+                status if nt_success(status) => Ok(()),
                 status => Err(status),
-            },
-            Err(status) => Err(status),
-        }
+            }
+        })
     };
     match result {
         Ok(_) => STATUS_SUCCESS,

@@ -68,15 +68,14 @@ use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, PfnCompletion, SgElement,
     CAPDMA_BUS_INTERFACE_SIZE_V1,
 };
+use capdma_test_kit::{irql, jitter, join_all, lock, set_irql, Log, Rng, Watchdog};
 use core::ffi::c_void;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 /// Channels on the board (each with its own child thread).
 const CHANNELS: u32 = 2;
@@ -95,95 +94,6 @@ const MAX_FRAME: u32 = 8192;
 const TICK: i64 = 40_000;
 /// Engine steps between two idle-point checks.
 const CHECK_EVERY: u32 = 64;
-/// How long the threads may take before the test calls it a hang. Only a
-/// failure detector: a passing run never waits for it.
-const HANG: Duration = Duration::from_mins(1);
-
-thread_local! {
-    /// This thread's IRQL, as the platform sees it.
-    static IRQL: Cell<Irql> = const { Cell::new(PASSIVE_LEVEL) };
-    /// The callback's random perturbations (per thread).
-    static JITTER: std::cell::RefCell<Rng> = std::cell::RefCell::new(Rng::new(0x2545_F491_4F6C_DD1D));
-}
-
-fn irql() -> Irql {
-    IRQL.with(Cell::get)
-}
-
-fn set_irql(level: Irql) {
-    IRQL.with(|c| c.set(level));
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Seeded schedule perturbation (fastrand's generator).
-struct Rng(fastrand::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(fastrand::Rng::with_seed(seed))
-    }
-
-    fn below(&mut self, n: u32) -> u32 {
-        self.0.u32(..n.max(1))
-    }
-
-    fn one_in(&mut self, n: u32) -> bool {
-        self.below(n) == 0
-    }
-
-    /// Mostly nothing; sometimes a yield; now and then a short spin.
-    fn jitter(&mut self) {
-        match self.below(16) {
-            0..=2 => thread::yield_now(),
-            3 => {
-                for _ in 0..self.below(300) {
-                    std::hint::spin_loop();
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The callback's perturbation, from the calling thread's generator.
-fn callback_jitter() {
-    JITTER.with(|rng| rng.borrow_mut().jitter());
-}
-
-/// Violations seen by any thread; the test fails with them at the end.
-#[derive(Default)]
-struct Log {
-    failed: AtomicBool,
-    messages: Mutex<Vec<String>>,
-}
-
-impl Log {
-    fn fail(&self, message: String) {
-        self.failed.store(true, SeqCst);
-        let mut m = lock(&self.messages);
-        if m.len() < 24 {
-            m.push(message);
-        }
-    }
-
-    fn check(&self, ok: bool, message: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(message());
-        }
-    }
-
-    fn failed(&self) -> bool {
-        self.failed.load(SeqCst)
-    }
-
-    fn assert_clean(&self, what: &str) {
-        let m = lock(&self.messages);
-        assert!(m.is_empty(), "{what}: {} violation(s):\n  {}", m.len(), m.join("\n  "));
-    }
-}
 
 /// Test-level slot ownership.
 const SLOT_FREE: u8 = 0;
@@ -756,7 +666,7 @@ unsafe extern "system" fn sink_callback(context: *mut c_void, completion: *const
             0
         }
     };
-    callback_jitter();
+    jitter();
     let mut rng = Rng::new(u64::from(c.tag) ^ u64::from(c.frame_number) << 20);
     if w.sg {
         w.log.check(c.kind == CompletionKind::Frame as u32, || format!("ch{ch}: kind {}", c.kind));
@@ -786,7 +696,7 @@ unsafe extern "system" fn sink_callback(context: *mut c_void, completion: *const
             w.return_one(&sink.table, ch);
         }
     }
-    callback_jitter();
+    jitter();
     sink.active.fetch_sub(1, SeqCst);
 }
 
@@ -941,15 +851,6 @@ fn child(w: &Arc<World>, ch: u32, seed: u64, cycles: u32) {
     table.dereference();
 }
 
-/// Sends on drop: a thread's end is reported even when it panics.
-struct Done(mpsc::Sender<&'static str>, &'static str);
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        let _ = self.0.send(self.1);
-    }
-}
-
 /// One seeded run of the whole machine; returns the world for extra checks.
 fn run(sg: bool, seed: u64, cycles: u32) -> Arc<World> {
     let log = Arc::new(Log::default());
@@ -979,49 +880,29 @@ fn run(sg: bool, seed: u64, cycles: u32) -> Arc<World> {
     w.dev.start(&config).expect("start");
     board.starting.store(false, SeqCst);
 
-    let (tx, rx) = mpsc::channel();
+    let dog = Watchdog::default();
     let mut handles = Vec::new();
     for i in 0..CPUS {
-        let (w, done) = (w.clone(), Done(tx.clone(), "cpu"));
-        handles.push(thread::spawn(move || {
-            let _done = done;
-            cpu(&w, seed ^ (0x100 + u64::from(i)));
-        }));
+        let w = w.clone();
+        handles.push(dog.spawn("cpu", move || cpu(&w, seed ^ (0x100 + u64::from(i)))));
     }
     {
-        let (w, done) = (w.clone(), Done(tx.clone(), "hardware"));
-        handles.push(thread::spawn(move || {
-            let _done = done;
-            hardware(&w, seed ^ 0x200);
-        }));
+        let w = w.clone();
+        handles.push(dog.spawn("hardware", move || hardware(&w, seed ^ 0x200)));
     }
     for ch in 0..CHANNELS {
-        let (w, done) = (w.clone(), Done(tx.clone(), "child"));
-        handles.push(thread::spawn(move || {
-            let _done = done;
+        let w = w.clone();
+        handles.push(dog.spawn("child", move || {
             child(&w, ch, seed ^ (0x300 + u64::from(ch)), cycles);
             w.children_done.fetch_add(1, SeqCst);
         }));
     }
-    drop(tx);
-    let wait = |what: &str, n: u32, w: &World| {
-        for _ in 0..n {
-            if rx.recv_timeout(HANG).is_err() {
-                let msgs = lock(&w.log.messages).join("\n  ");
-                panic!("seed {seed:#x}: {what} did not finish within {HANG:?}: deadlock or livelock\n  {msgs}");
-            }
-        }
-    };
     // Children and the board first; then the processors drain and stop.
-    wait("children and board", CHANNELS + 1, &w);
+    dog.wait(CHANNELS as usize + 1, format_args!("seed {seed:#x}: children and board"), &w.log);
     w.idle_check();
     w.cpus_stop.store(true, SeqCst);
-    wait("processors", CPUS, &w);
-    for h in handles {
-        if let Err(panic) = h.join() {
-            std::panic::resume_unwind(panic);
-        }
-    }
+    dog.wait(CPUS as usize, format_args!("seed {seed:#x}: processors"), &w.log);
+    join_all(handles);
     w
 }
 
@@ -1120,11 +1001,10 @@ fn dpcs_passing_through_a_stopped_channel_do_not_make_it_busy() {
         }
         thread::yield_now();
     }
-    let (tx, rx) = mpsc::channel();
+    let dog = Watchdog::default();
     let child = {
         let log = log.clone();
-        thread::spawn(move || {
-            let _done = Done(tx, "child");
+        dog.spawn("child", move || {
             // Not a real callback target: the channel never runs with frames posted.
             let sink_ctx = std::ptr::dangling_mut::<c_void>();
             let (mut busy_register, mut busy_start) = (0u32, 0u32);
@@ -1151,7 +1031,7 @@ fn dpcs_passing_through_a_stopped_channel_do_not_make_it_busy() {
             (busy_register, busy_start)
         })
     };
-    rx.recv_timeout(HANG).expect("the child did not finish: deadlock or livelock");
+    dog.wait(1, "the child", &log);
     let (busy_register, busy_start) = child.join().expect("child");
     done.store(true, SeqCst);
     dpc.join().expect("dpc thread");

@@ -10,7 +10,8 @@
 //!   application exactly once and checked (`DataUsed`, and in common-buffer
 //!   mode every byte against the slot the frame was copied from), then
 //!   requeued while the run lasts;
-//! * a thread-safe bus ([`Bus`]) behind a real `extern "system"` table that
+//! * a thread-safe bus ([`Bus`]) behind the real `extern "system"` table of
+//!   [`super::table`] (the same as the pin tests' fake bus) that
 //!   keeps the interface contract: one completion at a time, `StopChannel`
 //!   completes every posted frame (`STATUS_CANCELLED`) through the callback
 //!   before it returns, nothing after it or after `RegisterCompletion(NULL)`,
@@ -28,24 +29,23 @@ use crate::format::{build_data_format, VideoFormat};
 use crate::pin::CapturePin;
 use crate::ports::{FrameCompletion, Irql, KsPinPort, StreamOffset};
 use crate::state::KsState;
-use crate::test_support::yuy2;
+use super::table::{call_back, FakeChannel};
+use super::yuy2;
 use capdma_interface::status::{
     NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_INVALID_DEVICE_REQUEST,
     STATUS_INVALID_PARAMETER, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS,
 };
 use capdma_interface::table::{
-    CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, DmaConfig, InterfaceHeader, PfnCompletion,
-    SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1,
+    ChannelFormat, Completion, CompletionKind, DmaConfig, PfnCompletion, SgElement, SlotRing,
 };
 use core::ffi::c_void;
+use capdma_test_kit::{irql, jitter, join_all, lock, set_irql, Log, Rng, Watchdog};
 use core::pin::Pin;
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
-use std::time::Duration;
 use zerocopy::IntoBytes;
 
 const PASSIVE: Irql = 0;
@@ -60,89 +60,6 @@ const SLOT_BYTES: u32 = 4096;
 const RING_FRAMES: usize = 2;
 /// Application buffers queued at once.
 const APP_FRAMES: usize = 6;
-const HANG: Duration = Duration::from_mins(1);
-
-thread_local! {
-    static IRQL: Cell<Irql> = const { Cell::new(PASSIVE) };
-    /// Perturbations inside the fakes' calls (per thread).
-    static JITTER: std::cell::RefCell<Rng> = std::cell::RefCell::new(Rng::new(0x2545_F491_4F6C_DD1D));
-}
-
-/// A perturbation from the calling thread's generator: the fakes' calls
-/// take a while now and then (an interrupt, a preemption), which widens the
-/// windows between the pin's steps.
-fn jitter() {
-    JITTER.with(|rng| rng.borrow_mut().jitter());
-}
-
-fn irql() -> Irql {
-    IRQL.with(Cell::get)
-}
-
-fn set_irql(level: Irql) {
-    IRQL.with(|c| c.set(level));
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Seeded schedule perturbation (fastrand's generator).
-struct Rng(fastrand::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(fastrand::Rng::with_seed(seed))
-    }
-
-    fn below(&mut self, n: u32) -> u32 {
-        self.0.u32(..n.max(1))
-    }
-
-    fn one_in(&mut self, n: u32) -> bool {
-        self.below(n) == 0
-    }
-
-    fn jitter(&mut self) {
-        match self.below(16) {
-            0..=2 => thread::yield_now(),
-            3 => {
-                for _ in 0..self.below(300) {
-                    std::hint::spin_loop();
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Violations seen by any thread.
-#[derive(Default)]
-struct Log {
-    failed: AtomicBool,
-    messages: Mutex<Vec<String>>,
-}
-
-impl Log {
-    fn fail(&self, message: String) {
-        self.failed.store(true, SeqCst);
-        let mut m = lock(&self.messages);
-        if m.len() < 24 {
-            m.push(message);
-        }
-    }
-
-    fn check(&self, ok: bool, message: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(message());
-        }
-    }
-
-    fn assert_clean(&self, what: &str) {
-        let m = lock(&self.messages);
-        assert!(m.is_empty(), "{what}: {} violation(s):\n  {}", m.len(), m.join("\n  "));
-    }
-}
 
 /// The byte a slot filled with frame `number` holds (never 0, so an
 /// untouched frame buffer does not pass).
@@ -533,12 +450,6 @@ struct Bus {
     adapter: u64,
 }
 
-fn bus<'a>(context: *mut c_void) -> &'a Bus {
-    // SAFETY: every table's context is the `Bus` of a `World` that outlives
-    // every thread that calls through it.
-    unsafe { &*context.cast_const().cast::<Bus>() }
-}
-
 impl Bus {
     fn new(sg: bool, ks: Arc<Ks>, log: Arc<Log>) -> Self {
         let config = DmaConfig {
@@ -561,26 +472,6 @@ impl Bus {
             log,
             slot_memory: vec![0; (SLOTS * SLOT_BYTES) as usize],
             adapter: 0xADA0,
-        }
-    }
-
-    fn table(&self) -> CapdmaBusInterface {
-        CapdmaBusInterface {
-            header: InterfaceHeader {
-                size: CAPDMA_BUS_INTERFACE_SIZE_V1,
-                version: 1,
-                context: core::ptr::from_ref(self).cast_mut().cast(),
-                interface_reference: Some(bus_reference),
-                interface_dereference: Some(bus_reference),
-            },
-            get_dma_config: Some(bus_get_dma_config),
-            get_dma_adapter: Some(bus_get_dma_adapter),
-            program_frame: Some(bus_program_frame),
-            get_slot_ring: Some(bus_get_slot_ring),
-            return_slot: Some(bus_return_slot),
-            start_channel: Some(bus_start_channel),
-            stop_channel: Some(bus_stop_channel),
-            register_completion: Some(bus_register_completion),
         }
     }
 
@@ -611,7 +502,7 @@ impl Bus {
         // SAFETY: registered by the pin with its (pinned) address, which
         // stays valid until it unregisters; unregistering is refused while
         // `delivering` is set.
-        unsafe { (callback.0)(callback.1 as *mut c_void, &raw const completion) };
+        unsafe { call_back((callback.0, callback.1 as *mut c_void), &completion) };
         jitter();
         set_irql(old);
         lock(&self.st).delivering = false;
@@ -668,168 +559,125 @@ impl Bus {
     }
 }
 
-unsafe extern "system" fn bus_reference(_context: *mut c_void) {}
-
-unsafe extern "system" fn bus_get_dma_config(context: *mut c_void, _channel: u32, config: *mut DmaConfig) -> NtStatus {
-    // SAFETY: a valid out-pointer (the contract).
-    unsafe { config.write(bus(context).config) };
-    STATUS_SUCCESS
-}
-
-unsafe extern "system" fn bus_get_dma_adapter(
-    context: *mut c_void,
-    _channel: u32,
-    adapter: *mut *mut c_void,
-    max_mapping_byte_count: *mut u32,
-    map_registers: *mut u32,
-) -> NtStatus {
-    let b = bus(context);
-    if !b.sg {
-        return STATUS_INVALID_DEVICE_REQUEST;
+impl FakeChannel for Bus {
+    fn dma_config(&self) -> DmaConfig {
+        self.config
     }
-    // SAFETY: valid out-pointers (the contract), here and below.
-    unsafe { adapter.write(core::ptr::from_ref(&b.adapter).cast_mut().cast()) };
-    // SAFETY: as above.
-    unsafe { max_mapping_byte_count.write(64 * 1024) };
-    // SAFETY: as above.
-    unsafe { map_registers.write(16) };
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn bus_program_frame(
-    context: *mut c_void,
-    _channel: u32,
-    tag: u32,
-    elements: *const SgElement,
-    count: u32,
-) -> NtStatus {
-    let b = bus(context);
-    b.log.check(irql() <= DISPATCH, || "ProgramFrame above DISPATCH_LEVEL".into());
-    if elements.is_null() || count == 0 {
-        return STATUS_INVALID_PARAMETER;
-    }
-    // SAFETY: `count` readable elements for the call (the contract).
-    let first = unsafe { elements.read() };
-    let frame = usize::try_from(first.logical_address >> 20).unwrap_or(usize::MAX);
-    b.log.check(b.ks.has_clone(frame), || format!("ProgramFrame({tag}) of frame {frame}, which no live clone holds"));
-    let status = {
-        let mut st = lock(&b.st);
-        if !st.running {
-            STATUS_DEVICE_NOT_READY
-        } else if st.posted.len() >= RING_FRAMES {
-            STATUS_DEVICE_BUSY
-        } else {
-            b.log.check(st.posted.iter().all(|&(t, _)| t != tag), || format!("tag {tag} posted twice"));
-            st.posted.push_back((tag, frame));
-            st.programmed += 1;
-            STATUS_SUCCESS
+    fn dma_adapter(&self) -> Result<(*mut c_void, u32, u32), NtStatus> {
+        if !self.sg {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
         }
-    };
-    jitter();
-    status
-}
-
-unsafe extern "system" fn bus_get_slot_ring(context: *mut c_void, _channel: u32, ring: *mut SlotRing) -> NtStatus {
-    let b = bus(context);
-    if b.sg {
-        return STATUS_INVALID_DEVICE_REQUEST;
+        Ok((core::ptr::from_ref(&self.adapter).cast_mut().cast(), 64 * 1024, 16))
     }
-    let line_pitch = lock(&b.st).line_pitch;
-    let answer = SlotRing {
-        base: b.slot_ptr(0),
-        base_logical: 0x8000_0000,
-        slot_count: SLOTS,
-        slot_stride: SLOT_BYTES,
-        slot_bytes: SLOT_BYTES,
-        line_pitch,
-    };
-    // SAFETY: a valid out-pointer (the contract).
-    unsafe { ring.write(answer) };
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn bus_return_slot(context: *mut c_void, _channel: u32, slot: u32) -> NtStatus {
-    let b = bus(context);
-    let mut st = lock(&b.st);
-    if st.child.front() != Some(&slot) {
-        b.log.fail(format!("ReturnSlot({slot}): the child's oldest slot is {:?}", st.child.front()));
-        return STATUS_INVALID_PARAMETER;
-    }
-    st.child.pop_front();
-    if st.running {
-        st.board.push_back(slot);
-    }
-    drop(st);
-    jitter();
-    STATUS_SUCCESS
-}
-
-unsafe extern "system" fn bus_start_channel(
-    context: *mut c_void,
-    _channel: u32,
-    format: *const ChannelFormat,
-) -> NtStatus {
-    let b = bus(context);
-    b.log.check(irql() == PASSIVE, || "StartChannel above PASSIVE_LEVEL".into());
-    // SAFETY: a readable format (the contract).
-    let format = unsafe { format.read() };
-    let mut st = lock(&b.st);
-    if st.running {
-        return STATUS_DEVICE_BUSY;
-    }
-    b.log.check(st.child.is_empty(), || format!("StartChannel while the child holds slots {:?}", st.child));
-    st.child.clear();
-    st.board = (0..if b.sg { 0 } else { SLOTS }).collect();
-    st.line_pitch = (format.width * 2).next_multiple_of(256);
-    st.running = true;
-    STATUS_SUCCESS
-}
-
-unsafe extern "system" fn bus_stop_channel(context: *mut c_void, _channel: u32) -> NtStatus {
-    let b = bus(context);
-    b.log.check(irql() == PASSIVE, || "StopChannel above PASSIVE_LEVEL".into());
-    lock(&b.st).running = false;
-    // Every posted frame completed (cancelled) through the callback, one at
-    // a time, and no delivery left in progress, before returning.
-    loop {
-        let more = {
-            let st = lock(&b.st);
-            st.delivering || !st.posted.is_empty()
+    fn program_frame(&self, tag: u32, elements: &[SgElement]) -> NtStatus {
+        self.log.check(irql() <= DISPATCH, || "ProgramFrame above DISPATCH_LEVEL".into());
+        let Some(first) = elements.first() else {
+            return STATUS_INVALID_PARAMETER;
         };
-        if !more {
-            break;
-        }
-        b.deliver(|st| {
-            let (tag, _) = st.posted.pop_front()?;
-            Some(Completion {
-                channel: 0,
-                kind: CompletionKind::Frame as u32,
-                tag,
-                bytes_written: 0,
-                status: STATUS_CANCELLED,
-                frame_number: 0,
-                timestamp: 0,
-            })
-        });
-        thread::yield_now();
+        let frame = usize::try_from(first.logical_address >> 20).unwrap_or(usize::MAX);
+        self.log.check(self.ks.has_clone(frame), || format!("ProgramFrame({tag}) of frame {frame}, which no live clone holds"));
+        let status = {
+            let mut st = lock(&self.st);
+            if !st.running {
+                STATUS_DEVICE_NOT_READY
+            } else if st.posted.len() >= RING_FRAMES {
+                STATUS_DEVICE_BUSY
+            } else {
+                self.log.check(st.posted.iter().all(|&(t, _)| t != tag), || format!("tag {tag} posted twice"));
+                st.posted.push_back((tag, frame));
+                st.programmed += 1;
+                STATUS_SUCCESS
+            }
+        };
+        jitter();
+        status
     }
-    lock(&b.st).board.clear();
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn bus_register_completion(
-    context: *mut c_void,
-    _channel: u32,
-    callback: Option<PfnCompletion>,
-    callback_context: *mut c_void,
-) -> NtStatus {
-    let b = bus(context);
-    let mut st = lock(&b.st);
-    if st.running || (st.delivering && st.callback.is_some()) {
-        return STATUS_DEVICE_BUSY;
+    fn slot_ring(&self) -> Result<SlotRing, NtStatus> {
+        if self.sg {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
+        }
+        let line_pitch = lock(&self.st).line_pitch;
+        Ok(SlotRing {
+            base: self.slot_ptr(0),
+            base_logical: 0x8000_0000,
+            slot_count: SLOTS,
+            slot_stride: SLOT_BYTES,
+            slot_bytes: SLOT_BYTES,
+            line_pitch,
+        })
     }
-    st.callback = callback.map(|f| (f, callback_context as usize));
-    STATUS_SUCCESS
+
+    fn return_slot(&self, slot: u32) -> NtStatus {
+        let mut st = lock(&self.st);
+        if st.child.front() != Some(&slot) {
+            self.log.fail(format!("ReturnSlot({slot}): the child's oldest slot is {:?}", st.child.front()));
+            return STATUS_INVALID_PARAMETER;
+        }
+        st.child.pop_front();
+        if st.running {
+            st.board.push_back(slot);
+        }
+        drop(st);
+        jitter();
+        STATUS_SUCCESS
+    }
+
+    fn start_channel(&self, format: ChannelFormat) -> NtStatus {
+        self.log.check(irql() == PASSIVE, || "StartChannel above PASSIVE_LEVEL".into());
+        let mut st = lock(&self.st);
+        if st.running {
+            return STATUS_DEVICE_BUSY;
+        }
+        self.log.check(st.child.is_empty(), || format!("StartChannel while the child holds slots {:?}", st.child));
+        st.child.clear();
+        st.board = (0..if self.sg { 0 } else { SLOTS }).collect();
+        st.line_pitch = (format.width * 2).next_multiple_of(256);
+        st.running = true;
+        STATUS_SUCCESS
+    }
+
+    fn stop_channel(&self) -> NtStatus {
+        self.log.check(irql() == PASSIVE, || "StopChannel above PASSIVE_LEVEL".into());
+        lock(&self.st).running = false;
+        // Every posted frame completed (cancelled) through the callback, one at
+        // a time, and no delivery left in progress, before returning.
+        loop {
+            let more = {
+                let st = lock(&self.st);
+                st.delivering || !st.posted.is_empty()
+            };
+            if !more {
+                break;
+            }
+            self.deliver(|st| {
+                let (tag, _) = st.posted.pop_front()?;
+                Some(Completion {
+                    channel: 0,
+                    kind: CompletionKind::Frame as u32,
+                    tag,
+                    bytes_written: 0,
+                    status: STATUS_CANCELLED,
+                    frame_number: 0,
+                    timestamp: 0,
+                })
+            });
+            thread::yield_now();
+        }
+        lock(&self.st).board.clear();
+        STATUS_SUCCESS
+    }
+
+    fn register_completion(&self, callback: Option<(PfnCompletion, *mut c_void)>) -> NtStatus {
+        let mut st = lock(&self.st);
+        if st.running || (st.delivering && st.callback.is_some()) {
+            return STATUS_DEVICE_BUSY;
+        }
+        st.callback = callback.map(|(f, context)| (f, context as usize));
+        STATUS_SUCCESS
+    }
 }
 
 // ---- the machine --------------------------------------------------------------
@@ -897,7 +745,7 @@ fn dpc_thread(w: &World, seed: u64) {
 fn state_thread(w: &World, seed: u64, cycles: u32) {
     let mut rng = Rng::new(seed);
     for cycle in 0..cycles {
-        if w.log.failed.load(SeqCst) {
+        if w.log.failed() {
             break;
         }
         w.ks.begin_run(10 + rng.below(30));
@@ -926,55 +774,31 @@ fn state_thread(w: &World, seed: u64, cycles: u32) {
         w.log.check(st.callback.is_none(), || format!("cycle {cycle}: still registered at KSSTATE_STOP"));
         w.log.check(st.posted.is_empty(), || format!("cycle {cycle}: frames posted at KSSTATE_STOP"));
         w.log.check(st.child.is_empty(), || format!("cycle {cycle}: slots {:?} kept at KSSTATE_STOP", st.child));
-        w.log.check(w.pin.fifo.is_empty(), || format!("cycle {cycle}: filled slots queued at KSSTATE_STOP"));
-    }
-}
-
-/// Sends on drop: a thread's end is reported even when it panics.
-struct Done(mpsc::Sender<()>);
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
+        w.log.check(!w.pin.has_queued_slots(), || format!("cycle {cycle}: filled slots queued at KSSTATE_STOP"));
     }
 }
 
 fn run(sg: bool, seed: u64, cycles: u32) {
     let w = World::new(sg);
-    let (tx, rx) = mpsc::channel();
+    let dog = Watchdog::default();
     let mut handles = Vec::new();
-    for (i, role) in ["process", "dpc"].into_iter().enumerate() {
-        let (w, done) = (w.clone(), Done(tx.clone()));
-        let seed = seed ^ (0x100 << i);
-        handles.push(thread::spawn(move || {
-            let _done = done;
-            if role == "process" {
-                process_thread(&w, seed);
-            } else {
-                dpc_thread(&w, seed);
-            }
-        }));
+    {
+        let w = w.clone();
+        handles.push(dog.spawn("process", move || process_thread(&w, seed ^ 0x100)));
     }
     {
-        let (w, done) = (w.clone(), Done(tx.clone()));
-        handles.push(thread::spawn(move || {
-            let _done = done;
+        let w = w.clone();
+        handles.push(dog.spawn("dpc", move || dpc_thread(&w, seed ^ 0x200)));
+    }
+    {
+        let w = w.clone();
+        handles.push(dog.spawn("state", move || {
             state_thread(&w, seed ^ 0x400, cycles);
             w.done.store(true, SeqCst);
         }));
     }
-    drop(tx);
-    for _ in 0..3 {
-        if rx.recv_timeout(HANG).is_err() {
-            let msgs = lock(&w.log.messages).join("\n  ");
-            panic!("seed {seed:#x}: threads did not finish within {HANG:?}: deadlock or livelock\n  {msgs}");
-        }
-    }
-    for h in handles {
-        if let Err(panic) = h.join() {
-            std::panic::resume_unwind(panic);
-        }
-    }
+    dog.wait(handles.len(), format_args!("seed {seed:#x}: threads"), &w.log);
+    join_all(handles);
     let what = format!("{} seed {seed:#x}", if sg { "S/G" } else { "CB" });
     w.log.assert_clean(&what);
     let stats = w.pin.stats();

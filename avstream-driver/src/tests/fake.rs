@@ -1,19 +1,19 @@
-//! Test doubles: a fake bus behind a real `CapdmaBusInterface` table of
-//! `extern "system"` functions, and a fake KS queue implementing `KsPinPort`.
+//! Test doubles: a fake bus behind the real `CapdmaBusInterface` table of
+//! [`super::table`], and a fake KS queue implementing `KsPinPort`.
 //!
 //! Single-threaded (`Cell`/`RefCell`); the fake bus calls the registered
 //! completion callback synchronously from `deliver`, as the bus DPC would.
 #![allow(clippy::missing_panics_doc, clippy::cast_possible_truncation, clippy::missing_errors_doc)]
 
 use crate::ports::{FrameCompletion, Irql, KsPinPort, StreamOffset};
-use capdma_interface::format::{PixelFormat, FOURCC_NV12};
+use super::table::{call_back, FakeChannel};
+use capdma_interface::format::FOURCC_NV12;
 use capdma_interface::status::{
     NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
 use capdma_interface::table::{
-    CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, DmaConfig, InterfaceHeader, PfnCompletion,
-    SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1,
+    CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, DmaConfig, PfnCompletion, SgElement, SlotRing,
 };
 use core::cell::{Cell, RefCell};
 use core::ffi::c_void;
@@ -51,163 +51,112 @@ pub struct FakeBus {
     adapter_object: u64,
 }
 
-fn bus<'a>(context: *mut c_void) -> &'a FakeBus {
-    // SAFETY: every table handed out by `FakeBus::table` has the address of
-    // a `FakeBus` the test keeps alive (and in place) while it is used.
-    unsafe { &*context.cast_const().cast::<FakeBus>() }
-}
-
 fn is_cb(b: &FakeBus) -> bool {
     b.config.get().mode == 2
 }
 
-unsafe extern "system" fn fake_reference(_context: *mut c_void) {}
+impl FakeChannel for FakeBus {
+    fn dereference(&self) {
+        self.derefs.set(self.derefs.get() + 1);
+    }
 
-unsafe extern "system" fn fake_dereference(context: *mut c_void) {
-    let b = bus(context);
-    b.derefs.set(b.derefs.get() + 1);
-}
+    fn dma_config(&self) -> DmaConfig {
+        self.config.get()
+    }
 
-unsafe extern "system" fn fake_get_dma_config(context: *mut c_void, channel: u32, config: *mut DmaConfig) -> NtStatus {
-    if channel != 0 || config.is_null() {
-        return STATUS_INVALID_PARAMETER;
+    fn dma_adapter(&self) -> Result<(*mut c_void, u32, u32), NtStatus> {
+        if is_cb(self) {
+            return Err(STATUS_INVALID_DEVICE_REQUEST);
+        }
+        let (a, max) = self.adapter_answer.get();
+        Ok((a, max, 16))
     }
-    // SAFETY: the caller passes a valid out-pointer.
-    unsafe { config.write(bus(context).config.get()) };
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn fake_get_dma_adapter(
-    context: *mut c_void,
-    _channel: u32,
-    adapter: *mut *mut c_void,
-    max_mapping_byte_count: *mut u32,
-    map_registers: *mut u32,
-) -> NtStatus {
-    let b = bus(context);
-    if is_cb(b) {
-        return STATUS_INVALID_DEVICE_REQUEST;
+    fn program_frame(&self, tag: u32, elements: &[SgElement]) -> NtStatus {
+        if is_cb(self) {
+            return STATUS_INVALID_DEVICE_REQUEST;
+        }
+        if !self.running.get() {
+            return STATUS_DEVICE_NOT_READY;
+        }
+        if elements.is_empty() {
+            return STATUS_INVALID_PARAMETER;
+        }
+        if let Some(e) = self.program_error.get() {
+            return e;
+        }
+        if self.posted.borrow().len() >= self.ring_capacity.get() {
+            return STATUS_DEVICE_BUSY;
+        }
+        self.posted.borrow_mut().push_back(Posted { tag, elements: elements.to_vec() });
+        STATUS_SUCCESS
     }
-    let (a, max) = b.adapter_answer.get();
-    // SAFETY: the caller passes valid out-pointers (here and below).
-    unsafe { adapter.write(a) };
-    // SAFETY: as above.
-    unsafe { max_mapping_byte_count.write(max) };
-    // SAFETY: as above.
-    unsafe { map_registers.write(16) };
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn fake_program_frame(
-    context: *mut c_void,
-    _channel: u32,
-    tag: u32,
-    elements: *const SgElement,
-    count: u32,
-) -> NtStatus {
-    let b = bus(context);
-    if is_cb(b) {
-        return STATUS_INVALID_DEVICE_REQUEST;
+    fn slot_ring(&self) -> Result<SlotRing, NtStatus> {
+        if is_cb(self) {
+            Ok(self.ring.get())
+        } else {
+            Err(STATUS_INVALID_DEVICE_REQUEST)
+        }
     }
-    if !b.running.get() {
-        return STATUS_DEVICE_NOT_READY;
-    }
-    if count == 0 || elements.is_null() {
-        return STATUS_INVALID_PARAMETER;
-    }
-    if let Some(e) = b.program_error.get() {
-        return e;
-    }
-    if b.posted.borrow().len() >= b.ring_capacity.get() {
-        return STATUS_DEVICE_BUSY;
-    }
-    // SAFETY: the contract: `count` valid elements.
-    let elements = unsafe { core::slice::from_raw_parts(elements, count as usize) }.to_vec();
-    b.posted.borrow_mut().push_back(Posted { tag, elements });
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn fake_get_slot_ring(context: *mut c_void, _channel: u32, ring: *mut SlotRing) -> NtStatus {
-    let b = bus(context);
-    if !is_cb(b) {
-        return STATUS_INVALID_DEVICE_REQUEST;
+    fn return_slot(&self, slot: u32) -> NtStatus {
+        if slot >= self.config.get().slot_count {
+            return STATUS_INVALID_PARAMETER;
+        }
+        self.returned.borrow_mut().push(slot);
+        STATUS_SUCCESS
     }
-    // SAFETY: the caller passes a valid out-pointer.
-    unsafe { ring.write(b.ring.get()) };
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn fake_return_slot(context: *mut c_void, _channel: u32, slot: u32) -> NtStatus {
-    let b = bus(context);
-    if slot >= b.config.get().slot_count {
-        return STATUS_INVALID_PARAMETER;
+    fn start_channel(&self, format: ChannelFormat) -> NtStatus {
+        if self.start_status.get() != STATUS_SUCCESS {
+            return self.start_status.get();
+        }
+        if self.running.get() {
+            return STATUS_DEVICE_BUSY;
+        }
+        self.running.set(true);
+        self.started.borrow_mut().push(format);
+        let line = if format.fourcc == FOURCC_NV12 { format.width } else { format.width * 2 };
+        let mut ring = self.ring.get();
+        ring.line_pitch = line.next_multiple_of(256);
+        self.ring.set(ring);
+        STATUS_SUCCESS
     }
-    b.returned.borrow_mut().push(slot);
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn fake_start_channel(
-    context: *mut c_void,
-    _channel: u32,
-    format: *const ChannelFormat,
-) -> NtStatus {
-    let b = bus(context);
-    if b.start_status.get() != STATUS_SUCCESS {
-        return b.start_status.get();
+    fn stop_channel(&self) -> NtStatus {
+        self.running.set(false);
+        self.stops.set(self.stops.get() + 1);
+        if self.hold_on_stop.get() {
+            return capdma_interface::status::STATUS_PENDING;
+        }
+        loop {
+            let next = self.posted.borrow_mut().pop_front();
+            let Some(p) = next else { break };
+            self.deliver(Completion {
+                channel: 0,
+                kind: CompletionKind::Frame as u32,
+                tag: p.tag,
+                bytes_written: 0,
+                status: STATUS_CANCELLED,
+                frame_number: 0,
+                timestamp: 0,
+            });
+        }
+        let mut ring = self.ring.get();
+        ring.line_pitch = 0;
+        self.ring.set(ring);
+        STATUS_SUCCESS
     }
-    if b.running.get() {
-        return STATUS_DEVICE_BUSY;
-    }
-    // SAFETY: the caller passes a valid format.
-    let format = unsafe { *format };
-    b.running.set(true);
-    b.started.borrow_mut().push(format);
-    let line = if format.fourcc == FOURCC_NV12 { format.width } else { format.width * 2 };
-    let mut ring = b.ring.get();
-    ring.line_pitch = line.next_multiple_of(256);
-    b.ring.set(ring);
-    STATUS_SUCCESS
-}
 
-unsafe extern "system" fn fake_stop_channel(context: *mut c_void, _channel: u32) -> NtStatus {
-    let b = bus(context);
-    b.running.set(false);
-    b.stops.set(b.stops.get() + 1);
-    if b.hold_on_stop.get() {
-        return capdma_interface::status::STATUS_PENDING;
+    fn register_completion(&self, callback: Option<(PfnCompletion, *mut c_void)>) -> NtStatus {
+        if self.running.get() {
+            return STATUS_DEVICE_BUSY;
+        }
+        self.register_calls.borrow_mut().push(callback.is_some());
+        self.callback.set(callback);
+        STATUS_SUCCESS
     }
-    loop {
-        let next = b.posted.borrow_mut().pop_front();
-        let Some(p) = next else { break };
-        b.deliver(Completion {
-            channel: 0,
-            kind: CompletionKind::Frame as u32,
-            tag: p.tag,
-            bytes_written: 0,
-            status: STATUS_CANCELLED,
-            frame_number: 0,
-            timestamp: 0,
-        });
-    }
-    let mut ring = b.ring.get();
-    ring.line_pitch = 0;
-    b.ring.set(ring);
-    STATUS_SUCCESS
-}
-
-unsafe extern "system" fn fake_register_completion(
-    context: *mut c_void,
-    _channel: u32,
-    callback: Option<PfnCompletion>,
-    callback_context: *mut c_void,
-) -> NtStatus {
-    let b = bus(context);
-    if b.running.get() {
-        return STATUS_DEVICE_BUSY;
-    }
-    b.register_calls.borrow_mut().push(callback.is_some());
-    b.callback.set(callback.map(|f| (f, callback_context)));
-    STATUS_SUCCESS
 }
 
 impl FakeBus {
@@ -283,31 +232,15 @@ impl FakeBus {
 
     /// The table the bus answers a query with (context = `self`).
     pub fn table(&self) -> CapdmaBusInterface {
-        CapdmaBusInterface {
-            header: InterfaceHeader {
-                size: CAPDMA_BUS_INTERFACE_SIZE_V1,
-                version: 1,
-                context: core::ptr::from_ref(self).cast_mut().cast::<c_void>(),
-                interface_reference: Some(fake_reference),
-                interface_dereference: Some(fake_dereference),
-            },
-            get_dma_config: Some(fake_get_dma_config),
-            get_dma_adapter: Some(fake_get_dma_adapter),
-            program_frame: Some(fake_program_frame),
-            get_slot_ring: Some(fake_get_slot_ring),
-            return_slot: Some(fake_return_slot),
-            start_channel: Some(fake_start_channel),
-            stop_channel: Some(fake_stop_channel),
-            register_completion: Some(fake_register_completion),
-        }
+        FakeChannel::table(self)
     }
 
     /// Calls the registered callback with `completion` (as the bus DPC does).
     pub fn deliver(&self, completion: Completion) {
-        if let Some((callback, context)) = self.callback.get() {
+        if let Some(callback) = self.callback.get() {
             // SAFETY: the pin registered this callback and context and keeps
             // them valid while registered.
-            unsafe { callback(context, &raw const completion) };
+            unsafe { call_back(callback, &completion) };
         }
     }
 
@@ -595,9 +528,4 @@ impl KsPinPort for &FakePort {
         assert!(self.mutex_held.get());
         self.mutex_held.set(false);
     }
-}
-
-/// A YUY2 format helper.
-pub fn yuy2(width: u32, height: u32) -> crate::format::VideoFormat {
-    crate::format::VideoFormat::new(PixelFormat::Yuy2, width, height, 333_333).expect("valid test format")
 }

@@ -7,10 +7,11 @@ use crate::device::device_start;
 use crate::format::{build_data_format, VideoFormat};
 use crate::pin::{completion_thunk, CapturePin};
 use crate::state::KsState;
-use crate::test_support::{slot_byte, yuy2, FakeBus, FakePort, Ptr};
+use super::fake::{slot_byte, FakeBus, FakePort, Ptr};
+use super::yuy2;
 use capdma_interface::format::PixelFormat;
 use capdma_interface::status::{
-    STATUS_CANCELLED, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,
+    STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,
     STATUS_SUCCESS,
 };
 use capdma_interface::table::{Completion, CompletionKind};
@@ -95,6 +96,53 @@ fn states_walk_one_step_at_a_time_and_reject_jumps() {
     // STOP -> RUN in one request walks up.
     assert_eq!(pin.as_ref().set_state(KsState::Run), STATUS_SUCCESS);
     assert_eq!(bus.started.borrow().len(), 2);
+}
+
+/// `AVStrMiniPinSetDataFormat` of a created pin edits the pin's descriptor
+/// and framing (`_KsEdit`): when an edit fails, KS keeps the old
+/// connection format, so the pin must too, and the next `KSSTATE_RUN`
+/// starts the channel in the old format. (Committing the format before the
+/// edits, as the glue once did, fails here.)
+#[test]
+fn a_format_change_whose_edits_fail_keeps_the_old_format() {
+    for bus in [FakeBus::scatter_gather(), FakeBus::common_buffer(4, 1 << 20)] {
+        let port = FakePort::default();
+        let pin = make(&bus, &port);
+        let (old, new) = (yuy2(64, 16), yuy2(32, 8));
+        set_format(&pin, &old);
+        let mut edited = None;
+        let refused = pin.change_data_format(build_data_format(&new).as_bytes(), |f| {
+            edited = Some(*f);
+            Err(STATUS_INSUFFICIENT_RESOURCES)
+        });
+        assert_eq!(refused, Err(STATUS_INSUFFICIENT_RESOURCES), "the edit's status");
+        assert_eq!(edited, Some(new), "the edits are made for the new format");
+        assert_eq!(pin.format(), Some(old), "a refused change commits nothing");
+        assert_eq!(pin.as_ref().set_state(KsState::Run), STATUS_SUCCESS);
+        assert_eq!(bus.started.borrow().last(), Some(&old.channel_format()), "the channel runs in the old format");
+        assert_eq!(pin.as_ref().set_state(KsState::Stop), STATUS_SUCCESS);
+        // Refused before any edit: a format the channel cannot take, or a
+        // change outside KSSTATE_STOP; the edits never run.
+        let huge = VideoFormat::new(PixelFormat::Yuy2, 4096, 2160, 333_333).unwrap();
+        let mut calls = 0;
+        let mut count = |_: &VideoFormat| {
+            calls += 1;
+            Ok(())
+        };
+        if pin.mode() == capdma_interface::mode::DmaMode::CommonBuffer {
+            assert_eq!(pin.change_data_format(build_data_format(&huge).as_bytes(), &mut count), Err(STATUS_INVALID_PARAMETER));
+        }
+        assert_eq!(pin.as_ref().set_state(KsState::Pause), STATUS_SUCCESS);
+        assert_eq!(pin.change_data_format(build_data_format(&new).as_bytes(), &mut count), Err(STATUS_INVALID_DEVICE_REQUEST));
+        assert_eq!(pin.as_ref().set_state(KsState::Stop), STATUS_SUCCESS);
+        assert_eq!(calls, 0);
+        // Edits that succeed: the new format is the pin's, and the channel's.
+        assert_eq!(pin.change_data_format(build_data_format(&new).as_bytes(), |_| Ok(())), Ok(new));
+        assert_eq!(pin.format(), Some(new));
+        assert_eq!(pin.as_ref().set_state(KsState::Run), STATUS_SUCCESS);
+        assert_eq!(bus.started.borrow().last(), Some(&new.channel_format()));
+        drop(pin);
+    }
 }
 
 #[test]

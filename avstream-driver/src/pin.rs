@@ -342,6 +342,13 @@ impl<K: KsPinPort> CapturePin<K> {
             _ => STATUS_INVALID_DEVICE_REQUEST,
         };
         if status == STATUS_SUCCESS {
+            match to {
+                KsState::Acquire if this.state() == KsState::Stop => {
+                    this.port.acquire_reference_clock();
+                }
+                KsState::Stop => this.port.release_reference_clock(),
+                _ => {}
+            }
             this.state.set(to);
         }
         status
@@ -429,8 +436,9 @@ impl<K: KsPinPort> CapturePin<K> {
         }
     }
 
-    /// What a good frame gets: `DataUsed`, `PresentationTime = timestamp`,
-    /// `Duration` = the frame interval, `PictureNumber` = the board's frame
+    /// What a good frame gets: `DataUsed`, `PresentationTime` = the reference clock's stream time now when the
+    /// pin has a clock ([`KsPinPort::stream_time`]), else `timestamp` (the
+    /// board's capture time), `Duration` = the frame interval, `PictureNumber` = the board's frame
     /// number, the running `DropCount`, and the discontinuity flag when
     /// frames were dropped since the last good one. Counts the delivery.
     pub(crate) fn good_completion(
@@ -444,7 +452,9 @@ impl<K: KsPinPort> CapturePin<K> {
         self.port.report(PinEvent::FrameDelivered { picture_number: frame_number, bytes: data_used });
         FrameCompletion {
             data_used,
-            presentation_time: timestamp,
+            // With the pin's reference clock, its stream time as the frame
+            // arrives; without one, the board's capture time.
+            presentation_time: self.port.stream_time().unwrap_or(timestamp),
             duration: format.map_or(0, |f| i64::from(f.frame_interval)),
             picture_number: i64::from(frame_number),
             drop_count: i64::try_from(self.stats.drop_count()).unwrap_or(i64::MAX),
@@ -504,8 +514,9 @@ impl<K: KsPinPort> CapturePin<K> {
 
 impl<K: KsPinPort> Drop for CapturePin<K> {
     /// Walks the pin down to `KSSTATE_STOP`: stops the channel, returns
-    /// slots, deletes clones, and unregisters the callback (retrying for as
-    /// long as the bus is delivering) before the memory goes.
+    /// slots, deletes clones, unregisters the callback (retrying for as
+    /// long as the bus is delivering) before the memory goes, and releases
+    /// the reference clock.
     fn drop(&mut self) {
         if self.state() == KsState::Run {
             self.stop_running();
@@ -521,6 +532,10 @@ impl<K: KsPinPort> Drop for CapturePin<K> {
             self.port.wait_briefly();
         }
         self.engine.drain(self);
+        if self.state() != KsState::Stop {
+            // Taken at STOP -> ACQUIRE.
+            self.port.release_reference_clock();
+        }
         self.state.set(KsState::Stop);
     }
 }

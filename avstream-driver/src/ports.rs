@@ -165,6 +165,30 @@ pub trait KsPinPort {
     fn acquire_processing_mutex(&self) {}
     /// `KsPinReleaseProcessingMutex(Pin)`.
     fn release_processing_mutex(&self) {}
+    /// `KsPinGetReferenceClockInterface(Pin, &Clock)` (PASSIVE), called by
+    /// the core as the pin reaches `KSSTATE_ACQUIRE` ("the most common time
+    /// to call" it, by its page): the port takes and keeps the pin's
+    /// `IKsReferenceClock` when the application assigned a master clock
+    /// (`KSPROPERTY_STREAM_MASTERCLOCK`); KS answers
+    /// `STATUS_DEVICE_NOT_READY` when it did not, and the pin then streams
+    /// without one. Returns whether the port now holds a clock. The
+    /// default has none.
+    fn acquire_reference_clock(&self) -> bool {
+        false
+    }
+    /// `IKsReferenceClock::Release` of the clock [`Self::acquire_reference_clock`]
+    /// took (the interface is reference counted: "minidrivers must release
+    /// the interface when finished with it"), called as the pin returns to
+    /// `KSSTATE_STOP`. Nothing without a clock. PASSIVE.
+    fn release_reference_clock(&self) {}
+    /// The clock's stream time now, 100-ns units, by
+    /// `IKsReferenceClock::GetCorrelatedTime` (its page: the method to use
+    /// "when obtaining a time stamp to put in the PresentationTime member of
+    /// KSSTREAM_HEADER"); `None` without a clock. `<= DISPATCH_LEVEL` (the
+    /// completion callback stamps frames with it).
+    fn stream_time(&self) -> Option<i64> {
+        None
+    }
     /// The core's reporting hook: `event` just happened (see [`PinEvent`]
     /// for where it may come from and what a report may not do). The glue
     /// traces it (ETW); the default ignores it.

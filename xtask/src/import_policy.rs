@@ -117,6 +117,8 @@ pub const REQUIRED_IMPORTS: &[(&str, &[RequiredImport])] = &[
             ("ks.sys", "KsGetPinFromIrp"),
             // Process / DPC completion path.
             ("ks.sys", "KsPinGetLeadingEdgeStreamPointer"),
+            // The master clock, taken at STOP -> ACQUIRE, frames stamped with it.
+            ("ks.sys", "KsPinGetReferenceClockInterface"),
             ("ks.sys", "KsStreamPointerClone"),
             ("ks.sys", "KsStreamPointerAdvanceOffsets"),
             ("ks.sys", "KsStreamPointerAdvanceOffsetsAndUnlock"),

@@ -25,10 +25,11 @@ static IID_IKS_DEVICE_FUNCTIONS: GUID =
 /// The three `IUnknown` entries every kernel COM-style vtable starts with
 /// (ks.h's `DEFINE_ABSTRACT_UNKNOWN`: `QueryInterface` returns an `NTSTATUS`).
 #[repr(C)]
-struct UnknownVtbl {
-    query_interface: unsafe extern "system" fn(this: *mut c_void, iid: *const GUID, out: *mut *mut c_void) -> NTSTATUS,
-    add_ref: unsafe extern "system" fn(this: *mut c_void) -> ULONG,
-    release: unsafe extern "system" fn(this: *mut c_void) -> ULONG,
+pub(super) struct UnknownVtbl {
+    pub(super) query_interface:
+        unsafe extern "system" fn(this: *mut c_void, iid: *const GUID, out: *mut *mut c_void) -> NTSTATUS,
+    pub(super) add_ref: unsafe extern "system" fn(this: *mut c_void) -> ULONG,
+    pub(super) release: unsafe extern "system" fn(this: *mut c_void) -> ULONG,
 }
 
 /// `IKsDeviceFunctions`'s vtable (ks.h): `IUnknown`, then `RegisterAdapterObjectEx`.

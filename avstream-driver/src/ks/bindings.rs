@@ -44,6 +44,11 @@ unsafe extern "C" {
     /// functions' linkage (`ks.lib`). The answer is the object's outer
     /// `IUnknown` (a COM-style object: its first pointer is its vtable).
     pub fn KsGetOuterUnknown(Object: PVOID) -> PVOID;
+    /// `NTSTATUS KsPinGetReferenceClockInterface(PKSPIN Pin,
+    /// PIKSREFERENCECLOCK *Interface)` (ks.h): declared there only with
+    /// `IUnknown`, as [`KsGetOuterUnknown`]. `Interface` receives an
+    /// `IKsReferenceClock` (a COM-style object, `super::clock`).
+    pub fn KsPinGetReferenceClockInterface(Pin: PKSPIN, Interface: *mut PVOID) -> NTSTATUS;
 }
 
 /// `DWORD` (minwindef.h), used by `KS_FRAME_INFO`; `windef.h` is not bound.

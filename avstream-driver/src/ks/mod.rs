@@ -11,6 +11,7 @@
 //! | `adapter.rs` | the DMA adapter registered through `IKsDeviceFunctions::RegisterAdapterObjectEx` |
 //! | `device.rs` | `KSDEVICE_DISPATCH`: Add, Start (bus interface, adapter, filter factory), Stop, `SurpriseRemoval`, Remove |
 //! | `pin.rs` | `KSPIN_DISPATCH`, the intersect handler, the dropped-frames property |
+//! | `clock.rs` | the pin's `IKsReferenceClock` (`KsPinGetReferenceClockInterface`, `GetCorrelatedTime`) |
 //! | `port.rs` | the core's `KsPinPort` over `PKSPIN`/`PKSSTREAM_POINTER` |
 //! | `ddi.rs` | wdm.h inline functions in Rust, pool helpers |
 //! | `trace.rs` | ETW `TraceLogging`: the `Capdma.AVStream` provider and its events (docs/tracing.md) |
@@ -20,6 +21,7 @@
 
 mod adapter;
 mod bindings;
+mod clock;
 mod ddi;
 mod descriptors;
 mod device;

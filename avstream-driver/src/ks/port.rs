@@ -12,13 +12,18 @@ use crate::ks_format::KS_VIDEO_FLAG_FRAME;
 use crate::ports::{FrameCompletion, Irql, KsPinPort, PinEvent, StreamOffset};
 use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER};
 use capdma_interface::table::SgElement;
+use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// One capture pin's queue.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct KsPort {
     pin: PKSPIN,
+    /// The pin's `IKsReferenceClock` while it holds one (from `STOP ->
+    /// ACQUIRE` to `-> STOP`), else null.
+    clock: AtomicPtr<c_void>,
     /// The pin has `KSPIN_FLAG_GENERATE_MAPPINGS`: `OffsetOut` holds
     /// `KSMAPPING`s, else bytes.
     mappings: bool,
@@ -29,7 +34,7 @@ pub struct KsPort {
 impl KsPort {
     /// The port of `pin`, whose descriptor has `pin_flags`, streaming from `channel`.
     pub fn new(pin: PKSPIN, pin_flags: u32, channel: u32) -> Self {
-        Self { pin, mappings: pin_flags & crate::ks_format::KSPIN_FLAG_GENERATE_MAPPINGS != 0, channel }
+        Self { pin, clock: AtomicPtr::new(ptr::null_mut()), mappings: pin_flags & crate::ks_format::KSPIN_FLAG_GENERATE_MAPPINGS != 0, channel }
     }
 }
 
@@ -53,6 +58,31 @@ impl KsPinPort for KsPort {
     /// The core's report, written as an ETW event (`super::trace::pin_event`).
     fn report(&self, event: PinEvent) {
         super::trace::pin_event(self.channel, event);
+    }
+
+    fn acquire_reference_clock(&self) -> bool {
+        // SAFETY: see the impl comment (PASSIVE, as the DDI requires).
+        let clock = unsafe { super::clock::acquire(self.pin) };
+        // A clock still held (an ACQUIRE without a STOP between) is given back.
+        let old = self.clock.swap(clock, Ordering::AcqRel);
+        // SAFETY: `old` came from `acquire` and is released once (swapped out).
+        unsafe { super::clock::release(old) };
+        !clock.is_null()
+    }
+
+    fn release_reference_clock(&self) {
+        let clock = self.clock.swap(ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: `clock` came from `acquire` (or is null) and is released once (swapped out).
+        unsafe { super::clock::release(clock) };
+    }
+
+    fn stream_time(&self) -> Option<i64> {
+        let clock = self.clock.load(Ordering::Acquire);
+        // SAFETY: a clock in the port is live until `release_reference_clock`,
+        // which the core calls only once the bus no longer calls back (the
+        // completion callback, the one caller at DISPATCH, is unregistered
+        // at ACQUIRE -> STOP before the release).
+        (!clock.is_null()).then(|| unsafe { super::clock::stream_time(clock) })
     }
 
     fn leading_edge(&self) -> Option<PKSSTREAM_POINTER> {

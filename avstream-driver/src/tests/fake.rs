@@ -328,6 +328,12 @@ pub struct FakePort {
     pub byte_mode: Cell<bool>,
     /// What the pin reported through `KsPinPort::report`, in order.
     pub reports: RefCell<Vec<crate::ports::PinEvent>>,
+    /// The master clock the application assigned (its stream time now,
+    /// 100-ns units), or none.
+    pub clock: Cell<Option<i64>>,
+    /// References the pin holds on the clock (`KsPinGetReferenceClockInterface`
+    /// less `Release`).
+    pub clock_references: Cell<i32>,
 }
 
 impl FakePort {
@@ -410,6 +416,25 @@ impl KsPinPort for &FakePort {
 
     fn report(&self, event: crate::ports::PinEvent) {
         self.reports.borrow_mut().push(event);
+    }
+
+    fn acquire_reference_clock(&self) -> bool {
+        assert_eq!(self.irql.get(), 0, "KsPinGetReferenceClockInterface is PASSIVE_LEVEL");
+        let has = self.clock.get().is_some();
+        if has {
+            self.clock_references.set(self.clock_references.get() + 1);
+        }
+        has
+    }
+
+    fn release_reference_clock(&self) {
+        if self.clock.get().is_some() && self.clock_references.get() > 0 {
+            self.clock_references.set(self.clock_references.get() - 1);
+        }
+    }
+
+    fn stream_time(&self) -> Option<i64> {
+        self.clock.get().filter(|_| self.clock_references.get() > 0)
     }
 
     fn leading_edge(&self) -> Option<Ptr> {

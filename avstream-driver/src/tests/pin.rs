@@ -272,6 +272,47 @@ fn sg_process_programs_one_frame_per_clone_and_completion_deletes_it() {
 }
 
 #[test]
+fn with_a_reference_clock_frames_carry_its_stream_time_and_the_clock_is_released_at_stop() {
+    let (bus, port) = (FakeBus::scatter_gather(), FakePort::default());
+    port.clock.set(Some(7_000_000));
+    let pin = sg_running(&bus, &port, 2);
+    assert_eq!(port.clock_references.get(), 1, "taken once, at STOP -> ACQUIRE");
+    assert_eq!(pin.process(), STATUS_SUCCESS);
+    bus.complete_oldest(2048, STATUS_SUCCESS, 5).unwrap();
+    let c = completion_of(&port, 0).unwrap();
+    assert_eq!((c.data_used, c.presentation_time), (2048, 7_000_000), "the clock's time, not the board's (5000)");
+    port.clock.set(Some(7_333_333));
+    bus.complete_oldest(2048, STATUS_SUCCESS, 6).unwrap();
+    assert_eq!(completion_of(&port, 1).map(|c| c.presentation_time), Some(7_333_333));
+    // PAUSE and back keeps it; STOP releases it.
+    assert_eq!(pin.as_ref().set_state(KsState::Pause), STATUS_SUCCESS);
+    assert_eq!(pin.as_ref().set_state(KsState::Run), STATUS_SUCCESS);
+    assert_eq!(port.clock_references.get(), 1);
+    assert_eq!(pin.as_ref().set_state(KsState::Stop), STATUS_SUCCESS);
+    assert_eq!(port.clock_references.get(), 0, "released as the pin stopped");
+    drop(pin);
+    assert_eq!(port.clock_references.get(), 0);
+
+    // Without a clock: the board's capture time.
+    let (bus, port) = (FakeBus::scatter_gather(), FakePort::default());
+    let pin = sg_running(&bus, &port, 1);
+    assert_eq!(pin.process(), STATUS_SUCCESS);
+    bus.complete_oldest(2048, STATUS_SUCCESS, 5).unwrap();
+    assert_eq!(completion_of(&port, 0).map(|c| c.presentation_time), Some(5000));
+    assert_eq!(port.clock_references.get(), 0);
+}
+
+#[test]
+fn a_pin_dropped_while_running_releases_its_clock() {
+    let (bus, port) = (FakeBus::scatter_gather(), FakePort::default());
+    port.clock.set(Some(1));
+    let pin = sg_running(&bus, &port, 0);
+    assert_eq!(port.clock_references.get(), 1);
+    drop(pin);
+    assert_eq!(port.clock_references.get(), 0, "Drop walks the pin to STOP");
+}
+
+#[test]
 fn sg_unknown_tags_and_kinds_are_counted_and_ignored() {
     let (bus, port) = (FakeBus::scatter_gather(), FakePort::default());
     let pin = sg_running(&bus, &port, 1);

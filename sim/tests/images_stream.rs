@@ -201,6 +201,39 @@ fn a_slow_application_loses_the_frames_the_cores_lose_and_none_is_corrupt() {
 }
 
 #[test]
+fn an_application_holding_each_frame_longer_than_a_frame_interval_stops_with_the_run() {
+    // Found hanging: frames held past the run's end went back to the
+    // drivers, the bus's watchdog (the board quiet after the last capture)
+    // handed them back empty, and the application resubmitted them for ever.
+    let Some(drivers) = images() else { return };
+    let Drivers::Images { bus, .. } = &drivers else { unreachable!() };
+    for board in [BoardKind::ScatterGather, BoardKind::Legacy] {
+        let config = MachineConfig { frames: 30, app_buffers: 4, ..config(&drivers, board, PixelFormat::Yuy2) };
+        let interval = config.frame_interval_100ns();
+        let config = MachineConfig { app_hold_100ns: interval * 12 / 5, ..config };
+        let bus_image = Drivers::BusImage { path: bus.clone(), map_register_limit: None };
+        let cores = run(MachineConfig { drivers: Drivers::Cores, ..config.clone() }, "long hold, cores");
+        let core = run(MachineConfig { drivers: bus_image, ..config.clone() }, "long hold, bus image");
+        let images = run(config, "long hold, images");
+        let c = &cores.channels[0];
+        assert!(c.frames_delivered < c.frames_captured, "{board:?}: the cores dropped none: the hold is not long: {c:?}");
+        for report in [&core, &images] {
+            assert!(report.passed(), "{board:?} {}:\n{}", report.drivers, report.summary());
+            let r = &report.channels[0];
+            assert_eq!(
+                (r.frames_captured, r.frames_delivered, r.frames_verified, r.frames_corrupt),
+                (c.frames_captured, c.frames_delivered, c.frames_verified, 0),
+                "{board:?} {} vs cores",
+                report.drivers
+            );
+            // The run ends when the cores' does, not a watchdog period later.
+            let late = (report.sim_time_s - cores.sim_time_s).abs();
+            assert!(late * 1e7 < interval as f64, "{board:?} {}: ended {late} s apart from the cores", report.drivers);
+        }
+    }
+}
+
+#[test]
 fn a_32_bit_board_with_memory_above_4_gib_streams_in_common_buffer_mode_as_the_cores_choose() {
     let Some(drivers) = images() else { return };
     for board in [BoardKind::Legacy, BoardKind::ScatterGather] {

@@ -37,6 +37,7 @@ impl Machine {
     pub(super) fn deliver(&mut self, i: usize, done: CompletedFrame, now: u64, hooks: &mut RunHooks<'_>) {
         let source = self.config.source.clone();
         let hold = self.config.app_hold_100ns;
+        let end = self.run_end();
         let run = &mut self.channels[i];
         let Some(b) = usize::try_from(done.buffer_id).ok().filter(|&b| b < run.buffers.len()) else {
             self.violations.push(ViolationKind::Ks, format!("channel {i}: completed an unknown buffer {}", done.buffer_id));
@@ -80,6 +81,10 @@ impl Machine {
             return;
         }
         let at = now.max(run.app_busy_until) + hold;
+        if at >= end {
+            // The application stops streaming at the end of the run.
+            return;
+        }
         run.app_busy_until = at;
         run.requeue_scheduled[b] = true;
         self.timeline.schedule(at, Event::AppRequeue { card: run.card, channel: run.index, buffer: b as u32 });

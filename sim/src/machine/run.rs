@@ -27,6 +27,11 @@ pub(super) const WATCHDOG_PERIOD: u64 = 100_000;
 /// below the bus watchdog's limit: the board goes quiet after the last
 /// frame, and a longer wait would (rightly) trip the watchdog.
 const DRAIN_INTERVALS: u64 = 2;
+/// Virtual time the machine may run past [`Machine::run_end`] before it
+/// calls the run endless (100-ns units, 10 s): something keeps scheduling
+/// work after the application stopped (a frame cycling through the
+/// drivers, a timer re-armed for ever).
+const OVERRUN_LIMIT: u64 = 100_000_000;
 /// `Process` calls one request may chain before the machine calls it a livelock.
 const PROCESS_LOOP_LIMIT: u32 = 10_000;
 /// Interrupts in a row (the line re-asserting right after the ISRs ran)
@@ -112,9 +117,8 @@ impl Machine {
     /// action that must run outside the image's kernel context
     /// ([`Self::needs_kernel`]), `None` when the run is over.
     fn run_events(&mut self, hooks: &mut RunHooks<'_>, captured: &mut u64) -> Option<(u32, u64)> {
-        let interval = self.config.frame_interval_100ns();
         let total = u64::from(self.config.frames) * self.channels.len() as u64;
-        let end = self.run_start + interval * (u64::from(self.config.frames) + DRAIN_INTERVALS);
+        let end = self.run_end();
         while let Some(event) = self.timeline.pop_next() {
             let now = self.timeline.now();
             self.image_deliver(now);
@@ -153,8 +157,28 @@ impl Machine {
             if now >= end && self.timeline.is_empty() {
                 break;
             }
+            if now > end.saturating_add(OVERRUN_LIMIT) {
+                let next = self.timeline.pop_next();
+                self.violations.push(
+                    ViolationKind::Ks,
+                    format!(
+                        "the run does not end: events still due {} ms of virtual time after the run's end (next: {next:?})",
+                        (now - end) / 10_000
+                    ),
+                );
+                break;
+            }
         }
         None
+    }
+
+    /// When the run is over (100-ns units): the last capture's time plus
+    /// [`DRAIN_INTERVALS`]. The application stops resubmitting frames then
+    /// ([`Self::deliver`]): it has the frames it asked for, and a frame
+    /// handed back later (by the bus's watchdog once the board has gone
+    /// quiet) would otherwise cycle through the driver for ever.
+    pub(super) fn run_end(&self) -> u64 {
+        self.run_start + self.config.frame_interval_100ns() * (u64::from(self.config.frames) + DRAIN_INTERVALS)
     }
 
     /// Action `index` drives the image's PnP manager, which needs the

@@ -234,6 +234,30 @@ fn an_application_holding_each_frame_longer_than_a_frame_interval_stops_with_the
 }
 
 #[test]
+fn with_a_master_clock_the_avstream_image_stamps_every_frame_with_its_stream_time() {
+    let Some(drivers) = images() else { return };
+    for board in [BoardKind::Legacy, BoardKind::ScatterGather] {
+        let config = MachineConfig { reference_clock: true, channels: 2, ..config(&drivers, board, PixelFormat::Yuy2) };
+        let what = format!("{board:?}, reference clock");
+        let report = run(config.clone(), &what);
+        // Every frame delivered and verified, and none stamped off the clock:
+        // the emulated KS checks each time against the clock as the frame
+        // comes back, the application against the clock at its capture.
+        assert_clean(&report, &config, mode_of(board), &what);
+        let ks = report.image.as_ref().and_then(|i| i.ks).expect("the emulated ks.sys's counters");
+        // Each pin took the clock once (at STOP -> ACQUIRE) and read it once
+        // per frame it delivered.
+        assert_eq!(ks.clock_interfaces, 2, "{what}: {ks:?}");
+        let delivered: u64 = report.channels.iter().map(|c| c.frames_delivered).sum();
+        assert_eq!(ks.clock_reads, delivered, "{what}: {ks:?}");
+        // Without the clock assigned, the image reads none.
+        let plain = run(MachineConfig { reference_clock: false, ..config }, &what);
+        let ks = plain.image.as_ref().and_then(|i| i.ks).expect("counters");
+        assert_eq!((ks.clock_interfaces, ks.clock_reads), (0, 0), "{what}: no clock");
+    }
+}
+
+#[test]
 fn a_32_bit_board_with_memory_above_4_gib_streams_in_common_buffer_mode_as_the_cores_choose() {
     let Some(drivers) = images() else { return };
     for board in [BoardKind::Legacy, BoardKind::ScatterGather] {

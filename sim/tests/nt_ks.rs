@@ -1981,3 +1981,163 @@ fn interface_references_released_too_often_or_never_are_found() {
     assert_eq!(ks.pnp.remove(&mut ks.sys).unwrap(), status::SUCCESS);
     assert!(ks.found("KS_INTERFACE_NOT_RELEASED").detail.contains("1 interface reference"));
 }
+
+// ------------------------------------------------------------------ the reference clock
+
+impl Ks {
+    /// `KsPinGetReferenceClockInterface(Pin, &Clock)`: (status, the interface).
+    fn reference_clock(&mut self, pin: PinHandle) -> (u32, u64) {
+        let out = self.memory(8);
+        let st = low(self.ddi("KsPinGetReferenceClockInterface", &[pin.0, out]));
+        (st, self.m().read_u64(out).unwrap())
+    }
+
+    /// Calls method `index` of a COM-style interface's vtable (0-2 are
+    /// `IUnknown`'s) with `args` after `this`; the whole RAX.
+    fn method(&mut self, this: u64, index: u64, args: &[u64]) -> u64 {
+        let vtable = self.m().read_u64(this).unwrap();
+        let routine = self.m().read_u64(vtable + 8 * index).unwrap();
+        let mut all = vec![this];
+        all.extend_from_slice(args);
+        let (nt, m) = self.nt_m();
+        m.call(nt, routine, &all).unwrap()
+    }
+
+    /// Virtual time moves on by `by` (100-ns units).
+    fn advance(&mut self, by: u64) {
+        let until = self.sys.nt.time + by;
+        let (nt, m) = self.nt_m();
+        nt.advance_time(m, until).unwrap();
+    }
+}
+
+/// `IKsReferenceClock`'s methods after `IUnknown`'s (ks.h's order).
+const RELEASE: u64 = 2;
+const GET_TIME: u64 = 3;
+const GET_CORRELATED_TIME: u64 = 5;
+const GET_STATE: u64 = 8;
+
+#[test]
+fn the_master_clock_is_handed_out_counted_and_runs_only_in_run() {
+    let Some(mut ks) = Ks::started(Mini::process(process_nothing, 0)) else {
+        return;
+    };
+    let (filter, pin) = ks.open(1);
+    // No clock assigned yet: STATUS_DEVICE_NOT_READY and NULL.
+    assert_eq!(ks.reference_clock(pin), (STATUS_DEVICE_NOT_READY, 0));
+    assert_eq!(ks::clock::assign_master_clock(&mut ks.sys.nt, pin), status::SUCCESS);
+    let (st, clock) = ks.reference_clock(pin);
+    assert_eq!(st, status::SUCCESS);
+    assert_ne!(clock, 0);
+    assert_eq!(ks.method(clock, GET_TIME, &[]), 0, "stream time 0 until the pin runs");
+    ks.advance(50_000);
+    assert_eq!(ks.method(clock, GET_TIME, &[]), 0, "a stopped graph's clock stands still");
+    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
+    ks.advance(1_000_000);
+    let system = ks.memory(8);
+    assert_eq!(ks.method(clock, GET_CORRELATED_TIME, &[system]), 1_000_000);
+    assert_eq!(ks.m().read_u64(system).unwrap(), ks.sys.nt.time, "the system time of the same moment");
+    let state = ks.memory(4);
+    assert_eq!(low(ks.method(clock, GET_STATE, &[state])), status::SUCCESS);
+    assert_eq!(ks.m().read_u32(state).unwrap(), KSSTATE_RUN);
+    assert_eq!(ks.set_state(pin, KSSTATE_PAUSE), status::SUCCESS);
+    ks.advance(2_000_000);
+    assert_eq!(ks.method(clock, GET_TIME, &[]), 1_000_000, "paused: the clock stands at 1 000 000");
+    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
+    ks.advance(500_000);
+    assert_eq!(ks.method(clock, GET_TIME, &[]), 1_500_000, "and runs on from there");
+    assert_eq!(ks.method(clock, RELEASE, &[]), 0, "the one reference given back");
+    ks.close(filter, pin);
+    ks.assert_clean();
+    ks.end_clean();
+}
+
+#[test]
+fn a_clock_reference_held_past_close_or_released_twice_is_a_finding() {
+    let Some(mut ks) = Ks::started(Mini::process(process_nothing, 0)) else {
+        return;
+    };
+    let (filter, pin) = ks.open(1);
+    ks::clock::assign_master_clock(&mut ks.sys.nt, pin);
+    let (_, clock) = ks.reference_clock(pin);
+    assert_eq!(ks.method(clock, RELEASE, &[]), 0);
+    ks.method(clock, RELEASE, &[]);
+    assert!(ks.found("KS_INTERFACE_RELEASED_TOO_OFTEN").detail.contains("IKsReferenceClock"));
+    // A reference kept when the pin closes.
+    ks.reference_clock(pin);
+    ks.close(filter, pin);
+    let f = ks.found("KS_CLOCK_NOT_RELEASED");
+    assert_eq!(f.bugcheck, 0xC4);
+    assert!(f.detail.contains("1 reference"), "{}", f.detail);
+}
+
+#[test]
+fn frames_stamped_off_the_master_clock_are_findings() {
+    // `process_fill` completes each frame with data and writes no time:
+    // with a clock assigned, the frame lacks TIMEVALID.
+    let Some(mut ks) = Ks::started(Mini::process(process_fill, 0)) else {
+        return;
+    };
+    let (filter, pin) = ks.open(4);
+    ks::clock::assign_master_clock(&mut ks.sys.nt, pin);
+    for b in 0..4 {
+        ks.submit(pin, b);
+    }
+    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
+    ks.advance(3_000_000);
+    ks.workers();
+    let timevalid = u64::from(capdma_avstream::ks_format::KSSTREAM_HEADER_OPTIONSF_TIMEVALID);
+    // The application reads the headers as KS hands the frames back; set
+    // what a wrong minidriver would have written first. Buffer 0: no
+    // TIMEVALID (as filled). 1: a time on another time base, ahead of the
+    // clock (3 000 000 now). 2: 2 000 000, then 3: earlier than that.
+    for (b, time) in [(1, 9_000_000), (2, 2_000_000), (3, 1_000_000)] {
+        let h = ks.header(pin, b);
+        let m = &mut ks.sys.machine;
+        m.write_u32(h + ksstream_header::OPTIONS_FLAGS, low(timevalid)).unwrap();
+        m.write_u64(h + ksstream_header::PRESENTATION_TIME, time).unwrap();
+    }
+    let done = ks.completed(pin);
+    assert_eq!(done.len(), 4);
+    for rule in ["KS_PRESENTATION_TIME_NOT_VALID", "KS_PRESENTATION_TIME_AHEAD_OF_CLOCK", "KS_PRESENTATION_TIME_BACKWARDS"] {
+        let f = ks.found(rule);
+        assert_eq!(f.bugcheck, 0, "{rule}: a stream contract, not a crash");
+    }
+    assert!(ks.found("KS_PRESENTATION_TIME_AHEAD_OF_CLOCK").detail.contains("9000000"));
+    assert!(ks.found("KS_PRESENTATION_TIME_BACKWARDS").detail.contains("previous frame's 2000000"));
+    assert_eq!(ks.rules().len(), 3, "{:?}", ks.rules());
+    ks.close(filter, pin);
+}
+
+#[test]
+fn frames_on_the_master_clock_pass_and_a_pin_without_one_is_not_checked() {
+    let Some(mut ks) = Ks::started(Mini::process(process_fill, 0)) else {
+        return;
+    };
+    let (filter, pin) = ks.open(2);
+    ks::clock::assign_master_clock(&mut ks.sys.nt, pin);
+    for b in 0..2 {
+        ks.submit(pin, b);
+    }
+    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
+    ks.advance(3_000_000);
+    ks.workers();
+    let timevalid = capdma_avstream::ks_format::KSSTREAM_HEADER_OPTIONSF_TIMEVALID;
+    for (b, time) in [(0, 2_000_000u64), (1, 3_000_000)] {
+        let h = ks.header(pin, b);
+        let m = &mut ks.sys.machine;
+        m.write_u32(h + ksstream_header::OPTIONS_FLAGS, timevalid).unwrap();
+        m.write_u64(h + ksstream_header::PRESENTATION_TIME, time).unwrap();
+    }
+    assert_eq!(ks.completed(pin).len(), 2);
+    ks.close(filter, pin);
+    ks.assert_clean();
+    // The same frames without a clock: no time is checked.
+    let (filter, pin) = ks.open(1);
+    ks.submit(pin, 0);
+    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
+    ks.workers();
+    assert_eq!(ks.completed(pin).len(), 1);
+    ks.close(filter, pin);
+    ks.assert_clean();
+}

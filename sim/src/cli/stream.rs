@@ -150,6 +150,11 @@ pub struct StreamArgs {
     /// JSON's `debug_output` array).
     #[arg(long)]
     verbose: bool,
+    /// With `--drivers images`: the application assigns its master clock
+    /// to each pin (`KSPROPERTY_STREAM_MASTERCLOCK`); the AVStream image
+    /// stamps frames with the clock's stream time, checked against it.
+    #[arg(long)]
+    reference_clock: bool,
 }
 
 /// `WxH`, each side 1 up to the format limit (4096x2160).
@@ -234,6 +239,7 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
     config.high_memory = args.high_memory;
     config.alignment = args.alignment;
     config.map_registers = args.map_registers.unwrap_or(64);
+    config.reference_clock = args.reference_clock;
     let bus = || args.bus_image.clone().unwrap_or_else(machine::image::default_image_path);
     match args.drivers {
         DriversArg::BusImage => config.drivers = Drivers::BusImage { path: bus(), map_register_limit: args.map_registers },

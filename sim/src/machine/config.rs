@@ -79,6 +79,15 @@ pub struct MachineConfig {
     /// `KS_FRAME_INFO` the application has no picture number and tells the
     /// frames apart by their `PresentationTime`.
     pub stream_header_size: Option<u32>,
+    /// With `--drivers images`: the application assigns its graph's master
+    /// clock to each pin (`KSPROPERTY_STREAM_MASTERCLOCK`) before the pin
+    /// leaves `KSSTATE_STOP`; the AVStream image takes it
+    /// (`KsPinGetReferenceClockInterface`) and stamps the frames it delivers
+    /// with its stream time, which the emulated KS and the application check
+    /// (`crate::nt::ks::clock`). Needs the `KS_FRAME_INFO` headers (with
+    /// plain headers the application identifies frames by their capture
+    /// time as `PresentationTime`).
+    pub reference_clock: bool,
     /// With the bus image: preempt the guest at arbitrary instructions, a
     /// host timer kick on average every this many microseconds (seeded by
     /// `seed`), so the image's ISR and DPCs also land in the middle of its
@@ -200,6 +209,7 @@ impl Default for MachineConfig {
             cq_entries: None,
             drivers: Drivers::Cores,
             stream_header_size: None,
+            reference_clock: false,
             preemption_us: None,
         }
     }
@@ -274,6 +284,12 @@ impl MachineConfig {
         }
         if self.max_mapping_bytes == Some(0) {
             return err("--max-mapping-bytes must be at least 1".into());
+        }
+        if self.reference_clock && !matches!(self.drivers, Drivers::Images { .. }) {
+            return err("--reference-clock needs --drivers images (the emulated ks.sys assigns the clock; the cores' KS model has none)".into());
+        }
+        if self.reference_clock && self.stream_header_size.is_some() {
+            return err("--reference-clock needs the KS_FRAME_INFO headers: with plain stream headers the application identifies frames by their capture time as PresentationTime".into());
         }
         if let Some(size) = self.stream_header_size {
             if !(56..=4096).contains(&size) {

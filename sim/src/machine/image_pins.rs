@@ -25,6 +25,7 @@ use crate::nt::layout::ks::{ks_frame_info, ksstream_header};
 use crate::nt::verifier::LowResources;
 use crate::pattern::Pattern;
 use crate::pnp::AvStreamDevice;
+use crate::violations::ViolationKind;
 
 /// `KSSTREAM_HEADER.Size` the application sends: the header and a
 /// `KS_FRAME_INFO` (what a video capture client sends).
@@ -77,7 +78,9 @@ impl Machine {
         let wanted = build_data_format(&format).as_bytes().to_vec();
         let count = u32::try_from(buffers.len()).unwrap_or(0);
         let header_size = self.config.stream_header_size.unwrap_or(VIDEO_HEADER_SIZE);
-        let opened = active::with(|m, nt| open_channel_pin(nt, m, pdo, &caller_range, &wanted, buffers, count, header_size));
+        let opened = active::with(|m, nt| {
+            open_channel_pin(nt, m, pdo, &caller_range, &wanted, buffers, count, header_size, self.config.reference_clock)
+        });
         let opened = match opened {
             Some(Ok(opened)) => opened,
             refused => {
@@ -142,7 +145,37 @@ impl Machine {
     /// The frames the emulated KS completed on channel `i`'s image pin.
     pub(super) fn image_completed(&self, i: usize) -> Vec<CompletedFrame> {
         let Some((_, pin)) = self.channels[i].image_pin else { return Vec::new() };
-        active::with(|m, nt| ks_pin::take_completed(nt, m, pin)).unwrap_or_default()
+        let done = active::with(|m, nt| ks_pin::take_completed(nt, m, pin)).unwrap_or_default();
+        if self.config.reference_clock {
+            self.check_capture_times(i, pin, &done);
+        }
+        done
+    }
+
+    /// The application's own check of the times on its clock: a frame
+    /// delivered with data is stamped no earlier than the clock's stream
+    /// time at its capture (the emulated KS checks the upper bound and the
+    /// order, `crate::nt::ks::clock`).
+    fn check_capture_times(&self, i: usize, pin: PinHandle, done: &[CompletedFrame]) {
+        let run = &self.channels[i];
+        for completion in done.iter().filter_map(|d| d.completion).filter(|c| c.data_used > 0) {
+            let Ok(number) = u32::try_from(completion.picture_number) else { continue };
+            let captured = run.log.captures.iter().find_map(|(at, outcome)| match outcome {
+                crate::board::CaptureOutcome::Completed { frame_number, .. } if *frame_number == number => Some(*at),
+                _ => None,
+            });
+            let Some(captured) = captured else { continue };
+            let at_capture = active::with(|_, nt| Ok(ks::clock::stream_time_at(nt, pin, captured))).flatten();
+            if let Some(at_capture) = at_capture.filter(|t| completion.presentation_time < *t) {
+                self.violations.push(
+                    ViolationKind::Ks,
+                    format!(
+                        "card {} channel {}: frame {number}'s PresentationTime {} is before the master clock's stream time at its capture ({at_capture})",
+                        run.card, run.index, completion.presentation_time
+                    ),
+                );
+            }
+        }
     }
 
     /// The application queues buffer `buffer` of channel `i` again on its image pin.
@@ -290,8 +323,9 @@ impl Machine {
 /// What the application does on one channel's KS device (the device on
 /// the bus image's child PDO `pdo`): a filter, the data intersection with
 /// its range, the pin with the format it wants and its buffers (stream
-/// headers of `header_size` bytes), to `KSSTATE_PAUSE`, the buffers
-/// queued, to `KSSTATE_RUN`. A refusal closes what was opened.
+/// headers of `header_size` bytes), its master clock when it assigns one,
+/// to `KSSTATE_PAUSE`, the buffers queued, to `KSSTATE_RUN`. A refusal
+/// closes what was opened.
 #[allow(clippy::too_many_arguments, reason = "what the application brings to the pin, each its own value")]
 fn open_channel_pin(
     nt: &mut crate::nt::Nt,
@@ -302,6 +336,7 @@ fn open_channel_pin(
     buffers: Vec<AppBuffer>,
     count: u32,
     header_size: u32,
+    reference_clock: bool,
 ) -> Result<Result<Opened, Refused>, capdma_winvm::Stop> {
         let Some(device) = ks::device_on(nt, pdo) else {
             return Ok(Err(Refused { step: "AVStream device (AddDevice on the child PDO)", status: STATUS_DEVICE_NOT_READY.cast_unsigned() }));
@@ -321,6 +356,10 @@ fn open_channel_pin(
                 return Ok(Err(Refused { step: "pin creation (SetDataFormat, Create)", status }));
             }
         };
+        if reference_clock {
+            // KSPROPERTY_STREAM_MASTERCLOCK, while the pin is still in KSSTATE_STOP.
+            ks::clock::assign_master_clock(nt, pin);
+        }
         // As a capture client does: to KSSTATE_PAUSE, the buffers queued, then KSSTATE_RUN.
         let mut status = ks_pin::set_state(nt, m, pin, crate::nt::ks::pin::KSSTATE_PAUSE)?;
         if status == 0 {

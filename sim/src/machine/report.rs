@@ -191,6 +191,13 @@ impl RunReport {
                     "  emulated ks.sys: {} frames submitted, {} Process calls ({} inside KsPinAttemptProcessing), {} attempts, {} clones",
                     ks.frames_submitted, ks.process_calls, ks.process_calls_synchronous, ks.attempts, ks.clones
                 );
+                if ks.clock_interfaces > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  reference clock: {} interface(s) handed out, {} clock reads",
+                        ks.clock_interfaces, ks.clock_reads
+                    );
+                }
             }
             let _ = writeln!(
                 out,

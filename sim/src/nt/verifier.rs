@@ -19,7 +19,8 @@ use std::fmt;
 pub struct Finding {
     /// The rule, as a short stable name (`IRQL_TOO_HIGH`, `POOL_DOUBLE_FREE`).
     pub rule: &'static str,
-    /// Bug check code (`0xC4` `DRIVER_VERIFIER_DETECTED_VIOLATION`, …).
+    /// Bug check code (`0xC4` `DRIVER_VERIFIER_DETECTED_VIOLATION`, …), or 0
+    /// for a stream contract Windows does not crash on (a KS check).
     pub bugcheck: u32,
     /// Bug check parameter 1 where the bug check page gives one per rule.
     pub parameter1: Option<u64>,
@@ -31,7 +32,12 @@ pub struct Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (bug check {:#X}", self.rule, self.bugcheck)?;
+        if self.bugcheck == 0 {
+            // A stream contract the application sees broken (a KS check), not a crash.
+            write!(f, "{} (no bug check", self.rule)?;
+        } else {
+            write!(f, "{} (bug check {:#X}", self.rule, self.bugcheck)?;
+        }
         if let Some(p1) = self.parameter1 {
             write!(f, ", parameter 1 = {p1:#x}")?;
         }

@@ -24,10 +24,14 @@
 //!   the processing mutex;
 //! * [`unknown`]: `KsGetOuterUnknown` and the device's
 //!   `IKsDeviceFunctions::RegisterAdapterObjectEx`;
+//! * [`clock`]: the master clock an application assigns to a pin,
+//!   `KsPinGetReferenceClockInterface` and its `IKsReferenceClock`, and the
+//!   presentation times checked against it;
 //! * [`stream`]: the queue — frames submitted, stream pointers
 //!   (`KsPinGetLeadingEdgeStreamPointer`, clones, unlock, advance, delete),
 //!   mapping generation, and when AVStream calls `Process`.
 
+pub mod clock;
 pub mod device;
 pub mod driver;
 pub mod pin;
@@ -63,6 +67,7 @@ pub const DDIS: &[Ddi] = &[
     Ddi { module: Module::Ks, name: "KsPinAcquireProcessingMutex", max_irql: PASSIVE_LEVEL, run: pin::ks_pin_acquire_processing_mutex },
     Ddi { module: Module::Ks, name: "KsPinReleaseProcessingMutex", max_irql: PASSIVE_LEVEL, run: pin::ks_pin_release_processing_mutex },
     Ddi { module: Module::Ks, name: "KsPinAttemptProcessing", max_irql: DISPATCH_LEVEL, run: stream::ks_pin_attempt_processing },
+    Ddi { module: Module::Ks, name: "KsPinGetReferenceClockInterface", max_irql: PASSIVE_LEVEL, run: clock::ks_pin_get_reference_clock_interface },
     Ddi {
         module: Module::Ks,
         name: "KsPinGetLeadingEdgeStreamPointer",
@@ -163,6 +168,11 @@ pub struct KsCounters {
     pub process_nested_calls: u64,
     /// Frames completed back to the application during the `Process` calls.
     pub process_frames_completed: u64,
+    /// `KsPinGetReferenceClockInterface` calls that handed out a clock.
+    pub clock_interfaces: u64,
+    /// Reads of a pin's clock (`IKsReferenceClock::GetTime`,
+    /// `GetCorrelatedTime` and their physical-time twins).
+    pub clock_reads: u64,
 }
 
 /// One `Process` call as the emulated `ks.sys` timed it (see

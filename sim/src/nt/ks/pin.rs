@@ -122,6 +122,8 @@ pub struct KsPinRecord {
     pub no_progress: u32,
     /// The no-progress finding was recorded.
     pub livelock_reported: bool,
+    /// The master clock the application assigned (`KSPROPERTY_STREAM_MASTERCLOCK`).
+    pub clock: Option<super::clock::MasterClock>,
 }
 
 fn kernel_irp(nt: &mut Nt, m: &mut Machine, major: u8, pin: u64) -> Result<u64, Stop> {
@@ -352,6 +354,7 @@ pub fn create_pin(
             owed: false,
             no_progress: 0,
             livelock_reported: false,
+            clock: None,
         },
     );
     nt.ks.pointers.insert(leading_edge_va, super::stream::PointerRecord { pin, handle: None });
@@ -420,6 +423,7 @@ fn add_buffer(nt: &mut Nt, m: &mut Machine, pin: u64, app: AppBuffer) -> Result<
 /// application's buffers.
 fn discard_pin(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
     let Some(record) = nt.ks.pins.remove(&pin) else { return Ok(()) };
+    super::clock::check_released(nt, m, pin, record.clock)?;
     free_bag(nt, m, record.bag)?;
     let pointers: Vec<u64> = nt.ks.pointers.iter().filter(|(_, p)| p.pin == pin).map(|(va, _)| *va).collect();
     for va in pointers {
@@ -467,8 +471,12 @@ pub fn set_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32) -> Resul
         }
         m.write_u32(pin.0 + kspin::DEVICE_STATE, next)?;
         m.write_u32(pin.0 + kspin::CLIENT_STATE, next)?;
+        let now = nt.time;
         let Some(record) = nt.ks.pins.get_mut(&pin.0) else { return Ok(status::INVALID_HANDLE) };
         record.state = next;
+        if let Some(clock) = record.clock.as_mut() {
+            clock.follow_state(next, now);
+        }
         record.queue.set_running(next == KSSTATE_RUN);
         if next == KSSTATE_STOP {
             record.queue.flush_on_stop();
@@ -536,6 +544,7 @@ pub fn submit(nt: &mut Nt, m: &mut Machine, pin: PinHandle, buffer: u32) -> Resu
 pub fn take_completed(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<Vec<CompletedFrame>, Stop> {
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
+    let mut stamped = Vec::new();
     while let Some(mut done) = record.queue.take_completed() {
         if let Some(b) = record.buffers.get(usize::try_from(done.buffer_id).unwrap_or(usize::MAX)) {
             let h = b.header_va;
@@ -548,9 +557,11 @@ pub fn take_completed(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<Ve
             } else {
                 (-1, 0)
             };
+            let presentation_time = m.read_u64(h + ksstream_header::PRESENTATION_TIME)?.cast_signed();
+            stamped.push((data_used, options, presentation_time));
             done.completion = Some(FrameCompletion {
                 data_used,
-                presentation_time: m.read_u64(h + ksstream_header::PRESENTATION_TIME)?.cast_signed(),
+                presentation_time,
                 duration: m.read_u64(h + ksstream_header::DURATION)?.cast_signed(),
                 picture_number,
                 drop_count,
@@ -559,6 +570,9 @@ pub fn take_completed(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Result<Ve
             done.cancelled = done.cancelled && data_used == 0;
         }
         out.push(done);
+    }
+    for (data_used, options, presentation_time) in stamped {
+        super::clock::check_presentation(nt, m, pin.0, data_used, options, presentation_time);
     }
     Ok(out)
 }

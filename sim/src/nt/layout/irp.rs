@@ -462,6 +462,8 @@ pub mod status {
     pub const BUFFER_OVERFLOW: u32 = 0x8000_0005;
     /// `STATUS_INVALID_HANDLE`.
     pub const INVALID_HANDLE: u32 = 0xC000_0008;
+    /// `STATUS_DEVICE_NOT_READY`.
+    pub const DEVICE_NOT_READY: u32 = 0xC000_00A3;
     /// `STATUS_INVALID_PARAMETER`.
     pub const INVALID_PARAMETER: u32 = 0xC000_000D;
     /// `STATUS_INVALID_DEVICE_REQUEST`.

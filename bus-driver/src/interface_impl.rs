@@ -16,14 +16,13 @@
 //! * `STATUS_INVALID_DEVICE_REQUEST`: wrong DMA mode for the function, or
 //!   called above its IRQL (`StartChannel`/`StopChannel` need
 //!   `PASSIVE_LEVEL`, the others `<= DISPATCH_LEVEL`).
-use crate::channel::format::{validate_channel_format, RunState};
+use crate::channel::engine::Engine;
+use crate::channel::format::RunState;
 use crate::channel::{Callback, Channel};
 use crate::config::MAX_DESCRIPTOR_ENTRIES;
 use crate::device::{BusDevice, DeviceState};
 use crate::hw::ChannelRegs;
-use crate::mode::FOUR_GIB;
 use crate::ports::{BusPlatform, DmaAdapterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
-use capdma_interface::descriptor::{SgDescriptor, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
 use capdma_interface::negotiate::{negotiate_current, Negotiated};
 use capdma_interface::regs::channel;
 use capdma_interface::status::{
@@ -33,9 +32,7 @@ use capdma_interface::status::{
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
 };
-use capdma_interface::DmaMode;
 use core::ffi::c_void;
-use core::sync::atomic::{fence, Ordering};
 
 /// What `GetDmaAdapter` returns: the `PDMA_ADAPTER`, `MaxMappingByteCount`
 /// (bytes) and the map registers granted.
@@ -139,29 +136,29 @@ impl<P: BusPlatform> BusDevice<P> {
         self.check_irql(DISPATCH_LEVEL)?;
         let index = self.check_channel(channel)?;
         let chan = self.channels.get(index).ok_or(STATUS_INVALID_PARAMETER)?;
-        let (info, buffers) = self.at_dispatch(|| (self.shared.lock().info, chan.state.lock().buffers));
-        let (Some(info), Some(buffers)) = (info, buffers) else {
-            return Err(STATUS_DEVICE_NOT_READY);
-        };
-        let cb = buffers.mode == DmaMode::CommonBuffer;
-        Ok(DmaConfig {
+        let info = self.info().ok_or(STATUS_DEVICE_NOT_READY)?;
+        let mut config = DmaConfig {
             mode: info.decision.mode as u32,
             reason: info.decision.reason as u32,
             alignment: info.caps.alignment,
             max_transfer: info.max_transfer,
             address_bits: if info.caps.address_64 { 64 } else { 32 },
-            slot_count: if cb { buffers.ring_entries } else { 0 },
-            slot_bytes: if cb { buffers.slot_bytes } else { 0 },
-            descriptor_count: if cb { 0 } else { buffers.ring_entries },
+            slot_count: 0,
+            slot_bytes: 0,
+            descriptor_count: 0,
             channel_count: info.channel_count,
             max_frame_bytes: info.max_frame_bytes,
-        })
+        };
+        let reported = self.at_dispatch(|| chan.state.lock().engine().map(|engine| engine.report(&mut config)));
+        reported.ok_or(STATUS_DEVICE_NOT_READY)?;
+        Ok(config)
     }
 
     /// `GetDmaAdapter` (`<= DISPATCH_LEVEL`).
     fn dma_adapter(&self, channel: u32) -> Result<AdapterAnswer, NtStatus> {
         self.check_irql(DISPATCH_LEVEL)?;
-        self.check_channel(channel)?;
+        let index = self.check_channel(channel)?;
+        let chan = self.channels.get(index).ok_or(STATUS_INVALID_PARAMETER)?;
         let answer = self.at_dispatch(|| {
             let shared = self.shared.lock();
             match (&shared.adapter, shared.info) {
@@ -170,16 +167,18 @@ impl<P: BusPlatform> BusDevice<P> {
             }
         });
         let (raw, info) = answer.ok_or(STATUS_DEVICE_NOT_READY)?;
-        if info.decision.mode != DmaMode::ScatterGather {
+        // Only the S/G engine maps the child's buffers.
+        let scatter_gather = self.at_dispatch(|| matches!(chan.state.lock().engine(), Some(Engine::ScatterGather(_))));
+        if !scatter_gather {
             return Err(STATUS_INVALID_DEVICE_REQUEST);
         }
         Ok((raw, info.max_mapping_byte_count, info.map_registers))
     }
 
-    /// `ProgramFrame` (`<= DISPATCH_LEVEL`): writes one descriptor per
-    /// element (start-of-frame on the first, end-of-frame on the last, `tag`
-    /// on all), records the frame in flight, then a release fence and
-    /// `RING_PRODUCER += count`.
+    /// `ProgramFrame` (`<= DISPATCH_LEVEL`): the S/G engine posts the frame
+    /// ([`crate::channel::sg::SgEngine::post_frame`]: one descriptor per
+    /// element, the frame in flight, a release fence), then
+    /// `RING_PRODUCER` is written.
     fn program_frame(&self, channel: u32, tag: u32, elements: &[SgElement]) -> NtStatus {
         let chan = match self.checked_channel(channel, DISPATCH_LEVEL) {
             Ok(chan) => chan,
@@ -188,53 +187,22 @@ impl<P: BusPlatform> BusDevice<P> {
         let regs = self.platform.registers();
         self.at_dispatch(|| {
             let mut st = chan.state.lock();
-            let Some(buffers) = st.buffers else {
+            let running = st.run.map(|run| run.geometry.frame_bytes);
+            let hw = st.hw(self.hardware_present());
+            let engine = match st.engine_mut() {
+                None => return STATUS_DEVICE_NOT_READY,
+                Some(Engine::ScatterGather(engine)) => engine,
+                Some(Engine::CommonBuffer(_)) => return STATUS_INVALID_DEVICE_REQUEST,
+            };
+            let Some(frame_bytes) = running else {
                 return STATUS_DEVICE_NOT_READY;
             };
-            if buffers.mode != DmaMode::ScatterGather {
-                return STATUS_INVALID_DEVICE_REQUEST;
+            if let Err(status) = engine.post_frame(tag, elements, frame_bytes) {
+                return status;
             }
-            let Some(run) = st.run else {
-                return STATUS_DEVICE_NOT_READY;
-            };
-            let Some(total) = element_bytes(elements, buffers.max_transfer, buffers.address_64) else {
-                return STATUS_INVALID_PARAMETER;
-            };
-            if total < run.geometry.frame_bytes || st.sg.has_tag(tag) {
-                return STATUS_INVALID_PARAMETER;
-            }
-            let Ok(count) = u32::try_from(elements.len()) else {
-                return STATUS_INVALID_PARAMETER;
-            };
-            let first = match st.sg.push(count, total, tag, buffers.ring_entries) {
-                Ok(first) => first,
-                Err(status) => return status,
-            };
-            let last = elements.len().saturating_sub(1);
-            for (i, (element, offset)) in elements.iter().zip(0u32..).enumerate() {
-                let mut flags = 0;
-                if i == 0 {
-                    flags |= DESC_START_OF_FRAME;
-                }
-                if i == last {
-                    flags |= DESC_END_OF_FRAME;
-                }
-                let descriptor = SgDescriptor {
-                    address: element.logical_address,
-                    byte_count: element.byte_count,
-                    flags,
-                    tag,
-                    ..SgDescriptor::default()
-                };
-                // The index is below `ring_entries` and the ring holds
-                // `ring_entries` descriptors: the write cannot miss.
-                let _ = buffers.ring.write_descriptor(first.wrapping_add(offset) % buffers.ring_entries, &descriptor);
-            }
-            // The descriptors are visible to the board before it may read them.
-            fence(Ordering::Release);
             // Suspended (`crate::power`): `power_up`'s resume hands it over.
-            if st.hw(self.hardware_present()) {
-                ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, st.sg.producer());
+            if hw {
+                ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, engine.producer());
             }
             STATUS_SUCCESS
         })
@@ -245,21 +213,14 @@ impl<P: BusPlatform> BusDevice<P> {
         self.check_irql(DISPATCH_LEVEL)?;
         let index = self.check_channel(channel)?;
         let chan = self.channels.get(index).ok_or(STATUS_INVALID_PARAMETER)?;
-        let (buffers, run) = self.at_dispatch(|| {
+        self.at_dispatch(|| {
             let st = chan.state.lock();
-            (st.buffers, st.run)
-        });
-        let buffers = buffers.ok_or(STATUS_DEVICE_NOT_READY)?;
-        if buffers.mode != DmaMode::CommonBuffer {
-            return Err(STATUS_INVALID_DEVICE_REQUEST);
-        }
-        Ok(SlotRing {
-            base: buffers.ring.va,
-            base_logical: buffers.ring.logical,
-            slot_count: buffers.ring_entries,
-            slot_stride: buffers.slot_stride,
-            slot_bytes: buffers.slot_bytes,
-            line_pitch: run.map_or(0, |r| r.geometry.line_pitch),
+            let line_pitch = st.run.map_or(0, |r| r.geometry.line_pitch);
+            match st.engine() {
+                None => Err(STATUS_DEVICE_NOT_READY),
+                Some(Engine::CommonBuffer(slots)) => Ok(slots.slot_ring(line_pitch)),
+                Some(Engine::ScatterGather(_)) => Err(STATUS_INVALID_DEVICE_REQUEST),
+            }
         })
     }
 
@@ -272,17 +233,17 @@ impl<P: BusPlatform> BusDevice<P> {
         let regs = self.platform.registers();
         self.at_dispatch(|| {
             let mut st = chan.state.lock();
-            let Some(buffers) = st.buffers else {
-                return STATUS_DEVICE_NOT_READY;
+            // Suspended (`crate::power`): `power_up`'s resume hands it over.
+            let write = st.running() && st.hw(self.hardware_present());
+            let slots = match st.engine_mut() {
+                None => return STATUS_DEVICE_NOT_READY,
+                Some(Engine::CommonBuffer(slots)) => slots,
+                Some(Engine::ScatterGather(_)) => return STATUS_INVALID_DEVICE_REQUEST,
             };
-            if buffers.mode != DmaMode::CommonBuffer {
-                return STATUS_INVALID_DEVICE_REQUEST;
-            }
-            match st.slots.return_slot(slot) {
+            match slots.return_slot(slot) {
                 Ok(moved) => {
-                    // Suspended (`crate::power`): `power_up`'s resume hands it over.
-                    if moved && st.running() && st.hw(self.hardware_present()) {
-                        ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, st.slots.producer());
+                    if moved && write {
+                        ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, slots.producer());
                     }
                     STATUS_SUCCESS
                 }
@@ -311,10 +272,10 @@ impl<P: BusPlatform> BusDevice<P> {
         loop {
             let status = self.at_dispatch(|| {
                 let mut st = chan.state.lock();
-                let Some(buffers) = st.buffers else {
+                let Some(engine) = st.engine() else {
                     return Some(STATUS_DEVICE_NOT_READY);
                 };
-                if st.running() || st.sg.len() > 0 {
+                if st.running() || engine.frames_held() > 0 {
                     return Some(STATUS_DEVICE_BUSY);
                 }
                 if st.reset_pending.is_some() {
@@ -329,7 +290,7 @@ impl<P: BusPlatform> BusDevice<P> {
                     // (`crate::power`): only the resume programs the board.
                     return Some(STATUS_DEVICE_NOT_READY);
                 }
-                let geometry = match validate_channel_format(format, buffers.mode, buffers.slot_bytes) {
+                let geometry = match engine.validate_format(format) {
                     Ok(g) => g,
                     Err(status) => return Some(status),
                 };
@@ -385,7 +346,7 @@ impl<P: BusPlatform> BusDevice<P> {
         // may still write them); they come back through the callback once it has.
         let held = self.at_dispatch(|| {
             let st = chan.state.lock();
-            st.reset_pending.is_some() && st.sg.len() > 0
+            st.reset_pending.is_some() && st.frames_held() > 0
         });
         if held {
             STATUS_PENDING
@@ -420,7 +381,7 @@ impl<P: BusPlatform> BusDevice<P> {
             if st.running() || (st.delivering && st.callback.is_some()) {
                 return STATUS_DEVICE_BUSY;
             }
-            if st.reset_pending.is_some() && st.sg.len() > 0 {
+            if st.reset_pending.is_some() && st.frames_held() > 0 {
                 // Frames the engine may still write are held until its reset
                 // completes; they go back through this callback then.
                 return STATUS_DEVICE_BUSY;
@@ -429,27 +390,6 @@ impl<P: BusPlatform> BusDevice<P> {
             STATUS_SUCCESS
         })
     }
-}
-
-/// Total bytes of a frame's elements, or `None` when any element is empty,
-/// longer than `max_transfer`, wraps the address space, or (32-bit board)
-/// ends above 4 GiB, or when the total overflows `u32`.
-fn element_bytes(elements: &[SgElement], max_transfer: u32, address_64: bool) -> Option<u32> {
-    if elements.is_empty() {
-        return None;
-    }
-    let mut total: u32 = 0;
-    for e in elements {
-        if e.byte_count == 0 || e.byte_count > max_transfer {
-            return None;
-        }
-        let end = e.logical_address.checked_add(u64::from(e.byte_count))?;
-        if !address_64 && end > FOUR_GIB {
-            return None;
-        }
-        total = total.checked_add(e.byte_count)?;
-    }
-    Some(total)
 }
 
 /// The device behind a `Context`, if the pointer is non-null and aligned.

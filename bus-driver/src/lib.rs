@@ -59,8 +59,8 @@ mod wdm;
 #[cfg(test)]
 mod tests;
 
-pub use channel::format::{slot_line_pitch, validate_channel_format, ChannelGeometry, SLOT_LINE_ALIGNMENT};
-pub use channel::sg::MAX_INFLIGHT_FRAMES;
+pub use channel::format::{slot_line_pitch, ChannelGeometry, SLOT_LINE_ALIGNMENT};
+pub use channel::sg::{SgEngine, MAX_INFLIGHT_FRAMES};
 pub use channel::slots::MAX_SLOTS;
 pub use channel::{ChannelStats, RecordFault};
 pub use config::{ConfigError, DmaModeOverride, RegistryValues, StartConfig};

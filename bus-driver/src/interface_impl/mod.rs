@@ -1,11 +1,12 @@
 //! `GUID_CAPDMA_BUS_INTERFACE`: answering `IRP_MN_QUERY_INTERFACE` with a
 //! [`CapdmaBusInterface`] whose function pointers are `extern "system"`
-//! thunks generic over the platform, and the safe methods behind them.
+//! thunks generic over the platform ([`thunks`]), and here the safe methods
+//! behind them.
 //!
 //! `Context` is the [`BusDevice`]'s address: the device must not move or be
 //! dropped while a reference is held. Every thunk checks `Context` and its
-//! pointers (null, alignment) before use and returns the NTSTATUS documented
-//! in `capdma_interface::table`:
+//! pointers (null, alignment) before use; the methods return the NTSTATUS
+//! documented in `capdma_interface::table`:
 //!
 //! * `STATUS_INVALID_PARAMETER`: null context or out-pointer, channel not
 //!   below the board's channel count, bad arguments;
@@ -19,20 +20,21 @@
 use crate::channel::engine::Engine;
 use crate::channel::format::RunState;
 use crate::channel::{Callback, Channel};
-use crate::config::MAX_DESCRIPTOR_ENTRIES;
 use crate::device::{BusDevice, DeviceState};
 use crate::hw::ChannelRegs;
 use crate::ports::{BusPlatform, DmaAdapterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
-use capdma_interface::negotiate::{negotiate_current, Negotiated};
+use capdma_interface::negotiate::negotiate_current;
 use capdma_interface::regs::channel;
 use capdma_interface::status::{
     NtStatus, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED, STATUS_INVALID_DEVICE_REQUEST,
     STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS,
 };
 use capdma_interface::table::{
-    CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
+    CapdmaBusInterface, ChannelFormat, DmaConfig, PfnCompletion, SgElement, SlotRing,
 };
 use core::ffi::c_void;
+
+mod thunks;
 
 /// What `GetDmaAdapter` returns: the `PDMA_ADAPTER`, `MaxMappingByteCount`
 /// (bytes) and the map registers granted.
@@ -64,7 +66,7 @@ impl<P: BusPlatform> BusDevice<P> {
             Ok(n) => n,
             Err(status) => return status,
         };
-        let table = self.interface_table(negotiated);
+        let table = thunks::interface_table(self, negotiated);
         let bytes = usize::from(negotiated.size).min(size_of::<CapdmaBusInterface>());
         // SAFETY: `out` is non-null and, per the IRP_MN_QUERY_INTERFACE
         // contract, points to `size` writable bytes; the negotiation checked
@@ -73,27 +75,6 @@ impl<P: BusPlatform> BusDevice<P> {
         unsafe { core::ptr::copy_nonoverlapping((&raw const table).cast::<u8>(), out.cast::<u8>(), bytes) };
         self.reference();
         STATUS_SUCCESS
-    }
-
-    /// The table for `negotiated`, its `Context` this device's address.
-    fn interface_table(&self, negotiated: Negotiated) -> CapdmaBusInterface {
-        CapdmaBusInterface {
-            header: InterfaceHeader {
-                size: negotiated.size,
-                version: negotiated.version,
-                context: core::ptr::from_ref(self).cast_mut().cast::<c_void>(),
-                interface_reference: Some(thunk_reference::<P>),
-                interface_dereference: Some(thunk_dereference::<P>),
-            },
-            get_dma_config: Some(thunk_get_dma_config::<P>),
-            get_dma_adapter: Some(thunk_get_dma_adapter::<P>),
-            program_frame: Some(thunk_program_frame::<P>),
-            get_slot_ring: Some(thunk_get_slot_ring::<P>),
-            return_slot: Some(thunk_return_slot::<P>),
-            start_channel: Some(thunk_start_channel::<P>),
-            stop_channel: Some(thunk_stop_channel::<P>),
-            register_completion: Some(thunk_register_completion::<P>),
-        }
     }
 
     /// The IRQL check (at most `max`) and the channel check of an interface
@@ -389,224 +370,5 @@ impl<P: BusPlatform> BusDevice<P> {
             st.callback = callback.map(|func| Callback { func, context });
             STATUS_SUCCESS
         })
-    }
-}
-
-/// The device behind a `Context`, if the pointer is non-null and aligned.
-///
-/// # Safety
-/// A non-null `context` must be the `Context` of a table this crate filled
-/// for a `BusDevice<P>` that is still alive and has not moved (the
-/// interface-reference contract).
-unsafe fn device<'a, P: BusPlatform>(context: *mut c_void) -> Option<&'a BusDevice<P>> {
-    let ptr = context.cast_const().cast::<BusDevice<P>>();
-    if ptr.is_null() || !ptr.is_aligned() {
-        return None;
-    }
-    // SAFETY: non-null and aligned; by this function's contract it points to
-    // a live `BusDevice<P>`, which is only ever accessed through `&`.
-    Some(unsafe { &*ptr })
-}
-
-/// `InterfaceReference`.
-///
-/// # Safety
-/// `context` as for [`device`].
-unsafe extern "system" fn thunk_reference<P: BusPlatform>(context: *mut c_void) {
-    // SAFETY: forwarded contract of this thunk.
-    if let Some(dev) = unsafe { device::<P>(context) } {
-        dev.reference();
-    }
-}
-
-/// `InterfaceDereference`.
-///
-/// # Safety
-/// `context` as for [`device`].
-unsafe extern "system" fn thunk_dereference<P: BusPlatform>(context: *mut c_void) {
-    // SAFETY: forwarded contract of this thunk.
-    if let Some(dev) = unsafe { device::<P>(context) } {
-        dev.dereference();
-    }
-}
-
-/// Writes the value of `result` to `out` and returns `STATUS_SUCCESS`, or
-/// returns the error and writes nothing.
-///
-/// # Safety
-/// `out` is non-null and valid for an (unaligned) write of a `T`.
-unsafe fn answer<T>(out: *mut T, result: Result<T, NtStatus>) -> NtStatus {
-    match result {
-        Ok(value) => {
-            // SAFETY: the caller's contract; unaligned-safe.
-            unsafe { out.write_unaligned(value) };
-            STATUS_SUCCESS
-        }
-        Err(status) => status,
-    }
-}
-
-/// `GetDmaConfig`.
-///
-/// # Safety
-/// `context` as for [`device`]; a non-null `config` points to a writable `DmaConfig`.
-unsafe extern "system" fn thunk_get_dma_config<P: BusPlatform>(
-    context: *mut c_void,
-    channel: u32,
-    config: *mut DmaConfig,
-) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    let Some(dev) = (unsafe { device::<P>(context) }) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    if config.is_null() {
-        return STATUS_INVALID_PARAMETER;
-    }
-    // SAFETY: `config` is non-null and writable per the caller's contract.
-    unsafe { answer(config, dev.dma_config(channel)) }
-}
-
-/// `GetDmaAdapter`.
-///
-/// # Safety
-/// `context` as for [`device`]; non-null out-pointers point to writable values.
-unsafe extern "system" fn thunk_get_dma_adapter<P: BusPlatform>(
-    context: *mut c_void,
-    channel: u32,
-    adapter: *mut *mut c_void,
-    max_mapping_byte_count: *mut u32,
-    map_registers: *mut u32,
-) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    let Some(dev) = (unsafe { device::<P>(context) }) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    if adapter.is_null() || max_mapping_byte_count.is_null() || map_registers.is_null() {
-        return STATUS_INVALID_PARAMETER;
-    }
-    match dev.dma_adapter(channel) {
-        Ok((raw, max_mapping, registers)) => {
-            // SAFETY: non-null, writable per the caller's contract.
-            unsafe { adapter.write_unaligned(raw) };
-            // SAFETY: as above.
-            unsafe { max_mapping_byte_count.write_unaligned(max_mapping) };
-            // SAFETY: as above.
-            unsafe { map_registers.write_unaligned(registers) };
-            STATUS_SUCCESS
-        }
-        Err(status) => status,
-    }
-}
-
-/// `ProgramFrame`.
-///
-/// # Safety
-/// `context` as for [`device`]; a non-null `elements` points to
-/// `element_count` readable `SgElement`s (`KSMAPPING`s).
-unsafe extern "system" fn thunk_program_frame<P: BusPlatform>(
-    context: *mut c_void,
-    channel: u32,
-    tag: u32,
-    elements: *const SgElement,
-    element_count: u32,
-) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    let Some(dev) = (unsafe { device::<P>(context) }) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    if elements.is_null() || !elements.is_aligned() || element_count == 0 || element_count > MAX_DESCRIPTOR_ENTRIES {
-        return STATUS_INVALID_PARAMETER;
-    }
-    let Ok(len) = usize::try_from(element_count) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    // SAFETY: non-null and aligned; the caller guarantees `element_count`
-    // readable elements that stay unchanged during the call; `len` is at
-    // most 65536 elements (1 MiB), so the slice size fits `isize`.
-    let elements = unsafe { core::slice::from_raw_parts(elements, len) };
-    dev.program_frame(channel, tag, elements)
-}
-
-/// `GetSlotRing`.
-///
-/// # Safety
-/// `context` as for [`device`]; a non-null `ring` points to a writable `SlotRing`.
-unsafe extern "system" fn thunk_get_slot_ring<P: BusPlatform>(
-    context: *mut c_void,
-    channel: u32,
-    ring: *mut SlotRing,
-) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    let Some(dev) = (unsafe { device::<P>(context) }) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    if ring.is_null() {
-        return STATUS_INVALID_PARAMETER;
-    }
-    // SAFETY: `ring` is non-null and writable per the caller's contract.
-    unsafe { answer(ring, dev.slot_ring(channel)) }
-}
-
-/// `ReturnSlot`.
-///
-/// # Safety
-/// `context` as for [`device`].
-unsafe extern "system" fn thunk_return_slot<P: BusPlatform>(context: *mut c_void, channel: u32, slot: u32) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    match unsafe { device::<P>(context) } {
-        Some(dev) => dev.return_slot(channel, slot),
-        None => STATUS_INVALID_PARAMETER,
-    }
-}
-
-/// `StartChannel`.
-///
-/// # Safety
-/// `context` as for [`device`]; a non-null `format` points to a readable `ChannelFormat`.
-unsafe extern "system" fn thunk_start_channel<P: BusPlatform>(
-    context: *mut c_void,
-    channel: u32,
-    format: *const ChannelFormat,
-) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    let Some(dev) = (unsafe { device::<P>(context) }) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    if format.is_null() {
-        return STATUS_INVALID_PARAMETER;
-    }
-    // SAFETY: non-null and readable per the caller's contract; a plain-integer
-    // struct, read unaligned-safe into a local copy.
-    let format = unsafe { format.read_unaligned() };
-    dev.start_channel(channel, &format)
-}
-
-/// `StopChannel`.
-///
-/// # Safety
-/// `context` as for [`device`].
-unsafe extern "system" fn thunk_stop_channel<P: BusPlatform>(context: *mut c_void, channel: u32) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    match unsafe { device::<P>(context) } {
-        Some(dev) => dev.stop_channel(channel),
-        None => STATUS_INVALID_PARAMETER,
-    }
-}
-
-/// `RegisterCompletion`.
-///
-/// # Safety
-/// `context` as for [`device`]; `callback` must be callable with
-/// `callback_context` at `DISPATCH_LEVEL` until unregistered.
-unsafe extern "system" fn thunk_register_completion<P: BusPlatform>(
-    context: *mut c_void,
-    channel: u32,
-    callback: Option<PfnCompletion>,
-    callback_context: *mut c_void,
-) -> NtStatus {
-    // SAFETY: forwarded contract of this thunk.
-    match unsafe { device::<P>(context) } {
-        Some(dev) => dev.register_completion(channel, callback, callback_context),
-        None => STATUS_INVALID_PARAMETER,
     }
 }

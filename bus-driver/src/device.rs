@@ -13,19 +13,19 @@
 //! common buffer and puts the DMA adapter last, then BAR0 is unmapped: one
 //! sequence, [`BusDevice::release_hardware`] (`crate::teardown`), for the
 //! glue and the simulation alike.
-use crate::channel::slots::MAX_SLOTS;
-use crate::channel::{Channel, ChannelResources, ChannelStats};
+use crate::channel::engine::Engine;
+use crate::channel::slots::slot_bytes_for;
+use crate::channel::{Channel, ChannelBuffers, ChannelStats, CompletionQueue};
 use crate::config::StartConfig;
-use crate::dma_buffer::{round_up, DmaBuffer, ENTRY_BYTES, PAGE_SIZE};
+use crate::dma_buffer::DmaBuffer;
 use crate::hw::{reset_channel, ChannelRegs, ResetOutcome};
-use crate::mode::{decide_after_adapter, decide_mode, device_description, ModeDecision, FOUR_GIB};
+use crate::mode::{allocate_engine, decide_after_adapter, decide_mode, device_description, ModeDecision};
 use crate::ports::{BusPlatform, DmaAdapterPort, RegisterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use capdma_interface::regs::{self, global, int_done, int_error, Caps, BOARD_ID, RESET_POLL_READS};
 use capdma_interface::status::{
     NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_REMOVED, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS,
 };
-use capdma_interface::DmaMode;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 /// Most channels a board may have (`regs::MAX_CHANNELS`).
@@ -248,8 +248,10 @@ impl<P: BusPlatform> BusDevice<P> {
     /// stopped, or for a channel the board does not have.
     pub fn slot_count(&self, channel: u32) -> Option<u32> {
         let chan = self.channels.get(usize::try_from(channel).ok()?)?;
-        let buffers = self.at_dispatch(|| chan.state.lock().buffers)?;
-        (buffers.mode == DmaMode::CommonBuffer).then_some(buffers.ring_entries)
+        self.at_dispatch(|| match chan.state.lock().engine() {
+            Some(Engine::CommonBuffer(slots)) => Some(slots.count()),
+            _ => None,
+        })
     }
 
     /// `IRP_MN_START_DEVICE` (`PASSIVE_LEVEL`, after BAR0 is mapped; the glue
@@ -326,30 +328,26 @@ impl<P: BusPlatform> BusDevice<P> {
     fn start_inner(&self, config: &StartConfig) -> Result<ModeDecision, NtStatus> {
         let board = self.read_board()?;
         let caps = board.caps;
-        // CB slot size: the largest frame rounded up to the alignment and a page.
-        let slot_align = u64::from(caps.alignment.max(PAGE_SIZE));
-        let slot_bytes = round_up(u64::from(board.max_frame_bytes), slot_align)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or(STATUS_IO_DEVICE_ERROR)?;
+        // The slot size (common-buffer mode) must be representable whichever
+        // mode is chosen: a board whose largest frame overflows it is refused.
+        let slot_bytes = slot_bytes_for(board.max_frame_bytes, caps.alignment).ok_or(STATUS_IO_DEVICE_ERROR)?;
         let highest = self.platform.highest_physical_address();
         let mut decision = decide_mode(caps, config.dma_mode, highest);
         let description = device_description(decision.mode, caps, board.max_frame_bytes);
         let mut adapter = self.platform.get_dma_adapter(&description).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
-        if decision.mode == DmaMode::ScatterGather {
-            let after = decide_after_adapter(decision, caps, highest, adapter.map_registers(), board.max_frame_bytes);
-            if after.mode != decision.mode {
-                self.platform.put_dma_adapter(adapter);
-                let description = device_description(after.mode, caps, board.max_frame_bytes);
-                adapter = self.platform.get_dma_adapter(&description).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
-            }
+        let after = decide_after_adapter(decision, caps, highest, adapter.map_registers(), board.max_frame_bytes);
+        if after != decision {
+            self.platform.put_dma_adapter(adapter);
+            let description = device_description(after.mode, caps, board.max_frame_bytes);
+            adapter = self.platform.get_dma_adapter(&description).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
             decision = after;
         }
 
         let channel_count = caps.channels;
         let count = usize::try_from(channel_count).unwrap_or(0).min(MAX_CHANNELS);
-        let mut allocated: [Option<ChannelResources>; MAX_CHANNELS] = [None; MAX_CHANNELS];
+        let mut allocated: [Option<ChannelBuffers>; MAX_CHANNELS] = [None; MAX_CHANNELS];
         for index in 0..count {
-            match allocate_channel(&adapter, decision.mode, config, &board, slot_bytes) {
+            match allocate_channel(&adapter, decision, config, &board, slot_bytes) {
                 Ok(buffers) => {
                     if let Some(entry) = allocated.get_mut(index) {
                         *entry = Some(buffers);
@@ -357,8 +355,7 @@ impl<P: BusPlatform> BusDevice<P> {
                 }
                 Err(status) => {
                     for buffers in allocated.iter().flatten() {
-                        buffers.ring.free(&adapter);
-                        buffers.cq.free(&adapter);
+                        buffers.free(&adapter);
                     }
                     self.platform.put_dma_adapter(adapter);
                     return Err(status);
@@ -374,8 +371,7 @@ impl<P: BusPlatform> BusDevice<P> {
         for ch in 0..channel_count {
             if reset_channel(&ChannelRegs::new(regs, ch)) == ResetOutcome::Stuck {
                 for buffers in allocated.iter().flatten() {
-                    buffers.ring.free(&adapter);
-                    buffers.cq.free(&adapter);
+                    buffers.free(&adapter);
                 }
                 self.platform.put_dma_adapter(adapter);
                 return Err(STATUS_IO_DEVICE_ERROR);
@@ -472,7 +468,7 @@ impl<P: BusPlatform> BusDevice<P> {
         }
         self.stop_engines();
         self.channel_count.store(0, Ordering::Release);
-        let mut taken: [Option<ChannelResources>; MAX_CHANNELS] = [None; MAX_CHANNELS];
+        let mut taken: [Option<[DmaBuffer; 2]>; MAX_CHANNELS] = [None; MAX_CHANNELS];
         let hw = self.hardware_present();
         let regs = self.platform.registers();
         let mut stuck = false;
@@ -483,22 +479,20 @@ impl<P: BusPlatform> BusDevice<P> {
                     // The engine never finished its reset and may still
                     // write its ring and queue: they are forgotten, never
                     // freed (see `ChannelState::reset_pending`).
-                    st.buffers = None;
+                    st.dma = None;
                     stuck = true;
                 } else {
-                    *slot = st.buffers.take();
+                    *slot = st.dma.take().map(|dma| dma.buffers());
                 }
                 st.callback = None;
-                st.slots.configure(0);
             }
             let mut shared = self.shared.lock();
             shared.info = None;
             shared.adapter.take()
         });
         if let Some(adapter) = adapter {
-            for buffers in taken.iter().flatten() {
-                buffers.ring.free(&adapter);
-                buffers.cq.free(&adapter);
+            for buffer in taken.iter().flatten().flatten() {
+                buffer.free(&adapter);
             }
             if stuck {
                 // Its common buffers are still allocated: putting the
@@ -526,7 +520,7 @@ impl<P: BusPlatform> BusDevice<P> {
             };
             self.at_dispatch(|| {
                 let mut st = chan.state.lock();
-                if st.buffers.is_some() {
+                if st.dma.is_some() {
                     st.stop_run::<P::Registers>(None, ch, STATUS_DEVICE_REMOVED);
                     st.surrender_held_frames(STATUS_DEVICE_REMOVED);
                 }
@@ -552,7 +546,7 @@ impl<P: BusPlatform> BusDevice<P> {
             }
             let drained = self.at_dispatch(|| {
                 let st = chan.state.lock();
-                !st.delivering && st.sg.len() == st.sg.posted()
+                !st.delivering && !st.engine().is_some_and(Engine::terminated_waiting)
             });
             if drained {
                 return;
@@ -577,64 +571,21 @@ impl<P: BusPlatform> BusDevice<P> {
     }
 }
 
-/// Allocates channel's completion queue and ring (see [`BusDevice::start`]).
+/// Allocates a channel's completion queue and its engine's ring (see
+/// [`BusDevice::start`]): the queue first, then the ring of the decided
+/// mode ([`allocate_engine`]); the queue is freed again when the ring
+/// cannot be had.
 fn allocate_channel<A: DmaAdapterPort>(
     adapter: &A,
-    mode: DmaMode,
+    decision: ModeDecision,
     config: &StartConfig,
     board: &BoardFacts,
     slot_bytes: u32,
-) -> Result<ChannelResources, NtStatus> {
-    let caps = board.caps;
-    let entries_bytes = |n: u32| usize::try_from(n).ok()?.checked_mul(ENTRY_BYTES as usize);
-    let cq_bytes = entries_bytes(config.cq_entries).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
-    let cq = allocate_reachable(adapter, cq_bytes, caps).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
-    let ring = match mode {
-        DmaMode::ScatterGather => entries_bytes(config.descriptor_ring_entries)
-            .and_then(|bytes| allocate_reachable(adapter, bytes, caps))
-            .map(|ring| (ring, config.descriptor_ring_entries, 0)),
-        DmaMode::CommonBuffer => {
-            let mut slots = config.slot_count.min(u32::try_from(MAX_SLOTS).unwrap_or(u32::MAX));
-            loop {
-                let bytes = usize::try_from(slot_bytes)
-                    .ok()
-                    .and_then(|b| b.checked_mul(usize::try_from(slots).ok()?));
-                if let Some(ring) = bytes.and_then(|bytes| allocate_reachable(adapter, bytes, caps)) {
-                    break Some((ring, slots, slot_bytes));
-                }
-                if slots <= crate::config::MIN_SLOT_COUNT {
-                    break None;
-                }
-                slots -= 1;
-            }
-        }
-    };
-    let Some((ring, ring_entries, slot_bytes)) = ring else {
-        cq.free(adapter);
+) -> Result<ChannelBuffers, NtStatus> {
+    let cq = CompletionQueue::allocate(adapter, config.cq_entries, board.caps).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
+    let Some(engine) = allocate_engine(decision, adapter, config, board.caps, board.max_transfer, slot_bytes) else {
+        cq.buffer.free(adapter);
         return Err(STATUS_INSUFFICIENT_RESOURCES);
     };
-    Ok(ChannelResources {
-        mode,
-        cq,
-        cq_entries: config.cq_entries,
-        ring,
-        ring_entries,
-        slot_bytes,
-        slot_stride: slot_bytes,
-        max_transfer: board.max_transfer,
-        address_64: caps.address_64,
-    })
-}
-
-/// A common buffer aligned to `caps.alignment` that the board can reach
-/// (below 4 GiB for a 32-bit board; the adapter guarantees it, this checks).
-fn allocate_reachable<A: DmaAdapterPort>(adapter: &A, bytes: usize, caps: Caps) -> Option<DmaBuffer> {
-    let buffer = DmaBuffer::allocate(adapter, bytes, caps.alignment)?;
-    let end = u64::try_from(buffer.bytes).ok().and_then(|b| buffer.logical.checked_add(b));
-    if caps.address_64 || end.is_some_and(|end| end <= FOUR_GIB) {
-        Some(buffer)
-    } else {
-        buffer.free(adapter);
-        None
-    }
+    Ok(ChannelBuffers { cq, engine })
 }

@@ -1,7 +1,14 @@
-//! A common buffer with its aligned view, and bounds-checked volatile access
-//! to its 32-byte entries (S/G descriptors and completion records).
+//! A common buffer with its aligned view, bounds-checked volatile access to
+//! its 32-byte entries (S/G descriptors and completion records), and the
+//! allocation policy every channel buffer follows: aligned to the board's
+//! `CAPS.alignment` and reachable by the board (below 4 GiB for a 32-bit
+//! board). The engines size their rings (`channel::sg::DescriptorRing`,
+//! `channel::slots::SlotMemory`); the completion queue is
+//! `channel::CompletionQueue`.
+use crate::mode::FOUR_GIB;
 use crate::ports::{CommonBuffer, DmaAdapterPort};
 use capdma_interface::descriptor::{CompletionRecord, SgDescriptor};
+use capdma_interface::regs::Caps;
 
 /// Page size the adapter aligns common buffers to, bytes.
 pub const PAGE_SIZE: u32 = 4096;
@@ -37,7 +44,42 @@ pub(crate) const fn round_up(value: u64, align: u64) -> Option<u64> {
     }
 }
 
+/// Bytes of `entries` 32-byte ring or queue entries; `None` on overflow.
+pub(crate) fn entries_bytes(entries: u32) -> Option<usize> {
+    usize::try_from(entries).ok()?.checked_mul(ENTRY_BYTES as usize)
+}
+
 impl DmaBuffer {
+    /// The allocation policy of every channel buffer: `bytes` usable bytes
+    /// aligned to `caps.alignment` ([`Self::allocate`]) that the board can
+    /// reach — below 4 GiB for a 32-bit board (the adapter's
+    /// `Dma32BitAddresses` guarantees it, this checks; a buffer that ends
+    /// above is freed again). `PASSIVE_LEVEL`. `None` when the adapter has
+    /// no such buffer.
+    pub fn allocate_reachable<A: DmaAdapterPort>(adapter: &A, bytes: usize, caps: Caps) -> Option<Self> {
+        let buffer = Self::allocate(adapter, bytes, caps.alignment)?;
+        let end = u64::try_from(buffer.bytes).ok().and_then(|b| buffer.logical.checked_add(b));
+        if caps.address_64 || end.is_some_and(|end| end <= FOUR_GIB) {
+            Some(buffer)
+        } else {
+            buffer.free(adapter);
+            None
+        }
+    }
+
+    /// A ring or queue of `entries` 32-byte entries, allocated by
+    /// [`Self::allocate_reachable`]. `PASSIVE_LEVEL`.
+    pub fn allocate_entries<A: DmaAdapterPort>(adapter: &A, entries: u32, caps: Caps) -> Option<Self> {
+        Self::allocate_reachable(adapter, entries_bytes(entries)?, caps)
+    }
+
+    /// A view of all of `memory` (already aligned as the board needs), for
+    /// memory the caller owns rather than an allocation of the adapter's
+    /// (the benchmark's descriptor ring). `None` for a null `va`.
+    pub fn whole(memory: CommonBuffer) -> Option<Self> {
+        Self::aligned_view(memory, memory.bytes, 1)
+    }
+
     /// Allocates `bytes` usable bytes whose logical address is aligned to
     /// `alignment` (a power of two): `alignment <= 4096` relies on the
     /// adapter's page alignment; a larger one over-allocates by

@@ -1,9 +1,9 @@
 //! Register-level helpers: one channel's register block, and the channel
 //! programming sequence of `docs/architecture.md` §1 ("Start of a channel").
-use crate::channel::{ChannelResources, RunState};
+use crate::channel::engine::Engine;
+use crate::channel::{CompletionQueue, RunState};
 use crate::ports::RegisterPort;
-use capdma_interface::regs::{channel, channel_base, CTRL_RESET, CTRL_RUN, CTRL_SG_MODE, RESET_POLL_READS, STATUS_RUNNING};
-use capdma_interface::DmaMode;
+use capdma_interface::regs::{channel, channel_base, CTRL_RESET, RESET_POLL_READS, STATUS_RUNNING};
 use core::sync::atomic::{fence, Ordering};
 
 /// Register access to channel `ch`'s block (`0x100 + 0x80 * ch`).
@@ -86,40 +86,23 @@ pub(crate) const fn split_u64(value: u64) -> (u32, u32) {
 }
 
 /// Steps 1–4 and the final `CTRL` write of step 5 (the caller has set the
-/// channel's `INT_ENABLE` bits): reset, program the format, the ring and
-/// the completion queue, hand the board `slot_producer` slots (CB mode),
-/// run. Also used to restart a channel after a reset. Only ever called on
-/// an engine that is stopped with its reset complete ([`reset_channel`]),
-/// so the `CTRL_RESET` here has no DMA to wait for.
-pub(crate) fn program_and_run<R: RegisterPort>(
-    cr: &ChannelRegs<'_, R>,
-    buffers: &ChannelResources,
-    run: &RunState,
-    slot_producer: u32,
-) {
+/// channel's `INT_ENABLE` bits): reset, program the format, the engine's
+/// ring ([`Engine::program_ring`]) and the completion queue, let the engine
+/// arm itself ([`Engine::arm`]: the slot engine hands the board its slots),
+/// run with the engine's `CTRL` bits. Also used to restart a channel after
+/// a reset. Only ever called on an engine that is stopped with its reset
+/// complete ([`reset_channel`]), so the `CTRL_RESET` here has no DMA to
+/// wait for.
+pub(crate) fn program_and_run<R: RegisterPort>(cr: &ChannelRegs<'_, R>, cq: &CompletionQueue, engine: &Engine, run: &RunState) {
     cr.write(channel::CTRL, CTRL_RESET);
     cr.write(channel::FOURCC, run.format.fourcc);
     cr.write(channel::WIDTH, run.format.width);
     cr.write(channel::HEIGHT, run.format.height);
     cr.write(channel::LINE_PITCH, run.geometry.line_pitch);
     cr.write(channel::FRAME_INTERVAL, run.format.frame_interval);
-    let (ring_lo, ring_hi) = split_u64(buffers.ring.logical);
-    cr.write(channel::RING_BASE_LO, ring_lo);
-    cr.write(channel::RING_BASE_HI, ring_hi);
-    cr.write(channel::RING_ENTRIES, buffers.ring_entries);
-    cr.write(channel::SLOT_STRIDE, buffers.slot_stride);
-    let (cq_lo, cq_hi) = split_u64(buffers.cq.logical);
-    cr.write(channel::CQ_BASE_LO, cq_lo);
-    cr.write(channel::CQ_BASE_HI, cq_hi);
-    cr.write(channel::CQ_ENTRIES, buffers.cq_entries);
-    cr.write(channel::CQ_CONSUMER, 0);
-    let ctrl = match buffers.mode {
-        DmaMode::CommonBuffer => {
-            cr.write(channel::RING_PRODUCER, slot_producer);
-            CTRL_RUN
-        }
-        DmaMode::ScatterGather => CTRL_RUN | CTRL_SG_MODE,
-    };
+    engine.program_ring(cr);
+    cq.program(cr);
+    let ctrl = engine.arm(cr);
     // Everything above is visible to the board before it runs.
     fence(Ordering::Release);
     cr.write(channel::CTRL, ctrl);

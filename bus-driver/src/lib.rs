@@ -10,15 +10,17 @@
 //! | concern | module |
 //! |---|---|
 //! | registry parameters | [`config`] |
-//! | DMA mode selection | [`mode`] |
-//! | Plug and Play start/stop/removal, adapter and common buffers | [`device`] |
-//! | per-channel engines (S/G ring, slot ring, completion queue, formats) | `channel` |
+//! | DMA mode selection, and the engine it picks per channel | [`mode`] |
+//! | Plug and Play start/stop/removal, the adapter, the channels | [`device`] |
+//! | common buffers: the allocation policy (alignment, reachability), entry access | `dma_buffer` |
+//! | per-channel engine, the strategy of the mode (`channel::engine::Engine`): S/G engine and its descriptor writer ([`SgEngine`]), slot engine; completion queue, formats | `channel` |
 //! | ISR | `isr` ([`BusDevice::isr`]) |
 //! | DPC and delivery to children | `dpc` ([`BusDevice::dpc`]) |
 //! | engine watchdog | [`watchdog`] |
 //! | device power: the policy (S-state → D-state), leaving and re-entering D0 | [`power`] ([`BusDevice::power_down`], [`BusDevice::power_up`]) |
 //! | the FDO's teardown order (engines, interrupt, timer and DPCs, buffers, adapter, BAR0) | [`teardown`] ([`BusDevice::release_hardware`]) |
-//! | the query interface and its `extern "system"` thunks | `interface_impl` ([`BusDevice::query_interface`]) |
+//! | the query interface's methods | `interface_impl` ([`BusDevice::query_interface`]) |
+//! | its `extern "system"` thunks and table | `interface_impl::thunks` |
 //! | Plug and Play decisions of the glue (child IDs, interface routing, resources, Plug and Play states) | [`pnp`] |
 //! | the WDM glue (`capdma_bus.sys`, Windows targets only) | `wdm` |
 //!
@@ -59,8 +61,8 @@ mod wdm;
 #[cfg(test)]
 mod tests;
 
-pub use channel::format::{slot_line_pitch, validate_channel_format, ChannelGeometry, SLOT_LINE_ALIGNMENT};
-pub use channel::sg::MAX_INFLIGHT_FRAMES;
+pub use channel::format::{slot_line_pitch, ChannelGeometry, SLOT_LINE_ALIGNMENT};
+pub use channel::sg::{SgEngine, MAX_INFLIGHT_FRAMES};
 pub use channel::slots::MAX_SLOTS;
 pub use channel::{ChannelStats, RecordFault};
 pub use config::{ConfigError, DmaModeOverride, RegistryValues, StartConfig};

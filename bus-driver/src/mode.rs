@@ -22,8 +22,16 @@
 //! | S/G 32-bit | auto | above 4 GiB | – | CB | `AddressLimitPreferCommonBuffer` |
 //! | S/G 32-bit | S/G | above 4 GiB | > 0 | S/G (bouncing) | `OverrideScatterGather` |
 //! | S/G 32-bit | S/G | above 4 GiB | 0 | CB | `AddressLimitNoMapRegisters` |
-use crate::config::DmaModeOverride;
-use crate::ports::DeviceDescription;
+//!
+//! The decision picks each channel's engine once, at start
+//! ([`allocate_engine`]: the scatter/gather engine or the common-buffer slot
+//! engine, `crate::channel::engine`); nothing else in the core asks for the
+//! mode, only the reports (`GetDmaConfig`, the trace) name it.
+use crate::channel::engine::EngineMemory;
+use crate::channel::sg::DescriptorRing;
+use crate::channel::slots::SlotMemory;
+use crate::config::{DmaModeOverride, StartConfig};
+use crate::ports::{DeviceDescription, DmaAdapterPort};
 use capdma_interface::regs::Caps;
 use capdma_interface::{DmaMode, ModeReason};
 
@@ -118,6 +126,29 @@ pub const fn device_description(mode: DmaMode, caps: Caps, max_frame_bytes: u32)
         scatter_gather: matches!(mode, DmaMode::ScatterGather),
         dma64: caps.address_64,
         maximum_length: max_frame_bytes,
+    }
+}
+
+/// The strategy of `decision`'s mode, chosen once per channel at start:
+/// allocates the ring of the channel's engine — S/G: a descriptor ring of
+/// `config.descriptor_ring_entries` descriptors, elements up to
+/// `max_transfer` bytes; CB: `config.slot_count` slots of `slot_bytes` bytes
+/// (fewer when memory is short). `PASSIVE_LEVEL`. `None` when the adapter
+/// has no such buffer.
+pub(crate) fn allocate_engine<A: DmaAdapterPort>(
+    decision: ModeDecision,
+    adapter: &A,
+    config: &StartConfig,
+    caps: Caps,
+    max_transfer: u32,
+    slot_bytes: u32,
+) -> Option<EngineMemory> {
+    match decision.mode {
+        DmaMode::ScatterGather => DescriptorRing::allocate(adapter, config.descriptor_ring_entries, caps, max_transfer)
+            .map(EngineMemory::ScatterGather),
+        DmaMode::CommonBuffer => {
+            SlotMemory::allocate(adapter, config.slot_count, slot_bytes, caps).map(EngineMemory::CommonBuffer)
+        }
     }
 }
 

@@ -59,11 +59,10 @@
 //! nobody hears of.
 use crate::channel::{ChannelState, Pass};
 use crate::device::{BusDevice, DeviceState};
-use crate::hw::{program_and_run, reset_channel, ChannelRegs, ResetOutcome};
+use crate::hw::{reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::{BusPlatform, RegisterPort, DISPATCH_LEVEL};
 use capdma_interface::regs::{channel, global, BOARD_ID, RESET_POLL_READS};
 use capdma_interface::status::STATUS_CANCELLED;
-use capdma_interface::DmaMode;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A system power state (`SYSTEM_POWER_STATE`, wdm.h values).
@@ -256,7 +255,9 @@ impl ChannelState {
                 }
             }
         }
-        self.sg.abort_all(STATUS_CANCELLED);
+        if let Some(engine) = self.engine_mut() {
+            engine.abort_posted(STATUS_CANCELLED);
+        }
         true
     }
 
@@ -275,22 +276,17 @@ impl ChannelState {
             self.pass = Pass::default();
             return self.finish_reset(regs, ch, RESET_POLL_READS) && self.reset_pending.is_none() && self.run.is_some();
         }
-        let (Some(buffers), Some(run)) = (self.buffers, self.run) else {
+        let (Some(dma), Some(run)) = (self.dma.as_mut(), self.run) else {
             return false;
         };
         self.error_pending = false;
         self.pass = Pass::default();
         self.cq_consumer = 0;
         self.last_progress = None;
-        if buffers.mode == DmaMode::CommonBuffer {
-            self.slots.reset_keep_child();
-        }
         let cr = ChannelRegs::new(regs, ch);
-        program_and_run(&cr, &buffers, &run, self.slots.producer());
-        if buffers.mode == DmaMode::ScatterGather && self.sg.producer() != 0 {
-            // The descriptors were written (and fenced) by ProgramFrame.
-            cr.write(channel::RING_PRODUCER, self.sg.producer());
-        }
+        // CB: the child keeps its slots; S/G: the descriptors ProgramFrame
+        // wrote (and fenced) meanwhile are handed over.
+        dma.engine.restart(&cr, &dma.cq, &run);
         self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
         true
     }

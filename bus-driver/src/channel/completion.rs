@@ -25,14 +25,13 @@
 //! or the channel reprogrammed.
 //!
 //! At the end of the pass `CQ_CONSUMER` is written.
-use super::{Callback, ChannelResources, ChannelState, Delivery, Pass, RecordFault};
-use crate::hw::{poll_reset, program_and_run, reset_channel, ChannelRegs, ResetOutcome};
+use super::{Callback, ChannelState, Delivery, Pass, RecordFault};
+use crate::hw::{poll_reset, reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::{CoreEvent, RegisterPort, ResetCause};
 use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, CQ_STATUS_OK};
 use capdma_interface::regs::{channel, global, STATUS_HALTED};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS};
 use capdma_interface::table::{Completion, CompletionKind};
-use capdma_interface::DmaMode;
 use core::sync::atomic::{fence, Ordering};
 
 impl ChannelState {
@@ -56,7 +55,7 @@ impl ChannelState {
         // record, resets the channel (which ends the pass's queue work) or
         // ends the pass.
         loop {
-            if let Some(frame) = self.sg.pop_terminated() {
+            if let Some(frame) = self.engine_mut().and_then(super::engine::Engine::pop_terminated) {
                 self.stats.frames_aborted = self.stats.frames_aborted.saturating_add(1);
                 let status = frame.fate.unwrap_or(STATUS_IO_DEVICE_ERROR);
                 let completion = Completion {
@@ -84,7 +83,7 @@ impl ChannelState {
             if !hw || self.pass.over {
                 break;
             }
-            let (Some(buffers), true) = (self.buffers, self.running()) else {
+            let (Some(cq), true) = (self.dma.as_ref().map(|d| d.cq), self.running()) else {
                 break;
             };
             let cr = ChannelRegs::new(regs, ch);
@@ -94,7 +93,7 @@ impl ChannelState {
                 let producer = cr.read(channel::CQ_PRODUCER);
                 // Records written before CQ_PRODUCER was advanced are seen.
                 fence(Ordering::Acquire);
-                if producer.wrapping_sub(self.cq_consumer) > buffers.cq_entries {
+                if producer.wrapping_sub(self.cq_consumer) > cq.entries {
                     self.fault(regs, ch, RecordFault::CqOverrun);
                     continue;
                 }
@@ -116,11 +115,11 @@ impl ChannelState {
                 }
                 continue;
             }
-            let Some(record) = buffers.cq.read_record(self.cq_consumer % buffers.cq_entries) else {
+            let Some(record) = cq.buffer.read_record(self.cq_consumer % cq.entries) else {
                 self.fault(regs, ch, RecordFault::IndexOutOfRange);
                 continue;
             };
-            match self.accept_record(&cr, &buffers, &record, ch) {
+            match self.accept_record(&cr, &record, ch) {
                 Err(fault) => self.fault(regs, ch, fault),
                 Ok(completion) => {
                     self.cq_consumer = self.cq_consumer.wrapping_add(1);
@@ -158,7 +157,6 @@ impl ChannelState {
     fn accept_record<R: RegisterPort>(
         &mut self,
         cr: &ChannelRegs<'_, R>,
-        buffers: &ChannelResources,
         record: &CompletionRecord,
         ch: u32,
     ) -> Result<Option<Completion>, RecordFault> {
@@ -167,22 +165,11 @@ impl ChannelState {
             CQ_STATUS_ERROR => STATUS_IO_DEVICE_ERROR,
             _ => return Err(RecordFault::BadStatus),
         };
-        let (kind, tag) = match buffers.mode {
-            DmaMode::ScatterGather => {
-                let frame = self.sg.complete(record, buffers.ring_entries)?;
-                (CompletionKind::Frame, frame.tag)
-            }
-            DmaMode::CommonBuffer => {
-                let slot = self.slots.accept(record, buffers.slot_bytes)?;
-                if self.callback.is_none() {
-                    // Nobody to hand the slot to: straight back to the board.
-                    if let Ok(true) = self.slots.return_slot(slot) {
-                        cr.write(channel::RING_PRODUCER, self.slots.producer());
-                    }
-                }
-                (CompletionKind::Slot, slot)
-            }
+        let listening = self.callback.is_some();
+        let Some(engine) = self.engine_mut() else {
+            return Err(RecordFault::Unexpected);
         };
+        let (kind, tag) = engine.accept(cr, record, listening)?;
         if status == STATUS_SUCCESS {
             self.stats.frames_completed = self.stats.frames_completed.saturating_add(1);
         } else {
@@ -271,17 +258,16 @@ impl ChannelState {
     /// (CB: the child keeps its slots, the board gets the rest), else the
     /// board's slots reclaimed.
     fn after_reset<R: RegisterPort>(&mut self, regs: &R, ch: u32, status: NtStatus) {
-        self.sg.abort_all(status);
-        match (self.buffers, self.run) {
-            (Some(buffers), Some(run)) => {
-                if buffers.mode == DmaMode::CommonBuffer {
-                    self.slots.reset_keep_child();
-                }
-                let cr = ChannelRegs::new(regs, ch);
-                program_and_run(&cr, &buffers, &run, self.slots.producer());
-                self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
-            }
-            _ => self.slots.stop(),
+        let Some(dma) = self.dma.as_mut() else {
+            return;
+        };
+        if let Some(run) = self.run {
+            dma.engine.abort_posted(status);
+            let cr = ChannelRegs::new(regs, ch);
+            dma.engine.restart(&cr, &dma.cq, &run);
+            self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
+        } else {
+            dma.engine.stop(status);
         }
     }
 
@@ -292,8 +278,9 @@ impl ChannelState {
         self.board_gone_seen = true;
         self.reset_pending = None;
         self.run = None;
-        self.slots.stop();
-        self.sg.abort_all(STATUS_DEVICE_REMOVED);
+        if let Some(engine) = self.engine_mut() {
+            engine.stop(STATUS_DEVICE_REMOVED);
+        }
     }
 }
 

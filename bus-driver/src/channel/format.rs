@@ -3,7 +3,6 @@
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 use capdma_interface::status::{NtStatus, STATUS_INTEGER_OVERFLOW, STATUS_INVALID_PARAMETER};
 use capdma_interface::table::ChannelFormat;
-use capdma_interface::DmaMode;
 
 /// The board's line alignment in common-buffer slots, bytes (the
 /// contract's, `capdma_interface::regs`): the slot line pitch is the
@@ -37,20 +36,28 @@ pub const fn slot_line_pitch(line_bytes: u32) -> Option<u32> {
     }
 }
 
-/// Validates `format` for a channel in `mode` whose slots hold `slot_bytes`
-/// bytes (common-buffer mode; ignored in S/G mode).
+/// What every mode checks and derives of a format before it lays the
+/// lines out (its line pitch): the pixel format and the line geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Picture {
+    pixel: PixelFormat,
+    height: u32,
+    /// Bytes of one line of pixels.
+    pub line_bytes: u32,
+    lines: u32,
+}
+
+/// The checks common to every mode (`StartChannel`): the FOURCC, the
+/// dimensions and the frame interval. Each engine then chooses the line
+/// pitch ([`Picture::with_pitch`]): the S/G engine the child's stride
+/// (`channel::sg::validate_format`), the slot engine the line rounded up
+/// to [`SLOT_LINE_ALIGNMENT`] (`channel::slots::validate_format`).
 ///
 /// # Errors
 /// * `STATUS_INVALID_PARAMETER`: FOURCC not YUY2 or NV12; width or height
-///   zero, odd, or above `MAX_WIDTH` × `MAX_HEIGHT`; frame interval 0; S/G:
-///   stride below the line's bytes; common-buffer: the frame (at the slot
-///   line pitch) larger than a slot.
-/// * `STATUS_INTEGER_OVERFLOW`: the frame's size does not fit 32 bits.
-pub fn validate_channel_format(
-    format: &ChannelFormat,
-    mode: DmaMode,
-    slot_bytes: u32,
-) -> Result<ChannelGeometry, NtStatus> {
+///   zero, odd, or above `MAX_WIDTH` × `MAX_HEIGHT`; frame interval 0.
+/// * `STATUS_INTEGER_OVERFLOW`: a line's bytes or the lines do not fit 32 bits.
+pub(crate) fn validate_picture(format: &ChannelFormat) -> Result<Picture, NtStatus> {
     let pixel = PixelFormat::from_fourcc(format.fourcc).ok_or(STATUS_INVALID_PARAMETER)?;
     let dimension_ok = |v: u32, max: u32| v != 0 && v.is_multiple_of(2) && v <= max;
     if !dimension_ok(format.width, MAX_WIDTH) || !dimension_ok(format.height, MAX_HEIGHT) {
@@ -61,20 +68,18 @@ pub fn validate_channel_format(
     }
     let line_bytes = pixel.line_bytes(format.width).ok_or(STATUS_INTEGER_OVERFLOW)?;
     let lines = pixel.lines(format.height).ok_or(STATUS_INTEGER_OVERFLOW)?;
-    let line_pitch = match mode {
-        DmaMode::ScatterGather => {
-            if format.stride < line_bytes {
-                return Err(STATUS_INVALID_PARAMETER);
-            }
-            format.stride
-        }
-        DmaMode::CommonBuffer => slot_line_pitch(line_bytes).ok_or(STATUS_INTEGER_OVERFLOW)?,
-    };
-    let frame_bytes = pixel.frame_bytes(format.height, line_pitch).ok_or(STATUS_INTEGER_OVERFLOW)?;
-    if mode == DmaMode::CommonBuffer && frame_bytes > slot_bytes {
-        return Err(STATUS_INVALID_PARAMETER);
+    Ok(Picture { pixel, height: format.height, line_bytes, lines })
+}
+
+impl Picture {
+    /// The geometry with lines `line_pitch` bytes apart.
+    ///
+    /// # Errors
+    /// `STATUS_INTEGER_OVERFLOW`: the frame's size does not fit 32 bits.
+    pub(crate) fn with_pitch(self, line_pitch: u32) -> Result<ChannelGeometry, NtStatus> {
+        let frame_bytes = self.pixel.frame_bytes(self.height, line_pitch).ok_or(STATUS_INTEGER_OVERFLOW)?;
+        Ok(ChannelGeometry { pixel: self.pixel, line_bytes: self.line_bytes, lines: self.lines, line_pitch, frame_bytes })
     }
-    Ok(ChannelGeometry { pixel, line_bytes, lines, line_pitch, frame_bytes })
 }
 
 /// A validated format a channel runs with.
@@ -89,32 +94,14 @@ pub(crate) struct RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capdma_interface::format::{FOURCC_NV12, FOURCC_YUY2};
+    use capdma_interface::format::FOURCC_YUY2;
 
     fn fmt(fourcc: u32, width: u32, height: u32, stride: u32) -> ChannelFormat {
         ChannelFormat { fourcc, width, height, stride, frame_interval: 333_333, reserved: 0 }
     }
 
     #[test]
-    fn common_buffer_pitch_is_rounded_to_256() {
-        let g = validate_channel_format(&fmt(FOURCC_YUY2, 1000, 100, 0), DmaMode::CommonBuffer, 1 << 20).unwrap();
-        assert_eq!((g.line_bytes, g.line_pitch, g.frame_bytes), (2000, 2048, 204_800));
-        let g = validate_channel_format(&fmt(FOURCC_NV12, 1920, 1080, 0), DmaMode::CommonBuffer, 1 << 23).unwrap();
-        assert_eq!((g.line_pitch, g.lines, g.frame_bytes), (2048, 1620, 2048 * 1620));
-    }
-
-    #[test]
-    fn frame_must_fit_a_slot() {
-        let f = fmt(FOURCC_YUY2, 1000, 100, 0);
-        assert_eq!(validate_channel_format(&f, DmaMode::CommonBuffer, 204_799), Err(STATUS_INVALID_PARAMETER));
-        assert!(validate_channel_format(&f, DmaMode::CommonBuffer, 204_800).is_ok());
-        // S/G ignores the slot size.
-        assert!(validate_channel_format(&fmt(FOURCC_YUY2, 1000, 100, 2000), DmaMode::ScatterGather, 0).is_ok());
-    }
-
-    #[test]
-    fn bad_formats_are_refused() {
-        let sg = DmaMode::ScatterGather;
+    fn bad_pictures_are_refused() {
         let cases = [
             fmt(u32::from_le_bytes(*b"RGB3"), 640, 480, 1280),
             fmt(FOURCC_YUY2, 641, 480, 1282),
@@ -122,16 +109,21 @@ mod tests {
             fmt(FOURCC_YUY2, 0, 480, 1280),
             fmt(FOURCC_YUY2, MAX_WIDTH + 2, 480, 1 << 20),
             fmt(FOURCC_YUY2, 640, MAX_HEIGHT + 2, 1280),
-            fmt(FOURCC_YUY2, 640, 480, 1279),
             ChannelFormat { frame_interval: 0, ..fmt(FOURCC_YUY2, 640, 480, 1280) },
         ];
         for (i, c) in cases.iter().enumerate() {
-            assert_eq!(validate_channel_format(c, sg, 0), Err(STATUS_INVALID_PARAMETER), "case {i}");
+            assert_eq!(validate_picture(c), Err(STATUS_INVALID_PARAMETER), "case {i}");
         }
-        // A stride so large the frame overflows 32 bits.
-        assert_eq!(
-            validate_channel_format(&fmt(FOURCC_YUY2, 640, 2160, 0x0100_0000), sg, 0),
-            Err(STATUS_INTEGER_OVERFLOW)
-        );
+        let p = validate_picture(&fmt(FOURCC_YUY2, 640, 2160, 0)).unwrap();
+        assert_eq!(p.line_bytes, 1280);
+        assert_eq!(p.with_pitch(0x0100_0000), Err(STATUS_INTEGER_OVERFLOW));
+        assert_eq!(p.with_pitch(1280).map(|g| g.frame_bytes), Ok(1280 * 2160));
+    }
+
+    #[test]
+    fn slot_pitch_rounds_to_the_line_alignment() {
+        assert_eq!(slot_line_pitch(2000), Some(2048));
+        assert_eq!(slot_line_pitch(2048), Some(2048));
+        assert_eq!(slot_line_pitch(u32::MAX), None);
     }
 }

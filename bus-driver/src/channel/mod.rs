@@ -1,29 +1,33 @@
-//! One capture channel's engine: its common buffers, the S/G or slot ring
-//! bookkeeping, the running format, the child's callback and statistics,
-//! all behind one spin lock ([`Channel::state`]) that is only ever taken at
-//! `DISPATCH_LEVEL` (see `BusDevice::at_dispatch`).
+//! One capture channel: its completion queue and its DMA engine (the
+//! strategy of the device's mode, [`engine::Engine`]), the running format,
+//! the child's callback and statistics, all behind one spin lock
+//! ([`Channel::state`]) that is only ever taken at `DISPATCH_LEVEL` (see
+//! `BusDevice::at_dispatch`).
 //!
-//! * [`sg`]: descriptor ring counters and the in-flight frame table.
-//! * [`slots`]: common-buffer slot ownership (FIFO returns, resets).
+//! * [`engine`]: the engine of either mode and the operations the rest of
+//!   the core calls on it.
+//! * [`sg`]: the scatter/gather engine — descriptor ring, the descriptor
+//!   writer of `ProgramFrame`, the in-flight frame table.
+//! * [`slots`]: the common-buffer engine — slot ring, slot ownership (FIFO
+//!   returns, resets).
 //! * [`completion`]: the completion-queue consumer, record validation and
 //!   the reset path.
-//! * [`format`]: format validation and board geometry.
+//! * [`format`]: the format checks every mode shares, and board geometry.
 pub mod completion;
+pub mod engine;
 pub mod format;
 pub mod sg;
 pub mod slots;
 
 use crate::dma_buffer::DmaBuffer;
-use crate::hw::{program_and_run, reset_channel, ChannelRegs, ResetOutcome};
-use crate::ports::{CoreEvent, RegisterPort};
-use capdma_interface::regs::channel;
+use crate::hw::{reset_channel, split_u64, ChannelRegs, ResetOutcome};
+use crate::ports::{CoreEvent, DmaAdapterPort, RegisterPort};
+use capdma_interface::regs::{channel, Caps};
 use capdma_interface::status::NtStatus;
 use capdma_interface::table::{Completion, PfnCompletion};
-use capdma_interface::DmaMode;
 use core::ffi::c_void;
+use engine::{Engine, EngineMemory};
 pub(crate) use format::RunState;
-use sg::SgEngine;
-use slots::SlotEngine;
 
 /// Why a completion record (or the queue's producer) was refused. Every
 /// refusal resets the channel; nothing refused is delivered as good.
@@ -72,27 +76,66 @@ pub struct ChannelStats {
     pub last_fault: Option<RecordFault>,
 }
 
-/// The buffers of a channel, allocated at device start.
+/// A channel's completion queue: `entries` 32-byte `CompletionRecord`s in
+/// one common buffer.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ChannelResources {
-    /// The device's DMA mode.
-    pub mode: DmaMode,
-    /// Completion queue.
-    pub cq: DmaBuffer,
-    /// Entries in the completion queue (a power of two).
-    pub cq_entries: u32,
-    /// S/G: the descriptor ring; CB: the slot ring.
-    pub ring: DmaBuffer,
-    /// S/G: descriptors (a power of two); CB: slots.
-    pub ring_entries: u32,
-    /// CB: usable bytes per slot; S/G: 0.
-    pub slot_bytes: u32,
-    /// CB: bytes from slot to slot; S/G: 0.
-    pub slot_stride: u32,
-    /// The board's `MAX_TRANSFER`, bytes per S/G element.
-    pub max_transfer: u32,
-    /// The board drives 64-bit addresses.
-    pub address_64: bool,
+pub(crate) struct CompletionQueue {
+    /// The queue's common buffer.
+    pub buffer: DmaBuffer,
+    /// Entries (a power of two).
+    pub entries: u32,
+}
+
+impl CompletionQueue {
+    /// Device start: a queue of `entries` records (`CompletionQueueEntries`)
+    /// by the allocation policy of [`DmaBuffer::allocate_reachable`].
+    /// `PASSIVE_LEVEL`. `None` when the adapter has no such buffer.
+    pub fn allocate<A: DmaAdapterPort>(adapter: &A, entries: u32, caps: Caps) -> Option<Self> {
+        DmaBuffer::allocate_entries(adapter, entries, caps).map(|buffer| Self { buffer, entries })
+    }
+
+    /// The queue's registers: `CQ_BASE_LO/HI`, `CQ_ENTRIES`, `CQ_CONSUMER` = 0.
+    pub fn program<R: RegisterPort>(&self, cr: &ChannelRegs<'_, R>) {
+        let (lo, hi) = split_u64(self.buffer.logical);
+        cr.write(channel::CQ_BASE_LO, lo);
+        cr.write(channel::CQ_BASE_HI, hi);
+        cr.write(channel::CQ_ENTRIES, self.entries);
+        cr.write(channel::CQ_CONSUMER, 0);
+    }
+}
+
+/// What the device start allocated for a channel: the completion queue and
+/// the engine's ring (small and `Copy`; the engine is built at install).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelBuffers {
+    /// The completion queue.
+    pub cq: CompletionQueue,
+    /// The engine's ring.
+    pub engine: EngineMemory,
+}
+
+impl ChannelBuffers {
+    /// Frees both buffers (`FreeCommonBuffer`). `PASSIVE_LEVEL`.
+    pub fn free<A: DmaAdapterPort>(&self, adapter: &A) {
+        self.engine.buffer().free(adapter);
+        self.cq.buffer.free(adapter);
+    }
+}
+
+/// A started channel's DMA: the completion queue and the engine.
+#[derive(Debug)]
+pub(crate) struct ChannelDma {
+    /// The completion queue.
+    pub cq: CompletionQueue,
+    /// The engine of the device's mode.
+    pub engine: Engine,
+}
+
+impl ChannelDma {
+    /// The two common buffers (what the device stop frees).
+    pub fn buffers(&self) -> [DmaBuffer; 2] {
+        [self.engine.ring_buffer(), self.cq.buffer]
+    }
 }
 
 /// The child's completion callback and its context.
@@ -130,8 +173,8 @@ pub(crate) struct Pass {
 #[derive(Debug)]
 #[allow(clippy::struct_excessive_bools, reason = "independent flags, each with its own meaning")]
 pub(crate) struct ChannelState {
-    /// Buffers; `None` while the device is stopped.
-    pub buffers: Option<ChannelResources>,
+    /// Completion queue and engine; `None` while the device is stopped.
+    pub dma: Option<ChannelDma>,
     /// The running format; `None` while the child has the channel stopped.
     pub run: Option<RunState>,
     /// The child's callback.
@@ -151,10 +194,6 @@ pub(crate) struct ChannelState {
     pub pass: Pass,
     /// Completion records consumed (free-running).
     pub cq_consumer: u32,
-    /// S/G bookkeeping.
-    pub sg: SgEngine,
-    /// CB bookkeeping.
-    pub slots: SlotEngine,
     /// Counters.
     pub stats: ChannelStats,
     /// Time (100-ns units) of the last completion or idle watchdog look.
@@ -192,7 +231,7 @@ impl ChannelState {
     /// An idle channel without buffers.
     pub const fn new() -> Self {
         Self {
-            buffers: None,
+            dma: None,
             run: None,
             callback: None,
             delivering: false,
@@ -200,8 +239,6 @@ impl ChannelState {
             error_pending: false,
             pass: Pass { cq_limit: None, over: false, consumer_dirty: false },
             cq_consumer: 0,
-            sg: SgEngine::new(),
-            slots: SlotEngine::new(),
             stats: ChannelStats {
                 frames_completed: 0,
                 frames_damaged: 0,
@@ -230,13 +267,27 @@ impl ChannelState {
         present && !self.suspended
     }
 
-    /// Device start: takes the channel's buffers; everything else fresh.
-    pub fn install(&mut self, buffers: ChannelResources) {
+    /// Device start: takes the channel's buffers and builds its engine;
+    /// everything else fresh.
+    pub fn install(&mut self, buffers: ChannelBuffers) {
         *self = Self::new();
-        if buffers.mode == DmaMode::CommonBuffer {
-            self.slots.configure(buffers.ring_entries);
-        }
-        self.buffers = Some(buffers);
+        self.dma = Some(ChannelDma { cq: buffers.cq, engine: Engine::new(buffers.engine) });
+    }
+
+    /// The engine; `None` while the device is stopped.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.dma.as_ref().map(|d| &d.engine)
+    }
+
+    /// The engine, mutably; `None` while the device is stopped.
+    pub fn engine_mut(&mut self) -> Option<&mut Engine> {
+        self.dma.as_mut().map(|d| &mut d.engine)
+    }
+
+    /// Frames of the S/G table held for the child (posted, or terminated
+    /// and not yet delivered); 0 in common-buffer mode and while stopped.
+    pub fn frames_held(&self) -> usize {
+        self.engine().map_or(0, Engine::frames_held)
     }
 
     /// Whether the child has the channel running.
@@ -247,11 +298,7 @@ impl ChannelState {
     /// Whether the engine has work the board owes a completion for:
     /// posted S/G frames, or slots the board holds.
     pub fn board_has_work(&self) -> bool {
-        match self.buffers.map(|r| r.mode) {
-            Some(DmaMode::ScatterGather) => self.sg.posted() > 0,
-            Some(DmaMode::CommonBuffer) => self.slots.board_owned() > 0,
-            None => false,
-        }
+        self.engine().is_some_and(Engine::board_has_work)
     }
 
     /// Adds `DROPPED_FRAMES` since the last look to the statistics.
@@ -271,20 +318,16 @@ impl ChannelState {
     /// `StartChannel` after validation: resets the bookkeeping, programs the
     /// board and runs it (the caller has enabled the channel's interrupts).
     pub fn start_run<R: RegisterPort>(&mut self, regs: &R, ch: u32, run: RunState) {
-        let Some(buffers) = self.buffers else {
+        let Some(dma) = self.dma.as_mut() else {
             return;
         };
-        self.sg.clear();
-        if buffers.mode == DmaMode::CommonBuffer {
-            self.slots.start();
-        }
         self.cq_consumer = 0;
         self.error_pending = false;
         self.pass = Pass::default();
         self.last_progress = None;
         self.run = Some(run);
         let cr = ChannelRegs::new(regs, ch);
-        program_and_run(&cr, &buffers, &run, self.slots.producer());
+        dma.engine.start(&cr, &dma.cq, &run);
         self.dropped_baseline = cr.read(channel::DROPPED_FRAMES);
     }
 
@@ -299,8 +342,7 @@ impl ChannelState {
             return 0;
         }
         self.rings_unsafe = true;
-        self.slots.stop();
-        self.sg.abort_all(status)
+        self.engine_mut().map_or(0, |e| e.stop(status))
     }
 
     /// Stops the engine: when `regs` is given (the board is present),
@@ -337,8 +379,7 @@ impl ChannelState {
             return 0;
         }
         self.reset_pending = None;
-        self.slots.stop();
-        self.sg.abort_all(status)
+        self.engine_mut().map_or(0, |e| e.stop(status))
     }
 }
 

@@ -1,5 +1,7 @@
-//! The scatter/gather engine's bookkeeping: the descriptor ring counters and
-//! the in-flight table (a FIFO of posted frames, in ring order).
+//! The scatter/gather engine: the channel's descriptor ring (allocated at
+//! start), the descriptor writer behind `ProgramFrame`, the ring's register
+//! programming, and the in-flight table (a FIFO of posted frames, in ring
+//! order) its completions are checked against.
 //!
 //! Counters are free-running `u32`s; descriptor `k` lives at ring entry
 //! `k % entries` (`entries` a power of two). `producer` counts descriptors
@@ -12,9 +14,243 @@
 //! channel is reset/stopped/removed and every posted frame is *terminated*
 //! with a status. Terminated frames stay in the table, at its front, until
 //! the delivery loop hands them to the child, so the table bounds both.
+use super::format::{validate_picture, ChannelGeometry};
 use super::RecordFault;
-use capdma_interface::descriptor::CompletionRecord;
+use crate::dma_buffer::{entries_bytes, DmaBuffer};
+use crate::hw::{split_u64, ChannelRegs};
+use crate::mode::FOUR_GIB;
+use crate::ports::{CommonBuffer, DmaAdapterPort, RegisterPort};
+use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
+use capdma_interface::regs::{channel, Caps, CTRL_RUN, CTRL_SG_MODE};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_PARAMETER};
+use capdma_interface::table::{ChannelFormat, DmaConfig, SgElement};
+use core::sync::atomic::{fence, Ordering};
+
+/// A channel's descriptor ring: `entries` 32-byte `SgDescriptor`s in one
+/// common buffer, and the board's limits on an element.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DescriptorRing {
+    buffer: DmaBuffer,
+    /// Descriptors (a power of two).
+    entries: u32,
+    /// The board's `MAX_TRANSFER`, bytes per element.
+    max_transfer: u32,
+    /// The board drives 64-bit addresses.
+    address_64: bool,
+}
+
+impl DescriptorRing {
+    /// Device start: a ring of `entries` descriptors (`DescriptorRingEntries`)
+    /// by the allocation policy of [`DmaBuffer::allocate_reachable`].
+    /// `PASSIVE_LEVEL`. `None` when the adapter has no such buffer.
+    pub fn allocate<A: DmaAdapterPort>(adapter: &A, entries: u32, caps: Caps, max_transfer: u32) -> Option<Self> {
+        let buffer = DmaBuffer::allocate_entries(adapter, entries, caps)?;
+        Some(Self { buffer, entries, max_transfer, address_64: caps.address_64 })
+    }
+
+    /// The ring's common buffer (freed by the device stop).
+    pub const fn buffer(&self) -> DmaBuffer {
+        self.buffer
+    }
+}
+
+/// The scatter/gather engine of one channel: its descriptor ring and the
+/// frames posted on it.
+///
+/// The driver's engine lives under its channel's spin lock; the benchmark
+/// (`capdma-sim bench`) builds one over its own memory
+/// ([`SgEngine::over_memory`]) and times [`SgEngine::post_frame`], the
+/// routine `ProgramFrame` runs.
+#[derive(Debug)]
+pub struct SgEngine {
+    ring: DescriptorRing,
+    frames: InFlight,
+}
+
+impl SgEngine {
+    /// An engine with nothing posted on `ring`.
+    pub(crate) const fn new(ring: DescriptorRing) -> Self {
+        Self { ring, frames: InFlight::new() }
+    }
+
+    /// An engine over caller-owned memory instead of a common buffer of the
+    /// adapter's: `memory.va` holds `entries` descriptors (`entries` a power
+    /// of two, `memory.bytes >= 32 * entries`, `va` 8-byte aligned),
+    /// `memory.logical` is what the board would be programmed with. Elements
+    /// may be at most `max_transfer` bytes and, unless `address_64`, end at
+    /// or below 4 GiB. `None` when `entries` is not a power of two, the
+    /// memory is too small or `va` is null or misaligned.
+    ///
+    /// # Safety
+    /// `memory.va` must be valid for writes of `memory.bytes` bytes for as
+    /// long as the engine lives, and not be accessed otherwise meanwhile
+    /// (the engine writes descriptors there with volatile stores).
+    #[must_use]
+    pub unsafe fn over_memory(memory: CommonBuffer, entries: u32, max_transfer: u32, address_64: bool) -> Option<Self> {
+        let needed = entries_bytes(entries)?;
+        if !entries.is_power_of_two() || memory.bytes < needed || !memory.va.addr().is_multiple_of(8) {
+            return None;
+        }
+        let buffer = DmaBuffer::whole(CommonBuffer { bytes: needed, ..memory })?;
+        Some(Self::new(DescriptorRing { buffer, entries, max_transfer, address_64 }))
+    }
+
+    /// The ring's common buffer.
+    pub(crate) const fn ring_buffer(&self) -> DmaBuffer {
+        self.ring.buffer
+    }
+
+    /// Descriptors posted since the channel started or was last reset: the
+    /// value for `RING_PRODUCER`.
+    #[must_use]
+    pub const fn producer(&self) -> u32 {
+        self.frames.producer()
+    }
+
+    /// `ProgramFrame`'s work under the channel lock: checks `elements` (see
+    /// `element_bytes`: none empty or above `MAX_TRANSFER`, none wrapping or,
+    /// on a 32-bit board, ending above 4 GiB; at least `min_bytes` bytes in
+    /// all — the running format's `frame_bytes`) and `tag` (not already in
+    /// flight), records the frame in flight, writes one `SgDescriptor` per
+    /// element into the ring (start-of-frame on the first, end-of-frame on
+    /// the last, `tag` on all; volatile stores), then a release fence. The
+    /// caller then writes [`Self::producer`] to `RING_PRODUCER`. Returns the
+    /// counter of the frame's first descriptor (entry `first % entries`).
+    /// Any IRQL; allocates nothing.
+    ///
+    /// # Errors
+    /// * `STATUS_INVALID_PARAMETER`: a bad element list as above, a `tag`
+    ///   already in flight, or more elements than the ring has entries;
+    /// * `STATUS_DEVICE_BUSY`: the ring or the in-flight table
+    ///   ([`MAX_INFLIGHT_FRAMES`]) is full now.
+    ///
+    /// Nothing is written or recorded on error.
+    pub fn post_frame(&mut self, tag: u32, elements: &[SgElement], min_bytes: u32) -> Result<u32, NtStatus> {
+        let ring = self.ring;
+        let total = element_bytes(elements, ring.max_transfer, ring.address_64).ok_or(STATUS_INVALID_PARAMETER)?;
+        if total < min_bytes || self.frames.has_tag(tag) {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let count = u32::try_from(elements.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
+        let first = self.frames.push(count, total, tag, ring.entries)?;
+        let last = elements.len().saturating_sub(1);
+        for (i, (element, offset)) in elements.iter().zip(0u32..).enumerate() {
+            let mut flags = 0;
+            if i == 0 {
+                flags |= DESC_START_OF_FRAME;
+            }
+            if i == last {
+                flags |= DESC_END_OF_FRAME;
+            }
+            let descriptor = SgDescriptor {
+                address: element.logical_address,
+                byte_count: element.byte_count,
+                flags,
+                tag,
+                ..SgDescriptor::default()
+            };
+            // The index is below `entries` and the ring holds `entries`
+            // descriptors: the write cannot miss.
+            let _ = ring.buffer.write_descriptor(first.wrapping_add(offset) % ring.entries, &descriptor);
+        }
+        // The descriptors are visible to the board before it may read them.
+        fence(Ordering::Release);
+        Ok(first)
+    }
+
+    /// Checks a completion record (untrusted) against the oldest posted
+    /// frame (`index` its first descriptor's entry, `tag` its tag,
+    /// `byte_count` at most its bytes); on success the frame leaves the
+    /// table, its descriptors are free again, and its tag is returned.
+    ///
+    /// # Errors
+    /// The first check that fails; nothing changes then.
+    pub fn complete(&mut self, record: &CompletionRecord) -> Result<u32, RecordFault> {
+        self.frames.complete(record, self.ring.entries).map(|frame| frame.tag)
+    }
+
+    /// A new run of the channel (`StartChannel`): nothing posted, counters 0.
+    pub(crate) fn start(&mut self) {
+        self.frames.clear();
+    }
+
+    /// The ring's registers: `RING_BASE_LO/HI`, `RING_ENTRIES` and
+    /// `SLOT_STRIDE` = 0 (`docs/architecture.md` §1, step 3).
+    pub(crate) fn program_ring<R: RegisterPort>(&self, cr: &ChannelRegs<'_, R>) {
+        let (lo, hi) = split_u64(self.ring.buffer.logical);
+        cr.write(channel::RING_BASE_LO, lo);
+        cr.write(channel::RING_BASE_HI, hi);
+        cr.write(channel::RING_ENTRIES, self.ring.entries);
+        cr.write(channel::SLOT_STRIDE, 0);
+    }
+
+    /// The `CTRL` value that runs the engine: `CTRL_RUN | CTRL_SG_MODE`
+    /// (frames are handed over by `ProgramFrame`, not at start).
+    pub(crate) const RUN_CTRL: u32 = CTRL_RUN | CTRL_SG_MODE;
+
+    /// After the channel was reprogrammed and run again (power-up): frames
+    /// posted meanwhile are handed to the board with `RING_PRODUCER` (their
+    /// descriptors were written and fenced by [`Self::post_frame`]).
+    pub(crate) fn hand_over_posted<R: RegisterPort>(&self, cr: &ChannelRegs<'_, R>) {
+        if self.producer() != 0 {
+            cr.write(channel::RING_PRODUCER, self.producer());
+        }
+    }
+
+    /// The format check of a channel in S/G mode (`StartChannel`): the
+    /// common checks ([`validate_picture`]); the line pitch is the child's
+    /// stride.
+    ///
+    /// # Errors
+    /// Those of [`validate_picture`]; `STATUS_INVALID_PARAMETER` for a
+    /// stride below the line's bytes; `STATUS_INTEGER_OVERFLOW` when the
+    /// frame does not fit 32 bits.
+    pub(crate) fn validate_format(format: &ChannelFormat) -> Result<ChannelGeometry, NtStatus> {
+        let picture = validate_picture(format)?;
+        if format.stride < picture.line_bytes {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        picture.with_pitch(format.stride)
+    }
+
+    /// `GetDmaConfig`'s ring figures: `descriptor_count`; no slots.
+    pub(crate) const fn report(&self, config: &mut DmaConfig) {
+        config.descriptor_count = self.ring.entries;
+        config.slot_count = 0;
+        config.slot_bytes = 0;
+    }
+
+    /// The in-flight table.
+    pub(crate) const fn frames(&self) -> &InFlight {
+        &self.frames
+    }
+
+    /// The in-flight table, to terminate or deliver frames.
+    pub(crate) fn frames_mut(&mut self) -> &mut InFlight {
+        &mut self.frames
+    }
+}
+
+/// Total bytes of a frame's elements, or `None` when there are none, any
+/// element is empty, longer than `max_transfer`, wraps the address space,
+/// or (32-bit board) ends above 4 GiB, or when the total overflows `u32`.
+fn element_bytes(elements: &[SgElement], max_transfer: u32, address_64: bool) -> Option<u32> {
+    if elements.is_empty() {
+        return None;
+    }
+    let mut total: u32 = 0;
+    for e in elements {
+        if e.byte_count == 0 || e.byte_count > max_transfer {
+            return None;
+        }
+        let end = e.logical_address.checked_add(u64::from(e.byte_count))?;
+        if !address_64 && end > FOUR_GIB {
+            return None;
+        }
+        total = total.checked_add(e.byte_count)?;
+    }
+    Some(total)
+}
 
 /// Most frames posted (or terminated but not yet delivered) per channel.
 pub const MAX_INFLIGHT_FRAMES: usize = 32;
@@ -36,7 +272,7 @@ pub(crate) struct InFlightFrame {
 
 /// Descriptor ring counters and the in-flight FIFO of one channel.
 #[derive(Debug)]
-pub(crate) struct SgEngine {
+pub(crate) struct InFlight {
     frames: [InFlightFrame; MAX_INFLIGHT_FRAMES],
     head: usize,
     len: usize,
@@ -44,8 +280,8 @@ pub(crate) struct SgEngine {
     retired: u32,
 }
 
-impl SgEngine {
-    /// An empty engine.
+impl InFlight {
+    /// An empty table.
     pub const fn new() -> Self {
         const EMPTY: InFlightFrame = InFlightFrame { first: 0, count: 0, bytes: 0, tag: 0, fate: None };
         Self { frames: [EMPTY; MAX_INFLIGHT_FRAMES], head: 0, len: 0, producer: 0, retired: 0 }
@@ -200,7 +436,7 @@ mod tests {
 
     #[test]
     fn ring_space_is_accounted_by_descriptors() {
-        let mut e = SgEngine::new();
+        let mut e = InFlight::new();
         assert_eq!(e.push(40, 4000, 1, 64), Ok(0));
         assert_eq!(e.check_room(25, 64), Err(STATUS_DEVICE_BUSY));
         assert_eq!(e.push(24, 2400, 2, 64), Ok(40));
@@ -216,7 +452,7 @@ mod tests {
 
     #[test]
     fn table_capacity_is_enforced() {
-        let mut e = SgEngine::new();
+        let mut e = InFlight::new();
         for t in 0..u32::try_from(MAX_INFLIGHT_FRAMES).unwrap() {
             e.push(1, 10, t, 1024).unwrap();
         }
@@ -225,7 +461,7 @@ mod tests {
 
     #[test]
     fn bad_records_change_nothing() {
-        let mut e = SgEngine::new();
+        let mut e = InFlight::new();
         e.push(4, 100, 7, 64).unwrap();
         assert_eq!(e.complete(&rec(64, 100, 7), 64), Err(RecordFault::IndexOutOfRange));
         assert_eq!(e.complete(&rec(1, 100, 7), 64), Err(RecordFault::Unexpected));
@@ -236,9 +472,84 @@ mod tests {
         assert_eq!(e.complete(&rec(4, 1, 7), 64), Err(RecordFault::Unexpected));
     }
 
+    /// An engine over `backing` (`entries` descriptors), 64-bit, 1 MiB elements.
+    fn engine(backing: &mut [u64], entries: u32, address_64: bool) -> SgEngine {
+        let memory = CommonBuffer { va: backing.as_mut_ptr().cast(), logical: 0x1_0000, bytes: backing.len() * 8 };
+        // SAFETY: `backing` outlives the engine in every test and is not
+        // touched while the engine writes (the tests read it afterwards).
+        unsafe { SgEngine::over_memory(memory, entries, 1 << 20, address_64) }.unwrap()
+    }
+
+    fn el(logical_address: u64, byte_count: u32) -> SgElement {
+        SgElement { logical_address, byte_count, alignment: 0 }
+    }
+
+    #[test]
+    fn descriptors_carry_flags_tag_and_wrap() {
+        let mut backing = vec![0u64; 4 * 8];
+        let mut e = engine(&mut backing, 8, true);
+        e.post_frame(1, &[el(0x1000, 100); 7], 0).unwrap();
+        e.complete(&rec(0, 1, 1)).unwrap();
+        assert_eq!(e.post_frame(9, &[el(0x1_0000_0000, 4096), el(0x2000, 100)], 4196), Ok(7));
+        assert_eq!(e.producer(), 9);
+        let word = |entry: usize, i: usize| backing[entry * 4 + i];
+        // Entry 7: the first element, start-of-frame; entry 0 (wrapped): the last.
+        assert_eq!(word(7, 0), 0x1_0000_0000);
+        let a: SgDescriptor = zerocopy::transmute!([word(7, 0), word(7, 1), word(7, 2), word(7, 3)]);
+        let b: SgDescriptor = zerocopy::transmute!([word(0, 0), word(0, 1), word(0, 2), word(0, 3)]);
+        assert_eq!((a.address, a.byte_count, a.flags, a.tag), (0x1_0000_0000, 4096, DESC_START_OF_FRAME, 9));
+        assert_eq!((b.address, b.byte_count, b.flags, b.tag), (0x2000, 100, DESC_END_OF_FRAME, 9));
+    }
+
+    #[test]
+    fn bad_lists_write_nothing() {
+        let mut backing = vec![0u64; 4 * 8];
+        let mut e = engine(&mut backing, 8, false);
+        let cases: [&[SgElement]; 5] = [
+            &[],
+            &[el(0x1000, 16), el(0x2000, 0)],
+            &[el(0x1000, (1 << 20) + 1)],
+            &[el(0xFFFF_F000, 0x2000)],
+            &[el(u64::MAX - 8, 16)],
+        ];
+        for (i, list) in cases.iter().enumerate() {
+            assert_eq!(e.post_frame(1, list, 0), Err(STATUS_INVALID_PARAMETER), "case {i}");
+        }
+        assert_eq!(e.post_frame(1, &[el(0x1000, 16)], 17), Err(STATUS_INVALID_PARAMETER), "short of the frame");
+        assert_eq!(e.post_frame(1, &[el(0x1000, 16); 9], 0), Err(STATUS_INVALID_PARAMETER), "more than the ring");
+        e.post_frame(1, &[el(0x1000, 16); 5], 0).unwrap();
+        assert_eq!(e.post_frame(1, &[el(0x1000, 16)], 0), Err(STATUS_INVALID_PARAMETER), "tag in flight");
+        assert_eq!(e.post_frame(2, &[el(0x1000, 16); 4], 0), Err(STATUS_DEVICE_BUSY), "ring full");
+        assert_eq!(e.producer(), 5);
+        assert!(backing[5 * 4..].iter().all(|&w| w == 0), "nothing written past the posted frame");
+    }
+
+    #[test]
+    fn the_line_pitch_is_the_childs_stride() {
+        use capdma_interface::format::FOURCC_YUY2;
+        let fmt = |stride| ChannelFormat { fourcc: FOURCC_YUY2, width: 640, height: 480, stride, frame_interval: 1, reserved: 0 };
+        let g = SgEngine::validate_format(&fmt(1536)).unwrap();
+        assert_eq!((g.line_bytes, g.line_pitch, g.frame_bytes), (1280, 1536, 1536 * 480));
+        assert_eq!(SgEngine::validate_format(&fmt(1279)), Err(STATUS_INVALID_PARAMETER));
+        assert_eq!(SgEngine::validate_format(&fmt(0x0100_0000)), Err(capdma_interface::status::STATUS_INTEGER_OVERFLOW));
+    }
+
+    #[test]
+    fn over_memory_checks_its_memory() {
+        let mut backing = vec![0u64; 4 * 8];
+        let memory = CommonBuffer { va: backing.as_mut_ptr().cast(), logical: 0, bytes: 8 * 32 };
+        // SAFETY: refused before anything is written.
+        assert!(unsafe { SgEngine::over_memory(memory, 16, 4096, true) }.is_none(), "too small");
+        // SAFETY: as above.
+        assert!(unsafe { SgEngine::over_memory(memory, 6, 4096, true) }.is_none(), "not a power of two");
+        let odd = CommonBuffer { va: memory.va.wrapping_add(4), bytes: 7 * 32, ..memory };
+        // SAFETY: as above.
+        assert!(unsafe { SgEngine::over_memory(odd, 4, 4096, true) }.is_none(), "misaligned");
+    }
+
     #[test]
     fn abort_terminates_in_order_and_frees_the_ring() {
-        let mut e = SgEngine::new();
+        let mut e = InFlight::new();
         e.push(30, 100, 1, 64).unwrap();
         e.push(30, 100, 2, 64).unwrap();
         assert_eq!(e.abort_all(STATUS_CANCELLED), 2);

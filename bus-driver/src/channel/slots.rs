@@ -1,4 +1,6 @@
-//! The common-buffer slot ring's ownership bookkeeping.
+//! The common-buffer engine: the channel's slot ring (one contiguous common
+//! buffer, allocated at start), its register programming, the format check
+//! of a slot, and the slots' ownership bookkeeping.
 //!
 //! The board owns the slots of counters `[consumer, producer)` (entry
 //! `counter % count`), fills them in ring order and completes each with a
@@ -16,12 +18,212 @@
 //! order is parked until the ones before it come back. Without a reset the
 //! child's FIFO front is always the next slot in ring order, so a return
 //! goes straight to the board: exactly `slot == RING_PRODUCER % entries`.
+use super::format::{slot_line_pitch, validate_picture, ChannelGeometry};
 use super::RecordFault;
+use crate::config::MIN_SLOT_COUNT;
+use crate::dma_buffer::{round_up, DmaBuffer, PAGE_SIZE};
+use crate::hw::{split_u64, ChannelRegs};
+use crate::ports::{DmaAdapterPort, RegisterPort};
 use capdma_interface::descriptor::CompletionRecord;
-use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER};
+use capdma_interface::regs::{channel, Caps, CTRL_RUN};
+use capdma_interface::status::{NtStatus, STATUS_INTEGER_OVERFLOW, STATUS_INVALID_PARAMETER};
+use capdma_interface::table::{ChannelFormat, DmaConfig, SlotRing};
 
 /// Most slots per channel.
 pub const MAX_SLOTS: usize = 32;
+
+/// Bytes of one slot for a board whose largest frame is `max_frame_bytes`
+/// and whose buffers must be aligned to `alignment` bytes: the frame rounded
+/// up to the alignment and to a page (`PAGE_SIZE`), so every slot starts
+/// aligned. `None` when that does not fit 32 bits.
+pub(crate) fn slot_bytes_for(max_frame_bytes: u32, alignment: u32) -> Option<u32> {
+    round_up(u64::from(max_frame_bytes), u64::from(alignment.max(PAGE_SIZE))).and_then(|v| u32::try_from(v).ok())
+}
+
+/// A channel's slot ring: `count` slots of `slot_bytes` bytes, back to back
+/// in one contiguous common buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotMemory {
+    buffer: DmaBuffer,
+    count: u32,
+    slot_bytes: u32,
+}
+
+impl SlotMemory {
+    /// Device start: `count` slots (`SlotCount`, at most [`MAX_SLOTS`]) of
+    /// `slot_bytes` bytes in one buffer by the allocation policy of
+    /// [`DmaBuffer::allocate_reachable`]; when no such buffer can be had,
+    /// one slot fewer is tried, down to `MIN_SLOT_COUNT`.
+    /// `PASSIVE_LEVEL`. `None` when not even that can be had.
+    pub fn allocate<A: DmaAdapterPort>(adapter: &A, count: u32, slot_bytes: u32, caps: Caps) -> Option<Self> {
+        let mut slots = count.min(u32::try_from(MAX_SLOTS).unwrap_or(u32::MAX));
+        loop {
+            let bytes = usize::try_from(slot_bytes)
+                .ok()
+                .and_then(|b| b.checked_mul(usize::try_from(slots).ok()?));
+            if let Some(buffer) = bytes.and_then(|bytes| DmaBuffer::allocate_reachable(adapter, bytes, caps)) {
+                return Some(Self { buffer, count: slots, slot_bytes });
+            }
+            if slots <= MIN_SLOT_COUNT {
+                return None;
+            }
+            slots -= 1;
+        }
+    }
+
+    /// The ring's common buffer (freed by the device stop).
+    pub const fn buffer(&self) -> DmaBuffer {
+        self.buffer
+    }
+}
+
+/// The common-buffer engine of one channel: its slot ring and who holds
+/// each slot.
+#[derive(Debug)]
+pub(crate) struct SlotEngine {
+    ring: SlotMemory,
+    owners: SlotOwners,
+}
+
+impl SlotEngine {
+    /// An engine over `ring` with every slot parked (channel stopped).
+    pub fn new(ring: SlotMemory) -> Self {
+        let mut owners = SlotOwners::new();
+        owners.configure(ring.count);
+        Self { ring, owners }
+    }
+
+    /// The ring's common buffer.
+    pub const fn ring_buffer(&self) -> DmaBuffer {
+        self.ring.buffer
+    }
+
+    /// Slots in the ring.
+    pub const fn count(&self) -> u32 {
+        self.ring.count
+    }
+
+    /// Slots the board holds (it owes a completion for each).
+    pub const fn board_owned(&self) -> u32 {
+        self.owners.board_owned()
+    }
+
+    /// The value for `RING_PRODUCER`.
+    pub const fn producer(&self) -> u32 {
+        self.owners.producer()
+    }
+
+    /// A new run of the channel (`StartChannel`): every slot to the board.
+    pub fn start(&mut self) {
+        self.owners.start();
+    }
+
+    /// Before the engine is run again after a reset or a power-up: the
+    /// board's counters restart at 0; the child keeps its slots, the others
+    /// go to the board in ring order (see the module documentation).
+    pub fn prepare_restart(&mut self) {
+        self.owners.reset_keep_child();
+    }
+
+    /// The engine stopped (or its reset completed with the channel stopped):
+    /// the board's slots are reclaimed; the child keeps its own.
+    pub fn stop(&mut self) {
+        self.owners.stop();
+    }
+
+    /// The ring's registers: `RING_BASE_LO/HI`, `RING_ENTRIES` = slots,
+    /// `SLOT_STRIDE` = bytes per slot (`docs/architecture.md` §1, step 3).
+    pub fn program_ring<R: RegisterPort>(&self, cr: &ChannelRegs<'_, R>) {
+        let (lo, hi) = split_u64(self.ring.buffer.logical);
+        cr.write(channel::RING_BASE_LO, lo);
+        cr.write(channel::RING_BASE_HI, hi);
+        cr.write(channel::RING_ENTRIES, self.ring.count);
+        cr.write(channel::SLOT_STRIDE, self.ring.slot_bytes);
+    }
+
+    /// Hands the board its slots (`RING_PRODUCER`) and returns the `CTRL`
+    /// value that runs the engine: `CTRL_RUN`.
+    pub fn arm<R: RegisterPort>(&self, cr: &ChannelRegs<'_, R>) -> u32 {
+        cr.write(channel::RING_PRODUCER, self.owners.producer());
+        CTRL_RUN
+    }
+
+    /// Checks a completion record (untrusted) against the slot the board
+    /// fills next ([`SlotOwners::accept`], `byte_count` at most a slot); on
+    /// success the slot becomes the child's and is returned. With nobody
+    /// listening (`listening` false: no callback) the slot goes straight
+    /// back to the board (`RING_PRODUCER` rewritten).
+    ///
+    /// # Errors
+    /// The first check that fails; nothing changes then.
+    pub fn accept<R: RegisterPort>(
+        &mut self,
+        cr: &ChannelRegs<'_, R>,
+        record: &CompletionRecord,
+        listening: bool,
+    ) -> Result<u32, RecordFault> {
+        let slot = self.owners.accept(record, self.ring.slot_bytes)?;
+        if !listening {
+            if let Ok(true) = self.owners.return_slot(slot) {
+                cr.write(channel::RING_PRODUCER, self.owners.producer());
+            }
+        }
+        Ok(slot)
+    }
+
+    /// The child returns `slot` (`ReturnSlot`). Returns whether
+    /// `RING_PRODUCER` must be rewritten (with [`Self::producer`]).
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER` when `slot` is out of range or is not the
+    /// oldest slot the child holds.
+    pub fn return_slot(&mut self, slot: u32) -> Result<bool, NtStatus> {
+        self.owners.return_slot(slot)
+    }
+
+    /// The format check of a channel in common-buffer mode (`StartChannel`):
+    /// the common checks ([`validate_picture`]); lines at the slot line
+    /// pitch ([`slot_line_pitch`]); the frame must fit a slot.
+    ///
+    /// # Errors
+    /// Those of [`validate_picture`]; `STATUS_INTEGER_OVERFLOW` when the
+    /// pitch or the frame does not fit 32 bits; `STATUS_INVALID_PARAMETER`
+    /// when the frame is larger than a slot.
+    pub fn validate_format(&self, format: &ChannelFormat) -> Result<ChannelGeometry, NtStatus> {
+        validate_slot_format(format, self.ring.slot_bytes)
+    }
+
+    /// `GetSlotRing`'s answer; `line_pitch` that of the running format (0
+    /// while stopped).
+    pub const fn slot_ring(&self, line_pitch: u32) -> SlotRing {
+        SlotRing {
+            base: self.ring.buffer.va,
+            base_logical: self.ring.buffer.logical,
+            slot_count: self.ring.count,
+            slot_stride: self.ring.slot_bytes,
+            slot_bytes: self.ring.slot_bytes,
+            line_pitch,
+        }
+    }
+
+    /// `GetDmaConfig`'s ring figures: `slot_count`, `slot_bytes`; no descriptors.
+    pub const fn report(&self, config: &mut DmaConfig) {
+        config.slot_count = self.ring.count;
+        config.slot_bytes = self.ring.slot_bytes;
+        config.descriptor_count = 0;
+    }
+}
+
+/// [`SlotEngine::validate_format`] for slots of `slot_bytes` bytes.
+fn validate_slot_format(format: &ChannelFormat, slot_bytes: u32) -> Result<ChannelGeometry, NtStatus> {
+    let picture = validate_picture(format)?;
+    let pitch = slot_line_pitch(picture.line_bytes).ok_or(STATUS_INTEGER_OVERFLOW)?;
+    let geometry = picture.with_pitch(pitch)?;
+    if geometry.frame_bytes > slot_bytes {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    Ok(geometry)
+}
 
 /// Who holds a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +238,7 @@ pub(crate) enum SlotOwner {
 
 /// Slot ownership of one channel.
 #[derive(Debug)]
-pub(crate) struct SlotEngine {
+pub(crate) struct SlotOwners {
     owner: [SlotOwner; MAX_SLOTS],
     fifo: [u8; MAX_SLOTS],
     fifo_head: usize,
@@ -47,8 +249,8 @@ pub(crate) struct SlotEngine {
     active: bool,
 }
 
-impl SlotEngine {
-    /// An engine without slots.
+impl SlotOwners {
+    /// Bookkeeping without slots.
     pub const fn new() -> Self {
         Self {
             owner: [SlotOwner::Parked; MAX_SLOTS],
@@ -229,8 +431,8 @@ mod tests {
         CompletionRecord { index, byte_count: bytes, ..Default::default() }
     }
 
-    fn started(count: u32) -> SlotEngine {
-        let mut e = SlotEngine::new();
+    fn started(count: u32) -> SlotOwners {
+        let mut e = SlotOwners::new();
         e.configure(count);
         e.start();
         e
@@ -302,6 +504,27 @@ mod tests {
         assert_eq!(e.return_slot(0), Ok(true));
         assert_eq!(e.producer(), 4);
         assert_eq!(e.child_owned(), 0);
+    }
+
+    #[test]
+    fn slot_formats_use_the_aligned_pitch_and_must_fit() {
+        use capdma_interface::format::{FOURCC_NV12, FOURCC_YUY2};
+        let fmt = |fourcc, width, height| ChannelFormat { fourcc, width, height, stride: 0, frame_interval: 333_333, reserved: 0 };
+        let g = validate_slot_format(&fmt(FOURCC_YUY2, 1000, 100), 1 << 20).unwrap();
+        assert_eq!((g.line_bytes, g.line_pitch, g.frame_bytes), (2000, 2048, 204_800));
+        let g = validate_slot_format(&fmt(FOURCC_NV12, 1920, 1080), 1 << 23).unwrap();
+        assert_eq!((g.line_pitch, g.lines, g.frame_bytes), (2048, 1620, 2048 * 1620));
+        assert_eq!(validate_slot_format(&fmt(FOURCC_YUY2, 1000, 100), 204_799), Err(STATUS_INVALID_PARAMETER));
+        assert!(validate_slot_format(&fmt(FOURCC_YUY2, 1000, 100), 204_800).is_ok());
+        assert_eq!(validate_slot_format(&fmt(FOURCC_YUY2, 641, 480), 1 << 23), Err(STATUS_INVALID_PARAMETER));
+    }
+
+    #[test]
+    fn slot_size_covers_the_frame_aligned() {
+        assert_eq!(slot_bytes_for(1, 256), Some(4096));
+        assert_eq!(slot_bytes_for(4097, 4096), Some(8192));
+        assert_eq!(slot_bytes_for(4097, 65536), Some(65536));
+        assert_eq!(slot_bytes_for(u32::MAX, 4096), None);
     }
 
     #[test]

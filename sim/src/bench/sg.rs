@@ -1,118 +1,70 @@
-//! The cost of programming a frame in S/G mode: turning a scatter/gather
-//! list into hardware [`SgDescriptor`]s in the channel's descriptor ring,
-//! and how many elements a frame has with and without merging of physically
-//! adjacent pages.
-//!
-//! The bus core had no public routine that writes descriptors when this was
-//! written, so [`program_frame`] is a local model of `ProgramFrame` as
-//! `docs/architecture.md` specifies it: room check against the free-running
-//! counters, validation of every element before anything is written
-//! (nothing written on error), one descriptor per element written with
-//! zerocopy into the ring memory (start/end-of-frame flags, the tag), a
-//! release fence, and the producer "register" write (a volatile store).
+//! The cost of programming a frame in S/G mode — the bus core's own
+//! routine, [`capdma_bus::SgEngine::post_frame`] (what `ProgramFrame` runs
+//! under the channel lock: validation of every element, room check, one
+//! `SgDescriptor` per element written into the descriptor ring, release
+//! fence), followed by the `RING_PRODUCER` write — and how many elements a
+//! frame has with and without merging of physically adjacent pages.
 use super::placement::{self, Rng, PAGE};
 use super::stats::{summarize, Summary};
-use capdma_interface::descriptor::{SgDescriptor, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
-use capdma_interface::status::{NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_PARAMETER};
+use capdma_bus::ports::CommonBuffer;
+use capdma_bus::SgEngine;
+use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, CQ_STATUS_OK};
 use capdma_interface::table::SgElement;
 use serde::Serialize;
-use std::sync::atomic::{fence, Ordering};
 use std::time::Instant;
-use zerocopy::FromBytes;
 
-/// Descriptors in the modelled ring.
+/// Descriptors in the benchmark's ring.
 pub const RING_ENTRIES: u32 = 4096;
 /// The modelled board's largest element (`MAX_TRANSFER`), bytes.
 pub const MAX_TRANSFER: u32 = 1 << 20;
 /// RAM of the modelled machine, for the page placement.
 pub const RAM_BYTES: u64 = 16 << 30;
+/// The logical address the ring would have on the board (any value: the
+/// engine only writes descriptors into its memory).
+const RING_LOGICAL: u64 = 0x1_0000_0000;
 
-/// A descriptor ring in (host) common-buffer memory and its counters.
-pub struct DescriptorRing {
-    memory: Vec<u8>,
-    producer: u32,
-    retired: u32,
+/// A descriptor ring in host memory with the bus core's S/G engine over it.
+struct Ring {
+    /// The engine; declared before `memory`, so it is dropped first.
+    engine: SgEngine,
+    /// The ring's memory (`RING_ENTRIES` descriptors of four `u64`s): held
+    /// for the engine, which writes it through its own pointer.
+    #[cfg_attr(not(test), allow(dead_code, reason = "kept alive for the engine; read by the tests"))]
+    memory: Vec<u64>,
     /// Stands for the `RING_PRODUCER` register.
     doorbell: u32,
 }
 
-impl DescriptorRing {
-    /// An empty ring of [`RING_ENTRIES`] descriptors.
-    #[must_use]
-    pub fn new() -> Self {
-        Self { memory: vec![0; RING_ENTRIES as usize * size_of::<SgDescriptor>()], producer: 0, retired: 0, doorbell: 0 }
+impl Ring {
+    /// An empty ring of [`RING_ENTRIES`] descriptors, 64-bit board.
+    fn new() -> Result<Self, String> {
+        let words = RING_ENTRIES as usize * size_of::<SgDescriptor>() / size_of::<u64>();
+        let mut memory = vec![0u64; words];
+        let common = CommonBuffer { va: memory.as_mut_ptr().cast(), logical: RING_LOGICAL, bytes: words * size_of::<u64>() };
+        // SAFETY: `memory` is a heap buffer of `common.bytes` bytes, 8-byte
+        // aligned, whose heap block does not move when `Ring` does; it is
+        // dropped after the engine and only the engine writes it.
+        let engine = unsafe { SgEngine::over_memory(common, RING_ENTRIES, MAX_TRANSFER, true) }
+            .ok_or("SgEngine::over_memory refused the benchmark's ring")?;
+        Ok(Self { engine, memory, doorbell: 0 })
     }
 
-    /// Frees every posted descriptor (as if all frames completed).
-    pub fn retire_all(&mut self) {
-        self.retired = self.producer;
+    /// `ProgramFrame`'s work for one frame: the engine posts it, then the
+    /// producer "register" is written (a volatile store, as an MMIO write
+    /// is not optimised away). Returns the counter of its first descriptor.
+    fn program(&mut self, tag: u32, elements: &[SgElement]) -> Result<u32, String> {
+        let first = self.engine.post_frame(tag, elements, 0).map_err(|s| format!("post_frame: status {s:#x}"))?;
+        // SAFETY: a valid, aligned, exclusively borrowed `u32`.
+        unsafe { std::ptr::write_volatile(&raw mut self.doorbell, self.engine.producer()) };
+        Ok(first)
     }
 
-    /// The descriptor at ring entry `index`.
-    #[cfg(test)]
-    #[must_use]
-    pub fn descriptor(&self, index: u32) -> Option<SgDescriptor> {
-        let at = index as usize * size_of::<SgDescriptor>();
-        SgDescriptor::read_from_bytes(self.memory.get(at..at + size_of::<SgDescriptor>())?).ok()
+    /// The board's completion of the frame posted at `first` under `tag`
+    /// (untimed): the engine checks the record and frees the descriptors.
+    fn complete(&mut self, first: u32, tag: u32) -> Result<(), String> {
+        let record = CompletionRecord { index: first % RING_ENTRIES, tag, status: CQ_STATUS_OK, ..CompletionRecord::default() };
+        self.engine.complete(&record).map(|_| ()).map_err(|f| format!("complete: {f:?}"))
     }
-
-    /// The last value written to the producer register.
-    #[cfg(test)]
-    #[must_use]
-    pub fn doorbell(&self) -> u32 {
-        self.doorbell
-    }
-}
-
-impl Default for DescriptorRing {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Posts one frame of `elements` under `tag`; returns the counter of its
-/// first descriptor.
-///
-/// # Errors
-/// `STATUS_INVALID_PARAMETER` for no elements, an empty or oversized
-/// element, or an element whose end overflows 64 bits;
-/// `STATUS_DEVICE_BUSY` when the ring lacks room. Nothing is written then.
-pub fn program_frame(ring: &mut DescriptorRing, tag: u32, elements: &[SgElement]) -> Result<u32, NtStatus> {
-    let count = u32::try_from(elements.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
-    if count == 0 {
-        return Err(STATUS_INVALID_PARAMETER);
-    }
-    let free = RING_ENTRIES - ring.producer.wrapping_sub(ring.retired);
-    if count > free {
-        return Err(STATUS_DEVICE_BUSY);
-    }
-    let bad = |e: &SgElement| {
-        e.byte_count == 0 || e.byte_count > MAX_TRANSFER || e.logical_address.checked_add(u64::from(e.byte_count)).is_none()
-    };
-    if elements.iter().any(bad) {
-        return Err(STATUS_INVALID_PARAMETER);
-    }
-    let slots = <[SgDescriptor]>::mut_from_bytes(&mut ring.memory).map_err(|_| STATUS_INVALID_PARAMETER)?;
-    let first = ring.producer;
-    for (k, e) in (0u32..).zip(elements) {
-        let mut flags = 0;
-        if k == 0 {
-            flags |= DESC_START_OF_FRAME;
-        }
-        if k + 1 == count {
-            flags |= DESC_END_OF_FRAME;
-        }
-        let entry = (first.wrapping_add(k) % RING_ENTRIES) as usize;
-        if let Some(slot) = slots.get_mut(entry) {
-            *slot = SgDescriptor { address: e.logical_address, byte_count: e.byte_count, flags, tag, ..SgDescriptor::default() };
-        }
-    }
-    fence(Ordering::Release);
-    ring.producer = first.wrapping_add(count);
-    // SAFETY: a valid, aligned, exclusively borrowed `u32`; volatile only so
-    // the "register" write is not optimised away, as a real MMIO write is not.
-    unsafe { std::ptr::write_volatile(&raw mut ring.doorbell, ring.producer) };
-    Ok(first)
 }
 
 /// The S/G list of a buffer whose pages are at `pages` (virtual order),
@@ -182,7 +134,7 @@ pub struct SgCost {
 /// Measures the S/G figures for frames of `sizes` (`(name, bytes)`).
 ///
 /// # Errors
-/// A programming call failed (a bug in the model).
+/// A programming call or its completion failed (a bug).
 pub fn measure(sizes: &[(String, usize)], frames: usize, samples: usize, seed: u64, host_runs: &dyn Fn(usize) -> Option<usize>) -> Result<SgCost, String> {
     let mut placement_rng = Rng::new(seed);
     let mut out = Vec::new();
@@ -193,7 +145,7 @@ pub fn measure(sizes: &[(String, usize)], frames: usize, samples: usize, seed: u
         let merged: Vec<Vec<SgElement>> = placed.iter().map(|p| elements(p, *bytes, true)).collect();
         let count = |lists: &[Vec<SgElement>]| summarize(&lists.iter().map(|l| l.len() as f64).collect::<Vec<_>>());
 
-        let mut ring = DescriptorRing::new();
+        let mut ring = Ring::new()?;
         let mut per_element = Vec::with_capacity(samples);
         let mut per_frame_unmerged = Vec::with_capacity(samples);
         let mut per_frame_merged = Vec::with_capacity(samples);
@@ -204,10 +156,10 @@ pub fn measure(sizes: &[(String, usize)], frames: usize, samples: usize, seed: u
             for (lists, per_frame) in [(&unmerged, &mut per_frame_unmerged), (&merged, &mut per_frame_merged)] {
                 let mut ns_lists = 0.0;
                 for (tag, list) in (0u32..).zip(lists.iter()) {
-                    ring.retire_all();
                     let t = Instant::now();
-                    program_frame(&mut ring, tag, list).map_err(|s| format!("program_frame: status {s:#x}"))?;
+                    let first = ring.program(tag, list)?;
                     ns_lists += t.elapsed().as_secs_f64() * 1e9;
+                    ring.complete(first, tag)?;
                     total += list.len();
                 }
                 if round > 0 {
@@ -232,8 +184,9 @@ pub fn measure(sizes: &[(String, usize)], frames: usize, samples: usize, seed: u
         });
     }
     Ok(SgCost {
-        routine: "local model of the bus core's ProgramFrame: room check, validation of all elements, one SgDescriptor per \
-                  element written with zerocopy into a 4096-entry ring (hot in cache), release fence, producer register write"
+        routine: "the bus core's SgEngine::post_frame (ProgramFrame's work: validation of all elements, room check, one \
+                  SgDescriptor per element written with volatile stores into a 4096-entry ring, hot in cache; release fence), \
+                  then the producer register write"
             .into(),
         placement: "frame buffer page-aligned; pages in runs of 1 (55 %), 2-4 (30 %) or 5-16 (15 %) physically adjacent pages at \
                     seeded random frames (the simulator's scattered-allocation model)"
@@ -247,32 +200,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn descriptors_carry_flags_tag_and_wrap() {
-        let mut ring = DescriptorRing::new();
-        ring.producer = RING_ENTRIES - 1;
-        ring.retired = RING_ENTRIES - 1;
-        let list = [
-            SgElement { logical_address: 0x1_0000_0000, byte_count: 4096, alignment: 0 },
-            SgElement { logical_address: 0x2000, byte_count: 100, alignment: 0 },
-        ];
-        assert_eq!(program_frame(&mut ring, 9, &list), Ok(RING_ENTRIES - 1));
-        let a = ring.descriptor(RING_ENTRIES - 1).unwrap();
-        let b = ring.descriptor(0).unwrap();
-        assert_eq!((a.address, a.byte_count, a.flags, a.tag), (0x1_0000_0000, 4096, DESC_START_OF_FRAME, 9));
-        assert_eq!((b.address, b.byte_count, b.flags, b.tag), (0x2000, 100, DESC_END_OF_FRAME, 9));
-        assert_eq!(ring.doorbell(), RING_ENTRIES + 1);
-    }
-
-    #[test]
-    fn bad_lists_write_nothing() {
-        let mut ring = DescriptorRing::new();
-        let bad = [SgElement { logical_address: 0x1000, byte_count: 16, alignment: 0 }, SgElement::default()];
-        assert_eq!(program_frame(&mut ring, 1, &bad), Err(STATUS_INVALID_PARAMETER));
-        assert_eq!(program_frame(&mut ring, 1, &[]), Err(STATUS_INVALID_PARAMETER));
-        let big = vec![SgElement { logical_address: 0x1000, byte_count: 16, alignment: 0 }; RING_ENTRIES as usize + 1];
-        assert_eq!(program_frame(&mut ring, 1, &big), Err(STATUS_DEVICE_BUSY));
-        assert_eq!(ring.descriptor(0), Some(SgDescriptor::default()));
-        assert_eq!(ring.doorbell(), 0);
+    fn the_ring_posts_and_completes_frames_through_the_bus_engine() {
+        let mut ring = Ring::new().unwrap();
+        let list = elements(&[0x10_000, 0x11_000, 0x40_000], 3 * PAGE, true);
+        for tag in 0..3u32 {
+            let first = ring.program(tag, &list).unwrap();
+            assert_eq!(first, tag * 2);
+            assert_eq!(ring.doorbell, (tag + 1) * 2);
+            ring.complete(first, tag).unwrap();
+        }
+        assert!(ring.program(9, &[]).is_err(), "the engine's validation refuses an empty list");
+        assert!(ring.complete(6, 9).is_err(), "nothing posted under that tag");
+        // The engine wrote the descriptors: entry 4 is the third frame's first.
+        assert_eq!(ring.memory[4 * 4], 0x10_000);
     }
 
     #[test]

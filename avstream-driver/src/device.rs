@@ -10,7 +10,7 @@
 //! Both modes add `KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY`: the channel runs
 //! only in `KSSTATE_RUN`, so there is nothing to do in `KSSTATE_PAUSE`.
 use crate::bus_client::BusClient;
-use crate::fifo::MAX_SLOTS;
+use capdma_interface::table::MAX_RING_SLOTS;
 use crate::format::{validate_data_format, VideoFormat};
 use crate::ks_format::{
     KSMAPPING_SIZE, KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING, KSPIN_FLAG_GENERATE_MAPPINGS,
@@ -129,7 +129,7 @@ impl DeviceSetup {
 ///
 /// # Errors
 /// The bus's status when a call fails; `STATUS_NOT_SUPPORTED` for a mode
-/// this driver does not know or a ring of more than [`MAX_SLOTS`] slots;
+/// this driver does not know or a ring of more than [`MAX_RING_SLOTS`] slots;
 /// `STATUS_IO_DEVICE_ERROR` for an answer out of range (alignment not a
 /// power of two, channel beyond `channel_count`, zero slots, slot bytes,
 /// descriptors or `max_transfer`, a null adapter or a zero
@@ -170,7 +170,7 @@ pub fn device_start(client: &BusClient) -> Result<DeviceSetup, NtStatus> {
             if config.slot_count == 0 || config.slot_bytes == 0 {
                 return Err(STATUS_IO_DEVICE_ERROR);
             }
-            if config.slot_count > MAX_SLOTS {
+            if config.slot_count > MAX_RING_SLOTS {
                 return Err(STATUS_NOT_SUPPORTED);
             }
             (None, KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING | KSPIN_FLAG_PROCESS_IN_RUN_STATE_ONLY)

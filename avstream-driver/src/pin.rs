@@ -40,7 +40,8 @@ use crate::bus_client::{BusChannel, StopOutcome};
 use crate::clones::CloneTable;
 use crate::copy::VectorUnit;
 use crate::device::DeviceSetup;
-use crate::fifo::{FilledSlot, SlotFifo, MAX_SLOTS};
+use crate::fifo::{FilledSlot, SlotFifo};
+use capdma_interface::table::MAX_RING_SLOTS;
 use crate::format::{validate_data_format, VideoFormat};
 use crate::ports::{FrameCompletion, KsPinPort, PinEvent};
 use crate::state::{KsState, StateCell};
@@ -78,7 +79,7 @@ pub(crate) struct RingView {
 
 impl RingView {
     /// Checks what `GetSlotRing` answered against the format and the
-    /// configuration: non-null base, `1..=MAX_SLOTS` slots (as configured),
+    /// configuration: non-null base, `1..=MAX_RING_SLOTS` slots (as configured),
     /// stride >= slot bytes, line pitch >= the line, the frame within a
     /// slot, the ring within the address space.
     fn check(ring: &SlotRing, format: &VideoFormat, config: &DmaConfig) -> Result<Self, NtStatus> {
@@ -90,7 +91,7 @@ impl RingView {
         let total = slot_stride.checked_mul(count).ok_or(STATUS_IO_DEVICE_ERROR)?;
         let ok = !ring.base.is_null()
             && ring.slot_count != 0
-            && ring.slot_count <= MAX_SLOTS
+            && ring.slot_count <= MAX_RING_SLOTS
             && ring.slot_count == config.slot_count
             && slot_stride >= slot_bytes
             && needed <= slot_bytes

@@ -13,7 +13,7 @@
 //! common buffer and puts the DMA adapter last, then BAR0 is unmapped: one
 //! sequence, [`BusDevice::release_hardware`] (`crate::teardown`), for the
 //! glue and the simulation alike.
-use crate::channel::slots::MAX_SLOTS;
+use capdma_interface::table::MAX_RING_SLOTS;
 use crate::channel::{Channel, ChannelResources, ChannelStats};
 use crate::config::StartConfig;
 use crate::dma_buffer::{round_up, DmaBuffer, ENTRY_BYTES, PAGE_SIZE};
@@ -33,7 +33,7 @@ pub const MAX_CHANNELS: usize = regs::MAX_CHANNELS;
 
 /// The device's Plug and Play state.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, zerocopy::TryFromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 pub enum DeviceState {
     /// Not started (initial, after `stop`, after a failed start).
     Stopped = 0,
@@ -46,13 +46,10 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
-    const fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Starting,
-            2 => Self::Started,
-            3 => Self::Stopping,
-            _ => Self::Stopped,
-        }
+    /// The state stored as `v`; a value no state has (never stored) reads
+    /// as [`Self::Stopped`].
+    fn from_u8(v: u8) -> Self {
+        zerocopy::try_transmute!(v).unwrap_or(Self::Stopped)
     }
 }
 
@@ -594,7 +591,7 @@ fn allocate_channel<A: DmaAdapterPort>(
             .and_then(|bytes| allocate_reachable(adapter, bytes, caps))
             .map(|ring| (ring, config.descriptor_ring_entries, 0)),
         DmaMode::CommonBuffer => {
-            let mut slots = config.slot_count.min(u32::try_from(MAX_SLOTS).unwrap_or(u32::MAX));
+            let mut slots = config.slot_count.min(MAX_RING_SLOTS);
             loop {
                 let bytes = usize::try_from(slot_bytes)
                     .ok()

@@ -4,7 +4,7 @@ use crate::ports::{CommonBuffer, DmaAdapterPort};
 use capdma_interface::descriptor::{CompletionRecord, SgDescriptor};
 
 /// Page size the adapter aligns common buffers to, bytes.
-pub const PAGE_SIZE: u32 = 4096;
+pub use capdma_interface::kernel::PAGE_SIZE;
 /// Bytes of one ring or queue entry (`SgDescriptor`, `CompletionRecord`).
 pub const ENTRY_BYTES: u32 = 32;
 

@@ -19,9 +19,11 @@
 use super::RecordFault;
 use capdma_interface::descriptor::CompletionRecord;
 use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER};
+use capdma_interface::table::MAX_RING_SLOTS;
 
-/// Most slots per channel.
-pub const MAX_SLOTS: usize = 32;
+/// Most slots per channel: the contract's [`MAX_RING_SLOTS`] as the length
+/// of the slot tables.
+pub const MAX_SLOTS: usize = MAX_RING_SLOTS as usize;
 
 /// Who holds a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

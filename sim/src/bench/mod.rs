@@ -7,12 +7,12 @@
 //!   (slot line pitch = line bytes rounded up to 256, frame stride = line
 //!   bytes, as in common-buffer mode), each into one of two destinations:
 //!   a **contiguous** ring (one linear mapping of a page pool) and a ring of
-//!   **scattered 4 KiB pages**, the driver's frame buffers (see [`region`]
+//!   **scattered 4 KiB pages**, the driver's frame buffers (see `region`
 //!   for how that is modelled and why):
 //!   * `ref_avx2`, `ref_sse2`, `ref_sse2_lookahead`: reference
 //!     non-temporal copies of the frame's bytes as one run (32-byte AVX2
 //!     stores, 16-byte SSE2 stores, and SSE2 with a page lookahead of their
-//!     own; [`kernels`]), into each destination;
+//!     own; `kernels`), into each destination;
 //!   * `copy_from_slice`: the naive stride-aware copy, line by line;
 //!   * `driver`: the driver's path, `copy_frame` with the best
 //!     [`VectorUnit`] and its default tuning, into the scattered pages;
@@ -42,7 +42,7 @@
 //!   after the frame included;
 //! * the **share of one core** that 1080p60, 2160p60 and 4 × 1080p60 cost on
 //!   the driver's path;
-//! * the **S/G programming cost** (see [`sg`]), once.
+//! * the **S/G programming cost** (see `sg`), once.
 //!
 //! Figures over runs: each run gives a median per method; the report's
 //! figure is the median of those, with their range. The whole-stack

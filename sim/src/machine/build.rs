@@ -188,7 +188,7 @@ impl Machine {
     /// Builds the machine (memory, boards, the PCI functions with the bus
     /// driver's `BusDevice` each, and their Plug and Play bus stacks with
     /// the configured filters) without starting anything. With
-    /// [`Drivers::BusImage`] the bus stacks are the image's, in an emulated
+    /// [`super::Drivers::BusImage`] the bus stacks are the image's, in an emulated
     /// kernel booted over the machine's memory (`DriverEntry` and
     /// `AddDevice` run here).
     ///

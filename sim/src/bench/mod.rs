@@ -583,13 +583,10 @@ fn check_once(method: &Method, g: &CopyGeometry, rings: &Rings, layout: &Layout,
     })
 }
 
-/// Fills `bytes` with a pattern that depends on the position (so every
-/// slot's content differs).
+/// Fills `bytes` with seeded pseudo-random bytes (`ChaCha8Rng` from
+/// `seed`), so every slot's content differs.
 fn fill_pattern(bytes: &mut [u8], seed: u64) {
-    for (i, chunk) in (0u64..).zip(bytes.chunks_mut(8)) {
-        let word = placement::mix(seed ^ i).to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
+    rand_chacha::rand_core::Rng::fill_bytes(&mut placement::rng(seed), bytes);
 }
 
 fn load_average() -> String {
@@ -774,7 +771,7 @@ fn run_case(g: &CopyGeometry, methods: &[Method], rings: &mut Rings, schedule: S
 
     let mut ns = vec![Vec::with_capacity(samples); methods.len()];
     let mut order: Vec<usize> = (0..methods.len()).collect();
-    let mut order_rng = placement::Rng::new(seed ^ 0x0DE2_0F2E_77E5);
+    let mut order_rng = placement::rng(seed ^ 0x0DE2_0F2E_77E5);
     for round in 0..samples {
         placement::shuffle(&mut order, &mut order_rng);
         for &i in &order {

@@ -10,7 +10,7 @@
 //! (nothing written on error), one descriptor per element written with
 //! zerocopy into the ring memory (start/end-of-frame flags, the tag), a
 //! release fence, and the producer "register" write (a volatile store).
-use super::placement::{self, Rng, PAGE};
+use super::placement::{self, PAGE};
 use super::stats::{summarize, Summary};
 use capdma_interface::descriptor::{SgDescriptor, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_PARAMETER};
@@ -184,7 +184,7 @@ pub struct SgCost {
 /// # Errors
 /// A programming call failed (a bug in the model).
 pub fn measure(sizes: &[(String, usize)], frames: usize, samples: usize, seed: u64, host_runs: &dyn Fn(usize) -> Option<usize>) -> Result<SgCost, String> {
-    let mut placement_rng = Rng::new(seed);
+    let mut placement_rng = placement::rng(seed);
     let mut out = Vec::new();
     for (name, bytes) in sizes {
         let pages = bytes.div_ceil(PAGE);

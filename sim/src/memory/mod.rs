@@ -61,6 +61,7 @@ compile_error!(
 
 mod frames;
 pub mod host;
+pub mod placement;
 #[cfg(test)]
 mod tests;
 

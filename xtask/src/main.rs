@@ -65,8 +65,8 @@ enum Task {
     Windows(WindowsArgs),
     /// Build and PE-check the shipping drivers, then write per driver the
     /// folder inf2cat and signtool take, as cargo-wdk lays it out:
-    /// target/windows/PROFILE/LIB_package/ with LIB.sys, .pdb, .map
-    /// and LIB.inf stamped from inf/LIB.inx.
+    /// a package folder per driver in target/windows/PROFILE/ with its
+    /// .sys, .pdb, .map and its .inf stamped from its .inx in inf/.
     Package(PackageArgs),
     /// Check PE images: machine AMD64, subsystem NATIVE, the entry point,
     /// the modules imported from and the required imports.

@@ -135,7 +135,7 @@ impl DeviceSetup {
 ///
 /// # Errors
 /// The bus's status when a call fails; `STATUS_NOT_SUPPORTED` for a mode
-/// this driver does not know or a ring of more than [`crate::fifo::MAX_SLOTS`] slots;
+/// this driver does not know or a ring of more than [`capdma_interface::table::MAX_RING_SLOTS`] slots;
 /// `STATUS_IO_DEVICE_ERROR` for an answer out of range (alignment not a
 /// power of two, channel beyond `channel_count`, zero slots, slot bytes,
 /// descriptors or `max_transfer`, a null adapter or a zero

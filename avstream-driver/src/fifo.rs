@@ -7,13 +7,13 @@
 //! corrupt entries but never memory. Order is preserved: slots come out in
 //! the order the board filled them, which is the order `ReturnSlot` needs.
 use capdma_interface::status::NtStatus;
+use capdma_interface::table::MAX_RING_SLOTS;
 use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-/// Entries in the FIFO: at least the most slots a ring may have.
-pub const FIFO_CAPACITY: usize = 64;
-/// The most slots a common-buffer ring may have for this pin (= [`FIFO_CAPACITY`]).
-pub const MAX_SLOTS: u32 = 64;
-const _: () = assert!(FIFO_CAPACITY.is_power_of_two() && FIFO_CAPACITY == MAX_SLOTS as usize);
+/// Entries in the FIFO: a whole ring of the contract's most slots
+/// ([`MAX_RING_SLOTS`]), so every slot the bus can complete fits.
+pub const FIFO_CAPACITY: usize = MAX_RING_SLOTS as usize;
+const _: () = assert!(FIFO_CAPACITY.is_power_of_two());
 
 /// One filled slot, as the completion reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl SlotFifo {
     pub fn push(&self, item: FilledSlot) -> Result<(), FilledSlot> {
         let tail = self.tail.load(Ordering::Relaxed);
         let head = self.head.load(Ordering::Acquire);
-        if tail.wrapping_sub(head) >= MAX_SLOTS {
+        if tail.wrapping_sub(head) >= MAX_RING_SLOTS {
             return Err(item);
         }
         let i = index(tail);
@@ -143,12 +143,12 @@ mod tests {
         let f = SlotFifo::new();
         assert_eq!(f.pop(), None);
         for round in 0..5u32 {
-            for s in 0..MAX_SLOTS {
+            for s in 0..MAX_RING_SLOTS {
                 assert_eq!(f.push(item(s + round)), Ok(()));
             }
             assert_eq!(f.push(item(999)), Err(item(999)), "full");
-            assert_eq!(f.len(), MAX_SLOTS);
-            for s in 0..MAX_SLOTS {
+            assert_eq!(f.len(), MAX_RING_SLOTS);
+            for s in 0..MAX_RING_SLOTS {
                 assert_eq!(f.pop(), Some(item(s + round)));
             }
             assert!(f.is_empty());

@@ -10,8 +10,7 @@ use crate::ks_format::{
 use capdma_interface::status::NtStatus;
 use capdma_interface::table::{ChannelFormat, SgElement};
 
-/// An IRQL value (`KIRQL`).
-pub type Irql = u8;
+pub use capdma_interface::kernel::Irql;
 
 /// Where a stream pointer's `OffsetOut` stands (`KSSTREAM_POINTER_OFFSET`).
 #[derive(Clone, Copy, Debug)]

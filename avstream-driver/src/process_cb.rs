@@ -4,7 +4,7 @@
 //!
 //! **Device start:** the pin gets `KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING`
 //! (Process runs when the completion DPC calls `KsPinAttemptProcessing`);
-//! the ring must have `1..=MAX_SLOTS` slots (`device_setup`). A format
+//! the ring must have `1..=MAX_RING_SLOTS` slots (`device_setup`). A format
 //! fits when its frame at the slot line pitch (the line rounded up to
 //! [`SLOT_LINE_ALIGNMENT`]) fits `slot_bytes` (`fits`).
 //!
@@ -44,7 +44,8 @@
 use crate::bus_client::StopOutcome;
 use crate::copy::{copy_frame, VectorUnit};
 use crate::device::AdapterRegistration;
-use crate::fifo::{FilledSlot, SlotFifo, MAX_SLOTS};
+use crate::fifo::{FilledSlot, SlotFifo};
+use capdma_interface::table::MAX_RING_SLOTS;
 use crate::format::VideoFormat;
 use crate::ks_format::KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING;
 use crate::pin::CapturePin;
@@ -61,12 +62,12 @@ use capdma_interface::table::{Completion, CompletionKind, DmaConfig, SlotRing};
 ///
 /// # Errors
 /// `STATUS_IO_DEVICE_ERROR` for zero slots or zero slot bytes;
-/// `STATUS_NOT_SUPPORTED` for more than [`MAX_SLOTS`] slots.
+/// `STATUS_NOT_SUPPORTED` for more than [`MAX_RING_SLOTS`] slots.
 pub(crate) fn device_setup(config: &DmaConfig) -> Result<(Option<AdapterRegistration>, u32), NtStatus> {
     if config.slot_count == 0 || config.slot_bytes == 0 {
         return Err(STATUS_IO_DEVICE_ERROR);
     }
-    if config.slot_count > MAX_SLOTS {
+    if config.slot_count > MAX_RING_SLOTS {
         return Err(STATUS_NOT_SUPPORTED);
     }
     Ok((None, KSPIN_FLAG_DO_NOT_INITIATE_PROCESSING))
@@ -96,7 +97,7 @@ pub(crate) struct RingView {
 
 impl RingView {
     /// Checks what `GetSlotRing` answered against the format and the
-    /// configuration: non-null base, `1..=MAX_SLOTS` slots (as configured),
+    /// configuration: non-null base, `1..=MAX_RING_SLOTS` slots (as configured),
     /// stride >= slot bytes, line pitch >= the line, the frame within a
     /// slot, the ring within the address space.
     fn check(ring: &SlotRing, format: &VideoFormat, config: &DmaConfig) -> Result<Self, NtStatus> {
@@ -108,7 +109,7 @@ impl RingView {
         let total = slot_stride.checked_mul(count).ok_or(STATUS_IO_DEVICE_ERROR)?;
         let ok = !ring.base.is_null()
             && ring.slot_count != 0
-            && ring.slot_count <= MAX_SLOTS
+            && ring.slot_count <= MAX_RING_SLOTS
             && ring.slot_count == config.slot_count
             && slot_stride >= slot_bytes
             && needed <= slot_bytes

@@ -6,6 +6,7 @@
 //! pin does the same: a request two or more states away is walked through
 //! the states between, one step at a time, as KS itself would.
 use core::sync::atomic::{AtomicU32, Ordering};
+use zerocopy::{Immutable, IntoBytes, TryFromBytes};
 
 /// `KSSTATE_STOP` (ks.h).
 pub const KSSTATE_STOP: u32 = 0;
@@ -18,7 +19,7 @@ pub const KSSTATE_RUN: u32 = 3;
 
 /// A `KSSTATE`.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, TryFromBytes, IntoBytes, Immutable)]
 pub enum KsState {
     /// `KSSTATE_STOP`: no resources held.
     Stop = KSSTATE_STOP,
@@ -33,14 +34,8 @@ pub enum KsState {
 impl KsState {
     /// The state of a raw `KSSTATE` value, `None` for values ks.h does not define.
     #[must_use]
-    pub const fn from_raw(value: u32) -> Option<Self> {
-        match value {
-            KSSTATE_STOP => Some(Self::Stop),
-            KSSTATE_ACQUIRE => Some(Self::Acquire),
-            KSSTATE_PAUSE => Some(Self::Pause),
-            KSSTATE_RUN => Some(Self::Run),
-            _ => None,
-        }
+    pub fn from_raw(value: u32) -> Option<Self> {
+        zerocopy::try_transmute!(value).ok()
     }
 
     /// The raw `KSSTATE` value.
@@ -52,15 +47,13 @@ impl KsState {
     /// The next state on the way from `self` to `target`, one step, or
     /// `None` when already there.
     #[must_use]
-    pub const fn step_toward(self, target: Self) -> Option<Self> {
+    pub fn step_toward(self, target: Self) -> Option<Self> {
         let from = self as u32;
         let to = target as u32;
-        let next = if to > from {
-            from + 1
-        } else if to < from {
-            from - 1
-        } else {
-            return None;
+        let next = match to.cmp(&from) {
+            core::cmp::Ordering::Greater => from + 1,
+            core::cmp::Ordering::Less => from - 1,
+            core::cmp::Ordering::Equal => return None,
         };
         Self::from_raw(next)
     }

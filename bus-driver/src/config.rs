@@ -6,7 +6,7 @@
 //! | value name | meaning | default | accepted |
 //! |---|---|---|---|
 //! | `DmaMode` | DMA mode override | 0 (auto) | 0 auto, 1 scatter-gather, 2 common-buffer |
-//! | `SlotCount` | common-buffer slots per channel | 4 | 2..=[`MAX_SLOT_COUNT`] |
+//! | `SlotCount` | common-buffer slots per channel | 4 | 2..=[`MAX_RING_SLOTS`] |
 //! | `DescriptorRingEntries` | S/G descriptors per channel | 16384 | powers of two in [`MIN_DESCRIPTOR_ENTRIES`]..=[`MAX_DESCRIPTOR_ENTRIES`] |
 //! | `CompletionQueueEntries` | completion records per channel | 256 | powers of two in [`MIN_CQ_ENTRIES`]..=[`MAX_CQ_ENTRIES`] |
 //! | `MaxMappingByteCount` | cap on one S/G element, bytes | the board's `MAX_TRANSFER` | any; 0 means absent; capped to `MAX_TRANSFER` |
@@ -18,6 +18,7 @@
 use crate::channel::sg::MAX_INFLIGHT_FRAMES;
 use crate::channel::slots::MAX_SLOTS;
 use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER};
+use capdma_interface::table::MAX_RING_SLOTS;
 
 /// Registry value name of the DMA mode override.
 pub const REG_DMA_MODE: &str = "DmaMode";
@@ -34,9 +35,6 @@ pub const REG_MAX_MAPPING_BYTE_COUNT: &str = "MaxMappingByteCount";
 pub const DEFAULT_SLOT_COUNT: u32 = 4;
 /// Fewest common-buffer slots a channel runs with (one filling, one being copied).
 pub const MIN_SLOT_COUNT: u32 = 2;
-/// Most common-buffer slots per channel (the size of the core's fixed slot tables).
-#[allow(clippy::cast_possible_truncation, reason = "MAX_SLOTS is a small constant (32)")]
-pub const MAX_SLOT_COUNT: u32 = MAX_SLOTS as u32;
 /// Default S/G descriptors per channel (512 KiB of ring; about 3.7 frames of
 /// 4096×2160 YUY2 at one descriptor per 4 KiB page).
 pub const DEFAULT_DESCRIPTOR_ENTRIES: u32 = 16384;
@@ -105,7 +103,7 @@ impl DmaModeOverride {
 pub enum ConfigError {
     /// `DmaMode` is not 0, 1 or 2 (the value read).
     InvalidDmaMode(u32),
-    /// `SlotCount` is outside `MIN_SLOT_COUNT..=MAX_SLOT_COUNT` (the value read).
+    /// `SlotCount` is outside `MIN_SLOT_COUNT..=MAX_RING_SLOTS` (the value read).
     SlotCountOutOfRange(u32),
     /// `DescriptorRingEntries` is not a power of two in range (the value read).
     DescriptorEntriesInvalid(u32),
@@ -245,7 +243,7 @@ impl StartConfig {
     /// # Errors
     /// The first field out of range, as a [`ConfigError`].
     pub const fn validate(&self) -> Result<(), ConfigError> {
-        if self.slot_count < MIN_SLOT_COUNT || self.slot_count > MAX_SLOT_COUNT {
+        if self.slot_count < MIN_SLOT_COUNT || self.slot_count > MAX_RING_SLOTS {
             return Err(ConfigError::SlotCountOutOfRange(self.slot_count));
         }
         let d = self.descriptor_ring_entries;
@@ -304,7 +302,7 @@ mod tests {
     fn out_of_range_values_are_rejected() {
         let bad_slots = RegistryValues { slot_count: Some(1), ..Default::default() };
         assert_eq!(StartConfig::from_registry(&bad_slots), Err(ConfigError::SlotCountOutOfRange(1)));
-        let many_slots = RegistryValues { slot_count: Some(MAX_SLOT_COUNT + 1), ..Default::default() };
+        let many_slots = RegistryValues { slot_count: Some(MAX_RING_SLOTS + 1), ..Default::default() };
         assert!(StartConfig::from_registry(&many_slots).is_err());
         let odd_ring = RegistryValues { descriptor_ring_entries: Some(1000), ..Default::default() };
         assert_eq!(StartConfig::from_registry(&odd_ring), Err(ConfigError::DescriptorEntriesInvalid(1000)));

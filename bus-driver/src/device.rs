@@ -33,7 +33,7 @@ pub const MAX_CHANNELS: usize = regs::MAX_CHANNELS;
 
 /// The device's Plug and Play state.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, zerocopy::TryFromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 pub enum DeviceState {
     /// Not started (initial, after `stop`, after a failed start).
     Stopped = 0,
@@ -46,13 +46,10 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
-    const fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Starting,
-            2 => Self::Started,
-            3 => Self::Stopping,
-            _ => Self::Stopped,
-        }
+    /// The state stored as `v`; a value no state has (never stored) reads
+    /// as [`Self::Stopped`].
+    fn from_u8(v: u8) -> Self {
+        zerocopy::try_transmute!(v).unwrap_or(Self::Stopped)
     }
 }
 

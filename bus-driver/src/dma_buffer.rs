@@ -11,7 +11,7 @@ use capdma_interface::descriptor::{CompletionRecord, SgDescriptor};
 use capdma_interface::regs::Caps;
 
 /// Page size the adapter aligns common buffers to, bytes.
-pub const PAGE_SIZE: u32 = 4096;
+pub use capdma_interface::kernel::PAGE_SIZE;
 /// Bytes of one ring or queue entry (`SgDescriptor`, `CompletionRecord`).
 pub const ENTRY_BYTES: u32 = 32;
 

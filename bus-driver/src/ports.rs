@@ -5,12 +5,7 @@
 use crate::channel::RecordFault;
 use core::ffi::c_void;
 
-/// An IRQL value (`KIRQL`): 0 `PASSIVE_LEVEL`, 2 `DISPATCH_LEVEL`, higher is device IRQL.
-pub type Irql = u8;
-/// `PASSIVE_LEVEL`.
-pub const PASSIVE_LEVEL: Irql = 0;
-/// `DISPATCH_LEVEL`.
-pub const DISPATCH_LEVEL: Irql = 2;
+pub use capdma_interface::kernel::{Irql, DISPATCH_LEVEL, PASSIVE_LEVEL};
 
 /// Why the core resets a channel's engine ([`CoreEvent::EngineReset`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -64,10 +64,11 @@ use crate::ports::{BusPlatform, RegisterPort, DISPATCH_LEVEL};
 use capdma_interface::regs::{channel, global, BOARD_ID, RESET_POLL_READS};
 use capdma_interface::status::STATUS_CANCELLED;
 use core::sync::atomic::{AtomicBool, Ordering};
+use zerocopy::{Immutable, IntoBytes, TryFromBytes};
 
 /// A system power state (`SYSTEM_POWER_STATE`, wdm.h values).
 #[repr(i32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, TryFromBytes, IntoBytes, Immutable)]
 pub enum SystemPowerState {
     /// `PowerSystemWorking` (S0).
     Working = 1,
@@ -87,22 +88,14 @@ impl SystemPowerState {
     /// The state of a raw `SYSTEM_POWER_STATE`; `None` for
     /// `PowerSystemUnspecified`, `PowerSystemMaximum` and anything else.
     #[must_use]
-    pub const fn from_raw(raw: i32) -> Option<Self> {
-        match raw {
-            1 => Some(Self::Working),
-            2 => Some(Self::Sleeping1),
-            3 => Some(Self::Sleeping2),
-            4 => Some(Self::Sleeping3),
-            5 => Some(Self::Hibernate),
-            6 => Some(Self::Shutdown),
-            _ => None,
-        }
+    pub fn from_raw(raw: i32) -> Option<Self> {
+        zerocopy::try_transmute!(raw).ok()
     }
 }
 
 /// A device power state (`DEVICE_POWER_STATE`, wdm.h values).
 #[repr(i32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, TryFromBytes, IntoBytes, Immutable)]
 pub enum DevicePowerState {
     /// `PowerDeviceD0`: working.
     D0 = 1,
@@ -118,14 +111,8 @@ impl DevicePowerState {
     /// The state of a raw `DEVICE_POWER_STATE`; `None` for
     /// `PowerDeviceUnspecified`, `PowerDeviceMaximum` and anything else.
     #[must_use]
-    pub const fn from_raw(raw: i32) -> Option<Self> {
-        match raw {
-            1 => Some(Self::D0),
-            2 => Some(Self::D1),
-            3 => Some(Self::D2),
-            4 => Some(Self::D3),
-            _ => None,
-        }
+    pub fn from_raw(raw: i32) -> Option<Self> {
+        zerocopy::try_transmute!(raw).ok()
     }
 
     /// The raw `DEVICE_POWER_STATE`.

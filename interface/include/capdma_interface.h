@@ -35,7 +35,7 @@ typedef struct _CAPDMA_DMA_CONFIG {
     ULONG Alignment;       /* bytes, power of two */
     ULONG MaxTransfer;     /* bytes per S/G element */
     ULONG AddressBits;     /* 32 or 64 */
-    ULONG SlotCount;       /* common-buffer mode */
+    ULONG SlotCount;       /* common-buffer mode, 1..=CAPDMA_MAX_RING_SLOTS */
     ULONG SlotBytes;       /* common-buffer mode */
     ULONG DescriptorCount; /* S/G mode */
     ULONG ChannelCount;
@@ -48,6 +48,10 @@ typedef struct _CAPDMA_SG_ELEMENT {
     ULONG ByteCount;
     ULONG Alignment;
 } CAPDMA_SG_ELEMENT, *PCAPDMA_SG_ELEMENT;
+
+/* The most slots a common-buffer ring has (SlotCount): the bus configures no
+   more, the child refuses more. */
+#define CAPDMA_MAX_RING_SLOTS 32
 
 typedef struct _CAPDMA_SLOT_RING {
     PUCHAR Base;           /* kernel VA of slot 0 */

@@ -12,6 +12,8 @@
 //!   in-memory formats the board reads and writes (S/G descriptors,
 //!   completion records), as zerocopy types with asserted offsets.
 //! * [`format`]: pixel formats the board produces (YUY2, NV12).
+//! * [`kernel`]: the Windows constants the contract relies on: `PAGE_SIZE`,
+//!   `KIRQL` and its levels.
 //!
 //! `include/capdma_interface.h` is the same contract for C consumers; a
 //! layout test keeps the two in step.
@@ -21,6 +23,7 @@ pub mod descriptor;
 pub mod format;
 pub mod guid;
 pub mod identity;
+pub mod kernel;
 pub mod mode;
 pub mod negotiate;
 pub mod regs;

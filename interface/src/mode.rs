@@ -1,8 +1,9 @@
 //! The DMA mode, chosen once per board at `IRP_MN_START_DEVICE`.
+use zerocopy::{Immutable, IntoBytes, TryFromBytes};
 
 /// How frames reach the AVStream frame buffers.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, Immutable)]
 pub enum DmaMode {
     /// Packet-based DMA: the child registers the bus's DMA adapter with
     /// `KsDeviceRegisterAdapterObject`, AVStream generates `KSMAPPING`s and
@@ -14,14 +15,11 @@ pub enum DmaMode {
 }
 
 impl DmaMode {
-    /// Decodes the `mode` field of [`crate::table::DmaConfig`].
+    /// Decodes the `mode` field of [`crate::table::DmaConfig`]: `None` for a
+    /// value that names no mode.
     #[must_use]
-    pub const fn from_u32(value: u32) -> Option<Self> {
-        match value {
-            1 => Some(Self::ScatterGather),
-            2 => Some(Self::CommonBuffer),
-            _ => None,
-        }
+    pub fn from_u32(value: u32) -> Option<Self> {
+        zerocopy::try_transmute!(value).ok()
     }
 
     /// The name used in logs, the registry override and the simulator's output.
@@ -36,7 +34,7 @@ impl DmaMode {
 
 /// Why [`DmaMode`] was chosen; reported in `DmaConfig::reason` and logs.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, Immutable)]
 pub enum ModeReason {
     /// The board can do S/G, nothing overrode it, the adapter allows it.
     BoardScatterGather = 1,
@@ -60,19 +58,11 @@ pub enum ModeReason {
 }
 
 impl ModeReason {
-    /// Decodes the `reason` field of [`crate::table::DmaConfig`].
+    /// Decodes the `reason` field of [`crate::table::DmaConfig`]: `None` for
+    /// a value that names no reason.
     #[must_use]
-    pub const fn from_u32(value: u32) -> Option<Self> {
-        match value {
-            1 => Some(Self::BoardScatterGather),
-            2 => Some(Self::BoardLacksScatterGather),
-            3 => Some(Self::OverrideCommonBuffer),
-            4 => Some(Self::OverrideScatterGather),
-            5 => Some(Self::OverrideIgnoredNoScatterGather),
-            6 => Some(Self::AddressLimitNoMapRegisters),
-            7 => Some(Self::AddressLimitPreferCommonBuffer),
-            _ => None,
-        }
+    pub fn from_u32(value: u32) -> Option<Self> {
+        zerocopy::try_transmute!(value).ok()
     }
 
     /// A one-line human explanation.

@@ -192,6 +192,17 @@ pub struct SgElement {
     pub alignment: u32,
 }
 
+/// The most slots a common-buffer ring has ([`SlotRing::slot_count`],
+/// [`DmaConfig::slot_count`]): the contract's one slot-count limit.
+///
+/// It bounds both sides. The bus never configures more (its `SlotCount`
+/// registry value is accepted up to this, and its slot tables have this many
+/// entries); the child sizes its filled-slot FIFO to hold a whole ring of
+/// this many and refuses a configuration with more (`STATUS_NOT_SUPPORTED`
+/// when it sets the pin up; a `GetSlotRing` answer with more is
+/// `STATUS_IO_DEVICE_ERROR`).
+pub const MAX_RING_SLOTS: u32 = 32;
+
 /// The common-buffer slot ring of a channel (filled by `GetSlotRing`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 
 use capdma_interface::descriptor::{CompletionRecord, SgDescriptor};
-use capdma_interface::table::{CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, SgElement, SlotRing};
+use capdma_interface::table::{
+    CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, SgElement, SlotRing, MAX_RING_SLOTS,
+};
 
 const HEADER: &str = include_str!("../include/capdma_interface.h");
 
@@ -77,6 +79,16 @@ fn header_checks_equal_the_rust_layout() {
     for (ty, field) in rust.keys() {
         assert!(header.contains_key(&((*ty).to_string(), (*field).to_string())), "the header does not check {ty}.{field}");
     }
+}
+
+#[test]
+fn header_slot_limit_is_the_rust_one() {
+    let value = HEADER
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("#define CAPDMA_MAX_RING_SLOTS"))
+        .expect("the header defines CAPDMA_MAX_RING_SLOTS")
+        .trim();
+    assert_eq!(value.parse::<u32>().ok(), Some(MAX_RING_SLOTS), "CAPDMA_MAX_RING_SLOTS is {value}");
 }
 
 #[test]

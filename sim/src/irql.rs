@@ -9,28 +9,19 @@ use crate::violations::{ViolationKind, Violations};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// An IRQL value (`KIRQL`).
-pub type Irql = u8;
+pub use capdma_interface::kernel::{Irql, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
 
-/// `PASSIVE_LEVEL`: threads, `DriverEntry`, Plug and Play and KS state changes.
-pub const PASSIVE: Irql = 0;
-/// `APC_LEVEL`.
-pub const APC: Irql = 1;
-/// `DISPATCH_LEVEL`: DPCs, spin locks.
-pub const DISPATCH: Irql = 2;
 /// The device IRQL (DIRQL) the simulated board's interrupt is delivered at.
-pub const DEVICE: Irql = 5;
-/// `HIGH_LEVEL`.
-pub const HIGH: Irql = 15;
+pub const DEVICE_LEVEL: Irql = 5;
 
 /// The name of an IRQL value for messages.
 #[must_use]
 pub fn irql_name(irql: Irql) -> String {
     match irql {
-        PASSIVE => "PASSIVE_LEVEL".to_string(),
-        APC => "APC_LEVEL".to_string(),
-        DISPATCH => "DISPATCH_LEVEL".to_string(),
-        HIGH => "HIGH_LEVEL".to_string(),
+        PASSIVE_LEVEL => "PASSIVE_LEVEL".to_string(),
+        APC_LEVEL => "APC_LEVEL".to_string(),
+        DISPATCH_LEVEL => "DISPATCH_LEVEL".to_string(),
+        HIGH_LEVEL => "HIGH_LEVEL".to_string(),
         n => format!("DIRQL {n}"),
     }
 }
@@ -67,7 +58,7 @@ impl IrqlTracker {
     #[must_use]
     pub fn new(violations: Violations) -> Self {
         Self {
-            state: Rc::new(RefCell::new(State { current: PASSIVE, frames: Vec::new(), context: Context::Thread, highest: PASSIVE })),
+            state: Rc::new(RefCell::new(State { current: PASSIVE_LEVEL, frames: Vec::new(), context: Context::Thread, highest: PASSIVE_LEVEL })),
             violations,
         }
     }
@@ -123,7 +114,7 @@ impl IrqlTracker {
     pub fn lower(&self, old: Irql) {
         let mut s = self.state.borrow_mut();
         let current = s.current;
-        let floor = s.frames.last().map_or(PASSIVE, |f| f.2);
+        let floor = s.frames.last().map_or(PASSIVE_LEVEL, |f| f.2);
         if old > current {
             drop(s);
             self.violations.push(
@@ -166,7 +157,7 @@ impl IrqlTracker {
     /// is a violation of the machine loop.
     #[must_use = "the interrupted IRQL is needed for leave_dpc"]
     pub fn enter_dpc(&self) -> Irql {
-        self.enter(DISPATCH, Context::Dpc, "DPC")
+        self.enter(DISPATCH_LEVEL, Context::Dpc, "DPC")
     }
 
     /// Leaves the DPC entered by [`IrqlTracker::enter_dpc`]. A DPC that
@@ -233,14 +224,14 @@ impl IrqlTracker {
     /// Returns whether the rule held.
     #[allow(clippy::must_use_candidate, reason = "the check records the violation; the result is for callers that care")]
     pub fn require_passive(&self, op: &str) -> bool {
-        self.require_at_most(PASSIVE, op)
+        self.require_at_most(PASSIVE_LEVEL, op)
     }
 
     /// Records a violation unless the processor is at or below `DISPATCH_LEVEL`.
     /// Returns whether the rule held.
     #[allow(clippy::must_use_candidate, reason = "the check records the violation; the result is for callers that care")]
     pub fn require_at_most_dispatch(&self, op: &str) -> bool {
-        self.require_at_most(DISPATCH, op)
+        self.require_at_most(DISPATCH_LEVEL, op)
     }
 
     /// Records a violation unless the processor is at or below `max`.
@@ -286,24 +277,24 @@ mod tests {
     #[test]
     fn raise_and_lower_round_trip() {
         let (t, v) = tracker();
-        let old = t.raise(DISPATCH);
-        assert_eq!(old, PASSIVE);
-        assert_eq!(t.current(), DISPATCH);
+        let old = t.raise(DISPATCH_LEVEL);
+        assert_eq!(old, PASSIVE_LEVEL);
+        assert_eq!(t.current(), DISPATCH_LEVEL);
         assert!(t.require_at_most_dispatch("KeAcquireSpinLockAtDpcLevel"));
         assert!(!t.require_passive("AllocateCommonBuffer"));
         t.lower(old);
-        assert_eq!(t.current(), PASSIVE);
+        assert_eq!(t.current(), PASSIVE_LEVEL);
         assert_eq!(v.count(ViolationKind::Irql), 1);
     }
 
     #[test]
     fn raise_to_lower_and_lower_to_higher_are_violations() {
         let (t, v) = tracker();
-        let old = t.raise(DISPATCH);
-        assert_eq!(t.raise(PASSIVE), DISPATCH);
-        assert_eq!(t.current(), DISPATCH);
-        t.lower(DEVICE);
-        assert_eq!(t.current(), DISPATCH);
+        let old = t.raise(DISPATCH_LEVEL);
+        assert_eq!(t.raise(PASSIVE_LEVEL), DISPATCH_LEVEL);
+        assert_eq!(t.current(), DISPATCH_LEVEL);
+        t.lower(DEVICE_LEVEL);
+        assert_eq!(t.current(), DISPATCH_LEVEL);
         t.lower(old);
         assert_eq!(v.len(), 2, "{:?}", v.list());
     }
@@ -311,19 +302,19 @@ mod tests {
     #[test]
     fn isr_and_dpc_frames() {
         let (t, v) = tracker();
-        let interrupted = t.enter_isr(DEVICE);
+        let interrupted = t.enter_isr(DEVICE_LEVEL);
         assert_eq!(t.context(), Context::Isr);
         assert!(!t.require_at_most_dispatch("IoGetDmaAdapter"));
         t.leave_isr(interrupted);
         assert_eq!(t.context(), Context::Thread);
         let d = t.enter_dpc();
-        assert_eq!(t.current(), DISPATCH);
+        assert_eq!(t.current(), DISPATCH_LEVEL);
         // An ISR can preempt the DPC.
-        let i = t.enter_isr(DEVICE);
+        let i = t.enter_isr(DEVICE_LEVEL);
         t.leave_isr(i);
-        assert_eq!(t.current(), DISPATCH);
+        assert_eq!(t.current(), DISPATCH_LEVEL);
         t.leave_dpc(d);
-        assert_eq!(t.current(), PASSIVE);
+        assert_eq!(t.current(), PASSIVE_LEVEL);
         assert_eq!(v.len(), 1, "{:?}", v.list());
     }
 
@@ -331,22 +322,22 @@ mod tests {
     fn dpc_that_leaves_irql_raised_or_lowers_below_entry_is_caught() {
         let (t, v) = tracker();
         let d = t.enter_dpc();
-        t.lower(PASSIVE);
-        assert_eq!(t.current(), DISPATCH);
-        let _ = t.raise(DEVICE);
+        t.lower(PASSIVE_LEVEL);
+        assert_eq!(t.current(), DISPATCH_LEVEL);
+        let _ = t.raise(DEVICE_LEVEL);
         t.leave_dpc(d);
-        assert_eq!(t.current(), PASSIVE);
+        assert_eq!(t.current(), PASSIVE_LEVEL);
         assert_eq!(v.len(), 2, "{:?}", v.list());
     }
 
     #[test]
     fn masked_interrupt_delivery_is_caught() {
         let (t, v) = tracker();
-        let old = t.raise(HIGH);
-        let i = t.enter_isr(DEVICE);
+        let old = t.raise(HIGH_LEVEL);
+        let i = t.enter_isr(DEVICE_LEVEL);
         t.leave_isr(i);
         t.lower(old);
         assert_eq!(v.len(), 1);
-        assert_eq!(t.highest(), HIGH);
+        assert_eq!(t.highest(), HIGH_LEVEL);
     }
 }

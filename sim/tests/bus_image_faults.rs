@@ -11,7 +11,7 @@ mod support;
 
 use std::process::Command;
 
-use capdma_sim::faults::{not_with_image, run_matrix, run_row, FaultRow, ROWS};
+use capdma_sim::faults::{not_with_image, run_matrix, run_row, ROWS};
 use capdma_sim::machine::Drivers;
 
 const SEED: u64 = 5;
@@ -44,18 +44,6 @@ const BUS_ROWS: &[&str] = &[
     "surprise-removal-open-pins/images",
 ];
 
-fn describe(row: &FaultRow) -> String {
-    format!(
-        "{}: failed {:#?}\nviolations: {:#?}\nleaks: {:#?}\nreplay: capdma-sim faults --drivers bus-image --only {} --seed {}",
-        row.name,
-        row.failures(),
-        row.violations,
-        row.leaks,
-        row.name,
-        row.seed
-    )
-}
-
 #[test]
 fn every_bus_row_holds_through_the_image_and_the_rest_say_why_not() {
     let Some(drivers) = image() else { return };
@@ -70,11 +58,11 @@ fn every_bus_row_holds_through_the_image_and_the_rest_say_why_not() {
             continue;
         }
         assert!(BUS_ROWS.contains(&row.name.as_str()), "{} ran through the image but is not listed as a bus row", row.name);
-        assert!(row.holds, "{}", describe(row));
-        assert!(row.recovered, "{}", describe(row));
-        assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", describe(row));
+        assert!(row.holds, "{}", support::describe(row));
+        assert!(row.recovered, "{}", support::describe(row));
+        assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", support::describe(row));
         assert_eq!(row.frames_corrupt, 0, "{}", row.name);
-        assert!(row.frames_delivered > 0 && row.frames_verified == row.frames_delivered, "{}", describe(row));
+        assert!(row.frames_delivered > 0 && row.frames_verified == row.frames_delivered, "{}", support::describe(row));
         let kernel = row.checks.iter().find(|c| c.what.starts_with("the emulated kernel:")).map(|c| c.ok);
         assert_eq!(kernel, Some(true), "{}: the Verifier/bugcheck check was made and held", row.name);
     }
@@ -104,7 +92,7 @@ fn the_image_counts_come_from_its_trace_and_can_fail_a_row() {
 fn surprise_removal_goes_through_the_image_pnp_manager() {
     let Some(drivers) = image() else { return };
     let row = run_row("surprise-removal/sg", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     let order: Vec<&str> = row
         .statuses
         .iter()

@@ -10,7 +10,7 @@
 
 mod support;
 
-use capdma_sim::faults::{not_applicable, run_matrix, run_row, FaultRow, NOT_WITH_IMAGES, ROWS};
+use capdma_sim::faults::{not_applicable, run_matrix, run_row, NOT_WITH_IMAGES, ROWS};
 use capdma_sim::image::active;
 use capdma_sim::machine::{Drivers, Machine, MachineConfig};
 
@@ -31,19 +31,6 @@ fn images() -> Option<Drivers> {
     Some(Drivers::Images { bus, avstream, map_register_limit: None })
 }
 
-fn describe(row: &FaultRow) -> String {
-    format!(
-        "{}: failed {:#?}\nviolations: {:#?}\nleaks: {:#?}\nstatuses: {:#?}\nreplay: capdma-sim faults --drivers images --only {} --seed {}",
-        row.name,
-        row.failures(),
-        row.violations,
-        row.leaks,
-        row.statuses,
-        row.name,
-        row.seed
-    )
-}
-
 #[test]
 fn every_row_that_applies_holds_through_both_images() {
     let Some(drivers) = images() else { return };
@@ -60,15 +47,15 @@ fn every_row_that_applies_holds_through_both_images() {
         ran += 1;
         if let Some((_, allowed)) = KNOWN_DRIVER_BUGS.iter().find(|(name, _)| *name == row.name) {
             let failures = row.failures();
-            assert!(!row.holds && row.frames_corrupt > 0, "{} holds now: the driver bug is fixed, remove it from KNOWN_DRIVER_BUGS\n{}", row.name, describe(row));
-            assert!(failures.iter().all(|f| allowed.iter().any(|a| f.starts_with(a))), "{} fails elsewhere too:\n{}", row.name, describe(row));
+            assert!(!row.holds && row.frames_corrupt > 0, "{} holds now: the driver bug is fixed, remove it from KNOWN_DRIVER_BUGS\n{}", row.name, support::describe(row));
+            assert!(failures.iter().all(|f| allowed.iter().any(|a| f.starts_with(a))), "{} fails elsewhere too:\n{}", row.name, support::describe(row));
             continue;
         }
-        assert!(row.holds, "{}", describe(row));
-        assert!(row.recovered, "{}", describe(row));
-        assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", describe(row));
+        assert!(row.holds, "{}", support::describe(row));
+        assert!(row.recovered, "{}", support::describe(row));
+        assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", support::describe(row));
         assert_eq!(row.frames_corrupt, 0, "{}", row.name);
-        assert!(row.frames_delivered > 0 && row.frames_verified == row.frames_delivered, "{}", describe(row));
+        assert!(row.frames_delivered > 0 && row.frames_verified == row.frames_delivered, "{}", support::describe(row));
         let kernel = row.checks.iter().find(|c| c.what.starts_with("the emulated kernel:")).map(|c| c.ok);
         assert_eq!(kernel, Some(true), "{}: the Verifier/bugcheck check was made and held", row.name);
     }
@@ -87,7 +74,7 @@ fn the_image_rows_check_what_they_claim() {
     // Every call of both images failed in turn, on both boards: some
     // starts refused (with the step and status), some streams on.
     let row = run_row("low-resources/images", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     let summary = &row.statuses[0];
     assert!(summary.contains("calls failed in turn") && summary.contains("refused the start"), "{summary}");
     assert!(row.statuses.iter().any(|s| s.contains("IRP_MN_START_DEVICE: STATUS_INSUFFICIENT_RESOURCES")), "{:#?}", row.statuses);
@@ -99,15 +86,15 @@ fn the_image_rows_check_what_they_claim() {
     assert!(row.not_applicable.as_deref().is_some_and(|why| why.contains("allocates nothing")), "{:?}", row.not_applicable);
     // A close outlasting the bus's reset wait: the engine's reset stuck, then acknowledged.
     let row = run_row("close-while-reset-hangs/images", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     assert!(row.statuses.iter().any(|s| s.contains("card 0 channel 0: pin closed (IRP_MJ_CLOSE): STATUS_SUCCESS")), "{:#?}", row.statuses);
     // Plain headers: every frame identified by its time.
     let row = run_row("plain-headers/images", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     assert!(row.checks.iter().any(|c| c.ok && c.what.contains("identified by its PresentationTime (60 of 60)")), "{:#?}", row.checks);
     // Four pins open through a surprise removal.
     let row = run_row("surprise-removal-open-pins/images", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     assert_eq!(row.checks.iter().filter(|c| c.what.contains("the pin closed in the removal")).count(), 4);
 }
 
@@ -145,12 +132,12 @@ fn the_pin_rows_reach_the_image_through_the_emulated_ks() {
     // The minidriver's own guard refuses a wrong FromState: the image's
     // answer, through a SetDeviceState call of the emulated KS.
     let row = run_row("pin-out-of-order/sg", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     assert!(row.statuses.iter().any(|s| s.contains("SetDeviceState(Acquire, from Stop)") && s.contains("STATUS_INVALID_DEVICE_REQUEST")), "{:#?}", row.statuses);
     // The removal is vetoed while the application has the pin open (the
     // emulated PnP manager's handle check), then goes through.
     let row = run_row("remove-while-referenced", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     assert!(
         row.statuses.iter().any(|s| s.contains("vetoed for open handles (AVStream stack)") && s.contains("STATUS_DEVICE_BUSY")),
         "{:#?}",
@@ -158,7 +145,7 @@ fn the_pin_rows_reach_the_image_through_the_emulated_ks() {
     );
     // The driver's drops come from the image's KSPROPERTY_DROPPEDFRAMES_CURRENT handler.
     let row = run_row("app-starved/cb", &drivers, SEED).expect("the row");
-    assert!(row.holds, "{}", describe(&row));
+    assert!(row.holds, "{}", support::describe(&row));
     let counted = row.checks.iter().find(|c| c.what.starts_with("every lost frame was counted")).expect("the check");
     assert!(counted.ok && !counted.what.contains("+ 0 by the driver"), "{counted:?}");
 }

@@ -11,7 +11,10 @@
 //! | [`SYSTEM_BASE`] … | the machine's own structures: GDT, IDT, TSS, the trap handlers, the return trap, the stub pages, the ring-0 trap stack |
 //! | [`DYNAMIC_BASE`] … | everything mapped at run time (images, stacks, pool, common buffers, I/O space), each range followed by an unmapped guard page |
 
-/// Bytes in a page.
+/// Bytes in a page: the x86-64 MMU's 4 KiB page, which this machine's page
+/// tables map. Defined here rather than taken from
+/// `capdma_interface::kernel::PAGE_SIZE` on purpose: `capdma-winvm` emulates
+/// the processor for any image and does not depend on the drivers' contract.
 pub const PAGE_SIZE: u64 = 4096;
 
 /// `KUSER_SHARED_DATA` on x64 (wdm.h `KI_USER_SHARED_DATA`), read-only.

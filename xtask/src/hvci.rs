@@ -23,7 +23,11 @@ use object::pe;
 
 use crate::pe_image::{ImageInfo, Section};
 
-/// `PAGE_SIZE` on x64, bytes.
+/// `PAGE_SIZE` on x64, bytes: the section alignment HVCI requires of an
+/// image. Defined here rather than taken from
+/// `capdma_interface::kernel::PAGE_SIZE` on purpose: the checks are rules of
+/// the PE format that xtask applies to any `.sys` file, and xtask builds
+/// nothing of the drivers' crates for the host.
 pub const PAGE_SIZE: u32 = 0x1000;
 
 /// One HVCI rule.

@@ -61,12 +61,12 @@ struct Cli {
 #[derive(Debug, PartialEq, Eq, Subcommand)]
 enum Task {
     /// Cross-build the driver images for x86_64-pc-windows-msvc into
-    /// target/windows/<profile>/, then PE-check them.
+    /// target/windows/PROFILE/, then PE-check them.
     Windows(WindowsArgs),
     /// Build and PE-check the shipping drivers, then write per driver the
     /// folder inf2cat and signtool take, as cargo-wdk lays it out:
-    /// target/windows/<profile>/<lib>_package/ with <lib>.sys, .pdb, .map
-    /// and <lib>.inf stamped from inf/<lib>.inx.
+    /// a package folder per driver in target/windows/PROFILE/ with its
+    /// .sys, .pdb, .map and its .inf stamped from its .inx in inf/.
     Package(PackageArgs),
     /// Check PE images: machine AMD64, subsystem NATIVE, the entry point,
     /// the modules imported from and the required imports.

@@ -27,10 +27,11 @@ use crate::ports::{DmaAdapterPort, RegisterPort};
 use capdma_interface::descriptor::CompletionRecord;
 use capdma_interface::regs::{channel, Caps, CTRL_RUN};
 use capdma_interface::status::{NtStatus, STATUS_INTEGER_OVERFLOW, STATUS_INVALID_PARAMETER};
-use capdma_interface::table::{ChannelFormat, DmaConfig, SlotRing};
+use capdma_interface::table::{ChannelFormat, DmaConfig, SlotRing, MAX_RING_SLOTS};
 
-/// Most slots per channel.
-pub const MAX_SLOTS: usize = 32;
+/// Most slots per channel: the contract's [`MAX_RING_SLOTS`] as the length
+/// of the slot tables.
+pub const MAX_SLOTS: usize = MAX_RING_SLOTS as usize;
 
 /// Bytes of one slot for a board whose largest frame is `max_frame_bytes`
 /// and whose buffers must be aligned to `alignment` bytes: the frame rounded

@@ -359,8 +359,9 @@ pub struct SelectedResources {
     pub interrupt: InterruptResource,
 }
 
-/// `HIGH_LEVEL`: no interrupt IRQL is above it.
-const HIGH_LEVEL: u16 = 15;
+/// `HIGH_LEVEL` as the `u16` of a resource descriptor's `Level`: no
+/// interrupt IRQL is above it.
+const HIGH_LEVEL: u16 = capdma_interface::kernel::HIGH_LEVEL as u16;
 
 /// Picks BAR0 and the interrupt (see the module table).
 ///

@@ -29,10 +29,11 @@
 use super::{STATUS_DELETE_PENDING, STATUS_NO_SUCH_DEVICE};
 use capdma_interface::status::{NtStatus, STATUS_INVALID_DEVICE_REQUEST};
 use core::sync::atomic::{AtomicU16, Ordering};
+use zerocopy::{Immutable, IntoBytes, TryFromBytes};
 
 /// A device object's Plug and Play state.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, Immutable)]
 pub enum PnpState {
     /// Created (`AddDevice` / enumeration), or a child after a removal that kept it.
     NotStarted = 0,
@@ -51,16 +52,10 @@ pub enum PnpState {
 }
 
 impl PnpState {
-    const fn from_u8(value: u8) -> Self {
-        match value {
-            0 => Self::NotStarted,
-            1 => Self::Started,
-            2 => Self::StopPending,
-            3 => Self::Stopped,
-            4 => Self::RemovePending,
-            5 => Self::SurpriseRemoved,
-            _ => Self::Deleted,
-        }
+    /// The state stored as `value`; a value no state has (never stored)
+    /// reads as [`Self::Deleted`], the state that serves nothing.
+    fn from_u8(value: u8) -> Self {
+        zerocopy::try_transmute!(value).unwrap_or(Self::Deleted)
     }
 
     /// Whether a child PDO in this state hands out interfaces
@@ -205,7 +200,7 @@ impl PnpMachine {
         (self.state as u16) | ((self.before_remove as u16) << 8)
     }
 
-    const fn unpack(value: u16) -> Self {
+    fn unpack(value: u16) -> Self {
         let [state, before] = value.to_le_bytes();
         Self { state: PnpState::from_u8(state), before_remove: PnpState::from_u8(before) }
     }

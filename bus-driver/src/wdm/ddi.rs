@@ -58,8 +58,7 @@ pub const BOOLEAN_TRUE: BOOLEAN = 1;
 /// make the binding ambiguous.
 pub const POOL_FLAG_PAGED: u64 = 0x0000_0000_0000_0100;
 
-/// `DISPATCH_LEVEL`.
-pub const DISPATCH_LEVEL: KIRQL = 2;
+pub use capdma_interface::kernel::DISPATCH_LEVEL;
 
 /// `KUSER_SHARED_DATA` + `0x8`: `InterruptTime` (wdm.h `SharedInterruptTime`, AMD64).
 const SHARED_INTERRUPT_TIME: usize = 0xFFFF_F780_0000_0008;

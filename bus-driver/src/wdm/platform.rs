@@ -4,6 +4,7 @@ use super::ddi::{current_irql, lower_irql, raise_to_dispatch, BOOLEAN_FALSE, BOO
 use crate::pnp::resources::highest_ram_address;
 use crate::pnp::window::RegisterWindow;
 use crate::ports::{BusPlatform, CommonBuffer, CoreEvent, DeviceDescription, DmaAdapterPort, Irql, RegisterPort};
+use capdma_interface::kernel::PAGE_SIZE;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use wdk_sys::ntddk::{ExFreePool, IoGetDmaAdapter, MmGetPhysicalMemoryRanges, MmMapIoSpaceEx, MmUnmapIoSpace};
@@ -11,9 +12,6 @@ use wdk_sys::{
     _DMA_WIDTH, _INTERFACE_TYPE, DEVICE_DESCRIPTION, DEVICE_DESCRIPTION_VERSION2, DEVICE_OBJECT, DMA_ADAPTER,
     DMA_OPERATIONS, PAGE_NOCACHE, PAGE_READWRITE, PHYSICAL_ADDRESS, ULONG,
 };
-
-/// Bytes of a page.
-const PAGE_SIZE: u64 = 4096;
 
 /// BAR0 mapped with `MmMapIoSpaceEx`; register access is
 /// `READ_REGISTER_ULONG` / `WRITE_REGISTER_ULONG`: one volatile 32-bit
@@ -156,7 +154,7 @@ impl DmaAdapterPort for WdmAdapter {
         // SAFETY: QuadPart is the whole union.
         let logical = u64::from_ne_bytes(unsafe { logical.QuadPart }.to_ne_bytes());
         let buffer = CommonBuffer { va: va.cast(), logical, bytes };
-        if !(va as u64).is_multiple_of(PAGE_SIZE) || !logical.is_multiple_of(PAGE_SIZE) {
+        if !(va as u64).is_multiple_of(u64::from(PAGE_SIZE)) || !logical.is_multiple_of(u64::from(PAGE_SIZE)) {
             self.free_common_buffer(buffer);
             return None;
         }

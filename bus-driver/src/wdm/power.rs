@@ -44,14 +44,13 @@ use core::ptr::null_mut;
 use core::sync::atomic::Ordering;
 use wdk_sys::ntddk::{IofCompleteRequest, PoCallDriver, PoRequestPowerIrp, PoSetPowerState};
 use wdk_sys::{
-    _POWER_STATE_TYPE, CCHAR, IO_NO_INCREMENT, IO_STATUS_BLOCK, IRP_MN_QUERY_POWER, IRP_MN_SET_POWER, KIRQL,
+    _POWER_STATE_TYPE, CCHAR, IO_NO_INCREMENT, IO_STATUS_BLOCK, IRP_MN_QUERY_POWER, IRP_MN_SET_POWER,
     NTSTATUS, PDEVICE_OBJECT, PIRP, POWER_STATE, UCHAR,
 };
 
-/// `PASSIVE_LEVEL`: `KeFlushQueuedDpcs` needs it.
-const PASSIVE_LEVEL: KIRQL = 0;
-/// `APC_LEVEL`: `PoSetPowerState` to D1..D3 needs this or below.
-const APC_LEVEL: KIRQL = 1;
+// `KeFlushQueuedDpcs` needs `PASSIVE_LEVEL`; `PoSetPowerState` to D1..D3
+// needs `APC_LEVEL` or below.
+use capdma_interface::kernel::{APC_LEVEL, PASSIVE_LEVEL};
 
 /// A minor function code as the `u8` of `IO_STACK_LOCATION.MinorFunction`.
 const fn minor(code: u32) -> u8 {

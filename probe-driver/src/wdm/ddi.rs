@@ -14,10 +14,7 @@ use core::ffi::c_void;
 use wdk_sys::ntddk::{ExAllocatePool2, ExFreePoolWithTag, IofCompleteRequest};
 use wdk_sys::{BOOLEAN, CCHAR, IO_NO_INCREMENT, KIRQL, NTSTATUS, PIO_STACK_LOCATION, PIRP, SL_PENDING_RETURNED, UCHAR};
 
-/// `PASSIVE_LEVEL`.
-pub const PASSIVE_LEVEL: KIRQL = 0;
-/// `DISPATCH_LEVEL`.
-pub const DISPATCH_LEVEL: KIRQL = 2;
+pub use capdma_interface::kernel::{DISPATCH_LEVEL, PASSIVE_LEVEL};
 
 /// `FALSE` as a `BOOLEAN`.
 pub const BOOLEAN_FALSE: BOOLEAN = 0;
@@ -33,8 +30,7 @@ pub const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
 /// `POOL_FLAG_PAGED` (wdm.h).
 pub const POOL_FLAG_PAGED: u64 = 0x0000_0000_0000_0100;
 
-/// `PAGE_SIZE` on x64, in bytes.
-pub const PAGE_SIZE: u32 = 4096;
+pub use capdma_interface::kernel::PAGE_SIZE;
 
 // The IRQL routines of wdm.h as ntoskrnl exports (x64 without NT_INLINE_IRQL).
 #[link(name = "ntoskrnl")]

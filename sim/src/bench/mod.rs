@@ -7,12 +7,12 @@
 //!   (slot line pitch = line bytes rounded up to 256, frame stride = line
 //!   bytes, as in common-buffer mode), each into one of two destinations:
 //!   a **contiguous** ring (one linear mapping of a page pool) and a ring of
-//!   **scattered 4 KiB pages**, the driver's frame buffers (see [`region`]
+//!   **scattered 4 KiB pages**, the driver's frame buffers (see `region`
 //!   for how that is modelled and why):
 //!   * `ref_avx2`, `ref_sse2`, `ref_sse2_lookahead`: reference
 //!     non-temporal copies of the frame's bytes as one run (32-byte AVX2
 //!     stores, 16-byte SSE2 stores, and SSE2 with a page lookahead of their
-//!     own; [`kernels`]), into each destination;
+//!     own; `kernels`), into each destination;
 //!   * `copy_from_slice`: the naive stride-aware copy, line by line;
 //!   * `driver`: the driver's path, `copy_frame` with the best
 //!     [`VectorUnit`] and its default tuning, into the scattered pages;
@@ -42,7 +42,7 @@
 //!   after the frame included;
 //! * the **share of one core** that 1080p60, 2160p60 and 4 × 1080p60 cost on
 //!   the driver's path;
-//! * the **S/G programming cost** (see [`sg`]), once.
+//! * the **S/G programming cost** (see `sg`), once.
 //!
 //! Figures over runs: each run gives a median per method; the report's
 //! figure is the median of those, with their range. The whole-stack
@@ -583,13 +583,10 @@ fn check_once(method: &Method, g: &CopyGeometry, rings: &Rings, layout: &Layout,
     })
 }
 
-/// Fills `bytes` with a pattern that depends on the position (so every
-/// slot's content differs).
+/// Fills `bytes` with seeded pseudo-random bytes (`ChaCha8Rng` from
+/// `seed`), so every slot's content differs.
 fn fill_pattern(bytes: &mut [u8], seed: u64) {
-    for (i, chunk) in (0u64..).zip(bytes.chunks_mut(8)) {
-        let word = placement::mix(seed ^ i).to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
+    rand_chacha::rand_core::Rng::fill_bytes(&mut placement::rng(seed), bytes);
 }
 
 fn load_average() -> String {
@@ -774,7 +771,7 @@ fn run_case(g: &CopyGeometry, methods: &[Method], rings: &mut Rings, schedule: S
 
     let mut ns = vec![Vec::with_capacity(samples); methods.len()];
     let mut order: Vec<usize> = (0..methods.len()).collect();
-    let mut order_rng = placement::Rng::new(seed ^ 0x0DE2_0F2E_77E5);
+    let mut order_rng = placement::rng(seed ^ 0x0DE2_0F2E_77E5);
     for round in 0..samples {
         placement::shuffle(&mut order, &mut order_rng);
         for &i in &order {

@@ -25,7 +25,7 @@
 //! to a private anonymous mapping or a heap buffer and says so in
 //! [`Region::model`]. The host mappings come from [`crate::memory::host`],
 //! shared with the simulated machine's memory (and its mapping budget).
-use super::placement::{self, Rng, PAGE};
+use super::placement::{self, PAGE};
 use crate::memory::host::{self, Mapping, MappingTicket};
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -141,7 +141,7 @@ fn pool(len: usize, shuffle_seed: Option<u64>) -> Result<Region, String> {
     drop(linear);
 
     let pages = len / PAGE;
-    let mut rng = Rng::new(seed ^ 0x5CA7_7E2E_D000_0001);
+    let mut rng = placement::rng(seed ^ 0x5CA7_7E2E_D000_0001);
     let mut first = 0usize;
     let mut pool_runs: Vec<(u64, usize)> = placement::runs(pages, &mut rng)
         .into_iter()

@@ -4,7 +4,7 @@
 //! `SgDescriptor` per element written into the descriptor ring, release
 //! fence), followed by the `RING_PRODUCER` write — and how many elements a
 //! frame has with and without merging of physically adjacent pages.
-use super::placement::{self, Rng, PAGE};
+use super::placement::{self, PAGE};
 use super::stats::{summarize, Summary};
 use capdma_bus::ports::CommonBuffer;
 use capdma_bus::SgEngine;
@@ -136,7 +136,7 @@ pub struct SgCost {
 /// # Errors
 /// A programming call or its completion failed (a bug).
 pub fn measure(sizes: &[(String, usize)], frames: usize, samples: usize, seed: u64, host_runs: &dyn Fn(usize) -> Option<usize>) -> Result<SgCost, String> {
-    let mut placement_rng = Rng::new(seed);
+    let mut placement_rng = placement::rng(seed);
     let mut out = Vec::new();
     for (name, bytes) in sizes {
         let pages = bytes.div_ceil(PAGE);

@@ -631,7 +631,7 @@ impl DmaAdapterPort for SimDmaAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::irql::{DISPATCH, DEVICE};
+    use crate::irql::{DEVICE_LEVEL, DISPATCH_LEVEL};
     use crate::memory::{ContiguousFailure, MemoryConfig};
 
     struct Machine {
@@ -734,7 +734,7 @@ mod tests {
         let buf = m.memory.allocate_scattered(8 * PAGE_SIZE, "frame").unwrap();
         let high: Vec<usize> = (0..8).filter(|&i| buf.page_addresses[i] >= FOUR_GIB).collect();
         assert!(!high.is_empty() && high.len() < 8, "seed 1 places some pages high and some low: {:x?}", buf.page_addresses);
-        let old = m.irql.raise(DISPATCH);
+        let old = m.irql.raise(DISPATCH_LEVEL);
         let list = a.get_scatter_gather_list(buf.va, buf.bytes).unwrap();
         m.irql.lower(old);
         assert!(list.elements.iter().all(|e| e.logical_address + u64::from(e.byte_count) <= FOUR_GIB));
@@ -851,7 +851,7 @@ mod tests {
         let one = a.allocate_common_buffer(PAGE_SIZE).unwrap();
         assert!(a.allocate_common_buffer(PAGE_SIZE).is_none());
         assert_eq!(a.stats().common_buffer_failures, 1);
-        let old = m.irql.raise(DISPATCH);
+        let old = m.irql.raise(DISPATCH_LEVEL);
         let two = a.allocate_common_buffer(PAGE_SIZE);
         m.irql.lower(old);
         assert_eq!(m.violations.count(ViolationKind::Irql), 1);
@@ -871,7 +871,7 @@ mod tests {
         assert_eq!(b.id(), a.id());
         assert!(SimDmaAdapter::from_raw(std::ptr::null_mut()).is_none());
         let buf = m.memory.allocate_scattered(PAGE_SIZE, "frame").unwrap();
-        let old = m.irql.raise(DEVICE);
+        let old = m.irql.raise(DEVICE_LEVEL);
         let list = a.get_scatter_gather_list(buf.va, 16).unwrap();
         m.irql.lower(old);
         assert_eq!(m.violations.count(ViolationKind::Irql), 1);

@@ -559,7 +559,7 @@ impl KsPinPort for SimKsPin {
     }
 
     fn raise_to_dispatch(&self) -> Irql {
-        self.irql.raise(crate::irql::DISPATCH)
+        self.irql.raise(crate::irql::DISPATCH_LEVEL)
     }
 
     fn lower_irql(&self, old: Irql) {

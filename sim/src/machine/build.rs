@@ -26,7 +26,7 @@ use crate::irql::IrqlTracker;
 use crate::ks::SimKsPin;
 use crate::memory::{Allocation, MemoryConfig, PhysicalMemory};
 use crate::pattern::Pattern;
-use crate::pnp::{AvStreamDevice, DeviceId, DeviceKind, DeviceTree, FilterKind, PciFunction};
+use crate::pnp::{AvStreamDevice, DeviceId, DeviceKind, DeviceTree, FilterKind, PciFunction, StackLayout};
 use crate::violations::Violations;
 
 /// What the machine recorded about one channel (for the fault matrix).
@@ -188,7 +188,7 @@ impl Machine {
     /// Builds the machine (memory, boards, the PCI functions with the bus
     /// driver's `BusDevice` each, and their Plug and Play bus stacks with
     /// the configured filters) without starting anything. With
-    /// [`Drivers::BusImage`] the bus stacks are the image's, in an emulated
+    /// [`super::Drivers::BusImage`] the bus stacks are the image's, in an emulated
     /// kernel booted over the machine's memory (`DriverEntry` and
     /// `AddDevice` run here).
     ///
@@ -294,4 +294,25 @@ pub(super) fn attach_filters(tree: &DeviceTree, filters: &[FilterKind], target: 
     for (n, kind) in filters.iter().enumerate() {
         tree.attach(format!("{name} {n} ({})", kind.name()), DeviceKind::Filter(*kind), target);
     }
+}
+
+/// Channel `ch` of card `card`'s child stack, as Plug and Play builds it
+/// after `BusRelations`: the child PDO (`pdo_name`, `kind`: the core's or
+/// the bus image's), the configured lower filters, the AVStream FDO and
+/// the configured upper filters.
+pub(super) fn build_child_stack(
+    tree: &DeviceTree,
+    stack: &StackLayout,
+    card: usize,
+    ch: u32,
+    pdo_name: String,
+    kind: DeviceKind,
+) -> ChildStack {
+    let pdo = tree.create_pdo(pdo_name, kind);
+    attach_filters(tree, &stack.below_avstream, pdo, &format!("card {card} channel {ch} lower filter"));
+    let name = format!("card {card} channel {ch} AVStream FDO");
+    let device = Rc::new(AvStreamDevice::new(name.clone()));
+    let fdo = tree.attach(name, DeviceKind::AvStreamFdo(Rc::clone(&device)), pdo);
+    attach_filters(tree, &stack.above_avstream, pdo, &format!("card {card} channel {ch} upper filter"));
+    ChildStack { pdo, fdo, device }
 }

@@ -75,7 +75,7 @@ pub struct MachineConfig {
     /// of the stream headers the application sends, bytes (at least
     /// `sizeof(KSSTREAM_HEADER)`, 56, at most a page); `None`: the header
     /// and a `KS_FRAME_INFO`, as a video capture client sends them
-    /// ([`super::image_pins::VIDEO_HEADER_SIZE`]). Without a
+    /// (`image_pins::VIDEO_HEADER_SIZE`). Without a
     /// `KS_FRAME_INFO` the application has no picture number and tells the
     /// frames apart by their `PresentationTime`.
     pub stream_header_size: Option<u32>,

@@ -561,24 +561,21 @@ impl super::Machine {
     /// The image's children in the machine's tree, with the AVStream stack
     /// and the configured filters over each (once per card).
     fn enumerate_image_children(&mut self, card: usize, tables: &[CapdmaBusInterface]) {
-        use super::build::{attach_filters, ChildStack};
-        use crate::pnp::{AvStreamDevice, DeviceKind};
-        use std::rc::Rc;
+        use super::build::build_child_stack;
+        use crate::pnp::DeviceKind;
         if !self.cards[card].children.is_empty() {
             return;
         }
         let mut children = Vec::new();
         for (ch, table) in (0u32..).zip(tables.iter().take(self.config.channels as usize)) {
-            let pdo = self.tree.create_pdo(
+            children.push(build_child_stack(
+                &self.tree,
+                &self.config.stack,
+                card,
+                ch,
                 format!("card {card} child PDO CAPDMA\\Channel {ch} (bus image)"),
                 DeviceKind::ImageChildPdo { table: *table, channel: ch },
-            );
-            attach_filters(&self.tree, &self.config.stack.below_avstream, pdo, &format!("card {card} channel {ch} lower filter"));
-            let name = format!("card {card} channel {ch} AVStream FDO");
-            let device = Rc::new(AvStreamDevice::new(name.clone()));
-            let fdo = self.tree.attach(name, DeviceKind::AvStreamFdo(Rc::clone(&device)), pdo);
-            attach_filters(&self.tree, &self.config.stack.above_avstream, pdo, &format!("card {card} channel {ch} upper filter"));
-            children.push(ChildStack { pdo, fdo, device });
+            ));
         }
         self.cards[card].children = children;
     }

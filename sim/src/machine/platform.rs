@@ -4,7 +4,7 @@ use capdma_bus::ports::{BusPlatform, DeviceDescription, Irql};
 
 use crate::board::Board;
 use crate::dma::adapter::{AdapterConfig, SimDmaAdapter};
-use crate::irql::{IrqlTracker, DISPATCH};
+use crate::irql::{IrqlTracker, DISPATCH_LEVEL};
 use crate::memory::PhysicalMemory;
 use crate::pnp::PciFunction;
 
@@ -73,7 +73,7 @@ impl BusPlatform for SimBusPlatform {
     }
 
     fn raise_to_dispatch(&self) -> Irql {
-        self.irql.raise(DISPATCH)
+        self.irql.raise(DISPATCH_LEVEL)
     }
 
     fn lower_irql(&self, old: Irql) {

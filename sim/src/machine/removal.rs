@@ -178,7 +178,7 @@ impl Machine {
     /// Stops everything in the order Windows would and checks for leaks:
     /// the application closes its pins (every queued buffer back to it,
     /// buffers freed); then per card the orderly removal
-    /// ([`Machine::request_removal`]): `IRP_MN_QUERY_REMOVE_DEVICE` down the
+    /// (`Machine::request_removal`): `IRP_MN_QUERY_REMOVE_DEVICE` down the
     /// child stacks and then the bus stack, `IRP_MN_REMOVE_DEVICE` to the
     /// children (interface references dropped) and then to the bus (engines
     /// stopped, interrupt disconnected, watchdog cancelled, DPCs flushed,

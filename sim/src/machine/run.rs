@@ -13,7 +13,7 @@ use super::build::Machine;
 use super::config::{ConfigError, MachineConfig};
 use super::events::Event;
 use super::report::RunReport;
-use crate::irql::DEVICE;
+use crate::irql::DEVICE_LEVEL;
 use crate::violations::ViolationKind;
 
 /// Latency from the board asserting its line to the ISR, 100-ns units (1 µs).
@@ -244,7 +244,7 @@ impl Machine {
             if !self.cards[card].interrupt_connected {
                 continue;
             }
-            let old = self.irql.enter_isr(DEVICE);
+            let old = self.irql.enter_isr(DEVICE_LEVEL);
             let mine = self.cards[card].bus.core().is_some_and(|bus| bus.isr());
             self.irql.leave_isr(old);
             let c = &mut self.cards[card];

@@ -19,14 +19,14 @@ use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
 use capdma_interface::status::{nt_success, NtStatus, STATUS_DEVICE_NOT_READY, STATUS_SUCCESS};
 use zerocopy::IntoBytes;
 
-use super::build::{attach_filters, card_seed, ChannelLog, ChannelRun, ChildStack, Machine};
+use super::build::{build_child_stack, card_seed, ChannelLog, ChannelRun, Machine};
 use super::config::ConfigError;
 use super::events::Event;
 use super::report::ChannelReport;
 use super::run::{RunError, RunHooks, WATCHDOG_PERIOD};
 use crate::ks::{MappingSource, PinFlags, SimKsPin, SimMapping};
 use crate::pattern::Pattern;
-use crate::pnp::{AvStreamDevice, DeviceKind};
+use crate::pnp::DeviceKind;
 
 impl Machine {
     /// `IRP_MN_START_DEVICE` of every card's bus FDO (the interrupt is
@@ -110,16 +110,14 @@ impl Machine {
         }
         let mut children = Vec::new();
         for ch in 0..self.config.channels {
-            let pdo = self.tree.create_pdo(
+            children.push(build_child_stack(
+                &self.tree,
+                &self.config.stack,
+                card,
+                ch,
                 format!("card {card} child PDO CAPDMA\\Channel {ch}"),
                 DeviceKind::ChildPdo { bus: Rc::clone(bus), channel: ch, parent_fdo: c.bus_fdo },
-            );
-            attach_filters(&self.tree, &self.config.stack.below_avstream, pdo, &format!("card {card} channel {ch} lower filter"));
-            let name = format!("card {card} channel {ch} AVStream FDO");
-            let device = Rc::new(AvStreamDevice::new(name.clone()));
-            let fdo = self.tree.attach(name, DeviceKind::AvStreamFdo(Rc::clone(&device)), pdo);
-            attach_filters(&self.tree, &self.config.stack.above_avstream, pdo, &format!("card {card} channel {ch} upper filter"));
-            children.push(ChildStack { pdo, fdo, device });
+            ));
         }
         self.cards[card].children = children;
     }

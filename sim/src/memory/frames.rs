@@ -1,7 +1,7 @@
 //! Which physical page frames are free, and where new allocations go: the
 //! seeded scattered placement, the top-down contiguous search, and the
 //! contiguous-failure fault injection. Knows nothing of host memory.
-use super::{ContiguousFailure, MemoryError};
+use super::{placement, ContiguousFailure, MemoryError};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
@@ -54,14 +54,14 @@ impl Frames {
     }
 
     /// Takes `pages` frames at seeded pseudo-random places, in runs of 1 to
-    /// 16 physically adjacent frames (see [`pick_run_length`]), in virtual order.
+    /// 16 physically adjacent frames (see [`placement::run_length`]), in virtual order.
     ///
     /// # Errors
     /// [`MemoryError::OutOfMemory`] when no free run is left; nothing is taken.
     pub(super) fn place_scattered(&mut self, pages: usize) -> Result<Vec<u64>, MemoryError> {
         let mut frames = Vec::with_capacity(pages);
         while frames.len() < pages {
-            let want = pick_run_length(&mut self.rng).min(pages - frames.len());
+            let want = placement::run_length(&mut self.rng).min(pages - frames.len());
             let Some(start) = self.place_run(want) else {
                 self.release(frames);
                 return Err(MemoryError::OutOfMemory);
@@ -150,19 +150,6 @@ impl Frames {
             }
         }
         None
-    }
-}
-
-/// Run lengths of physically adjacent pages: mostly single pages, some
-/// short and some long runs.
-fn pick_run_length(rng: &mut ChaCha8Rng) -> usize {
-    let roll = rng.next_u32() % 100;
-    if roll < 55 {
-        1
-    } else if roll < 85 {
-        2 + (rng.next_u32() % 3) as usize
-    } else {
-        5 + (rng.next_u32() % 12) as usize
     }
 }
 

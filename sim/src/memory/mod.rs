@@ -61,6 +61,7 @@ compile_error!(
 
 mod frames;
 pub mod host;
+pub mod placement;
 #[cfg(test)]
 mod tests;
 
@@ -80,8 +81,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 // between them with `as`, which is lossless only on 64-bit hosts.
 const _: () = assert!(usize::BITS == 64, "capdma-sim needs a 64-bit host");
 
-/// Bytes in a page (`PAGE_SIZE` on x64).
-pub const PAGE_SIZE: usize = 4096;
+/// Bytes in a page: the contract's [`capdma_interface::kernel::PAGE_SIZE`]
+/// as the `usize` the simulator indexes with.
+pub const PAGE_SIZE: usize = capdma_interface::kernel::PAGE_SIZE as usize;
 const PAGE: u64 = PAGE_SIZE as u64;
 /// 4 GiB: the first address a 32-bit bus master cannot drive.
 pub const FOUR_GIB: u64 = 1 << 32;

@@ -36,14 +36,7 @@ use capdma_winvm::{Kernel, Machine, Protection, Stop};
 
 use self::verifier::{Finding, Verifier};
 
-/// `PASSIVE_LEVEL`.
-pub const PASSIVE_LEVEL: u8 = 0;
-/// `APC_LEVEL`.
-pub const APC_LEVEL: u8 = 1;
-/// `DISPATCH_LEVEL`.
-pub const DISPATCH_LEVEL: u8 = 2;
-/// `HIGH_LEVEL`.
-pub const HIGH_LEVEL: u8 = 15;
+pub use capdma_interface::kernel::{APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
 
 /// A module the emulated kernel exports from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,11 +2,12 @@
 //! `/dev/kvm` and the images. Outside CI a missing prerequisite skips the
 //! test with the reason printed; in CI (`CI` set) it fails the test, so
 //! these tests can never be skipped there. Also the helpers more than one
-//! test file shares (a Y4M clip to capture).
+//! test file shares (a Y4M clip to capture, a fault row's failure message).
 #![allow(dead_code, reason = "each test file uses the part it needs")]
 
 use std::path::PathBuf;
 
+use capdma_sim::faults::FaultRow;
 use capdma_sim::machine;
 use capdma_sim::nt::system::System;
 
@@ -56,4 +57,21 @@ pub fn write_clip(path: &std::path::Path, format: capdma_interface::format::Pixe
         w.write_frame(&frame, line).unwrap();
     }
     w.finish().unwrap();
+}
+
+/// A failed fault row for an assertion message: what failed, the
+/// violations, leaks and statuses, and the command line that replays it
+/// with the same drivers and seed.
+pub fn describe(row: &FaultRow) -> String {
+    format!(
+        "{}: failed {:#?}\nviolations: {:#?}\nleaks: {:#?}\nstatuses: {:#?}\nreplay: capdma-sim faults --drivers {} --only {} --seed {}",
+        row.name,
+        row.failures(),
+        row.violations,
+        row.leaks,
+        row.statuses,
+        row.drivers,
+        row.name,
+        row.seed
+    )
 }

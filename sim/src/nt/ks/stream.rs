@@ -92,7 +92,7 @@ pub fn new_pointer_slot(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     Ok(page)
 }
 
-/// Gives a slot back, filled with [`DELETED_FILL`] (a minidriver reading a
+/// Gives a slot back, filled with `DELETED_FILL` (a minidriver reading a
 /// deleted clone sees garbage, as with KS's lookaside lists).
 ///
 /// # Errors

@@ -181,9 +181,8 @@ pub trait KsPinPort {
     /// `KSSTATE_STOP`. Nothing without a clock. PASSIVE.
     fn release_reference_clock(&self) {}
     /// The clock's stream time now, 100-ns units, by
-    /// `IKsReferenceClock::GetCorrelatedTime` (its page: the method to use
-    /// "when obtaining a time stamp to put in the PresentationTime member of
-    /// KSSTREAM_HEADER"); `None` without a clock. `<= DISPATCH_LEVEL` (the
+    /// `IKsReferenceClock::GetCorrelatedTime` (by its page, the method for a
+    /// time stamp in `KSSTREAM_HEADER.PresentationTime`); `None` without a clock. `<= DISPATCH_LEVEL` (the
     /// completion callback stamps frames with it).
     fn stream_time(&self) -> Option<i64> {
         None

@@ -228,7 +228,7 @@ fn an_application_holding_each_frame_longer_than_a_frame_interval_stops_with_the
             );
             // The run ends when the cores' does, not a watchdog period later.
             let late = (report.sim_time_s - cores.sim_time_s).abs();
-            assert!(late * 1e7 < interval as f64, "{board:?} {}: ended {late} s apart from the cores", report.drivers);
+            assert!(late * 1e7 < f64::from(u32::try_from(interval).unwrap_or(u32::MAX)), "{board:?} {}: ended {late} s apart from the cores", report.drivers);
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::y4m::Y4mVideo;
 /// A run's configuration. [`MachineConfig::default`] is the main job's:
 /// legacy board, 1920x1080 YUY2 at 60 fps, 300 frames, one channel.
 #[derive(Clone, Debug)]
+#[allow(clippy::struct_excessive_bools, reason = "independent switches of the machine, each a flag of `stream`")]
 pub struct MachineConfig {
     /// The board model.
     pub board: BoardKind,

@@ -467,16 +467,9 @@ mod proptests {
         }
     }
 
-    /// Deterministic filler (xorshift), so buffers differ from each other.
+    /// Deterministic filler (seeded `fastrand`), so buffers differ from each other.
     fn fill(buf: &mut [u8], seed: u64) {
-        let mut x = seed | 1;
-        for chunk in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let bytes = x.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        fastrand::Rng::with_seed(seed).fill(buf);
     }
 
     /// Index where `buf[start..]` is at `residue` modulo 64.

@@ -37,7 +37,7 @@ pub struct Preemption {
 /// A POSIX timer that signals the thread that created it.
 pub(crate) struct KickTimer {
     timer: libc::timer_t,
-    state: u64,
+    rng: fastrand::Rng,
     mean_ns: u64,
 }
 
@@ -69,7 +69,7 @@ impl KickTimer {
         if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &raw mut event, &raw mut timer) } != 0 {
             return Err(Stop::Host(format!("timer_create: {}", std::io::Error::last_os_error())));
         }
-        let mut kick = Self { timer, state: preemption.seed | 1, mean_ns: preemption.mean_interval_us.max(1) * 1000 };
+        let mut kick = Self { timer, rng: fastrand::Rng::with_seed(preemption.seed), mean_ns: preemption.mean_interval_us.max(1) * 1000 };
         kick.rearm();
         Ok(kick)
     }
@@ -77,11 +77,8 @@ impl KickTimer {
     /// Arms the next kick after a seeded interval (uniform in 0.5..1.5 of
     /// the mean), then every mean interval until re-armed.
     pub(crate) fn rearm(&mut self) {
-        // xorshift64*: the schedule only needs to be reproducible from the seed.
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        let draw = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.mean_ns.max(1);
+        // Seeded: the schedule only needs to be reproducible from the seed.
+        let draw = self.rng.u64(..self.mean_ns.max(1));
         let ns = self.mean_ns / 2 + draw;
         // Periodic at the mean as well: a kick that lands while the host
         // runs (not in KVM_RUN) is lost, and the timer must keep going.

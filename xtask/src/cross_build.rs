@@ -82,6 +82,9 @@ pub fn select_packages(selected: &[String]) -> Result<Vec<&'static str>> {
 pub struct Options {
     /// Build with the release profile (default) rather than dev.
     pub release: bool,
+    /// Lint instead of build: `cargo clippy` of each driver's library for
+    /// the Windows target (its glue included), warnings as errors; no image.
+    pub clippy: bool,
 }
 
 /// Where everything goes.
@@ -174,16 +177,10 @@ fn cargo_command(
     let mut command = Command::new(&tc.cargo);
     command
         .current_dir(&layout.root)
-        .args([
-            "rustc",
-            "-p",
-            package,
-            "--lib",
-            "--crate-type",
-            "cdylib",
-            "--target",
-            WINDOWS_TARGET,
-        ])
+        .args(if options.clippy { ["clippy"].as_slice() } else { ["rustc"].as_slice() })
+        .args(["-p", package, "--lib"])
+        .args(if options.clippy { [].as_slice() } else { ["--crate-type", "cdylib"].as_slice() })
+        .args(["--target", WINDOWS_TARGET])
         .args(options.release.then_some("--release"))
         .args(
             features_of(package)
@@ -206,6 +203,9 @@ fn cargo_command(
         .env("CC_x86_64_pc_windows_msvc", clang_cl)
         .env("AR_x86_64_pc_windows_msvc", llvm_lib)
         .env("CARGO_TARGET_X86_64_PC_WINDOWS_MSVC_LINKER", "rust-lld");
+    if options.clippy {
+        command.args(["--", "-D", "warnings"]);
+    }
     Ok(command)
 }
 
@@ -281,6 +281,10 @@ pub fn run(tc: &Toolchain, options: Options, packages: &[&str]) -> Result<Vec<Pa
         ),
     }
     let built = built?;
+    if options.clippy {
+        println!("[windows] clippy         clean: {}", built.join(", "));
+        return Ok(Vec::new());
+    }
 
     let mut images = Vec::new();
     for lib_name in built {
@@ -314,7 +318,8 @@ fn build_all(
     let mut built = Vec::new();
     for driver in &facts.drivers {
         println!(
-            "[windows] building       {} -> {}.sys ({}{})",
+            "[windows] {}       {} -> {}.sys ({}{})",
+            if options.clippy { "linting " } else { "building" },
             driver.package,
             driver.lib_name,
             profile_dir(options),
@@ -345,14 +350,14 @@ mod tests {
 
     #[test]
     fn layout_is_under_target() {
-        let layout = Layout::new(Path::new("/w"), Options { release: true });
+        let layout = Layout::new(Path::new("/w"), Options { release: true, clippy: false });
         assert_eq!(layout.out, PathBuf::from("/w/target/windows/release"));
         assert_eq!(
             layout.cargo_target,
             PathBuf::from("/w/target/windows/cargo")
         );
         assert_eq!(layout.wdk_root, PathBuf::from("/w/target/wdk-root"));
-        let debug = Layout::new(Path::new("/w"), Options { release: false });
+        let debug = Layout::new(Path::new("/w"), Options { release: false, clippy: false });
         assert_eq!(debug.out, PathBuf::from("/w/target/windows/debug"));
     }
 

@@ -78,6 +78,7 @@ enum Task {
 
 /// `cargo xtask windows` options.
 #[derive(Debug, PartialEq, Eq, Args)]
+#[allow(clippy::struct_excessive_bools, reason = "independent command-line flags")]
 struct WindowsArgs {
     /// Build with the dev profile instead of release (images in
     /// target/windows/debug/).
@@ -89,6 +90,10 @@ struct WindowsArgs {
     /// Build only, no PE check.
     #[arg(long)]
     no_pe_check: bool,
+    /// Lint the drivers for the Windows target (their glue included) with
+    /// clippy, warnings as errors, instead of building images.
+    #[arg(long, conflicts_with_all = ["no_pe_check", "skip_required_imports"])]
+    clippy: bool,
     /// Build (and check) only this driver package; repeatable; default: all.
     #[arg(
         short = 'p',
@@ -150,6 +155,7 @@ fn run(task: Task) -> Result<()> {
             let options = package::Options {
                 build: cross_build::Options {
                     release: !args.debug,
+                    clippy: false,
                 },
                 date: args.date,
                 version: args.driver_version,
@@ -174,9 +180,12 @@ fn run(task: Task) -> Result<()> {
             let packages = cross_build::select_packages(&args.packages)?;
             let options = cross_build::Options {
                 release: !args.debug,
+                clippy: args.clippy,
             };
             let images = cross_build::run(&tc, options, &packages)?;
-            if args.no_pe_check {
+            if args.clippy {
+                // Linted, nothing built.
+            } else if args.no_pe_check {
                 println!("[windows] PE check       NOT RUN (--no-pe-check)");
             } else {
                 pe_check::run(
@@ -220,6 +229,7 @@ mod tests {
             debug,
             skip_required_imports: skip,
             no_pe_check,
+            clippy: false,
             packages: packages.iter().map(|p| (*p).to_owned()).collect(),
         })
     }
@@ -293,6 +303,18 @@ mod tests {
             Some("2025-12-31")
         );
         assert_eq!(args.driver_version, Some([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn clippy_is_a_mode_of_windows_without_the_pe_check_flags() {
+        let Some(Task::Windows(args)) = parse(&["windows", "--clippy", "-p", "capdma-bus"]).unwrap() else {
+            panic!("not a windows task");
+        };
+        assert!(args.clippy);
+        assert_eq!(args.packages, ["capdma-bus"]);
+        for args in [&["windows", "--clippy", "--no-pe-check"][..], &["windows", "--clippy", "--skip-required-imports"]] {
+            assert_eq!(parse(args).expect_err("conflicting flags").exit_code(), 2, "{args:?}");
+        }
     }
 
     #[test]

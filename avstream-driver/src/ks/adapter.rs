@@ -4,9 +4,9 @@
 //! `QueryInterface(IID_IKsDeviceFunctions)`, then
 //! `IKsDeviceFunctions::RegisterAdapterObjectEx` with the `DEVICE_DESCRIPTION`
 //! the bus got the adapter with and its map-register grant, and `Release`
-//! ("IKsDeviceFunctions::RegisterAdapterObjectEx method (ks.h)": "All
+//! ("`IKsDeviceFunctions::RegisterAdapterObjectEx` method (ks.h)": "All
 //! drivers compiled for Win64 platforms should use this method instead of
-//! KsDeviceRegisterAdapterObject"). An AVStream without the interface
+//! `KsDeviceRegisterAdapterObject`"). An AVStream without the interface
 //! (`QueryInterface` fails) gets `KsDeviceRegisterAdapterObject`.
 use super::bindings::{KsDeviceRegisterAdapterObject, KsGetOuterUnknown, PKSDEVICE};
 use super::ddi::nt_success;
@@ -30,6 +30,18 @@ pub(super) struct UnknownVtbl {
         unsafe extern "system" fn(this: *mut c_void, iid: *const GUID, out: *mut *mut c_void) -> NTSTATUS,
     pub(super) add_ref: unsafe extern "system" fn(this: *mut c_void) -> ULONG,
     pub(super) release: unsafe extern "system" fn(this: *mut c_void) -> ULONG,
+}
+
+/// The vtable of a COM-style object: its first pointer.
+///
+/// # Safety
+/// `object` must be a live COM-style object whose vtable has the layout of
+/// `V` and stays valid for `'a` (while a reference to the object is held).
+pub(super) unsafe fn vtable<'a, V>(object: *mut c_void) -> &'a V {
+    // SAFETY: the caller's guarantee: the object's first field is its vtable pointer.
+    let vtbl = unsafe { *object.cast::<*const V>() };
+    // SAFETY: that vtable has `V`'s layout and outlives `'a` (the caller's guarantee).
+    unsafe { &*vtbl }
 }
 
 /// `IKsDeviceFunctions`'s vtable (ks.h): `IUnknown`, then `RegisterAdapterObjectEx`.
@@ -91,7 +103,7 @@ pub unsafe fn register(device: PKSDEVICE, registration: &AdapterRegistration) ->
     } else {
         // SAFETY: a COM-style object starts with its vtable pointer, and an
         // outer IUnknown's vtable starts with the IUnknown entries.
-        let vtbl = unsafe { &**unknown.cast::<*const UnknownVtbl>() };
+        let vtbl = unsafe { vtable::<UnknownVtbl>(unknown) };
         // SAFETY: the object, the IID and the out-pointer are valid.
         unsafe { (vtbl.query_interface)(unknown, &raw const IID_IKS_DEVICE_FUNCTIONS, &raw mut functions) }
     };
@@ -104,7 +116,7 @@ pub unsafe fn register(device: PKSDEVICE, registration: &AdapterRegistration) ->
     }
     // SAFETY: QueryInterface answered an IKsDeviceFunctions, whose vtable
     // has this shape (ks.h).
-    let vtbl = unsafe { &**functions.cast::<*const DeviceFunctionsVtbl>() };
+    let vtbl = unsafe { vtable::<DeviceFunctionsVtbl>(functions) };
     let mut dd = description(registration);
     // SAFETY: the interface is live (we hold its reference); `dd` is valid
     // for the call.

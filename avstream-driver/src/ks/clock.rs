@@ -1,12 +1,12 @@
 //! The pin's reference clock: `KsPinGetReferenceClockInterface` hands out
 //! the `IKsReferenceClock` of the master clock the application assigned
 //! (`KSPROPERTY_STREAM_MASTERCLOCK`), reference counted
-//! ("KsPinGetReferenceClockInterface function (ks.h)", "IKsReferenceClock
+//! ("`KsPinGetReferenceClockInterface` function (ks.h)", "`IKsReferenceClock`
 //! interface (ks.h)"). The pin takes it at `STOP -> ACQUIRE`, stamps
 //! delivered frames with `GetCorrelatedTime` (the method its page names for
 //! `KSSTREAM_HEADER.PresentationTime`; `GetTime`'s page says not to use
 //! `GetTime` for it) and releases it at `-> STOP`.
-use super::adapter::UnknownVtbl;
+use super::adapter::{vtable, UnknownVtbl};
 use super::bindings::{KsPinGetReferenceClockInterface, PKSPIN};
 use super::ddi::nt_success;
 use core::ffi::c_void;
@@ -53,7 +53,7 @@ pub unsafe fn release(clock: *mut c_void) {
     }
     // SAFETY: a COM-style object's first pointer is its vtable; the clock
     // is live while the reference this call gives back is held.
-    let vtbl = unsafe { &**clock.cast::<*const ReferenceClockVtbl>() };
+    let vtbl = unsafe { vtable::<ReferenceClockVtbl>(clock) };
     // SAFETY: as above; the count it returns is not needed.
     let _ = unsafe { (vtbl.unknown.release)(clock) };
 }
@@ -66,7 +66,7 @@ pub unsafe fn release(clock: *mut c_void) {
 pub unsafe fn stream_time(clock: *mut c_void) -> i64 {
     let mut system_time: LONGLONG = 0;
     // SAFETY: as in `release`; `system_time` is a valid out-pointer.
-    let vtbl = unsafe { &**clock.cast::<*const ReferenceClockVtbl>() };
+    let vtbl = unsafe { vtable::<ReferenceClockVtbl>(clock) };
     // SAFETY: as above.
     unsafe { (vtbl.get_correlated_time)(clock, &raw mut system_time) }
 }

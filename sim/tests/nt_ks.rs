@@ -150,7 +150,7 @@ fn ddi(nt: &mut Nt, m: &mut Machine, name: &'static str, args: &[u64]) -> Result
 }
 
 /// `Add`: a context from the pool in `KSDEVICE.Context` and in the
-/// device's bag, freed by `free` (0: `ExFreePool`).
+/// device's bag (under the device mutex), freed by `free` (0: `ExFreePool`).
 fn mini_add(nt: &mut Nt, m: &mut Machine, free: u64) -> Result<u64, Stop> {
     let [device] = m.args::<1>()?;
     log(Event::Add(device));
@@ -160,7 +160,23 @@ fn mini_add(nt: &mut Nt, m: &mut Machine, free: u64) -> Result<u64, Stop> {
     }
     m.write_u64(device + ksdevice::CONTEXT, context)?;
     let bag = m.read_u64(device + ksdevice::BAG)?;
-    ddi(nt, m, "KsAddItemToObjectBag", &[bag, context, free])
+    // AVStream holds no mutex around Add ("Device Mutex in AVStream"): the
+    // bag's, the device mutex, is the minidriver's to take.
+    ddi(nt, m, "KsAcquireDevice", &[device])?;
+    let st = ddi(nt, m, "KsAddItemToObjectBag", &[bag, context, free])?;
+    ddi(nt, m, "KsReleaseDevice", &[device])?;
+    Ok(st)
+}
+
+/// `Add` that puts its context in the device's bag without the device
+/// mutex (AVStream holds none around `Add`).
+fn mini_add_unguarded(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
+    let [device] = m.args::<1>()?;
+    log(Event::Add(device));
+    let context = ddi(nt, m, "ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 64, TAG])?;
+    m.write_u64(device + ksdevice::CONTEXT, context)?;
+    let bag = m.read_u64(device + ksdevice::BAG)?;
+    ddi(nt, m, "KsAddItemToObjectBag", &[bag, context, 0])
 }
 
 /// `Add` that fails.
@@ -231,6 +247,10 @@ fn mini_create(nt: &mut Nt, m: &mut Machine, edit_descriptor: u64) -> Result<u64
     let from_irp = ddi(nt, m, "KsGetPinFromIrp", &[irp_va])?;
     let device = ddi(nt, m, "KsGetDevice", &[pin])?;
     log(Event::Create(pin, from_irp, device));
+    if edit_descriptor == 2 {
+        // The filter control mutex AVStream already holds around Create.
+        ddi(nt, m, "KsAcquireControl", &[pin])?;
+    }
     if edit_descriptor != 0 {
         let bag = m.read_u64(pin + kspin::BAG)?;
         let size = kspin_descriptor_ex::SIZE;
@@ -404,6 +424,8 @@ enum Add {
     Context,
     /// The same, freed through the free routine [`mini_free`].
     ContextFreedByRoutine,
+    /// A context in the device's bag without the device mutex.
+    ContextWithoutTheMutex,
     /// Fails.
     Fails,
 }
@@ -417,7 +439,8 @@ struct Mini {
     factory_in_start: bool,
     /// Its `QueryRemove`'s answer (`None`: no `QueryRemove`).
     query_remove: Option<u32>,
-    /// The context of `Create` (nonzero: `_KsEdit` of the pin's descriptor).
+    /// The context of `Create` (nonzero: `_KsEdit` of the pin's descriptor;
+    /// 2: after `KsAcquireControl` of the pin, a deadlock).
     create: u64,
     /// `KSPIN_DESCRIPTOR_EX.Flags`.
     pin_flags: u32,
@@ -522,6 +545,7 @@ fn device_descriptor(sys: &mut System, mini: &Mini, filter: u64, free_routine: u
     let add = match mini.add {
         Add::Context => host(sys, "mini!Add", mini_add, 0, PASSIVE_LEVEL),
         Add::ContextFreedByRoutine => host(sys, "mini!Add", mini_add, free_routine, PASSIVE_LEVEL),
+        Add::ContextWithoutTheMutex => host(sys, "mini!Add", mini_add_unguarded, 0, PASSIVE_LEVEL),
         Add::Fails => host(sys, "mini!Add", mini_add_fails, 0, PASSIVE_LEVEL),
     };
     let mut routines = vec![
@@ -621,6 +645,20 @@ impl Ks {
     fn ddi(&mut self, name: &'static str, args: &[u64]) -> u64 {
         let (nt, m) = self.nt_m();
         ddi(nt, m, name, args).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Calls a bag DDI (`KsAddItemToObjectBag`, `_KsEdit`: the bag first)
+    /// with the bag's mutex held as their pages require: the device mutex
+    /// for the device's bag (`KsAcquireDevice`), the filter control mutex
+    /// for a filter's or a pin's (`KsAcquireControl`, as
+    /// `KsFilterAcquireControl`/`KsPinAcquireControl` call it).
+    fn bag_ddi(&mut self, name: &'static str, args: &[u64]) -> u64 {
+        let owner = self.sys.nt.ks.bags[&args[0]].owner;
+        let (take, give) = if self.sys.nt.ks.devices.contains_key(&owner) { ("KsAcquireDevice", "KsReleaseDevice") } else { ("KsAcquireControl", "KsReleaseControl") };
+        self.ddi(take, &[owner]);
+        let r = self.ddi(name, args);
+        self.ddi(give, &[owner]);
+        r
     }
 
     /// Calls a DDI at `irql`, back at `PASSIVE_LEVEL` after.
@@ -961,9 +999,9 @@ fn bag_items_are_freed_with_the_device_last_added_first_through_their_routines()
     // A second item, freed by ExFreePool, then a third through the routine.
     let second = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     let third = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
-    assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, second, 0])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, second, 0])), status::SUCCESS);
     let free = ks.free_routine;
-    assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, third, free])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, third, free])), status::SUCCESS);
     assert!(!events().iter().any(|e| matches!(e, Event::Freed(_))));
     assert_eq!(ks.pnp.remove(&mut ks.sys).unwrap(), status::SUCCESS);
     let freed: Vec<Event> = events().into_iter().filter(|e| matches!(e, Event::Freed(_))).collect();
@@ -985,7 +1023,7 @@ fn bag_item(ks: &mut Ks, bytes: u8) -> (u64, u64, u64) {
     let bag = ks.m().read_u64(device + ksdevice::BAG).unwrap();
     let item = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, u64::from(bytes), TAG]);
     ks.m().write(item, &(1..=bytes).collect::<Vec<u8>>()).unwrap();
-    assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, item, 0])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, item, 0])), status::SUCCESS);
     let slot = ks.memory(8);
     ks.m().write_u64(slot, item).unwrap();
     (bag, slot, item)
@@ -995,7 +1033,7 @@ fn bag_item(ks: &mut Ks, bytes: u8) -> (u64, u64, u64) {
 fn ks_edit_copies_the_old_bytes_replaces_the_pointer_and_frees_the_old_item() {
     let Some(mut ks) = Ks::started(Mini::default()) else { return };
     let (bag, slot, old) = bag_item(&mut ks, 32);
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
     let new = ks.m().read_u64(slot).unwrap();
     assert_ne!(new, old);
     let mut bytes = [0u8; 64];
@@ -1008,7 +1046,7 @@ fn ks_edit_copies_the_old_bytes_replaces_the_pointer_and_frees_the_old_item() {
     let items: Vec<u64> = ks.sys.nt.ks.bags[&bag].items.iter().map(|i| i.0).collect();
     assert!(items.contains(&new) && !items.contains(&old), "{items:x?}");
     // Larger again: the new item is copied and freed in turn.
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 128, 64, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 128, 64, TAG])), status::SUCCESS);
     let newer = ks.m().read_u64(slot).unwrap();
     let mut bytes = [0u8; 128];
     ks.m().read(newer, &mut bytes).unwrap();
@@ -1025,7 +1063,7 @@ fn ks_edit_of_an_item_of_the_bag_that_does_not_grow_changes_nothing() {
     let allocations = ks.sys.nt.pool.allocations;
     // KsEdit (the same size) and a smaller size: the item is already the bag's own.
     for new_size in [32, 16] {
-        assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, new_size, 32, TAG])), status::SUCCESS);
+        assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, new_size, 32, TAG])), status::SUCCESS);
         assert_eq!(ks.m().read_u64(slot).unwrap(), item, "NewSize {new_size}: the pointer is left as it was");
     }
     assert_eq!(ks.sys.nt.pool.allocations, allocations, "nothing allocated");
@@ -1045,16 +1083,16 @@ fn an_item_in_two_bags_is_freed_once_with_the_last_of_them() {
     let shared = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     let twice = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     for (bag, item) in [(pin_bag, shared), (device_bag, shared), (device_bag, twice), (device_bag, twice)] {
-        assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, item, free])), status::SUCCESS);
+        assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, item, free])), status::SUCCESS);
     }
     // An item of the pin's bag that the device's holds too, edited larger in the pin's.
     let edited = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     let slot = ks.memory(8);
     ks.m().write_u64(slot, edited).unwrap();
     for bag in [pin_bag, device_bag] {
-        assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, edited, free])), status::SUCCESS);
+        assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, edited, free])), status::SUCCESS);
     }
-    assert_eq!(low(ks.ddi("_KsEdit", &[pin_bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[pin_bag, slot, 64, 32, TAG])), status::SUCCESS);
     assert_ne!(ks.m().read_u64(slot).unwrap(), edited);
     assert!(ks.sys.nt.pool.live.contains_key(&edited), "the device's bag still holds the old item");
     // The pin goes: its bag lets go of both; the device's still holds them.
@@ -1080,7 +1118,7 @@ fn ks_edit_of_an_item_outside_the_bag_leaves_the_old_one_alone() {
     let (descriptor, slot) = (ks.pin_descriptor, ks.memory(8));
     ks.m().write_u64(slot, descriptor).unwrap();
     let size = kspin_descriptor_ex::SIZE;
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, size, size, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, size, size, TAG])), status::SUCCESS);
     let copy = ks.m().read_u64(slot).unwrap();
     let (mut a, mut b) = ([0u8; kspin_descriptor_ex::SIZE as usize], [0u8; kspin_descriptor_ex::SIZE as usize]);
     ks.m().read(descriptor, &mut a).unwrap();
@@ -1098,7 +1136,7 @@ fn ks_edit_under_low_resources_fails_cleanly() {
     let items = ks.sys.nt.ks.bags[&bag].items.clone();
     // Driver Verifier's low resources simulation, aimed at _KsEdit's own allocation.
     ks.sys.nt.pool.fail_at = Some(ks.sys.nt.pool.allocations);
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::INSUFFICIENT_RESOURCES);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::INSUFFICIENT_RESOURCES);
     assert_eq!(ks.sys.nt.pool.failed, 1, "the simulation hit _KsEdit's allocation");
     assert_eq!(ks.m().read_u64(slot).unwrap(), old, "the pointer is left as it was");
     assert!(ks.sys.nt.pool.live.contains_key(&old), "the old item is not freed");
@@ -1107,7 +1145,7 @@ fn ks_edit_under_low_resources_fails_cleanly() {
     ks.m().read(old, &mut bytes).unwrap();
     assert_eq!(bytes[..], (1..=32).collect::<Vec<u8>>()[..]);
     // The next try (the simulation spent) succeeds.
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
     ks.end_clean();
 }
 
@@ -1616,6 +1654,57 @@ fn an_object_bag_that_is_not_one_is_found() {
     let context = ks.m().read_u64(ks.device() + ksdevice::CONTEXT).unwrap();
     ks.ddi("KsAddItemToObjectBag", &[context, item, 0]);
     assert_eq!(ks.rules(), ["KS_INVALID_OBJECT_BAG"; 3]);
+}
+
+#[test]
+fn a_bag_changed_without_its_mutex_is_found_and_with_it_is_clean() {
+    // Add putting its context in the device's bag without the device mutex.
+    let Some(mut ks) = Ks::started(Mini { add: Add::ContextWithoutTheMutex, ..Mini::default() }) else { return };
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"]);
+    assert!(ks.found("KS_OBJECT_BAG_MUTEX_NOT_HELD").detail.contains("the device mutex"));
+    let context = ks.m().read_u64(ks.device() + ksdevice::CONTEXT).unwrap();
+    let device_bag = ks.m().read_u64(ks.device() + ksdevice::BAG).unwrap();
+    assert!(ks.sys.nt.ks.bags[&device_bag].items.contains(&(context, 0)), "added all the same");
+    // A pin's bag edited outside the routines AVStream calls with the filter control mutex.
+    let (filter, pin) = ks.open(1);
+    let pin_bag = ks.m().read_u64(pin.0 + kspin::BAG).unwrap();
+    let (descriptor, slot) = (ks.pin_descriptor, ks.memory(8));
+    ks.m().write_u64(slot, descriptor).unwrap();
+    let size = kspin_descriptor_ex::SIZE;
+    assert_eq!(low(ks.ddi("_KsEdit", &[pin_bag, slot, size, size, TAG])), status::SUCCESS);
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"; 2]);
+    assert!(ks.sys.nt.verifier.findings[1].detail.contains("control mutex"));
+    // The device mutex does not guard a pin's bag; the filter's control mutex does.
+    let item = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    ks.ddi("KsAcquireDevice", &[ks.device()]);
+    ks.ddi("KsAddItemToObjectBag", &[pin_bag, item, 0]);
+    ks.ddi("KsReleaseDevice", &[ks.device()]);
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"; 3]);
+    let other = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[pin_bag, other, 0])), status::SUCCESS);
+    ks.ddi("KsAcquireControl", &[filter]);
+    ks.ddi("_KsEdit", &[pin_bag, slot, size + 8, size, TAG]);
+    ks.ddi("KsReleaseControl", &[pin.0]);
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"; 3], "with the mutex: nothing more");
+    ks.close(filter, pin);
+}
+
+#[test]
+fn taking_the_filter_control_mutex_inside_create_or_twice_or_releasing_it_unheld_is_found() {
+    // Create runs with the filter control mutex held by AVStream: taking it again waits forever.
+    let Some(mut ks) = Ks::started(Mini { create: 2, ..Mini::default() }) else { return };
+    let (filter, pin) = ks.open(1);
+    assert_eq!(ks.rules(), ["KS_CONTROL_MUTEX_DEADLOCK"]);
+    assert!(events().contains(&Event::EditedDescriptor(status::SUCCESS)), "the edit under AVStream's hold is clean");
+    ks.ddi("KsAcquireControl", &[pin.0]);
+    ks.ddi("KsAcquireControl", &[filter]);
+    assert_eq!(ks.rules(), ["KS_CONTROL_MUTEX_DEADLOCK"; 2], "the pin's mutex is its filter's");
+    ks.ddi("KsReleaseControl", &[filter]);
+    ks.ddi("KsReleaseControl", &[filter]);
+    assert_eq!(ks.rules(), ["KS_CONTROL_MUTEX_DEADLOCK", "KS_CONTROL_MUTEX_DEADLOCK", "KS_CONTROL_MUTEX_NOT_HELD"]);
+    ks.ddi("KsAcquireControl", &[ks.device()]);
+    assert_eq!(ks.rules().last(), Some(&"KS_NOT_AN_AVSTREAM_OBJECT"));
+    ks.close(filter, pin);
 }
 
 #[test]

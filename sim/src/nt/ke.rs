@@ -938,8 +938,18 @@ fn ke_cancel_timer(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 /// (the emulated kernel delivers no APCs, so an alertable sleep is never
 /// cut short with `STATUS_ALERTED` or `STATUS_USER_APC`). `Interval` is
 /// read through the machine: NULL or a bad pointer bugchecks as on Windows.
+///
+/// Called above `APC_LEVEL` (the finding is recorded by the IRQL check
+/// before this runs) the thread cannot wait: Windows bug checks there
+/// (0xC4 under Driver Verifier, else 0xA `IRQL_NOT_LESS_OR_EQUAL` from the
+/// dispatcher), so no virtual time passes and nothing falls due: the call
+/// returns `STATUS_SUCCESS` at once, and a driver that relies on the delay
+/// is not helped by it.
 fn ke_delay_execution_thread(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [_mode, _alertable, interval] = m.args::<3>()?;
+    if nt.irql > APC_LEVEL {
+        return Ok(u64::from(STATUS_SUCCESS));
+    }
     let interval = m.read_u64(interval)?.cast_signed();
     let until = if interval < 0 {
         nt.time.saturating_add(interval.unsigned_abs())

@@ -104,6 +104,8 @@ enum Event {
     Process(u64, u8),
     /// A clone `Process` made.
     Clone(u64),
+    /// A clone's `CancelCallback` (`AVStrMiniCancelCallback`): the clone and the IRQL.
+    Cancelled(u64, u8),
     /// `KsStreamPointerAdvanceOffsets`'s status in `Process`.
     Advanced(u32),
     /// The intersect handler's call: the buffer size it was given.
@@ -317,7 +319,7 @@ fn process_fill(nt: &mut Nt, m: &mut Machine, used: u64) -> Result<u64, Stop> {
 
 /// `Process` of a DMA minidriver: a clone of the leading edge holds the
 /// frame for the hardware, the leading edge is ejected to the next one.
-fn process_clone(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
+fn process_clone(nt: &mut Nt, m: &mut Machine, cancel: u64) -> Result<u64, Stop> {
     let [pin] = m.args::<1>()?;
     log(Event::Process(pin, nt.irql));
     let sp = ddi(nt, m, "KsPinGetLeadingEdgeStreamPointer", &[pin, LOCKED])?;
@@ -325,7 +327,9 @@ fn process_clone(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Sto
         return Ok(u64::from(status::PENDING));
     }
     let out = nt.alloc_kernel(m, 8)?;
-    let st = low(ddi(nt, m, "KsStreamPointerClone", &[sp, 0, 16, out])?);
+    // Context 1: a CancelCallback that deletes the clone; 2: one that keeps it.
+    let cancel = if cancel == 0 { 0 } else { nt.host_function(m, "mini!Cancel", mini_cancel, cancel, DISPATCH_LEVEL)? };
+    let st = low(ddi(nt, m, "KsStreamPointerClone", &[sp, cancel, 16, out])?);
     assert_eq!(st, status::SUCCESS, "KsStreamPointerClone");
     log(Event::Clone(m.read_u64(out)?));
     m.free_own_pages(out, 1)?;
@@ -1306,6 +1310,55 @@ fn advancing_off_the_last_frame_is_device_not_ready() {
     ks.end_clean();
 }
 
+/// A clone's `CancelCallback`: logs, then (context 1) deletes the clone as
+/// its page requires.
+fn mini_cancel(nt: &mut Nt, m: &mut Machine, delete: u64) -> Result<u64, Stop> {
+    let [clone] = m.args::<1>()?;
+    log(Event::Cancelled(clone, nt.irql));
+    if delete == 1 {
+        ddi(nt, m, "KsStreamPointerDelete", &[clone])?;
+    }
+    Ok(0)
+}
+
+#[test]
+fn a_stop_calls_each_clones_cancel_callback_at_dispatch_level_and_its_frame_goes_back() {
+    let Some(mut ks) = Ks::started(Mini::process(process_clone, 1)) else { return };
+    let (filter, pin) = ks.open(2);
+    ks.submit(pin, 0);
+    ks.submit(pin, 1);
+    ks.set_state(pin, KSSTATE_RUN);
+    let made = clones();
+    assert_eq!(made.len(), 2, "{:?}", events());
+    assert!(ks.completed(pin).is_empty(), "the clones hold both frames");
+    assert!(!events().iter().any(|e| matches!(e, Event::Cancelled(..))), "nothing cancelled while running");
+    // KSSTATE_STOP flushes the queue: each clone's callback, with the clone, at DISPATCH_LEVEL.
+    ks.set_state(pin, KSSTATE_STOP);
+    let cancelled: Vec<Event> = events().into_iter().filter(|e| matches!(e, Event::Cancelled(..))).collect();
+    assert_eq!(cancelled, [Event::Cancelled(made[0], DISPATCH_LEVEL), Event::Cancelled(made[1], DISPATCH_LEVEL)]);
+    // Deleted in their callbacks, the clones let go of both frames: back to the application.
+    let back: Vec<u64> = ks.completed(pin).iter().map(|f| f.buffer_id).collect();
+    assert_eq!(back, [0, 1], "both frames back");
+    assert_eq!(ks.sys.nt.ks.pins[&pin.0].queue.live_clones(), 0);
+    ks.assert_clean();
+    ks.close(filter, pin);
+    ks.end_clean();
+}
+
+#[test]
+fn a_cancel_callback_that_keeps_its_clone_leaves_the_stop_violation() {
+    let Some(mut ks) = Ks::started(Mini::process(process_clone, 2)) else { return };
+    let (filter, pin) = ks.open(1);
+    ks.submit(pin, 0);
+    ks.set_state(pin, KSSTATE_RUN);
+    let made = clones();
+    ks.set_state(pin, KSSTATE_STOP);
+    assert!(events().contains(&Event::Cancelled(made[0], DISPATCH_LEVEL)));
+    let violations = ks.sys.memory.violations().list();
+    assert!(violations.iter().any(|v| v.contains("clone(s) alive at KSSTATE_STOP")), "{violations:#?}");
+    ks.close(filter, pin);
+}
+
 #[test]
 fn a_clone_holds_its_frame_until_it_is_deleted() {
     let Some(mut ks) = Ks::started(Mini::process(process_clone, 0)) else { return };
@@ -1611,6 +1664,32 @@ fn taking_the_device_mutex_twice_is_found() {
     assert_eq!(ks.rules().len(), 1);
     ks.ddi("KsReleaseDevice", &[device]);
     assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK", "KS_DEVICE_MUTEX_NOT_HELD"]);
+}
+
+#[test]
+fn a_failing_check_counts_once_as_a_passing_one_does() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let device = ks.device();
+    let checks = |ks: &Ks| ks.sys.nt.verifier.checks;
+    // The same calls, passing then failing: each makes as many checks.
+    let before = checks(&ks);
+    ks.ddi("KsAcquireDevice", &[device]);
+    let passing = checks(&ks) - before;
+    ks.assert_clean();
+    let before = checks(&ks);
+    ks.ddi("KsAcquireDevice", &[device]);
+    assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK"]);
+    assert_eq!(checks(&ks) - before, passing, "the failing check counted once");
+    ks.ddi("KsReleaseDevice", &[device]);
+    let before = checks(&ks);
+    ks.ddi("KsReleaseDevice", &[device]);
+    assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK", "KS_DEVICE_MUTEX_NOT_HELD"]);
+    assert_eq!(checks(&ks) - before, passing, "KsReleaseDevice makes the same checks");
+    // A finding that is its own check (a stream pointer that is none) adds one check.
+    let before = checks(&ks);
+    ks.ddi("KsPinGetLeadingEdgeStreamPointer", &[device, 0]);
+    assert_eq!(ks.rules().last(), Some(&"KS_INVALID_PIN"));
+    assert_eq!(checks(&ks) - before, 2, "the IRQL and the pin");
 }
 
 #[test]

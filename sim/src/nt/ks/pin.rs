@@ -357,7 +357,7 @@ pub fn create_pin(
             clock: None,
         },
     );
-    nt.ks.pointers.insert(leading_edge_va, super::stream::PointerRecord { pin, handle: None });
+    nt.ks.pointers.insert(leading_edge_va, super::stream::PointerRecord { pin, handle: None, cancel: 0 });
     nt.irql = PASSIVE_LEVEL;
     let set_format = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::SET_DATA_FORMAT)? };
     let mut st = status::SUCCESS;
@@ -471,6 +471,9 @@ pub fn set_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32) -> Resul
         }
         m.write_u32(pin.0 + kspin::DEVICE_STATE, next)?;
         m.write_u32(pin.0 + kspin::CLIENT_STATE, next)?;
+        if next == KSSTATE_STOP {
+            super::stream::cancel_clones(nt, m, pin.0)?;
+        }
         let now = nt.time;
         let Some(record) = nt.ks.pins.get_mut(&pin.0) else { return Ok(status::INVALID_HANDLE) };
         record.state = next;
@@ -705,6 +708,7 @@ pub fn close_pin_collecting(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Res
         close_status = low32(super::device::call_holding(nt, m, filter, close, &[pin.0, irp_va])?);
         end_irp(nt, m, irp_va, close_status)?;
     }
+    super::stream::cancel_clones(nt, m, pin.0)?;
     if let Some(record) = nt.ks.pins.get_mut(&pin.0) {
         record.queue.flush_on_stop();
         record.owed = false;
@@ -793,6 +797,9 @@ pub fn call_set_device_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u
     let st = low32(super::device::call_holding(nt, m, filter, callback, &[pin.0, u64::from(to), u64::from(from)])?);
     if status::nt_success(st) {
         m.write_u32(pin.0 + kspin::DEVICE_STATE, to)?;
+        if to == KSSTATE_STOP {
+            super::stream::cancel_clones(nt, m, pin.0)?;
+        }
         if let Some(record) = nt.ks.pins.get_mut(&pin.0) {
             record.state = to;
             record.queue.set_running(to == KSSTATE_RUN);

@@ -873,11 +873,22 @@ fn a_delay_above_apc_level_is_caught() {
     t.call("KfRaiseIrql", &[1]);
     delay(&mut t, -10_000);
     t.assert_clean();
+    let before = t.nt().time;
+    assert_eq!(before, 10_000, "at APC_LEVEL the 1 ms passed");
+    // A timer due during the delay must not expire for a driver that waits
+    // at DISPATCH_LEVEL: Windows bug checks there, the emulation lets no time pass.
+    t.nt().ke.cancel_race = false;
+    let (dpc, log, _) = t.dpc(Rec::default(), 0);
+    let timer = t.page();
+    t.call("KeInitializeTimerEx", &[timer, 0]);
+    t.call("KeSetTimerEx", &[timer, (-5_000_i64).cast_unsigned(), 0, dpc]);
     t.call("KfRaiseIrql", &[u64::from(DISPATCH_LEVEL)]);
     delay(&mut t, -10_000);
     let f = t.found("IRQL_TOO_HIGH").expect("IRQL_TOO_HIGH");
     assert_eq!(f.bugcheck, 0xC4);
     assert!(f.detail.contains("KeDelayExecutionThread"), "{f}");
+    assert_eq!(t.nt().time, before, "no virtual time passed for the wrong delay");
+    assert_eq!(t.count(log), 0, "the timer did not fall due");
 }
 
 #[test]

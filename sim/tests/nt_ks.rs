@@ -104,6 +104,8 @@ enum Event {
     Process(u64, u8),
     /// A clone `Process` made.
     Clone(u64),
+    /// A clone's `CancelCallback` (`AVStrMiniCancelCallback`): the clone and the IRQL.
+    Cancelled(u64, u8),
     /// `KsStreamPointerAdvanceOffsets`'s status in `Process`.
     Advanced(u32),
     /// The intersect handler's call: the buffer size it was given.
@@ -150,7 +152,7 @@ fn ddi(nt: &mut Nt, m: &mut Machine, name: &'static str, args: &[u64]) -> Result
 }
 
 /// `Add`: a context from the pool in `KSDEVICE.Context` and in the
-/// device's bag, freed by `free` (0: `ExFreePool`).
+/// device's bag (under the device mutex), freed by `free` (0: `ExFreePool`).
 fn mini_add(nt: &mut Nt, m: &mut Machine, free: u64) -> Result<u64, Stop> {
     let [device] = m.args::<1>()?;
     log(Event::Add(device));
@@ -160,7 +162,23 @@ fn mini_add(nt: &mut Nt, m: &mut Machine, free: u64) -> Result<u64, Stop> {
     }
     m.write_u64(device + ksdevice::CONTEXT, context)?;
     let bag = m.read_u64(device + ksdevice::BAG)?;
-    ddi(nt, m, "KsAddItemToObjectBag", &[bag, context, free])
+    // AVStream holds no mutex around Add ("Device Mutex in AVStream"): the
+    // bag's, the device mutex, is the minidriver's to take.
+    ddi(nt, m, "KsAcquireDevice", &[device])?;
+    let st = ddi(nt, m, "KsAddItemToObjectBag", &[bag, context, free])?;
+    ddi(nt, m, "KsReleaseDevice", &[device])?;
+    Ok(st)
+}
+
+/// `Add` that puts its context in the device's bag without the device
+/// mutex (AVStream holds none around `Add`).
+fn mini_add_unguarded(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
+    let [device] = m.args::<1>()?;
+    log(Event::Add(device));
+    let context = ddi(nt, m, "ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 64, TAG])?;
+    m.write_u64(device + ksdevice::CONTEXT, context)?;
+    let bag = m.read_u64(device + ksdevice::BAG)?;
+    ddi(nt, m, "KsAddItemToObjectBag", &[bag, context, 0])
 }
 
 /// `Add` that fails.
@@ -231,6 +249,10 @@ fn mini_create(nt: &mut Nt, m: &mut Machine, edit_descriptor: u64) -> Result<u64
     let from_irp = ddi(nt, m, "KsGetPinFromIrp", &[irp_va])?;
     let device = ddi(nt, m, "KsGetDevice", &[pin])?;
     log(Event::Create(pin, from_irp, device));
+    if edit_descriptor == 2 {
+        // The filter control mutex AVStream already holds around Create.
+        ddi(nt, m, "KsAcquireControl", &[pin])?;
+    }
     if edit_descriptor != 0 {
         let bag = m.read_u64(pin + kspin::BAG)?;
         let size = kspin_descriptor_ex::SIZE;
@@ -297,7 +319,7 @@ fn process_fill(nt: &mut Nt, m: &mut Machine, used: u64) -> Result<u64, Stop> {
 
 /// `Process` of a DMA minidriver: a clone of the leading edge holds the
 /// frame for the hardware, the leading edge is ejected to the next one.
-fn process_clone(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Stop> {
+fn process_clone(nt: &mut Nt, m: &mut Machine, cancel: u64) -> Result<u64, Stop> {
     let [pin] = m.args::<1>()?;
     log(Event::Process(pin, nt.irql));
     let sp = ddi(nt, m, "KsPinGetLeadingEdgeStreamPointer", &[pin, LOCKED])?;
@@ -305,7 +327,9 @@ fn process_clone(nt: &mut Nt, m: &mut Machine, _context: u64) -> Result<u64, Sto
         return Ok(u64::from(status::PENDING));
     }
     let out = nt.alloc_kernel(m, 8)?;
-    let st = low(ddi(nt, m, "KsStreamPointerClone", &[sp, 0, 16, out])?);
+    // Context 1: a CancelCallback that deletes the clone; 2: one that keeps it.
+    let cancel = if cancel == 0 { 0 } else { nt.host_function(m, "mini!Cancel", mini_cancel, cancel, DISPATCH_LEVEL)? };
+    let st = low(ddi(nt, m, "KsStreamPointerClone", &[sp, cancel, 16, out])?);
     assert_eq!(st, status::SUCCESS, "KsStreamPointerClone");
     log(Event::Clone(m.read_u64(out)?));
     m.free_own_pages(out, 1)?;
@@ -404,6 +428,8 @@ enum Add {
     Context,
     /// The same, freed through the free routine [`mini_free`].
     ContextFreedByRoutine,
+    /// A context in the device's bag without the device mutex.
+    ContextWithoutTheMutex,
     /// Fails.
     Fails,
 }
@@ -417,7 +443,8 @@ struct Mini {
     factory_in_start: bool,
     /// Its `QueryRemove`'s answer (`None`: no `QueryRemove`).
     query_remove: Option<u32>,
-    /// The context of `Create` (nonzero: `_KsEdit` of the pin's descriptor).
+    /// The context of `Create` (nonzero: `_KsEdit` of the pin's descriptor;
+    /// 2: after `KsAcquireControl` of the pin, a deadlock).
     create: u64,
     /// `KSPIN_DESCRIPTOR_EX.Flags`.
     pin_flags: u32,
@@ -522,6 +549,7 @@ fn device_descriptor(sys: &mut System, mini: &Mini, filter: u64, free_routine: u
     let add = match mini.add {
         Add::Context => host(sys, "mini!Add", mini_add, 0, PASSIVE_LEVEL),
         Add::ContextFreedByRoutine => host(sys, "mini!Add", mini_add, free_routine, PASSIVE_LEVEL),
+        Add::ContextWithoutTheMutex => host(sys, "mini!Add", mini_add_unguarded, 0, PASSIVE_LEVEL),
         Add::Fails => host(sys, "mini!Add", mini_add_fails, 0, PASSIVE_LEVEL),
     };
     let mut routines = vec![
@@ -621,6 +649,20 @@ impl Ks {
     fn ddi(&mut self, name: &'static str, args: &[u64]) -> u64 {
         let (nt, m) = self.nt_m();
         ddi(nt, m, name, args).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Calls a bag DDI (`KsAddItemToObjectBag`, `_KsEdit`: the bag first)
+    /// with the bag's mutex held as their pages require: the device mutex
+    /// for the device's bag (`KsAcquireDevice`), the filter control mutex
+    /// for a filter's or a pin's (`KsAcquireControl`, as
+    /// `KsFilterAcquireControl`/`KsPinAcquireControl` call it).
+    fn bag_ddi(&mut self, name: &'static str, args: &[u64]) -> u64 {
+        let owner = self.sys.nt.ks.bags[&args[0]].owner;
+        let (take, give) = if self.sys.nt.ks.devices.contains_key(&owner) { ("KsAcquireDevice", "KsReleaseDevice") } else { ("KsAcquireControl", "KsReleaseControl") };
+        self.ddi(take, &[owner]);
+        let r = self.ddi(name, args);
+        self.ddi(give, &[owner]);
+        r
     }
 
     /// Calls a DDI at `irql`, back at `PASSIVE_LEVEL` after.
@@ -961,9 +1003,9 @@ fn bag_items_are_freed_with_the_device_last_added_first_through_their_routines()
     // A second item, freed by ExFreePool, then a third through the routine.
     let second = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     let third = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
-    assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, second, 0])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, second, 0])), status::SUCCESS);
     let free = ks.free_routine;
-    assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, third, free])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, third, free])), status::SUCCESS);
     assert!(!events().iter().any(|e| matches!(e, Event::Freed(_))));
     assert_eq!(ks.pnp.remove(&mut ks.sys).unwrap(), status::SUCCESS);
     let freed: Vec<Event> = events().into_iter().filter(|e| matches!(e, Event::Freed(_))).collect();
@@ -985,7 +1027,7 @@ fn bag_item(ks: &mut Ks, bytes: u8) -> (u64, u64, u64) {
     let bag = ks.m().read_u64(device + ksdevice::BAG).unwrap();
     let item = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, u64::from(bytes), TAG]);
     ks.m().write(item, &(1..=bytes).collect::<Vec<u8>>()).unwrap();
-    assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, item, 0])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, item, 0])), status::SUCCESS);
     let slot = ks.memory(8);
     ks.m().write_u64(slot, item).unwrap();
     (bag, slot, item)
@@ -995,7 +1037,7 @@ fn bag_item(ks: &mut Ks, bytes: u8) -> (u64, u64, u64) {
 fn ks_edit_copies_the_old_bytes_replaces_the_pointer_and_frees_the_old_item() {
     let Some(mut ks) = Ks::started(Mini::default()) else { return };
     let (bag, slot, old) = bag_item(&mut ks, 32);
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
     let new = ks.m().read_u64(slot).unwrap();
     assert_ne!(new, old);
     let mut bytes = [0u8; 64];
@@ -1008,7 +1050,7 @@ fn ks_edit_copies_the_old_bytes_replaces_the_pointer_and_frees_the_old_item() {
     let items: Vec<u64> = ks.sys.nt.ks.bags[&bag].items.iter().map(|i| i.0).collect();
     assert!(items.contains(&new) && !items.contains(&old), "{items:x?}");
     // Larger again: the new item is copied and freed in turn.
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 128, 64, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 128, 64, TAG])), status::SUCCESS);
     let newer = ks.m().read_u64(slot).unwrap();
     let mut bytes = [0u8; 128];
     ks.m().read(newer, &mut bytes).unwrap();
@@ -1025,7 +1067,7 @@ fn ks_edit_of_an_item_of_the_bag_that_does_not_grow_changes_nothing() {
     let allocations = ks.sys.nt.pool.allocations;
     // KsEdit (the same size) and a smaller size: the item is already the bag's own.
     for new_size in [32, 16] {
-        assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, new_size, 32, TAG])), status::SUCCESS);
+        assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, new_size, 32, TAG])), status::SUCCESS);
         assert_eq!(ks.m().read_u64(slot).unwrap(), item, "NewSize {new_size}: the pointer is left as it was");
     }
     assert_eq!(ks.sys.nt.pool.allocations, allocations, "nothing allocated");
@@ -1045,16 +1087,16 @@ fn an_item_in_two_bags_is_freed_once_with_the_last_of_them() {
     let shared = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     let twice = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     for (bag, item) in [(pin_bag, shared), (device_bag, shared), (device_bag, twice), (device_bag, twice)] {
-        assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, item, free])), status::SUCCESS);
+        assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, item, free])), status::SUCCESS);
     }
     // An item of the pin's bag that the device's holds too, edited larger in the pin's.
     let edited = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
     let slot = ks.memory(8);
     ks.m().write_u64(slot, edited).unwrap();
     for bag in [pin_bag, device_bag] {
-        assert_eq!(low(ks.ddi("KsAddItemToObjectBag", &[bag, edited, free])), status::SUCCESS);
+        assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[bag, edited, free])), status::SUCCESS);
     }
-    assert_eq!(low(ks.ddi("_KsEdit", &[pin_bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[pin_bag, slot, 64, 32, TAG])), status::SUCCESS);
     assert_ne!(ks.m().read_u64(slot).unwrap(), edited);
     assert!(ks.sys.nt.pool.live.contains_key(&edited), "the device's bag still holds the old item");
     // The pin goes: its bag lets go of both; the device's still holds them.
@@ -1080,7 +1122,7 @@ fn ks_edit_of_an_item_outside_the_bag_leaves_the_old_one_alone() {
     let (descriptor, slot) = (ks.pin_descriptor, ks.memory(8));
     ks.m().write_u64(slot, descriptor).unwrap();
     let size = kspin_descriptor_ex::SIZE;
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, size, size, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, size, size, TAG])), status::SUCCESS);
     let copy = ks.m().read_u64(slot).unwrap();
     let (mut a, mut b) = ([0u8; kspin_descriptor_ex::SIZE as usize], [0u8; kspin_descriptor_ex::SIZE as usize]);
     ks.m().read(descriptor, &mut a).unwrap();
@@ -1098,7 +1140,7 @@ fn ks_edit_under_low_resources_fails_cleanly() {
     let items = ks.sys.nt.ks.bags[&bag].items.clone();
     // Driver Verifier's low resources simulation, aimed at _KsEdit's own allocation.
     ks.sys.nt.pool.fail_at = Some(ks.sys.nt.pool.allocations);
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::INSUFFICIENT_RESOURCES);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::INSUFFICIENT_RESOURCES);
     assert_eq!(ks.sys.nt.pool.failed, 1, "the simulation hit _KsEdit's allocation");
     assert_eq!(ks.m().read_u64(slot).unwrap(), old, "the pointer is left as it was");
     assert!(ks.sys.nt.pool.live.contains_key(&old), "the old item is not freed");
@@ -1107,7 +1149,7 @@ fn ks_edit_under_low_resources_fails_cleanly() {
     ks.m().read(old, &mut bytes).unwrap();
     assert_eq!(bytes[..], (1..=32).collect::<Vec<u8>>()[..]);
     // The next try (the simulation spent) succeeds.
-    assert_eq!(low(ks.ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
+    assert_eq!(low(ks.bag_ddi("_KsEdit", &[bag, slot, 64, 32, TAG])), status::SUCCESS);
     ks.end_clean();
 }
 
@@ -1266,6 +1308,55 @@ fn advancing_off_the_last_frame_is_device_not_ready() {
     assert_eq!(ks.completed(pin).len(), 1);
     ks.close(filter, pin);
     ks.end_clean();
+}
+
+/// A clone's `CancelCallback`: logs, then (context 1) deletes the clone as
+/// its page requires.
+fn mini_cancel(nt: &mut Nt, m: &mut Machine, delete: u64) -> Result<u64, Stop> {
+    let [clone] = m.args::<1>()?;
+    log(Event::Cancelled(clone, nt.irql));
+    if delete == 1 {
+        ddi(nt, m, "KsStreamPointerDelete", &[clone])?;
+    }
+    Ok(0)
+}
+
+#[test]
+fn a_stop_calls_each_clones_cancel_callback_at_dispatch_level_and_its_frame_goes_back() {
+    let Some(mut ks) = Ks::started(Mini::process(process_clone, 1)) else { return };
+    let (filter, pin) = ks.open(2);
+    ks.submit(pin, 0);
+    ks.submit(pin, 1);
+    ks.set_state(pin, KSSTATE_RUN);
+    let made = clones();
+    assert_eq!(made.len(), 2, "{:?}", events());
+    assert!(ks.completed(pin).is_empty(), "the clones hold both frames");
+    assert!(!events().iter().any(|e| matches!(e, Event::Cancelled(..))), "nothing cancelled while running");
+    // KSSTATE_STOP flushes the queue: each clone's callback, with the clone, at DISPATCH_LEVEL.
+    ks.set_state(pin, KSSTATE_STOP);
+    let cancelled: Vec<Event> = events().into_iter().filter(|e| matches!(e, Event::Cancelled(..))).collect();
+    assert_eq!(cancelled, [Event::Cancelled(made[0], DISPATCH_LEVEL), Event::Cancelled(made[1], DISPATCH_LEVEL)]);
+    // Deleted in their callbacks, the clones let go of both frames: back to the application.
+    let back: Vec<u64> = ks.completed(pin).iter().map(|f| f.buffer_id).collect();
+    assert_eq!(back, [0, 1], "both frames back");
+    assert_eq!(ks.sys.nt.ks.pins[&pin.0].queue.live_clones(), 0);
+    ks.assert_clean();
+    ks.close(filter, pin);
+    ks.end_clean();
+}
+
+#[test]
+fn a_cancel_callback_that_keeps_its_clone_leaves_the_stop_violation() {
+    let Some(mut ks) = Ks::started(Mini::process(process_clone, 2)) else { return };
+    let (filter, pin) = ks.open(1);
+    ks.submit(pin, 0);
+    ks.set_state(pin, KSSTATE_RUN);
+    let made = clones();
+    ks.set_state(pin, KSSTATE_STOP);
+    assert!(events().contains(&Event::Cancelled(made[0], DISPATCH_LEVEL)));
+    let violations = ks.sys.memory.violations().list();
+    assert!(violations.iter().any(|v| v.contains("clone(s) alive at KSSTATE_STOP")), "{violations:#?}");
+    ks.close(filter, pin);
 }
 
 #[test]
@@ -1576,6 +1667,32 @@ fn taking_the_device_mutex_twice_is_found() {
 }
 
 #[test]
+fn a_failing_check_counts_once_as_a_passing_one_does() {
+    let Some(mut ks) = Ks::started(Mini::default()) else { return };
+    let device = ks.device();
+    let checks = |ks: &Ks| ks.sys.nt.verifier.checks;
+    // The same calls, passing then failing: each makes as many checks.
+    let before = checks(&ks);
+    ks.ddi("KsAcquireDevice", &[device]);
+    let passing = checks(&ks) - before;
+    ks.assert_clean();
+    let before = checks(&ks);
+    ks.ddi("KsAcquireDevice", &[device]);
+    assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK"]);
+    assert_eq!(checks(&ks) - before, passing, "the failing check counted once");
+    ks.ddi("KsReleaseDevice", &[device]);
+    let before = checks(&ks);
+    ks.ddi("KsReleaseDevice", &[device]);
+    assert_eq!(ks.rules(), ["KS_DEVICE_MUTEX_DEADLOCK", "KS_DEVICE_MUTEX_NOT_HELD"]);
+    assert_eq!(checks(&ks) - before, passing, "KsReleaseDevice makes the same checks");
+    // A finding that is its own check (a stream pointer that is none) adds one check.
+    let before = checks(&ks);
+    ks.ddi("KsPinGetLeadingEdgeStreamPointer", &[device, 0]);
+    assert_eq!(ks.rules().last(), Some(&"KS_INVALID_PIN"));
+    assert_eq!(checks(&ks) - before, 2, "the IRQL and the pin");
+}
+
+#[test]
 fn a_filter_factory_made_without_the_device_mutex_is_found() {
     let Some(mut ks) = Ks::started(Mini { factory_in_start: false, ..Mini::default() }) else { return };
     let (fdo, fd) = (ks.fdo(), ks.filter_descriptor);
@@ -1616,6 +1733,57 @@ fn an_object_bag_that_is_not_one_is_found() {
     let context = ks.m().read_u64(ks.device() + ksdevice::CONTEXT).unwrap();
     ks.ddi("KsAddItemToObjectBag", &[context, item, 0]);
     assert_eq!(ks.rules(), ["KS_INVALID_OBJECT_BAG"; 3]);
+}
+
+#[test]
+fn a_bag_changed_without_its_mutex_is_found_and_with_it_is_clean() {
+    // Add putting its context in the device's bag without the device mutex.
+    let Some(mut ks) = Ks::started(Mini { add: Add::ContextWithoutTheMutex, ..Mini::default() }) else { return };
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"]);
+    assert!(ks.found("KS_OBJECT_BAG_MUTEX_NOT_HELD").detail.contains("the device mutex"));
+    let context = ks.m().read_u64(ks.device() + ksdevice::CONTEXT).unwrap();
+    let device_bag = ks.m().read_u64(ks.device() + ksdevice::BAG).unwrap();
+    assert!(ks.sys.nt.ks.bags[&device_bag].items.contains(&(context, 0)), "added all the same");
+    // A pin's bag edited outside the routines AVStream calls with the filter control mutex.
+    let (filter, pin) = ks.open(1);
+    let pin_bag = ks.m().read_u64(pin.0 + kspin::BAG).unwrap();
+    let (descriptor, slot) = (ks.pin_descriptor, ks.memory(8));
+    ks.m().write_u64(slot, descriptor).unwrap();
+    let size = kspin_descriptor_ex::SIZE;
+    assert_eq!(low(ks.ddi("_KsEdit", &[pin_bag, slot, size, size, TAG])), status::SUCCESS);
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"; 2]);
+    assert!(ks.sys.nt.verifier.findings[1].detail.contains("control mutex"));
+    // The device mutex does not guard a pin's bag; the filter's control mutex does.
+    let item = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    ks.ddi("KsAcquireDevice", &[ks.device()]);
+    ks.ddi("KsAddItemToObjectBag", &[pin_bag, item, 0]);
+    ks.ddi("KsReleaseDevice", &[ks.device()]);
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"; 3]);
+    let other = ks.ddi("ExAllocatePool2", &[POOL_FLAG_NON_PAGED, 32, TAG]);
+    assert_eq!(low(ks.bag_ddi("KsAddItemToObjectBag", &[pin_bag, other, 0])), status::SUCCESS);
+    ks.ddi("KsAcquireControl", &[filter]);
+    ks.ddi("_KsEdit", &[pin_bag, slot, size + 8, size, TAG]);
+    ks.ddi("KsReleaseControl", &[pin.0]);
+    assert_eq!(ks.rules(), ["KS_OBJECT_BAG_MUTEX_NOT_HELD"; 3], "with the mutex: nothing more");
+    ks.close(filter, pin);
+}
+
+#[test]
+fn taking_the_filter_control_mutex_inside_create_or_twice_or_releasing_it_unheld_is_found() {
+    // Create runs with the filter control mutex held by AVStream: taking it again waits forever.
+    let Some(mut ks) = Ks::started(Mini { create: 2, ..Mini::default() }) else { return };
+    let (filter, pin) = ks.open(1);
+    assert_eq!(ks.rules(), ["KS_CONTROL_MUTEX_DEADLOCK"]);
+    assert!(events().contains(&Event::EditedDescriptor(status::SUCCESS)), "the edit under AVStream's hold is clean");
+    ks.ddi("KsAcquireControl", &[pin.0]);
+    ks.ddi("KsAcquireControl", &[filter]);
+    assert_eq!(ks.rules(), ["KS_CONTROL_MUTEX_DEADLOCK"; 2], "the pin's mutex is its filter's");
+    ks.ddi("KsReleaseControl", &[filter]);
+    ks.ddi("KsReleaseControl", &[filter]);
+    assert_eq!(ks.rules(), ["KS_CONTROL_MUTEX_DEADLOCK", "KS_CONTROL_MUTEX_DEADLOCK", "KS_CONTROL_MUTEX_NOT_HELD"]);
+    ks.ddi("KsAcquireControl", &[ks.device()]);
+    assert_eq!(ks.rules().last(), Some(&"KS_NOT_AN_AVSTREAM_OBJECT"));
+    ks.close(filter, pin);
 }
 
 #[test]

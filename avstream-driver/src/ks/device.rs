@@ -3,7 +3,7 @@
 //!
 //! | dispatch | what it does |
 //! |---|---|
-//! | Add (`AVStrMiniDeviceAdd`) | allocates the [`DeviceContext`] (`ExAllocatePool2`), puts it in `KSDEVICE.Context` and in the device's object bag (`KsAddItemToObjectBag`: freed when the device object goes) |
+//! | Add (`AVStrMiniDeviceAdd`) | allocates the [`DeviceContext`] (`ExAllocatePool2`), puts it in `KSDEVICE.Context` and in the device's object bag (`KsAddItemToObjectBag` under the device mutex, `KsAcquireDevice`/`KsReleaseDevice`: freed when the device object goes) |
 //! | Start (`AVStrMiniDeviceStart`) | `IoGetDeviceProperty(DevicePropertyAddress)` = the channel; `IRP_MN_QUERY_INTERFACE` for `GUID_CAPDMA_BUS_INTERFACE` down the stack → `BusClient::from_query`; the core's `device_start`; S/G: `IKsDeviceFunctions::RegisterAdapterObjectEx` (`adapter.rs`); first start: the descriptors and `KsCreateFilterFactory` |
 //! | Stop, `SurpriseRemoval` | no new pins; the bus reference stays until Remove |
 //! | Remove | `InterfaceDereference` (`BusClient::release`): every pin is closed by then |
@@ -194,9 +194,16 @@ unsafe fn add_inner(device: PKSDEVICE) -> NTSTATUS {
     }
     // SAFETY: KS passes a live device.
     let bag = unsafe { (*device).Bag };
+    // The device's bag is guarded by the device mutex, which AVStream does
+    // not hold around Add ("KsAddItemToObjectBag function (ks.h)", "Device
+    // Mutex in AVStream"): taken here around the addition.
+    // SAFETY: KS passes a live device; Add runs at PASSIVE_LEVEL.
+    unsafe { KsAcquireDevice(device) };
     // SAFETY: the device's bag frees the context (with `free_context`) when
     // the device object goes.
     let status = unsafe { KsAddItemToObjectBag(bag, memory, Some(free_context)) };
+    // SAFETY: taken just above, on this thread.
+    unsafe { KsReleaseDevice(device) };
     if !nt_success(status) {
         // SAFETY: the bag did not take the context: it is ours to drop and free.
         unsafe { free_context(memory) };

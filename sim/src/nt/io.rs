@@ -234,7 +234,7 @@ impl Nt {
     /// Records a finding with bug check `code` and stops the machine as
     /// Windows would: returns the [`Stop`] to propagate.
     pub(crate) fn fatal(&mut self, m: &mut Machine, rule: &'static str, code: u32, parameters: [u64; 4], name: &str, detail: String) -> Stop {
-        self.violation(m, rule, code, Some(parameters[0]), detail);
+        self.counted_violation(m, rule, code, Some(parameters[0]), detail);
         m.bugcheck_now(self, code, name, parameters)
     }
 

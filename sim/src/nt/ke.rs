@@ -407,7 +407,7 @@ pub fn check_free(nt: &mut Nt, m: &Machine, va: u64, len: u64) -> usize {
     let timers: Vec<u64> = nt.ke.timers.iter().filter(|(t, x)| inside(**t) && x.due.is_some()).map(|(t, _)| *t).collect();
     let dpcs: Vec<u64> = nt.ke.dpc_queue.iter().copied().filter(|d| inside(*d)).collect();
     for timer in &timers {
-        nt.violation(
+        nt.counted_violation(
             m,
             "FREE_ACTIVE_TIMER",
             0xC4,
@@ -417,7 +417,7 @@ pub fn check_free(nt: &mut Nt, m: &Machine, va: u64, len: u64) -> usize {
         nt.ke.timers.remove(timer);
     }
     for dpc in &dpcs {
-        nt.violation(
+        nt.counted_violation(
             m,
             "FREE_QUEUED_DPC",
             0xC7,
@@ -449,7 +449,7 @@ pub fn check_unload(nt: &mut Nt, m: &Machine, start: u64, len: u64) -> usize {
     for (dpc, routine) in live.queued_dpcs {
         if inside(dpc) || inside(routine) {
             let p1 = if inside(dpc) { 0x1 } else { 0x2 };
-            nt.violation(
+            nt.counted_violation(
                 m,
                 "UNLOAD_DPC_QUEUED",
                 0xC7,
@@ -464,7 +464,7 @@ pub fn check_unload(nt: &mut Nt, m: &Machine, start: u64, len: u64) -> usize {
     for (dpc, routine) in unflushed {
         if inside(dpc) || inside(routine) {
             let p1 = if inside(dpc) { 0x1 } else { 0x2 };
-            nt.violation(
+            nt.counted_violation(
                 m,
                 "UNLOAD_DPC_NOT_FLUSHED",
                 0xC7,
@@ -480,7 +480,7 @@ pub fn check_unload(nt: &mut Nt, m: &Machine, start: u64, len: u64) -> usize {
     for (timer, routine) in live.set_timers {
         if inside(timer) || inside(routine) {
             let p1 = if inside(timer) { 0x0 } else { 0x2 };
-            nt.violation(
+            nt.counted_violation(
                 m,
                 "UNLOAD_TIMER_SET",
                 0xC7,
@@ -492,7 +492,7 @@ pub fn check_unload(nt: &mut Nt, m: &Machine, start: u64, len: u64) -> usize {
     }
     for (object, routine) in live.interrupts {
         if inside(routine) {
-            nt.violation(
+            nt.counted_violation(
                 m,
                 "UNLOAD_INTERRUPT_CONNECTED",
                 0xCE,
@@ -782,7 +782,7 @@ fn in_paged_pool(nt: &Nt, va: u64, len: u64) -> bool {
 fn ke_initialize_dpc(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [dpc, routine, context] = m.args::<3>()?;
     if nt.ke.dpcs.get(&dpc).is_some_and(|d| d.queued.is_some()) {
-        nt.violation(m, "DPC_REINITIALIZED_WHILE_QUEUED", 0xC4, None, format!("KeInitializeDpc({dpc:#x}) while it is queued"));
+        nt.counted_violation(m, "DPC_REINITIALIZED_WHILE_QUEUED", 0xC4, None, format!("KeInitializeDpc({dpc:#x}) while it is queued"));
         return Ok(0);
     }
     nt.verifier.checks += 1;
@@ -834,7 +834,7 @@ fn ke_flush_queued_dpcs(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 fn ke_initialize_timer_ex(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [timer, kind] = m.args::<2>()?;
     if nt.ke.timers.get(&timer).is_some_and(|t| t.due.is_some()) {
-        nt.violation(m, "TIMER_REINITIALIZED_WHILE_SET", 0xC4, None, format!("KeInitializeTimerEx({timer:#x}) while it is set"));
+        nt.counted_violation(m, "TIMER_REINITIALIZED_WHILE_SET", 0xC4, None, format!("KeInitializeTimerEx({timer:#x}) while it is set"));
         return Ok(0);
     }
     nt.verifier.checks += 1;
@@ -938,8 +938,18 @@ fn ke_cancel_timer(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 /// (the emulated kernel delivers no APCs, so an alertable sleep is never
 /// cut short with `STATUS_ALERTED` or `STATUS_USER_APC`). `Interval` is
 /// read through the machine: NULL or a bad pointer bugchecks as on Windows.
+///
+/// Called above `APC_LEVEL` (the finding is recorded by the IRQL check
+/// before this runs) the thread cannot wait: Windows bug checks there
+/// (0xC4 under Driver Verifier, else 0xA `IRQL_NOT_LESS_OR_EQUAL` from the
+/// dispatcher), so no virtual time passes and nothing falls due: the call
+/// returns `STATUS_SUCCESS` at once, and a driver that relies on the delay
+/// is not helped by it.
 fn ke_delay_execution_thread(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [_mode, _alertable, interval] = m.args::<3>()?;
+    if nt.irql > APC_LEVEL {
+        return Ok(u64::from(STATUS_SUCCESS));
+    }
     let interval = m.read_u64(interval)?.cast_signed();
     let until = if interval < 0 {
         nt.time.saturating_add(interval.unsigned_abs())

@@ -182,10 +182,20 @@ impl Nt {
         Ok(va)
     }
 
-    /// Records a finding at the current DDI's caller.
+    /// Records a finding at the current DDI's caller, of a check the caller
+    /// counted (`verifier.checks += 1` before its test, or
+    /// [`Self::check_irql`]); see [`Self::counted_violation`].
     pub fn violation(&mut self, m: &Machine, rule: &'static str, bugcheck: u32, parameter1: Option<u64>, detail: String) {
         let caller = m.caller().map_or_else(|_| "?".into(), |c| m.describe(c));
         self.verifier.report(Finding { rule, bugcheck, parameter1, detail, caller });
+    }
+
+    /// [`Self::violation`] for a finding that is its own check (an object
+    /// found where none may be, a freed block freed again): counts the
+    /// check, then records the finding.
+    pub fn counted_violation(&mut self, m: &Machine, rule: &'static str, bugcheck: u32, parameter1: Option<u64>, detail: String) {
+        self.verifier.checks += 1;
+        self.violation(m, rule, bugcheck, parameter1, detail);
     }
 
     /// Checks that the current IRQL is at most `max` for `what`; records

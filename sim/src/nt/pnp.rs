@@ -508,7 +508,7 @@ impl Pnp {
             nt.run_pending(m)?;
         }
         let Some(result) = nt.io.completed.get(&irp_va).cloned() else {
-            nt.violation(
+            nt.counted_violation(
                 m,
                 "IRP_NEVER_COMPLETED",
                 if major == mj::POWER { 0x9F } else { 0xC4 },
@@ -975,7 +975,7 @@ impl Pnp {
         leaks.extend(nt.pool.live.iter().map(|(va, b)| format!("pool block {va:#x} ({} bytes, '{}') from {}", b.bytes, super::pool::tag_text(b.tag), b.caller)));
         for leak in &leaks {
             let (rule, code, p1) = if leak.starts_with("pool") { ("POOL_LEAKED_AT_UNLOAD", 0xC4, Some(0x62)) } else { ("LEAKED_AT_UNLOAD", 0xCE, None) };
-            nt.violation(m, rule, code, p1, leak.clone());
+            nt.counted_violation(m, rule, code, p1, leak.clone());
         }
         leaks
     }

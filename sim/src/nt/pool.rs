@@ -139,14 +139,14 @@ fn free(nt: &mut Nt, m: &mut Machine, va: u64, tag: Option<u32>, ddi: &str) -> R
         // Paged pool is freed at or below APC_LEVEL (0xC4, parameter 0x11).
         if block.flags & POOL_FLAG_PAGED != 0 && nt.irql > APC_LEVEL {
             let irql = nt.irql;
-            nt.violation(m, "IRQL_TOO_HIGH", 0xC4, Some(0x11), format!("{ddi}({va:#x}) of paged pool at IRQL {irql}"));
+            nt.counted_violation(m, "IRQL_TOO_HIGH", 0xC4, Some(0x11), format!("{ddi}({va:#x}) of paged pool at IRQL {irql}"));
         }
     }
     let Some(block) = nt.pool.live.get(&va).cloned() else {
         if nt.pool.freed.contains_key(&va) {
-            nt.violation(m, "POOL_DOUBLE_FREE", 0xC2, Some(0x7), format!("{ddi}({va:#x}): already freed"));
+            nt.counted_violation(m, "POOL_DOUBLE_FREE", 0xC2, Some(0x7), format!("{ddi}({va:#x}): already freed"));
         } else {
-            nt.violation(m, "POOL_FREE_BAD_ADDRESS", 0xC2, Some(0x46), format!("{ddi}({va:#x}): not a pool allocation"));
+            nt.counted_violation(m, "POOL_FREE_BAD_ADDRESS", 0xC2, Some(0x46), format!("{ddi}({va:#x}): not a pool allocation"));
         }
         return Ok(0);
     };

@@ -64,9 +64,10 @@ impl Verifier {
         ok
     }
 
-    /// Records a broken rule directly.
+    /// Records a broken rule found by a check the caller counted (its
+    /// `checks += 1` made whether the check passes or fails): a failing
+    /// check counts once, as a passing one does.
     pub fn report(&mut self, finding: Finding) {
-        self.checks += 1;
         self.findings.push(finding);
     }
 

@@ -196,7 +196,7 @@ fn dma_operation(nt: &mut Nt, m: &mut Machine, index: u64) -> Result<u64, Stop> 
         2 => free_common_buffer(nt, m),
         _ => {
             let name = dma_operations::ENTRIES.get(index as usize).map_or("?", |e| e.0);
-            nt.violation(
+            nt.counted_violation(
                 m,
                 "DMA_OPERATION_NOT_EMULATED",
                 0,
@@ -298,11 +298,11 @@ pub(super) fn io_get_dma_adapter(nt: &mut Nt, m: &mut Machine) -> Result<u64, St
 fn live_adapter(nt: &mut Nt, m: &Machine, va: u64, op: &str) -> bool {
     match nt.hal.dma.adapters.get(&va).map(|a| a.put) {
         None => {
-            nt.violation(m, "DMA_INVALID_ADAPTER", 0xE6, None, format!("{op}({va:#x}): not an adapter IoGetDmaAdapter returned"));
+            nt.counted_violation(m, "DMA_INVALID_ADAPTER", 0xE6, None, format!("{op}({va:#x}): not an adapter IoGetDmaAdapter returned"));
             false
         }
         Some(true) => {
-            nt.violation(m, "DMA_ADAPTER_USED_AFTER_PUT", 0xE6, Some(0x18), format!("{op} on DMA adapter {va:#x} after PutDmaAdapter"));
+            nt.counted_violation(m, "DMA_ADAPTER_USED_AFTER_PUT", 0xE6, Some(0x18), format!("{op} on DMA adapter {va:#x} after PutDmaAdapter"));
             false
         }
         Some(false) => {
@@ -398,7 +398,7 @@ fn free_common_buffer(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
         } else {
             ("DMA_COMMON_BUFFER_NOT_ALLOCATED", "not a common buffer of this adapter")
         };
-        nt.violation(m, rule, 0xE6, Some(0x03), format!("FreeCommonBuffer({adapter_va:#x}, VirtualAddress {va:#x}): {what}"));
+        nt.counted_violation(m, rule, 0xE6, Some(0x03), format!("FreeCommonBuffer({adapter_va:#x}, VirtualAddress {va:#x}): {what}"));
         return Ok(0);
     };
     adapter.freed.insert(va);
@@ -442,11 +442,11 @@ fn free_common_buffer(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 fn put_dma_adapter(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let adapter_va = m.arg(0)?;
     let Some(adapter) = nt.hal.dma.adapters.get(&adapter_va) else {
-        nt.violation(m, "DMA_INVALID_ADAPTER", 0xE6, None, format!("PutDmaAdapter({adapter_va:#x}): not an adapter IoGetDmaAdapter returned"));
+        nt.counted_violation(m, "DMA_INVALID_ADAPTER", 0xE6, None, format!("PutDmaAdapter({adapter_va:#x}): not an adapter IoGetDmaAdapter returned"));
         return Ok(0);
     };
     if adapter.put {
-        nt.violation(m, "DMA_ADAPTER_PUT_TWICE", 0xE6, Some(0x18), format!("PutDmaAdapter({adapter_va:#x}): already put"));
+        nt.counted_violation(m, "DMA_ADAPTER_PUT_TWICE", 0xE6, Some(0x18), format!("PutDmaAdapter({adapter_va:#x}): already put"));
         return Ok(0);
     }
     let outstanding = adapter.common_buffers.len();

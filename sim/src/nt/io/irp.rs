@@ -307,7 +307,7 @@ pub fn call_driver(nt: &mut Nt, m: &mut Machine, device: u64, irp_va: u64, ddi: 
     let irql_after = nt.irql;
     let what = m.describe(dispatch);
     if irql_after != irql_before {
-        nt.violation(
+        nt.counted_violation(
             m,
             "DISPATCH_CHANGED_IRQL",
             0xC9,
@@ -504,7 +504,7 @@ pub fn complete_request(nt: &mut Nt, m: &mut Machine, irp_va: u64) -> Result<(),
             let result = low32(m.call(nt, routine, &[device, irp_va, context])?);
             let what = m.describe(routine);
             if nt.irql != irql_before {
-                nt.violation(
+                nt.counted_violation(
                     m,
                     "COMPLETION_ROUTINE_CHANGED_IRQL",
                     0xC4,

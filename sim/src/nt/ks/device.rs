@@ -1,5 +1,6 @@
-//! The `KSDEVICE` side of `ks.sys`: the device mutex, `KsGetDevice`, object
-//! bags, the adapter registration and the filter factories.
+//! The `KSDEVICE` side of `ks.sys`: the device mutex, the filter control
+//! mutex, `KsGetDevice`, object bags, the adapter registration and the
+//! filter factories.
 
 use capdma_winvm::{Machine, Stop};
 
@@ -191,6 +192,122 @@ pub(crate) fn ks_release_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Sto
     Ok(0)
 }
 
+/// Calls the minidriver's `routine` with `args` while AVStream holds the
+/// mutex of `object` on its behalf: a `KSDEVICE`'s device mutex ("Device
+/// Mutex in AVStream": `IRP_MN_START_DEVICE`, the `PostStart` dispatch,
+/// `IRP_MN_QUERY_STOP_DEVICE`, `IRP_MN_QUERY_REMOVE_DEVICE`) or a
+/// `KSFILTER`'s control mutex ("Filter Control Mutex in AVStream": the
+/// pin's `Create`, `Close`, `SetDataFormat`, `SetDeviceState`).
+///
+/// # Errors
+/// What the call stops with.
+pub(crate) fn call_holding(nt: &mut Nt, m: &mut Machine, object: u64, routine: u64, args: &[u64]) -> Result<u64, Stop> {
+    nt.ks.held_for_minidriver.push(object);
+    let result = m.call(nt, routine, args);
+    nt.ks.held_for_minidriver.pop();
+    result
+}
+
+/// The mutex that guards a bag of `owner`, by "KsAddItemToObjectBag
+/// function (ks.h)": the device mutex for a `KSDEVICE`'s or a
+/// `KSFILTERFACTORY`'s bag, the filter control mutex for a `KSFILTER`'s,
+/// the parent filter's control mutex for a `KSPIN`'s. Returns the object
+/// whose mutex it is and its name; `None` for an owner KS does not know.
+fn bag_mutex(nt: &Nt, owner: u64) -> Option<(u64, &'static str)> {
+    let ks = &nt.ks;
+    if ks.devices.contains_key(&owner) {
+        Some((owner, "the device mutex"))
+    } else if let Some(device) = ks.factories.get(&owner) {
+        Some((*device, "the device mutex"))
+    } else if ks.filters.contains_key(&owner) {
+        Some((owner, "the filter control mutex"))
+    } else {
+        ks.pins.get(&owner).map(|p| (p.filter, "the parent filter's control mutex"))
+    }
+}
+
+/// Whether the mutex of `object` (a `KSDEVICE`'s device mutex or a
+/// `KSFILTER`'s control mutex) is held: taken by the minidriver or held by
+/// AVStream for it around the routine running now.
+fn mutex_held(nt: &Nt, object: u64) -> bool {
+    nt.ks.held_for_minidriver.contains(&object)
+        || nt.ks.devices.get(&object).is_some_and(|d| d.mutex_held)
+        || nt.ks.control_held.contains(&object)
+}
+
+/// Checks that the mutex of `bag` is held for `ddi` ("the caller must hold
+/// the mutex associated with the bag"); the finding
+/// `KS_OBJECT_BAG_MUTEX_NOT_HELD` (bug check 0xC4) otherwise. The call
+/// goes on either way (Windows does not check it; the bag's list races).
+fn check_bag_mutex(nt: &mut Nt, m: &Machine, bag: u64, ddi: &str) {
+    let Some((object, mutex)) = nt.ks.bags.get(&bag).and_then(|b| bag_mutex(nt, b.owner)) else { return };
+    nt.verifier.checks += 1;
+    if !mutex_held(nt, object) {
+        nt.violation(
+            m,
+            "KS_OBJECT_BAG_MUTEX_NOT_HELD",
+            0xC4,
+            None,
+            format!("{ddi}({bag:#x}, ...) without {mutex} ({object:#x}) that guards the bag"),
+        );
+    }
+}
+
+/// The filter whose control mutex `object` (a `KSFILTER` or a `KSPIN`)
+/// uses ("a pin object uses its parent's filter control mutex").
+fn control_filter(nt: &Nt, object: u64) -> Option<u64> {
+    if nt.ks.filters.contains_key(&object) {
+        Some(object)
+    } else {
+        nt.ks.pins.get(&object).map(|p| p.filter)
+    }
+}
+
+/// `void KsAcquireControl(PVOID Object)` ("KsAcquireControl function
+/// (ks.h)"; `PASSIVE_LEVEL`; `KsFilterAcquireControl` and
+/// `KsPinAcquireControl` are inline calls of it): takes the control mutex
+/// of the filter `Object` is (or is a pin of). Not recursive ("Filter
+/// Control Mutex in AVStream": taking it inside a routine AVStream called
+/// with it held, or twice, waits forever): the finding
+/// `KS_CONTROL_MUTEX_DEADLOCK`. An object that is neither a filter nor a
+/// pin is `KS_NOT_AN_AVSTREAM_OBJECT`.
+pub(crate) fn ks_acquire_control(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [object] = m.args::<1>()?;
+    nt.verifier.checks += 1;
+    let Some(filter) = control_filter(nt, object) else {
+        nt.violation(m, "KS_NOT_AN_AVSTREAM_OBJECT", 0xC4, None, format!("KsAcquireControl({object:#x}): not a filter or a pin"));
+        return Ok(0);
+    };
+    nt.verifier.checks += 1;
+    if nt.ks.held_for_minidriver.contains(&filter) || nt.ks.control_held.contains(&filter) {
+        nt.violation(
+            m,
+            "KS_CONTROL_MUTEX_DEADLOCK",
+            0xC4,
+            None,
+            format!("KsAcquireControl({object:#x}) while the control mutex of filter {filter:#x} is held: it is not recursive, the thread would wait forever"),
+        );
+    } else {
+        nt.ks.control_held.insert(filter);
+    }
+    Ok(0)
+}
+
+/// `void KsReleaseControl(PVOID Object)` ("KsReleaseControl function
+/// (ks.h)"; `PASSIVE_LEVEL`): releases the control mutex the minidriver
+/// took with `KsAcquireControl`; one it does not hold is the finding
+/// `KS_CONTROL_MUTEX_NOT_HELD` (a mutant released by a thread that does
+/// not own it: bug check 0xC4).
+pub(crate) fn ks_release_control(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
+    let [object] = m.args::<1>()?;
+    let filter = control_filter(nt, object);
+    nt.verifier.checks += 1;
+    if !filter.is_some_and(|f| nt.ks.control_held.remove(&f)) {
+        nt.violation(m, "KS_CONTROL_MUTEX_NOT_HELD", 0xC4, None, format!("KsReleaseControl({object:#x}) without KsAcquireControl"));
+    }
+    Ok(0)
+}
+
 /// `PKSDEVICE KsGetDevice(PVOID Object)` ("KsGetDevice function (ks.h)";
 /// any IRQL up to `DISPATCH_LEVEL`): the device of a `KSDEVICE`,
 /// `KSFILTERFACTORY`, `KSFILTER` or `KSPIN`. Another pointer is the
@@ -220,7 +337,12 @@ pub(crate) fn ks_get_device(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 /// `PASSIVE_LEVEL`): the item is freed with the bag (with `Free`, or
 /// `ExFreePool` when NULL), or with the last of the bags that hold it.
 /// `STATUS_SUCCESS`; an unknown bag is the finding `KS_INVALID_OBJECT_BAG`
-/// and `STATUS_INVALID_PARAMETER`.
+/// and `STATUS_INVALID_PARAMETER`. The page's remarks: the minidriver
+/// holds the bag's mutex (the device mutex for a `KSDEVICE`'s or
+/// `KSFILTERFACTORY`'s bag, the filter control mutex for a `KSFILTER`'s,
+/// the parent filter's for a `KSPIN`'s; held by AVStream around the
+/// routines [`call_holding`] names); without it, the finding
+/// `KS_OBJECT_BAG_MUTEX_NOT_HELD` (the item is added all the same).
 pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [bag, item, free] = m.args::<3>()?;
     nt.verifier.checks += 1;
@@ -229,6 +351,7 @@ pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<
         return Ok(u64::from(status::INVALID_PARAMETER));
     };
     record.items.push((item, free));
+    check_bag_mutex(nt, m, bag, "KsAddItemToObjectBag");
     Ok(u64::from(status::SUCCESS))
 }
 
@@ -246,6 +369,9 @@ pub(crate) fn ks_add_item_to_object_bag(nt: &mut Nt, m: &mut Machine) -> Result<
 /// the old item are left as they were). The low resources simulation
 /// ([`super::KsState::fail_edit_at`]) fails the pool allocation of the call
 /// it names, through the pool's own injection (counted in `Pool::failed`).
+/// The page's remarks: the caller holds the mutex associated with the bag
+/// (as for `KsAddItemToObjectBag`); without it, the finding
+/// `KS_OBJECT_BAG_MUTEX_NOT_HELD` (the edit is made all the same).
 pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [bag, pointer, new_size, old_size, tag] = m.args::<5>()?;
     nt.verifier.checks += 1;
@@ -253,6 +379,7 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
         nt.violation(m, "KS_INVALID_OBJECT_BAG", 0xC4, None, format!("_KsEdit({bag:#x}, ...): not an object bag"));
         return Ok(u64::from(status::INVALID_PARAMETER));
     }
+    check_bag_mutex(nt, m, bag, "_KsEdit");
     let old = m.read_u64(pointer)?;
     let (new_size, old_size) = (new_size & 0xFFFF_FFFF, old_size & 0xFFFF_FFFF);
     let in_bag = old != 0 && nt.ks.bags.get(&bag).is_some_and(|b| b.items.iter().any(|(item, _)| *item == old));

@@ -227,14 +227,14 @@ fn pnp(nt: &mut Nt, m: &mut Machine, ks_device: u64, irp_va: u64, location: u64)
             if status::nt_success(st) {
                 let start = routine(m, ksdevice_dispatch::START)?;
                 if start != 0 {
-                    st = low32(m.call(nt, start, &[ks_device, irp_va, translated, raw])?);
+                    st = low32(device::call_holding(nt, m, ks_device, start, &[ks_device, irp_va, translated, raw])?);
                 }
             }
             if status::nt_success(st) {
                 m.write_u8(ks_device + ksdevice::STARTED, 1)?;
                 let post = routine(m, ksdevice_dispatch::POST_START)?;
                 if post != 0 {
-                    st = low32(m.call(nt, post, &[ks_device])?);
+                    st = low32(device::call_holding(nt, m, ks_device, post, &[ks_device])?);
                 }
             }
             complete(nt, m, irp_va, st)
@@ -242,7 +242,7 @@ fn pnp(nt: &mut Nt, m: &mut Machine, ks_device: u64, irp_va: u64, location: u64)
         mn::QUERY_STOP_DEVICE | mn::QUERY_REMOVE_DEVICE => {
             let offset = if minor == mn::QUERY_STOP_DEVICE { ksdevice_dispatch::QUERY_STOP } else { ksdevice_dispatch::QUERY_REMOVE };
             let query = routine(m, offset)?;
-            let st = if query == 0 { status::SUCCESS } else { low32(m.call(nt, query, &[ks_device, irp_va])?) };
+            let st = if query == 0 { status::SUCCESS } else { low32(device::call_holding(nt, m, ks_device, query, &[ks_device, irp_va])?) };
             if !status::nt_success(st) {
                 return complete(nt, m, irp_va, st);
             }

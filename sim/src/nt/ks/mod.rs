@@ -9,14 +9,17 @@
 //! mapped at system addresses over the application's scattered pages. The
 //! host keeps a record of each object to check what the DDI pages require
 //! (the IRQL, the device mutex around `KsCreateFilterFactory` and not
-//! taken twice, stream pointers used once deleted, the processing mutex
-//! not taken twice, a `Process` that makes no progress).
+//! taken twice, the mutex of an object bag held when it changes, stream
+//! pointers used once deleted, the processing mutex not taken twice, a
+//! `Process` that makes no progress).
 //!
 //! One concern per file:
 //! * [`driver`]: `KsInitializeDriver`, AVStream's `AddDevice` and its
 //!   dispatch of the PnP IRPs to the minidriver's `KSDEVICE_DISPATCH`;
 //! * [`device`]: `KSDEVICE` (`KsAcquireDevice`/`KsReleaseDevice`,
-//!   `KsGetDevice`), object bags (`KsAddItemToObjectBag`, `_KsEdit`),
+//!   `KsGetDevice`), the filter control mutex (`KsAcquireControl`,
+//!   `KsReleaseControl`) and the mutexes AVStream holds for the
+//!   minidriver, object bags (`KsAddItemToObjectBag`, `_KsEdit`),
 //!   `KsDeviceRegisterAdapterObject`, `KsCreateFilterFactory`;
 //! * [`pin`]: what an application does through a filter handle (filter and
 //!   pin creation through the pin's intersect handler, `SetDataFormat`,
@@ -52,6 +55,8 @@ pub const DDIS: &[Ddi] = &[
     Ddi { module: Module::Ks, name: "KsInitializeDriver", max_irql: PASSIVE_LEVEL, run: driver::ks_initialize_driver },
     Ddi { module: Module::Ks, name: "KsAcquireDevice", max_irql: PASSIVE_LEVEL, run: device::ks_acquire_device },
     Ddi { module: Module::Ks, name: "KsReleaseDevice", max_irql: PASSIVE_LEVEL, run: device::ks_release_device },
+    Ddi { module: Module::Ks, name: "KsAcquireControl", max_irql: PASSIVE_LEVEL, run: device::ks_acquire_control },
+    Ddi { module: Module::Ks, name: "KsReleaseControl", max_irql: PASSIVE_LEVEL, run: device::ks_release_control },
     Ddi { module: Module::Ks, name: "KsGetDevice", max_irql: DISPATCH_LEVEL, run: device::ks_get_device },
     Ddi { module: Module::Ks, name: "KsAddItemToObjectBag", max_irql: PASSIVE_LEVEL, run: device::ks_add_item_to_object_bag },
     Ddi { module: Module::Ks, name: "_KsEdit", max_irql: PASSIVE_LEVEL, run: device::ks_edit },
@@ -100,6 +105,15 @@ pub struct KsState {
     pub devices: BTreeMap<u64, device::KsDeviceRecord>,
     /// Object bags by handle.
     pub bags: BTreeMap<u64, device::Bag>,
+    /// The mutexes AVStream holds on the minidriver's behalf while it runs
+    /// one of the minidriver's routines, innermost last: a `KSDEVICE` (its
+    /// device mutex: `Start`, `PostStart`, `QueryStop`, `QueryRemove`, by
+    /// "Device Mutex in AVStream") or a `KSFILTER` (its control mutex: the
+    /// pin's `Create`, `Close`, `SetDataFormat`, `SetDeviceState`, by
+    /// "Filter Control Mutex in AVStream").
+    pub held_for_minidriver: Vec<u64>,
+    /// Filters whose control mutex the minidriver took (`KsAcquireControl`).
+    pub control_held: BTreeSet<u64>,
     /// Filter factories by address: the `KSDEVICE` they belong to.
     pub factories: BTreeMap<u64, u64>,
     /// Filters by address: (the factory, the `KSDEVICE`).

@@ -357,18 +357,18 @@ pub fn create_pin(
             clock: None,
         },
     );
-    nt.ks.pointers.insert(leading_edge_va, super::stream::PointerRecord { pin, handle: None });
+    nt.ks.pointers.insert(leading_edge_va, super::stream::PointerRecord { pin, handle: None, cancel: 0 });
     nt.irql = PASSIVE_LEVEL;
     let set_format = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::SET_DATA_FORMAT)? };
     let mut st = status::SUCCESS;
     if set_format != 0 {
-        st = low32(m.call(nt, set_format, &[pin, 0, 0, range, 0])?);
+        st = low32(super::device::call_holding(nt, m, filter, set_format, &[pin, 0, 0, range, 0])?);
     }
     if status::nt_success(st) {
         let create = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::CREATE)? };
         if create != 0 {
             let irp_va = kernel_irp(nt, m, mj::CREATE, pin)?;
-            st = low32(m.call(nt, create, &[pin, irp_va])?);
+            st = low32(super::device::call_holding(nt, m, filter, create, &[pin, irp_va])?);
             end_irp(nt, m, irp_va, st)?;
         }
     }
@@ -458,19 +458,22 @@ pub(super) fn table_pages(entries: u32, stride: u32) -> u64 {
 /// A bugcheck in the minidriver.
 pub fn set_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32) -> Result<u32, Stop> {
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
-    let (dispatch, mut from) = (record.dispatch, record.state);
+    let (dispatch, mut from, filter) = (record.dispatch, record.state, record.filter);
     let callback = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::SET_DEVICE_STATE)? };
     while from != to {
         let next = if to > from { from + 1 } else { from - 1 };
         nt.irql = PASSIVE_LEVEL;
         if callback != 0 {
-            let st = low32(m.call(nt, callback, &[pin.0, u64::from(next), u64::from(from)])?);
+            let st = low32(super::device::call_holding(nt, m, filter, callback, &[pin.0, u64::from(next), u64::from(from)])?);
             if !status::nt_success(st) {
                 return Ok(st);
             }
         }
         m.write_u32(pin.0 + kspin::DEVICE_STATE, next)?;
         m.write_u32(pin.0 + kspin::CLIENT_STATE, next)?;
+        if next == KSSTATE_STOP {
+            super::stream::cancel_clones(nt, m, pin.0)?;
+        }
         let now = nt.time;
         let Some(record) = nt.ks.pins.get_mut(&pin.0) else { return Ok(status::INVALID_HANDLE) };
         record.state = next;
@@ -695,16 +698,17 @@ pub fn close_pin_collecting(nt: &mut Nt, m: &mut Machine, pin: PinHandle) -> Res
     let Some(record) = nt.ks.pins.get(&pin.0) else {
         return Ok(PinClosed { stop_status: status::INVALID_HANDLE, close_status: status::INVALID_HANDLE, completed: Vec::new() });
     };
-    let dispatch = record.dispatch;
+    let (dispatch, filter) = (record.dispatch, record.filter);
     let stop_status = set_state(nt, m, pin, KSSTATE_STOP)?;
     let close = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::CLOSE)? };
     let mut close_status = status::SUCCESS;
     if close != 0 {
         let irp_va = kernel_irp(nt, m, mj::CLOSE, pin.0)?;
         nt.irql = PASSIVE_LEVEL;
-        close_status = low32(m.call(nt, close, &[pin.0, irp_va])?);
+        close_status = low32(super::device::call_holding(nt, m, filter, close, &[pin.0, irp_va])?);
         end_irp(nt, m, irp_va, close_status)?;
     }
+    super::stream::cancel_clones(nt, m, pin.0)?;
     if let Some(record) = nt.ks.pins.get_mut(&pin.0) {
         record.queue.flush_on_stop();
         record.owed = false;
@@ -784,15 +788,18 @@ pub(crate) fn ks_pin_release_processing_mutex(nt: &mut Nt, m: &mut Machine) -> R
 /// A bugcheck in the minidriver.
 pub fn call_set_device_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u32, from: u32) -> Result<u32, Stop> {
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
-    let dispatch = record.dispatch;
+    let (dispatch, filter) = (record.dispatch, record.filter);
     let callback = if dispatch == 0 { 0 } else { m.read_u64(dispatch + kspin_dispatch::SET_DEVICE_STATE)? };
     if callback == 0 {
         return Ok(status::SUCCESS);
     }
     nt.irql = PASSIVE_LEVEL;
-    let st = low32(m.call(nt, callback, &[pin.0, u64::from(to), u64::from(from)])?);
+    let st = low32(super::device::call_holding(nt, m, filter, callback, &[pin.0, u64::from(to), u64::from(from)])?);
     if status::nt_success(st) {
         m.write_u32(pin.0 + kspin::DEVICE_STATE, to)?;
+        if to == KSSTATE_STOP {
+            super::stream::cancel_clones(nt, m, pin.0)?;
+        }
         if let Some(record) = nt.ks.pins.get_mut(&pin.0) {
             record.state = to;
             record.queue.set_running(to == KSSTATE_RUN);
@@ -819,7 +826,7 @@ pub fn call_set_device_state(nt: &mut Nt, m: &mut Machine, pin: PinHandle, to: u
 /// A bugcheck in the minidriver.
 pub fn set_data_format(nt: &mut Nt, m: &mut Machine, pin: PinHandle, format: &[u8]) -> Result<u32, Stop> {
     let Some(record) = nt.ks.pins.get(&pin.0) else { return Ok(status::INVALID_HANDLE) };
-    let dispatch = record.dispatch;
+    let (dispatch, filter) = (record.dispatch, record.filter);
     let descriptor = m.read_u64(pin.0 + kspin::DESCRIPTOR)?;
     let ranges = data_ranges(m, descriptor)?;
     let Some((range, _)) = ranges.iter().find(|(_, r)| guids_match(format, r)).cloned() else { return Ok(STATUS_NO_MATCH) };
@@ -836,7 +843,7 @@ pub fn set_data_format(nt: &mut Nt, m: &mut Machine, pin: PinHandle, format: &[u
     let mut st = status::SUCCESS;
     if callback != 0 {
         nt.irql = PASSIVE_LEVEL;
-        st = low32(m.call(nt, callback, &[pin.0, old, 0, range, 0])?);
+        st = low32(super::device::call_holding(nt, m, filter, callback, &[pin.0, old, 0, range, 0])?);
     }
     if !status::nt_success(st) {
         m.write_u64(pin.0 + kspin::CONNECTION_FORMAT, old)?;

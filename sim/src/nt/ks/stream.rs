@@ -68,6 +68,9 @@ pub struct PointerRecord {
     pub pin: u64,
     /// The queue's handle (the leading edge's once it was first locked).
     pub handle: Option<StreamPointerHandle>,
+    /// A clone's `CancelCallback` (`PFNKSSTREAMPOINTER`; 0: none, and
+    /// always 0 for the leading edge).
+    pub cancel: u64,
 }
 
 /// Whether `Process` is called in `state` for a pin with `flags`.
@@ -124,7 +127,7 @@ fn live_pointer(nt: &mut Nt, m: &Machine, va: u64, ddi: &str) -> Option<(Pointer
 /// # Errors
 /// [`Stop::Host`] when a table cannot be allocated; a bugcheck.
 pub fn sync_pointer(nt: &mut Nt, m: &mut Machine, va: u64) -> Result<(), Stop> {
-    let Some(PointerRecord { pin, handle: Some(handle) }) = nt.ks.pointers.get(&va).copied() else { return Ok(()) };
+    let Some(PointerRecord { pin, handle: Some(handle), .. }) = nt.ks.pointers.get(&va).copied() else { return Ok(()) };
     let Some(record) = nt.ks.pins.get(&pin) else { return Ok(()) };
     let at = record.queue.view(handle, |v| v.map(|v| (v.buffer_id, v.seq, v.offset, v.bytes, v.generate_mappings, v.mappings.len())));
     let Some((buffer_id, seq, offset, bytes, mapping_mode, count)) = at else { return Ok(()) };
@@ -185,12 +188,12 @@ pub fn sync_pointer(nt: &mut Nt, m: &mut Machine, va: u64) -> Result<(), Stop> {
 pub(crate) fn ks_pin_get_leading_edge_stream_pointer(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     let [pin, state] = m.args::<2>()?;
     let Some(record) = nt.ks.pins.get(&pin) else {
-        nt.violation(m, "KS_INVALID_PIN", 0xC4, None, format!("KsPinGetLeadingEdgeStreamPointer({pin:#x}): not a pin"));
+        nt.counted_violation(m, "KS_INVALID_PIN", 0xC4, None, format!("KsPinGetLeadingEdgeStreamPointer({pin:#x}): not a pin"));
         return Ok(0);
     };
     let (va, queue) = (record.leading_edge_va, record.queue.clone());
     let Some(handle) = queue.leading_edge() else { return Ok(0) };
-    nt.ks.pointers.insert(va, PointerRecord { pin, handle: Some(handle) });
+    nt.ks.pointers.insert(va, PointerRecord { pin, handle: Some(handle), cancel: 0 });
     sync_pointer(nt, m, va)?;
     if state & 0xFFFF_FFFF == KSSTREAM_POINTER_STATE_UNLOCKED {
         queue.unlock(handle, false);
@@ -204,9 +207,11 @@ pub(crate) fn ks_pin_get_leading_edge_stream_pointer(nt: &mut Nt, m: &mut Machin
 /// (ks.h)"; up to `DISPATCH_LEVEL`): a locked clone on the same frame and
 /// offset, holding the frame until `KsStreamPointerDelete`, with
 /// `ContextSize` zeroed bytes at its `Context`. `STATUS_INVALID_PARAMETER`
-/// for a pointer that is not live and locked.
+/// for a pointer that is not live and locked. `CancelCallback` (optional)
+/// is called when the frame the clone references is cancelled
+/// ([`cancel_clones`]).
 pub(crate) fn ks_stream_pointer_clone(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
-    let [sp, _cancel, context_size, out] = m.args::<4>()?;
+    let [sp, cancel, context_size, out] = m.args::<4>()?;
     let Some((record, handle)) = live_pointer(nt, m, sp, "KsStreamPointerClone") else {
         return Ok(u64::from(status::INVALID_PARAMETER));
     };
@@ -222,11 +227,37 @@ pub(crate) fn ks_stream_pointer_clone(nt: &mut Nt, m: &mut Machine) -> Result<u6
         nt.alloc_kernel(m, ksstream_pointer::SIZE + context_size)?
     };
     m.write_u64(slot + ksstream_pointer::CONTEXT, if context_size == 0 { 0 } else { slot + ksstream_pointer::SIZE })?;
-    nt.ks.pointers.insert(slot, PointerRecord { pin: record.pin, handle: Some(clone) });
+    nt.ks.pointers.insert(slot, PointerRecord { pin: record.pin, handle: Some(clone), cancel });
     sync_pointer(nt, m, slot)?;
     nt.ks.stats.clones += 1;
     m.write_u64(out, slot)?;
     Ok(u64::from(status::SUCCESS))
+}
+
+/// The frames of `pin`'s queue are cancelled (the queue is flushed at
+/// `KSSTATE_STOP`, or the pin closes): AVStream calls the `CancelCallback`
+/// of every clone that references one ("PFNKSSTREAMPOINTER callback
+/// function (ks.h)", `AVStrMiniCancelCallback`: with the clone, with the
+/// queue's spin lock held, so at `DISPATCH_LEVEL`), in the order the clones
+/// were made. The callback must delete the clone (`KsStreamPointerDelete`);
+/// a clone still alive afterwards keeps its frame, which the flush that
+/// follows reports. Clones without a callback are left to that report.
+///
+/// # Errors
+/// A bugcheck in a callback.
+pub fn cancel_clones(nt: &mut Nt, m: &mut Machine, pin: u64) -> Result<(), Stop> {
+    let clones: Vec<(u64, u64)> = nt.ks.pointers.iter().filter(|(_, p)| p.pin == pin && p.cancel != 0).map(|(va, p)| (*va, p.cancel)).collect();
+    for (clone, callback) in clones {
+        if !nt.ks.pointers.contains_key(&clone) {
+            continue;
+        }
+        let old = nt.irql;
+        nt.irql = DISPATCH_LEVEL;
+        let result = m.call(nt, callback, &[clone]);
+        nt.irql = old;
+        result?;
+    }
+    Ok(())
 }
 
 /// `void KsStreamPointerDelete(PKSSTREAM_POINTER StreamPointer)`
@@ -360,7 +391,7 @@ pub(crate) fn ks_pin_attempt_processing(nt: &mut Nt, m: &mut Machine) -> Result<
     let [pin, asynchronous] = m.args::<2>()?;
     nt.ks.stats.attempts += 1;
     let Some(record) = nt.ks.pins.get_mut(&pin) else {
-        nt.violation(m, "KS_INVALID_PIN", 0xC4, None, format!("KsPinAttemptProcessing({pin:#x}): not a pin"));
+        nt.counted_violation(m, "KS_INVALID_PIN", 0xC4, None, format!("KsPinAttemptProcessing({pin:#x}): not a pin"));
         return Ok(0);
     };
     record.owed = true;

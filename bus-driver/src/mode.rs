@@ -24,7 +24,7 @@
 //! | S/G 32-bit | S/G | above 4 GiB | 0 | CB | `AddressLimitNoMapRegisters` |
 //!
 //! The decision picks each channel's engine once, at start
-//! ([`allocate_engine`]: the scatter/gather engine or the common-buffer slot
+//! (`allocate_engine`: the scatter/gather engine or the common-buffer slot
 //! engine, `crate::channel::engine`); nothing else in the core asks for the
 //! mode, only the reports (`GetDmaConfig`, the trace) name it.
 use crate::channel::engine::EngineMemory;

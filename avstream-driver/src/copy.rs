@@ -131,25 +131,28 @@
 //! state (see [`VectorUnit::Avx2`]): detection tells what the CPU can do,
 //! not what the caller arranged.
 use capdma_interface::status::{NtStatus, STATUS_BUFFER_TOO_SMALL, STATUS_INTEGER_OVERFLOW, STATUS_INVALID_PARAMETER};
+use zerocopy::{Immutable, IntoBytes, TryFromBytes};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// The vector registers the caller allows the copy to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The vector registers the caller allows the copy to use. Stored in a
+/// pin's `AtomicU8` as its `u8` value, decoded with zerocopy.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, TryFromBytes, IntoBytes, Immutable)]
 pub enum VectorUnit {
     /// General-purpose registers only (portable; any IRQL, any context).
     /// No vector intrinsics are used; large frames are streamed with
     /// `MOVNTI`, a general-purpose-register store. The ordinary path calls
     /// `memcpy`, which may use XMM registers where the platform's `memcpy`
     /// does (always allowed in x64 kernel code).
-    Scalar,
+    Scalar = 0,
     /// SSE2 (XMM) registers: always allowed in x64 kernel code.
-    Sse2,
+    Sse2 = 1,
     /// AVX2 (YMM) registers: only after `KeSaveExtendedProcessorState(XSTATE_MASK_AVX)`
     /// succeeded, until `KeRestoreExtendedProcessorState`. The routine checks
     /// the CPU supports AVX2 and falls back to SSE2 otherwise.
-    Avx2,
+    Avx2 = 2,
 }
 
 /// The shape of one copy.

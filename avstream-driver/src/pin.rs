@@ -64,22 +64,6 @@ pub use capdma_interface::regs::SLOT_LINE_ALIGNMENT;
 /// `STATUS_DEVICE_BUSY` (a delivery in progress) at `ACQUIRE -> STOP`.
 pub const UNREGISTER_RETRIES: u32 = 1 << 20;
 
-fn unit_to_u8(unit: VectorUnit) -> u8 {
-    match unit {
-        VectorUnit::Scalar => 0,
-        VectorUnit::Sse2 => 1,
-        VectorUnit::Avx2 => 2,
-    }
-}
-
-fn unit_from_u8(v: u8) -> VectorUnit {
-    match v {
-        1 => VectorUnit::Sse2,
-        2 => VectorUnit::Avx2,
-        _ => VectorUnit::Scalar,
-    }
-}
-
 /// One capture pin of a capdma channel, generic over the KS port.
 pub struct CapturePin<K: KsPinPort> {
     pub(crate) port: K,
@@ -142,7 +126,7 @@ impl<K: KsPinPort> CapturePin<K> {
             config: setup.config,
             engine: PinEngine::for_mode(setup.mode),
             state: StateCell::new(),
-            unit: AtomicU8::new(unit_to_u8(unit)),
+            unit: AtomicU8::new(unit as u8),
             format: spin::Mutex::new(None),
             stats: PinStats::new(),
             registered: AtomicBool::new(false),
@@ -182,12 +166,13 @@ impl<K: KsPinPort> CapturePin<K> {
 
     /// The vector registers [`Self::process`] lets the copy use.
     pub fn vector_unit(&self) -> VectorUnit {
-        unit_from_u8(self.unit.load(Ordering::Relaxed))
+        // Only `set_vector_unit` and `new` store it: always a valid value.
+        zerocopy::try_transmute!(self.unit.load(Ordering::Relaxed)).unwrap_or(VectorUnit::Scalar)
     }
 
     /// Sets the vector registers [`Self::process`] lets the copy use.
     pub fn set_vector_unit(&self, unit: VectorUnit) {
-        self.unit.store(unit_to_u8(unit), Ordering::Relaxed);
+        self.unit.store(unit as u8, Ordering::Relaxed);
     }
 
     /// The callback function registered with the bus.

@@ -58,13 +58,7 @@ fn every_bus_row_holds_through_the_image_and_the_rest_say_why_not() {
             continue;
         }
         assert!(BUS_ROWS.contains(&row.name.as_str()), "{} ran through the image but is not listed as a bus row", row.name);
-        assert!(row.holds, "{}", support::describe(row));
-        assert!(row.recovered, "{}", support::describe(row));
-        assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", support::describe(row));
-        assert_eq!(row.frames_corrupt, 0, "{}", row.name);
-        assert!(row.frames_delivered > 0 && row.frames_verified == row.frames_delivered, "{}", support::describe(row));
-        let kernel = row.checks.iter().find(|c| c.what.starts_with("the emulated kernel:")).map(|c| c.ok);
-        assert_eq!(kernel, Some(true), "{}: the Verifier/bugcheck check was made and held", row.name);
+        support::assert_row_held(row);
     }
     let ran: Vec<&str> = rows.iter().filter(|r| r.not_applicable.is_none()).map(|r| r.name.as_str()).collect();
     assert_eq!(ran, BUS_ROWS, "exactly the bus rows ran");

@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use capdma_bus::config::DmaModeOverride;
 use capdma_interface::format::PixelFormat;
@@ -165,14 +164,11 @@ fn a_transfer_larger_than_the_map_registers_granted_fails_the_run() {
     assert!(report.violations.iter().any(|v| v.contains("more than the 16 IoGetDmaAdapter granted")), "{:?}", report.violations);
 }
 
-fn sim(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
-}
 
 #[test]
 fn the_json_says_which_drivers_ran_and_what_the_kernel_did() {
     let Some(path) = image() else { return };
-    let out = sim(&["stream", "--drivers", "bus-image", "--board", "sg", "--size", "320x240", "--frames", "6", "--json"]);
+    let out = support::sim(&["stream", "--drivers", "bus-image", "--board", "sg", "--size", "320x240", "--frames", "6", "--json"]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["result"], "pass");
@@ -195,23 +191,23 @@ fn the_json_says_which_drivers_ran_and_what_the_kernel_did() {
     assert!(image["vm_exits_per_frame_streaming"].as_f64().unwrap() > 0.0);
     assert_eq!(json["channels"][0]["frames_verified"], 6);
     // The default path says which drivers ran too, and has no kernel.
-    let out = sim(&["stream", "--size", "320x240", "--frames", "3", "--json"]);
+    let out = support::sim(&["stream", "--size", "320x240", "--frames", "3", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["drivers"], "cores");
     assert!(json.get("image").is_none());
     // And the summary.
-    let out = sim(&["stream", "--drivers", "bus-image", "--size", "320x240", "--frames", "3"]);
+    let out = support::sim(&["stream", "--drivers", "bus-image", "--size", "320x240", "--frames", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("drivers: bus-image") && text.contains("sha256 ") && text.contains("Verifier checks"), "{text}");
 }
 
 #[test]
 fn a_missing_image_is_a_clear_error_naming_the_build() {
-    let out = sim(&["stream", "--drivers", "bus-image", "--bus-image", "/nonexistent/capdma_bus.sys", "--frames", "2"]);
+    let out = support::sim(&["stream", "--drivers", "bus-image", "--bus-image", "/nonexistent/capdma_bus.sys", "--frames", "2"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/capdma_bus.sys") && err.contains("cargo xtask windows"), "{err}");
-    let out = sim(&["stream", "--bus-image", "/x.sys", "--frames", "2"]);
+    let out = support::sim(&["stream", "--bus-image", "/x.sys", "--frames", "2"]);
     assert_eq!(out.status.code(), Some(2), "--bus-image without --drivers bus-image");
 }
 

@@ -10,7 +10,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use capdma_sim::board::{BoardFault, BoardKind};
 use capdma_sim::machine::{Action, Drivers, Machine, MachineConfig, RunHooks, RunReport, TraceEvent};
@@ -89,15 +88,12 @@ fn a_dma_error_writes_an_engine_reset_with_its_cause_at_its_time() {
     }
 }
 
-fn sim(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
-}
 
 #[test]
 fn the_cli_prints_the_trace_after_the_summary_or_as_a_json_array() {
     let Some(_) = image() else { return };
     let base = ["stream", "--drivers", "bus-image", "--size", "160x120", "--frames", "10"];
-    let out = sim(&[&base[..], &["--trace"]].concat());
+    let out = support::sim(&[&base[..], &["--trace"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let result = text.find("result: PASS").expect("the summary");
@@ -105,20 +101,20 @@ fn the_cli_prints_the_trace_after_the_summary_or_as_a_json_array() {
     assert!(result < start, "the trace follows the summary:\n{text}");
     assert!(text.contains("Mode=\"common-buffer\""), "{text}");
     // Without --trace: no trace lines.
-    let out = sim(&base);
+    let out = support::sim(&base);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("Capdma.Bus/"), "no --trace, no trace");
     // --json --trace: the array; --json alone: no key.
-    let out = sim(&[&base[..], &["--trace", "--json"]].concat());
+    let out = support::sim(&[&base[..], &["--trace", "--json"]].concat());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let trace = json["trace"].as_array().expect("the trace array");
     let start = trace.iter().find(|e| e["event"] == "DeviceStart").expect("DeviceStart");
     assert_eq!(start["provider"], "Capdma.Bus");
     assert!(start["fields"].as_array().unwrap().iter().any(|f| f["name"] == "Mode" && f["value"] == "\"common-buffer\""), "{start}");
     assert!(start["time_100ns"].is_u64());
-    let out = sim(&[&base[..], &["--json"]].concat());
+    let out = support::sim(&[&base[..], &["--json"]].concat());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert!(json.get("trace").is_none(), "{json}");
     // The cores write no ETW: --trace with them is a usage error.
-    let out = sim(&["stream", "--trace", "--frames", "1"]);
+    let out = support::sim(&["stream", "--trace", "--frames", "1"]);
     assert_eq!(out.status.code(), Some(2));
 }

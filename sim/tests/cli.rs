@@ -6,14 +6,7 @@ use std::fs::File;
 use std::io::Read as _;
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
-use std::process::{Command, Output, Stdio};
-
-use capdma_interface::format::PixelFormat;
-use capdma_sim::y4m::read_y4m_file;
-
-fn sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capdma-sim")).args(args).output().expect("capdma-sim runs")
-}
+use std::process::{Command, Stdio};
 
 fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
@@ -21,31 +14,12 @@ fn temp_dir() -> tempfile::TempDir {
 
 #[test]
 fn y4m_source_to_output_round_trip_is_bit_exact_in_both_modes() {
-    let temp = temp_dir();
-    let dir = temp.path();
-    for (format, tag) in [(PixelFormat::Yuy2, "yuy2"), (PixelFormat::Nv12, "nv12")] {
-        let input = dir.join(format!("in-{tag}.y4m"));
-        support::write_clip(&input, format, 160, 120, 12);
-        for board in ["legacy", "sg"] {
-            let output = dir.join(format!("out-{tag}-{board}.y4m"));
-            let out = sim(&[
-                "stream", "--board", board, "--source", input.to_str().unwrap(), "--frames", "12", "--output",
-                output.to_str().unwrap(),
-            ]);
-            assert!(out.status.success(), "{board}/{tag}: {}", String::from_utf8_lossy(&out.stderr));
-            let a = std::fs::read(&input).unwrap();
-            let b = std::fs::read(&output).unwrap();
-            assert_eq!(a.len(), b.len(), "{board}/{tag}: sizes differ");
-            assert!(a == b, "{board}/{tag}: the output is not the input bit for bit");
-            let video = read_y4m_file(&output).unwrap();
-            assert_eq!(video.frames.len(), 12);
-        }
-    }
+    support::y4m_round_trip(&[], |_, _| {});
 }
 
 #[test]
 fn json_reports_every_field_per_channel_and_the_run() {
-    let out = sim(&["stream", "--board", "sg", "--size", "320x240", "--frames", "10", "--channels", "2", "--json"]);
+    let out = support::sim(&["stream", "--board", "sg", "--size", "320x240", "--frames", "10", "--channels", "2", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     let channels = v["channels"].as_array().unwrap();
@@ -85,7 +59,7 @@ fn a_usage_error_is_one_line_and_exit_status_2() {
         &["nonsense"],
         &[],
     ] {
-        let out = sim(args);
+        let out = support::sim(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
@@ -97,28 +71,28 @@ fn a_usage_error_is_one_line_and_exit_status_2() {
 #[test]
 fn a_run_that_fails_exits_1() {
     // The driver refuses the format (odd width): the run fails with its status.
-    let out = sim(&["stream", "--size", "321x240", "--frames", "3"]);
+    let out = support::sim(&["stream", "--size", "321x240", "--frames", "3"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("STATUS_INVALID_PARAMETER"));
     // A clip that cannot be read.
-    let out = sim(&["stream", "--source", "/nonexistent/clip.y4m"]);
+    let out = support::sim(&["stream", "--source", "/nonexistent/clip.y4m"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end().lines().count(), 1);
 }
 
 #[test]
 fn values_in_range_are_accepted() {
-    let out = sim(&["stream", "--size", "64x32", "--frames", "2", "--channels", "8", "--fps", "120", "--alignment", "4096"]);
+    let out = support::sim(&["stream", "--size", "64x32", "--frames", "2", "--channels", "8", "--fps", "120", "--alignment", "4096"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     // The machine takes up to 1000 fps; the driver refuses more than 120:
     // a failed run, not a usage error.
-    let out = sim(&["stream", "--size", "64x32", "--frames", "2", "--fps", "1000"]);
+    let out = support::sim(&["stream", "--size", "64x32", "--frames", "2", "--fps", "1000"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The JSON object `args` prints, checked for the common head.
 fn json_of(args: &[&str], status: i32, result: &str) -> serde_json::Value {
-    let out = sim(args);
+    let out = support::sim(args);
     assert_eq!(out.status.code(), Some(status), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     assert_eq!(v["schema_version"], 1, "{args:?}");
@@ -145,7 +119,7 @@ fn every_json_object_has_result_and_schema_version() {
 #[test]
 fn help_shows_the_description_and_the_exit_statuses() {
     for args in [&["--help"][..], &["stream", "--help"], &["faults", "--help"], &["bench", "--help"]] {
-        let out = sim(args);
+        let out = support::sim(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Exit status:"), "{args:?}: {text}");
@@ -153,7 +127,7 @@ fn help_shows_the_description_and_the_exit_statuses() {
             assert!(text.contains(status), "{args:?}: no `{status}` in {text}");
         }
     }
-    let top = String::from_utf8_lossy(&sim(&["--help"]).stdout).into_owned();
+    let top = String::from_utf8_lossy(&support::sim(&["--help"]).stdout).into_owned();
     assert!(top.contains("simulated machine") && top.contains("capture card"), "{top}");
 }
 
@@ -201,7 +175,7 @@ fn faults_and_stream_show_progress_only_on_a_terminal() {
     assert!(terminal.contains("frames"), "no progress on the terminal: {terminal:?}");
     // Not a terminal: nothing on stderr.
     for args in [&["faults", "--only", "dma-error"][..], &["stream", "--size", "160x120", "--frames", "30"]] {
-        let out = sim(args);
+        let out = support::sim(args);
         assert_eq!(out.status.code(), Some(0));
         assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -212,7 +186,7 @@ fn bench_shows_progress_only_on_a_terminal() {
     let (status, terminal) = on_a_terminal(&["bench", "--quick", "--samples", "1"]);
     assert_eq!(status, Some(0));
     assert!(terminal.contains("timing the copy methods"), "no progress on the terminal: {terminal:?}");
-    let out = sim(&["bench", "--quick", "--samples", "1"]);
+    let out = support::sim(&["bench", "--quick", "--samples", "1"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -221,7 +195,7 @@ fn bench_shows_progress_only_on_a_terminal() {
 fn snapshot_writes_a_png_of_the_last_frame() {
     let dir = temp_dir();
     let path = dir.path().join("shot.png");
-    let out = sim(&["stream", "--size", "160x120", "--frames", "3", "--snapshot", path.to_str().unwrap()]);
+    let out = support::sim(&["stream", "--size", "160x120", "--frames", "3", "--snapshot", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let png = std::fs::read(&path).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

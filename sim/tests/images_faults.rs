@@ -51,13 +51,7 @@ fn every_row_that_applies_holds_through_both_images() {
             assert!(failures.iter().all(|f| allowed.iter().any(|a| f.starts_with(a))), "{} fails elsewhere too:\n{}", row.name, support::describe(row));
             continue;
         }
-        assert!(row.holds, "{}", support::describe(row));
-        assert!(row.recovered, "{}", support::describe(row));
-        assert!(row.violations.is_empty() && row.leaks.is_empty(), "{}", support::describe(row));
-        assert_eq!(row.frames_corrupt, 0, "{}", row.name);
-        assert!(row.frames_delivered > 0 && row.frames_verified == row.frames_delivered, "{}", support::describe(row));
-        let kernel = row.checks.iter().find(|c| c.what.starts_with("the emulated kernel:")).map(|c| c.ok);
-        assert_eq!(kernel, Some(true), "{}: the Verifier/bugcheck check was made and held", row.name);
+        support::assert_row_held(row);
     }
     // The rows listed as not applicable are exactly the table's.
     let skipped = rows.iter().filter(|r| r.not_applicable.is_some()).count();

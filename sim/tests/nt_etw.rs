@@ -2,14 +2,16 @@
 //! calls them: registration with a session's enable callback, provider
 //! traits, TraceLogging events decoded into records, the session's level
 //! and keyword filter, every error status, and each check tripped (IRQL,
-//! paged data at raised IRQL, a provider left registered at unload).
+//! paged data at raised IRQL, a provider left registered at unload); and
+//! the TraceLogging decoder on hand-built metadata (every field type, and
+//! malformed blocks refused with the reason), which needs no VM.
 
 #![allow(clippy::doc_markdown, reason = "the docs name Windows DDIs and their parameters")]
 #![allow(clippy::cast_possible_truncation, reason = "test buffers are a few bytes long")]
 
 mod support;
 
-use capdma_sim::nt::etw::{self, EtwSession, Guid, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER};
+use capdma_sim::nt::etw::{self, decode_event, in_type, out_type, EtwSession, Guid, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER};
 use capdma_sim::nt::pool::POOL_FLAG_PAGED;
 use capdma_sim::nt::system::System;
 use capdma_sim::nt::{Nt, DISPATCH_LEVEL};
@@ -57,6 +59,7 @@ fn register(s: &mut System) -> (u64, u64) {
     (s.machine.read_u64(mem + 0x80).unwrap(), context)
 }
 
+/// Provider metadata as TraceLogging lays it out: size, name, no traits.
 fn provider_meta(name: &str) -> Vec<u8> {
     let mut v = vec![0, 0];
     v.extend_from_slice(name.as_bytes());
@@ -66,19 +69,25 @@ fn provider_meta(name: &str) -> Vec<u8> {
     v
 }
 
-/// Event metadata: one `u32` field "Channel" (in-type 8) and one `str8`
-/// field "Cause" (in-type 23).
-fn event_meta(name: &str) -> Vec<u8> {
+/// Event metadata: size, a one-byte tag of 0, the name, then each
+/// field's name and type bytes.
+fn event_meta(name: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
     let mut v = vec![0, 0, 0];
     v.extend_from_slice(name.as_bytes());
     v.push(0);
-    v.extend_from_slice(b"Channel\0");
-    v.push(8);
-    v.extend_from_slice(b"Cause\0");
-    v.push(23);
+    for (field, types) in fields {
+        v.extend_from_slice(field.as_bytes());
+        v.push(0);
+        v.extend_from_slice(types);
+    }
     let n = v.len() as u16;
     v[..2].copy_from_slice(&n.to_le_bytes());
     v
+}
+
+/// Event metadata: one `u32` field "Channel" and one `str8` field "Cause".
+fn channel_cause_meta(name: &str) -> Vec<u8> {
+    event_meta(name, &[("Channel", &[in_type::U32]), ("Cause", &[in_type::STR8])])
 }
 
 /// Writes an event (level, keyword) with TraceLogging's descriptors
@@ -134,7 +143,7 @@ fn register_calls_the_enable_callback_of_a_session_and_events_are_decoded() {
 
     let write = stub(&mut s, "EtwWriteTransfer");
     let mem = page(&mut s);
-    let (desc, table, count) = build_event(&mut s, mem, 3, 0x8, &event_meta("EngineReset"), None);
+    let (desc, table, count) = build_event(&mut s, mem, 3, 0x8, &channel_cause_meta("EngineReset"), None);
     s.nt.time = 12_345_678;
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
     let [record] = &s.nt.etw.records[..] else { panic!("one record: {:?} {:?}", s.nt.etw.records, s.nt.etw.undecodable) };
@@ -143,14 +152,14 @@ fn register_calls_the_enable_callback_of_a_session_and_events_are_decoded() {
     assert_eq!(record.to_string(), "1.234567 Capdma.Bus/EngineReset [warning kw=0x8] Channel=3 Cause=\"watchdog\"");
 
     // Not asked for: verbose (above the session's level), another keyword.
-    let (desc, table, count) = build_event(&mut s, mem, 5, 0x8, &event_meta("Verbose"), None);
+    let (desc, table, count) = build_event(&mut s, mem, 5, 0x8, &channel_cause_meta("Verbose"), None);
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
-    let (desc, table, count) = build_event(&mut s, mem, 2, 0x20, &event_meta("OtherKeyword"), None);
+    let (desc, table, count) = build_event(&mut s, mem, 2, 0x20, &channel_cause_meta("OtherKeyword"), None);
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
     assert_eq!(s.nt.etw.records.len(), 1, "dropped as ETW drops them");
 
     // Malformed metadata: refused by the decoder, kept with the reason.
-    let mut broken = event_meta("Broken");
+    let mut broken = channel_cause_meta("Broken");
     broken[0] += 3;
     let (desc, table, count) = build_event(&mut s, mem, 3, 0x8, &broken, None);
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
@@ -167,7 +176,7 @@ fn a_session_started_later_enables_registered_providers() {
     let write = stub(&mut s, "EtwWriteTransfer");
     let mem = page(&mut s);
     assert_eq!(set_traits(&mut s, handle), 0);
-    let (desc, table, count) = build_event(&mut s, mem, 4, 0x8, &event_meta("Before"), None);
+    let (desc, table, count) = build_event(&mut s, mem, 4, 0x8, &channel_cause_meta("Before"), None);
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
     assert!(s.nt.etw.records.is_empty(), "no session: nothing recorded");
     etw::start_session(&mut s.nt, &mut s.machine, &EtwSession::everything()).unwrap();
@@ -192,7 +201,7 @@ fn bad_handles_classes_and_parameters_get_their_statuses() {
     s.machine.write(mem, &[9, 0, b'X', 0]).unwrap();
     assert_eq!(call(&mut s, set, &[handle, 2, mem, 4]), STATUS_INVALID_PARAMETER, "traits whose size field lies");
     let page2 = page(&mut s);
-    let (desc, table, count) = build_event(&mut s, page2, 4, 1, &event_meta("E"), None);
+    let (desc, table, count) = build_event(&mut s, page2, 4, 1, &channel_cause_meta("E"), None);
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, 129, table]), STATUS_INVALID_PARAMETER, "more than 128 descriptors");
     assert_eq!(call(&mut s, write, &[handle, 0, 0, 0, count, table]), STATUS_INVALID_PARAMETER, "no EVENT_DESCRIPTOR");
     assert_eq!(call(&mut s, unreg, &[handle]), 0);
@@ -225,12 +234,12 @@ fn event_data_in_paged_pool_at_dispatch_level_is_a_finding() {
     let write = stub(&mut s, "EtwWriteTransfer");
     let mem = page(&mut s);
     // Resident (kernel) memory at DISPATCH_LEVEL: fine.
-    let (desc, table, count) = build_event(&mut s, mem, 4, 1, &event_meta("Resident"), None);
+    let (desc, table, count) = build_event(&mut s, mem, 4, 1, &channel_cause_meta("Resident"), None);
     s.nt.irql = DISPATCH_LEVEL;
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
     assert!(!s.nt.verifier.found("ETW_PAGED_DATA"));
     // The same event with its data in paged pool.
-    let (desc, table, count) = build_event(&mut s, mem, 4, 1, &event_meta("Paged"), Some(paged));
+    let (desc, table, count) = build_event(&mut s, mem, 4, 1, &channel_cause_meta("Paged"), Some(paged));
     assert_eq!(call(&mut s, write, &[handle, desc, 0, 0, count, table]), 0);
     assert!(s.nt.verifier.found("ETW_PAGED_DATA"), "{:?}", s.nt.verifier.findings);
     assert_eq!(s.nt.verifier.findings[0].bugcheck, 0xD1);
@@ -250,4 +259,125 @@ fn a_provider_still_registered_at_unload_is_a_finding() {
     s.nt.verifier.findings.clear();
     assert_eq!(etw::check_unload(&mut s.nt, &s.machine, "?"), 0);
     assert!(s.nt.verifier.findings.is_empty());
+}
+
+#[test]
+fn a_hand_built_event_decodes_with_every_field() {
+    let prov = provider_meta("Capdma.Test");
+    let meta = event_meta(
+        "DeviceStart",
+        &[
+            ("Mode", &[in_type::STR8 | in_type::CHAIN, 35]), // str8, out-type UTF-8
+            ("Channels", &[in_type::U32]),
+            ("Status", &[in_type::HEX32 | in_type::CHAIN, out_type::NTSTATUS]),
+            ("Delta", &[in_type::I16]),
+            ("Good", &[in_type::U8 | in_type::CHAIN, out_type::BOOLEAN]),
+            ("Lanes", &[in_type::U16 | in_type::VARIABLE_COUNT]),
+            ("Id", &[in_type::GUID]),
+            ("Name", &[in_type::CSTR8]),
+        ],
+    );
+    let mut data = Vec::new();
+    data.extend_from_slice(&13u16.to_le_bytes());
+    data.extend_from_slice(b"common-buffer");
+    data.extend_from_slice(&4u32.to_le_bytes());
+    data.extend_from_slice(&0xC000_0010u32.to_le_bytes());
+    data.extend_from_slice(&(-2i16).to_le_bytes());
+    data.push(1);
+    data.extend_from_slice(&2u16.to_le_bytes());
+    data.extend_from_slice(&7u16.to_le_bytes());
+    data.extend_from_slice(&9u16.to_le_bytes());
+    let guid = Guid::parse("5f28a29c-c847-512c-0ce0-1679b3de36f7").unwrap();
+    data.extend_from_slice(&guid.0);
+    data.extend_from_slice(b"bus\0");
+    let e = decode_event(&prov, &meta, &data).expect("decodes");
+    assert_eq!((e.provider.as_str(), e.event.as_str()), ("Capdma.Test", "DeviceStart"));
+    let text: Vec<String> = e.fields.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "Mode=\"common-buffer\"",
+            "Channels=4",
+            "Status=0xc0000010",
+            "Delta=-2",
+            "Good=true",
+            "Lanes=[7, 9]",
+            "Id={5f28a29c-c847-512c-0ce0-1679b3de36f7}",
+            "Name=\"bus\"",
+        ]
+    );
+    assert_eq!(guid.to_string(), "5f28a29c-c847-512c-0ce0-1679b3de36f7");
+}
+
+#[test]
+fn structures_and_constant_counts_and_tags_decode() {
+    let prov = provider_meta("P");
+    // A struct of two fields, a constant-count array of 3 u8, and a
+    // field with a two-byte field tag after its out-type.
+    let meta = event_meta(
+        "E",
+        &[
+            ("Pos", &[in_type::STRUCT | in_type::CHAIN, 2]),
+            ("X", &[in_type::I32]),
+            ("Y", &[in_type::I32]),
+            ("Rgb", &[in_type::U8 | in_type::CONSTANT_COUNT, 3, 0]),
+            ("Tagged", &[in_type::U32 | in_type::CHAIN, 0x80 | out_type::HEX, 0x81, 0x00]),
+        ],
+    );
+    let mut data = Vec::new();
+    data.extend_from_slice(&1i32.to_le_bytes());
+    data.extend_from_slice(&(-1i32).to_le_bytes());
+    data.extend_from_slice(&[10, 20, 30]);
+    data.extend_from_slice(&255u32.to_le_bytes());
+    let e = decode_event(&prov, &meta, &data).expect("decodes");
+    let text: Vec<String> = e.fields.iter().map(ToString::to_string).collect();
+    assert_eq!(text, ["Pos={X=1, Y=-1}", "Rgb=[10, 20, 30]", "Tagged=0xff"]);
+}
+
+#[test]
+fn malformed_metadata_and_data_are_refused_with_the_reason() {
+    let prov = provider_meta("P");
+    let good = event_meta("E", &[("A", &[in_type::U32])]);
+    let four = 7u32.to_le_bytes();
+    assert!(decode_event(&prov, &good, &four).is_ok());
+    let refused = |p: &[u8], m: &[u8], d: &[u8]| decode_event(p, m, d).expect_err("refused").0;
+    // The size field disagrees with the block.
+    let mut wrong_size = good.clone();
+    wrong_size[0] += 1;
+    assert!(refused(&prov, &wrong_size, &four).contains("size field"), "{}", refused(&prov, &wrong_size, &four));
+    // The field name runs off the end (no NUL).
+    let mut cut = good[..good.len() - 2].to_vec();
+    let n = cut.len() as u16;
+    cut[..2].copy_from_slice(&n.to_le_bytes());
+    assert!(refused(&prov, &cut, &four).contains("NUL"));
+    // Data too short, data left over.
+    assert!(refused(&prov, &good, &four[..3]).contains("needed"));
+    assert!(refused(&prov, &good, &[0; 5]).contains("left over"));
+    // An in-type that is no TraceLogging type.
+    let unknown = event_meta("E", &[("A", &[31])]);
+    assert!(refused(&prov, &unknown, &four).contains("in-type 31"));
+    // A tag of five continuation bytes.
+    let mut long_tag = vec![0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, b'E', 0];
+    let n = long_tag.len() as u16;
+    long_tag[..2].copy_from_slice(&n.to_le_bytes());
+    assert!(refused(&prov, &long_tag, &[]).contains("tag"));
+    // A counted string longer than the data, a structure with no fields.
+    let s = event_meta("E", &[("S", &[in_type::STR8])]);
+    assert!(refused(&prov, &s, &[200, 0, b'x']).contains("needed"));
+    let empty_struct = event_meta("E", &[("S", &[in_type::STRUCT | in_type::CHAIN, 0])]);
+    assert!(refused(&prov, &empty_struct, &[]).contains("no fields"));
+    // Provider metadata: empty, unterminated, a trait running past the end.
+    assert!(refused(&[2, 0], &good, &four).contains("NUL"));
+    assert!(refused(&provider_meta(""), &good, &four).contains("empty provider name"));
+    let mut bad_trait = provider_meta("P");
+    bad_trait.extend_from_slice(&[19, 0, 1]);
+    let n = bad_trait.len() as u16;
+    bad_trait[..2].copy_from_slice(&n.to_le_bytes());
+    assert!(refused(&bad_trait, &good, &four).contains("needed"));
+    // Garbage of every short length never panics.
+    for len in 0..40 {
+        let junk: Vec<u8> = (0u8..len).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+        let _ = decode_event(&junk, &junk, &junk);
+        let _ = decode_event(&prov, &junk, &junk);
+    }
 }

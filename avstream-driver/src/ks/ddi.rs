@@ -20,7 +20,10 @@
 //! | `ExAllocatePool2(POOL_FLAG_NON_PAGED)` / `ExFreePoolWithTag` | [`allocate`], [`free`] |
 use core::ffi::c_void;
 use wdk_sys::ntddk::{ExAllocatePool2, ExFreePoolWithTag, KeDelayExecutionThread};
-use wdk_sys::{KIRQL, NTSTATUS, PIO_STACK_LOCATION, PIRP};
+use wdk_sys::{KIRQL, NTSTATUS};
+
+/// `IoGetNextIrpStackLocation`, shared by the images' glue.
+pub use capdma_wdm::irp::next_stack;
 
 /// The pool tag of every allocation of this driver, `"CdAv"` in a pool dump.
 pub const POOL_TAG: u32 = u32::from_le_bytes(*b"CdAv");
@@ -33,27 +36,6 @@ const POOL_FLAG_NON_PAGED: u64 = 0x40;
 #[must_use]
 pub const fn nt_success(status: NTSTATUS) -> bool {
     status >= 0
-}
-
-/// `IoGetNextIrpStackLocation(Irp)`: the stack location below the current
-/// one (`Tail.Overlay.CurrentStackLocation - 1`), which a driver sending the
-/// IRP fills.
-///
-/// # Safety
-/// `irp` must be a valid IRP with at least one stack location below the
-/// current one (an IRP from `IoBuildSynchronousFsdRequest` for the target's
-/// `StackSize` has them all).
-pub unsafe fn next_stack(irp: PIRP) -> PIO_STACK_LOCATION {
-    // SAFETY: the caller guarantees a valid IRP.
-    let tail = unsafe { &raw const (*irp).Tail };
-    // SAFETY: `Tail.Overlay` is the active member while a driver owns the IRP.
-    let overlay = unsafe { &raw const (*tail).Overlay };
-    // SAFETY: as above (a copy of the union holding the stack location).
-    let location = unsafe { (*overlay).__bindgen_anon_2.__bindgen_anon_1 };
-    // SAFETY: `CurrentStackLocation` is its active member.
-    let current = unsafe { location.CurrentStackLocation };
-    // The location below the current one is inside the IRP's stack array.
-    current.wrapping_sub(1)
 }
 
 // The IRQL routines of wdm.h as ntoskrnl exports (x64 without NT_INLINE_IRQL).

@@ -606,8 +606,11 @@ fn cb_vector_unit_is_a_pin_parameter() {
     let (bus, port) = (FakeBus::common_buffer(4, 64 * 1024), FakePort::default());
     let pin = cb_running(&bus, &port, 1);
     assert_eq!(pin.vector_unit(), VectorUnit::Scalar);
-    pin.set_vector_unit(VectorUnit::Avx2);
-    assert_eq!(pin.vector_unit(), VectorUnit::Avx2);
+    // Each unit comes back as stored (the pin keeps it as its `u8`).
+    for unit in [VectorUnit::Sse2, VectorUnit::Avx2, VectorUnit::Scalar, VectorUnit::Avx2] {
+        pin.set_vector_unit(unit);
+        assert_eq!(pin.vector_unit(), unit);
+    }
     bus.fill_slot(0, 4, 200, 4, STATUS_SUCCESS, 0);
     assert_eq!(pin.process_with_unit(VectorUnit::Sse2), STATUS_PENDING);
     assert_copied(&port, 0, 4);

@@ -1,7 +1,9 @@
 //! The DDIs that wdm.h defines as macros or `FORCEINLINE` functions (so
 //! bindgen produces nothing for them), written in Rust with the semantics
 //! of the x64 definitions, plus the NTSTATUS values the glue needs that
-//! `capdma_interface::status` does not define.
+//! `capdma_interface::status` does not define. The IRP stack-location
+//! functions are `capdma_wdm::irp`'s (one copy for the three images),
+//! re-exported here.
 //!
 //! The IRQL routines are **calls into ntoskrnl.exe**, as the current WDK
 //! compiles them on x64 unless `NT_INLINE_IRQL` is defined: Driver
@@ -28,13 +30,14 @@
 //! | `KeLowerIrql` | [`lower_irql`]: the ntoskrnl export, when [`raise_to_dispatch`] raised |
 //! | `KeQueryInterruptTime` | [`interrupt_time`]: the volatile 64-bit read of `KUSER_SHARED_DATA.InterruptTime` at `0xFFFFF78000000008` (wdm.h, AMD64 `SharedInterruptTime`) |
 use core::ffi::c_void;
-use core::mem::offset_of;
 use wdk_sys::ntddk::{IofCallDriver, IofCompleteRequest, ObfDereferenceObject, ObfReferenceObject};
 use wdk_sys::{
-    BOOLEAN, CCHAR, IO_NO_INCREMENT, IO_STACK_LOCATION, KIRQL, NTSTATUS, PDEVICE_OBJECT, PIO_COMPLETION_ROUTINE,
-    PIO_STACK_LOCATION, PIRP, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED,
-    UCHAR,
+    BOOLEAN, CCHAR, IO_NO_INCREMENT, KIRQL, NTSTATUS, PDEVICE_OBJECT, PIO_COMPLETION_ROUTINE, PIRP,
+    SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, UCHAR,
 };
+
+/// The IRP stack-location functions, shared by the images' glue.
+pub use capdma_wdm::irp::{copy_current_stack_to_next, current_stack, mark_irp_pending, next_stack, skip_current_stack};
 
 /// An NTSTATUS from the bit pattern ntstatus.h gives.
 const fn nt(value: u32) -> NTSTATUS {
@@ -63,63 +66,6 @@ pub use capdma_interface::kernel::DISPATCH_LEVEL;
 /// `KUSER_SHARED_DATA` + `0x8`: `InterruptTime` (wdm.h `SharedInterruptTime`, AMD64).
 const SHARED_INTERRUPT_TIME: usize = 0xFFFF_F780_0000_0008;
 
-/// `IoGetCurrentIrpStackLocation(Irp)`: `Irp->Tail.Overlay.CurrentStackLocation`.
-///
-/// # Safety
-/// `irp` is a valid IRP owned by the caller's dispatch or completion routine.
-pub unsafe fn current_stack(irp: PIRP) -> PIO_STACK_LOCATION {
-    // SAFETY: the caller guarantees `irp` is valid (only its address is taken here).
-    let field = unsafe { &raw const (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
-    // SAFETY: a valid, aligned field; the union member is the one the I/O
-    // manager maintains for an IRP being processed by a driver.
-    unsafe { field.read() }
-}
-
-/// `IoGetNextIrpStackLocation(Irp)`: the stack location below the current one.
-///
-/// # Safety
-/// As [`current_stack`]; the IRP has a next stack location (the caller's
-/// device is not the bottom of the stack, or the IRP was built with one).
-pub unsafe fn next_stack(irp: PIRP) -> PIO_STACK_LOCATION {
-    // SAFETY: the caller guarantees `irp` is valid.
-    let current = unsafe { current_stack(irp) };
-    // The stack locations are an array; the next one is the previous element.
-    current.wrapping_sub(1)
-}
-
-/// `IoSkipCurrentIrpStackLocation(Irp)`: the next driver gets this
-/// driver's stack location.
-///
-/// # Safety
-/// As [`current_stack`]; the IRP is passed to the next lower driver right after.
-pub unsafe fn skip_current_stack(irp: PIRP) {
-    // SAFETY: the caller guarantees `irp` is valid and owned (only the
-    // field's address is taken here).
-    let field = unsafe { &raw mut (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
-    // SAFETY: a valid, aligned field of an IRP we own; the active union member.
-    let current = unsafe { field.read() };
-    // SAFETY: as above.
-    unsafe { field.write(current.wrapping_add(1)) };
-    // SAFETY: the caller guarantees `irp` is valid and owned.
-    let location = unsafe { &mut (*irp).CurrentLocation };
-    *location = location.wrapping_add(1);
-}
-
-/// `IoMarkIrpPending(Irp)`: sets `SL_PENDING_RETURNED` in the current
-/// stack location's `Control`. A dispatch routine calls it before it
-/// returns `STATUS_PENDING`; a completion routine that lets the completion
-/// go on calls it when `Irp->PendingReturned` is set.
-///
-/// # Safety
-/// As [`current_stack`].
-pub unsafe fn mark_irp_pending(irp: PIRP) {
-    // SAFETY: the caller guarantees `irp` is valid and owned by the caller's routine.
-    let location = unsafe { current_stack(irp) };
-    // SAFETY: the current stack location of that IRP.
-    let control = unsafe { &mut (*location).Control };
-    *control |= UCHAR::try_from(SL_PENDING_RETURNED).unwrap_or(0);
-}
-
 /// `Irp->PendingReturned`: a lower driver returned `STATUS_PENDING`.
 ///
 /// # Safety
@@ -130,25 +76,6 @@ pub unsafe fn pending_returned(irp: PIRP) -> bool {
     // SAFETY: a valid, aligned BOOLEAN field.
     let value = unsafe { field.read() };
     value != 0
-}
-
-/// `IoCopyCurrentIrpStackLocationToNext(Irp)`: copies the current stack
-/// location up to (not including) `CompletionRoutine` into the next one
-/// and clears the next one's `Control`.
-///
-/// # Safety
-/// As [`next_stack`].
-pub unsafe fn copy_current_stack_to_next(irp: PIRP) {
-    // SAFETY: the caller guarantees `irp` is valid.
-    let current = unsafe { current_stack(irp) };
-    // SAFETY: as above; the next location exists.
-    let next = unsafe { next_stack(irp) };
-    let bytes = offset_of!(IO_STACK_LOCATION, CompletionRoutine);
-    // SAFETY: both locations are distinct elements of the IRP's stack
-    // location array, each at least `bytes` long.
-    unsafe { core::ptr::copy_nonoverlapping(current.cast::<u8>(), next.cast::<u8>(), bytes) };
-    // SAFETY: `next` is a valid stack location of the IRP.
-    unsafe { (*next).Control = 0 };
 }
 
 /// `IoSetCompletionRoutine(Irp, Routine, Context, Success, Error, Cancel)`

@@ -12,7 +12,10 @@
 //! | `ExAllocatePool2` / `ExFreePoolWithTag` with the probe's tag | [`allocate`], [`free`] |
 use core::ffi::c_void;
 use wdk_sys::ntddk::{ExAllocatePool2, ExFreePoolWithTag, IofCompleteRequest};
-use wdk_sys::{BOOLEAN, CCHAR, IO_NO_INCREMENT, KIRQL, NTSTATUS, PIO_STACK_LOCATION, PIRP, SL_PENDING_RETURNED, UCHAR};
+use wdk_sys::{BOOLEAN, CCHAR, IO_NO_INCREMENT, KIRQL, NTSTATUS, PIRP};
+
+/// The IRP stack-location functions, shared by the images' glue.
+pub use capdma_wdm::irp::{mark_irp_pending, next_stack, skip_current_stack};
 
 pub use capdma_interface::kernel::{DISPATCH_LEVEL, PASSIVE_LEVEL};
 
@@ -61,52 +64,6 @@ pub fn raise_to_dispatch() -> KIRQL {
 pub fn lower_irql(old: KIRQL) {
     // SAFETY: `old` came from `raise_to_dispatch`: not above the current IRQL.
     unsafe { KeLowerIrql(old) };
-}
-
-/// `IoGetNextIrpStackLocation(Irp)`: `Tail.Overlay.CurrentStackLocation - 1`
-/// (for a new IRP, its last stack location).
-///
-/// # Safety
-/// `irp` is a valid IRP the caller owns, with a stack location below the
-/// current one.
-pub unsafe fn next_stack(irp: PIRP) -> PIO_STACK_LOCATION {
-    // SAFETY: the caller guarantees a valid IRP (only the field's address is taken).
-    let field = unsafe { &raw const (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
-    // SAFETY: a valid, aligned field; the union member the I/O manager maintains.
-    let current = unsafe { field.read() };
-    current.wrapping_sub(1)
-}
-
-/// `IoSkipCurrentIrpStackLocation(Irp)`: the next lower driver gets this
-/// driver's stack location.
-///
-/// # Safety
-/// `irp` is a valid IRP the caller owns, passed down right after.
-pub unsafe fn skip_current_stack(irp: PIRP) {
-    // SAFETY: the caller owns the valid IRP (only the field's address is taken).
-    let field = unsafe { &raw mut (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
-    // SAFETY: a valid, aligned field of an IRP we own.
-    let current = unsafe { field.read() };
-    // SAFETY: as above.
-    unsafe { field.write(current.wrapping_add(1)) };
-    // SAFETY: the caller owns the valid IRP.
-    let location = unsafe { &mut (*irp).CurrentLocation };
-    *location = location.wrapping_add(1);
-}
-
-/// `IoMarkIrpPending(Irp)`: `SL_PENDING_RETURNED` in the current stack
-/// location's `Control`.
-///
-/// # Safety
-/// `irp` is a valid IRP in the caller's dispatch routine.
-pub unsafe fn mark_irp_pending(irp: PIRP) {
-    // SAFETY: the caller owns the valid IRP (only the field's address is taken).
-    let field = unsafe { &raw const (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
-    // SAFETY: a valid, aligned field.
-    let location = unsafe { field.read() };
-    // SAFETY: the current stack location of the caller's IRP.
-    let control = unsafe { &mut (*location).Control };
-    *control |= UCHAR::try_from(SL_PENDING_RETURNED).unwrap_or(0);
 }
 
 /// Sets `IoStatus` (`status`, `Information = 0`) and completes `irp`

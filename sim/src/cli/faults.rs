@@ -4,43 +4,20 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use std::path::PathBuf;
-
 use capdma_sim::faults::{self, FaultRow};
-use capdma_sim::machine::{self, Drivers};
 use clap::builder::PossibleValuesParser;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
+use super::drivers::DriversArgs;
 use super::{print_json, print_line, progress, Outcome};
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DriversArg {
-    /// The drivers' portable cores on the host: every row.
-    Cores,
-    /// The real `capdma_bus.sys` in the emulated Windows kernel on KVM (built
-    /// by `cargo xtask windows`): the rows whose subject is the bus driver,
-    /// the others listed as not applicable with the reason.
-    BusImage,
-    /// Both real images (`capdma_avstream.sys` over `capdma_bus.sys`) in the
-    /// emulated Windows kernel with its emulated `ks.sys`: the rows that
-    /// apply, the others listed as not applicable with the reason.
-    Images,
-}
 
 /// `capdma-sim faults` arguments.
 #[derive(Args)]
 #[command(after_help = super::EXIT_STATUS_HELP)]
 pub struct FaultsArgs {
-    /// Which bus driver the rows run.
-    #[arg(long, value_enum, default_value = "cores")]
-    drivers: DriversArg,
-    /// The bus image for `--drivers bus-image` or `images` (default: `target/windows/release/capdma_bus.sys` of this workspace).
-    #[arg(long, value_name = "FILE.sys")]
-    bus_image: Option<PathBuf>,
-    /// The AVStream image for `--drivers images` (default: `target/windows/release/capdma_avstream.sys` of this workspace).
-    #[arg(long, value_name = "FILE.sys")]
-    avstream_image: Option<PathBuf>,
+    #[command(flatten)]
+    drivers: DriversArgs,
     /// Run only this row (`dma-error/sg`), or every mode of a fault (`dma-error`); `--list` names them.
     #[arg(long, value_name = "NAME", value_parser = row_names(), hide_possible_values = true)]
     only: Option<String>,
@@ -135,23 +112,9 @@ fn print_details(row: &FaultRow, verbose: bool) {
 /// Runs `capdma-sim faults`: exit 0 only when every row holds, 1 when one
 /// does not, 2 on a usage error.
 pub fn run(args: &FaultsArgs) -> ExitCode {
-    let drivers = match args.drivers {
-        DriversArg::Cores if args.bus_image.is_some() => {
-            return Outcome::Usage("--bus-image needs --drivers bus-image or images".into()).exit();
-        }
-        _ if args.avstream_image.is_some() && !matches!(args.drivers, DriversArg::Images) => {
-            return Outcome::Usage("--avstream-image needs --drivers images".into()).exit();
-        }
-        DriversArg::Cores => Drivers::Cores,
-        DriversArg::BusImage => Drivers::BusImage {
-            path: args.bus_image.clone().unwrap_or_else(machine::image::default_image_path),
-            map_register_limit: None,
-        },
-        DriversArg::Images => Drivers::Images {
-            bus: args.bus_image.clone().unwrap_or_else(machine::image::default_image_path),
-            avstream: args.avstream_image.clone().unwrap_or_else(machine::image::default_avstream_image_path),
-            map_register_limit: None,
-        },
+    let drivers = match args.drivers.drivers(None, &[]) {
+        Ok(drivers) => drivers,
+        Err(usage) => return usage.exit(),
     };
     if args.list {
         for spec in faults::ROWS {

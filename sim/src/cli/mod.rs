@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 pub mod bench;
+pub mod drivers;
 pub mod faults;
 pub mod stream;
 

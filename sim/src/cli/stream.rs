@@ -8,11 +8,12 @@ use std::rc::Rc;
 use capdma_bus::config::DmaModeOverride;
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 use capdma_sim::board::BoardKind;
-use capdma_sim::machine::{self, Drivers, MachineConfig, RunError, RunHooks, RunReport};
+use capdma_sim::machine::{self, MachineConfig, RunError, RunHooks, RunReport};
 use capdma_sim::pattern::snapshot_png;
 use capdma_sim::y4m::{read_y4m_file, Y4mWriter};
 use clap::{value_parser, Args, ValueEnum};
 
+use super::drivers::DriversArgs;
 use super::{print_json, print_line, progress, Outcome};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -34,18 +35,6 @@ enum ModeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DriversArg {
-    /// The drivers' portable cores on the host (the bus core and the AVStream core).
-    Cores,
-    /// The real `capdma_bus.sys` in the emulated Windows kernel on KVM (built
-    /// by `cargo xtask windows`), the AVStream core on the host calling it.
-    BusImage,
-    /// Both real images, `capdma_avstream.sys` over `capdma_bus.sys`, in the
-    /// emulated Windows kernel with its emulated `ks.sys`, on KVM.
-    Images,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
     /// Packed 4:2:2.
     Yuy2,
@@ -60,15 +49,8 @@ enum FormatArg {
 #[command(after_help = super::EXIT_STATUS_HELP)]
 #[allow(clippy::struct_excessive_bools, reason = "each is an independent command-line flag")]
 pub struct StreamArgs {
-    /// Which bus driver runs.
-    #[arg(long, value_enum, default_value = "cores")]
-    drivers: DriversArg,
-    /// The bus image for `--drivers bus-image` or `images` (default: `target/windows/release/capdma_bus.sys` of this workspace).
-    #[arg(long, value_name = "FILE.sys")]
-    bus_image: Option<PathBuf>,
-    /// The AVStream image for `--drivers images` (default: `target/windows/release/capdma_avstream.sys` of this workspace).
-    #[arg(long, value_name = "FILE.sys")]
-    avstream_image: Option<PathBuf>,
+    #[command(flatten)]
+    drivers: DriversArgs,
     /// With `--drivers bus-image`: preempt the image at arbitrary
     /// instructions, a seeded host timer kick every N microseconds on
     /// average (1..=1000000).
@@ -240,30 +222,14 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
     config.alignment = args.alignment;
     config.map_registers = args.map_registers.unwrap_or(64);
     config.reference_clock = args.reference_clock;
-    let bus = || args.bus_image.clone().unwrap_or_else(machine::image::default_image_path);
-    match args.drivers {
-        DriversArg::BusImage => config.drivers = Drivers::BusImage { path: bus(), map_register_limit: args.map_registers },
-        DriversArg::Images => {
-            let avstream = args.avstream_image.clone().unwrap_or_else(machine::image::default_avstream_image_path);
-            config.drivers = Drivers::Images { bus: bus(), avstream, map_register_limit: args.map_registers };
-        }
-        DriversArg::Cores if args.bus_image.is_some() => {
-            return Err(Outcome::Usage("--bus-image needs --drivers bus-image or images".into()));
-        }
-        DriversArg::Cores if args.preempt_us.is_some() => {
-            return Err(Outcome::Usage("--preempt-us needs --drivers bus-image or images".into()));
-        }
-        DriversArg::Cores if args.verbose => {
-            return Err(Outcome::Usage("--verbose needs --drivers bus-image or images (the debug output is the images')".into()));
-        }
-        DriversArg::Cores if args.trace => {
-            return Err(Outcome::Usage("--trace needs --drivers bus-image or images (the cores write no ETW events)".into()));
-        }
-        DriversArg::Cores => {}
-    }
-    if args.avstream_image.is_some() && !matches!(args.drivers, DriversArg::Images) {
-        return Err(Outcome::Usage("--avstream-image needs --drivers images".into()));
-    }
+    config.drivers = args.drivers.drivers(
+        args.map_registers,
+        &[
+            (args.preempt_us.is_some(), "--preempt-us needs --drivers bus-image or images"),
+            (args.verbose, "--verbose needs --drivers bus-image or images (the debug output is the images')"),
+            (args.trace, "--trace needs --drivers bus-image or images (the cores write no ETW events)"),
+        ],
+    )?;
     config.preemption_us = args.preempt_us;
     config.slot_count = args.slots;
     config.seed = args.seed;

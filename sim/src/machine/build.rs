@@ -81,6 +81,43 @@ pub(super) struct ChannelRun {
     pub(super) log: ChannelLog,
 }
 
+impl ChannelRun {
+    /// Channel `index` of card `card` before its first frame: the
+    /// application's KS queue `ks`, the child's AVStream `device`, the
+    /// `format` asked for, the test pattern of the run's seed; no pin,
+    /// buffers or captures yet; the report naming the DMA `mode` and the
+    /// reason the driver chose it.
+    pub(super) fn new(
+        config: &MachineConfig,
+        (card, index): (u32, u32),
+        ks: SimKsPin,
+        device: Rc<AvStreamDevice>,
+        format: VideoFormat,
+        mode: &str,
+        mode_reason: String,
+    ) -> Self {
+        let c = config;
+        Self {
+            card,
+            index,
+            ks,
+            pin: None,
+            image_pin: None,
+            device,
+            format,
+            pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: index, seed: card_seed(c.seed, card) },
+            buffers: Vec::new(),
+            with_app: Vec::new(),
+            requeue_scheduled: Vec::new(),
+            app_hold: false,
+            app_busy_until: 0,
+            captures: 0,
+            report: ChannelReport { card, channel: index, mode: mode.to_string(), mode_reason, ..ChannelReport::default() },
+            log: ChannelLog::default(),
+        }
+    }
+}
+
 /// The two device objects of one child stack, and the AVStream device.
 #[derive(Clone, Debug)]
 pub(super) struct ChildStack {

@@ -12,9 +12,8 @@ use capdma_interface::mode::DmaMode;
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED};
 use zerocopy::IntoBytes;
 
-use super::build::{card_seed, ChannelLog, ChannelRun, Machine};
+use super::build::{ChannelRun, Machine};
 use super::config::ConfigError;
-use super::report::ChannelReport;
 use super::run::RunError;
 use crate::image::active;
 use crate::ks::CompletedFrame;
@@ -23,7 +22,6 @@ use crate::nt::ks::pin::{self as ks_pin, KSPIN_FLAG_GENERATE_MAPPINGS, KSSTATE_R
 use crate::nt::ks::{self, AppBuffer, PinHandle};
 use crate::nt::layout::ks::{ks_frame_info, ksstream_header};
 use crate::nt::verifier::LowResources;
-use crate::pattern::Pattern;
 use crate::pnp::AvStreamDevice;
 use crate::violations::ViolationKind;
 
@@ -112,34 +110,15 @@ impl Machine {
             })
         })
         .unwrap_or_default();
-        let c = &self.config;
         let n = allocations.len();
         let device = std::rc::Rc::new(AvStreamDevice::new(format!("card {card} channel {ch} AVStream (image)")));
         device.set_pin_open(true);
-        Ok(ChannelRun {
-            card,
-            index: ch,
-            ks: opened.queue,
-            pin: None,
-            image_pin: Some((opened.filter, opened.pin)),
-            device,
-            format,
-            pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: ch, seed: card_seed(c.seed, card) },
-            buffers: allocations,
-            with_app: vec![false; n],
-            requeue_scheduled: vec![false; n],
-            app_hold: false,
-            app_busy_until: 0,
-            captures: 0,
-            report: ChannelReport {
-                card,
-                channel: ch,
-                mode: mode.name().to_string(),
-                mode_reason: reason,
-                ..ChannelReport::default()
-            },
-            log: ChannelLog::default(),
-        })
+        let mut run = ChannelRun::new(&self.config, (card, ch), opened.queue, device, format, mode.name(), reason);
+        run.image_pin = Some((opened.filter, opened.pin));
+        run.buffers = allocations;
+        run.with_app = vec![false; n];
+        run.requeue_scheduled = vec![false; n];
+        Ok(run)
     }
 
     /// The frames the emulated KS completed on channel `i`'s image pin.

@@ -19,13 +19,11 @@ use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
 use capdma_interface::status::{nt_success, NtStatus, STATUS_DEVICE_NOT_READY, STATUS_SUCCESS};
 use zerocopy::IntoBytes;
 
-use super::build::{build_child_stack, card_seed, ChannelLog, ChannelRun, Machine};
+use super::build::{build_child_stack, ChannelRun, Machine};
 use super::config::ConfigError;
 use super::events::Event;
-use super::report::ChannelReport;
 use super::run::{RunError, RunHooks, WATCHDOG_PERIOD};
 use crate::ks::{MappingSource, PinFlags, SimKsPin, SimMapping};
-use crate::pattern::Pattern;
 use crate::pnp::DeviceKind;
 
 impl Machine {
@@ -171,31 +169,16 @@ impl Machine {
         let pin = Box::pin(CapturePin::new(ks.clone(), client.channel(), &setup, VectorUnit::Avx2));
         // The AVStream device keeps the reference until its IRP_MN_REMOVE_DEVICE.
         stack.device.hold_interface(client);
-        let c = &self.config;
-        let mut run = ChannelRun {
-            card,
-            index: ch,
+        let reason = setup.reason.map_or("unknown", |r| r.describe()).to_string();
+        let mut run = ChannelRun::new(
+            &self.config,
+            (card, ch),
             ks,
-            pin: None,
-            image_pin: None,
-            device: Rc::clone(&stack.device),
-            format: VideoFormat::default_for(c.format),
-            pattern: Pattern { format: c.format, width: c.width, height: c.height, channel: ch, seed: card_seed(c.seed, card) },
-            buffers: Vec::new(),
-            with_app: Vec::new(),
-            requeue_scheduled: Vec::new(),
-            app_hold: false,
-            app_busy_until: 0,
-            captures: 0,
-            report: ChannelReport {
-                card,
-                channel: ch,
-                mode: setup.mode.name().to_string(),
-                mode_reason: setup.reason.map_or("unknown", |r| r.describe()).to_string(),
-                ..ChannelReport::default()
-            },
-            log: ChannelLog::default(),
-        };
+            Rc::clone(&stack.device),
+            VideoFormat::default_for(self.config.format),
+            setup.mode.name(),
+            reason,
+        );
         // The application states what it wants; the driver's SetDataFormat
         // judges it (odd sizes, bad strides and overflows are refused there).
         let format = self.requested_format();

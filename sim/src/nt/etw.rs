@@ -435,43 +435,79 @@ struct FieldMeta {
     constant_count: Option<u16>,
 }
 
-/// TraceLogging in-types (`TlgIn*`, TraceLoggingProvider.h).
-mod in_type {
+/// TraceLogging in-types (`TlgIn*`, TraceLoggingProvider.h): the low five
+/// bits of a field's in-type byte in event metadata, with the count flags and
+/// the chain bit above them. [`Field::in_type`] holds the low five bits.
+pub mod in_type {
+    /// `TlgInUNICODESTRING`: a NUL-terminated UTF-16 string.
     pub const CSTR16: u8 = 1;
+    /// `TlgInANSISTRING`: a NUL-terminated 8-bit string.
     pub const CSTR8: u8 = 2;
+    /// `TlgInINT8`.
     pub const I8: u8 = 3;
+    /// `TlgInUINT8`.
     pub const U8: u8 = 4;
+    /// `TlgInINT16`.
     pub const I16: u8 = 5;
+    /// `TlgInUINT16`.
     pub const U16: u8 = 6;
+    /// `TlgInINT32`.
     pub const I32: u8 = 7;
+    /// `TlgInUINT32`.
     pub const U32: u8 = 8;
+    /// `TlgInINT64`.
     pub const I64: u8 = 9;
+    /// `TlgInUINT64`.
     pub const U64: u8 = 10;
+    /// `TlgInFLOAT`: an IEEE single.
     pub const F32: u8 = 11;
+    /// `TlgInDOUBLE`: an IEEE double.
     pub const F64: u8 = 12;
+    /// `TlgInBOOL32`: a 4-byte boolean.
     pub const BOOL32: u8 = 13;
+    /// `TlgInBINARY`: a `u16` byte count, then the bytes.
     pub const BINARY: u8 = 14;
+    /// `TlgInGUID`: 16 bytes.
     pub const GUID: u8 = 15;
+    /// `TlgInFILETIME`: a `u64` of 100-ns units since 1601.
     pub const FILETIME: u8 = 17;
+    /// `TlgInSYSTEMTIME`: eight `u16`s.
     pub const SYSTEMTIME: u8 = 18;
+    /// `TlgInSID`: a security identifier.
     pub const SID: u8 = 19;
+    /// `TlgInHEXINT32`: a `u32` shown in hex.
     pub const HEX32: u8 = 20;
+    /// `TlgInHEXINT64`: a `u64` shown in hex.
     pub const HEX64: u8 = 21;
+    /// `TlgInCOUNTEDSTRING`: a `u16` byte count, then UTF-16.
     pub const STR16: u8 = 22;
+    /// `TlgInCOUNTEDANSISTRING`: a `u16` byte count, then 8-bit text.
     pub const STR8: u8 = 23;
+    /// `_TlgInSTRUCT`: the out-type byte gives the number of fields that follow.
     pub const STRUCT: u8 = 24;
+    /// `TlgInCOUNTEDBINARY`: a `u16` byte count, then the bytes.
     pub const BINARYC: u8 = 25;
+    /// `_TlgInCcount`: an array whose `u16` count is in the metadata.
     pub const CONSTANT_COUNT: u8 = 0x20;
+    /// `TlgInVcount`: an array whose `u16` count precedes it in the data.
     pub const VARIABLE_COUNT: u8 = 0x40;
+    /// `_TlgInFlagMask`: the count flags (both set: `_TlgInCustom`).
     pub const COUNT_MASK: u8 = 0x60;
+    /// `_TlgInChain`: an out-type byte follows.
     pub const CHAIN: u8 = 0x80;
 }
 
-/// TraceLogging out-types used in decoding.
-mod out_type {
+/// TraceLogging out-types (`TlgOut*`, TraceLoggingProvider.h) used in
+/// decoding: the low seven bits of the byte after a chained in-type
+/// ([`Field::out_type`]); its top bit says a field tag follows.
+pub mod out_type {
+    /// `TlgOutBOOLEAN`: a nonzero integer is true.
     pub const BOOLEAN: u8 = 3;
+    /// `TlgOutHEX`: an integer shown in hex.
     pub const HEX: u8 = 4;
+    /// `TlgOutNTSTATUS`: a `u32` NTSTATUS.
     pub const NTSTATUS: u8 = 14;
+    /// `TlgOutHRESULT`: a `u32` HRESULT.
     pub const HRESULT: u8 = 15;
 }
 
@@ -962,153 +998,6 @@ fn etw_unregister(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Provider metadata as TraceLogging lays it out: size, name, no traits.
-    fn provider_meta(name: &str) -> Vec<u8> {
-        let mut v = vec![0, 0];
-        v.extend_from_slice(name.as_bytes());
-        v.push(0);
-        let n = v.len() as u16;
-        v[..2].copy_from_slice(&n.to_le_bytes());
-        v
-    }
-
-    /// Event metadata: size, a one-byte tag of 0, the name, then each
-    /// field's name and type bytes.
-    fn event_meta(name: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut v = vec![0, 0, 0];
-        v.extend_from_slice(name.as_bytes());
-        v.push(0);
-        for (field, types) in fields {
-            v.extend_from_slice(field.as_bytes());
-            v.push(0);
-            v.extend_from_slice(types);
-        }
-        let n = v.len() as u16;
-        v[..2].copy_from_slice(&n.to_le_bytes());
-        v
-    }
-
-    #[test]
-    fn a_hand_built_event_decodes_with_every_field() {
-        let prov = provider_meta("Capdma.Test");
-        let meta = event_meta(
-            "DeviceStart",
-            &[
-                ("Mode", &[in_type::STR8 | in_type::CHAIN, 35]), // str8, out-type UTF-8
-                ("Channels", &[in_type::U32]),
-                ("Status", &[in_type::HEX32 | in_type::CHAIN, out_type::NTSTATUS]),
-                ("Delta", &[in_type::I16]),
-                ("Good", &[in_type::U8 | in_type::CHAIN, out_type::BOOLEAN]),
-                ("Lanes", &[in_type::U16 | in_type::VARIABLE_COUNT]),
-                ("Id", &[in_type::GUID]),
-                ("Name", &[in_type::CSTR8]),
-            ],
-        );
-        let mut data = Vec::new();
-        data.extend_from_slice(&13u16.to_le_bytes());
-        data.extend_from_slice(b"common-buffer");
-        data.extend_from_slice(&4u32.to_le_bytes());
-        data.extend_from_slice(&0xC000_0010u32.to_le_bytes());
-        data.extend_from_slice(&(-2i16).to_le_bytes());
-        data.push(1);
-        data.extend_from_slice(&2u16.to_le_bytes());
-        data.extend_from_slice(&7u16.to_le_bytes());
-        data.extend_from_slice(&9u16.to_le_bytes());
-        let guid = Guid::parse("5f28a29c-c847-512c-0ce0-1679b3de36f7").unwrap();
-        data.extend_from_slice(&guid.0);
-        data.extend_from_slice(b"bus\0");
-        let e = decode_event(&prov, &meta, &data).expect("decodes");
-        assert_eq!((e.provider.as_str(), e.event.as_str()), ("Capdma.Test", "DeviceStart"));
-        let text: Vec<String> = e.fields.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            text,
-            [
-                "Mode=\"common-buffer\"",
-                "Channels=4",
-                "Status=0xc0000010",
-                "Delta=-2",
-                "Good=true",
-                "Lanes=[7, 9]",
-                "Id={5f28a29c-c847-512c-0ce0-1679b3de36f7}",
-                "Name=\"bus\"",
-            ]
-        );
-        assert_eq!(guid.to_string(), "5f28a29c-c847-512c-0ce0-1679b3de36f7");
-    }
-
-    #[test]
-    fn structures_and_constant_counts_and_tags_decode() {
-        let prov = provider_meta("P");
-        // A struct of two fields, a constant-count array of 3 u8, and a
-        // field with a two-byte field tag after its out-type.
-        let meta = event_meta(
-            "E",
-            &[
-                ("Pos", &[in_type::STRUCT | in_type::CHAIN, 2]),
-                ("X", &[in_type::I32]),
-                ("Y", &[in_type::I32]),
-                ("Rgb", &[in_type::U8 | in_type::CONSTANT_COUNT, 3, 0]),
-                ("Tagged", &[in_type::U32 | in_type::CHAIN, 0x80 | out_type::HEX, 0x81, 0x00]),
-            ],
-        );
-        let mut data = Vec::new();
-        data.extend_from_slice(&1i32.to_le_bytes());
-        data.extend_from_slice(&(-1i32).to_le_bytes());
-        data.extend_from_slice(&[10, 20, 30]);
-        data.extend_from_slice(&255u32.to_le_bytes());
-        let e = decode_event(&prov, &meta, &data).expect("decodes");
-        let text: Vec<String> = e.fields.iter().map(ToString::to_string).collect();
-        assert_eq!(text, ["Pos={X=1, Y=-1}", "Rgb=[10, 20, 30]", "Tagged=0xff"]);
-    }
-
-    #[test]
-    fn malformed_metadata_and_data_are_refused_with_the_reason() {
-        let prov = provider_meta("P");
-        let good = event_meta("E", &[("A", &[in_type::U32])]);
-        let four = 7u32.to_le_bytes();
-        assert!(decode_event(&prov, &good, &four).is_ok());
-        let refused = |p: &[u8], m: &[u8], d: &[u8]| decode_event(p, m, d).expect_err("refused").0;
-        // The size field disagrees with the block.
-        let mut wrong_size = good.clone();
-        wrong_size[0] += 1;
-        assert!(refused(&prov, &wrong_size, &four).contains("size field"), "{}", refused(&prov, &wrong_size, &four));
-        // The field name runs off the end (no NUL).
-        let mut cut = good[..good.len() - 2].to_vec();
-        let n = cut.len() as u16;
-        cut[..2].copy_from_slice(&n.to_le_bytes());
-        assert!(refused(&prov, &cut, &four).contains("NUL"));
-        // Data too short, data left over.
-        assert!(refused(&prov, &good, &four[..3]).contains("needed"));
-        assert!(refused(&prov, &good, &[0; 5]).contains("left over"));
-        // An in-type that is no TraceLogging type.
-        let unknown = event_meta("E", &[("A", &[31])]);
-        assert!(refused(&prov, &unknown, &four).contains("in-type 31"));
-        // A tag of five continuation bytes.
-        let mut long_tag = vec![0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, b'E', 0];
-        let n = long_tag.len() as u16;
-        long_tag[..2].copy_from_slice(&n.to_le_bytes());
-        assert!(refused(&prov, &long_tag, &[]).contains("tag"));
-        // A counted string longer than the data, a structure with no fields.
-        let s = event_meta("E", &[("S", &[in_type::STR8])]);
-        assert!(refused(&prov, &s, &[200, 0, b'x']).contains("needed"));
-        let empty_struct = event_meta("E", &[("S", &[in_type::STRUCT | in_type::CHAIN, 0])]);
-        assert!(refused(&prov, &empty_struct, &[]).contains("no fields"));
-        // Provider metadata: empty, unterminated, a trait running past the end.
-        assert!(refused(&[2, 0], &good, &four).contains("NUL"));
-        assert!(refused(&provider_meta(""), &good, &four).contains("empty provider name"));
-        let mut bad_trait = provider_meta("P");
-        bad_trait.extend_from_slice(&[19, 0, 1]);
-        let n = bad_trait.len() as u16;
-        bad_trait[..2].copy_from_slice(&n.to_le_bytes());
-        assert!(refused(&bad_trait, &good, &four).contains("needed"));
-        // Garbage of every short length never panics.
-        for len in 0..40 {
-            let junk: Vec<u8> = (0u8..len).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
-            let _ = decode_event(&junk, &junk, &junk);
-            let _ = decode_event(&prov, &junk, &junk);
-        }
-    }
 
     #[test]
     fn sessions_filter_by_level_and_keyword() {

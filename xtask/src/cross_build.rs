@@ -77,6 +77,11 @@ pub fn select_packages(selected: &[String]) -> Result<Vec<&'static str>> {
         .collect())
 }
 
+/// Windows-only library crates the drivers' glue shares: no image of their
+/// own, linted with the drivers by `cargo xtask windows --clippy` (clippy
+/// lints only the packages it is asked for, not their dependencies).
+pub const SHARED_GLUE_LIBRARIES: &[&str] = &["capdma-wdm"];
+
 /// Options of `cargo xtask windows`.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -340,6 +345,17 @@ fn build_all(
             );
         }
         built.push(driver.lib_name.clone());
+    }
+    if options.clippy {
+        for library in SHARED_GLUE_LIBRARIES {
+            println!("[windows] linting        {library} (the glue the drivers share)");
+            let mut command = cargo_command(tc, layout, library, options)?;
+            let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
+            if !status.success() {
+                bail!("clippy of `{library}` failed ({status})");
+            }
+            built.push((*library).to_owned());
+        }
     }
     Ok(built)
 }

@@ -2177,6 +2177,29 @@ impl Ks {
         let (nt, m) = self.nt_m();
         nt.advance_time(m, until).unwrap();
     }
+
+    /// A pin with a master clock and `frames` frames queued, run for
+    /// 3 000 000 (stream time then) and filled by `Process`, not yet taken back.
+    fn filled_on_a_clock(&mut self, frames: u32) -> (u64, PinHandle) {
+        let (filter, pin) = self.open(frames as usize);
+        ks::clock::assign_master_clock(&mut self.sys.nt, pin);
+        for b in 0..frames {
+            self.submit(pin, b);
+        }
+        assert_eq!(self.set_state(pin, KSSTATE_RUN), status::SUCCESS);
+        self.advance(3_000_000);
+        self.workers();
+        (filter, pin)
+    }
+
+    /// Writes what a minidriver stamps into buffer `b`'s header:
+    /// `TIMEVALID` and `PresentationTime` = `time`.
+    fn stamp(&mut self, pin: PinHandle, b: usize, time: u64) {
+        let h = self.header(pin, b);
+        let m = &mut self.sys.machine;
+        m.write_u32(h + ksstream_header::OPTIONS_FLAGS, capdma_avstream::ks_format::KSSTREAM_HEADER_OPTIONSF_TIMEVALID).unwrap();
+        m.write_u64(h + ksstream_header::PRESENTATION_TIME, time).unwrap();
+    }
 }
 
 /// `IKsReferenceClock`'s methods after `IUnknown`'s (ks.h's order).
@@ -2246,24 +2269,13 @@ fn frames_stamped_off_the_master_clock_are_findings() {
     let Some(mut ks) = Ks::started(Mini::process(process_fill, 0)) else {
         return;
     };
-    let (filter, pin) = ks.open(4);
-    ks::clock::assign_master_clock(&mut ks.sys.nt, pin);
-    for b in 0..4 {
-        ks.submit(pin, b);
-    }
-    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
-    ks.advance(3_000_000);
-    ks.workers();
-    let timevalid = u64::from(capdma_avstream::ks_format::KSSTREAM_HEADER_OPTIONSF_TIMEVALID);
+    let (filter, pin) = ks.filled_on_a_clock(4);
     // The application reads the headers as KS hands the frames back; set
     // what a wrong minidriver would have written first. Buffer 0: no
     // TIMEVALID (as filled). 1: a time on another time base, ahead of the
     // clock (3 000 000 now). 2: 2 000 000, then 3: earlier than that.
     for (b, time) in [(1, 9_000_000), (2, 2_000_000), (3, 1_000_000)] {
-        let h = ks.header(pin, b);
-        let m = &mut ks.sys.machine;
-        m.write_u32(h + ksstream_header::OPTIONS_FLAGS, low(timevalid)).unwrap();
-        m.write_u64(h + ksstream_header::PRESENTATION_TIME, time).unwrap();
+        ks.stamp(pin, b, time);
     }
     let done = ks.completed(pin);
     assert_eq!(done.len(), 4);
@@ -2282,20 +2294,9 @@ fn frames_on_the_master_clock_pass_and_a_pin_without_one_is_not_checked() {
     let Some(mut ks) = Ks::started(Mini::process(process_fill, 0)) else {
         return;
     };
-    let (filter, pin) = ks.open(2);
-    ks::clock::assign_master_clock(&mut ks.sys.nt, pin);
-    for b in 0..2 {
-        ks.submit(pin, b);
-    }
-    assert_eq!(ks.set_state(pin, KSSTATE_RUN), status::SUCCESS);
-    ks.advance(3_000_000);
-    ks.workers();
-    let timevalid = capdma_avstream::ks_format::KSSTREAM_HEADER_OPTIONSF_TIMEVALID;
-    for (b, time) in [(0, 2_000_000u64), (1, 3_000_000)] {
-        let h = ks.header(pin, b);
-        let m = &mut ks.sys.machine;
-        m.write_u32(h + ksstream_header::OPTIONS_FLAGS, timevalid).unwrap();
-        m.write_u64(h + ksstream_header::PRESENTATION_TIME, time).unwrap();
+    let (filter, pin) = ks.filled_on_a_clock(2);
+    for (b, time) in [(0, 2_000_000), (1, 3_000_000)] {
+        ks.stamp(pin, b, time);
     }
     assert_eq!(ks.completed(pin).len(), 2);
     ks.close(filter, pin);

@@ -419,6 +419,24 @@ pub(crate) fn ks_edit(nt: &mut Nt, m: &mut Machine) -> Result<u64, Stop> {
     Ok(u64::from(status::SUCCESS))
 }
 
+/// The mapping parameters `ddi` registers (`MaxMappingByteCount`, and the
+/// `MappingTableStride`: at least `sizeof(KSMAPPING)` = 16, a multiple of
+/// 8); the finding `KS_INVALID_MAPPING_PARAMETERS` and `false` otherwise.
+pub(super) fn mapping_parameters_valid(nt: &mut Nt, m: &Machine, ddi: &str, max_mapping: u32, stride: u32) -> bool {
+    nt.verifier.checks += 1;
+    let valid = max_mapping != 0 && stride >= 16 && stride.is_multiple_of(8);
+    if !valid {
+        nt.violation(
+            m,
+            "KS_INVALID_MAPPING_PARAMETERS",
+            0xC4,
+            None,
+            format!("{ddi}: MaxMappingByteCount {max_mapping}, MappingTableStride {stride} (at least sizeof(KSMAPPING) = 16, a multiple of 8)"),
+        );
+    }
+    valid
+}
+
 /// `void KsDeviceRegisterAdapterObject(PKSDEVICE Device, PADAPTER_OBJECT
 /// AdapterObject, ULONG MaxMappingByteCount, ULONG MappingTableStride)`
 /// ("KsDeviceRegisterAdapterObject function (ks.h)"; `PASSIVE_LEVEL`):
@@ -437,15 +455,7 @@ pub(crate) fn ks_device_register_adapter_object(nt: &mut Nt, m: &mut Machine) ->
         return Ok(0);
     }
     let (max_mapping, stride) = (low32(max_mapping), low32(stride));
-    nt.verifier.checks += 1;
-    if max_mapping == 0 || stride < 16 || stride % 8 != 0 {
-        nt.violation(
-            m,
-            "KS_INVALID_MAPPING_PARAMETERS",
-            0xC4,
-            None,
-            format!("KsDeviceRegisterAdapterObject: MaxMappingByteCount {max_mapping}, MappingTableStride {stride} (at least sizeof(KSMAPPING) = 16, a multiple of 8)"),
-        );
+    if !mapping_parameters_valid(nt, m, "KsDeviceRegisterAdapterObject", max_mapping, stride) {
         return Ok(0);
     }
     if let Some(record) = nt.ks.devices.get_mut(&device) {

@@ -170,15 +170,7 @@ fn register_adapter_object_ex(nt: &mut Nt, m: &mut Machine, device: u64) -> Resu
         nt.violation(m, "KS_INVALID_ADAPTER", 0xC4, None, format!("RegisterAdapterObjectEx: {adapter:#x} is not a live DMA adapter"));
         return Ok(u64::from(status::INVALID_PARAMETER));
     };
-    nt.verifier.checks += 1;
-    if max_mapping == 0 || stride < 16 || stride % 8 != 0 {
-        nt.violation(
-            m,
-            "KS_INVALID_MAPPING_PARAMETERS",
-            0xC4,
-            None,
-            format!("RegisterAdapterObjectEx: MaxMappingsByteCount {max_mapping}, MappingTableStride {stride} (at least sizeof(KSMAPPING) = 16, a multiple of 8)"),
-        );
+    if !super::device::mapping_parameters_valid(nt, m, "RegisterAdapterObjectEx", max_mapping, stride) {
         return Ok(u64::from(status::INVALID_PARAMETER));
     }
     let version = m.read_u32(description + device_description::VERSION)?;

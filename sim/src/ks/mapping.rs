@@ -77,6 +77,19 @@ impl MappingSource {
         }
     }
 
+    /// The most map registers (pages) one transfer may need: the
+    /// `NumberOfMapRegisters` `IoGetDmaAdapter` granted, for a source that
+    /// refuses a longer transfer (a [`DomainMapper`]). `None` for the
+    /// simulator's adapter, whose map registers are bounce pages only a
+    /// 32-bit transfer above 4 GiB takes (shared by all its transfers).
+    #[must_use]
+    pub fn map_register_grant(&self) -> Option<u32> {
+        match self {
+            Self::Adapter(_) => None,
+            Self::Domain(d) => Some(d.inner.map_registers),
+        }
+    }
+
     /// `PutScatterGatherList` of a list this source built.
     pub fn put_scatter_gather_list(&self, list: &ScatterGatherList) {
         match self {

@@ -11,6 +11,7 @@ use super::queue::{Frame, Position, Queue};
 use super::mapping::MappingSource;
 use crate::dma::adapter::{split_mappings, ScatterGatherList};
 use crate::irql::IrqlTracker;
+use crate::memory::PAGE_SIZE;
 use crate::violations::{ViolationKind, Violations};
 
 /// A stream pointer handle: `0` is the leading edge, others are clones.
@@ -86,6 +87,10 @@ pub struct KsStats {
     pub mappings: u64,
     /// Times a frame could not be mapped for want of map registers.
     pub map_waits: u64,
+    /// Scatter/gather lists built (`GetScatterGatherList` calls that
+    /// succeeded): one per frame, more when frames exceed the adapter's
+    /// map-register grant.
+    pub sg_lists: u64,
     /// `KsPinAttemptProcessing` calls.
     pub attempts: u64,
 }
@@ -104,9 +109,7 @@ struct PinState {
 /// Completes `frame` to the application; its S/G list (mapping mode) goes
 /// to `lists`, to be put once the pin's state is no longer borrowed.
 fn hand_back(s: &mut PinState, mut frame: Frame, cancelled: bool, lists: &mut Vec<ScatterGatherList>) {
-    if let Some(list) = frame.sg.take() {
-        lists.push(list);
-    }
+    lists.append(&mut frame.sg);
     s.completed.push_back(CompletedFrame {
         buffer_id: frame.buffer_id,
         completion: frame.completion,
@@ -164,7 +167,7 @@ impl SimKsPin {
             bytes,
             clones: 0,
             passed: false,
-            sg: None,
+            sg: Vec::new(),
             mappings: Vec::new(),
             completion: None,
         });
@@ -311,35 +314,60 @@ impl SimKsPin {
         }
     }
 
-    /// Maps the frame at the leading edge if mapping mode needs it. `false`
-    /// when it cannot be mapped now (map registers exhausted).
+    /// Maps the frame `seq` if mapping mode needs it (AVStream generates a
+    /// frame's mappings when the minidriver first locks it: "Supporting DMA
+    /// in 64-Bit AVStream Drivers"). `false` when it cannot be mapped now
+    /// (map registers exhausted: the lock waits, and nothing but the
+    /// minidriver's `KsPinAttemptProcessing` tries again).
+    ///
+    /// The whole frame is mapped before the minidriver sees it: its
+    /// `KSMAPPING` table is complete, so `OffsetOut.Count` never changes
+    /// while a pointer stays on the frame ("`KSSTREAM_POINTER_OFFSET`
+    /// structure (ks.h)"). `GetScatterGatherList` refuses a transfer that
+    /// needs more map registers than the adapter was granted ("`PGET_SCATTER_GATHER_LIST`
+    /// callback function (wdm.h)"), so a frame larger than the grant is
+    /// mapped as several transfers of at most the grant's pages each, their
+    /// lists held together until the frame leaves the queue. If any of them
+    /// cannot be had now, those already built are put back and the frame
+    /// waits whole (a frame half-mapped would hold map registers another
+    /// frame may need to finish).
     fn ensure_mapped(&self, seq: u64) -> bool {
         let (needs, mapping, va, bytes) = {
             let s = self.state.borrow();
             let Some(frame) = s.queue.frame(seq) else { return false };
-            let needs = s.flags.generate_mappings && frame.sg.is_none();
+            let needs = s.flags.generate_mappings && frame.sg.is_empty();
             (needs, s.mapping.clone(), frame.va, frame.bytes)
         };
         if !needs {
             return true;
         }
         let Some(mapping) = mapping else { return false };
-        if let Ok(list) = mapping.adapter.get_scatter_gather_list(va, bytes as usize) {
-            let mappings = split_mappings(&list, mapping.max_mapping_byte_count);
-            let mut s = self.state.borrow_mut();
-            s.stats.mappings += mappings.len() as u64;
-            s.waiting_for_map_registers = false;
-            if let Some(frame) = s.queue.frame_mut(seq) {
-                frame.mappings = mappings;
-                frame.sg = Some(list);
+        let mut lists = Vec::new();
+        for (at, length) in transfers(va, bytes as usize, mapping.adapter.map_register_grant()) {
+            match mapping.adapter.get_scatter_gather_list(va.wrapping_add(at), length) {
+                Ok(list) => lists.push(list),
+                Err(_) => {
+                    for list in &lists {
+                        mapping.adapter.put_scatter_gather_list(list);
+                    }
+                    let mut s = self.state.borrow_mut();
+                    s.stats.map_waits += 1;
+                    s.waiting_for_map_registers = true;
+                    return false;
+                }
             }
-            true
-        } else {
-            let mut s = self.state.borrow_mut();
-            s.stats.map_waits += 1;
-            s.waiting_for_map_registers = true;
-            false
         }
+        let mappings: Vec<_> =
+            lists.iter().flat_map(|list| split_mappings(list, mapping.max_mapping_byte_count)).collect();
+        let mut s = self.state.borrow_mut();
+        s.stats.mappings += mappings.len() as u64;
+        s.stats.sg_lists += lists.len() as u64;
+        s.waiting_for_map_registers = false;
+        if let Some(frame) = s.queue.frame_mut(seq) {
+            frame.mappings = mappings;
+            frame.sg = lists;
+        }
+        true
     }
 
     /// Completes every frame the leading edge has passed and no clone
@@ -398,6 +426,24 @@ impl SimKsPin {
         self.complete_ready();
         available
     }
+}
+
+/// The transfers KS maps a buffer of `bytes` bytes at `va` with: (offset,
+/// length) pieces in order, each spanning at most `grant` pages (`None`:
+/// one transfer of the whole buffer). Pages are counted as
+/// `ADDRESS_AND_SIZE_TO_SPAN_PAGES` counts them, from the virtual address.
+fn transfers(va: *mut u8, bytes: usize, grant: Option<u32>) -> Vec<(usize, usize)> {
+    let Some(grant) = grant.filter(|&g| g > 0) else { return vec![(0, bytes)] };
+    let span = grant as usize * PAGE_SIZE;
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < bytes {
+        let in_page = va.wrapping_add(at).addr() % PAGE_SIZE;
+        let length = (span - in_page).min(bytes - at);
+        pieces.push((at, length));
+        at += length;
+    }
+    pieces
 }
 
 impl KsPinPort for SimKsPin {

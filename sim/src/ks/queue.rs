@@ -20,8 +20,10 @@ pub(super) struct Frame {
     pub clones: u32,
     /// The leading edge has moved past the frame.
     pub passed: bool,
-    /// Mapping mode: the frame's scatter/gather list, once built.
-    pub sg: Option<ScatterGatherList>,
+    /// Mapping mode: the frame's scatter/gather lists once built, in frame
+    /// order: one, or several when one list would need more map registers
+    /// than the adapter grants (see `SimKsPin::ensure_mapped`).
+    pub sg: Vec<ScatterGatherList>,
     /// Mapping mode: the `KSMAPPING`s (stable heap storage while the frame lives).
     pub mappings: Vec<SgElement>,
     /// What the minidriver wrote into the stream header.

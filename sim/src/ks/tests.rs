@@ -210,3 +210,67 @@ fn process_is_requested_as_avstream_does_not_on_every_arrival() {
     pin.attempt_processing(true);
     assert!(pin.take_process_request());
 }
+
+/// A mapping-mode pin over an emulated kernel adapter granted
+/// `map_registers`, whose DMA-remapping domain has `window_pages` pages.
+fn domain_pin(w: &World, map_registers: u32, window_pages: u64) -> (SimKsPin, crate::ks::DomainMapper) {
+    let domain = crate::dma::DmaDomain::new("test domain", 64 << 30, window_pages * 4096);
+    let raw = crate::ks::DomainMapper::register(0xFFFF_F800_0000_2000, domain, map_registers, &w.memory);
+    let Some(crate::ks::MappingSource::Domain(mapper)) = crate::ks::MappingSource::from_raw(raw) else {
+        panic!("a registered domain mapper")
+    };
+    let mapping = SimMapping { adapter: crate::ks::MappingSource::Domain(mapper.clone()), max_mapping_byte_count: 3000 };
+    let flags = PinFlags { generate_mappings: true, ..PinFlags::default() };
+    let pin = SimKsPin::new(flags, Some(mapping), w.irql.clone(), w.violations.clone());
+    pin.set_running(true);
+    (pin, mapper)
+}
+
+#[test]
+fn a_frame_larger_than_the_grant_is_mapped_by_several_transfers_into_one_whole_table() {
+    let w = world();
+    let (pin, mapper) = domain_pin(&w, 4, 1024);
+    let b = buffer(&w, 10 * 4096);
+    // 100 bytes into the first page, 9 pages long: 10 pages, 4 + 4 + 2.
+    let bytes = 9 * 4096;
+    pin.submit(1, b.va.wrapping_add(100), bytes);
+    let le = pin.leading_edge().expect("mapped");
+    let off = pin.offset_out(le);
+    // SAFETY: the model keeps the mappings alive while the frame is queued.
+    let maps = unsafe { std::slice::from_raw_parts(off.mappings, off.count as usize) };
+    assert_eq!((off.count, off.remaining), (off.count, off.count), "the whole table, from its start");
+    assert_eq!(maps.iter().map(|m| m.byte_count).sum::<u32>(), bytes, "every byte of the frame mapped");
+    assert!(maps.iter().all(|m| m.byte_count <= 3000), "split at MaxMappingByteCount within each transfer");
+    assert_eq!(pin.stats().sg_lists, 3, "three transfers of at most 4 map registers");
+    assert_eq!(mapper.map_registers_in_use(), 10, "all held while the frame is queued");
+    // Each transfer's pages are mapped at a logical run of their own: the
+    // table walks the frame's bytes in order across the three.
+    let boundaries = maps.windows(2).filter(|p| p[0].logical_address + u64::from(p[0].byte_count) != p[1].logical_address);
+    assert_eq!(boundaries.count(), 2, "two seams between three logical runs");
+    let clone = pin.clone_pointer(le).unwrap();
+    pin.advance_offsets_and_unlock(le, off.count, false);
+    pin.complete_frame(clone, &done(bytes));
+    pin.delete(clone);
+    assert!(pin.take_completed().is_some());
+    assert_eq!(mapper.map_registers_in_use(), 0, "every list put before the frame goes back");
+    assert!(mapper.retire().is_empty(), "no list left");
+    assert!(w.violations.is_empty(), "KS asked for no transfer above the grant: {:?}", w.violations.list());
+}
+
+#[test]
+fn a_frame_that_cannot_be_mapped_whole_waits_holding_no_map_registers() {
+    let w = world();
+    // The domain has room for 8 of the frame's 10 pages.
+    let (pin, mapper) = domain_pin(&w, 4, 8);
+    let b = buffer(&w, 10 * 4096);
+    pin.submit(1, b.va, 10 * 4096);
+    assert!(pin.leading_edge().is_none(), "not mapped: no leading edge to lock");
+    assert!(pin.waiting_for_map_registers());
+    assert_eq!((pin.stats().map_waits, pin.stats().sg_lists), (1, 0));
+    assert_eq!(mapper.map_registers_in_use(), 0, "the transfers already built were put back");
+    assert!(pin.leading_edge().is_none(), "a second lock still cannot map it");
+    assert_eq!((pin.stats().map_waits, mapper.map_registers_in_use()), (2, 0));
+    pin.flush_on_stop();
+    assert!(mapper.retire().is_empty());
+    assert!(w.violations.is_empty(), "{:?}", w.violations.list());
+}

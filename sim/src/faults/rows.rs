@@ -53,6 +53,7 @@ pub static ROWS: &[RowSpec] = &[
     RowSpec { name: "app-starved/sg", board: SG, expectation: "the application holds every buffer for 20 frame intervals: frames dropped and counted, no reset, stream resumes", run: app_starved },
     RowSpec { name: "app-starved/cb", board: CB, expectation: "the application holds every buffer for 20 frame intervals: frames dropped and counted, no reset, stream resumes", run: app_starved },
     RowSpec { name: "map-registers/scarce", board: SG, expectation: "32-bit S/G board, buffers above 4 GiB, map registers for one frame: KS waits for map registers, S/G streams on", run: map_registers_scarce },
+    RowSpec { name: "map-registers/below-a-frame", board: SG, expectation: "64-bit S/G board, the HAL grants map registers for less than one frame: KS maps each frame by several transfers into one whole mapping table, S/G streams on", run: map_registers_below_a_frame },
     RowSpec { name: "map-registers/too-few", board: SG, expectation: "map registers cannot cover one frame: common-buffer fallback (reason stated), streams", run: map_registers_too_few },
     RowSpec { name: "remove-while-referenced", board: CB, expectation: "removal requested while streaming: vetoed by the AVStream child (open pin, STATUS_DEVICE_BUSY), the bus not asked; after the pin closes: QUERY_REMOVE succeeds down the children then the bus, the children's REMOVE drops the interface, the bus's REMOVE frees everything", run: remove_while_referenced },
     RowSpec { name: "remove-leaked-reference", board: CB, expectation: "a buggy child keeps its interface reference past its own REMOVE: the bus's REMOVE tears down anyway (no crash), the leak is reported against the child, a late call is refused", run: remove_leaked_reference },
@@ -70,6 +71,7 @@ pub static NOT_WITH_CORES: &[(&str, &str)] = &[
     ("low-resources", "its fault is the emulated kernel's low resources simulation (Driver Verifier's), which fails the images' calls into the kernel; the cores allocate from the simulator's memory model, whose failures are the alloc-fails and alloc-smaller-ring rows"),
     ("ksedit-fails", "_KsEdit is the emulated ks.sys's, called by the AVStream image's SetDataFormat; the AVStream core on the host edits no KS descriptor"),
     ("plain-headers", "the stream headers are the emulated ks.sys's and the AVStream image's (KSSTREAM_HEADER and KS_FRAME_INFO in guest memory); the host KS model hands the core its completions directly"),
+    ("map-registers/below-a-frame", "the cores' adapter model refuses no transfer for its length (its map registers are bounce pages, taken only by a 32-bit transfer above 4 GiB: map-registers/scarce), so KS maps every frame in one transfer; the grant that limits a transfer is the emulated HAL's (--drivers images)"),
 ];
 
 /// The rows that do not run with the bus image (`--drivers bus-image`),
@@ -79,6 +81,7 @@ pub static NOT_WITH_IMAGE: &[(&str, &str)] = &[
     ("pin-out-of-order", "its subject is the AVStream pin's KS state machine (the AVStream core, the same with either bus), not the bus driver"),
     ("app-starved", "its subject is the application and the AVStream core's queue (the board counts the drops), not the bus driver"),
     ("map-registers/scarce", "its subject is the KS model waiting for map registers on the AVStream side, not the bus driver"),
+    ("map-registers/below-a-frame", "its subject is how KS maps a frame larger than the grant on the AVStream side (the emulated ks.sys with --drivers images), not the bus driver"),
     ("remove-leaked-reference", "needs a deliberately buggy AVStream child keeping the image's interface past its removal; not built for the image yet"),
     ("alloc-smaller-ring", "its fault is the machine's contiguous-allocation failure by count, and with the image the emulated kernel's own allocations come out of the same memory (the count would land elsewhere); the image's allocation failures are the emulated kernel's low-resources mode (sim/tests/nt_io.rs), not this row yet"),
     ("alloc-fails", "its fault is the machine's contiguous-allocation failure, which with the image also fails the emulated kernel's own allocations before DriverEntry; the image's allocation failures are the emulated kernel's low-resources mode (sim/tests/nt_io.rs), not this row yet"),
@@ -807,6 +810,37 @@ fn map_registers_scarce(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRo
     ctx.check(format!("KS waited for map registers ({} waits)", trace.ks_map_waits), trace.ks_map_waits > 0);
     let after = delivered_after(&trace, last_third);
     ctx.recovered(format!("{after} frames delivered in the last third of the run"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn map_registers_below_a_frame(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    let mut ctx = Ctx::new(spec, drivers, seed);
+    // 160x120 YUY2 is 38400 bytes: 10 or 11 pages; the HAL grants 4.
+    const GRANT: u32 = 4;
+    let config = MachineConfig { drivers: ctx.drivers.with_map_register_limit(GRANT), ..ctx.base() };
+    let pages = capdma_bus::mode::map_registers_per_frame(config.width * config.height * 2);
+    let mut m = match started(config) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    ctx.check(format!("the grant ({GRANT}) is below one frame ({pages} map registers)"), GRANT < pages);
+    let mode = m.image_trace().iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart").and_then(|r| match r.field("Mode") {
+        Some(Value::Str(v)) => Some(v.clone()),
+        _ => None,
+    });
+    ctx.check(format!("the bus kept scatter/gather ({mode:?})"), mode.as_deref() == Some(DmaMode::ScatterGather.name()));
+    m.run(&mut RunHooks::default());
+    let trace = log(&m, 0, 0);
+    m.teardown();
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    ctx.check(
+        format!("KS mapped each frame by several transfers ({} S/G lists, {} frames delivered)", trace.ks_sg_lists, c.frames_delivered),
+        c.frames_delivered > 0 && trace.ks_sg_lists >= 2 * c.frames_delivered,
+    );
+    ctx.recovered(
+        format!("every frame delivered in S/G mode ({} of {})", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured,
+    );
     ctx.finish(Some(&m))
 }
 

@@ -206,6 +206,7 @@ impl Machine {
         log.ks_submitted = ks.submitted;
         log.ks_completed = ks.completed;
         log.ks_map_waits = ks.map_waits;
+        log.ks_sg_lists = ks.sg_lists;
         log.ks_queued = run.ks.queued_frames();
         log.ks_live_clones = run.ks.live_clones();
         if let Some(pin) = run.pin.as_ref() {

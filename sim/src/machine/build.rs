@@ -44,6 +44,9 @@ pub struct ChannelLog {
     pub ks_completed: u64,
     /// Times KS could not map a frame for want of map registers.
     pub ks_map_waits: u64,
+    /// Scatter/gather lists KS built for the frames (more than one per
+    /// frame when frames exceed the adapter's map-register grant).
+    pub ks_sg_lists: u64,
     /// Frames still in the KS queue.
     pub ks_queued: usize,
     /// Stream pointer clones alive.

@@ -21,7 +21,7 @@ use capdma_interface::status::{
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, PfnGetDmaAdapter, PfnGetDmaConfig,
     PfnGetSlotRing, PfnInterfaceReference, PfnProgramFrame, PfnRegisterCompletion, PfnReturnSlot, PfnStartChannel,
-    PfnStopChannel, SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION,
+    PfnStopChannel, SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1,
 };
 use core::ffi::c_void;
 use core::ptr;
@@ -236,7 +236,7 @@ impl BusClient {
     /// `Parameters.QueryInterface.Size` to send, bytes.
     pub const REQUEST_SIZE: u16 = CAPDMA_BUS_INTERFACE_SIZE_V1;
     /// `Parameters.QueryInterface.Version` to send.
-    pub const REQUEST_VERSION: u16 = CAPDMA_BUS_INTERFACE_VERSION;
+    pub const REQUEST_VERSION: u16 = 1;
 
     /// An empty table to point `Parameters.QueryInterface.Interface` at:
     /// header `Size`/`Version` set to the request, everything else null.
@@ -258,6 +258,7 @@ impl BusClient {
             start_channel: None,
             stop_channel: None,
             register_completion: None,
+            program_frame_part: None,
         }
     }
 

@@ -67,5 +67,6 @@ pub use channel::slots::MAX_SLOTS;
 pub use channel::{ChannelStats, RecordFault};
 pub use config::{ConfigError, DmaModeOverride, RegistryValues, StartConfig};
 pub use device::{BusDevice, DeviceState, MAX_CHANNELS};
+pub use interface_impl::SERVED_VERSION;
 pub use mode::ModeDecision;
 pub use teardown::TeardownPort;

@@ -19,7 +19,7 @@ extern "C" {
 #define CAPDMA_BUS_INTERFACE_GUID_INIT \
     { 0x849a90bb, 0xb660, 0x4808, { 0xb5, 0x59, 0x65, 0xe0, 0xa2, 0xd5, 0x4c, 0x96 } }
 
-#define CAPDMA_BUS_INTERFACE_VERSION 1
+#define CAPDMA_BUS_INTERFACE_VERSION 2
 
 /* DmaMode (CAPDMA_DMA_CONFIG.Mode) */
 #define CAPDMA_DMA_MODE_SCATTER_GATHER 1
@@ -28,6 +28,21 @@ extern "C" {
 /* CAPDMA_COMPLETION.Kind */
 #define CAPDMA_COMPLETION_FRAME 1
 #define CAPDMA_COMPLETION_SLOT  2
+#define CAPDMA_COMPLETION_FRAME_PART 3  /* version 2 */
+
+/* ProgramFramePart Flags (version 2) */
+#define CAPDMA_PART_START 0x1
+#define CAPDMA_PART_END   0x2
+
+/* CAPDMA_SG_DESCRIPTOR.Flags */
+#define CAPDMA_DESC_START_OF_FRAME 0x1
+#define CAPDMA_DESC_END_OF_FRAME   0x2
+#define CAPDMA_DESC_END_OF_PART    0x4
+
+/* CAPDMA_COMPLETION_RECORD.Status */
+#define CAPDMA_CQ_STATUS_OK    0
+#define CAPDMA_CQ_STATUS_ERROR 1
+#define CAPDMA_CQ_STATUS_PART  2
 
 typedef struct _CAPDMA_DMA_CONFIG {
     ULONG Mode;            /* CAPDMA_DMA_MODE_* */
@@ -86,6 +101,9 @@ typedef NTSTATUS (__stdcall *PCAPDMA_GET_DMA_ADAPTER)(PVOID Context, ULONG Chann
                                                       PULONG MaxMappingByteCount, PULONG MapRegisters);
 typedef NTSTATUS (__stdcall *PCAPDMA_PROGRAM_FRAME)(PVOID Context, ULONG Channel, ULONG Tag,
                                                     const CAPDMA_SG_ELEMENT *Elements, ULONG ElementCount);
+typedef NTSTATUS (__stdcall *PCAPDMA_PROGRAM_FRAME_PART)(PVOID Context, ULONG Channel, ULONG Tag,
+                                                         const CAPDMA_SG_ELEMENT *Elements, ULONG ElementCount,
+                                                         ULONG Flags, PULONG Accepted);
 typedef NTSTATUS (__stdcall *PCAPDMA_GET_SLOT_RING)(PVOID Context, ULONG Channel, PCAPDMA_SLOT_RING Ring);
 typedef NTSTATUS (__stdcall *PCAPDMA_RETURN_SLOT)(PVOID Context, ULONG Channel, ULONG Slot);
 typedef NTSTATUS (__stdcall *PCAPDMA_START_CHANNEL)(PVOID Context, ULONG Channel, const CAPDMA_CHANNEL_FORMAT *Format);
@@ -104,6 +122,7 @@ typedef struct _CAPDMA_BUS_INTERFACE {
     PCAPDMA_START_CHANNEL StartChannel;
     PCAPDMA_STOP_CHANNEL StopChannel;
     PCAPDMA_REGISTER_COMPLETION RegisterCompletion;
+    PCAPDMA_PROGRAM_FRAME_PART ProgramFramePart;   /* version 2 */
 } CAPDMA_BUS_INTERFACE, *PCAPDMA_BUS_INTERFACE;
 
 /* The board's in-memory formats. */
@@ -131,10 +150,11 @@ typedef struct _CAPDMA_COMPLETION_RECORD {
 #define CAPDMA_CHECK_SIZE(t, n) _Static_assert(sizeof(t) == (n), #t " size")
 #define CAPDMA_CHECK_OFFSET(t, f, n) _Static_assert(__builtin_offsetof(t, f) == (n), #t "." #f " offset")
 #if defined(_WIN64) || defined(__x86_64__)
-CAPDMA_CHECK_SIZE(CAPDMA_BUS_INTERFACE, 96);
+CAPDMA_CHECK_SIZE(CAPDMA_BUS_INTERFACE, 104);
 CAPDMA_CHECK_OFFSET(CAPDMA_BUS_INTERFACE, GetDmaConfig, 32);
 CAPDMA_CHECK_OFFSET(CAPDMA_BUS_INTERFACE, ProgramFrame, 48);
 CAPDMA_CHECK_OFFSET(CAPDMA_BUS_INTERFACE, RegisterCompletion, 88);
+CAPDMA_CHECK_OFFSET(CAPDMA_BUS_INTERFACE, ProgramFramePart, 96);
 CAPDMA_CHECK_SIZE(CAPDMA_DMA_CONFIG, 40);
 CAPDMA_CHECK_OFFSET(CAPDMA_DMA_CONFIG, SlotCount, 20);
 CAPDMA_CHECK_OFFSET(CAPDMA_DMA_CONFIG, MaxFrameBytes, 36);

@@ -27,16 +27,28 @@ pub const DESC_START_OF_FRAME: u32 = 1 << 0;
 /// Descriptor flag: last element of a frame; the board writes a completion
 /// record and interrupts when this element is done.
 pub const DESC_END_OF_FRAME: u32 = 1 << 1;
+/// Descriptor flag: last element of a part of a frame posted in parts
+/// (`ProgramFramePart`), on every part but the frame's last (which carries
+/// [`DESC_END_OF_FRAME`]). When the board has written through it, it writes
+/// a completion record with [`CQ_STATUS_PART`] (`index`: the part's first
+/// descriptor) and interrupts; it keeps the rest of the frame and goes on
+/// writing it through the next part's descriptors once they are posted
+/// (the part after it has no [`DESC_START_OF_FRAME`] and the same tag).
+/// Frames due meanwhile are dropped (`DROPPED_FRAMES`): its engine is busy.
+/// A reset or a stop of the channel discards the frame.
+pub const DESC_END_OF_PART: u32 = 1 << 2;
 
 /// One completion record (32 bytes), written by the board into the channel's
 /// completion queue when a frame is done, before it raises the interrupt.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct CompletionRecord {
-    /// S/G mode: ring index of the frame's first descriptor; common-buffer
-    /// mode: the slot index. Untrusted: range-checked.
+    /// S/G mode: ring index of the first descriptor of the frame (of the
+    /// part, for a frame posted in parts); common-buffer mode: the slot
+    /// index. Untrusted: range-checked.
     pub index: u32,
-    /// Bytes written. Untrusted: checked against the buffer.
+    /// Bytes of the frame written so far (a part's record: up to the end of
+    /// that part). Untrusted: checked against the buffer.
     pub byte_count: u32,
     /// `CQ_STATUS_*`.
     pub status: u32,
@@ -54,6 +66,9 @@ pub struct CompletionRecord {
 pub const CQ_STATUS_OK: u32 = 0;
 /// Completion status: the frame is incomplete or damaged (error bit set).
 pub const CQ_STATUS_ERROR: u32 = 1;
+/// Completion status: a part of a frame posted in parts is written (its
+/// last descriptor carried [`DESC_END_OF_PART`]); the frame is not done.
+pub const CQ_STATUS_PART: u32 = 2;
 
 const _: () = assert!(size_of::<SgDescriptor>() == 32);
 const _: () = assert!(offset_of!(SgDescriptor, byte_count) == 8);

@@ -11,7 +11,7 @@
 //! | `Version` newer than the bus's | success, the bus's version: `Size`/`Version` of the answer say what was filled |
 //! | otherwise | success |
 use crate::status::{NtStatus, STATUS_BUFFER_TOO_SMALL, STATUS_REVISION_MISMATCH};
-use crate::table::{CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION};
+use crate::table::{CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_SIZE_V2, CAPDMA_BUS_INTERFACE_VERSION};
 
 /// What the bus will fill: the version served and its table size in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +27,7 @@ pub struct Negotiated {
 pub const fn table_size(version: u16) -> Option<u16> {
     match version {
         1 => Some(CAPDMA_BUS_INTERFACE_SIZE_V1),
+        2 => Some(CAPDMA_BUS_INTERFACE_SIZE_V2),
         _ => None,
     }
 }
@@ -65,19 +66,29 @@ mod tests {
     use super::*;
 
     const V1: u16 = CAPDMA_BUS_INTERFACE_SIZE_V1;
+    const V2: u16 = CAPDMA_BUS_INTERFACE_SIZE_V2;
 
     #[test]
     fn exact_request_is_served() {
         assert_eq!(negotiate_current(V1, 1), Ok(Negotiated { version: 1, size: V1 }));
+        assert_eq!(negotiate_current(V2, 2), Ok(Negotiated { version: 2, size: V2 }));
     }
 
     #[test]
     fn newer_client_gets_the_common_prefix() {
         assert_eq!(negotiate(V1 + 64, 3, 1), Ok(Negotiated { version: 1, size: V1 }));
+        assert_eq!(negotiate_current(V2 + 64, 3), Ok(Negotiated { version: 2, size: V2 }));
+    }
+
+    #[test]
+    fn an_older_client_gets_its_version() {
+        assert_eq!(negotiate_current(V1, 1), Ok(Negotiated { version: 1, size: V1 }));
+        assert_eq!(negotiate_current(V2, 1), Ok(Negotiated { version: 1, size: V1 }), "a larger buffer, version 1");
     }
 
     #[test]
     fn short_size_is_refused() {
+        assert_eq!(negotiate_current(V1, 2), Err(STATUS_BUFFER_TOO_SMALL), "version 2 needs its table");
         assert_eq!(negotiate_current(V1 - 8, 1), Err(STATUS_BUFFER_TOO_SMALL));
         assert_eq!(negotiate_current(0, 1), Err(STATUS_BUFFER_TOO_SMALL));
     }

@@ -69,6 +69,49 @@ pub type PfnProgramFrame = unsafe extern "system" fn(
     element_count: u32,
 ) -> NtStatus;
 
+/// Version 2, S/G mode: posts a part of a frame, for a frame whose mappings
+/// do not all fit the descriptor ring (more than it has entries, or than it
+/// has free now): up to `element_count` elements (`KSMAPPING`s) under
+/// `tag`, as many as the ring has free entries for; `*accepted` receives
+/// how many were posted (the caller advances its stream pointer by them and
+/// posts the rest in a later part). `flags`: [`CAPDMA_PART_START`] on the
+/// frame's first part (the frame is then *open*: no other frame may be
+/// posted on the channel until it is closed), [`CAPDMA_PART_END`] when the
+/// elements reach the frame's end — honoured only when all of them are
+/// accepted (that closes the frame; its elements must then add up to the
+/// running format's frame). The board writes the frame part by part and
+/// completes every part but the last with a [`CompletionKind::FramePart`]
+/// completion (the ring has room again: post the next part); the frame's
+/// last part completes it as a [`CompletionKind::Frame`], as
+/// [`PfnProgramFrame`] does. A stop, reset or removal terminates an open
+/// frame like a posted one (one `Frame` completion). `<= DISPATCH_LEVEL`.
+///
+/// Errors (nothing posted): `STATUS_DEVICE_BUSY` when the ring has no free
+/// entry or the in-flight table is full now (retry after a completion);
+/// `STATUS_INVALID_DEVICE_STATE` for `CAPDMA_PART_START` while a frame is
+/// open, or a part without it while none is; `STATUS_INVALID_PARAMETER`
+/// for a null `accepted` or `elements`, zero elements, a bad element (as
+/// `ProgramFrame`), a `tag` in flight (START) or not the open frame's
+/// (continuation), unknown `flags` bits, or an END whose elements leave the
+/// frame short of the running format's frame bytes; `STATUS_DEVICE_NOT_READY`
+/// when the channel is not running; `STATUS_INVALID_DEVICE_REQUEST` in
+/// common-buffer mode. [`PfnProgramFrame`] while a frame is open:
+/// `STATUS_INVALID_DEVICE_STATE`.
+pub type PfnProgramFramePart = unsafe extern "system" fn(
+    context: *mut c_void,
+    channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    element_count: u32,
+    flags: u32,
+    accepted: *mut u32,
+) -> NtStatus;
+
+/// [`PfnProgramFramePart`] flag: the frame's first part.
+pub const CAPDMA_PART_START: u32 = 1 << 0;
+/// [`PfnProgramFramePart`] flag: the elements reach the frame's end.
+pub const CAPDMA_PART_END: u32 = 1 << 1;
+
 /// Common-buffer mode: the slot ring (valid until the channel is stopped;
 /// `line_pitch` valid once started). `<= DISPATCH_LEVEL`.
 /// `STATUS_INVALID_DEVICE_REQUEST` in S/G mode.
@@ -144,13 +187,18 @@ pub struct CapdmaBusInterface {
     pub stop_channel: Option<PfnStopChannel>,
     /// [`PfnRegisterCompletion`].
     pub register_completion: Option<PfnRegisterCompletion>,
+    /// Version 2: [`PfnProgramFramePart`].
+    pub program_frame_part: Option<PfnProgramFramePart>,
 }
 
 /// The interface version this crate defines.
-pub const CAPDMA_BUS_INTERFACE_VERSION: u16 = 1;
-/// `sizeof(CAPDMA_BUS_INTERFACE)` of version 1, in bytes.
+pub const CAPDMA_BUS_INTERFACE_VERSION: u16 = 2;
+/// `sizeof(CAPDMA_BUS_INTERFACE)` of version 1 (up to `RegisterCompletion`), in bytes.
 #[allow(clippy::cast_possible_truncation, reason = "96 bytes, asserted below")]
-pub const CAPDMA_BUS_INTERFACE_SIZE_V1: u16 = size_of::<CapdmaBusInterface>() as u16;
+pub const CAPDMA_BUS_INTERFACE_SIZE_V1: u16 = offset_of!(CapdmaBusInterface, program_frame_part) as u16;
+/// `sizeof(CAPDMA_BUS_INTERFACE)` of version 2, in bytes.
+#[allow(clippy::cast_possible_truncation, reason = "104 bytes, asserted below")]
+pub const CAPDMA_BUS_INTERFACE_SIZE_V2: u16 = size_of::<CapdmaBusInterface>() as u16;
 
 /// A channel's DMA configuration (filled by `GetDmaConfig`).
 #[repr(C)]
@@ -250,6 +298,10 @@ pub enum CompletionKind {
     Frame = 1,
     /// Common-buffer mode: slot `tag` is filled and now owned by the child.
     Slot = 2,
+    /// S/G mode, version 2: a part of the frame posted in parts with `tag`
+    /// is written (`bytes_written`: the frame's bytes so far); the frame is
+    /// not done. Nothing to hand back: post the next part.
+    FramePart = 3,
 }
 
 /// One completion, passed to [`PfnCompletion`].
@@ -276,6 +328,8 @@ pub struct Completion {
 
 const _: () = assert!(size_of::<InterfaceHeader>() == 4 * size_of::<usize>());
 const _: () = assert!(offset_of!(CapdmaBusInterface, get_dma_config) == size_of::<InterfaceHeader>());
+const _: () = assert!(CAPDMA_BUS_INTERFACE_SIZE_V1 == 96);
+const _: () = assert!(CAPDMA_BUS_INTERFACE_SIZE_V2 == 104);
 const _: () = assert!(size_of::<SgElement>() == 16);
 const _: () = assert!(size_of::<Completion>() == 32);
 const _: () = assert!(size_of::<DmaConfig>() == 40);

@@ -21,6 +21,7 @@ fn rust_layout() -> BTreeMap<(&'static str, &'static str), usize> {
         (("CAPDMA_BUS_INTERFACE", "GetDmaConfig"), offset_of!(CapdmaBusInterface, get_dma_config)),
         (("CAPDMA_BUS_INTERFACE", "ProgramFrame"), offset_of!(CapdmaBusInterface, program_frame)),
         (("CAPDMA_BUS_INTERFACE", "RegisterCompletion"), offset_of!(CapdmaBusInterface, register_completion)),
+        (("CAPDMA_BUS_INTERFACE", "ProgramFramePart"), offset_of!(CapdmaBusInterface, program_frame_part)),
         (("CAPDMA_DMA_CONFIG", ""), size_of::<DmaConfig>()),
         (("CAPDMA_DMA_CONFIG", "SlotCount"), offset_of!(DmaConfig, slot_count)),
         (("CAPDMA_DMA_CONFIG", "MaxFrameBytes"), offset_of!(DmaConfig, max_frame_bytes)),
@@ -81,14 +82,43 @@ fn header_checks_equal_the_rust_layout() {
     }
 }
 
-#[test]
-fn header_slot_limit_is_the_rust_one() {
+/// The value of `#define name value` in the header (decimal or `0x` hex).
+fn header_define(name: &str) -> u32 {
     let value = HEADER
         .lines()
-        .find_map(|line| line.trim().strip_prefix("#define CAPDMA_MAX_RING_SLOTS"))
-        .expect("the header defines CAPDMA_MAX_RING_SLOTS")
-        .trim();
-    assert_eq!(value.parse::<u32>().ok(), Some(MAX_RING_SLOTS), "CAPDMA_MAX_RING_SLOTS is {value}");
+        .find_map(|line| line.trim().strip_prefix("#define ")?.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("the header defines {name}"));
+    let value = value.split("/*").next().unwrap_or_default().trim();
+    let parsed = match value.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => value.parse(),
+    };
+    parsed.unwrap_or_else(|_| panic!("{name} is {value:?}"))
+}
+
+#[test]
+fn header_constants_are_the_rust_ones() {
+    use capdma_interface::descriptor::{
+        CQ_STATUS_ERROR, CQ_STATUS_OK, CQ_STATUS_PART, DESC_END_OF_FRAME, DESC_END_OF_PART, DESC_START_OF_FRAME,
+    };
+    use capdma_interface::table::{CompletionKind, CAPDMA_BUS_INTERFACE_VERSION, CAPDMA_PART_END, CAPDMA_PART_START};
+    for (name, rust) in [
+        ("CAPDMA_MAX_RING_SLOTS", MAX_RING_SLOTS),
+        ("CAPDMA_BUS_INTERFACE_VERSION", u32::from(CAPDMA_BUS_INTERFACE_VERSION)),
+        ("CAPDMA_COMPLETION_FRAME", CompletionKind::Frame as u32),
+        ("CAPDMA_COMPLETION_SLOT", CompletionKind::Slot as u32),
+        ("CAPDMA_COMPLETION_FRAME_PART", CompletionKind::FramePart as u32),
+        ("CAPDMA_PART_START", CAPDMA_PART_START),
+        ("CAPDMA_PART_END", CAPDMA_PART_END),
+        ("CAPDMA_DESC_START_OF_FRAME", DESC_START_OF_FRAME),
+        ("CAPDMA_DESC_END_OF_FRAME", DESC_END_OF_FRAME),
+        ("CAPDMA_DESC_END_OF_PART", DESC_END_OF_PART),
+        ("CAPDMA_CQ_STATUS_OK", CQ_STATUS_OK),
+        ("CAPDMA_CQ_STATUS_ERROR", CQ_STATUS_ERROR),
+        ("CAPDMA_CQ_STATUS_PART", CQ_STATUS_PART),
+    ] {
+        assert_eq!(header_define(name), rust, "{name}");
+    }
 }
 
 #[test]

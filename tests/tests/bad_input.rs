@@ -5,7 +5,7 @@ use capdma_avstream::bus_client::BusClient;
 use capdma_avstream::format::{build_data_format, validate_data_format, VideoFormat, MAX_FRAME_INTERVAL, MAX_STRIDE_BYTES, MIN_FRAME_INTERVAL};
 use capdma_avstream::ks_format::{fourcc_subtype, KsDataFormatVideoInfoHeader, KsGuid, Rect};
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
-use capdma_interface::negotiate::negotiate_current;
+use capdma_interface::negotiate::negotiate;
 use capdma_interface::status::{
     NtStatus, STATUS_BUFFER_TOO_SMALL, STATUS_INTEGER_OVERFLOW, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER,
     STATUS_NOT_SUPPORTED, STATUS_NO_MATCH, STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
@@ -195,7 +195,7 @@ proptest! {
             let mut buffer = Buffer([0xA5; 512]);
             let out = if null { std::ptr::null_mut() } else { (&raw mut buffer).cast::<CapdmaBusInterface>() };
             let status = bus.query_interface(size, version, out);
-            let expected = if null { Err(STATUS_INVALID_PARAMETER) } else { negotiate_current(size, version) };
+            let expected = if null { Err(STATUS_INVALID_PARAMETER) } else { negotiate(size, version, capdma_bus::SERVED_VERSION) };
             match expected {
                 Ok(n) => {
                     prop_assert_eq!(status, STATUS_SUCCESS);

@@ -52,6 +52,7 @@ pub trait FakeChannel: Sized {
             start_channel: Some(start_channel::<Self>),
             stop_channel: Some(stop_channel::<Self>),
             register_completion: Some(register_completion::<Self>),
+            program_frame_part: None,
         }
     }
 }

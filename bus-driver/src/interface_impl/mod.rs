@@ -23,7 +23,11 @@ use crate::channel::{Callback, Channel};
 use crate::device::{BusDevice, DeviceState};
 use crate::hw::ChannelRegs;
 use crate::ports::{BusPlatform, DmaAdapterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
-use capdma_interface::negotiate::negotiate_current;
+use capdma_interface::negotiate::negotiate;
+
+/// The highest interface version the bus serves (`ProgramFramePart`,
+/// version 2, is not served yet).
+pub const SERVED_VERSION: u16 = 1;
 use capdma_interface::regs::channel;
 use capdma_interface::status::{
     NtStatus, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED, STATUS_INVALID_DEVICE_REQUEST,
@@ -62,7 +66,7 @@ impl<P: BusPlatform> BusDevice<P> {
         if self.state() != DeviceState::Started {
             return STATUS_DEVICE_NOT_READY;
         }
-        let negotiated = match negotiate_current(size, version) {
+        let negotiated = match negotiate(size, version, SERVED_VERSION) {
             Ok(n) => n,
             Err(status) => return status,
         };

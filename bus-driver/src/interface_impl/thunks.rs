@@ -68,6 +68,7 @@ pub(super) fn interface_table<P: BusPlatform>(dev: &BusDevice<P>, negotiated: Ne
         start_channel: Some(thunk_start_channel::<P>),
         stop_channel: Some(thunk_stop_channel::<P>),
         register_completion: Some(thunk_register_completion::<P>),
+        program_frame_part: None,
     }
 }
 

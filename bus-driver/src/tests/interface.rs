@@ -9,7 +9,7 @@ use capdma_interface::status::{
 };
 use capdma_interface::table::{CapdmaBusInterface, ChannelFormat, DmaConfig, SgElement, CAPDMA_BUS_INTERFACE_SIZE_V1};
 use capdma_interface::{DmaMode, ModeReason};
-use std::mem::{size_of, MaybeUninit};
+use std::mem::MaybeUninit;
 
 const V1: u16 = CAPDMA_BUS_INTERFACE_SIZE_V1;
 
@@ -36,7 +36,7 @@ fn negotiation_through_query_interface() {
     assert_eq!(served.header.context, std::ptr::from_ref(&*h.dev).cast_mut().cast());
     assert!(served.program_frame.is_some() && served.register_completion.is_some());
     assert_eq!(h.dev.reference_count(), 1);
-    assert_eq!(usize::from(V1), size_of::<CapdmaBusInterface>());
+    assert_eq!(usize::from(V1), core::mem::offset_of!(CapdmaBusInterface, program_frame_part), "version 1 ends before ProgramFramePart");
 
     h.dev.surprise_remove();
     assert_eq!(h.dev.query_interface(V1, 1, table.as_mut_ptr()), STATUS_DEVICE_REMOVED);

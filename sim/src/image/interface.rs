@@ -142,6 +142,7 @@ impl ImageInterface {
             start_channel: Some(start_channel),
             stop_channel: Some(stop_channel),
             register_completion: Some(register_completion),
+            program_frame_part: None,
         }
     }
 }

@@ -25,6 +25,9 @@ pub const STATUS_INVALID_PARAMETER: NtStatus = nt(0xC000_000D);
 pub const STATUS_INVALID_DEVICE_REQUEST: NtStatus = nt(0xC000_0010);
 /// `STATUS_BUFFER_TOO_SMALL`: a structure is shorter than its header says or than required.
 pub const STATUS_BUFFER_TOO_SMALL: NtStatus = nt(0xC000_0023);
+/// `STATUS_INVALID_DEVICE_STATE`: the device is not in a state for the
+/// request (`ProgramFramePart`: a frame is, or is not, open).
+pub const STATUS_INVALID_DEVICE_STATE: NtStatus = nt(0xC000_0184);
 /// `STATUS_INSUFFICIENT_RESOURCES`: memory, common buffer or ring space ran out.
 pub const STATUS_INSUFFICIENT_RESOURCES: NtStatus = nt(0xC000_009A);
 /// `STATUS_NOT_SUPPORTED`: the request is not supported (also the status of an
@@ -68,6 +71,7 @@ pub const fn status_name(status: NtStatus) -> &'static str {
         STATUS_NOT_IMPLEMENTED => "STATUS_NOT_IMPLEMENTED",
         STATUS_INVALID_PARAMETER => "STATUS_INVALID_PARAMETER",
         STATUS_INVALID_DEVICE_REQUEST => "STATUS_INVALID_DEVICE_REQUEST",
+        STATUS_INVALID_DEVICE_STATE => "STATUS_INVALID_DEVICE_STATE",
         STATUS_BUFFER_TOO_SMALL => "STATUS_BUFFER_TOO_SMALL",
         STATUS_INSUFFICIENT_RESOURCES => "STATUS_INSUFFICIENT_RESOURCES",
         STATUS_NOT_SUPPORTED => "STATUS_NOT_SUPPORTED",

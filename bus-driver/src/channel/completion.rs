@@ -28,7 +28,7 @@
 use super::{Callback, ChannelState, Delivery, Pass, RecordFault};
 use crate::hw::{poll_reset, reset_channel, ChannelRegs, ResetOutcome};
 use crate::ports::{CoreEvent, RegisterPort, ResetCause};
-use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, CQ_STATUS_OK};
+use capdma_interface::descriptor::{CompletionRecord, CQ_STATUS_ERROR, CQ_STATUS_OK, CQ_STATUS_PART};
 use capdma_interface::regs::{channel, global, STATUS_HALTED};
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_IO_DEVICE_ERROR, STATUS_SUCCESS};
 use capdma_interface::table::{Completion, CompletionKind};
@@ -161,7 +161,7 @@ impl ChannelState {
         ch: u32,
     ) -> Result<Option<Completion>, RecordFault> {
         let status = match record.status {
-            CQ_STATUS_OK => STATUS_SUCCESS,
+            CQ_STATUS_OK | CQ_STATUS_PART => STATUS_SUCCESS,
             CQ_STATUS_ERROR => STATUS_IO_DEVICE_ERROR,
             _ => return Err(RecordFault::BadStatus),
         };
@@ -169,8 +169,13 @@ impl ChannelState {
         let Some(engine) = self.engine_mut() else {
             return Err(RecordFault::Unexpected);
         };
+        if record.status == CQ_STATUS_PART && !matches!(engine, super::engine::Engine::ScatterGather(_)) {
+            return Err(RecordFault::BadStatus);
+        }
         let (kind, tag) = engine.accept(cr, record, listening)?;
-        if status == STATUS_SUCCESS {
+        if kind == CompletionKind::FramePart {
+            self.stats.parts_completed = self.stats.parts_completed.saturating_add(1);
+        } else if status == STATUS_SUCCESS {
             self.stats.frames_completed = self.stats.frames_completed.saturating_add(1);
         } else {
             self.stats.frames_damaged = self.stats.frames_damaged.saturating_add(1);

@@ -128,7 +128,9 @@ impl Engine {
         listening: bool,
     ) -> Result<(CompletionKind, u32), RecordFault> {
         match self {
-            Self::ScatterGather(e) => e.complete(record).map(|tag| (CompletionKind::Frame, tag)),
+            Self::ScatterGather(e) => e
+                .complete(record)
+                .map(|(tag, last)| (if last { CompletionKind::Frame } else { CompletionKind::FramePart }, tag)),
             Self::CommonBuffer(e) => e.accept(cr, record, listening).map(|slot| (CompletionKind::Slot, slot)),
         }
     }
@@ -137,7 +139,7 @@ impl Engine {
     /// reset: its counters are 0 again). Returns the frames terminated.
     pub fn abort_posted(&mut self, status: NtStatus) -> usize {
         match self {
-            Self::ScatterGather(e) => e.frames_mut().abort_all(status),
+            Self::ScatterGather(e) => e.abort_all(status),
             Self::CommonBuffer(_) => 0,
         }
     }
@@ -147,7 +149,7 @@ impl Engine {
     /// reclaimed. Returns the frames terminated.
     pub fn stop(&mut self, status: NtStatus) -> usize {
         match self {
-            Self::ScatterGather(e) => e.frames_mut().abort_all(status),
+            Self::ScatterGather(e) => e.abort_all(status),
             Self::CommonBuffer(e) => {
                 e.stop();
                 0

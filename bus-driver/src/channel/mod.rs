@@ -42,9 +42,12 @@ pub enum RecordFault {
     Unexpected,
     /// S/G: the record's tag differs from the frame's.
     TagMismatch,
+    // (A `CQ_STATUS_PART` record for a frame's end, or an end's record for
+    // a part, is `Unexpected`.)
     /// `byte_count` exceeds the frame's bytes (S/G) or the slot's (CB).
     ByteCountTooLarge,
-    /// `status` is neither `CQ_STATUS_OK` nor `CQ_STATUS_ERROR`.
+    /// `status` is neither `CQ_STATUS_OK` nor `CQ_STATUS_ERROR` (nor, S/G,
+    /// `CQ_STATUS_PART`).
     BadStatus,
 }
 
@@ -56,6 +59,9 @@ pub struct ChannelStats {
     pub frames_completed: u64,
     /// Records with `CQ_STATUS_ERROR` (delivered with `STATUS_IO_DEVICE_ERROR`).
     pub frames_damaged: u64,
+    /// S/G: parts of frames posted in parts completed (`CQ_STATUS_PART`
+    /// records, delivered as `CompletionKind::FramePart`).
+    pub parts_completed: u64,
     /// S/G frames completed without a record: cancelled by `StopChannel`
     /// or device stop, failed by a reset, or removed.
     pub frames_aborted: u64,
@@ -242,6 +248,7 @@ impl ChannelState {
             stats: ChannelStats {
                 frames_completed: 0,
                 frames_damaged: 0,
+                parts_completed: 0,
                 frames_aborted: 0,
                 bad_records: 0,
                 board_errors: 0,

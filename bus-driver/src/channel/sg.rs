@@ -14,16 +14,27 @@
 //! channel is reset/stopped/removed and every posted frame is *terminated*
 //! with a status. Terminated frames stay in the table, at its front, until
 //! the delivery loop hands them to the child, so the table bounds both.
+//!
+//! A frame posted in parts (`ProgramFramePart`, interface version 2) has
+//! one table entry per part, in ring order; only its last part's entry
+//! ends the frame ([`InFlightFrame::last`]). Between its first part and the
+//! part that closes it the frame is *open* and no other frame may start. The
+//! board completes each earlier part with a `CQ_STATUS_PART` record
+//! (delivered as `CompletionKind::FramePart`); a termination delivers one
+//! completion per frame, from its last entry (an open frame's last posted
+//! part becomes its end when it is terminated).
 use super::format::{validate_picture, ChannelGeometry};
 use super::RecordFault;
 use crate::dma_buffer::{entries_bytes, DmaBuffer};
 use crate::hw::{split_u64, ChannelRegs};
 use crate::mode::FOUR_GIB;
 use crate::ports::{CommonBuffer, DmaAdapterPort, RegisterPort};
-use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
+use capdma_interface::descriptor::{
+    CompletionRecord, SgDescriptor, CQ_STATUS_PART, DESC_END_OF_FRAME, DESC_END_OF_PART, DESC_START_OF_FRAME,
+};
 use capdma_interface::regs::{channel, Caps, CTRL_RUN, CTRL_SG_MODE};
-use capdma_interface::status::{NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_PARAMETER};
-use capdma_interface::table::{ChannelFormat, DmaConfig, SgElement};
+use capdma_interface::status::{NtStatus, STATUS_DEVICE_BUSY, STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER};
+use capdma_interface::table::{ChannelFormat, DmaConfig, SgElement, CAPDMA_PART_END, CAPDMA_PART_START};
 use core::sync::atomic::{fence, Ordering};
 
 /// A channel's descriptor ring: `entries` 32-byte `SgDescriptor`s in one
@@ -65,12 +76,14 @@ impl DescriptorRing {
 pub struct SgEngine {
     ring: DescriptorRing,
     frames: InFlight,
+    /// The frame posted in parts and not closed yet: (tag, its bytes so far).
+    open: Option<(u32, u32)>,
 }
 
 impl SgEngine {
     /// An engine with nothing posted on `ring`.
     pub(crate) const fn new(ring: DescriptorRing) -> Self {
-        Self { ring, frames: InFlight::new() }
+        Self { ring, frames: InFlight::new(), open: None }
     }
 
     /// An engine over caller-owned memory instead of a common buffer of the
@@ -121,26 +134,92 @@ impl SgEngine {
     /// # Errors
     /// * `STATUS_INVALID_PARAMETER`: a bad element list as above, a `tag`
     ///   already in flight, or more elements than the ring has entries;
+    /// * `STATUS_INVALID_DEVICE_STATE`: a frame posted in parts is open;
     /// * `STATUS_DEVICE_BUSY`: the ring or the in-flight table
     ///   ([`MAX_INFLIGHT_FRAMES`]) is full now.
     ///
     /// Nothing is written or recorded on error.
     pub fn post_frame(&mut self, tag: u32, elements: &[SgElement], min_bytes: u32) -> Result<u32, NtStatus> {
+        if self.open.is_some() {
+            return Err(STATUS_INVALID_DEVICE_STATE);
+        }
         let ring = self.ring;
         let total = element_bytes(elements, ring.max_transfer, ring.address_64).ok_or(STATUS_INVALID_PARAMETER)?;
         if total < min_bytes || self.frames.has_tag(tag) {
             return Err(STATUS_INVALID_PARAMETER);
         }
         let count = u32::try_from(elements.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
-        let first = self.frames.push(count, total, tag, ring.entries)?;
+        let first = self.frames.push(InFlightFrame { count, bytes: total, tag, last: true, ..InFlightFrame::default() }, ring.entries)?;
+        self.write_descriptors(first, elements, tag, DESC_START_OF_FRAME, DESC_END_OF_FRAME);
+        Ok(first)
+    }
+
+    /// `ProgramFramePart`'s work under the channel lock: posts as many of
+    /// `elements` as the ring has free entries for, as one part of the frame
+    /// `tag` (`flags`: `CAPDMA_PART_START` on the frame's first part,
+    /// `CAPDMA_PART_END` when the elements reach the frame's end, honoured
+    /// only when all are accepted). The part's descriptors carry
+    /// `DESC_START_OF_FRAME` on the frame's first and, on its last,
+    /// `DESC_END_OF_FRAME` when the part closes the frame, else
+    /// `DESC_END_OF_PART`; one in-flight entry records the part (the frame's
+    /// bytes so far). `min_bytes` (the running format's `frame_bytes`) is
+    /// checked when the frame closes. Returns (the counter of the part's first
+    /// descriptor, elements accepted); the caller writes [`Self::producer`]
+    /// to `RING_PRODUCER`. Any IRQL; allocates nothing.
+    ///
+    /// # Errors
+    /// Nothing is written or recorded on error.
+    /// * `STATUS_INVALID_DEVICE_STATE`: `CAPDMA_PART_START` while a frame is
+    ///   open, or a continuation while none is;
+    /// * `STATUS_INVALID_PARAMETER`: unknown `flags`, a bad element list (as
+    ///   [`Self::post_frame`]), a START `tag` already in flight or a
+    ///   continuation's `tag` not the open frame's, or a closing part that
+    ///   leaves the frame below `min_bytes`;
+    /// * `STATUS_DEVICE_BUSY`: no free ring entry, or the in-flight table is
+    ///   full, now.
+    pub fn post_part(&mut self, tag: u32, elements: &[SgElement], flags: u32, min_bytes: u32) -> Result<(u32, u32), NtStatus> {
+        if flags & !(CAPDMA_PART_START | CAPDMA_PART_END) != 0 {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let start = flags & CAPDMA_PART_START != 0;
+        let before = match (start, self.open) {
+            (true, Some(_)) | (false, None) => return Err(STATUS_INVALID_DEVICE_STATE),
+            (false, Some((open, _))) if open != tag => return Err(STATUS_INVALID_PARAMETER),
+            (false, Some((_, bytes))) => bytes,
+            (true, None) if self.frames.has_tag(tag) => return Err(STATUS_INVALID_PARAMETER),
+            (true, None) => 0,
+        };
+        let ring = self.ring;
+        element_bytes(elements, ring.max_transfer, ring.address_64).ok_or(STATUS_INVALID_PARAMETER)?;
+        let free = self.frames.free_entries(ring.entries)?;
+        let accepted = elements.get(..elements.len().min(free as usize)).unwrap_or_default();
+        let count = u32::try_from(accepted.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
+        let closes = flags & CAPDMA_PART_END != 0 && accepted.len() == elements.len();
+        let part_bytes = element_bytes(accepted, ring.max_transfer, ring.address_64).ok_or(STATUS_DEVICE_BUSY)?;
+        let bytes = before.checked_add(part_bytes).ok_or(STATUS_INVALID_PARAMETER)?;
+        if closes && bytes < min_bytes {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let first = self.frames.push(InFlightFrame { count, bytes, tag, last: closes, ..InFlightFrame::default() }, ring.entries)?;
+        let end = if closes { DESC_END_OF_FRAME } else { DESC_END_OF_PART };
+        self.write_descriptors(first, accepted, tag, if start { DESC_START_OF_FRAME } else { 0 }, end);
+        self.open = (!closes).then_some((tag, bytes));
+        Ok((first, count))
+    }
+
+    /// Writes one descriptor per element from counter `first` on (`head`
+    /// flags on the first, `tail` on the last, `tag` on all; volatile
+    /// stores), then a release fence.
+    fn write_descriptors(&self, first: u32, elements: &[SgElement], tag: u32, head: u32, tail: u32) {
+        let ring = self.ring;
         let last = elements.len().saturating_sub(1);
         for (i, (element, offset)) in elements.iter().zip(0u32..).enumerate() {
             let mut flags = 0;
             if i == 0 {
-                flags |= DESC_START_OF_FRAME;
+                flags |= head;
             }
             if i == last {
-                flags |= DESC_END_OF_FRAME;
+                flags |= tail;
             }
             let descriptor = SgDescriptor {
                 address: element.logical_address,
@@ -155,23 +234,45 @@ impl SgEngine {
         }
         // The descriptors are visible to the board before it may read them.
         fence(Ordering::Release);
-        Ok(first)
     }
 
     /// Checks a completion record (untrusted) against the oldest posted
-    /// frame (`index` its first descriptor's entry, `tag` its tag,
-    /// `byte_count` at most its bytes); on success the frame leaves the
-    /// table, its descriptors are free again, and its tag is returned.
+    /// frame or part (`index` its first descriptor's entry, `tag` its tag,
+    /// `byte_count` at most the frame's bytes up to its end, a
+    /// `CQ_STATUS_PART` record for a part that does not end its frame and
+    /// only for one); on success the entry leaves the table, its descriptors
+    /// are free again, and its tag is returned with whether it ended the
+    /// frame (`false`: a part, delivered as `CompletionKind::FramePart`).
     ///
     /// # Errors
     /// The first check that fails; nothing changes then.
-    pub fn complete(&mut self, record: &CompletionRecord) -> Result<u32, RecordFault> {
-        self.frames.complete(record, self.ring.entries).map(|frame| frame.tag)
+    pub fn complete(&mut self, record: &CompletionRecord) -> Result<(u32, bool), RecordFault> {
+        self.frames.complete(record, self.ring.entries).map(|frame| (frame.tag, frame.last))
+    }
+
+    /// Terminates every posted frame with `status` (see
+    /// [`InFlight::abort_all`]); an open frame is closed: its last posted
+    /// part ends it. Returns the frames terminated.
+    pub(crate) fn abort_all(&mut self, status: NtStatus) -> usize {
+        let open = self.open.take();
+        if let Some((tag, _)) = open {
+            self.frames.close(tag);
+        }
+        let mut n = self.frames.abort_all(status);
+        if let Some((tag, _)) = open.filter(|(tag, _)| !self.frames.has_tag(*tag)) {
+            // Every part posted so far was completed: the frame still comes
+            // back, through an entry of no descriptors.
+            if self.frames.push_terminated(tag, status) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// A new run of the channel (`StartChannel`): nothing posted, counters 0.
     pub(crate) fn start(&mut self) {
         self.frames.clear();
+        self.open = None;
     }
 
     /// The ring's registers: `RING_BASE_LO/HI`, `RING_ENTRIES` and
@@ -255,17 +356,20 @@ fn element_bytes(elements: &[SgElement], max_transfer: u32, address_64: bool) ->
 /// Most frames posted (or terminated but not yet delivered) per channel.
 pub const MAX_INFLIGHT_FRAMES: usize = 32;
 
-/// One posted frame.
+/// One posted frame, or one part of a frame posted in parts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct InFlightFrame {
-    /// Counter of the frame's first descriptor (entry `first % entries`).
+    /// Counter of the entry's first descriptor (entry `first % entries`).
     pub first: u32,
-    /// Descriptors of the frame.
+    /// Descriptors of the entry.
     pub count: u32,
-    /// Bytes of all its elements.
+    /// Bytes of the frame's elements up to the end of this entry.
     pub bytes: u32,
     /// The child's tag.
     pub tag: u32,
+    /// The entry ends its frame (a frame posted whole, or its last part):
+    /// its completion is the frame's.
+    pub last: bool,
     /// `None` while posted; the status to complete it with once terminated.
     pub fate: Option<NtStatus>,
 }
@@ -283,7 +387,7 @@ pub(crate) struct InFlight {
 impl InFlight {
     /// An empty table.
     pub const fn new() -> Self {
-        const EMPTY: InFlightFrame = InFlightFrame { first: 0, count: 0, bytes: 0, tag: 0, fate: None };
+        const EMPTY: InFlightFrame = InFlightFrame { first: 0, count: 0, bytes: 0, tag: 0, last: false, fate: None };
         Self { frames: [EMPTY; MAX_INFLIGHT_FRAMES], head: 0, len: 0, producer: 0, retired: 0 }
     }
 
@@ -346,21 +450,62 @@ impl InFlight {
         Ok(())
     }
 
-    /// Records a frame of `count` descriptors and `bytes` bytes under `tag`,
-    /// advancing the producer. Returns the counter of its first descriptor
-    /// (the caller writes descriptors `first..first + count`).
+    /// Free ring entries now, when the table has room for one more entry.
+    ///
+    /// # Errors
+    /// `STATUS_DEVICE_BUSY` when the table is full or no entry is free.
+    pub fn free_entries(&self, entries: u32) -> Result<u32, NtStatus> {
+        let free = entries.saturating_sub(self.producer.wrapping_sub(self.retired));
+        if self.len >= MAX_INFLIGHT_FRAMES || free == 0 {
+            return Err(STATUS_DEVICE_BUSY);
+        }
+        Ok(free)
+    }
+
+    /// Records `entry` (its `count` descriptors, `bytes`, `tag`, `last`; its
+    /// `first` and `fate` are set here), advancing the producer. Returns the
+    /// counter of its first descriptor (the caller writes descriptors
+    /// `first..first + count`).
     ///
     /// # Errors
     /// As [`Self::check_room`].
-    pub fn push(&mut self, count: u32, bytes: u32, tag: u32, entries: u32) -> Result<u32, NtStatus> {
-        self.check_room(count, entries)?;
+    pub fn push(&mut self, entry: InFlightFrame, entries: u32) -> Result<u32, NtStatus> {
+        self.check_room(entry.count, entries)?;
         let first = self.producer;
         let index = (self.head + self.len) % MAX_INFLIGHT_FRAMES;
-        let entry = self.frames.get_mut(index).ok_or(STATUS_DEVICE_BUSY)?;
-        *entry = InFlightFrame { first, count, bytes, tag, fate: None };
+        let slot = self.frames.get_mut(index).ok_or(STATUS_DEVICE_BUSY)?;
+        *slot = InFlightFrame { first, fate: None, ..entry };
         self.len += 1;
-        self.producer = first.wrapping_add(count);
+        self.producer = first.wrapping_add(entry.count);
         Ok(first)
+    }
+
+    /// Appends frame `tag` terminated with `status`, holding no descriptors
+    /// (an open frame whose posted parts were all completed). `false` when
+    /// the table is full (it cannot be: the frame's first part had an entry,
+    /// and only the open frame adds entries while it is open).
+    fn push_terminated(&mut self, tag: u32, status: NtStatus) -> bool {
+        if self.len >= MAX_INFLIGHT_FRAMES {
+            return false;
+        }
+        let index = (self.head + self.len) % MAX_INFLIGHT_FRAMES;
+        let Some(slot) = self.frames.get_mut(index) else { return false };
+        *slot = InFlightFrame { first: self.producer, count: 0, bytes: 0, tag, last: true, fate: Some(status) };
+        self.len += 1;
+        true
+    }
+
+    /// The newest entry of frame `tag` becomes its end (an open frame about
+    /// to be terminated).
+    fn close(&mut self, tag: u32) {
+        for i in (0..self.len).rev() {
+            if let Some(f) = self.frames.get_mut((self.head + i) % MAX_INFLIGHT_FRAMES) {
+                if f.tag == tag {
+                    f.last = true;
+                    return;
+                }
+            }
+        }
     }
 
     /// Terminates every posted frame with `status` and forgets the ring
@@ -381,12 +526,18 @@ impl InFlight {
         n
     }
 
-    /// Removes and returns the front frame if it is terminated.
+    /// Removes and returns the front frame if it is terminated. Terminated
+    /// parts that do not end their frame leave the table on the way (their
+    /// frame's completion is its last entry's).
     pub fn pop_terminated(&mut self) -> Option<InFlightFrame> {
-        let front = *self.slot(0)?;
-        front.fate?;
-        self.pop_front();
-        Some(front)
+        loop {
+            let front = *self.slot(0)?;
+            front.fate?;
+            self.pop_front();
+            if front.last {
+                return Some(front);
+            }
+        }
     }
 
     fn pop_front(&mut self) {
@@ -416,6 +567,10 @@ impl InFlight {
         if front.tag != record.tag {
             return Err(RecordFault::TagMismatch);
         }
+        if (record.status == CQ_STATUS_PART) == front.last {
+            // A part's record for a frame's end, or a frame's for a part.
+            return Err(RecordFault::Unexpected);
+        }
         if record.byte_count > front.bytes {
             return Err(RecordFault::ByteCountTooLarge);
         }
@@ -430,6 +585,11 @@ mod tests {
     use super::*;
     use capdma_interface::status::STATUS_CANCELLED;
 
+    /// A frame posted whole: `count` descriptors, `bytes`, `tag`.
+    fn push(e: &mut InFlight, count: u32, bytes: u32, tag: u32, entries: u32) -> Result<u32, NtStatus> {
+        e.push(InFlightFrame { count, bytes, tag, last: true, ..InFlightFrame::default() }, entries)
+    }
+
     fn rec(index: u32, bytes: u32, tag: u32) -> CompletionRecord {
         CompletionRecord { index, byte_count: bytes, tag, ..Default::default() }
     }
@@ -437,14 +597,14 @@ mod tests {
     #[test]
     fn ring_space_is_accounted_by_descriptors() {
         let mut e = InFlight::new();
-        assert_eq!(e.push(40, 4000, 1, 64), Ok(0));
+        assert_eq!(push(&mut e, 40, 4000, 1, 64), Ok(0));
         assert_eq!(e.check_room(25, 64), Err(STATUS_DEVICE_BUSY));
-        assert_eq!(e.push(24, 2400, 2, 64), Ok(40));
+        assert_eq!(push(&mut e, 24, 2400, 2, 64), Ok(40));
         assert_eq!(e.check_room(1, 64), Err(STATUS_DEVICE_BUSY));
         assert_eq!(e.check_room(65, 64), Err(STATUS_INVALID_PARAMETER));
         assert_eq!(e.complete(&rec(0, 4000, 1), 64).map(|f| f.tag), Ok(1));
         // 40 descriptors retired: a frame of 40 fits again and wraps the ring.
-        assert_eq!(e.push(40, 4000, 3, 64), Ok(64));
+        assert_eq!(push(&mut e, 40, 4000, 3, 64), Ok(64));
         assert_eq!(e.complete(&rec(40, 2400, 2), 64).map(|f| f.tag), Ok(2));
         assert_eq!(e.complete(&rec(0, 1, 3), 64).map(|f| f.first), Ok(64));
         assert_eq!(e.len(), 0);
@@ -454,15 +614,15 @@ mod tests {
     fn table_capacity_is_enforced() {
         let mut e = InFlight::new();
         for t in 0..u32::try_from(MAX_INFLIGHT_FRAMES).unwrap() {
-            e.push(1, 10, t, 1024).unwrap();
+            push(&mut e, 1, 10, t, 1024).unwrap();
         }
-        assert_eq!(e.push(1, 10, 99, 1024), Err(STATUS_DEVICE_BUSY));
+        assert_eq!(push(&mut e, 1, 10, 99, 1024), Err(STATUS_DEVICE_BUSY));
     }
 
     #[test]
     fn bad_records_change_nothing() {
         let mut e = InFlight::new();
-        e.push(4, 100, 7, 64).unwrap();
+        push(&mut e, 4, 100, 7, 64).unwrap();
         assert_eq!(e.complete(&rec(64, 100, 7), 64), Err(RecordFault::IndexOutOfRange));
         assert_eq!(e.complete(&rec(1, 100, 7), 64), Err(RecordFault::Unexpected));
         assert_eq!(e.complete(&rec(0, 100, 8), 64), Err(RecordFault::TagMismatch));
@@ -550,16 +710,32 @@ mod tests {
     #[test]
     fn abort_terminates_in_order_and_frees_the_ring() {
         let mut e = InFlight::new();
-        e.push(30, 100, 1, 64).unwrap();
-        e.push(30, 100, 2, 64).unwrap();
+        push(&mut e, 30, 100, 1, 64).unwrap();
+        push(&mut e, 30, 100, 2, 64).unwrap();
         assert_eq!(e.abort_all(STATUS_CANCELLED), 2);
         assert_eq!(e.posted(), 0);
         // New frames may be posted before the terminated ones are delivered.
-        assert_eq!(e.push(60, 100, 3, 64), Ok(0));
+        assert_eq!(push(&mut e, 60, 100, 3, 64), Ok(0));
         assert!(e.has_tag(1) && e.has_tag(3));
         assert_eq!(e.pop_terminated().map(|f| (f.tag, f.fate)), Some((1, Some(STATUS_CANCELLED))));
         assert_eq!(e.pop_terminated().map(|f| f.tag), Some(2));
         assert_eq!(e.pop_terminated(), None);
         assert_eq!(e.complete(&rec(0, 100, 3), 64).map(|f| f.tag), Ok(3));
+    }
+
+    #[test]
+    fn a_terminated_frame_in_parts_comes_back_once_from_its_last_posted_part() {
+        let mut backing = vec![0u64; 4 * 8];
+        let mut e = engine(&mut backing, 8, true);
+        let part = [el(0x1000, 100); 3];
+        assert_eq!(e.post_part(5, &part, CAPDMA_PART_START, 0), Ok((0, 3)));
+        assert_eq!(e.post_part(5, &part, 0, 0), Ok((3, 3)));
+        assert_eq!(e.post_part(5, &part, CAPDMA_PART_END, 0), Ok((6, 2)), "two entries left: the frame stays open");
+        assert_eq!(e.frames().len(), 3);
+        assert_eq!(e.abort_all(STATUS_CANCELLED), 3);
+        let back = e.frames_mut().pop_terminated().expect("the frame");
+        assert_eq!((back.tag, back.last, back.fate, back.first), (5, true, Some(STATUS_CANCELLED), 6));
+        assert_eq!(e.frames_mut().pop_terminated(), None, "its earlier parts are not completions of their own");
+        assert_eq!(e.post_frame(6, &part, 0), Ok(0), "nothing open after the termination");
     }
 }

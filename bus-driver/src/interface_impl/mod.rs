@@ -25,9 +25,8 @@ use crate::hw::ChannelRegs;
 use crate::ports::{BusPlatform, DmaAdapterPort, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use capdma_interface::negotiate::negotiate;
 
-/// The highest interface version the bus serves (`ProgramFramePart`,
-/// version 2, is not served yet).
-pub const SERVED_VERSION: u16 = 1;
+/// The highest interface version the bus serves: 2 (`ProgramFramePart`).
+pub const SERVED_VERSION: u16 = capdma_interface::table::CAPDMA_BUS_INTERFACE_VERSION;
 use capdma_interface::regs::channel;
 use capdma_interface::status::{
     NtStatus, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_DEVICE_REMOVED, STATUS_INVALID_DEVICE_REQUEST,
@@ -165,31 +164,55 @@ impl<P: BusPlatform> BusDevice<P> {
     /// element, the frame in flight, a release fence), then
     /// `RING_PRODUCER` is written.
     fn program_frame(&self, channel: u32, tag: u32, elements: &[SgElement]) -> NtStatus {
-        let chan = match self.checked_channel(channel, DISPATCH_LEVEL) {
-            Ok(chan) => chan,
-            Err(status) => return status,
-        };
+        match self.post_on_ring(channel, |engine, frame_bytes| engine.post_frame(tag, elements, frame_bytes)) {
+            Ok(_) => STATUS_SUCCESS,
+            Err(status) => status,
+        }
+    }
+
+    /// `ProgramFramePart` (`<= DISPATCH_LEVEL`, interface version 2): the
+    /// S/G engine posts as much of the part as the ring has room for
+    /// ([`crate::channel::sg::SgEngine::post_part`]), then `RING_PRODUCER`
+    /// is written. Returns the elements accepted.
+    fn program_frame_part(&self, channel: u32, tag: u32, elements: &[SgElement], flags: u32) -> Result<u32, NtStatus> {
+        self.post_on_ring(channel, |engine, frame_bytes| engine.post_part(tag, elements, flags, frame_bytes))
+            .map(|(_, accepted)| accepted)
+    }
+
+    /// Posts on channel `channel`'s descriptor ring under its lock: `post`
+    /// gets the S/G engine and the running format's frame bytes; on success
+    /// `RING_PRODUCER` is written (unless the board is suspended: the
+    /// power-up hands the ring over).
+    ///
+    /// # Errors
+    /// The channel checks; `STATUS_DEVICE_NOT_READY` when the channel is not
+    /// running; `STATUS_INVALID_DEVICE_REQUEST` in common-buffer mode;
+    /// `post`'s error.
+    fn post_on_ring<T>(
+        &self,
+        channel: u32,
+        post: impl FnOnce(&mut crate::channel::sg::SgEngine, u32) -> Result<T, NtStatus>,
+    ) -> Result<T, NtStatus> {
+        let chan = self.checked_channel(channel, DISPATCH_LEVEL)?;
         let regs = self.platform.registers();
         self.at_dispatch(|| {
             let mut st = chan.state.lock();
             let running = st.run.map(|run| run.geometry.frame_bytes);
             let hw = st.hw(self.hardware_present());
             let engine = match st.engine_mut() {
-                None => return STATUS_DEVICE_NOT_READY,
+                None => return Err(STATUS_DEVICE_NOT_READY),
                 Some(Engine::ScatterGather(engine)) => engine,
-                Some(Engine::CommonBuffer(_)) => return STATUS_INVALID_DEVICE_REQUEST,
+                Some(Engine::CommonBuffer(_)) => return Err(STATUS_INVALID_DEVICE_REQUEST),
             };
             let Some(frame_bytes) = running else {
-                return STATUS_DEVICE_NOT_READY;
+                return Err(STATUS_DEVICE_NOT_READY);
             };
-            if let Err(status) = engine.post_frame(tag, elements, frame_bytes) {
-                return status;
-            }
+            let posted = post(engine, frame_bytes)?;
             // Suspended (`crate::power`): `power_up`'s resume hands it over.
             if hw {
                 ChannelRegs::new(regs, channel).write(channel::RING_PRODUCER, engine.producer());
             }
-            STATUS_SUCCESS
+            Ok(posted)
         })
     }
 

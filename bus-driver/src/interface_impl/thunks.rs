@@ -12,7 +12,7 @@ use crate::ports::BusPlatform;
 use capdma_interface::negotiate::Negotiated;
 use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER, STATUS_SUCCESS};
 use capdma_interface::table::{
-    CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
+    CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing, CAPDMA_PART_END,
 };
 use core::ffi::c_void;
 
@@ -68,7 +68,7 @@ pub(super) fn interface_table<P: BusPlatform>(dev: &BusDevice<P>, negotiated: Ne
         start_channel: Some(thunk_start_channel::<P>),
         stop_channel: Some(thunk_stop_channel::<P>),
         register_completion: Some(thunk_register_completion::<P>),
-        program_frame_part: None,
+        program_frame_part: Some(thunk_program_frame_part::<P>),
     }
 }
 
@@ -188,6 +188,39 @@ unsafe extern "system" fn thunk_program_frame<P: BusPlatform>(
     // most 65536 elements (1 MiB), so the slice size fits `isize`.
     let elements = unsafe { core::slice::from_raw_parts(elements, len) };
     dev.program_frame(channel, tag, elements)
+}
+
+/// `ProgramFramePart` (version 2).
+///
+/// # Safety
+/// `context` as for [`device`]; a non-null `elements` points to
+/// `element_count` readable `SgElement`s (`KSMAPPING`s); a non-null
+/// `accepted` points to a writable `ULONG`.
+unsafe extern "system" fn thunk_program_frame_part<P: BusPlatform>(
+    context: *mut c_void,
+    channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    element_count: u32,
+    flags: u32,
+    accepted: *mut u32,
+) -> NtStatus {
+    let dev = thunk!(device P, context, elements, accepted);
+    if !elements.is_aligned() || element_count == 0 {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // Elements beyond what any ring holds are never accepted: read no more.
+    let Ok(len) = usize::try_from(element_count.min(MAX_DESCRIPTOR_ENTRIES)) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: non-null and aligned; the caller guarantees `element_count`
+    // (>= `len`) readable elements unchanged during the call; `len` is at
+    // most 65536 elements (1 MiB), so the slice size fits `isize`.
+    let elements = unsafe { core::slice::from_raw_parts(elements, len) };
+    // A frame's end is only reached with all of its elements.
+    let flags = if len < element_count as usize { flags & !CAPDMA_PART_END } else { flags };
+    // SAFETY: `accepted` is non-null and writable per the caller's contract.
+    unsafe { answer(accepted, dev.program_frame_part(channel, tag, elements, flags)) }
 }
 
 /// `GetSlotRing`.

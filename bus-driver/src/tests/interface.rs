@@ -9,9 +9,10 @@ use capdma_interface::status::{
 };
 use capdma_interface::table::{CapdmaBusInterface, ChannelFormat, DmaConfig, SgElement, CAPDMA_BUS_INTERFACE_SIZE_V1};
 use capdma_interface::{DmaMode, ModeReason};
-use std::mem::MaybeUninit;
+use std::mem::{size_of, MaybeUninit};
 
 const V1: u16 = CAPDMA_BUS_INTERFACE_SIZE_V1;
+const V2: u16 = capdma_interface::table::CAPDMA_BUS_INTERFACE_SIZE_V2;
 
 #[test]
 fn negotiation_through_query_interface() {
@@ -24,19 +25,33 @@ fn negotiation_through_query_interface() {
     assert_eq!(h.dev.query_interface(V1 - 8, 1, table.as_mut_ptr()), STATUS_BUFFER_TOO_SMALL);
     assert_eq!(h.dev.reference_count(), 0, "failures take no reference");
 
-    // A newer child with a bigger table gets version 1 and only its bytes.
+    // A newer child with a bigger table gets version 2 and only its bytes.
     let mut big = [0xAAu8; 512];
     #[allow(clippy::cast_ptr_alignment, reason = "deliberately unaligned: the bus copies bytes")]
     let out = big.as_mut_ptr().cast::<CapdmaBusInterface>();
     assert_eq!(h.dev.query_interface(512, 7, out), STATUS_SUCCESS);
-    assert!(big[usize::from(V1)..].iter().all(|&b| b == 0xAA), "nothing written past the served table");
-    // SAFETY: test: the first V1 bytes were filled with a valid table (read unaligned).
+    assert!(big[usize::from(V2)..].iter().all(|&b| b == 0xAA), "nothing written past the served table");
+    // SAFETY: test: the first V2 bytes were filled with a valid table (read unaligned).
+    let served = unsafe { out.read_unaligned() };
+    assert_eq!((served.header.size, served.header.version), (V2, 2));
+    assert_eq!(served.header.context, std::ptr::from_ref(&*h.dev).cast_mut().cast());
+    assert!(served.program_frame.is_some() && served.program_frame_part.is_some());
+    assert_eq!(h.dev.reference_count(), 1);
+    assert_eq!(usize::from(V2), size_of::<CapdmaBusInterface>());
+
+    // A version-1 child gets the version-1 table: ProgramFramePart is not in it.
+    let mut old = [0xAAu8; 512];
+    #[allow(clippy::cast_ptr_alignment, reason = "deliberately unaligned: the bus copies bytes")]
+    let out = old.as_mut_ptr().cast::<CapdmaBusInterface>();
+    assert_eq!(h.dev.query_interface(V2, 1, out), STATUS_SUCCESS);
+    assert!(old[usize::from(V1)..].iter().all(|&b| b == 0xAA), "nothing written past the version-1 table");
+    // SAFETY: test: the first V1 bytes were filled (read unaligned).
     let served = unsafe { out.read_unaligned() };
     assert_eq!((served.header.size, served.header.version), (V1, 1));
-    assert_eq!(served.header.context, std::ptr::from_ref(&*h.dev).cast_mut().cast());
-    assert!(served.program_frame.is_some() && served.register_completion.is_some());
-    assert_eq!(h.dev.reference_count(), 1);
+    assert!(served.register_completion.is_some());
     assert_eq!(usize::from(V1), core::mem::offset_of!(CapdmaBusInterface, program_frame_part), "version 1 ends before ProgramFramePart");
+    assert_eq!(h.dev.query_interface(V1, 2, table.as_mut_ptr()), STATUS_BUFFER_TOO_SMALL, "version 2 needs its table");
+    h.dev.dereference();
 
     h.dev.surprise_remove();
     assert_eq!(h.dev.query_interface(V1, 1, table.as_mut_ptr()), STATUS_DEVICE_REMOVED);

@@ -4,6 +4,7 @@ mod concurrency;
 mod engine;
 mod fake;
 mod interface;
+mod parts;
 mod power;
 mod start_stop;
 
@@ -13,7 +14,8 @@ use capdma_interface::format::FOURCC_YUY2;
 use capdma_interface::regs::Caps;
 use capdma_interface::status::{NtStatus, STATUS_SUCCESS};
 use capdma_interface::table::{
-    CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1,
+    CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V2,
+    CAPDMA_BUS_INTERFACE_VERSION,
 };
 use core::ffi::c_void;
 use fake::{FakePlatform, Machine};
@@ -55,7 +57,7 @@ impl Harness {
 
     fn iface(&self) -> Iface {
         let mut table = std::mem::MaybeUninit::<CapdmaBusInterface>::zeroed();
-        let status = self.dev.query_interface(CAPDMA_BUS_INTERFACE_SIZE_V1, 1, table.as_mut_ptr());
+        let status = self.dev.query_interface(CAPDMA_BUS_INTERFACE_SIZE_V2, CAPDMA_BUS_INTERFACE_VERSION, table.as_mut_ptr());
         assert_eq!(status, STATUS_SUCCESS);
         // SAFETY: test: query_interface filled the whole table on success.
         Iface(unsafe { table.assume_init() })
@@ -128,6 +130,17 @@ impl Iface {
         let count = u32::try_from(elements.len()).unwrap();
         // SAFETY: test: live device; `elements` readable for `count` entries.
         unsafe { (self.0.program_frame.unwrap())(self.ctx(), ch, tag, elements.as_ptr(), count) }
+    }
+
+    /// `ProgramFramePart`: (status, elements accepted).
+    fn program_part(&self, ch: u32, tag: u32, elements: &[SgElement], flags: u32) -> (NtStatus, u32) {
+        let count = u32::try_from(elements.len()).unwrap();
+        let mut accepted = u32::MAX;
+        // SAFETY: test: live device; `elements` readable for `count` entries; `accepted` writable.
+        let s = unsafe {
+            (self.0.program_frame_part.unwrap())(self.ctx(), ch, tag, elements.as_ptr(), count, flags, &raw mut accepted)
+        };
+        (s, accepted)
     }
 
     fn slot_ring(&self, ch: u32) -> (NtStatus, SlotRing) {

@@ -152,18 +152,21 @@ fn the_configurations_of_stream_run_through_the_image() {
     }
 }
 
+/// The HAL refuses one transfer needing more map registers than it granted
+/// (a DMA violation, `sim/src/ks/mapping.rs`'s tests); KS maps a frame
+/// larger than the grant by several transfers instead, so every frame
+/// streams and nothing asks for more than the grant.
 #[test]
-fn a_transfer_larger_than_the_map_registers_granted_fails_the_run() {
+fn a_frame_larger_than_the_map_registers_granted_is_mapped_by_several_transfers() {
     let Some(path) = image() else { return };
     let mut c = config(path, BoardKind::ScatterGather);
     // 320x240 YUY2 is 38 pages; grant 16.
     c.drivers = Drivers::BusImage { path: machine::image::default_image_path(), map_register_limit: Some(16) };
+    let frames = c.frames;
     let report = machine::run(c, &mut RunHooks::default()).expect("the run");
-    assert!(!report.passed());
-    assert_eq!(report.channels[0].frames_delivered, 0);
-    assert!(report.violations.iter().any(|v| v.contains("more than the 16 IoGetDmaAdapter granted")), "{:?}", report.violations);
+    assert_clean(&report, "frames of 38 pages, 16 map registers");
+    assert_eq!(report.channels[0].frames_delivered, u64::from(frames));
 }
-
 
 #[test]
 fn the_json_says_which_drivers_ran_and_what_the_kernel_did() {

@@ -16,7 +16,7 @@ mod support;
 use std::path::PathBuf;
 
 use capdma_interface::guid::{GUID_BUS_INTERFACE_STANDARD, GUID_CAPDMA_BUS_INTERFACE};
-use capdma_interface::table::{CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION};
+use capdma_interface::table::{CAPDMA_BUS_INTERFACE_SIZE_V2, CAPDMA_BUS_INTERFACE_VERSION};
 use capdma_sim::board::{Board, BoardConfig};
 use capdma_sim::nt::{etw, hal, ke};
 use capdma_sim::nt::layout::irp::{bus_interface_standard, device_relations, interface, mj, mn, stack, status};
@@ -170,7 +170,7 @@ fn whole_life(resources: &StartResources, filters: usize, pend_start: bool) {
     let pdos: Vec<u64> = pnp.children.iter().map(|c| c.pdo).collect();
     for pdo in &pdos {
         let (st, table) = pnp
-            .query_interface(&mut sys, *pdo, &GUID_CAPDMA_BUS_INTERFACE, CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION)
+            .query_interface(&mut sys, *pdo, &GUID_CAPDMA_BUS_INTERFACE, CAPDMA_BUS_INTERFACE_SIZE_V2, CAPDMA_BUS_INTERFACE_VERSION)
             .expect("query interface");
         assert_eq!(st, status::SUCCESS);
         let m = &sys.machine;

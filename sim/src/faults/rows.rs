@@ -814,9 +814,9 @@ fn map_registers_scarce(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRo
 }
 
 fn map_registers_below_a_frame(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
-    let mut ctx = Ctx::new(spec, drivers, seed);
     // 160x120 YUY2 is 38400 bytes: 10 or 11 pages; the HAL grants 4.
     const GRANT: u32 = 4;
+    let mut ctx = Ctx::new(spec, drivers, seed);
     let config = MachineConfig { drivers: ctx.drivers.with_map_register_limit(GRANT), ..ctx.base() };
     let pages = capdma_bus::mode::map_registers_per_frame(config.width * config.height * 2);
     let mut m = match started(config) {

@@ -17,7 +17,8 @@ use std::cell::{Cell, RefCell};
 
 use capdma_interface::status::{NtStatus, STATUS_DEVICE_REMOVED, STATUS_INVALID_PARAMETER};
 use capdma_interface::table::{
-    CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
+    CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, InterfaceHeader, PfnCompletion, PfnProgramFramePart, SgElement,
+    SlotRing,
 };
 use capdma_winvm::{Machine, Stop};
 
@@ -33,9 +34,10 @@ pub struct GuestTable {
     pub version: u16,
     /// `Context`.
     pub context: u64,
-    /// `InterfaceReference`, `InterfaceDereference`, then the eight
-    /// routines in table order.
-    pub routines: [u64; 10],
+    /// `InterfaceReference`, `InterfaceDereference`, then the routines in
+    /// table order (the eight of version 1, `ProgramFramePart` of version 2:
+    /// 0 in a version-1 table).
+    pub routines: [u64; 11],
 }
 
 impl GuestTable {
@@ -44,11 +46,16 @@ impl GuestTable {
     /// # Errors
     /// A bugcheck when `va` is not mapped.
     pub fn read(m: &Machine, va: u64) -> Result<Self, Stop> {
-        let mut routines = [0u64; 10];
+        let size = m.read_u16(va)?;
+        let mut routines = [0u64; 11];
         for (i, r) in routines.iter_mut().enumerate() {
-            *r = m.read_u64(va + 16 + 8 * i as u64)?;
+            // Only what the answer's `Size` says it filled.
+            let offset = 16 + 8 * i as u64;
+            if offset + 8 <= u64::from(size) {
+                *r = m.read_u64(va + offset)?;
+            }
         }
-        Ok(Self { size: m.read_u16(va)?, version: m.read_u16(va + 2)?, context: m.read_u64(va + 8)?, routines })
+        Ok(Self { size, version: m.read_u16(va + 2)?, context: m.read_u64(va + 8)?, routines })
     }
 }
 
@@ -62,6 +69,7 @@ const RETURN_SLOT: usize = 6;
 const START_CHANNEL: usize = 7;
 const STOP_CHANNEL: usize = 8;
 const REGISTER_COMPLETION: usize = 9;
+const PROGRAM_FRAME_PART: usize = 10;
 
 /// A host completion callback registered through the interface.
 struct Callback {
@@ -142,7 +150,7 @@ impl ImageInterface {
             start_channel: Some(start_channel),
             stop_channel: Some(stop_channel),
             register_completion: Some(register_completion),
-            program_frame_part: None,
+            program_frame_part: (self.guest.routines[PROGRAM_FRAME_PART] != 0).then_some(program_frame_part as PfnProgramFramePart),
         }
     }
 }
@@ -297,6 +305,49 @@ unsafe extern "system" fn get_dma_adapter(
     unsafe { max_mapping_byte_count.write(max) };
     // SAFETY: as above.
     unsafe { map_registers.write(registers) };
+    st
+}
+
+/// `ProgramFramePart` (version 2): the elements and the `accepted` out
+/// value through kernel-owned guest memory.
+unsafe extern "system" fn program_frame_part(
+    context: *mut c_void,
+    channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    element_count: u32,
+    flags: u32,
+    accepted: *mut u32,
+) -> NtStatus {
+    if accepted.is_null() || (elements.is_null() && element_count != 0) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: as in `reference`.
+    let iface = unsafe { interface(context) };
+    let list: &[SgElement] = if element_count == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller passes `element_count` elements at `elements`.
+        unsafe { std::slice::from_raw_parts(elements, element_count as usize) }
+    };
+    let answer = active::with(|m, nt| {
+        let bytes = size_of_val(list) as u64;
+        let scratch = Scratch::new(iface, nt, m, bytes + 8)?;
+        for (i, e) in list.iter().enumerate() {
+            // SAFETY: SgElement is a u64 and two u32s, no padding.
+            unsafe { put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e) }?;
+        }
+        let out = scratch.va + bytes;
+        m.write_u32(out, u32::MAX)?;
+        let args = [u64::from(channel), u64::from(tag), scratch.va, u64::from(element_count), u64::from(flags), out];
+        let st = status(call(m, nt, iface, PROGRAM_FRAME_PART, &args)?);
+        Ok((st, m.read_u32(out)?))
+    });
+    let Some((st, value)) = answer else { return STATUS_DEVICE_REMOVED };
+    if st == capdma_interface::status::STATUS_SUCCESS {
+        // SAFETY: checked non-null; the caller's out-value.
+        unsafe { accepted.write(value) };
+    }
     st
 }
 

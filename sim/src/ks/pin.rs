@@ -344,17 +344,16 @@ impl SimKsPin {
         let Some(mapping) = mapping else { return false };
         let mut lists = Vec::new();
         for (at, length) in transfers(va, bytes as usize, mapping.adapter.map_register_grant()) {
-            match mapping.adapter.get_scatter_gather_list(va.wrapping_add(at), length) {
-                Ok(list) => lists.push(list),
-                Err(_) => {
-                    for list in &lists {
-                        mapping.adapter.put_scatter_gather_list(list);
-                    }
-                    let mut s = self.state.borrow_mut();
-                    s.stats.map_waits += 1;
-                    s.waiting_for_map_registers = true;
-                    return false;
+            if let Ok(list) = mapping.adapter.get_scatter_gather_list(va.wrapping_add(at), length) {
+                lists.push(list);
+            } else {
+                for list in &lists {
+                    mapping.adapter.put_scatter_gather_list(list);
                 }
+                let mut s = self.state.borrow_mut();
+                s.stats.map_waits += 1;
+                s.waiting_for_map_registers = true;
+                return false;
             }
         }
         let mappings: Vec<_> =

@@ -36,7 +36,7 @@ use capdma_bus::config::{
 };
 use capdma_interface::guid::GUID_CAPDMA_BUS_INTERFACE;
 use capdma_interface::status::STATUS_SUCCESS;
-use capdma_interface::table::{CapdmaBusInterface, CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_VERSION};
+use capdma_interface::table::{CapdmaBusInterface, CAPDMA_BUS_INTERFACE_SIZE_V2, CAPDMA_BUS_INTERFACE_VERSION};
 use capdma_winvm::{kvm_available, Stop};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -313,7 +313,7 @@ impl ImageWorld {
                 &mut self.sys,
                 pdo,
                 &GUID_CAPDMA_BUS_INTERFACE,
-                CAPDMA_BUS_INTERFACE_SIZE_V1,
+                CAPDMA_BUS_INTERFACE_SIZE_V2,
                 CAPDMA_BUS_INTERFACE_VERSION,
             )?;
             if st != 0 {
@@ -751,7 +751,7 @@ impl super::Machine {
                     &mut world.sys,
                     pdo,
                     &GUID_CAPDMA_BUS_INTERFACE,
-                    CAPDMA_BUS_INTERFACE_SIZE_V1,
+                    CAPDMA_BUS_INTERFACE_SIZE_V2,
                     CAPDMA_BUS_INTERFACE_VERSION,
                 );
                 world.collect_findings(&self.violations);

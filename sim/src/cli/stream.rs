@@ -89,6 +89,11 @@ pub struct StreamArgs {
     /// The `MaxMappingByteCount` registry override, bytes (at least 1; below a page is allowed).
     #[arg(long, value_parser = value_parser!(u32).range(1..))]
     max_mapping_bytes: Option<u32>,
+    /// The `DescriptorRingEntries` registry value: S/G descriptors per
+    /// channel, a power of two in 64..=65536 [default: the bus's, 16384]. A
+    /// frame with more mappings than this is posted in parts.
+    #[arg(long, value_parser = parse_ring_entries)]
+    ring_entries: Option<u32>,
     /// The board drives 32-bit addresses only.
     #[arg(long)]
     dma32: bool,
@@ -160,6 +165,15 @@ fn parse_hold_ms(s: &str) -> Result<f64, String> {
 }
 
 /// A power of two up to 1 MiB.
+fn parse_ring_entries(s: &str) -> Result<u32, String> {
+    use capdma_bus::config::{MAX_DESCRIPTOR_ENTRIES, MIN_DESCRIPTOR_ENTRIES};
+    let entries: u32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of descriptors"))?;
+    if !entries.is_power_of_two() || !(MIN_DESCRIPTOR_ENTRIES..=MAX_DESCRIPTOR_ENTRIES).contains(&entries) {
+        return Err(format!("{entries} is not a power of two in {MIN_DESCRIPTOR_ENTRIES}..={MAX_DESCRIPTOR_ENTRIES}"));
+    }
+    Ok(entries)
+}
+
 fn parse_alignment(s: &str) -> Result<u32, String> {
     let bytes: u32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of bytes"))?;
     if !bytes.is_power_of_two() || bytes > 1 << 20 {
@@ -217,6 +231,7 @@ fn config_from(args: &StreamArgs) -> Result<MachineConfig, Outcome> {
         config.app_hold_100ns = (args.app_hold_ms * 10_000.0).round() as u64;
     }
     config.max_mapping_bytes = args.max_mapping_bytes;
+    config.descriptor_ring_entries = args.ring_entries;
     config.dma32 = args.dma32;
     config.high_memory = args.high_memory;
     config.alignment = args.alignment;

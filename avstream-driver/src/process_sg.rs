@@ -60,12 +60,12 @@ use crate::device::AdapterRegistration;
 use crate::format::VideoFormat;
 use crate::ks_format::{KSMAPPING_SIZE, KSPIN_FLAG_GENERATE_MAPPINGS};
 use crate::pin::CapturePin;
-use crate::ports::KsPinPort;
+use crate::ports::{KsPinPort, StreamOffset};
 use capdma_interface::status::{
     NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,
     STATUS_SUCCESS,
 };
-use capdma_interface::table::{Completion, CompletionKind, DmaConfig};
+use capdma_interface::table::{Completion, CompletionKind, DmaConfig, CAPDMA_PART_END, CAPDMA_PART_START};
 
 /// Device start of an S/G channel: checks `max_transfer` and
 /// `descriptor_count` (nonzero), `GetDmaAdapter`, and answers what the glue
@@ -131,11 +131,21 @@ impl<P: Copy> SgEngine<P> {
         };
         loop {
             let offset = pin.port.offset_out(leading);
-            let extent = pin.port.frame_extent(leading);
-            let next = if offset.mappings.is_null() || offset.remaining == 0 || extent < format.image_bytes {
+            let next = if offset.remaining > 0 && offset.remaining < offset.count && !offset.mappings.is_null() {
+                // In the middle of a frame posted in parts.
+                match pin.locked(&self.clones, |t| t.open_frame()) {
+                    Some(tag) => self.post_next_part(pin, leading, tag, offset),
+                    None => Self::eject_rest(pin, leading),
+                }
+            } else if offset.mappings.is_null()
+                || offset.remaining == 0
+                || pin.port.frame_extent(leading) < format.image_bytes
+            {
                 Self::drop_leading(pin, leading)
-            } else {
+            } else if offset.remaining <= pin.config.descriptor_count || !pin.bus.supports_frame_parts() {
                 self.post_frame(pin, leading, offset.remaining)
+            } else {
+                self.post_first_part(pin, leading, offset)
             };
             match next {
                 Next::Continue => {}
@@ -148,34 +158,96 @@ impl<P: Copy> SgEngine<P> {
     fn drop_leading<K: KsPinPort<StreamPointer = P>>(pin: &CapturePin<K>, leading: P) -> Next {
         pin.dropped_frame();
         pin.port.complete_frame(leading, &pin.empty_completion(0));
+        Self::eject_rest(pin, leading)
+    }
+
+    /// Ejects the leading edge's frame without completing it (it is
+    /// completed, or will be, through its clone).
+    fn eject_rest<K: KsPinPort<StreamPointer = P>>(pin: &CapturePin<K>, leading: P) -> Next {
         match pin.port.advance_offsets(leading, 0, true) {
             Ok(()) => Next::Continue,
             Err(_) => Next::Return(STATUS_SUCCESS),
         }
     }
 
-    fn post_frame<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>, leading: P, mappings: u32) -> Next {
+    /// Clones the leading edge and puts the clone in the table (steps 2-4
+    /// of the module documentation), `open` when the frame goes in parts.
+    /// Answers the clone, its tag and the frames that were in flight
+    /// before it.
+    fn track<K: KsPinPort<StreamPointer = P>>(
+        &self,
+        pin: &CapturePin<K>,
+        leading: P,
+        open: bool,
+    ) -> Result<(P, u32, u32), Next> {
         let Some(index) = pin.locked(&self.clones, |t| t.free_index()) else {
             pin.port.unlock(leading, false);
-            return Next::Return(STATUS_PENDING);
+            return Err(Next::Return(STATUS_PENDING));
         };
         let Ok(clone) = pin.port.clone_pointer(leading) else {
             if pin.locked(&self.clones, |t| t.in_flight()) > 0 {
                 pin.port.unlock(leading, false);
-                return Next::Return(STATUS_PENDING);
+                return Err(Next::Return(STATUS_PENDING));
             }
-            return Self::drop_leading(pin, leading);
+            return Err(Self::drop_leading(pin, leading));
         };
         // `others`: frames in flight when this one joined them. Each of them
         // completes later (only its completion takes it out of the table)
-        // and calls `KsPinAttemptProcessing`.
-        let inserted =
-            pin.locked(&self.clones, |t| t.insert(index, clone).map(|tag| (tag, t.in_flight().saturating_sub(1))));
+        // and calls `KsPinAttemptProcessing`. A frame posted in parts is
+        // open before its first part is posted: its `FramePart` completion
+        // may run on another processor before `ProgramFramePart` returns.
+        let inserted = pin.locked(&self.clones, |t| {
+            let tag = t.insert(index, clone)?;
+            if open {
+                t.open(tag);
+            }
+            Some((tag, t.in_flight().saturating_sub(1)))
+        });
         let Some((tag, others)) = inserted else {
             // Only Process fills entries, and it found this one free.
             pin.port.delete(clone);
             pin.port.unlock(leading, false);
-            return Next::Return(STATUS_PENDING);
+            return Err(Next::Return(STATUS_PENDING));
+        };
+        Ok((clone, tag, others))
+    }
+
+    /// Takes a clone that the bus refused (nothing posted) back out of the
+    /// table and deletes it; then, for the refusal `status`, waits or drops
+    /// the frame (step 5 of the module documentation).
+    fn refused<K: KsPinPort<StreamPointer = P>>(
+        &self,
+        pin: &CapturePin<K>,
+        leading: P,
+        tag: u32,
+        others: u32,
+        status: NtStatus,
+    ) -> Next {
+        if let Some(clone) = pin.locked(&self.clones, |t| t.take(tag)) {
+            pin.port.delete(clone);
+        }
+        match status {
+            // Ring full: wait for the frames that were in flight. Not
+            // the count now: they may all have completed on another
+            // processor since the bus said BUSY, and a frame that fits
+            // would be dropped as one that never does (their
+            // completions asked for this Process to run again).
+            STATUS_DEVICE_BUSY if others > 0 => {
+                pin.port.unlock(leading, false);
+                Next::Return(STATUS_PENDING)
+            }
+            STATUS_DEVICE_NOT_READY => {
+                pin.port.unlock(leading, false);
+                Next::Return(STATUS_PENDING)
+            }
+            _ => Self::drop_leading(pin, leading),
+        }
+    }
+
+    fn post_frame<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>, leading: P, mappings: u32) -> Next {
+        let (clone, tag, others) = match self.track(pin, leading, false) {
+            Ok(tracked) => tracked,
+            Err(next) => return next,
         };
         let clone_offset = pin.port.offset_out(clone);
         let count = clone_offset.remaining.min(mappings);
@@ -193,36 +265,135 @@ impl<P: Copy> SgEngine<P> {
                     Err(_) => Next::Return(STATUS_SUCCESS),
                 }
             }
-            Err(status) => {
-                if let Some(clone) = pin.locked(&self.clones, |t| t.take(tag)) {
-                    pin.port.delete(clone);
-                }
-                match status {
-                    // Ring full: wait for the frames that were in flight. Not
-                    // the count now: they may all have completed on another
-                    // processor since the bus said BUSY, and a frame that fits
-                    // would be dropped as one that never does (their
-                    // completions asked for this Process to run again).
-                    STATUS_DEVICE_BUSY if others > 0 => {
-                        pin.port.unlock(leading, false);
-                        Next::Return(STATUS_PENDING)
-                    }
-                    STATUS_DEVICE_NOT_READY => {
-                        pin.port.unlock(leading, false);
-                        Next::Return(STATUS_PENDING)
-                    }
-                    _ => Self::drop_leading(pin, leading),
-                }
-            }
+            Err(status) => self.refused(pin, leading, tag, others, status),
         }
     }
 
-    /// The completion of a frame (see the module documentation).
+    /// The first part of a frame with more mappings than the ring has
+    /// entries (step 6 of the module documentation).
+    fn post_first_part<K: KsPinPort<StreamPointer = P>>(
+        &self,
+        pin: &CapturePin<K>,
+        leading: P,
+        offset: StreamOffset,
+    ) -> Next {
+        let (_clone, tag, others) = match self.track(pin, leading, true) {
+            Ok(tracked) => tracked,
+            Err(next) => return next,
+        };
+        // SAFETY: `offset.mappings` is the locked leading edge's
+        // `OffsetOut.Mappings` at the frame's start: `Remaining` KSMAPPINGs
+        // (layout-identical to `SgElement`) that KS keeps valid while the
+        // pointer is locked, for the duration of the call.
+        let posted = unsafe {
+            pin.bus.program_frame_part(tag, offset.mappings, offset.remaining, CAPDMA_PART_START | CAPDMA_PART_END)
+        };
+        match posted {
+            Ok(accepted) if (1..=offset.remaining).contains(&accepted) => {
+                pin.stats.part_posted(accepted, true);
+                self.advance_part(pin, leading, tag, accepted, offset.remaining)
+            }
+            // A success that posted nothing or more than offered: the bus
+            // holds the frame (the clone stays for its completion).
+            Ok(_) => self.abandon_parts(pin, leading, tag),
+            Err(status) => self.refused(pin, leading, tag, others, status),
+        }
+    }
+
+    /// A later part of the open frame `tag`, from the leading edge (step 7
+    /// of the module documentation).
+    fn post_next_part<K: KsPinPort<StreamPointer = P>>(
+        &self,
+        pin: &CapturePin<K>,
+        leading: P,
+        tag: u32,
+        offset: StreamOffset,
+    ) -> Next {
+        // SAFETY: `offset.mappings` is the locked leading edge's
+        // `OffsetOut.Mappings`: the frame's `Remaining` KSMAPPINGs not yet
+        // posted, valid while the pointer is locked, for the duration of
+        // the call (the frame is held by its clone, in the table under `tag`).
+        let posted = unsafe { pin.bus.program_frame_part(tag, offset.mappings, offset.remaining, CAPDMA_PART_END) };
+        match posted {
+            Ok(accepted) if (1..=offset.remaining).contains(&accepted) => {
+                pin.stats.part_posted(accepted, false);
+                self.advance_part(pin, leading, tag, accepted, offset.remaining)
+            }
+            // No room now, or the channel is stopping: the frame's clone is
+            // in flight, so a completion comes (a part of it, or the frame
+            // terminated) and calls `KsPinAttemptProcessing`.
+            Err(STATUS_DEVICE_BUSY | STATUS_DEVICE_NOT_READY) => {
+                pin.port.unlock(leading, false);
+                Next::Return(STATUS_PENDING)
+            }
+            Ok(_) | Err(_) => self.abandon_parts(pin, leading, tag),
+        }
+    }
+
+    /// After `accepted` of the `remaining` mappings were posted as a part
+    /// of `tag`: all of them closed the frame, and the leading edge moves
+    /// to the next frame; fewer leave it open, the leading edge on its
+    /// first mapping not posted, unlocked, until a completion.
+    fn advance_part<K: KsPinPort<StreamPointer = P>>(
+        &self,
+        pin: &CapturePin<K>,
+        leading: P,
+        tag: u32,
+        accepted: u32,
+        remaining: u32,
+    ) -> Next {
+        if accepted == remaining {
+            // `CAPDMA_PART_END` honoured: no more parts. (Its completion
+            // may have taken the entry already: closing is idempotent.)
+            pin.locked(&self.clones, |t| t.close(tag));
+            return match pin.port.advance_offsets(leading, accepted, false) {
+                Ok(()) => Next::Continue,
+                Err(_) => Next::Return(STATUS_SUCCESS),
+            };
+        }
+        match pin.port.advance_offsets(leading, accepted, false) {
+            Ok(()) => {
+                pin.port.unlock(leading, false);
+                Next::Return(STATUS_PENDING)
+            }
+            // Not reached within a frame; the pointer is unlocked either way.
+            Err(_) => Next::Return(STATUS_PENDING),
+        }
+    }
+
+    /// The bus answered a part of the open frame `tag` in a way the
+    /// contract does not allow (or the frame was terminated since it was
+    /// read as open): the frame is closed here and the rest of it ejected
+    /// from the leading edge, not completed — its clone stays in the table
+    /// for the bus's termination of the frame (one `Frame` completion,
+    /// cancelled or failed), which completes it once. Counted as a part
+    /// error unless the frame was no longer open.
+    fn abandon_parts<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>, leading: P, tag: u32) -> Next {
+        if pin.locked(&self.clones, |t| t.close(tag)) {
+            pin.stats.part_refused();
+        }
+        Self::eject_rest(pin, leading)
+    }
+
+    /// The completion of a frame, or of a part of a frame posted in parts
+    /// (see the module documentation).
     pub(crate) fn complete<K: KsPinPort<StreamPointer = P>>(&self, pin: &CapturePin<K>, completion: &Completion) {
+        if completion.kind == CompletionKind::FramePart as u32 {
+            let ours = pin.locked(&self.clones, |t| t.in_parts(completion.tag));
+            if ours && completion.status == STATUS_SUCCESS {
+                pin.stats.part_completed();
+                pin.port.attempt_processing(true);
+            } else {
+                pin.stats.bad_completion();
+            }
+            return;
+        }
         if completion.kind != CompletionKind::Frame as u32 {
             pin.stats.bad_completion();
             return;
         }
+        // Taking the entry also closes the frame if it was open (the bus
+        // terminated it: cancelled or failed).
         let Some(clone) = pin.locked(&self.clones, |t| t.take(completion.tag)) else {
             pin.stats.bad_completion();
             return;
@@ -267,6 +438,11 @@ impl<P: Copy> SgEngine<P> {
         // The bus holds the posted frames until the engine's reset
         // completes (the board may still write them): their clones stay
         // until those completions arrive, never handed back early.
+        // No more parts: a frame left open is terminated by the stop (its
+        // `Frame` completion, now or when the bus hands it back, completes
+        // its clone); the rest of it at the leading edge is ejected by the
+        // next Process.
+        pin.locked(&self.clones, CloneTable::forget_open);
         if outcome == Ok(StopOutcome::FramesHeld) {
             return;
         }

@@ -542,6 +542,11 @@ impl FakePort {
         self.leading.get()
     }
 
+    /// `OffsetOut` of the leading edge into its frame (mappings advanced over).
+    pub fn leading_offset(&self) -> u32 {
+        self.leading_offset.get()
+    }
+
     /// Clones alive.
     pub fn live_clones(&self) -> usize {
         self.clones.borrow().iter().flatten().count()

@@ -7,32 +7,53 @@
 //! `KSPIN_FLAG_GENERATE_MAPPINGS` (`device_setup`). A format fits when its
 //! image does not exceed `max_frame_bytes` (when the bus states one: `fits`).
 //!
-//! **Stop** (`RUN -> PAUSE`, after `StopChannel`): clones the bus failed to
-//! cancel are completed empty and deleted (counted as bad) — unless the bus
-//! holds the posted frames until the engine's reset completes
-//! (`StopOutcome::FramesHeld`): then their clones stay until those
-//! completions arrive, never handed back early.
-//!
+//! **Stop** (`RUN -> PAUSE`, after `StopChannel`): the open frame (below)
+//! is forgotten (the stop terminates it on the bus: one `Frame` completion
+//! completes its clone); clones the bus failed to cancel are completed
+//! empty and deleted (counted as bad) — unless the bus holds the posted
+//! frames until the engine's reset completes (`StopOutcome::FramesHeld`):
+//! then their clones stay until those completions arrive, never handed
+//! back early.
 //!
 //! The pin has `KSPIN_FLAG_GENERATE_MAPPINGS`: KS gives each frame's
 //! `OffsetOut` as `KSMAPPING`s built with the registered adapter, split at
 //! `MaxMappingByteCount`. KS generates a frame's mappings all at once when
 //! the frame reaches the leading edge, so a clone of the leading edge at
 //! the frame's start holds the whole frame's mappings (`Remaining` of them)
-//! and one `ProgramFrame` posts the whole frame.
+//! and one `ProgramFrame` posts the whole frame — when the channel's
+//! descriptor ring (`DmaConfig.descriptor_count` entries, one per mapping)
+//! can hold them. A frame with more mappings than that can never be posted
+//! whole: with interface version 2 (`BusChannel::supports_frame_parts`) it
+//! is posted in *parts* with `ProgramFramePart` as the ring has room (the
+//! pattern of the avshws sample, whose hardware takes as many mappings as
+//! its S/G table has room for and the leading edge advances by those);
+//! with version 1 it is dropped (step 5, `STATUS_DEVICE_BUSY` with nothing
+//! in flight). One frame at a time is *open* (its first part posted, its
+//! last not yet): the clone table records it under the clone table's lock.
 //!
 //! **Process** (PASSIVE, serialised by KS), for each frame at the leading edge:
 //!
-//! 1. A frame without mappings or whose `FrameExtent` is below the image
-//!    size is dropped: completed with `DataUsed = 0` and ejected.
+//! 1. A leading edge in the middle of a frame (`0 < Remaining < Count`):
+//!    with a frame open, its next part (step 7); with none (the open frame
+//!    was terminated — cancelled or failed — by a `Frame` completion that
+//!    already completed it through its clone, or forgotten at a stop), the
+//!    rest is ejected (`KsStreamPointerAdvanceOffsets(LeadingEdge, 0, 0,
+//!    TRUE)`) without completing the frame again. Otherwise, a frame
+//!    without mappings or whose `FrameExtent` is below the image size is
+//!    dropped: completed with `DataUsed = 0` and ejected.
 //! 2. A free tag in the clone table, else unlock and `STATUS_PENDING` (a
 //!    completion frees one and calls `KsPinAttemptProcessing`).
 //! 3. `KsStreamPointerClone`; failure with frames in flight -> unlock,
 //!    `STATUS_PENDING`; with none in flight (nothing would wake us) the frame
-//!    is dropped and processing goes on.
-//! 4. The clone goes into the table *before* `ProgramFrame` (its completion
-//!    may run on another processor before `ProgramFrame` returns).
-//! 5. `ProgramFrame(tag, clone.OffsetOut.Mappings, Remaining)`:
+//!    is dropped and processing goes on. One clone (one tag) per frame,
+//!    posted whole or in parts; it holds the frame until its `Frame`
+//!    completion.
+//! 4. The clone goes into the table *before* the bus is called (its
+//!    completion may run on another processor before the call returns);
+//!    a frame going in parts is made the open frame then too (its first
+//!    `FramePart` completion may come as early).
+//! 5. `Remaining <= descriptor_count`, or a version-1 bus:
+//!    `ProgramFrame(tag, clone.OffsetOut.Mappings, Remaining)`:
 //!    * success: `KsStreamPointerAdvanceOffsets(LeadingEdge, 0, Remaining,
 //!      FALSE)` moves to the next frame; `STATUS_DEVICE_NOT_READY` from it
 //!      means no more frames: `STATUS_SUCCESS`.
@@ -45,15 +66,58 @@
 //!    * `STATUS_DEVICE_NOT_READY` (channel stopping): clone deleted, unlock,
 //!      `STATUS_PENDING`.
 //!    * any other error (elements the bus refuses): clone deleted, frame dropped.
+//! 6. More mappings than the ring has entries, version 2: the first part,
+//!    `ProgramFramePart(tag, LeadingEdge.OffsetOut.Mappings, Remaining,
+//!    CAPDMA_PART_START | CAPDMA_PART_END, &accepted)`:
+//!    * success (`1 <= accepted <= Remaining`):
+//!      `KsStreamPointerAdvanceOffsets(LeadingEdge, 0, accepted, FALSE)`.
+//!      All accepted: `END` was honoured, the frame is closed and the
+//!      leading edge is on the next frame: go on. Fewer: the frame stays
+//!      open, the leading edge on its first mapping not posted; unlock and
+//!      `STATUS_PENDING` (the ring is full: the part's `FramePart`
+//!      completion restarts processing).
+//!    * an error (nothing posted): as step 5's (clone deleted, the frame
+//!      closed; `BUSY` with nothing in flight drops it).
+//!    * a success with an impossible `accepted` (0, or above `Remaining`):
+//!      as step 7's other errors.
+//! 7. A later part of the open frame: `ProgramFramePart(open tag,
+//!    LeadingEdge.OffsetOut.Mappings, Remaining, CAPDMA_PART_END,
+//!    &accepted)`, the same advance rule:
+//!    * `STATUS_DEVICE_BUSY` (no room now) or `STATUS_DEVICE_NOT_READY`:
+//!      unlock, `STATUS_PENDING`. The frame's clone is in flight, so a
+//!      completion comes: a part of it (`FramePart`), or the frame itself
+//!      when the bus terminates it.
+//!    * any other error, or an impossible `accepted`: the bus answered
+//!      against the contract (or terminated the frame since it was read as
+//!      open). Counted (`frame_part_errors`, unless the frame was no longer
+//!      open), the frame closed here, the rest of it ejected from the
+//!      leading edge without completing it; the clone stays in the table
+//!      for the bus's termination of the frame (exactly one `Frame`
+//!      completion: the stop or reset that ends the open frame), which
+//!      completes it once. Deleting the clone here instead could hand the
+//!      buffer back while the board may still write its posted parts.
 //!
-//! **Completion** (`DISPATCH_LEVEL`): the tag finds the clone (unknown tags
-//! are counted and ignored). `STATUS_SUCCESS` with `0 < bytes_written <=
-//! FrameExtent` delivers the frame (`DataUsed = bytes_written`,
-//! `PresentationTime = timestamp`, `Duration` = frame interval,
-//! `PictureNumber` = the board's frame number, `DropCount`); any other
-//! status, or an impossible byte count, completes it with `DataUsed = 0`
-//! (cancelled or dropped, never delivered as good). Then the clone is
-//! deleted and `KsPinAttemptProcessing(TRUE)` called.
+//! **Completion** (`DISPATCH_LEVEL`):
+//!
+//! * `FramePart` (a part of a frame posted in parts was written): for a
+//!   tag in flight that was posted in parts (the open frame, or one whose
+//!   last part is posted but not yet complete), `STATUS_SUCCESS`: counted
+//!   (`frame_part_completions`) and `KsPinAttemptProcessing(TRUE)`; the
+//!   clone stays, nothing is handed back. Any other `FramePart` is counted
+//!   as bad and ignored.
+//! * `Frame`: the tag finds the clone (unknown tags are counted and
+//!   ignored) and takes it out of the table, which also closes the frame
+//!   if it was open (terminated). `STATUS_SUCCESS` with `0 < bytes_written <=
+//!   FrameExtent` delivers the frame (`DataUsed = bytes_written`, for a
+//!   frame posted in parts the whole frame's bytes;
+//!   `PresentationTime = timestamp`, `Duration` = frame interval,
+//!   `PictureNumber` = the board's frame number, `DropCount`); any other
+//!   status, or an impossible byte count, completes it with `DataUsed = 0`
+//!   (cancelled or dropped, never delivered as good). Then the clone is
+//!   deleted and `KsPinAttemptProcessing(TRUE)` called.
+//!
+//! The completion takes the clone table's spin lock only (at
+//! `DISPATCH_LEVEL`, never across a KS or bus call) and allocates nothing.
 use crate::bus_client::{BusChannel, StopOutcome};
 use crate::clones::CloneTable;
 use crate::device::AdapterRegistration;

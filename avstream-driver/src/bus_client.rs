@@ -20,8 +20,8 @@ use capdma_interface::status::{
 };
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, DmaConfig, InterfaceHeader, PfnCompletion, PfnGetDmaAdapter, PfnGetDmaConfig,
-    PfnGetSlotRing, PfnInterfaceReference, PfnProgramFrame, PfnRegisterCompletion, PfnReturnSlot, PfnStartChannel,
-    PfnStopChannel, SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V1,
+    PfnGetSlotRing, PfnInterfaceReference, PfnProgramFrame, PfnProgramFramePart, PfnRegisterCompletion, PfnReturnSlot,
+    PfnStartChannel, PfnStopChannel, SgElement, SlotRing, CAPDMA_BUS_INTERFACE_SIZE_V2, CAPDMA_BUS_INTERFACE_VERSION,
 };
 use core::ffi::c_void;
 use core::ptr;
@@ -71,6 +71,8 @@ pub struct BusChannel {
     start_channel: PfnStartChannel,
     stop_channel: PfnStopChannel,
     register_completion: PfnRegisterCompletion,
+    /// Version 2 only: `None` on a version-1 bus.
+    program_frame_part: Option<PfnProgramFramePart>,
 }
 
 // SAFETY: the interface contract makes every function callable from any
@@ -139,6 +141,54 @@ impl BusChannel {
     pub unsafe fn program_frame(&self, tag: u32, elements: *const SgElement, count: u32) -> Result<(), NtStatus> {
         // SAFETY: see the impl comment; the caller guarantees `elements`.
         to_result(unsafe { (self.program_frame)(self.context, self.channel, tag, elements, count) })
+    }
+
+    /// Whether the bus serves `ProgramFramePart` (interface version 2): a
+    /// frame with more mappings than the descriptor ring has entries can
+    /// then be posted in parts ([`Self::program_frame_part`]).
+    #[must_use]
+    pub fn supports_frame_parts(&self) -> bool {
+        self.program_frame_part.is_some()
+    }
+
+    /// `ProgramFramePart` (interface version 2): posts up to `count`
+    /// elements (`KSMAPPING`s) of the frame posted in parts under `tag`,
+    /// as many as the descriptor ring has free entries for. `flags`:
+    /// `CAPDMA_PART_START` on the frame's first part, `CAPDMA_PART_END`
+    /// when the elements reach the frame's end (honoured only when all are
+    /// accepted: that closes the frame). Answers how many elements were
+    /// posted (`1..=count` on success; the caller advances its stream
+    /// pointer by them). `<= DISPATCH_LEVEL`. Follows
+    /// `capdma_interface::table::PfnProgramFramePart`.
+    ///
+    /// # Errors
+    /// `STATUS_NOT_SUPPORTED` on a version-1 bus (nothing called); else
+    /// the bus's status, nothing posted: `STATUS_DEVICE_BUSY` (no free
+    /// ring entry now), `STATUS_INVALID_DEVICE_STATE` (`START` while a
+    /// frame is open, or a continuation while none is),
+    /// `STATUS_INVALID_PARAMETER`, `STATUS_DEVICE_NOT_READY` (not
+    /// running), `STATUS_INVALID_DEVICE_REQUEST`.
+    ///
+    /// # Safety
+    /// `elements` must point to `count` readable, initialised
+    /// [`SgElement`]s (the `OffsetOut.Mappings` of a stream pointer on the
+    /// frame, from the first not yet posted) for the duration of the call.
+    pub unsafe fn program_frame_part(
+        &self,
+        tag: u32,
+        elements: *const SgElement,
+        count: u32,
+        flags: u32,
+    ) -> Result<u32, NtStatus> {
+        let Some(program_frame_part) = self.program_frame_part else {
+            return Err(STATUS_NOT_SUPPORTED);
+        };
+        let mut accepted = 0;
+        // SAFETY: see the impl comment; the caller guarantees `elements`,
+        // `accepted` is a live local.
+        let status =
+            unsafe { program_frame_part(self.context, self.channel, tag, elements, count, flags, &raw mut accepted) };
+        to_result(status).map(|()| accepted)
     }
 
     /// `GetSlotRing` (common-buffer mode). `<= DISPATCH_LEVEL`.
@@ -233,10 +283,12 @@ pub struct BusClient {
 }
 
 impl BusClient {
-    /// `Parameters.QueryInterface.Size` to send, bytes.
-    pub const REQUEST_SIZE: u16 = CAPDMA_BUS_INTERFACE_SIZE_V1;
-    /// `Parameters.QueryInterface.Version` to send.
-    pub const REQUEST_VERSION: u16 = 1;
+    /// `Parameters.QueryInterface.Size` to send, bytes: the version-2
+    /// table (a version-1 bus fills its prefix and says so).
+    pub const REQUEST_SIZE: u16 = CAPDMA_BUS_INTERFACE_SIZE_V2;
+    /// `Parameters.QueryInterface.Version` to send: 2
+    /// (`CAPDMA_BUS_INTERFACE_VERSION`); a bus serving 1 answers 1.
+    pub const REQUEST_VERSION: u16 = CAPDMA_BUS_INTERFACE_VERSION;
 
     /// An empty table to point `Parameters.QueryInterface.Interface` at:
     /// header `Size`/`Version` set to the request, everything else null.
@@ -268,7 +320,8 @@ impl BusClient {
     ///
     /// Checks: `InterfaceDereference` present; `Version` between 1 and
     /// [`Self::REQUEST_VERSION`]; `Size` at least that version's table and
-    /// at most [`Self::REQUEST_SIZE`]; every function of the version present.
+    /// at most [`Self::REQUEST_SIZE`]; every function of the version present
+    /// (version 2: `ProgramFramePart` too; a version-1 answer's is ignored).
     /// When a check fails after `InterfaceDereference` was found, it is
     /// called once (the reference is dropped) before the error is returned.
     ///
@@ -327,6 +380,13 @@ impl BusClient {
         else {
             return Err(STATUS_NOT_SUPPORTED);
         };
+        // Version 1 ends before `ProgramFramePart`: the bus filled nothing
+        // there, whatever the buffer holds.
+        let program_frame_part = if header.version >= 2 {
+            Some(answer.program_frame_part.ok_or(STATUS_NOT_SUPPORTED)?)
+        } else {
+            None
+        };
         Ok(BusChannel {
             context: header.context,
             channel,
@@ -338,6 +398,7 @@ impl BusClient {
             start_channel,
             stop_channel,
             register_completion,
+            program_frame_part,
         })
     }
 
@@ -377,7 +438,8 @@ impl BusClient {
 mod tests {
     use super::*;
     use crate::tests::fake::FakeBus;
-    use capdma_interface::status::STATUS_INVALID_DEVICE_REQUEST;
+    use capdma_interface::status::{STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_INVALID_DEVICE_REQUEST};
+    use capdma_interface::table::{CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_PART_END, CAPDMA_PART_START};
 
     #[test]
     fn a_good_answer_is_kept_and_released_once() {
@@ -401,13 +463,31 @@ mod tests {
     fn bad_answers_are_refused_and_the_reference_dropped() {
         type Case = (fn(&mut CapdmaBusInterface), NtStatus);
         let bus = FakeBus::scatter_gather();
-        let cases: [Case; 6] = [
+        let cases: [Case; 9] = [
             (|t| t.header.version = 0, STATUS_REVISION_MISMATCH),
-            (|t| t.header.version = 2, STATUS_REVISION_MISMATCH),
+            (|t| t.header.version = 3, STATUS_REVISION_MISMATCH),
             (|t| t.header.size -= 8, STATUS_INVALID_BUFFER_SIZE),
-            (|t| t.header.size += 8, STATUS_INVALID_BUFFER_SIZE),
+            (|t| t.header.size = CAPDMA_BUS_INTERFACE_SIZE_V2 + 8, STATUS_INVALID_BUFFER_SIZE),
+            // Version 2 claimed in the version-1 table's size.
+            (|t| t.header.version = 2, STATUS_INVALID_BUFFER_SIZE),
             (|t| t.program_frame = None, STATUS_NOT_SUPPORTED),
             (|t| t.register_completion = None, STATUS_NOT_SUPPORTED),
+            // Version 2 without its function.
+            (
+                |t| {
+                    t.header.version = 2;
+                    t.header.size = CAPDMA_BUS_INTERFACE_SIZE_V2;
+                },
+                STATUS_NOT_SUPPORTED,
+            ),
+            (
+                |t| {
+                    t.header.version = 2;
+                    t.header.size = CAPDMA_BUS_INTERFACE_SIZE_V2;
+                    t.get_dma_adapter = None;
+                },
+                STATUS_NOT_SUPPORTED,
+            ),
         ];
         for (i, (mutate, expected)) in cases.iter().enumerate() {
             let mut answer = bus.table();
@@ -423,10 +503,74 @@ mod tests {
         assert_eq!(unsafe { BusClient::from_query(&answer, 0) }.err(), Some(STATUS_NOT_SUPPORTED));
     }
 
+    /// A version-1 answer (what a bus serving 1 fills for a version-2
+    /// request) is kept, in the version-1 size or the requested one, and
+    /// has no parts: `ProgramFramePart` is never called, even when the
+    /// buffer holds a pointer there.
     #[test]
-    fn query_buffer_asks_for_version_1() {
+    fn a_version_1_answer_has_no_frame_parts() {
+        let bus = FakeBus::scatter_gather();
+        let v2 = FakeBus::scatter_gather_v2(64);
+        for size in [CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_SIZE_V2] {
+            let mut answer = bus.table();
+            answer.header.size = size;
+            answer.program_frame_part = v2.table().program_frame_part;
+            // SAFETY: the fake's table is valid while `bus` lives.
+            let client = unsafe { BusClient::from_query(&answer, 0) }.unwrap();
+            assert_eq!((client.version(), client.size()), (1, size));
+            let ch = client.channel();
+            assert!(!ch.supports_frame_parts());
+            let element = SgElement { logical_address: 0x1000, byte_count: 512, alignment: 0 };
+            // SAFETY: one live element.
+            let part = unsafe { ch.program_frame_part(1, &raw const element, 1, CAPDMA_PART_START) };
+            assert_eq!(part, Err(STATUS_NOT_SUPPORTED));
+            assert!(v2.part_calls.borrow().is_empty(), "nothing called");
+            // SAFETY: `ch` is not used after this.
+            unsafe { client.release() };
+        }
+        assert_eq!(bus.derefs.get(), 2);
+    }
+
+    /// A version-2 answer keeps `ProgramFramePart`: the wrapper passes the
+    /// elements and flags and answers the count the bus accepted.
+    #[test]
+    fn a_version_2_answer_posts_frame_parts() {
+        let bus = FakeBus::scatter_gather_v2(2);
+        let answer = bus.table();
+        // SAFETY: the fake's table is valid while `bus` lives.
+        let client = unsafe { BusClient::from_query(&answer, 0) }.unwrap();
+        assert_eq!((client.version(), client.size()), (2, CAPDMA_BUS_INTERFACE_SIZE_V2));
+        let ch = client.channel();
+        assert!(ch.supports_frame_parts());
+        let elements: Vec<SgElement> = (0..3)
+            .map(|i| SgElement { logical_address: 0x1000 * (i + 1), byte_count: 512, alignment: 0 })
+            .collect();
+        // SAFETY: three live elements.
+        let not_running = unsafe { ch.program_frame_part(7, elements.as_ptr(), 3, CAPDMA_PART_START | CAPDMA_PART_END) };
+        assert_eq!(not_running, Err(STATUS_DEVICE_NOT_READY));
+        bus.running.set(true);
+        // SAFETY: as above.
+        let first = unsafe { ch.program_frame_part(7, elements.as_ptr(), 3, CAPDMA_PART_START | CAPDMA_PART_END) };
+        assert_eq!(first, Ok(2), "two free ring entries");
+        // SAFETY: as above.
+        let busy = unsafe { ch.program_frame_part(7, elements[2..].as_ptr(), 1, CAPDMA_PART_END) };
+        assert_eq!(busy, Err(STATUS_DEVICE_BUSY));
+        let calls = bus.part_calls.borrow();
+        assert_eq!(calls.len(), 3);
+        assert_eq!((calls[1].tag, calls[1].flags, calls[1].accepted), (7, CAPDMA_PART_START | CAPDMA_PART_END, 2));
+        assert_eq!(calls[1].elements, elements);
+        assert_eq!(calls[2].elements, elements[2..]);
+        drop(calls);
+        // SAFETY: `ch` is not used after this.
+        unsafe { client.release() };
+        assert_eq!(bus.derefs.get(), 1);
+    }
+
+    #[test]
+    fn query_buffer_asks_for_version_2() {
         let q = BusClient::query_buffer();
-        assert_eq!((q.header.size, q.header.version), (CAPDMA_BUS_INTERFACE_SIZE_V1, 1));
+        assert_eq!((q.header.size, q.header.version), (CAPDMA_BUS_INTERFACE_SIZE_V2, 2));
         assert!(q.program_frame.is_none());
+        assert!(q.program_frame_part.is_none());
     }
 }

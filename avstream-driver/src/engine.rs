@@ -10,7 +10,7 @@
 //! | format fits | image <= `max_frame_bytes` | frame at the slot pitch <= `slot_bytes` |
 //! | state | clones of frames in flight | filled-slot FIFO, the checked ring |
 //! | `PAUSE -> RUN` | nothing more | `GetSlotRing` and its checks |
-//! | Process | posts frames (`ProgramFrame`) | copies slots into frames |
+//! | Process | posts frames (`ProgramFrame`; in parts with `ProgramFramePart` when larger than the ring) | copies slots into frames |
 //! | completion | completes a frame's clone | queues a slot |
 //! | `RUN -> PAUSE` | reclaims clones the bus did not cancel | returns queued slots |
 //!

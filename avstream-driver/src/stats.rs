@@ -30,6 +30,9 @@ pub struct PinStats {
     bytes_copied: AtomicU64,
     sg_elements_programmed: AtomicU64,
     frames_programmed: AtomicU64,
+    frame_parts_posted: AtomicU64,
+    frame_part_completions: AtomicU64,
+    frame_part_errors: AtomicU64,
     bad_completions: AtomicU64,
     slot_return_failures: AtomicU64,
     /// Bit 32 set: the low 32 bits are the frame number expected next.
@@ -53,10 +56,22 @@ pub struct StatsSnapshot {
     pub bytes_delivered: u64,
     /// Bytes copied slot -> frame (common-buffer mode).
     pub bytes_copied: u64,
-    /// S/G elements (`KSMAPPING`s) posted with `ProgramFrame`.
+    /// S/G elements (`KSMAPPING`s) posted with `ProgramFrame` and (the
+    /// ones the bus accepted) with `ProgramFramePart`.
     pub sg_elements_programmed: u64,
-    /// Frames posted with `ProgramFrame`.
+    /// Frames posted: whole with `ProgramFrame`, or in parts (counted when
+    /// the first part is posted).
     pub frames_programmed: u64,
+    /// Parts posted with `ProgramFramePart` (interface version 2: frames
+    /// with more mappings than the descriptor ring has entries).
+    pub frame_parts_posted: u64,
+    /// `FramePart` completions of frames posted in parts (a part written;
+    /// Process posts the next).
+    pub frame_part_completions: u64,
+    /// Later parts the bus refused with an unexpected status or answered
+    /// with an impossible count: the rest of the frame was ejected (the
+    /// frame itself completes when the bus terminates it).
+    pub frame_part_errors: u64,
     /// Completions that did not match anything in flight, or reported
     /// impossible values; also clones the bus failed to cancel at stop.
     pub bad_completions: u64,
@@ -112,6 +127,9 @@ impl PinStats {
             bytes_copied: AtomicU64::new(0),
             sg_elements_programmed: AtomicU64::new(0),
             frames_programmed: AtomicU64::new(0),
+            frame_parts_posted: AtomicU64::new(0),
+            frame_part_completions: AtomicU64::new(0),
+            frame_part_errors: AtomicU64::new(0),
             bad_completions: AtomicU64::new(0),
             slot_return_failures: AtomicU64::new(0),
             expected_frame: AtomicU64::new(0),
@@ -132,6 +150,9 @@ impl PinStats {
             bytes_copied: r(&self.bytes_copied),
             sg_elements_programmed: r(&self.sg_elements_programmed),
             frames_programmed: r(&self.frames_programmed),
+            frame_parts_posted: r(&self.frame_parts_posted),
+            frame_part_completions: r(&self.frame_part_completions),
+            frame_part_errors: r(&self.frame_part_errors),
             bad_completions: r(&self.bad_completions),
             slot_return_failures: r(&self.slot_return_failures),
         }
@@ -230,6 +251,27 @@ impl PinStats {
     pub(crate) fn programmed(&self, elements: u32) {
         add(&self.frames_programmed, 1);
         add(&self.sg_elements_programmed, u64::from(elements));
+    }
+
+    /// A part of `elements` S/G elements (the count accepted) posted with
+    /// `ProgramFramePart`; `first`: the frame's first part (the frame is
+    /// counted as programmed).
+    pub(crate) fn part_posted(&self, elements: u32, first: bool) {
+        if first {
+            add(&self.frames_programmed, 1);
+        }
+        add(&self.frame_parts_posted, 1);
+        add(&self.sg_elements_programmed, u64::from(elements));
+    }
+
+    /// A `FramePart` completion of a frame posted in parts.
+    pub(crate) fn part_completed(&self) {
+        add(&self.frame_part_completions, 1);
+    }
+
+    /// A later part the bus refused (the rest of its frame ejected).
+    pub(crate) fn part_refused(&self) {
+        add(&self.frame_part_errors, 1);
     }
 
     /// A `ReturnSlot` the bus refused.

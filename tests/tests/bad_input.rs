@@ -5,7 +5,7 @@ use capdma_avstream::bus_client::BusClient;
 use capdma_avstream::format::{build_data_format, validate_data_format, VideoFormat, MAX_FRAME_INTERVAL, MAX_STRIDE_BYTES, MIN_FRAME_INTERVAL};
 use capdma_avstream::ks_format::{fourcc_subtype, KsDataFormatVideoInfoHeader, KsGuid, Rect};
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
-use capdma_interface::negotiate::negotiate;
+use capdma_interface::negotiate::{negotiate, table_size};
 use capdma_interface::status::{
     NtStatus, STATUS_BUFFER_TOO_SMALL, STATUS_INTEGER_OVERFLOW, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER,
     STATUS_NOT_SUPPORTED, STATUS_NO_MATCH, STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
@@ -244,9 +244,10 @@ proptest! {
                 Err(STATUS_NOT_SUPPORTED)
             } else if version == 0 || version > BusClient::REQUEST_VERSION {
                 Err(STATUS_REVISION_MISMATCH)
-            } else if size != BusClient::REQUEST_SIZE {
+            } else if size < table_size(version).unwrap_or(u16::MAX) || size > BusClient::REQUEST_SIZE {
                 Err(STATUS_INVALID_BUFFER_SIZE)
-            } else if missing <= 4 {
+            } else if missing <= 4 || (version >= 2 && answer.program_frame_part.is_none()) {
+                // Version 2 needs ProgramFramePart (a bus serving 1 left it null).
                 Err(STATUS_NOT_SUPPORTED)
             } else {
                 Ok(())

@@ -14,6 +14,7 @@ use capdma_interface::status::{
 };
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, DmaConfig, PfnCompletion, SgElement, SlotRing,
+    CAPDMA_PART_END, CAPDMA_PART_START,
 };
 use core::cell::{Cell, RefCell};
 use core::ffi::c_void;
@@ -24,6 +25,34 @@ use std::collections::VecDeque;
 pub struct Posted {
     pub tag: u32,
     pub elements: Vec<SgElement>,
+}
+
+/// `STATUS_INVALID_DEVICE_STATE` (ntstatus.h), the contract's answer to
+/// a part out of turn (not in `capdma_interface::status`).
+pub const STATUS_INVALID_DEVICE_STATE: NtStatus = i32::from_ne_bytes(0xC000_0184_u32.to_ne_bytes());
+
+/// One `ProgramFramePart` call the fake bus answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartCall {
+    pub tag: u32,
+    /// The elements offered (`elements[..count]`).
+    pub elements: Vec<SgElement>,
+    pub flags: u32,
+    pub status: NtStatus,
+    /// `*accepted` as answered.
+    pub accepted: u32,
+}
+
+/// A part of a frame posted in parts, in the ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostedPart {
+    pub tag: u32,
+    /// Descriptors it takes.
+    pub descriptors: u32,
+    /// The frame's bytes up to the end of this part.
+    pub cumulative: u32,
+    /// It closed the frame (`CAPDMA_PART_END` with every element accepted).
+    pub last: bool,
 }
 
 /// The fake bus of one channel (channel 0).
@@ -48,6 +77,19 @@ pub struct FakeBus {
     pub returned: RefCell<Vec<u32>>,
     pub slot_memory: RefCell<Vec<u8>>,
     pub ring: Cell<SlotRing>,
+    /// The interface version answered (1 or 2).
+    pub version: Cell<u16>,
+    /// S/G descriptors in use (frames and parts in flight); posting needs
+    /// free ones out of `config.descriptor_count`.
+    pub descriptors_used: Cell<u32>,
+    /// Every `ProgramFramePart` call, in order.
+    pub part_calls: RefCell<Vec<PartCall>>,
+    /// Parts in the ring, oldest first.
+    pub parts: RefCell<VecDeque<PostedPart>>,
+    /// The open frame (posted in parts, not yet closed): its tag and bytes so far.
+    pub open: Cell<Option<(u32, u32)>>,
+    /// `ProgramFramePart` answers this (nothing posted) when set.
+    pub part_error: Cell<Option<NtStatus>>,
     adapter_object: u64,
 }
 
@@ -85,11 +127,26 @@ impl FakeChannel for FakeBus {
         if let Some(e) = self.program_error.get() {
             return e;
         }
-        if self.posted.borrow().len() >= self.ring_capacity.get() {
+        if self.open.get().is_some() {
+            return STATUS_INVALID_DEVICE_STATE;
+        }
+        let count = elements.len() as u32;
+        if self.posted.borrow().len() >= self.ring_capacity.get() || count > self.free_descriptors() {
             return STATUS_DEVICE_BUSY;
         }
+        self.descriptors_used.set(self.descriptors_used.get() + count);
         self.posted.borrow_mut().push_back(Posted { tag, elements: elements.to_vec() });
         STATUS_SUCCESS
+    }
+
+    fn interface_version(&self) -> u16 {
+        self.version.get()
+    }
+
+    fn program_frame_part(&self, tag: u32, elements: &[SgElement], flags: u32) -> (NtStatus, u32) {
+        let (status, accepted) = self.post_part(tag, elements, flags);
+        self.part_calls.borrow_mut().push(PartCall { tag, elements: elements.to_vec(), flags, status, accepted });
+        (status, accepted)
     }
 
     fn slot_ring(&self) -> Result<SlotRing, NtStatus> {
@@ -143,6 +200,9 @@ impl FakeChannel for FakeBus {
                 timestamp: 0,
             });
         }
+        // Frames posted in parts: one Frame completion each, none for parts.
+        while self.terminate_parts(STATUS_CANCELLED).is_some() {}
+        self.descriptors_used.set(0);
         let mut ring = self.ring.get();
         ring.line_pitch = 0;
         self.ring.set(ring);
@@ -186,6 +246,12 @@ impl FakeBus {
                 slot_bytes: config.slot_bytes,
                 line_pitch: 0,
             }),
+            version: Cell::new(1),
+            descriptors_used: Cell::new(0),
+            part_calls: RefCell::new(Vec::new()),
+            parts: RefCell::new(VecDeque::new()),
+            open: Cell::new(None),
+            part_error: Cell::new(None),
             adapter_object: 0xADA0,
         };
         let base = b.slot_memory.get_mut().as_mut_ptr();
@@ -244,9 +310,114 @@ impl FakeBus {
         }
     }
 
+    /// An S/G channel answering interface version 2 whose descriptor ring
+    /// has `descriptors` entries.
+    pub fn scatter_gather_v2(descriptors: u32) -> Self {
+        let b = Self::scatter_gather();
+        b.version.set(2);
+        b.set_descriptor_count(descriptors);
+        b
+    }
+
+    /// Sets `DmaConfig.descriptor_count` (what the pin reads at device start).
+    pub fn set_descriptor_count(&self, descriptors: u32) {
+        let mut config = self.config.get();
+        config.descriptor_count = descriptors;
+        self.config.set(config);
+    }
+
+    /// Descriptors free in the ring.
+    pub fn free_descriptors(&self) -> u32 {
+        self.config.get().descriptor_count.saturating_sub(self.descriptors_used.get())
+    }
+
+    /// `ProgramFramePart` as the contract says: as many elements as the
+    /// ring has free entries for.
+    fn post_part(&self, tag: u32, elements: &[SgElement], flags: u32) -> (NtStatus, u32) {
+        if !self.running.get() {
+            return (STATUS_DEVICE_NOT_READY, 0);
+        }
+        if elements.is_empty() || flags & !(CAPDMA_PART_START | CAPDMA_PART_END) != 0 {
+            return (STATUS_INVALID_PARAMETER, 0);
+        }
+        if let Some(e) = self.part_error.get() {
+            return (e, 0);
+        }
+        let bytes_before = if flags & CAPDMA_PART_START != 0 {
+            if self.open.get().is_some() {
+                return (STATUS_INVALID_DEVICE_STATE, 0);
+            }
+            let in_flight = self.posted.borrow().iter().any(|p| p.tag == tag) || self.parts.borrow().iter().any(|p| p.tag == tag);
+            if in_flight {
+                return (STATUS_INVALID_PARAMETER, 0);
+            }
+            0
+        } else {
+            match self.open.get() {
+                None => return (STATUS_INVALID_DEVICE_STATE, 0),
+                Some((open, _)) if open != tag => return (STATUS_INVALID_PARAMETER, 0),
+                Some((_, bytes)) => bytes,
+            }
+        };
+        let free = self.free_descriptors();
+        if free == 0 {
+            return (STATUS_DEVICE_BUSY, 0);
+        }
+        let accepted = free.min(elements.len() as u32);
+        let cumulative = bytes_before + elements[..accepted as usize].iter().map(|e| e.byte_count).sum::<u32>();
+        let last = flags & CAPDMA_PART_END != 0 && accepted as usize == elements.len();
+        self.descriptors_used.set(self.descriptors_used.get() + accepted);
+        self.parts.borrow_mut().push_back(PostedPart { tag, descriptors: accepted, cumulative, last });
+        self.open.set(if last { None } else { Some((tag, cumulative)) });
+        (STATUS_SUCCESS, accepted)
+    }
+
+    /// The board completes the oldest part in the ring: a `FramePart`
+    /// completion (bytes so far), or the frame's `Frame` completion for its
+    /// last part. Returns the part.
+    pub fn complete_part(&self, frame_number: u32) -> Option<PostedPart> {
+        let part = self.parts.borrow_mut().pop_front()?;
+        self.descriptors_used.set(self.descriptors_used.get().saturating_sub(part.descriptors));
+        let kind = if part.last { CompletionKind::Frame } else { CompletionKind::FramePart };
+        self.deliver(Completion {
+            channel: 0,
+            kind: kind as u32,
+            tag: part.tag,
+            bytes_written: part.cumulative,
+            status: STATUS_SUCCESS,
+            frame_number,
+            timestamp: i64::from(frame_number) * 1000,
+        });
+        Some(part)
+    }
+
+    /// The bus terminates the oldest frame posted in parts (open, or with
+    /// parts in the ring) with `status`: its parts leave the ring, one
+    /// `Frame` completion, none for the parts. Returns its tag.
+    pub fn terminate_parts(&self, status: NtStatus) -> Option<u32> {
+        let tag = self.parts.borrow().front().map(|p| p.tag).or(self.open.get().map(|(t, _)| t))?;
+        let freed: u32 = self.parts.borrow().iter().filter(|p| p.tag == tag).map(|p| p.descriptors).sum();
+        self.parts.borrow_mut().retain(|p| p.tag != tag);
+        self.descriptors_used.set(self.descriptors_used.get().saturating_sub(freed));
+        if self.open.get().is_some_and(|(t, _)| t == tag) {
+            self.open.set(None);
+        }
+        self.deliver(Completion {
+            channel: 0,
+            kind: CompletionKind::Frame as u32,
+            tag,
+            bytes_written: 0,
+            status,
+            frame_number: 0,
+            timestamp: 0,
+        });
+        Some(tag)
+    }
+
     /// Completes the oldest posted frame; returns its tag.
     pub fn complete_oldest(&self, bytes: u32, status: NtStatus, frame_number: u32) -> Option<u32> {
         let posted = self.posted.borrow_mut().pop_front()?;
+        self.descriptors_used.set(self.descriptors_used.get().saturating_sub(posted.elements.len() as u32));
         self.deliver(Completion {
             channel: 0,
             kind: CompletionKind::Frame as u32,
@@ -298,6 +469,8 @@ pub struct FakeFrame {
     pub mappings: Vec<SgElement>,
     pub extent: u32,
     pub completion: Option<FrameCompletion>,
+    /// Times the frame was completed (`complete_frame` through any pointer).
+    pub completions: u32,
     pub released: bool,
     clones: u32,
     passed: bool,
@@ -357,6 +530,7 @@ impl FakePort {
             mappings,
             extent: bytes,
             completion: None,
+            completions: 0,
             released: false,
             clones: 0,
             passed: false,
@@ -366,6 +540,11 @@ impl FakePort {
     /// Index of the frame at the leading edge.
     pub fn leading_index(&self) -> usize {
         self.leading.get()
+    }
+
+    /// `OffsetOut` of the leading edge into its frame (mappings advanced over).
+    pub fn leading_offset(&self) -> u32 {
+        self.leading_offset.get()
     }
 
     /// Clones alive.
@@ -513,7 +692,9 @@ impl KsPinPort for &FakePort {
 
     fn complete_frame(&self, pointer: Ptr, completion: &FrameCompletion) {
         let frame = self.frame_of(pointer).expect("complete_frame of a dead pointer");
-        self.frames.borrow_mut()[frame].completion = Some(*completion);
+        let mut frames = self.frames.borrow_mut();
+        frames[frame].completion = Some(*completion);
+        frames[frame].completions += 1;
     }
 
     fn delete(&self, pointer: Ptr) {

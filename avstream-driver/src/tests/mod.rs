@@ -4,6 +4,7 @@
 //! pin asks of the bus goes through a real `extern "system"` table.
 mod concurrency;
 pub(crate) mod fake;
+mod parts;
 mod pin;
 pub(crate) mod table;
 

@@ -18,9 +18,9 @@ use capdma_interface::table::{Completion, CompletionKind};
 use core::pin::Pin;
 use zerocopy::IntoBytes;
 
-type TestPin<'a> = Pin<Box<CapturePin<&'a FakePort>>>;
+pub(super) type TestPin<'a> = Pin<Box<CapturePin<&'a FakePort>>>;
 
-fn make<'a>(bus: &'a FakeBus, port: &'a FakePort) -> TestPin<'a> {
+pub(super) fn make<'a>(bus: &'a FakeBus, port: &'a FakePort) -> TestPin<'a> {
     // SAFETY: the fake's table is valid while `bus` lives, and every test
     // drops the pin before the bus.
     let client = unsafe { BusClient::from_query(&bus.table(), 0) }.unwrap();
@@ -28,11 +28,11 @@ fn make<'a>(bus: &'a FakeBus, port: &'a FakePort) -> TestPin<'a> {
     Box::pin(CapturePin::new(port, client.channel(), &setup, VectorUnit::Scalar))
 }
 
-fn set_format(pin: &TestPin<'_>, format: &VideoFormat) {
+pub(super) fn set_format(pin: &TestPin<'_>, format: &VideoFormat) {
     assert_eq!(pin.set_data_format(build_data_format(format).as_bytes()), Ok(*format));
 }
 
-fn completion_of(port: &FakePort, frame: usize) -> Option<crate::ports::FrameCompletion> {
+pub(super) fn completion_of(port: &FakePort, frame: usize) -> Option<crate::ports::FrameCompletion> {
     port.frames.borrow()[frame].completion
 }
 

@@ -4,10 +4,10 @@
 //! and the thread-safe contract-checking bus of the concurrency tests.
 //! The thunks check the pointers (the contract's `STATUS_INVALID_PARAMETER`
 //! for a null out-pointer, channel 0 only) and hand the fake plain values.
-use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER, STATUS_SUCCESS};
+use capdma_interface::status::{NtStatus, STATUS_INVALID_PARAMETER, STATUS_NOT_IMPLEMENTED, STATUS_SUCCESS};
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, Completion, DmaConfig, InterfaceHeader, PfnCompletion, SgElement, SlotRing,
-    CAPDMA_BUS_INTERFACE_SIZE_V1,
+    CAPDMA_BUS_INTERFACE_SIZE_V1, CAPDMA_BUS_INTERFACE_SIZE_V2,
 };
 use core::ffi::c_void;
 
@@ -32,14 +32,28 @@ pub trait FakeChannel: Sized {
     fn stop_channel(&self) -> NtStatus;
     /// `RegisterCompletion(callback, context)`; `None` unregisters.
     fn register_completion(&self, callback: Option<(PfnCompletion, *mut c_void)>) -> NtStatus;
+    /// The interface version the fake serves: 1 (the default) answers the
+    /// version-1 table without `ProgramFramePart`, 2 the version-2 table.
+    fn interface_version(&self) -> u16 {
+        1
+    }
+    /// `ProgramFramePart(tag, elements, flags)` (version 2): the status and
+    /// `*accepted`. `elements` is empty when the caller passed none. The
+    /// default (a fake that never expects the call) refuses it.
+    fn program_frame_part(&self, tag: u32, elements: &[SgElement], flags: u32) -> (NtStatus, u32) {
+        let _ = (tag, elements, flags);
+        (STATUS_NOT_IMPLEMENTED, 0)
+    }
 
     /// The table the bus answers a query with (context = `self`, which
-    /// must stay alive and in place while the table is used).
+    /// must stay alive and in place while the table is used): version 2
+    /// when [`Self::interface_version`] says so, else version 1.
     fn table(&self) -> CapdmaBusInterface {
+        let v2 = self.interface_version() >= 2;
         CapdmaBusInterface {
             header: InterfaceHeader {
-                size: CAPDMA_BUS_INTERFACE_SIZE_V1,
-                version: 1,
+                size: if v2 { CAPDMA_BUS_INTERFACE_SIZE_V2 } else { CAPDMA_BUS_INTERFACE_SIZE_V1 },
+                version: if v2 { 2 } else { 1 },
                 context: core::ptr::from_ref(self).cast_mut().cast::<c_void>(),
                 interface_reference: Some(reference),
                 interface_dereference: Some(dereference::<Self>),
@@ -52,7 +66,7 @@ pub trait FakeChannel: Sized {
             start_channel: Some(start_channel::<Self>),
             stop_channel: Some(stop_channel::<Self>),
             register_completion: Some(register_completion::<Self>),
-            program_frame_part: None,
+            program_frame_part: if v2 { Some(program_frame_part::<Self>) } else { None },
         }
     }
 }
@@ -117,6 +131,30 @@ unsafe extern "system" fn program_frame<B: FakeChannel>(
         unsafe { core::slice::from_raw_parts(elements, count as usize) }
     };
     fake::<B>(context).program_frame(tag, elements)
+}
+
+unsafe extern "system" fn program_frame_part<B: FakeChannel>(
+    context: *mut c_void,
+    _channel: u32,
+    tag: u32,
+    elements: *const SgElement,
+    count: u32,
+    flags: u32,
+    accepted: *mut u32,
+) -> NtStatus {
+    if accepted.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let elements = if elements.is_null() || count == 0 {
+        &[][..]
+    } else {
+        // SAFETY: `count` readable elements for the call (the contract).
+        unsafe { core::slice::from_raw_parts(elements, count as usize) }
+    };
+    let (status, n) = fake::<B>(context).program_frame_part(tag, elements, flags);
+    // SAFETY: a valid out-pointer (the contract), not null.
+    unsafe { accepted.write(n) };
+    status
 }
 
 unsafe extern "system" fn get_slot_ring<B: FakeChannel>(context: *mut c_void, _channel: u32, ring: *mut SlotRing) -> NtStatus {

@@ -10,7 +10,7 @@ use super::table::{call_back, FakeChannel};
 use capdma_interface::format::FOURCC_NV12;
 use capdma_interface::status::{
     NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
 use capdma_interface::table::{
     CapdmaBusInterface, ChannelFormat, Completion, CompletionKind, DmaConfig, PfnCompletion, SgElement, SlotRing,
@@ -27,9 +27,6 @@ pub struct Posted {
     pub elements: Vec<SgElement>,
 }
 
-/// `STATUS_INVALID_DEVICE_STATE` (ntstatus.h), the contract's answer to
-/// a part out of turn (not in `capdma_interface::status`).
-pub const STATUS_INVALID_DEVICE_STATE: NtStatus = i32::from_ne_bytes(0xC000_0184_u32.to_ne_bytes());
 
 /// One `ProgramFramePart` call the fake bus answered.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! order of parts).
 #![allow(clippy::too_many_lines)]
 
-use super::fake::{FakeBus, FakePort, PartCall, STATUS_INVALID_DEVICE_STATE};
+use super::fake::{FakeBus, FakePort, PartCall};
+use capdma_interface::status::STATUS_INVALID_DEVICE_STATE;
 use super::pin::{completion_of, make, set_format, TestPin};
 use super::yuy2;
 use crate::state::KsState;

@@ -1,5 +1,6 @@
 //! The per-channel DMA engine: start-time checks, frame capture in both
-//! modes, completion records, drops, halts, and fault application.
+//! modes, frames posted in parts (S/G), completion records, drops, halts,
+//! and fault application.
 use super::faults::{BoardFault, Corruption, OVERSIZED_BYTE_COUNT};
 use super::registers::ChannelRegs;
 use super::source::FrameSource;
@@ -7,7 +8,9 @@ use super::{Board, BoardConfig, BoardKind, BoardState, ChannelStats};
 use super::DmaPort;
 use crate::memory::FOUR_GIB;
 use crate::pattern::{Pattern, PAD_BYTE};
-use capdma_interface::descriptor::{CompletionRecord, SgDescriptor, CQ_STATUS_OK, DESC_END_OF_FRAME, DESC_START_OF_FRAME};
+use capdma_interface::descriptor::{
+    CompletionRecord, SgDescriptor, CQ_STATUS_OK, CQ_STATUS_PART, DESC_END_OF_FRAME, DESC_END_OF_PART, DESC_START_OF_FRAME,
+};
 use capdma_interface::format::{PixelFormat, MAX_HEIGHT, MAX_WIDTH};
 use capdma_interface::regs::{
     int_done, int_error, CTRL_SG_MODE, ERROR_BAD_DESCRIPTOR, ERROR_DMA_FAULT, ERROR_OVERRUN, STATUS_ERROR_SHIFT,
@@ -48,6 +51,10 @@ pub enum DropReason {
     NoBuffer,
     /// The completion queue is full (`CQ_PRODUCER − CQ_CONSUMER == CQ_ENTRIES`).
     CompletionQueueFull,
+    /// The engine is busy with a frame posted in parts (`DESC_END_OF_PART`):
+    /// it writes that frame's later parts, not a new frame, until the
+    /// frame's last part is done.
+    FrameInProgress,
 }
 
 /// What one [`Board::capture_frame`] did.
@@ -74,6 +81,26 @@ pub enum CaptureOutcome {
         /// The record's `tag`.
         tag: u32,
     },
+    /// A part of a frame posted in parts was written (its last descriptor
+    /// carried `DESC_END_OF_PART`) and its `CQ_STATUS_PART` record posted;
+    /// the frame stays in progress ([`Board::continue_frame`] goes on with it).
+    PartCompleted {
+        /// The record's `index` (the part's first descriptor, corruptions included).
+        index: u32,
+        /// The record's `byte_count`: bytes of the frame written so far (cumulative).
+        bytes: u32,
+        /// The frame's number.
+        frame_number: u32,
+        /// The record's `tag`.
+        tag: u32,
+    },
+    /// [`Board::continue_frame`] found a frame in progress and nothing to
+    /// go on with yet: the next part's descriptors are not posted, or the
+    /// completion queue is full. Nothing happened.
+    Waiting,
+    /// [`Board::continue_frame`] on a channel with no frame in progress
+    /// (none was posted in parts, or a reset, stop or halt discarded it).
+    NoFrameInProgress,
     /// The engine halted with error `code` (`ERROR_*`).
     Halted {
         /// `ERROR_DMA_FAULT`, `ERROR_BAD_DESCRIPTOR` or `ERROR_OVERRUN`.
@@ -100,6 +127,24 @@ pub(crate) struct RunConfig {
     pub(crate) frame_interval: u32,
 }
 
+/// A frame posted in parts that the engine has begun and not finished:
+/// what it needs to go on writing it through the next part's descriptors.
+/// The line data is regenerated from the frame's number (the source is
+/// deterministic per frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FrameInProgress {
+    /// The frame's number (the board's counter when the frame was due).
+    pub(crate) frame_number: u32,
+    /// Its capture time (100-ns units): every record of the frame carries it.
+    pub(crate) timestamp: u64,
+    /// The tag of its descriptors.
+    pub(crate) tag: u32,
+    /// Bytes of the frame image written so far (at most the frame's bytes).
+    pub(crate) written: u32,
+    /// Bytes of buffer its descriptors described so far (all parts done).
+    pub(crate) capacity: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Channel {
     pub(crate) regs: ChannelRegs,
@@ -121,6 +166,11 @@ pub(crate) struct Channel {
     /// The last reset is stuck ([`BoardFault::ResetStuck`]): only
     /// `STATUS` reads complete it, [`Board::settle`] does not.
     pub(crate) stuck: bool,
+    /// The S/G frame posted in parts being written, if any.
+    pub(crate) in_progress: Option<FrameInProgress>,
+    /// A continuation of the frame in progress is due (its next part was
+    /// posted): [`Board::take_continuations`] hands it to the machine.
+    pub(crate) continuation_due: bool,
 }
 
 impl Channel {
@@ -138,6 +188,23 @@ impl Channel {
             drain_reads: 0,
             reset_stuck: None,
             stuck: false,
+            in_progress: None,
+            continuation_due: false,
+        }
+    }
+
+    /// Discards the frame in progress (a reset, a stop, a halt).
+    pub(crate) fn discard_frame_in_progress(&mut self) {
+        self.in_progress = None;
+        self.continuation_due = false;
+    }
+
+    /// A doorbell (`RING_PRODUCER`, or `CQ_CONSUMER` making room for the
+    /// next record): with a frame in progress and descriptors posted, a
+    /// continuation is due.
+    pub(crate) fn note_doorbell(&mut self) {
+        if self.in_progress.is_some() && self.regs.ring_producer != self.regs.ring_consumer {
+            self.continuation_due = true;
         }
     }
 
@@ -160,6 +227,7 @@ impl Channel {
         r.dropped_frames = 0;
         self.run = None;
         self.hung = false;
+        self.discard_frame_in_progress();
         self.stats.resets += 1;
     }
 
@@ -182,6 +250,7 @@ impl Channel {
 
     fn halt(&mut self, code: u32) {
         self.regs.status = STATUS_HALTED | code << STATUS_ERROR_SHIFT;
+        self.discard_frame_in_progress();
         self.stats.halts += 1;
     }
 
@@ -191,6 +260,7 @@ impl Channel {
         match validate(&self.regs, config) {
             Ok(run) => {
                 self.run = Some(run);
+                self.discard_frame_in_progress();
                 self.regs.status = STATUS_RUNNING;
                 false
             }
@@ -352,8 +422,6 @@ impl BoardState {
         if let Some(code) = halted_now {
             return (CaptureOutcome::Halted { code }, None);
         }
-        let seed = self.config.seed;
-        let (max_transfer, alignment, address_64) = (self.config.max_transfer, self.config.alignment, self.config.address_64);
         let Some(c) = self.channels.get_mut(ch as usize) else {
             return (CaptureOutcome::NoSuchChannel, None);
         };
@@ -363,75 +431,190 @@ impl BoardState {
         if c.hung {
             return (CaptureOutcome::Hung, None);
         }
+        if c.in_progress.is_some() {
+            return (drop_frame(c, DropReason::FrameInProgress), None);
+        }
         let r = &c.regs;
         if r.cq_producer.wrapping_sub(r.cq_consumer) >= run.cq_entries {
             return (drop_frame(c, DropReason::CompletionQueueFull), None);
         }
-        let available = r.ring_producer.wrapping_sub(r.ring_consumer);
-        if available > run.ring_entries {
-            let m = format!(
-                "channel {ch}: RING_PRODUCER {} is {available} ahead of RING_CONSUMER {}, more than the {} entries",
-                r.ring_producer, r.ring_consumer, run.ring_entries
-            );
-            return self.halt(ch, (ERROR_BAD_DESCRIPTOR, Some(m)));
-        }
+        let available = match posted(ch, r, &run) {
+            Ok(available) => available,
+            Err(halt) => return self.halt(ch, halt),
+        };
         if available == 0 {
             return (drop_frame(c, DropReason::NoBuffer), None);
         }
-        let pattern = Pattern { format: run.format, width: run.width, height: run.height, channel: ch, seed };
         let frame_number = c.frame_number;
-        let mut line_buf = std::mem::take(&mut c.line_buf);
-        line_buf.resize(run.line_pitch as usize, PAD_BYTE);
-        let frame_lines = matches!(c.source, FrameSource::Pattern).then(|| pattern.frame(frame_number));
-        let mut fill = |line: u32, buf: &mut Vec<u8>| {
-            let (bytes, pad) = buf.split_at_mut(run.line_bytes as usize);
-            match &frame_lines {
-                Some(lines) => lines.fill_line(line, bytes),
-                None => c.source.fill_line(&pattern, frame_number, line, bytes),
-            }
-            pad.fill(PAD_BYTE);
-        };
-        let first_index = c.regs.ring_consumer % run.ring_entries;
-        let result = if run.sg {
-            let limits = SgLimits { max_transfer, alignment, address_64 };
-            capture_sg(memory, ch, &c.regs, &run, &limits, &mut line_buf, &mut fill)
-        } else {
-            capture_cb(memory, &c.regs, &run, &mut line_buf, &mut fill)
-        };
-        c.line_buf = line_buf;
-        let (consumed, tag) = match result {
-            Ok(done) => done,
-            Err(halt) => return self.halt(ch, halt),
-        };
-        let mut record = CompletionRecord {
-            index: first_index,
+        if run.sg {
+            let frame = FrameInProgress { frame_number, timestamp: now_100ns, tag: 0, written: 0, capacity: 0 };
+            return self.sg_part(memory, ch, &run, frame, true);
+        }
+        // Common-buffer mode: the frame into slot `RING_CONSUMER % entries`.
+        let pattern = self.pattern(ch, &run);
+        let c = &mut self.channels[ch as usize];
+        let regs = c.regs;
+        if let Err(halt) = c.write_lines(&pattern, &run, frame_number, |buf, fill| capture_cb(memory, &regs, &run, buf, fill)) {
+            return self.halt(ch, halt);
+        }
+        let record = CompletionRecord {
+            index: regs.ring_consumer % run.ring_entries,
             byte_count: run.frame_bytes,
             status: CQ_STATUS_OK,
             frame_number,
             timestamp: now_100ns,
-            tag,
+            tag: 0,
             reserved: 0,
         };
+        let record = match self.post_record(memory, ch, &run, record) {
+            Ok(record) => record,
+            Err(halt) => return self.halt(ch, halt),
+        };
+        let c = &mut self.channels[ch as usize];
+        c.regs.ring_consumer = c.regs.ring_consumer.wrapping_add(1);
+        c.frame_number = c.frame_number.wrapping_add(1);
+        c.stats.frames_produced += 1;
+        c.stats.bytes_written += u64::from(run.frame_bytes);
+        c.stats.descriptors_consumed += 1;
+        (
+            CaptureOutcome::Completed { index: record.index, bytes: record.byte_count, frame_number, tag: record.tag },
+            None,
+        )
+    }
+
+    /// Goes on with channel `ch`'s frame in progress (see [`Board::continue_frame`]).
+    fn continue_frame(&mut self, memory: &DmaPort, ch: u32) -> (CaptureOutcome, Option<String>) {
+        if self.removed {
+            return (CaptureOutcome::Removed, None);
+        }
+        let Some(c) = self.channels.get_mut(ch as usize) else {
+            return (CaptureOutcome::NoSuchChannel, None);
+        };
+        c.continuation_due = false;
+        let Some(run) = c.run.filter(|_| c.running()) else {
+            return (CaptureOutcome::NotRunning, None);
+        };
+        if c.hung {
+            return (CaptureOutcome::Hung, None);
+        }
+        let Some(frame) = c.in_progress else {
+            return (CaptureOutcome::NoFrameInProgress, None);
+        };
+        let r = &c.regs;
+        if r.cq_producer.wrapping_sub(r.cq_consumer) >= run.cq_entries {
+            return (CaptureOutcome::Waiting, None);
+        }
+        match posted(ch, r, &run) {
+            Ok(0) => (CaptureOutcome::Waiting, None),
+            Ok(_) => self.sg_part(memory, ch, &run, frame, false),
+            Err(halt) => self.halt(ch, halt),
+        }
+    }
+
+    /// The test pattern channel `ch` produces in its running format.
+    fn pattern(&self, ch: u32, run: &RunConfig) -> Pattern {
+        Pattern { format: run.format, width: run.width, height: run.height, channel: ch, seed: self.config.seed }
+    }
+
+    /// S/G mode: writes the next part of channel `ch`'s `frame` (a new one
+    /// when `start`: its frame time, descriptors posted) through the
+    /// descriptors from `RING_CONSUMER` on up to the part's end
+    /// (`DESC_END_OF_PART`, or `DESC_END_OF_FRAME` for its last part; a
+    /// frame posted whole is one part), posts the part's record
+    /// (`CQ_STATUS_PART`, or `CQ_STATUS_OK` for the frame's last part) and
+    /// advances `RING_CONSUMER` past the part. After a part that is not
+    /// the last the frame stays in progress.
+    fn sg_part(
+        &mut self,
+        memory: &DmaPort,
+        ch: u32,
+        run: &RunConfig,
+        mut frame: FrameInProgress,
+        start: bool,
+    ) -> (CaptureOutcome, Option<String>) {
+        let limits = SgLimits {
+            max_transfer: self.config.max_transfer,
+            alignment: self.config.alignment,
+            address_64: self.config.address_64,
+        };
+        let pattern = self.pattern(ch, run);
+        let c = &mut self.channels[ch as usize];
+        let regs = c.regs;
+        let first_index = regs.ring_consumer % run.ring_entries;
+        let continuing = (!start).then_some(frame);
+        let part = match fetch_part(memory, ch, &regs, run, &limits, continuing.as_ref()) {
+            Ok(part) => part,
+            Err(halt) => return self.halt(ch, halt),
+        };
+        if start {
+            frame.tag = part.descriptors.first().map_or(0, |d| d.tag);
+        }
+        let from = frame.written;
+        let written =
+            c.write_lines(&pattern, run, frame.frame_number, |buf, fill| write_part(memory, run, &part.descriptors, from, buf, fill));
+        frame.written = match written {
+            Ok(written) => written,
+            Err(halt) => return self.halt(ch, halt),
+        };
+        frame.capacity += part.capacity;
+        if part.end_of_frame && frame.written < run.frame_bytes {
+            let m = format!(
+                "channel {ch}: frame of {} bytes posted with only {} bytes of descriptors",
+                run.frame_bytes, frame.capacity
+            );
+            return self.halt(ch, (ERROR_OVERRUN, Some(m)));
+        }
+        let record = CompletionRecord {
+            index: first_index,
+            byte_count: frame.written,
+            status: if part.end_of_frame { CQ_STATUS_OK } else { CQ_STATUS_PART },
+            frame_number: frame.frame_number,
+            timestamp: frame.timestamp,
+            tag: frame.tag,
+            reserved: 0,
+        };
+        let record = match self.post_record(memory, ch, run, record) {
+            Ok(record) => record,
+            Err(halt) => return self.halt(ch, halt),
+        };
+        let c = &mut self.channels[ch as usize];
+        let consumed = part.descriptors.len() as u32;
+        c.regs.ring_consumer = c.regs.ring_consumer.wrapping_add(consumed);
+        c.stats.descriptors_consumed += u64::from(consumed);
+        if start {
+            c.frame_number = c.frame_number.wrapping_add(1);
+        }
+        let (index, bytes, frame_number, tag) = (record.index, record.byte_count, frame.frame_number, record.tag);
+        if part.end_of_frame {
+            c.in_progress = None;
+            c.stats.frames_produced += 1;
+            c.stats.bytes_written += u64::from(run.frame_bytes);
+            (CaptureOutcome::Completed { index, bytes, frame_number, tag }, None)
+        } else {
+            c.in_progress = Some(frame);
+            c.stats.parts_completed += 1;
+            // The next part may be posted already: the engine goes on with it.
+            c.note_doorbell();
+            (CaptureOutcome::PartCompleted { index, bytes, frame_number, tag }, None)
+        }
+    }
+
+    /// Posts `record` at channel `ch`'s `CQ_PRODUCER` (an armed corruption
+    /// applied first), advances `CQ_PRODUCER` and raises `int_done`.
+    /// Returns the record as written.
+    fn post_record(&mut self, memory: &DmaPort, ch: u32, run: &RunConfig, mut record: CompletionRecord) -> Result<CompletionRecord, Halt> {
+        let c = &mut self.channels[ch as usize];
         if !c.corrupt.is_empty() {
             corrupt(&mut record, c.corrupt.remove(0), run.ring_entries);
         }
         let at = run.cq_base + u64::from(c.regs.cq_producer % run.cq_entries) * ENTRY_BYTES;
         if memory.dma_write(at, record.as_bytes()).is_err() {
-            return self.halt(ch, (ERROR_DMA_FAULT, None));
+            return Err((ERROR_DMA_FAULT, None));
         }
-        let c = &mut self.channels[ch as usize];
-        c.regs.ring_consumer = c.regs.ring_consumer.wrapping_add(consumed);
         c.regs.cq_producer = c.regs.cq_producer.wrapping_add(1);
-        c.frame_number = c.frame_number.wrapping_add(1);
-        c.stats.frames_produced += 1;
-        c.stats.bytes_written += u64::from(run.frame_bytes);
-        c.stats.descriptors_consumed += u64::from(consumed);
         c.stats.completions_written += 1;
         self.int_status |= int_done(ch);
-        (
-            CaptureOutcome::Completed { index: record.index, bytes: record.byte_count, frame_number, tag: record.tag },
-            None,
-        )
+        Ok(record)
     }
 
     fn halt(&mut self, ch: u32, (code, problem): Halt) -> (CaptureOutcome, Option<String>) {
@@ -441,6 +624,51 @@ impl BoardState {
         self.int_status |= int_error(ch);
         (CaptureOutcome::Halted { code }, problem)
     }
+}
+
+impl Channel {
+    /// Runs `write` with the channel's line buffer (`LINE_PITCH` bytes)
+    /// and the fill of frame `frame_number`'s lines from the channel's
+    /// source: `fill(line, buf)` writes the line's bytes and pads the rest
+    /// of `buf` with [`PAD_BYTE`]. Deterministic per frame number, so a
+    /// frame posted in parts regenerates the lines it goes on with.
+    fn write_lines<R>(
+        &mut self,
+        pattern: &Pattern,
+        run: &RunConfig,
+        frame_number: u32,
+        write: impl FnOnce(&mut Vec<u8>, &mut dyn FnMut(u32, &mut Vec<u8>)) -> R,
+    ) -> R {
+        let mut line_buf = std::mem::take(&mut self.line_buf);
+        line_buf.resize(run.line_pitch as usize, PAD_BYTE);
+        let frame_lines = matches!(self.source, FrameSource::Pattern).then(|| pattern.frame(frame_number));
+        let source = &self.source;
+        let mut fill = |line: u32, buf: &mut Vec<u8>| {
+            let (bytes, pad) = buf.split_at_mut(run.line_bytes as usize);
+            match &frame_lines {
+                Some(lines) => lines.fill_line(line, bytes),
+                None => source.fill_line(pattern, frame_number, line, bytes),
+            }
+            pad.fill(PAD_BYTE);
+        };
+        let result = write(&mut line_buf, &mut fill);
+        self.line_buf = line_buf;
+        result
+    }
+}
+
+/// Descriptors posted on a channel (`RING_PRODUCER − RING_CONSUMER`); a
+/// producer more than the ring ahead of the consumer is a driver bug.
+fn posted(ch: u32, r: &ChannelRegs, run: &RunConfig) -> Result<u32, Halt> {
+    let available = r.ring_producer.wrapping_sub(r.ring_consumer);
+    if available > run.ring_entries {
+        let m = format!(
+            "channel {ch}: RING_PRODUCER {} is {available} ahead of RING_CONSUMER {}, more than the {} entries",
+            r.ring_producer, r.ring_consumer, run.ring_entries
+        );
+        return Err((ERROR_BAD_DESCRIPTOR, Some(m)));
+    }
+    Ok(available)
 }
 
 /// Damages a completion record as an injected fault says.
@@ -467,21 +695,36 @@ struct SgLimits {
     address_64: bool,
 }
 
-/// S/G mode: fetches the frame's descriptors from `RING_CONSUMER` on and
-/// writes the frame through them. Returns (descriptors consumed, tag).
-fn capture_sg(
+/// The descriptors of one part of an S/G frame (a frame posted whole is
+/// one part), as fetched.
+struct Part {
+    descriptors: Vec<SgDescriptor>,
+    /// Bytes of buffer they describe.
+    capacity: u64,
+    /// The part is the frame's last (`DESC_END_OF_FRAME`), not one ended
+    /// by `DESC_END_OF_PART`.
+    end_of_frame: bool,
+}
+
+/// S/G mode: fetches one part's descriptors from `RING_CONSUMER` on,
+/// through the first that carries `DESC_END_OF_PART` or
+/// `DESC_END_OF_FRAME`, and checks them: a new frame's first descriptor
+/// has `DESC_START_OF_FRAME` and an aligned address (`continuing`:
+/// `None`), a later part's has not and carries the frame's tag; no
+/// `DESC_START_OF_FRAME` inside, one tag, byte counts within
+/// `MAX_TRANSFER`, addresses the board can drive, all of the part posted.
+fn fetch_part(
     memory: &DmaPort,
     ch: u32,
     r: &ChannelRegs,
     run: &RunConfig,
     limits: &SgLimits,
-    line_buf: &mut Vec<u8>,
-    fill: &mut impl FnMut(u32, &mut Vec<u8>),
-) -> Result<(u32, u32), Halt> {
+    continuing: Option<&FrameInProgress>,
+) -> Result<Part, Halt> {
     let available = r.ring_producer.wrapping_sub(r.ring_consumer);
     let bad = |m: String| (ERROR_BAD_DESCRIPTOR, Some(format!("channel {ch}: {m}")));
-    let mut descs: Vec<SgDescriptor> = Vec::new();
-    let mut complete = false;
+    let mut descriptors: Vec<SgDescriptor> = Vec::new();
+    let mut capacity = 0u64;
     for i in 0..available {
         let index = r.ring_consumer.wrapping_add(i) % run.ring_entries;
         let mut raw = [0u8; ENTRY_BYTES as usize];
@@ -492,11 +735,18 @@ fn capture_sg(
             return Err(bad(format!("descriptor {index} unreadable")));
         };
         let sof = d.flags & DESC_START_OF_FRAME != 0;
-        if i == 0 && !sof {
-            return Err(bad(format!("descriptor {index} starts a frame without DESC_START_OF_FRAME")));
-        }
-        if i > 0 && sof {
-            return Err(bad(format!("descriptor {index}: DESC_START_OF_FRAME inside a frame")));
+        match continuing {
+            None if i == 0 && !sof => {
+                return Err(bad(format!("descriptor {index} starts a frame without DESC_START_OF_FRAME")));
+            }
+            Some(f) if i == 0 && sof => {
+                return Err(bad(format!(
+                    "descriptor {index}: DESC_START_OF_FRAME where the next part of frame {} (tag {}) was expected",
+                    f.frame_number, f.tag
+                )));
+            }
+            _ if i > 0 && sof => return Err(bad(format!("descriptor {index}: DESC_START_OF_FRAME inside a frame"))),
+            _ => {}
         }
         if d.byte_count == 0 || d.byte_count > limits.max_transfer {
             return Err(bad(format!(
@@ -504,11 +754,12 @@ fn capture_sg(
                 d.byte_count, limits.max_transfer
             )));
         }
-        if let Some(first) = descs.first() {
-            if d.tag != first.tag {
-                return Err(bad(format!("descriptor {index}: tag {} differs from the frame's tag {}", d.tag, first.tag)));
+        if let Some(tag) = continuing.map(|f| f.tag).or_else(|| descriptors.first().map(|first| first.tag)) {
+            if d.tag != tag {
+                return Err(bad(format!("descriptor {index}: tag {} differs from the frame's tag {tag}", d.tag)));
             }
-        } else if d.address % u64::from(limits.alignment) != 0 {
+        }
+        if continuing.is_none() && i == 0 && d.address % u64::from(limits.alignment) != 0 {
             return Err(bad(format!(
                 "descriptor {index}: frame start {:#x} not aligned to the board's {} bytes",
                 d.address, limits.alignment
@@ -524,45 +775,65 @@ fn capture_sg(
                 )),
             ));
         }
-        descs.push(d);
-        if d.flags & DESC_END_OF_FRAME != 0 {
-            complete = true;
-            break;
+        let (end_of_frame, end_of_part) = (d.flags & DESC_END_OF_FRAME != 0, d.flags & DESC_END_OF_PART != 0);
+        if end_of_frame && end_of_part {
+            return Err(bad(format!("descriptor {index}: both DESC_END_OF_PART and DESC_END_OF_FRAME")));
+        }
+        descriptors.push(d);
+        capacity += u64::from(d.byte_count);
+        if end_of_frame || end_of_part {
+            return Ok(Part { descriptors, capacity, end_of_frame });
         }
     }
-    if !complete {
-        return Err(bad(format!("frame not fully posted: no DESC_END_OF_FRAME in the {available} posted descriptor(s)")));
-    }
-    // Write the frame line by line across the descriptors.
+    Err(bad(match continuing {
+        None => format!(
+            "frame not fully posted: no DESC_END_OF_FRAME (or DESC_END_OF_PART) in the {available} posted descriptor(s)"
+        ),
+        Some(f) => format!(
+            "part of frame {} (tag {}) not fully posted: no DESC_END_OF_PART or DESC_END_OF_FRAME in the {available} posted descriptor(s)",
+            f.frame_number, f.tag
+        ),
+    }))
+}
+
+/// Writes the frame image (`lines × LINE_PITCH` bytes, line by line, each
+/// line regenerated by `fill`) from byte `from` on through `descriptors`,
+/// until they or the image run out. Returns the bytes of the image written
+/// after it (cumulative). A buffer larger than the image: the rest of the
+/// descriptors is left untouched.
+fn write_part(
+    memory: &DmaPort,
+    run: &RunConfig,
+    descriptors: &[SgDescriptor],
+    from: u32,
+    line_buf: &mut Vec<u8>,
+    fill: &mut dyn FnMut(u32, &mut Vec<u8>),
+) -> Result<u32, Halt> {
     let pitch = run.line_pitch as usize;
-    let (mut di, mut off) = (0usize, 0usize);
-    for line in 0..run.lines {
-        fill(line, line_buf);
-        let mut pos = 0usize;
-        while pos < pitch {
-            let Some(d) = descs.get(di) else {
-                let capacity: u64 = descs.iter().map(|d| u64::from(d.byte_count)).sum();
-                return Err((
-                    ERROR_OVERRUN,
-                    Some(format!(
-                        "channel {ch}: frame of {} bytes posted with only {capacity} bytes of descriptors",
-                        run.frame_bytes
-                    )),
-                ));
-            };
-            let n = (pitch - pos).min(d.byte_count as usize - off);
+    let image = run.lines as usize * pitch;
+    let mut at = from as usize;
+    let mut filled = None;
+    for d in descriptors {
+        let len = d.byte_count as usize;
+        let mut off = 0usize;
+        while off < len && at < image {
+            let (line, pos) = (at / pitch, at % pitch);
+            if filled != Some(line) {
+                fill(line as u32, line_buf);
+                filled = Some(line);
+            }
+            let n = (pitch - pos).min(len - off);
             if memory.dma_write(d.address + off as u64, &line_buf[pos..pos + n]).is_err() {
                 return Err((ERROR_DMA_FAULT, None));
             }
-            pos += n;
+            at += n;
             off += n;
-            if off == d.byte_count as usize {
-                di += 1;
-                off = 0;
-            }
+        }
+        if at >= image {
+            break;
         }
     }
-    Ok((descs.len() as u32, descs[0].tag))
+    Ok(at as u32)
 }
 
 /// Common-buffer mode: writes the frame into slot `RING_CONSUMER % entries`.
@@ -571,8 +842,8 @@ fn capture_cb(
     r: &ChannelRegs,
     run: &RunConfig,
     line_buf: &mut Vec<u8>,
-    fill: &mut impl FnMut(u32, &mut Vec<u8>),
-) -> Result<(u32, u32), Halt> {
+    fill: &mut dyn FnMut(u32, &mut Vec<u8>),
+) -> Result<(), Halt> {
     let slot = r.ring_consumer % run.ring_entries;
     let base = run.ring_base + u64::from(slot) * u64::from(run.slot_stride);
     for line in 0..run.lines {
@@ -581,7 +852,7 @@ fn capture_cb(
             return Err((ERROR_DMA_FAULT, None));
         }
     }
-    Ok((1, 0))
+    Ok(())
 }
 
 impl Board {
@@ -695,6 +966,63 @@ impl Board {
         }
         outcome
     }
+
+    /// Goes on with channel `channel`'s frame posted in parts (S/G): when
+    /// the next part's descriptors are posted (its first without
+    /// `DESC_START_OF_FRAME`, all with the frame's tag, the last with
+    /// `DESC_END_OF_PART` or `DESC_END_OF_FRAME`), writes the frame on
+    /// through them (the lines regenerated from the frame's number; once
+    /// the image is complete a later part is consumed with nothing
+    /// written), posts the part's record — `CQ_STATUS_PART` with the
+    /// cumulative `byte_count`, or for the frame's last part the final
+    /// `CQ_STATUS_OK` record with the frame's bytes, `index` the part's
+    /// first descriptor, the frame's number, tag and capture time —,
+    /// advances `RING_CONSUMER` past the part and raises `int_done`.
+    /// [`CaptureOutcome::Waiting`] when the part is not posted yet or the
+    /// completion queue is full (nothing happens);
+    /// [`CaptureOutcome::NoFrameInProgress`] without a frame in progress.
+    /// A malformed or not fully posted part halts the channel with
+    /// `ERROR_BAD_DESCRIPTOR` (a frame's last part short of its image:
+    /// `ERROR_OVERRUN`) and records a [`ViolationKind::Board`] violation,
+    /// as [`Board::capture_frame`] does. Injected faults wait for the next
+    /// frame time. The machine calls this a DMA latency after a doorbell
+    /// [`Board::take_continuations`] reports.
+    ///
+    /// [`ViolationKind::Board`]: crate::violations::ViolationKind::Board
+    #[allow(clippy::must_use_candidate, reason = "writing the part is the effect; the outcome is informational")]
+    pub fn continue_frame(&self, channel: u32) -> CaptureOutcome {
+        let port = self.dma_port();
+        let (outcome, problem) = self.state.borrow_mut().continue_frame(&port, channel);
+        if let Some(p) = problem {
+            self.violation(p);
+        }
+        outcome
+    }
+
+    /// The channels on which a continuation of the frame in progress is
+    /// due ([`Board::continue_frame`]), in channel order, each reported
+    /// once: the driver rang a doorbell (`RING_PRODUCER`, or `CQ_CONSUMER`
+    /// after a continuation found the completion queue full) with
+    /// descriptors posted, or a part completed with the next one already
+    /// posted. Clears the notes.
+    #[must_use]
+    pub fn take_continuations(&self) -> Vec<u32> {
+        let mut s = self.state.borrow_mut();
+        let mut due = Vec::new();
+        for (ch, c) in s.channels.iter_mut().enumerate() {
+            if std::mem::take(&mut c.continuation_due) {
+                due.push(ch as u32);
+            }
+        }
+        due
+    }
+
+    /// The number of the frame posted in parts that channel `channel` is
+    /// in the middle of, if any.
+    #[must_use]
+    pub fn frame_in_progress(&self, channel: u32) -> Option<u32> {
+        self.state.borrow().channels.get(channel as usize).and_then(|c| c.in_progress.map(|f| f.frame_number))
+    }
 }
 
 #[cfg(test)]
@@ -709,6 +1037,7 @@ mod tests {
     use crate::violations::{ViolationKind, Violations};
     use capdma_bus::ports::{CommonBuffer, DeviceDescription, DmaAdapterPort, RegisterPort};
     use capdma_interface::format::FOURCC_YUY2;
+    use capdma_interface::table::SgElement;
     use capdma_interface::regs::{
         channel, channel_base, global, Caps, BOARD_ID, CTRL_RESET, CTRL_RUN, GLOBAL_CTRL_RESET, STATUS_RUNNING,
     };
@@ -777,6 +1106,331 @@ mod tests {
         let mut raw = [0u8; 32];
         m.read_physical(cq.logical + u64::from(i) * 32, &mut raw).unwrap();
         CompletionRecord::read_from_bytes(&raw[..]).unwrap()
+    }
+
+    /// Descriptors of one frame over `maps` in parts: part `k` ends after
+    /// mapping `ends[k]` (exclusive; the last end is `maps.len()`). The
+    /// frame's first carries `DESC_START_OF_FRAME`, every part but the
+    /// last ends with `DESC_END_OF_PART`, the last with `DESC_END_OF_FRAME`.
+    fn parts(maps: &[SgElement], ends: &[usize], tag: u32) -> Vec<Vec<SgDescriptor>> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        for (k, &end) in ends.iter().enumerate() {
+            let part = (from..end)
+                .map(|i| {
+                    let mut flags = 0;
+                    if i == 0 {
+                        flags |= DESC_START_OF_FRAME;
+                    }
+                    if i + 1 == end {
+                        flags |= if k + 1 == ends.len() { DESC_END_OF_FRAME } else { DESC_END_OF_PART };
+                    }
+                    SgDescriptor { address: maps[i].logical_address, byte_count: maps[i].byte_count, flags, tag, ..Default::default() }
+                })
+                .collect();
+            out.push(part);
+            from = end;
+        }
+        out
+    }
+
+    /// Writes `descs` into the ring from ring counter `at` on (wrapping
+    /// at `entries`) and rings the doorbell: `RING_PRODUCER = at + len`.
+    /// Returns the new producer.
+    fn post(b: &Board, m: &PhysicalMemory, ring: &CommonBuffer, entries: u32, at: u32, descs: &[SgDescriptor]) -> u32 {
+        for (i, d) in descs.iter().enumerate() {
+            let index = (at + i as u32) % entries;
+            m.write_physical(ring.logical + u64::from(index) * 32, d.as_bytes()).unwrap();
+        }
+        let producer = at + descs.len() as u32;
+        b.write32(ch(channel::RING_PRODUCER), producer);
+        producer
+    }
+
+    /// 64x48 YUY2 at a 192-byte pitch: a 9216-byte frame, 128-byte lines.
+    const PARTS_PROGRAM: Program = Program { sg: true, width: 64, height: 48, pitch: 192, entries: 16, stride: 0 };
+    const PARTS_FRAME_BYTES: usize = 192 * 48;
+
+    /// Frame 0 of the S/G board posted whole into a fresh scattered
+    /// buffer of a fresh rig, split at `split` bytes: its bytes.
+    fn frame_posted_whole(split: u32) -> Vec<u8> {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &PARTS_PROGRAM, &ring, &cq);
+        let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "whole").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
+        let maps = list.mappings(split);
+        let whole = parts(&maps, &[maps.len()], 5);
+        post(b, m, &ring, 16, 0, &whole[0]);
+        let out = b.capture_frame(0, 1);
+        assert_eq!(out, CaptureOutcome::Completed { index: 0, bytes: PARTS_FRAME_BYTES as u32, frame_number: 0, tag: 5 });
+        let mut bytes = vec![0u8; PARTS_FRAME_BYTES];
+        m.read_virtual(buf.va, &mut bytes).unwrap();
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        bytes
+    }
+
+    /// A frame posted in 3 parts (part boundaries in the middle of lines):
+    /// one record per part (`CQ_STATUS_PART`, index of the part's first
+    /// descriptor, cumulative bytes, the frame's tag, number and capture
+    /// time), the final one `CQ_STATUS_OK` with the last part's first
+    /// index; frame times meanwhile dropped as `FrameInProgress`; each
+    /// doorbell reported once; the bytes exactly those of the frame posted
+    /// whole.
+    #[test]
+    fn a_frame_posted_in_three_parts_lands_as_a_whole_one() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &PARTS_PROGRAM, &ring, &cq);
+        let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
+        let maps = list.mappings(1000);
+        assert!(maps.len() >= 9, "{} mappings", maps.len());
+        let ends = [3, 6, maps.len()];
+        let frame = parts(&maps, &ends, 77);
+        let cumulative = |end: usize| maps[..end].iter().map(|e| e.byte_count).sum::<u32>();
+        assert_ne!(cumulative(3) % 192, 0, "the first part ends inside a line");
+
+        // Part 1 at the frame time.
+        let mut producer = post(b, m, &ring, 16, 0, &frame[0]);
+        assert!(b.take_continuations().is_empty(), "no frame in progress yet");
+        let out = b.capture_frame(0, 5000);
+        assert_eq!(out, CaptureOutcome::PartCompleted { index: 0, bytes: cumulative(3), frame_number: 0, tag: 77 });
+        assert_eq!(b.frame_in_progress(0), Some(0));
+        assert!(b.take_continuations().is_empty(), "the next part is not posted");
+        assert_eq!(b.read32(global::INT_STATUS), int_done(0));
+        b.write32(global::INT_STATUS, int_done(0));
+        assert_eq!((b.read32(ch(channel::RING_CONSUMER)), b.read32(ch(channel::CQ_PRODUCER))), (3, 1));
+        let rec = record(m, &cq, 0);
+        assert_eq!(
+            (rec.status, rec.index, rec.byte_count, rec.tag, rec.frame_number, rec.timestamp),
+            (CQ_STATUS_PART, 0, cumulative(3), 77, 0, 5000)
+        );
+
+        // Frame times while the frame is in progress are dropped.
+        assert_eq!(b.capture_frame(0, 6000), CaptureOutcome::Dropped(DropReason::FrameInProgress));
+        assert_eq!(b.read32(ch(channel::DROPPED_FRAMES)), 1);
+        assert_eq!(b.frame_number(0), Some(2), "the dropped frame counted");
+        assert_eq!(b.continue_frame(0), CaptureOutcome::Waiting, "nothing posted yet");
+        assert!(!b.interrupt_pending());
+
+        // Part 2: the doorbell is reported once.
+        producer = post(b, m, &ring, 16, producer, &frame[1]);
+        assert_eq!(b.take_continuations(), vec![0]);
+        assert!(b.take_continuations().is_empty());
+        let out = b.continue_frame(0);
+        assert_eq!(out, CaptureOutcome::PartCompleted { index: 3, bytes: cumulative(6), frame_number: 0, tag: 77 });
+        let rec = record(m, &cq, 1);
+        assert_eq!(
+            (rec.status, rec.index, rec.byte_count, rec.tag, rec.frame_number, rec.timestamp),
+            (CQ_STATUS_PART, 3, cumulative(6), 77, 0, 5000)
+        );
+        assert!(b.interrupt_pending());
+        b.write32(global::INT_STATUS, int_done(0));
+
+        // Part 3 closes the frame.
+        post(b, m, &ring, 16, producer, &frame[2]);
+        assert_eq!(b.take_continuations(), vec![0]);
+        let out = b.continue_frame(0);
+        let bytes = PARTS_FRAME_BYTES as u32;
+        assert_eq!(out, CaptureOutcome::Completed { index: 6, bytes, frame_number: 0, tag: 77 });
+        let rec = record(m, &cq, 2);
+        assert_eq!(
+            (rec.status, rec.index, rec.byte_count, rec.tag, rec.frame_number, rec.timestamp),
+            (CQ_STATUS_OK, 6, bytes, 77, 0, 5000)
+        );
+        assert!(b.interrupt_pending());
+        assert_eq!(b.frame_in_progress(0), None);
+        assert_eq!(b.continue_frame(0), CaptureOutcome::NoFrameInProgress);
+        assert_eq!(b.read32(ch(channel::RING_CONSUMER)), maps.len() as u32);
+        assert_eq!(b.read32(ch(channel::CQ_PRODUCER)), 3);
+        let s = b.channel_stats(0).unwrap();
+        assert_eq!(
+            (s.frames_produced, s.parts_completed, s.frames_dropped, s.completions_written, s.descriptors_consumed),
+            (1, 2, 1, 3, maps.len() as u64)
+        );
+        assert_eq!(s.bytes_written, u64::from(bytes));
+
+        // Byte for byte the frame posted whole (another split, another board).
+        let mut got = vec![0u8; PARTS_FRAME_BYTES];
+        m.read_virtual(buf.va, &mut got).unwrap();
+        b.pattern(0).unwrap().verify_frame(0, &got, 192).unwrap();
+        assert!(got == frame_posted_whole(4096), "the frame in parts differs from the frame posted whole");
+        // The next frame time captures again (nothing posted: no buffer).
+        assert_eq!(b.capture_frame(0, 9000), CaptureOutcome::Dropped(DropReason::NoBuffer));
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        a.put_scatter_gather_list(&list);
+        m.free(buf.id);
+        a.free_common_buffer(ring);
+        a.free_common_buffer(cq);
+    }
+
+    /// Parts posted before the frame time: the engine writes the first at
+    /// the frame time and reports the next as due at once.
+    #[test]
+    fn a_part_already_posted_is_due_when_the_one_before_completes() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &PARTS_PROGRAM, &ring, &cq);
+        let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
+        let maps = list.mappings(2000);
+        let frame = parts(&maps, &[2, maps.len()], 9);
+        let producer = post(b, m, &ring, 16, 0, &frame[0]);
+        post(b, m, &ring, 16, producer, &frame[1]);
+        assert!(matches!(b.capture_frame(0, 10), CaptureOutcome::PartCompleted { index: 0, .. }));
+        assert_eq!(b.take_continuations(), vec![0]);
+        assert!(matches!(b.continue_frame(0), CaptureOutcome::Completed { index: 2, frame_number: 0, tag: 9, .. }));
+        assert!(b.take_continuations().is_empty());
+        let mut got = vec![0u8; PARTS_FRAME_BYTES];
+        m.read_virtual(buf.va, &mut got).unwrap();
+        b.pattern(0).unwrap().verify_frame(0, &got, 192).unwrap();
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        a.put_scatter_gather_list(&list);
+        m.free(buf.id);
+    }
+
+    /// A part whose posted descriptors run out before its end, a next part
+    /// that starts a frame or carries another tag, a descriptor ending
+    /// both a part and the frame, a last part short of the image: each
+    /// halts the channel (`ERROR_BAD_DESCRIPTOR`; short: `ERROR_OVERRUN`),
+    /// raises `int_error`, discards the frame and is a board violation.
+    #[test]
+    fn malformed_parts_halt_the_channel() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
+        let maps = list.mappings(1000);
+        let frame = parts(&maps, &[3, 6, maps.len()], 40);
+        let ends_nothing = |d: &SgDescriptor| SgDescriptor { flags: d.flags & DESC_START_OF_FRAME, ..*d };
+        // (what part 2 becomes, the halt it causes)
+        let mut no_end = frame[1].clone();
+        let tail = no_end.len() - 1;
+        no_end[tail] = ends_nothing(&no_end[tail]);
+        let mut starts = frame[1].clone();
+        starts[0].flags |= DESC_START_OF_FRAME;
+        let other_tag: Vec<_> = frame[1].iter().map(|d| SgDescriptor { tag: 41, ..*d }).collect();
+        let mut both = frame[1].clone();
+        both[tail].flags |= DESC_END_OF_FRAME;
+        let mut short = frame[1].clone();
+        short[tail].flags = DESC_END_OF_FRAME;
+        let cases = [
+            (no_end, ERROR_BAD_DESCRIPTOR),
+            (starts, ERROR_BAD_DESCRIPTOR),
+            (other_tag, ERROR_BAD_DESCRIPTOR),
+            (both, ERROR_BAD_DESCRIPTOR),
+            (short, ERROR_OVERRUN),
+        ];
+        let n = cases.len();
+        for (k, (part2, code)) in cases.into_iter().enumerate() {
+            start(b, &PARTS_PROGRAM, &ring, &cq);
+            let producer = post(b, m, &ring, 16, 0, &frame[0]);
+            assert!(matches!(b.capture_frame(0, 1), CaptureOutcome::PartCompleted { .. }), "case {k}");
+            b.write32(global::INT_STATUS, u32::MAX);
+            post(b, m, &ring, 16, producer, &part2);
+            assert_eq!(b.take_continuations(), vec![0], "case {k}");
+            assert_eq!(b.continue_frame(0), CaptureOutcome::Halted { code }, "case {k}");
+            assert_eq!(b.read32(ch(channel::STATUS)), STATUS_HALTED | code << STATUS_ERROR_SHIFT, "case {k}");
+            assert_eq!(b.read32(global::INT_STATUS), int_error(0), "case {k}: no record, the error raised");
+            assert_eq!(b.read32(ch(channel::CQ_PRODUCER)), 1, "case {k}");
+            assert_eq!(b.frame_in_progress(0), None, "case {k}: discarded");
+            assert_eq!(r.violations.count(ViolationKind::Board), k + 1, "case {k}: {:?}", r.violations.list());
+        }
+        // The first part itself not fully posted (no end of any kind).
+        start(b, &PARTS_PROGRAM, &ring, &cq);
+        let mut part1 = frame[0].clone();
+        part1[2] = ends_nothing(&part1[2]);
+        post(b, m, &ring, 16, 0, &part1);
+        assert_eq!(b.capture_frame(0, 1), CaptureOutcome::Halted { code: ERROR_BAD_DESCRIPTOR });
+        assert_eq!(r.violations.count(ViolationKind::Board), n + 1, "{:?}", r.violations.list());
+        a.put_scatter_gather_list(&list);
+        m.free(buf.id);
+    }
+
+    /// A reset or a stop discards the frame in progress (and a doorbell
+    /// noted for it): what is posted next must start a frame.
+    #[test]
+    fn reset_and_stop_discard_the_frame_in_progress() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
+        let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
+        let maps = list.mappings(1000);
+        let frame = parts(&maps, &[3, 6, maps.len()], 12);
+        for stop in [CTRL_RESET, CTRL_SG_MODE] {
+            start(b, &PARTS_PROGRAM, &ring, &cq);
+            let producer = post(b, m, &ring, 16, 0, &frame[0]);
+            assert!(matches!(b.capture_frame(0, 1), CaptureOutcome::PartCompleted { .. }));
+            post(b, m, &ring, 16, producer, &frame[1]);
+            assert_eq!(b.frame_in_progress(0), Some(b.frame_number(0).unwrap() - 1));
+            b.write32(ch(channel::CTRL), stop);
+            // A reset's burst in flight lands at the STATUS reads.
+            let reads = (0..=RESET_DRAIN_READS).take_while(|_| b.read32(ch(channel::STATUS)) & STATUS_RUNNING != 0).count();
+            assert!(reads <= RESET_DRAIN_READS as usize, "CTRL {stop:#x}: the engine stopped");
+            assert_eq!(b.frame_in_progress(0), None, "CTRL {stop:#x}");
+            assert!(b.take_continuations().is_empty(), "CTRL {stop:#x}: the noted doorbell went with the frame");
+            assert_eq!(b.continue_frame(0), CaptureOutcome::NotRunning);
+        }
+        // Restarted: a part that continues a frame no longer in progress
+        // starts none.
+        start(b, &PARTS_PROGRAM, &ring, &cq);
+        assert_eq!(b.continue_frame(0), CaptureOutcome::NoFrameInProgress);
+        post(b, m, &ring, 16, 0, &frame[1]);
+        assert_eq!(b.capture_frame(0, 2), CaptureOutcome::Halted { code: ERROR_BAD_DESCRIPTOR });
+        assert_eq!(r.violations.count(ViolationKind::Board), 1, "{:?}", r.violations.list());
+        a.put_scatter_gather_list(&list);
+        m.free(buf.id);
+    }
+
+    /// A buffer larger than the image: the image completes in part 2, the
+    /// rest of part 2 and all of part 3 stay untouched, part 3 is still
+    /// consumed and completed; the records after the image carry the
+    /// frame's bytes.
+    #[test]
+    fn parts_after_the_image_is_complete_are_consumed_and_completed() {
+        let r = rig(BoardConfig::scatter_gather());
+        let (b, m, a) = (&r.board, &r.memory, &r.adapter);
+        let ring = a.allocate_common_buffer(16 * 32).unwrap();
+        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        start(b, &PARTS_PROGRAM, &ring, &cq);
+        let big = 4 * PAGE_SIZE;
+        let buf = m.allocate_scattered(big, "big").unwrap();
+        m.write_virtual(buf.va, &vec![0x5A; big]).unwrap();
+        let list = a.get_scatter_gather_list(buf.va, big).unwrap();
+        let maps = list.mappings(4096);
+        assert_eq!(maps.len(), 4, "a page per mapping");
+        // Part 1: page 0 (4096); part 2: pages 1-2 (the image ends at 9216
+        // in page 2); part 3: page 3.
+        let frame = parts(&maps, &[1, 3, 4], 3);
+        let image = PARTS_FRAME_BYTES as u32;
+        let mut producer = post(b, m, &ring, 16, 0, &frame[0]);
+        assert_eq!(b.capture_frame(0, 7), CaptureOutcome::PartCompleted { index: 0, bytes: 4096, frame_number: 0, tag: 3 });
+        producer = post(b, m, &ring, 16, producer, &frame[1]);
+        assert_eq!(b.continue_frame(0), CaptureOutcome::PartCompleted { index: 1, bytes: image, frame_number: 0, tag: 3 });
+        assert_eq!(b.frame_in_progress(0), Some(0), "complete image, parts still to come");
+        post(b, m, &ring, 16, producer, &frame[2]);
+        assert_eq!(b.continue_frame(0), CaptureOutcome::Completed { index: 3, bytes: image, frame_number: 0, tag: 3 });
+        let recs: Vec<_> = (0..3).map(|i| record(m, &cq, i)).map(|r| (r.status, r.index, r.byte_count)).collect();
+        assert_eq!(recs, vec![(CQ_STATUS_PART, 0, 4096), (CQ_STATUS_PART, 1, image), (CQ_STATUS_OK, 3, image)]);
+        assert_eq!(b.read32(ch(channel::RING_CONSUMER)), 4);
+        let mut got = vec![0u8; big];
+        m.read_virtual(buf.va, &mut got).unwrap();
+        b.pattern(0).unwrap().verify_frame(0, &got[..PARTS_FRAME_BYTES], 192).unwrap();
+        assert!(got[PARTS_FRAME_BYTES..].iter().all(|&x| x == 0x5A), "nothing written after the image");
+        assert!(r.violations.is_empty(), "{:?}", r.violations.list());
+        a.put_scatter_gather_list(&list);
+        m.free(buf.id);
     }
 
     #[test]

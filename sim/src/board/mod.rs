@@ -13,8 +13,11 @@
 //! by page before they reach memory ([`DmaDomain::dma_write`]).
 //!
 //! The machine drives it: it calls [`Board::capture_frame`] at every frame
-//! time of a running channel (every `FRAME_INTERVAL` × 100 ns) and polls
-//! [`Board::interrupt_pending`] to deliver the (level-triggered) interrupt.
+//! time of a running channel (every `FRAME_INTERVAL` × 100 ns), calls
+//! [`Board::continue_frame`] a DMA latency after the driver posted the next
+//! part of a frame posted in parts ([`Board::take_continuations`]), and
+//! polls [`Board::interrupt_pending`] to deliver the (level-triggered)
+//! interrupt.
 //!
 //! Protocol breaches only a driver bug can cause (writing a read-only
 //! register, programming a ring a 32-bit board cannot reach, malformed
@@ -151,6 +154,10 @@ impl std::error::Error for BoardConfigError {}
 pub struct ChannelStats {
     /// Frames written and completed.
     pub frames_produced: u64,
+    /// Parts of frames posted in parts completed (`CQ_STATUS_PART`
+    /// records; a frame's last part completes the frame and counts in
+    /// `frames_produced`).
+    pub parts_completed: u64,
     /// Frames dropped (no buffer, or no room in the completion queue).
     pub frames_dropped: u64,
     /// Frame bytes written (lines × line pitch per frame).

@@ -166,6 +166,8 @@ impl BoardState {
                 channel_name(reg)
             )),
         }
+        // A doorbell (the next part posted, room for its record): a frame in progress goes on.
+        if matches!(reg, channel::RING_PRODUCER | channel::CQ_CONSUMER) { c.note_doorbell(); }
         problems
     }
 }
@@ -216,6 +218,7 @@ impl Channel {
         }
         if !run {
             self.regs.status &= !STATUS_RUNNING;
+            self.discard_frame_in_progress();
         }
         false
     }

@@ -201,11 +201,17 @@ impl Machine {
 }
 
 /// The board's frame number of the capture made at `time` (100-ns units,
-/// the clock the board stamps its records with), if one completed then.
+/// the clock the board stamps its records with), if one completed then (a
+/// frame posted in parts: if its first part did).
 fn frame_captured_at(captures: &[(u64, crate::board::CaptureOutcome)], time: i64) -> Option<u32> {
     let time = u64::try_from(time).ok()?;
     captures.iter().find_map(|(at, outcome)| match outcome {
-        crate::board::CaptureOutcome::Completed { frame_number, .. } if *at == time => Some(*frame_number),
+        crate::board::CaptureOutcome::Completed { frame_number, .. }
+        | crate::board::CaptureOutcome::PartCompleted { frame_number, .. }
+            if *at == time =>
+        {
+            Some(*frame_number)
+        }
         _ => None,
     })
 }

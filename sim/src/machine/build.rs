@@ -34,8 +34,14 @@ use crate::violations::Violations;
 pub struct ChannelLog {
     /// Every frame delivered good: (virtual time, the board's frame number).
     pub delivered: Vec<(u64, u32)>,
-    /// Every capture of the board: (virtual time, what it did).
+    /// Every capture of the board: (virtual time, what it did). A frame
+    /// posted in parts shows here as its first part
+    /// ([`CaptureOutcome::PartCompleted`]); the rest of it in `continuations`.
     pub captures: Vec<(u64, CaptureOutcome)>,
+    /// Every continuation of a frame posted in parts (`Board::continue_frame`,
+    /// a DMA latency after the driver posted the next part): (virtual time,
+    /// what it did).
+    pub continuations: Vec<(u64, CaptureOutcome)>,
     /// The pin's counters (now, or when it was dropped).
     pub pin_stats: Option<StatsSnapshot>,
     /// Frames the application submitted to the KS queue.

@@ -12,6 +12,15 @@ pub enum Event {
         /// The channel.
         channel: u32,
     },
+    /// A board's DMA engine goes on with a frame posted in parts on a
+    /// channel, a DMA latency after the driver posted its next part
+    /// (`Board::continue_frame`).
+    Continue {
+        /// The card.
+        card: u32,
+        /// The channel.
+        channel: u32,
+    },
     /// The (shared) interrupt line is sampled: the ISRs run if asserted.
     Interrupt,
     /// A card's bus DPC runs.

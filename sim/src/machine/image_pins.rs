@@ -140,7 +140,12 @@ impl Machine {
         for completion in done.iter().filter_map(|d| d.completion).filter(|c| c.data_used > 0) {
             let Ok(number) = u32::try_from(completion.picture_number) else { continue };
             let captured = run.log.captures.iter().find_map(|(at, outcome)| match outcome {
-                crate::board::CaptureOutcome::Completed { frame_number, .. } if *frame_number == number => Some(*at),
+                crate::board::CaptureOutcome::Completed { frame_number, .. }
+                | crate::board::CaptureOutcome::PartCompleted { frame_number, .. }
+                    if *frame_number == number =>
+                {
+                    Some(*at)
+                }
                 _ => None,
             });
             let Some(captured) = captured else { continue };

@@ -20,6 +20,10 @@ use crate::violations::ViolationKind;
 const INTERRUPT_LATENCY: u64 = 10;
 /// Latency from `IoRequestDpc` to the DPC, 100-ns units (5 µs).
 const DPC_LATENCY: u64 = 50;
+/// Latency from the driver's `RING_PRODUCER` doorbell to the board's DMA
+/// engine going on with the next part of a frame posted in parts (it
+/// fetches the new descriptors), 100-ns units (10 µs).
+pub(super) const DMA_LATENCY: u64 = 100;
 /// The bus watchdog timer's period, 100-ns units (10 ms).
 pub(super) const WATCHDOG_PERIOD: u64 = 100_000;
 /// Frame intervals the machine keeps running after the last capture, so
@@ -103,10 +107,7 @@ impl Machine {
         // and the loop goes on where it stopped.
         while let Some((index, now)) = self.in_image(|m| m.run_events(hooks, &mut captured)) {
             self.act(index, now, hooks);
-            self.in_image(|m| {
-                m.passive_work(now, hooks);
-                m.settle_boards();
-            });
+            self.in_image(|m| m.after_event(now, hooks));
         }
         if let (Some(world), Some(before)) = (self.image.as_mut(), before) {
             world.streaming_exits += world.sys.machine.counts().exits.saturating_sub(before);
@@ -131,6 +132,7 @@ impl Machine {
                         }
                     }
                 }
+                Event::Continue { card, channel } => self.continue_frame(card, channel, now),
                 Event::Interrupt => self.interrupt(now),
                 Event::Dpc { card } => self.dpc(card, now),
                 Event::Watchdog => {
@@ -152,8 +154,7 @@ impl Machine {
                 Event::Action { index } if self.needs_kernel(index) => return Some((index, now)),
                 Event::Action { index } => self.act(index, now, hooks),
             }
-            self.passive_work(now, hooks);
-            self.settle_boards();
+            self.after_event(now, hooks);
             if now > end.saturating_add(OVERRUN_LIMIT) {
                 let next = self.timeline.pop_next();
                 self.violations.push(
@@ -214,6 +215,42 @@ impl Machine {
         }
         self.after_device_activity(now);
         true
+    }
+
+    /// The board of `card` goes on with the frame posted in parts on
+    /// `channel` (a DMA latency after the doorbell), recorded in the
+    /// channel's log; the interrupt follows as after a capture.
+    fn continue_frame(&mut self, card: u32, channel: u32, now: u64) {
+        let Some(c) = self.cards.get(card as usize) else { return };
+        let outcome = c.board.continue_frame(channel);
+        if let Some(i) = self.channel_position(card, channel) {
+            self.channels[i].log.continuations.push((now, outcome));
+        }
+        self.after_device_activity(now);
+    }
+
+    /// What follows every event (and every action run outside the loop):
+    /// the `PASSIVE_LEVEL` work, the continuations the doorbells rung
+    /// meanwhile call for, and time passing for the boards. The one place
+    /// doorbells are picked up: whoever wrote `RING_PRODUCER` during the
+    /// event — the cores, or the images' code in the emulated kernel
+    /// (`Process`, DPCs, completion callbacks) — wrote it before this.
+    pub(super) fn after_event(&mut self, now: u64, hooks: &mut RunHooks<'_>) {
+        self.passive_work(now, hooks);
+        self.schedule_continuations(now);
+        self.settle_boards();
+    }
+
+    /// Every board channel whose driver posted the next part of a frame
+    /// in progress (`Board::take_continuations`) gets its continuation
+    /// ([`Event::Continue`]) [`DMA_LATENCY`] from `now`.
+    pub(super) fn schedule_continuations(&mut self, now: u64) {
+        for card in 0..self.cards.len() {
+            let index = self.cards[card].index;
+            for channel in self.cards[card].board.take_continuations() {
+                self.timeline.schedule(now + DMA_LATENCY, Event::Continue { card: index, channel });
+            }
+        }
     }
 
     /// Whether the shared interrupt line is asserted by a connected card.
@@ -372,6 +409,106 @@ mod tests {
             "{:?}",
             report.violations
         );
+    }
+
+    /// The doorbell of a frame posted in parts, rung between events (as
+    /// driver code run by any event rings it), is picked up after the
+    /// next event, whatever it is (here the watchdog's): the board goes on
+    /// with the frame [`DMA_LATENCY`] later, in the loop, and the
+    /// continuation is logged. Channel 0 of a machine not started,
+    /// programmed by hand (the bus posting parts is not needed).
+    #[test]
+    fn a_doorbell_for_a_frame_in_parts_schedules_its_continuation() {
+        use crate::board::{CaptureOutcome, DropReason};
+        use crate::memory::PAGE_SIZE;
+        use capdma_bus::ports::{DeviceDescription, DmaAdapterPort, RegisterPort};
+        use capdma_interface::descriptor::{
+            CompletionRecord, SgDescriptor, CQ_STATUS_OK, DESC_END_OF_FRAME, DESC_END_OF_PART, DESC_START_OF_FRAME,
+        };
+        use capdma_interface::format::FOURCC_YUY2;
+        use capdma_interface::regs::{channel, channel_base, CTRL_RESET, CTRL_RUN, CTRL_SG_MODE};
+        use zerocopy::{FromBytes, IntoBytes};
+
+        let mut m = Machine::new(MachineConfig { board: crate::board::BoardKind::ScatterGather, ..small() }).expect("machine");
+        let board = m.cards[0].board.clone();
+        let memory = m.memory().clone();
+        let reg = |r: u32, v: u32| board.write32(channel_base(0) + r, v);
+        // 64x48 YUY2 at a 192-byte pitch: 9216 bytes, 3 pages.
+        let frame_bytes = 192 * 48;
+        let adapter = crate::dma::SimDmaAdapter::new(
+            DeviceDescription { scatter_gather: true, dma64: true, maximum_length: 1 << 20 },
+            crate::dma::AdapterConfig::default(),
+            &memory,
+            &m.irql,
+        );
+        let ring = adapter.allocate_common_buffer(PAGE_SIZE).expect("ring");
+        let cq = adapter.allocate_common_buffer(PAGE_SIZE).expect("cq");
+        let buf = memory.allocate_scattered(frame_bytes, "frame").expect("frame");
+        let list = adapter.get_scatter_gather_list(buf.va, frame_bytes).expect("mapped");
+        let pages = list.mappings(4096);
+        let (ring_at, cq_at) = (ring.logical, cq.logical);
+        reg(channel::CTRL, CTRL_RESET);
+        for (r, v) in [
+            (channel::FOURCC, FOURCC_YUY2),
+            (channel::WIDTH, 64),
+            (channel::HEIGHT, 48),
+            (channel::LINE_PITCH, 192),
+            (channel::FRAME_INTERVAL, 333_333),
+            (channel::RING_BASE_LO, ring_at as u32),
+            (channel::RING_BASE_HI, (ring_at >> 32) as u32),
+            (channel::RING_ENTRIES, 8),
+            (channel::CQ_BASE_LO, cq_at as u32),
+            (channel::CQ_BASE_HI, (cq_at >> 32) as u32),
+            (channel::CQ_ENTRIES, 8),
+            (channel::CTRL, CTRL_RUN | CTRL_SG_MODE),
+        ] {
+            reg(r, v);
+        }
+        // Part 1: page 0; part 2: page 1; part 3: page 2 (the frame's last 1024 bytes).
+        let descriptors = [
+            (4096, DESC_START_OF_FRAME | DESC_END_OF_PART),
+            (4096, DESC_END_OF_PART),
+            (1024, DESC_END_OF_FRAME),
+        ];
+        for (i, (bytes, flags)) in descriptors.into_iter().enumerate() {
+            let d = SgDescriptor { address: pages[i].logical_address, byte_count: bytes, flags, tag: 21, ..Default::default() };
+            memory.write_physical(ring_at + i as u64 * 32, d.as_bytes()).expect("descriptor");
+        }
+        reg(channel::RING_PRODUCER, 1);
+        let first = board.capture_frame(0, 500);
+        assert!(matches!(first, CaptureOutcome::PartCompleted { index: 0, bytes: 4096, .. }), "{first:?} {:?}", m.violations.list());
+        // Part 2's doorbell: its continuation is due DMA_LATENCY later, once.
+        reg(channel::RING_PRODUCER, 2);
+        m.schedule_continuations(600);
+        m.schedule_continuations(600);
+        assert_eq!(m.timeline.pop_next(), Some(Event::Continue { card: 0, channel: 0 }));
+        assert_eq!(m.timeline.now(), 600 + DMA_LATENCY);
+        assert!(m.timeline.is_empty(), "one continuation per doorbell");
+        assert_eq!(board.continue_frame(0), CaptureOutcome::PartCompleted { index: 1, bytes: 8192, frame_number: 0, tag: 21 });
+        // Part 3's doorbell rung between events: the loop picks it up after
+        // the next event (the watchdog's) and the board finishes the frame.
+        reg(channel::RING_PRODUCER, 3);
+        m.timeline.schedule(1_000, Event::Watchdog);
+        m.run(&mut RunHooks::default());
+        assert_eq!(board.frame_in_progress(0), None);
+        assert_eq!(board.channel_stats(0).map(|s| (s.parts_completed, s.frames_produced)), Some((2, 1)));
+        assert_eq!(board.channel_registers(0).map(|r| r.cq_producer), Some(3));
+        let mut raw = [0u8; 32];
+        memory.read_physical(cq_at + 2 * 32, &mut raw).expect("record");
+        let closing = CompletionRecord::read_from_bytes(&raw[..]).expect("record");
+        assert_eq!((closing.status, closing.index, closing.byte_count, closing.timestamp), (CQ_STATUS_OK, 2, frame_bytes as u32, 500));
+        let mut bytes = vec![0u8; frame_bytes];
+        memory.read_virtual(buf.va, &mut bytes).expect("frame");
+        board.pattern(0).expect("running").verify_frame(0, &bytes, 192).expect("the frame, whole");
+        // No doorbell, no continuation: the next frame time finds nothing.
+        assert!(board.take_continuations().is_empty());
+        assert_eq!(board.capture_frame(0, 400_000), CaptureOutcome::Dropped(DropReason::NoBuffer));
+        reg(channel::CTRL, CTRL_RESET);
+        adapter.put_scatter_gather_list(&list);
+        adapter.free_common_buffer(ring);
+        adapter.free_common_buffer(cq);
+        adapter.put();
+        memory.free(buf.id);
     }
 
     #[test]

@@ -39,6 +39,7 @@ const BUS_ROWS: &[&str] = &[
     "surprise-removal/sg",
     "surprise-removal/cb",
     "map-registers/too-few",
+    "ring/frame-in-parts",
     "remove-while-referenced",
     "close-while-reset-hangs/images",
     "surprise-removal-open-pins/images",

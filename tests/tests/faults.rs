@@ -203,6 +203,12 @@ fn map_registers_scarce() {
 }
 
 #[test]
+fn a_frame_longer_than_the_descriptor_ring_is_posted_and_completed_in_parts() {
+    let row = lossless("ring/frame-in-parts");
+    assert!(row.checks.iter().any(|c| c.what.contains("part by part") && c.ok), "{:?}", row.checks);
+}
+
+#[test]
 fn map_registers_too_few_for_a_frame() {
     lossless("map-registers/too-few");
 }

@@ -53,6 +53,7 @@ pub static ROWS: &[RowSpec] = &[
     RowSpec { name: "app-starved/sg", board: SG, expectation: "the application holds every buffer for 20 frame intervals: frames dropped and counted, no reset, stream resumes", run: app_starved },
     RowSpec { name: "app-starved/cb", board: CB, expectation: "the application holds every buffer for 20 frame intervals: frames dropped and counted, no reset, stream resumes", run: app_starved },
     RowSpec { name: "map-registers/scarce", board: SG, expectation: "32-bit S/G board, buffers above 4 GiB, map registers for one frame: KS waits for map registers, S/G streams on", run: map_registers_scarce },
+    RowSpec { name: "ring/frame-in-parts", board: SG, expectation: "a 64-entry descriptor ring, frames of 75 mappings (MaxMappingByteCount 512): each frame posted in parts as the ring has room (ProgramFramePart), the board completes it part by part, every frame delivered", run: ring_shorter_than_a_frame },
     RowSpec { name: "map-registers/below-a-frame", board: SG, expectation: "64-bit S/G board, the HAL grants map registers for less than one frame: KS maps each frame by several transfers into one whole mapping table, S/G streams on", run: map_registers_below_a_frame },
     RowSpec { name: "map-registers/too-few", board: SG, expectation: "map registers cannot cover one frame: common-buffer fallback (reason stated), streams", run: map_registers_too_few },
     RowSpec { name: "remove-while-referenced", board: CB, expectation: "removal requested while streaming: vetoed by the AVStream child (open pin, STATUS_DEVICE_BUSY), the bus not asked; after the pin closes: QUERY_REMOVE succeeds down the children then the bus, the children's REMOVE drops the interface, the bus's REMOVE frees everything", run: remove_while_referenced },
@@ -810,6 +811,36 @@ fn map_registers_scarce(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRo
     ctx.check(format!("KS waited for map registers ({} waits)", trace.ks_map_waits), trace.ks_map_waits > 0);
     let after = delivered_after(&trace, last_third);
     ctx.recovered(format!("{after} frames delivered in the last third of the run"), after > 0);
+    ctx.finish(Some(&m))
+}
+
+fn ring_shorter_than_a_frame(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
+    const ENTRIES: u32 = 64;
+    const MAPPING: u32 = 512;
+    let mut ctx = Ctx::new(spec, drivers, seed);
+    let config = MachineConfig { descriptor_ring_entries: Some(ENTRIES), max_mapping_bytes: Some(MAPPING), ..ctx.base() };
+    let mappings = (config.width * config.height * 2).div_ceil(MAPPING);
+    let mut m = match started(config) {
+        Ok(m) => m,
+        Err(e) => return ctx.broken(e),
+    };
+    ctx.check(format!("a frame has more mappings ({mappings}) than the ring has entries ({ENTRIES})"), mappings > ENTRIES);
+    m.run(&mut RunHooks::default());
+    m.teardown();
+    let board = m.board().channel_stats(0).unwrap_or_default();
+    let c = m.report().channels.first().cloned().unwrap_or_default();
+    ctx.check(
+        format!("the board completed frames part by part ({} parts for {} frames)", board.parts_completed, board.frames_produced),
+        board.frames_produced > 0 && board.parts_completed >= board.frames_produced,
+    );
+    if ctx.drivers.bus_image().is_none() {
+        let bus = bus_stats(&m, 0, 0);
+        ctx.check(format!("the bus delivered every part's completion ({} of {})", bus.parts_completed, board.parts_completed), bus.parts_completed == board.parts_completed);
+    }
+    ctx.recovered(
+        format!("every frame delivered in S/G mode ({} of {})", c.frames_delivered, c.frames_captured),
+        c.frames_captured > 0 && c.frames_delivered == c.frames_captured,
+    );
     ctx.finish(Some(&m))
 }
 

@@ -202,6 +202,9 @@ pub struct Machine {
     pub(super) claimed_in_a_row: u32,
     pub(super) interrupts_unclaimed: u64,
     pub(super) started: Instant,
+    /// Events one instant of virtual time may hold before the run is
+    /// called a livelock (`run::INSTANT_EVENT_LIMIT`; lowered by tests).
+    pub(super) instant_event_limit: u64,
     /// The emulated kernel with the bus image (`--drivers bus-image`).
     pub(super) image: Option<Box<ImageWorld>>,
 }
@@ -322,6 +325,7 @@ impl Machine {
             claimed_in_a_row: 0,
             interrupts_unclaimed: 0,
             started: Instant::now(),
+            instant_event_limit: super::run::INSTANT_EVENT_LIMIT,
         })
     }
 }

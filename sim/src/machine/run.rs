@@ -36,6 +36,11 @@ const DRAIN_INTERVALS: u64 = 2;
 /// work after the application stopped (a frame cycling through the
 /// drivers, a timer re-armed for ever).
 const OVERRUN_LIMIT: u64 = 100_000_000;
+/// Events one instant of virtual time may hold before the machine calls the
+/// run a livelock: time does not advance (a driver handing every frame back
+/// at once and the application requeueing it at once, for ever). A real
+/// instant holds a few events per channel.
+pub(super) const INSTANT_EVENT_LIMIT: u64 = 1_000_000;
 /// `Process` calls one request may chain before the machine calls it a livelock.
 const PROCESS_LOOP_LIMIT: u32 = 10_000;
 /// Interrupts in a row (the line re-asserting right after the ISRs ran)
@@ -120,8 +125,22 @@ impl Machine {
     fn run_events(&mut self, hooks: &mut RunHooks<'_>, captured: &mut u64) -> Option<(u32, u64)> {
         let total = u64::from(self.config.frames) * self.channels.len() as u64;
         let end = self.run_end();
+        // (instant, events at it so far)
+        let mut instant = (u64::MAX, 0u64);
         while let Some(event) = self.timeline.pop_next() {
             let now = self.timeline.now();
+            instant = if instant.0 == now { (now, instant.1 + 1) } else { (now, 1) };
+            if instant.1 > self.instant_event_limit {
+                self.violations.push(
+                    ViolationKind::Ks,
+                    format!(
+                        "virtual time does not advance: more than {} events at {} ms (next: {event:?}); a frame handed back and requeued at once, for ever?",
+                        self.instant_event_limit,
+                        now / 10_000
+                    ),
+                );
+                break;
+            }
             self.image_deliver(now);
             match event {
                 Event::Capture { card, channel } => {
@@ -509,6 +528,21 @@ mod tests {
         adapter.free_common_buffer(cq);
         adapter.put();
         memory.free(buf.id);
+    }
+
+    #[test]
+    fn a_run_whose_virtual_time_stops_is_a_violation_not_a_hang() {
+        let mut m = Machine::new(small()).expect("machine");
+        m.start().expect("start");
+        m.instant_event_limit = 50;
+        let at = m.now() + 1;
+        for _ in 0..60 {
+            m.timeline.schedule(at, Event::Watchdog);
+        }
+        m.run(&mut RunHooks::default());
+        m.teardown();
+        let report = m.report();
+        assert!(report.violations.iter().any(|v| v.contains("virtual time does not advance")), "{:?}", report.violations);
     }
 
     #[test]

@@ -978,6 +978,7 @@ fn dpc_thread(w: &World, seed: u64) {
 }
 
 /// KS state changes: `cycles` × STOP -> RUN (-> PAUSE -> RUN) -> STOP.
+/// S/G: every fourth cycle stops as soon as frames are in the ring.
 /// With the version-2 bus, every third cycle and the last one first wait
 /// until every frame queued was handed back (a lost wake-up of Process
 /// hangs there, and the watchdog fails the test).
@@ -990,7 +991,13 @@ fn state_thread(w: &World, seed: u64, cycles: u32) {
         w.ks.begin_run(10 + rng.below(30));
         let status = w.pin.as_ref().set_state(KsState::Run);
         w.log.check(status == STATUS_SUCCESS, || format!("cycle {cycle}: STOP -> RUN: {status:#x}"));
-        for _ in 0..2 {
+        // S/G, every fourth cycle: stop as soon as frames are in the ring
+        // (a fast board may finish a run's frames before a later stop).
+        let early = w.bus.sg && cycle % 4 == 1;
+        while early && lock(&w.bus.st).posted.is_empty() && !w.ks.drained() && !w.log.failed() {
+            thread::yield_now();
+        }
+        for _ in 0..if early { 0 } else { 2 } {
             for _ in 0..rng.below(600) {
                 rng.jitter();
                 thread::yield_now();
@@ -1004,7 +1011,7 @@ fn state_thread(w: &World, seed: u64, cycles: u32) {
             let status = w.pin.as_ref().set_state(KsState::Run);
             w.log.check(status == STATUS_SUCCESS, || format!("cycle {cycle}: PAUSE -> RUN: {status:#x}"));
         }
-        if w.bus.parts && (cycle % 3 == 0 || cycle + 1 == cycles) {
+        if w.bus.parts && !early && (cycle % 3 == 0 || cycle + 1 == cycles) {
             while !w.ks.drained() && !w.log.failed() {
                 check_bad_completions(w, cycle);
                 thread::yield_now();

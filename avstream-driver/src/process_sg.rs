@@ -87,6 +87,10 @@
 //!      unlock, `STATUS_PENDING`. The frame's clone is in flight, so a
 //!      completion comes: a part of it (`FramePart`), or the frame itself
 //!      when the bus terminates it.
+//!    * `STATUS_INVALID_DEVICE_STATE`: the bus holds no open frame — a
+//!      reset or stop terminated this one since it was read as open (its
+//!      `Frame` completion is on its way): closed, the rest ejected, not an
+//!      error.
 //!    * any other error, or an impossible `accepted`: the bus answered
 //!      against the contract (or terminated the frame since it was read as
 //!      open). Counted (`frame_part_errors`, unless the frame was no longer
@@ -126,7 +130,7 @@ use crate::ks_format::{KSMAPPING_SIZE, KSPIN_FLAG_GENERATE_MAPPINGS};
 use crate::pin::CapturePin;
 use crate::ports::{KsPinPort, StreamOffset};
 use capdma_interface::status::{
-    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,
+    NtStatus, STATUS_CANCELLED, STATUS_DEVICE_BUSY, STATUS_DEVICE_NOT_READY, STATUS_INVALID_DEVICE_STATE, STATUS_IO_DEVICE_ERROR, STATUS_PENDING,
     STATUS_SUCCESS,
 };
 use capdma_interface::table::{Completion, CompletionKind, DmaConfig, CAPDMA_PART_END, CAPDMA_PART_START};
@@ -389,6 +393,13 @@ impl<P: Copy> SgEngine<P> {
             Err(STATUS_DEVICE_BUSY | STATUS_DEVICE_NOT_READY) => {
                 pin.port.unlock(leading, false);
                 Next::Return(STATUS_PENDING)
+            }
+            // The bus holds no open frame: a reset or stop terminated this
+            // one since it was read as open (its `Frame` completion is on
+            // its way). Not an error; the rest is ejected all the same.
+            Err(STATUS_INVALID_DEVICE_STATE) => {
+                pin.locked(&self.clones, |t| t.close(tag));
+                Self::eject_rest(pin, leading)
             }
             Ok(_) | Err(_) => self.abandon_parts(pin, leading, tag),
         }

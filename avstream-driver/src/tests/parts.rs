@@ -300,3 +300,23 @@ fn a_first_part_busy_with_nothing_in_flight_is_dropped() {
     assert_eq!(pin.process(), STATUS_SUCCESS);
     assert_eq!((pin.stats().frames_dropped, port.live_clones(), completions(&port, 0)), (1, 0, 1));
 }
+
+/// A continuation refused with `STATUS_INVALID_DEVICE_STATE`: the bus no
+/// longer holds the frame open (a reset or stop terminated it, its `Frame`
+/// completion on the way) — the rest ejected, not counted as a part error,
+/// and the termination completes the frame once.
+#[test]
+fn a_continuation_of_a_frame_the_bus_already_ended_is_not_a_part_error() {
+    let (bus, port) = (FakeBus::scatter_gather_v2(3), FakePort::default());
+    let pin = running(&bus, &port, 1, 256);
+    assert_eq!(pin.process(), STATUS_PENDING);
+    bus.complete_part(0).unwrap();
+    bus.part_error.set(Some(STATUS_INVALID_DEVICE_STATE));
+    assert_eq!(pin.process(), STATUS_SUCCESS);
+    assert_eq!(bus.part_calls.borrow().len(), 2, "the continuation, refused");
+    assert_eq!((pin.stats().frame_part_errors, completions(&port, 0)), (0, 0));
+    bus.part_error.set(None);
+    bus.terminate_parts(STATUS_CANCELLED).unwrap();
+    assert_eq!((completions(&port, 0), port.live_clones()), (1, 0));
+    assert_eq!(pin.stats().bad_completions, 0);
+}

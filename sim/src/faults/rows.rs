@@ -780,6 +780,20 @@ fn app_starved(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRow {
     ctx.finish(Some(&m))
 }
 
+/// The DMA mode card 0's bus chose at its start: the core's decision, or
+/// what the bus image stated in its `DeviceStart` event.
+fn started_mode(m: &Machine) -> Option<DmaMode> {
+    if m.config().drivers.bus_image().is_none() {
+        return m.bus().decision().map(|d| d.mode);
+    }
+    let start = m.image_trace().iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart").cloned();
+    match start.as_ref().and_then(|r| r.field("Mode")) {
+        Some(Value::Str(v)) if v == DmaMode::ScatterGather.name() => Some(DmaMode::ScatterGather),
+        Some(Value::Str(v)) if v == DmaMode::CommonBuffer.name() => Some(DmaMode::CommonBuffer),
+        _ => None,
+    }
+}
+
 fn map_registers_config(ctx: &Ctx, map_registers: u32) -> MachineConfig {
     let drivers = ctx.drivers.with_map_register_limit(map_registers);
     MachineConfig { dma32: true, high_memory: true, mode: DmaModeOverride::ScatterGather, map_registers, drivers, ..ctx.base() }
@@ -792,17 +806,7 @@ fn map_registers_scarce(spec: &RowSpec, drivers: &Drivers, seed: u64) -> FaultRo
         Ok(m) => m,
         Err(e) => return ctx.broken(e),
     };
-    let mode = if ctx.drivers.bus_image().is_some() {
-        // The image states its decision in its DeviceStart event.
-        let start = m.image_trace().iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart").cloned();
-        match start.as_ref().and_then(|r| r.field("Mode")) {
-            Some(Value::Str(v)) if v == DmaMode::ScatterGather.name() => Some(DmaMode::ScatterGather),
-            Some(Value::Str(v)) if v == DmaMode::CommonBuffer.name() => Some(DmaMode::CommonBuffer),
-            _ => None,
-        }
-    } else {
-        m.bus().decision().map(|d| d.mode)
-    };
+    let mode = started_mode(&m);
     ctx.check(format!("the bus kept scatter/gather ({mode:?})"), mode == Some(DmaMode::ScatterGather));
     m.run(&mut RunHooks::default());
     let trace = log(&m, 0, 0);
@@ -855,11 +859,8 @@ fn map_registers_below_a_frame(spec: &RowSpec, drivers: &Drivers, seed: u64) -> 
         Err(e) => return ctx.broken(e),
     };
     ctx.check(format!("the grant ({GRANT}) is below one frame ({pages} map registers)"), GRANT < pages);
-    let mode = m.image_trace().iter().find(|r| r.provider == "Capdma.Bus" && r.event == "DeviceStart").and_then(|r| match r.field("Mode") {
-        Some(Value::Str(v)) => Some(v.clone()),
-        _ => None,
-    });
-    ctx.check(format!("the bus kept scatter/gather ({mode:?})"), mode.as_deref() == Some(DmaMode::ScatterGather.name()));
+    let mode = started_mode(&m);
+    ctx.check(format!("the bus kept scatter/gather ({mode:?})"), mode == Some(DmaMode::ScatterGather));
     m.run(&mut RunHooks::default());
     let trace = log(&m, 0, 0);
     m.teardown();

@@ -198,6 +198,40 @@ impl<'a> Scratch<'a> {
     }
 }
 
+/// The caller's element list: `element_count` elements at `elements`
+/// (`None` for a null list of elements).
+///
+/// # Safety
+/// A non-null `elements` points to `element_count` readable elements that
+/// stay unchanged for `'a`.
+unsafe fn element_list<'a>(elements: *const SgElement, element_count: u32) -> Option<&'a [SgElement]> {
+    if element_count == 0 {
+        return Some(&[]);
+    }
+    if elements.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { std::slice::from_raw_parts(elements, element_count as usize) })
+}
+
+/// A scratch area holding `list` and `extra` bytes after it (at
+/// `va + size_of_val(list)`).
+fn scratch_with_elements<'a>(
+    iface: &'a ImageInterface,
+    nt: &mut Nt,
+    m: &mut Machine,
+    list: &[SgElement],
+    extra: u64,
+) -> Result<Scratch<'a>, Stop> {
+    let scratch = Scratch::new(iface, nt, m, size_of_val(list) as u64 + extra)?;
+    for (i, e) in list.iter().enumerate() {
+        // SAFETY: SgElement is a u64 and two u32s, no padding.
+        unsafe { put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e) }?;
+    }
+    Ok(scratch)
+}
+
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         self.iface.depth.set(self.iface.depth.get().saturating_sub(1));
@@ -319,25 +353,15 @@ unsafe extern "system" fn program_frame_part(
     flags: u32,
     accepted: *mut u32,
 ) -> NtStatus {
-    if accepted.is_null() || (elements.is_null() && element_count != 0) {
+    // SAFETY: the caller passes `element_count` elements at `elements`.
+    let Some(list) = (unsafe { element_list(elements, element_count) }).filter(|_| !accepted.is_null()) else {
         return STATUS_INVALID_PARAMETER;
-    }
+    };
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
-    let list: &[SgElement] = if element_count == 0 {
-        &[]
-    } else {
-        // SAFETY: the caller passes `element_count` elements at `elements`.
-        unsafe { std::slice::from_raw_parts(elements, element_count as usize) }
-    };
     let answer = active::with(|m, nt| {
-        let bytes = size_of_val(list) as u64;
-        let scratch = Scratch::new(iface, nt, m, bytes + 8)?;
-        for (i, e) in list.iter().enumerate() {
-            // SAFETY: SgElement is a u64 and two u32s, no padding.
-            unsafe { put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e) }?;
-        }
-        let out = scratch.va + bytes;
+        let scratch = scratch_with_elements(iface, nt, m, list, 8)?;
+        let out = scratch.va + size_of_val(list) as u64;
         m.write_u32(out, u32::MAX)?;
         let args = [u64::from(channel), u64::from(tag), scratch.va, u64::from(element_count), u64::from(flags), out];
         let st = status(call(m, nt, iface, PROGRAM_FRAME_PART, &args)?);
@@ -358,24 +382,14 @@ unsafe extern "system" fn program_frame(
     elements: *const SgElement,
     element_count: u32,
 ) -> NtStatus {
-    if elements.is_null() && element_count != 0 {
+    // SAFETY: the caller passes `element_count` elements at `elements`.
+    let Some(list) = (unsafe { element_list(elements, element_count) }) else {
         return STATUS_INVALID_PARAMETER;
-    }
+    };
     // SAFETY: as in `reference`.
     let iface = unsafe { interface(context) };
-    let list: &[SgElement] = if element_count == 0 {
-        &[]
-    } else {
-        // SAFETY: the caller passes `element_count` elements at `elements`.
-        unsafe { std::slice::from_raw_parts(elements, element_count as usize) }
-    };
     active::with(|m, nt| {
-        let bytes = size_of_val(list) as u64;
-        let scratch = Scratch::new(iface, nt, m, bytes)?;
-        for (i, e) in list.iter().enumerate() {
-            // SAFETY: SgElement is a u64 and two u32s, no padding.
-            unsafe { put(m, scratch.va + (i * size_of::<SgElement>()) as u64, e) }?;
-        }
+        let scratch = scratch_with_elements(iface, nt, m, list, 0)?;
         let st = status(call(m, nt, iface, PROGRAM_FRAME, &[u64::from(channel), u64::from(tag), scratch.va, u64::from(element_count)])?);
         Ok(st)
     })

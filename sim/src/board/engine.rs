@@ -1067,6 +1067,12 @@ mod tests {
         channel_base(0) + reg
     }
 
+    /// A descriptor ring of `entries` entries and an 8-entry completion
+    /// queue, common buffers of `adapter`.
+    fn rings(adapter: &SimDmaAdapter, entries: usize) -> (CommonBuffer, CommonBuffer) {
+        (adapter.allocate_common_buffer(entries * 32).unwrap(), adapter.allocate_common_buffer(8 * 32).unwrap())
+    }
+
     /// What the test programs into channel 0.
     #[derive(Clone, Copy)]
     struct Program {
@@ -1156,8 +1162,7 @@ mod tests {
     fn frame_posted_whole(split: u32) -> Vec<u8> {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         start(b, &PARTS_PROGRAM, &ring, &cq);
         let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "whole").unwrap();
         let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
@@ -1183,8 +1188,7 @@ mod tests {
     fn a_frame_posted_in_three_parts_lands_as_a_whole_one() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         start(b, &PARTS_PROGRAM, &ring, &cq);
         let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
         let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
@@ -1275,8 +1279,7 @@ mod tests {
     fn a_part_already_posted_is_due_when_the_one_before_completes() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         start(b, &PARTS_PROGRAM, &ring, &cq);
         let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
         let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
@@ -1305,8 +1308,7 @@ mod tests {
     fn malformed_parts_halt_the_channel() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
         let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
         let maps = list.mappings(1000);
@@ -1362,8 +1364,7 @@ mod tests {
     fn reset_and_stop_discard_the_frame_in_progress() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         let buf = m.allocate_scattered(PARTS_FRAME_BYTES, "parts").unwrap();
         let list = a.get_scatter_gather_list(buf.va, PARTS_FRAME_BYTES).unwrap();
         let maps = list.mappings(1000);
@@ -1401,8 +1402,7 @@ mod tests {
     fn parts_after_the_image_is_complete_are_consumed_and_completed() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         start(b, &PARTS_PROGRAM, &ring, &cq);
         let big = 4 * PAGE_SIZE;
         let buf = m.allocate_scattered(big, "big").unwrap();
@@ -1469,8 +1469,7 @@ mod tests {
     fn sg_board_hand_driven_frame_drop_and_record() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(16 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 16);
         let (w, h) = (64u32, 48u32);
         let pitch = 192u32; // stride larger than the 128-byte line
         start(b, &Program { sg: true, width: w, height: h, pitch, entries: 16, stride: 0 }, &ring, &cq);
@@ -1722,8 +1721,7 @@ mod tests {
     fn bad_descriptors_halt_and_are_reported() {
         let r = rig(BoardConfig::scatter_gather());
         let (b, m, a) = (&r.board, &r.memory, &r.adapter);
-        let ring = a.allocate_common_buffer(4 * 32).unwrap();
-        let cq = a.allocate_common_buffer(8 * 32).unwrap();
+        let (ring, cq) = rings(a, 4);
         let buf = m.allocate_scattered(PAGE_SIZE, "f").unwrap();
         let list = a.get_scatter_gather_list(buf.va, PAGE_SIZE).unwrap();
         let e = list.elements[0];

@@ -137,6 +137,12 @@ impl<P: Copy> CloneTable<P> {
         self.entries.get(index).copied().flatten().is_some_and(|e| e.tag == tag && e.parts)
     }
 
+    /// Whether a frame posted in parts is in flight (open or not).
+    #[must_use]
+    pub fn parts_in_flight(&self) -> bool {
+        self.entries.iter().flatten().any(|e| e.parts)
+    }
+
     /// Frames in flight.
     #[must_use]
     pub fn in_flight(&self) -> u32 {

@@ -66,9 +66,17 @@
 //!    * `STATUS_DEVICE_NOT_READY` (channel stopping): clone deleted, unlock,
 //!      `STATUS_PENDING`.
 //!    * any other error (elements the bus refuses): clone deleted, frame dropped.
-//! 6. More mappings than the ring has entries, version 2: the first part,
-//!    `ProgramFramePart(tag, LeadingEdge.OffsetOut.Mappings, Remaining,
-//!    CAPDMA_PART_START | CAPDMA_PART_END, &accepted)`:
+//! 6. More mappings than the ring has entries, version 2. While an earlier
+//!    frame posted in parts is still in flight (open or closed, not yet
+//!    completed): unlock and `STATUS_PENDING`, before steps 2–4 — its
+//!    `Frame` completion restarts Process. One frame in parts in flight at
+//!    a time: its posted parts hold ring entries until the board reaches
+//!    them, and a second frame started meanwhile would get only what is
+//!    left, both then going in a part per freed descriptor (measured through
+//!    the images: 27 parts a frame; with the rule, 2). Otherwise (after steps
+//!    2–4) the first part, `ProgramFramePart(tag,
+//!    LeadingEdge.OffsetOut.Mappings, Remaining, CAPDMA_PART_START |
+//!    CAPDMA_PART_END, &accepted)`:
 //!    * success (`1 <= accepted <= Remaining`):
 //!      `KsStreamPointerAdvanceOffsets(LeadingEdge, 0, accepted, FALSE)`.
 //!      All accepted: `END` was honoured, the frame is closed and the
@@ -212,6 +220,15 @@ impl<P: Copy> SgEngine<P> {
                 Self::drop_leading(pin, leading)
             } else if offset.remaining <= pin.config.descriptor_count || !pin.bus.supports_frame_parts() {
                 self.post_frame(pin, leading, offset.remaining)
+            } else if pin.locked(&self.clones, |t| t.parts_in_flight()) {
+                // One frame in parts in flight at a time: the earlier one's
+                // posted parts hold ring entries until the board reaches
+                // them, and a frame started now would get only what is left,
+                // both then going in many small parts (each a completion and
+                // an interrupt). The earlier frame's `Frame` completion
+                // calls `KsPinAttemptProcessing`.
+                pin.port.unlock(leading, false);
+                Next::Return(STATUS_PENDING)
             } else {
                 self.post_first_part(pin, leading, offset)
             };

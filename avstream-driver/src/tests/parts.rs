@@ -56,8 +56,9 @@ fn assert_call(bus: &FakeBus, i: usize, tag: u32, elements: &[SgElement], flags:
 /// end), the leading edge advanced by what the bus accepted; a `BUSY`
 /// part waits for a completion; each `FramePart` completion restarts
 /// Process; the frame is delivered once, by its last part's `Frame`
-/// completion. The next frame starts while the first one's last part is
-/// still in flight (it is closed).
+/// completion. The next frame, too long for the ring as well, starts only
+/// once the first one is completed (one frame in parts in flight at a
+/// time), on the whole ring.
 #[test]
 fn a_frame_larger_than_the_ring_is_posted_in_parts() {
     let (bus, port) = (FakeBus::scatter_gather_v2(3), FakePort::default());
@@ -90,35 +91,38 @@ fn a_frame_larger_than_the_ring_is_posted_in_parts() {
     assert_eq!(port.leading_offset(), 6);
     bus.complete_part(0).unwrap();
 
-    // The last 2 mappings close the frame; the next frame starts on the
-    // one free entry.
+    // The last 2 mappings close the frame. The next frame, too long for
+    // the ring as well, waits: a frame in parts is still in flight.
     assert_eq!(pin.process(), STATUS_PENDING);
     assert_call(&bus, 3, tag, &m0[6..], CAPDMA_PART_END, STATUS_SUCCESS, 2);
-    let tag1 = bus.part_calls.borrow()[4].tag;
-    assert_ne!(tag1, tag);
-    assert_call(&bus, 4, tag1, &m1, START_END, STATUS_SUCCESS, 1);
-    assert_eq!((port.leading_index(), port.leading_offset()), (1, 1));
+    assert_eq!(bus.part_calls.borrow().len(), 4, "no second frame in parts started");
+    assert_eq!((port.leading_index(), port.leading_offset()), (1, 0));
+    assert!(!port.locked.get());
 
-    // The first frame's last part: its Frame completion delivers it, once.
+    // The first frame's last part: its Frame completion delivers it, once,
+    // and restarts Process.
+    let attempts = port.attempts.get();
     let written = bus.complete_part(7).unwrap();
     assert!(written.last);
+    assert_eq!(port.attempts.get(), attempts + 1);
     let c = completion_of(&port, 0).unwrap();
     assert_eq!((c.data_used, c.picture_number, c.presentation_time), (2048, 7, 7000));
     assert_eq!(completions(&port, 0), 1);
     assert!(port.frames.borrow()[0].released);
-    assert_eq!(port.live_clones(), 1);
+    assert_eq!(port.live_clones(), 0);
 
-    // The second frame: parts of 3, 3 and 1 as completions come.
+    // The second frame on the whole ring: parts of 3, 3 and 2.
+    assert_eq!(pin.process(), STATUS_PENDING);
+    let tag1 = bus.part_calls.borrow()[4].tag;
+    assert_ne!(tag1, tag);
+    assert_call(&bus, 4, tag1, &m1, START_END, STATUS_SUCCESS, 3);
     bus.complete_part(0).unwrap();
     assert_eq!(pin.process(), STATUS_PENDING);
-    assert_call(&bus, 5, tag1, &m1[1..], CAPDMA_PART_END, STATUS_SUCCESS, 3);
-    bus.complete_part(0).unwrap();
-    assert_eq!(pin.process(), STATUS_PENDING);
-    assert_call(&bus, 6, tag1, &m1[4..], CAPDMA_PART_END, STATUS_SUCCESS, 3);
+    assert_call(&bus, 5, tag1, &m1[3..], CAPDMA_PART_END, STATUS_SUCCESS, 3);
     bus.complete_part(0).unwrap();
     assert_eq!(pin.process(), STATUS_SUCCESS, "every frame posted");
-    assert_call(&bus, 7, tag1, &m1[7..], CAPDMA_PART_END, STATUS_SUCCESS, 1);
-    assert_eq!(bus.part_calls.borrow().len(), 8);
+    assert_call(&bus, 6, tag1, &m1[6..], CAPDMA_PART_END, STATUS_SUCCESS, 2);
+    assert_eq!(bus.part_calls.borrow().len(), 7);
     assert_eq!(port.leading_index(), 2);
     bus.complete_part(8).unwrap();
     assert_eq!(completion_of(&port, 1).map(|c| (c.data_used, c.picture_number)), Some((2048, 8)));
@@ -126,8 +130,8 @@ fn a_frame_larger_than_the_ring_is_posted_in_parts() {
     assert!(bus.parts.borrow().is_empty());
 
     let s = pin.stats();
-    assert_eq!((s.frames_programmed, s.frame_parts_posted, s.sg_elements_programmed), (2, 7, 16));
-    assert_eq!((s.frame_part_completions, s.frames_completed, s.bytes_delivered), (5, 2, 4096));
+    assert_eq!((s.frames_programmed, s.frame_parts_posted, s.sg_elements_programmed), (2, 6, 16));
+    assert_eq!((s.frame_part_completions, s.frames_completed, s.bytes_delivered), (4, 2, 4096));
     assert_eq!((s.bad_completions, s.frames_dropped, s.frame_part_errors), (0, 0, 0));
 }
 
@@ -261,24 +265,30 @@ fn a_refused_later_part_ejects_the_rest_and_the_termination_completes_the_frame(
     let tag = bus.part_calls.borrow()[0].tag;
     bus.complete_part(0).unwrap();
     bus.part_error.set(Some(STATUS_INVALID_PARAMETER));
-    // The continuation is refused; then frame 1's first part too (dropped),
-    // and frame 2's.
-    assert_eq!(pin.process(), STATUS_SUCCESS);
+    // The continuation is refused: the rest of frame 0 is ejected; frames
+    // 1 and 2 wait while frame 0 (posted in parts) is in flight.
+    assert_eq!(pin.process(), STATUS_PENDING);
     assert_call(&bus, 1, tag, &mappings(&port, 0)[3..], CAPDMA_PART_END, STATUS_INVALID_PARAMETER, 0);
-    assert_eq!(bus.part_calls.borrow().len(), 4);
+    assert_eq!(bus.part_calls.borrow().len(), 2);
     assert_eq!(completions(&port, 0), 0, "left for the bus's termination");
     assert_eq!(port.live_clones(), 1, "frame 0's clone only");
-    for i in 1..3 {
-        assert_eq!(completion_of(&port, i).map(|c| c.data_used), Some(0), "frame {i} dropped");
-    }
     let s = pin.stats();
-    assert_eq!((s.frame_part_errors, s.frames_dropped, s.bad_completions), (1, 2, 0));
+    assert_eq!((s.frame_part_errors, s.frames_dropped, s.bad_completions), (1, 0, 0));
 
     // The bus terminates the frame it held open: completed once.
     bus.terminate_parts(STATUS_IO_DEVICE_ERROR).unwrap();
     assert_eq!((completions(&port, 0), port.live_clones()), (1, 0));
     assert_eq!(completion_of(&port, 0).map(|c| c.data_used), Some(0));
     assert!(port.frames.borrow()[0].released);
+
+    // Then frames 1 and 2: their first parts refused the same way, dropped.
+    assert_eq!(pin.process(), STATUS_SUCCESS);
+    assert_eq!(bus.part_calls.borrow().len(), 4);
+    for i in 1..3 {
+        assert_eq!(completion_of(&port, i).map(|c| c.data_used), Some(0), "frame {i} dropped");
+    }
+    let s = pin.stats();
+    assert_eq!((s.frame_part_errors, s.frames_dropped, s.bad_completions), (1, 3, 0), "frame 0 failed, 1 and 2 refused");
 }
 
 /// A first part the bus refuses with `STATUS_DEVICE_BUSY` while nothing is

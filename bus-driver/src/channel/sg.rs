@@ -508,16 +508,17 @@ impl InFlight {
         }
     }
 
-    /// Terminates every posted frame with `status` and forgets the ring
-    /// (the board was reset: its counters are zero again).
-    /// Returns how many frames were terminated.
+    /// Terminates every posted frame (every entry: parts too) with `status`
+    /// and forgets the ring (the board was reset: its counters are zero
+    /// again). Returns how many frames were terminated (entries that end
+    /// their frame).
     pub fn abort_all(&mut self, status: NtStatus) -> usize {
         let mut n = 0;
         for i in 0..self.len {
             if let Some(f) = self.frames.get_mut((self.head + i) % MAX_INFLIGHT_FRAMES) {
                 if f.fate.is_none() {
                     f.fate = Some(status);
-                    n += 1;
+                    n += usize::from(f.last);
                 }
             }
         }
@@ -732,7 +733,7 @@ mod tests {
         assert_eq!(e.post_part(5, &part, 0, 0), Ok((3, 3)));
         assert_eq!(e.post_part(5, &part, CAPDMA_PART_END, 0), Ok((6, 2)), "two entries left: the frame stays open");
         assert_eq!(e.frames().len(), 3);
-        assert_eq!(e.abort_all(STATUS_CANCELLED), 3);
+        assert_eq!(e.abort_all(STATUS_CANCELLED), 1, "one frame, in three entries");
         let back = e.frames_mut().pop_terminated().expect("the frame");
         assert_eq!((back.tag, back.last, back.fate, back.first), (5, true, Some(STATUS_CANCELLED), 6));
         assert_eq!(e.frames_mut().pop_terminated(), None, "its earlier parts are not completions of their own");

@@ -72,9 +72,10 @@ pub type PfnProgramFrame = unsafe extern "system" fn(
 /// Version 2, S/G mode: posts a part of a frame, for a frame whose mappings
 /// do not all fit the descriptor ring (more than it has entries, or than it
 /// has free now): up to `element_count` elements (`KSMAPPING`s) under
-/// `tag`, as many as the ring has free entries for; `*accepted` receives
-/// how many were posted (the caller advances its stream pointer by them and
-/// posts the rest in a later part). `flags`: [`CAPDMA_PART_START`] on the
+/// `tag`, as many as the ring has free entries for; on success `*accepted`
+/// receives how many were posted, 1..=`element_count` (the caller advances
+/// its stream pointer by them and posts the rest in a later part); on an
+/// error it is not written. `flags`: [`CAPDMA_PART_START`] on the
 /// frame's first part (the frame is then *open*: no other frame may be
 /// posted on the channel until it is closed), [`CAPDMA_PART_END`] when the
 /// elements reach the frame's end — honoured only when all of them are

@@ -72,8 +72,9 @@
 //!    `Frame` completion restarts Process. One frame in parts in flight at
 //!    a time: its posted parts hold ring entries until the board reaches
 //!    them, and a second frame started meanwhile would get only what is
-//!    left, both then going in a part per freed descriptor (measured through
-//!    the images: 27 parts a frame; with the rule, 2). Otherwise (after steps
+//!    left, both then going in a part per freed descriptor (with the rule,
+//!    two parts a frame: `capdma-sim faults --only ring/frame-in-parts
+//!    --json` prints the board's part records). Otherwise (after steps
 //!    2–4) the first part, `ProgramFramePart(tag,
 //!    LeadingEdge.OffsetOut.Mappings, Remaining, CAPDMA_PART_START |
 //!    CAPDMA_PART_END, &accepted)`:
